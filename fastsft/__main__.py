@@ -1,0 +1,3 @@
+from fastsft.cli import main
+
+raise SystemExit(main())

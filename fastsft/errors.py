@@ -1,0 +1,43 @@
+"""User-facing errors. Each one prints as a single line that says what is wrong and where."""
+
+from __future__ import annotations
+
+
+class FastSFTError(Exception):
+    """Base class for errors the CLI reports as one line, without a traceback."""
+
+
+class ConfigError(FastSFTError):
+    """A bad option, config key, template name or path."""
+
+
+class DataError(FastSFTError):
+    """Bad input data, located by dataset, sample index (0-based) and field."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        dataset: str | None = None,
+        index: int | None = None,
+        field: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        self.reason = reason
+        self.dataset = dataset
+        self.index = index
+        self.field = field
+        self.line = line
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        where = []
+        if self.dataset is not None:
+            where.append(f"dataset {self.dataset}")
+        if self.line is not None:
+            where.append(f"line {self.line}")
+        if self.index is not None:
+            where.append(f"sample #{self.index}")
+        if self.field is not None:
+            where.append(f"field '{self.field}'")
+        return f"{', '.join(where)}: {self.reason}" if where else self.reason
