@@ -30,6 +30,16 @@ class DataError(FastSFTError):
         self.line = line
         super().__init__(self._format())
 
+    def located(self, *, dataset: str | None = None, index: int | None = None) -> DataError:
+        """The same error with the dataset and sample index filled in by the caller that knows them."""
+        return DataError(
+            self.reason,
+            dataset=self.dataset if self.dataset is not None else dataset,
+            index=self.index if self.index is not None else index,
+            field=self.field,
+            line=self.line,
+        )
+
     def _format(self) -> str:
         where = []
         if self.dataset is not None:
