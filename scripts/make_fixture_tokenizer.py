@@ -70,7 +70,7 @@ CORPUS = [
     "Summarize the following article in three bullet points, then translate the summary into Chinese.",
     "Thinking carefully: first list the facts, then check each assumption, and finally give the answer.",
     "Let me think about this. The user wants the weather, so I should call the weather tool with the city.",
-    "Action: get_weather\nAction Input: {\"city\": \"Paris\", \"unit\": \"celsius\"}\n",
+    'Action: get_weather\nAction Input: {"city": "Paris", "unit": "celsius"}\n',
     "You have access to the following tools. Use the following format if using a tool.",
     # Chinese / Japanese / Korean
     "你好，世界！今天天气很好，我们去公园散步吧。机器学习是人工智能的一个重要分支。",
@@ -80,8 +80,8 @@ CORPUS = [
     "안녕하세요, 세계! 오늘 날씨가 정말 좋네요. 서울은 한국의 수도입니다.",
     # Code
     "def fibonacci(n: int) -> int:\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",
-    "for (int i = 0; i < 10; ++i) {\n\tprintf(\"%d\\n\", i);\n}\n",
-    "import json\n\nwith open(\"data.json\") as f:\n    rows = json.load(f)\nprint(len(rows))\n",
+    'for (int i = 0; i < 10; ++i) {\n\tprintf("%d\\n", i);\n}\n',
+    'import json\n\nwith open("data.json") as f:\n    rows = json.load(f)\nprint(len(rows))\n',
     '{"name": "get_weather", "arguments": {"location": "Beijing", "unit": "celsius"}}',
     '{"type": "function", "function": {"name": "search", "description": "Search the web", '
     '"parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}}',
