@@ -8,8 +8,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from fastsft import IGNORE_INDEX
+
+
+class TurnTrace(NamedTuple):
+    """How one (prompt, response) turn fared under ``cutoff_len``; turns cut entirely are absent."""
+
+    turn: int
+    prompt_len: int
+    prompt_kept: int
+    response_len: int
+    response_kept: int
 
 
 def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
@@ -35,11 +46,13 @@ def encode_pairs(
     mask_history: bool = False,
     efficient_eos: bool = False,
     eos_token_id: int | None = None,
+    trace: list[TurnTrace] | None = None,
 ) -> tuple[list[int], list[int]]:
     """Concatenate (prompt, response) pairs into ``input_ids`` and ``labels``.
 
     Each turn is truncated against the budget still left under ``cutoff_len``. With
     ``mask_history`` the turns are consumed last-first and only the last response is labelled.
+    When ``trace`` is given, one ``TurnTrace`` per kept turn is appended to it (for ``inspect``).
     """
     input_ids: list[int] = []
     labels: list[int] = []
@@ -54,6 +67,9 @@ def encode_pairs(
         source = list(source_ids[:source_len])
         target = list(target_ids[:target_len])
         total_length += source_len + target_len
+        if trace is not None:
+            turn = len(pairs) - 1 - turn_idx if mask_history else turn_idx
+            trace.append(TurnTrace(turn, len(source_ids), source_len, len(target_ids), target_len))
 
         if train_on_prompt:
             source_label = source
@@ -62,10 +78,7 @@ def encode_pairs(
         else:
             source_label = [IGNORE_INDEX] * source_len
 
-        if mask_history and turn_idx != 0:
-            target_label = [IGNORE_INDEX] * target_len
-        else:
-            target_label = target
+        target_label = [IGNORE_INDEX] * target_len if mask_history and turn_idx != 0 else target
 
         if mask_history:
             input_ids = source + target + input_ids

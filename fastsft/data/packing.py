@@ -9,6 +9,7 @@ against them.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -79,4 +80,61 @@ def pack_llamafactory(
         rows["labels"].append(row_labels)
         if neat_packing:
             rows["sequence_boundaries"].append(boundaries)
+    return dict(rows)
+
+
+def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> tuple[list[int], list[int]]:
+    """Best-fit-decreasing bins: ``(order, row_bounds)``, row ``r`` holds ``order[row_bounds[r]:row_bounds[r+1]]``.
+
+    Items go longest first (ties: lower index first) into the open bin with the least room that
+    still fits (ties: the bin opened first); a new bin opens when none fits. Deterministic.
+    """
+    if any(length > capacity for length in lengths):
+        raise ValueError(f"every length must be at most the capacity {capacity}")
+    items = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    free: list[tuple[int, int]] = []  # (remaining room, bin index), sorted
+    bins: list[list[int]] = []
+    for item in items:
+        length = lengths[item]
+        pos = bisect.bisect_left(free, (length, -1))
+        if pos < len(free):
+            room, bin_index = free.pop(pos)
+        else:
+            room, bin_index = capacity, len(bins)
+            bins.append([])
+        bins[bin_index].append(item)
+        if room - length > 0:
+            bisect.insort(free, (room - length, bin_index))
+    order = [item for row in bins for item in row]
+    row_bounds = [0]
+    for row in bins:
+        row_bounds.append(row_bounds[-1] + len(row))
+    return order, row_bounds
+
+
+def rows_from_order(
+    input_ids: Sequence[Sequence[int]],
+    labels: Sequence[Sequence[int]],
+    order: Sequence[int],
+    row_bounds: Sequence[int],
+    *,
+    neat_packing: bool,
+) -> dict[str, list[list[int]]]:
+    """Unpadded packed rows; ``position_ids`` restart at every sequence, as varlen attention needs."""
+    rows: dict[str, list[list[int]]] = defaultdict(list)
+    for start, end in itertools.pairwise(row_bounds):
+        row_ids: list[int] = []
+        row_mask: list[int] = []
+        row_pos: list[int] = []
+        row_labels: list[int] = []
+        for seq_idx, index in enumerate(order[start:end]):
+            length = len(input_ids[index])
+            row_ids += input_ids[index]
+            row_labels += labels[index]
+            row_pos += range(length)
+            row_mask += [seq_idx + 1 if neat_packing else 1] * length
+        rows["input_ids"].append(row_ids)
+        rows["attention_mask"].append(row_mask)
+        rows["position_ids"].append(row_pos)
+        rows["labels"].append(row_labels)
     return dict(rows)

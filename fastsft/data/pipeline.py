@@ -1,0 +1,592 @@
+"""The SFT data pipeline: datasets → conversations → token ids → (packed) rows → ``datasets.Dataset``.
+
+Rows stream through in preprocessing batches of ``preprocessing_batch_size`` raw samples, the
+same batches LLaMA-Factory's ``dataset.map(batched=True)`` sees, so its per-batch packing is
+reproduced exactly. Each batch is encoded by the pure-Python reference path or by the compiled
+path (one batched tokenizer call + one kernel call), then turned into Arrow columns.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from fastsft import IGNORE_INDEX
+from fastsft.data import encode as encode_mod
+from fastsft.data import packing as packing_mod
+from fastsft.data.formats import Conversation, Dropped, convert
+from fastsft.data.registry import DatasetAttr, iter_rows, resolve_datasets
+from fastsft.data.templates import SpecialTokens, Template, fix_tokenizer, get_template
+from fastsft.errors import ConfigError, DataError
+
+Backend = Literal["compiled", "python"]
+PackingStrategy = Literal["llamafactory", "bfd"]
+
+# LLaMA-Factory writes every token column as a list of int64 (Python ints through `datasets`).
+TOKEN_TYPE = pa.list_(pa.int64())
+
+
+@dataclass
+class DataArgs:
+    """Data options, named as in LLaMA-Factory's ``DataArguments`` where one exists."""
+
+    dataset: str | list[str]
+    dataset_dir: str = "data"
+    template: str | None = None
+    cutoff_len: int = 2048
+    train_on_prompt: bool = False
+    mask_history: bool = False
+    packing: bool | None = None
+    neat_packing: bool = False
+    tool_format: str | None = None
+    default_system: str | None = None
+    enable_thinking: bool | None = True
+    preserve_thinking: bool = False
+    max_samples: int | None = None
+    preprocessing_batch_size: int = 1000
+    # fastsft's own options
+    packing_strategy: PackingStrategy = "llamafactory"
+    backend: Backend | None = None
+    tokenizer_backend: str = "auto"
+    strict: bool = False
+    skip_malformed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.template is None:
+            raise ConfigError("`template` is required (e.g. template: qwen)")
+        if self.mask_history and self.train_on_prompt:
+            raise ConfigError("`mask_history` is incompatible with `train_on_prompt` (as in LLaMA-Factory)")
+        if self.cutoff_len < 1:
+            raise ConfigError(f"`cutoff_len` must be at least 1, got {self.cutoff_len}")
+        if self.preprocessing_batch_size < 1:
+            raise ConfigError("`preprocessing_batch_size` must be at least 1")
+        if self.packing_strategy not in ("llamafactory", "bfd"):
+            raise ConfigError(f"unknown packing_strategy {self.packing_strategy!r} (use llamafactory or bfd)")
+        if self.neat_packing:
+            self.packing = True
+        self.backend = resolve_backend(self.backend)
+
+    @property
+    def effective_cutoff_len(self) -> int:
+        """LLaMA-Factory lowers ``cutoff_len`` by one when packing; rows are then ``cutoff_len`` long."""
+        return self.cutoff_len - 1 if self.packing else self.cutoff_len
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> DataArgs:
+        """Build from a config mapping, ignoring keys that are not data options."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def resolve_backend(backend: str | None) -> Backend:
+    """The encoding path: the argument, else ``FASTSFT_BACKEND``, else the compiled one."""
+    chosen = backend or os.environ.get("FASTSFT_BACKEND") or "compiled"
+    if chosen not in ("compiled", "python"):
+        raise ConfigError(f"unknown backend {chosen!r} (use compiled or python)")
+    if chosen == "compiled":
+        import fastsft._kernels  # noqa: F401  (raises with build instructions when missing)
+    return chosen  # type: ignore[return-value]
+
+
+@dataclass
+class SampleRef:
+    dataset: str
+    index: int
+
+    def __str__(self) -> str:
+        return f"dataset {self.dataset}, sample #{self.index}"
+
+
+@dataclass
+class Summary:
+    """What a pipeline run did; printed by ``fastsft preprocess``."""
+
+    examples_in: int = 0
+    examples_encoded: int = 0
+    rows_out: int = 0
+    dropped: int = 0
+    first_dropped: str | None = None
+    malformed_skipped: int = 0
+    first_malformed: str | None = None
+    too_long_dropped: int = 0
+    truncated: int = 0
+    tokens: int = 0
+    label_tokens: int = 0
+    padding_tokens: int = 0
+    seconds: float = 0.0
+    backend: str = ""
+    tokenizer_backend: str = ""
+    drop_reasons: dict[str, int] = field(default_factory=dict)
+
+    def record_drop(self, ref: SampleRef, reason: str) -> None:
+        self.dropped += 1
+        key = reason.split(":")[0]
+        self.drop_reasons[key] = self.drop_reasons.get(key, 0) + 1
+        if self.first_dropped is None:
+            self.first_dropped = f"{ref}: {reason}"
+
+    def handle_malformed(self, error: DataError, skip: bool) -> None:
+        """Raise a malformed-sample error, or count it when the user asked to skip such samples."""
+        if not skip:
+            raise error
+        self.malformed_skipped += 1
+        if self.first_malformed is None:
+            self.first_malformed = str(error)
+
+    def lines(self) -> list[str]:
+        """Human-readable summary lines."""
+        rate = self.examples_in / self.seconds if self.seconds else float("inf")
+        token_rate = self.tokens / self.seconds if self.seconds else float("inf")
+        out = [
+            f"examples in: {self.examples_in}  encoded: {self.examples_encoded}  rows out: {self.rows_out}",
+            f"dropped: {self.dropped}" + (f" (first: {self.first_dropped})" if self.first_dropped else ""),
+        ]
+        if self.malformed_skipped:
+            out.append(f"malformed, skipped: {self.malformed_skipped} (first: {self.first_malformed})")
+        if self.too_long_dropped:
+            out.append(f"longer than a packed row, dropped: {self.too_long_dropped}")
+        out += [
+            f"truncated to cutoff_len: {self.truncated}",
+            f"tokens: {self.tokens}  label tokens: {self.label_tokens}  padding tokens: {self.padding_tokens}",
+            f"time: {self.seconds:.2f} s  {rate:,.0f} examples/s  {token_rate:,.0f} tokens/s"
+            f"  (encode: {self.backend}, tokenizer: {self.tokenizer_backend})",
+        ]
+        return out
+
+
+@dataclass
+class EncodedBatch:
+    """Flat encoded samples of one preprocessing batch (sample ``i`` is ``[offsets[i], offsets[i+1])``)."""
+
+    input_ids: np.ndarray
+    labels: np.ndarray
+    offsets: np.ndarray
+    full_lengths: np.ndarray  # untruncated lengths, to count truncation
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @classmethod
+    def from_lists(cls, pairs: list[tuple[list[int], list[int]]], full_lengths: list[int]) -> EncodedBatch:
+        lengths = np.fromiter((len(ids) for ids, _ in pairs), dtype=np.int64, count=len(pairs))
+        offsets = np.zeros(len(pairs) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        input_ids = np.fromiter((t for ids, _ in pairs for t in ids), dtype=np.int32, count=int(offsets[-1]))
+        labels = np.fromiter((t for _, lab in pairs for t in lab), dtype=np.int32)
+        return cls(input_ids, labels, offsets, np.asarray(full_lengths, dtype=np.int64))
+
+
+class Encoder:
+    """Turns conversations into ``input_ids``/``labels`` with one template, tokenizer and option set."""
+
+    def __init__(self, args: DataArgs, tokenizer: Any) -> None:
+        self.args = args
+        self.tokenizer = tokenizer
+        self.template: Template = get_template(
+            args.template,
+            tool_format=args.tool_format,
+            default_system=args.default_system,
+            enable_thinking=args.enable_thinking,
+            preserve_thinking=args.preserve_thinking,
+            train_on_prompt=args.train_on_prompt,
+        )
+        fix_tokenizer(self.template, tokenizer)
+        self.specials = SpecialTokens.from_tokenizer(tokenizer)
+        self.discarding_history_cot = args.mask_history and not self.template.preserve_thinking
+        self.cutoff_len = args.effective_cutoff_len
+        self.tokenizer_backend = None
+        if args.backend == "compiled":
+            from fastsft.tokenization import load_backend
+
+            self.tokenizer_backend = load_backend(tokenizer, args.tokenizer_backend)
+
+    @property
+    def tokenizer_backend_name(self) -> str:
+        return self.tokenizer_backend.name if self.tokenizer_backend is not None else "hf (per string)"
+
+    def render(self, conv: Conversation) -> list[list[int | str]]:
+        return self.template.render(
+            conv.messages,
+            conv.system,
+            conv.tools,
+            self.specials,
+            discarding_history_cot=self.discarding_history_cot,
+        )
+
+    def encode_one(self, conv: Conversation, trace: list | None = None) -> tuple[list[int], list[int], int]:
+        """Reference path for one conversation: (input_ids, labels, untruncated length)."""
+        messages = self.template.encode_messages(
+            self.tokenizer,
+            conv.messages,
+            conv.system,
+            conv.tools,
+            self.specials,
+            discarding_history_cot=self.discarding_history_cot,
+        )
+        pairs = [(messages[i], messages[i + 1]) for i in range(0, len(messages), 2)]
+        input_ids, labels = encode_mod.encode_pairs(
+            pairs,
+            cutoff_len=self.cutoff_len,
+            train_on_prompt=self.args.train_on_prompt,
+            mask_history=self.args.mask_history,
+            efficient_eos=self.template.efficient_eos,
+            eos_token_id=self.tokenizer.eos_token_id,
+            trace=trace,
+        )
+        full = sum(len(m) for m in messages) + (1 if self.template.efficient_eos else 0)
+        return input_ids, labels, full
+
+    def encode(self, convs: list[Conversation], refs: list[SampleRef], summary: Summary) -> EncodedBatch:
+        """Encode a batch; a sample whose content the template rejects is raised or counted."""
+        if self.args.backend == "python":
+            results = []
+            for conv, ref in zip(convs, refs):
+                try:
+                    results.append(self.encode_one(conv))
+                except DataError as err:
+                    summary.handle_malformed(
+                        err.located(dataset=ref.dataset, index=ref.index), self.args.skip_malformed
+                    )
+            return EncodedBatch.from_lists(
+                [(ids, lab) for ids, lab, _ in results], [f for _, _, f in results]
+            )
+
+        rendered = []
+        for conv, ref in zip(convs, refs):
+            try:
+                rendered.append(self.render(conv))
+            except DataError as err:
+                summary.handle_malformed(
+                    err.located(dataset=ref.dataset, index=ref.index), self.args.skip_malformed
+                )
+        return self._encode_rendered(rendered)
+
+    def _encode_rendered(self, rendered_batch: list[list[list[int | str]]]) -> EncodedBatch:
+        """Compiled path: one batched tokenizer call, then one kernel call for the whole batch."""
+        from fastsft import _kernels
+
+        texts: list[str] = []
+        seg_text_index: list[int] = []  # index into texts, or -1 for a special id
+        special_ids: list[int] = []
+        message_seg_counts: list[int] = []
+        sample_message_counts: list[int] = []
+        for rendered in rendered_batch:
+            sample_message_counts.append(len(rendered))
+            for segments in rendered:
+                message_seg_counts.append(len(segments))
+                for seg in segments:
+                    if isinstance(seg, str):
+                        seg_text_index.append(len(texts))
+                        texts.append(seg)
+                    else:
+                        seg_text_index.append(-1)
+                        special_ids.append(seg)
+
+        text_ids, text_offsets = self.tokenizer_backend.encode_batch_flat(texts)
+        token_ids, seg_lengths = _gather_segments(
+            text_ids,
+            text_offsets,
+            np.asarray(seg_text_index, dtype=np.int64),
+            np.asarray(special_ids, np.int32),
+        )
+        seg_cum = _cumsum0(seg_lengths)
+        message_bounds = seg_cum[_cumsum0(np.asarray(message_seg_counts, dtype=np.int64))]
+        sample_bounds = _cumsum0(np.asarray(sample_message_counts, dtype=np.int64))
+        input_ids, labels, offsets = _kernels.assemble_supervised(
+            token_ids,
+            message_bounds,
+            sample_bounds,
+            self.cutoff_len,
+            self.args.train_on_prompt,
+            self.args.mask_history,
+            self.template.efficient_eos,
+            -1 if self.tokenizer.eos_token_id is None else self.tokenizer.eos_token_id,
+        )
+        full_lengths = np.diff(message_bounds[sample_bounds]) + (1 if self.template.efficient_eos else 0)
+        return EncodedBatch(input_ids, labels, offsets, full_lengths)
+
+
+def _cumsum0(values: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(values, out=out[1:])
+    return out
+
+
+def _gather_segments(
+    text_ids: np.ndarray, text_offsets: np.ndarray, seg_text_index: np.ndarray, special_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lay out every segment's tokens in order: tokenized text or a single special id."""
+    is_text = seg_text_index >= 0
+    text_idx = seg_text_index[is_text]
+    seg_lengths = np.ones(len(seg_text_index), dtype=np.int64)
+    seg_lengths[is_text] = text_offsets[text_idx + 1] - text_offsets[text_idx]
+    # Source = text tokens followed by the special ids; each segment reads a contiguous run of it.
+    source = np.concatenate([text_ids.astype(np.int32, copy=False), special_ids])
+    seg_starts = np.empty(len(seg_text_index), dtype=np.int64)
+    seg_starts[is_text] = text_offsets[text_idx]
+    seg_starts[~is_text] = len(text_ids) + np.arange(int((~is_text).sum()), dtype=np.int64)
+    out_starts = _cumsum0(seg_lengths)[:-1]
+    positions = np.repeat(seg_starts - out_starts, seg_lengths) + np.arange(
+        int(seg_lengths.sum()), dtype=np.int64
+    )
+    return source[positions], seg_lengths
+
+
+def iter_samples(
+    attrs: list[DatasetAttr], args: DataArgs
+) -> Iterator[tuple[DatasetAttr, SampleRef, dict[str, Any]]]:
+    """Raw rows of every dataset in order, each with where it came from."""
+    for attr in attrs:
+        for index, row in enumerate(iter_rows(attr, args.dataset_dir, max_samples=args.max_samples)):
+            yield attr, SampleRef(attr.name, index), row
+
+
+def iter_batches(
+    args: DataArgs, attrs: list[DatasetAttr], summary: Summary
+) -> Iterator[tuple[list[Conversation], list[SampleRef]]]:
+    """Preprocessing batches of valid conversations; invalid rows are counted (or raised)."""
+    convs: list[Conversation] = []
+    refs: list[SampleRef] = []
+    raw_in_batch = 0
+    for attr, ref, row in iter_samples(attrs, args):
+        summary.examples_in += 1
+        raw_in_batch += 1
+        try:
+            result = convert(row, attr)
+        except DataError as err:
+            summary.handle_malformed(err.located(dataset=ref.dataset, index=ref.index), args.skip_malformed)
+            result = None
+        if isinstance(result, Dropped):
+            if args.strict:
+                raise DataError(result.reason, dataset=ref.dataset, index=ref.index)
+            summary.record_drop(ref, result.reason)
+        elif result is not None:
+            convs.append(result)
+            refs.append(ref)
+        if raw_in_batch == args.preprocessing_batch_size:
+            yield convs, refs
+            convs, refs, raw_in_batch = [], [], 0
+    if raw_in_batch:
+        yield convs, refs
+
+
+def _list_column(values: np.ndarray, offsets: np.ndarray) -> pa.Array:
+    """An Arrow list<int64> column over flat values, without a per-row Python loop."""
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values.astype(np.int64)))
+
+
+class RowBuilder:
+    """Turns encoded batches into output rows: unpacked, LLaMA-Factory-packed per batch, or BFD over all."""
+
+    def __init__(self, args: DataArgs, pad_token_id: int, summary: Summary) -> None:
+        self.args = args
+        self.pad_token_id = pad_token_id
+        self.summary = summary
+        self.cutoff_len = args.effective_cutoff_len
+        self._held: list[EncodedBatch] = []  # BFD packs the whole dataset at the end
+
+    def add(self, batch: EncodedBatch) -> Iterator[pa.RecordBatch]:
+        self._count(batch)
+        if not self.args.packing:
+            yield self._unpacked(batch)
+        elif self.args.packing_strategy == "llamafactory":
+            yield self._packed(self._without_too_long(batch), "llamafactory")
+        else:
+            self._held.append(self._without_too_long(batch))
+
+    def finish(self) -> Iterator[pa.RecordBatch]:
+        if self._held:
+            yield self._packed(_concat_batches(self._held), "bfd")
+            self._held = []
+
+    def _count(self, batch: EncodedBatch) -> None:
+        lengths = np.diff(batch.offsets)
+        self.summary.examples_encoded += len(batch)
+        self.summary.truncated += int((lengths < batch.full_lengths).sum())
+
+    def _without_too_long(self, batch: EncodedBatch) -> EncodedBatch:
+        """LLaMA-Factory drops (and logs) encoded samples longer than a packed row; we count them."""
+        lengths = np.diff(batch.offsets)
+        keep = lengths <= self.cutoff_len
+        if keep.all():
+            return batch
+        self.summary.too_long_dropped += int((~keep).sum())
+        return _select(batch, np.flatnonzero(keep))
+
+    def _record(
+        self, columns: dict[str, pa.Array], label_values: np.ndarray, sample_tokens: int
+    ) -> pa.RecordBatch:
+        row_tokens = len(columns["input_ids"].flatten())
+        self.summary.rows_out += len(columns["input_ids"])
+        self.summary.tokens += sample_tokens
+        self.summary.padding_tokens += row_tokens - sample_tokens
+        self.summary.label_tokens += int((label_values != IGNORE_INDEX).sum())
+        return pa.RecordBatch.from_pydict(columns)
+
+    def _unpacked(self, batch: EncodedBatch) -> pa.RecordBatch:
+        ones = np.ones(len(batch.input_ids), dtype=np.int64)
+        columns = {
+            "input_ids": _list_column(batch.input_ids, batch.offsets),
+            "attention_mask": _list_column(ones, batch.offsets),
+            "labels": _list_column(batch.labels, batch.offsets),
+        }
+        return self._record(columns, batch.labels, len(batch.input_ids))
+
+    def _packed(self, batch: EncodedBatch, strategy: str) -> pa.RecordBatch:
+        neat = self.args.neat_packing
+        if self.args.backend == "python":
+            rows = self._packed_python(batch, strategy)
+            columns = {name: pa.array(values, type=TOKEN_TYPE) for name, values in rows.items()}
+            label_values = np.fromiter((t for row in rows["labels"] for t in row), dtype=np.int64)
+        else:
+            from fastsft import _kernels
+
+            lengths = np.diff(batch.offsets)
+            if strategy == "llamafactory":
+                order, row_bounds = _kernels.knapsack_llamafactory(lengths, self.cutoff_len)
+                row_length = self.cutoff_len + 1
+            else:
+                order, row_bounds = _kernels.pack_bfd(lengths, self.cutoff_len)
+                row_length = 0
+            ids, labels, mask, positions, row_offsets = _kernels.materialize_rows(
+                batch.input_ids,
+                batch.labels,
+                batch.offsets,
+                order,
+                row_bounds,
+                row_length,
+                self.pad_token_id,
+                neat,
+            )[:5]
+            columns = {
+                "input_ids": _list_column(ids, row_offsets),
+                "attention_mask": _list_column(mask, row_offsets),
+                "position_ids": _list_column(positions, row_offsets),
+                "labels": _list_column(labels, row_offsets),
+            }
+            label_values = labels
+        return self._record(columns, label_values, len(batch.input_ids))
+
+    def _packed_python(self, batch: EncodedBatch, strategy: str) -> dict[str, list[list[int]]]:
+        samples_ids = [batch.input_ids[a:b].tolist() for a, b in zip(batch.offsets[:-1], batch.offsets[1:])]
+        samples_labels = [batch.labels[a:b].tolist() for a, b in zip(batch.offsets[:-1], batch.offsets[1:])]
+        if strategy == "llamafactory":
+            rows = packing_mod.pack_llamafactory(
+                samples_ids,
+                samples_labels,
+                cutoff_len=self.cutoff_len,
+                pad_token_id=self.pad_token_id,
+                neat_packing=self.args.neat_packing,
+            )
+            rows.pop("sequence_boundaries", None)
+            return rows
+        order, row_bounds = packing_mod.best_fit_decreasing([len(x) for x in samples_ids], self.cutoff_len)
+        return packing_mod.rows_from_order(
+            samples_ids, samples_labels, order, row_bounds, neat_packing=self.args.neat_packing
+        )
+
+
+def _select(batch: EncodedBatch, keep: np.ndarray) -> EncodedBatch:
+    starts, ends = batch.offsets[keep], batch.offsets[keep + 1]
+    lengths = ends - starts
+    offsets = _cumsum0(lengths)
+    positions = np.repeat(starts - offsets[:-1], lengths) + np.arange(int(offsets[-1]), dtype=np.int64)
+    return EncodedBatch(
+        batch.input_ids[positions], batch.labels[positions], offsets, batch.full_lengths[keep]
+    )
+
+
+def _concat_batches(batches: list[EncodedBatch]) -> EncodedBatch:
+    sizes = [int(b.offsets[-1]) for b in batches]
+    shifts = _cumsum0(np.asarray(sizes, dtype=np.int64))
+    offsets = np.concatenate([[0]] + [b.offsets[1:] + shift for b, shift in zip(batches, shifts)])
+    return EncodedBatch(
+        np.concatenate([b.input_ids for b in batches]),
+        np.concatenate([b.labels for b in batches]),
+        offsets.astype(np.int64),
+        np.concatenate([b.full_lengths for b in batches]),
+    )
+
+
+def build_dataset(
+    args: DataArgs, tokenizer: Any, *, cache_file: str | None = None, progress: bool = False
+) -> tuple[Any, Summary]:
+    """Run the pipeline; returns a ``datasets.Dataset`` with LLaMA-Factory's columns and a ``Summary``.
+
+    The tokenizer is fixed in place exactly as LLaMA-Factory does (eos, pad, stop words). With
+    ``cache_file`` the rows stream to that Arrow file and the dataset is memory-mapped from it, so
+    memory does not grow with the dataset (except for BFD packing, which needs every length).
+    """
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+
+    start = time.perf_counter()
+    summary = Summary(backend=args.backend or "")
+    encoder = Encoder(args, tokenizer)
+    summary.tokenizer_backend = encoder.tokenizer_backend_name
+    attrs = resolve_datasets(args.dataset, args.dataset_dir)
+    rows = RowBuilder(args, tokenizer.pad_token_id, summary)
+    bar = _progress_bar(progress)
+
+    def record_batches() -> Iterator[pa.RecordBatch]:
+        for convs, refs in iter_batches(args, attrs, summary):
+            yield from rows.add(encoder.encode(convs, refs, summary))
+            bar.update(summary.examples_in - bar.n)
+        yield from rows.finish()
+
+    if cache_file is None:
+        batches = list(record_batches())
+        table = pa.Table.from_batches(batches) if batches else _empty_table(args)
+        dataset = datasets.Dataset(datasets.table.InMemoryTable(table))
+    else:
+        with ArrowWriter(path=cache_file) as writer:
+            wrote = False
+            for batch in record_batches():
+                writer.write_table(pa.Table.from_batches([batch]))
+                wrote = True
+            if not wrote:
+                writer.write_table(_empty_table(args))
+            writer.finalize()
+        dataset = datasets.Dataset.from_file(cache_file)
+    bar.close()
+    summary.seconds = time.perf_counter() - start
+    if summary.examples_encoded == 0:
+        raise DataError(
+            "no valid samples"
+            + (f" ({summary.dropped} dropped; first: {summary.first_dropped})" if summary.dropped else ""),
+            dataset=",".join(a.name for a in attrs),
+        )
+    return dataset, summary
+
+
+def _empty_table(args: DataArgs) -> pa.Table:
+    names = (
+        ["input_ids", "attention_mask", "position_ids", "labels"]
+        if args.packing
+        else ["input_ids", "attention_mask", "labels"]
+    )
+    return pa.table({name: pa.array([], type=TOKEN_TYPE) for name in names})
+
+
+class _NoBar:
+    n = 0
+
+    def update(self, k: int) -> None:
+        self.n += k
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(desc="Encoding", unit=" samples", smoothing=0.1)
