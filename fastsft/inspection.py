@@ -1,0 +1,142 @@
+"""``fastsft inspect``: encoded samples as a person wants to read them.
+
+Trained (labelled) spans are green on a terminal and wrapped in ``[[...]]`` in plain text;
+per-turn token counts show where ``cutoff_len`` cut; packed rows show their sequence boundaries.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+from fastsft import IGNORE_INDEX
+from fastsft.data.encode import TurnTrace
+from fastsft.data.formats import Dropped, convert
+from fastsft.data.pipeline import DataArgs, Encoder, iter_samples
+from fastsft.data.registry import resolve_datasets
+from fastsft.errors import DataError
+
+GREEN, DIM, BOLD, RESET = "\x1b[32m", "\x1b[2m", "\x1b[1m", "\x1b[0m"
+
+
+def highlight(tokenizer: Any, input_ids: Sequence[int], labels: Sequence[int], *, color: bool) -> str:
+    """Decoded text with labelled spans marked; prompt spans dimmed on a terminal."""
+    parts = []
+    for trained, group in itertools.groupby(range(len(input_ids)), key=lambda i: labels[i] != IGNORE_INDEX):
+        text = tokenizer.decode([input_ids[i] for i in group], skip_special_tokens=False)
+        if color:
+            parts.append(f"{GREEN}{text}{RESET}" if trained else f"{DIM}{text}{RESET}")
+        else:
+            parts.append(f"[[{text}]]" if trained else text)
+    return "".join(parts)
+
+
+def _heading(text: str, color: bool) -> str:
+    return f"{BOLD}{text}{RESET}" if color else text
+
+
+def describe_turns(trace: list[TurnTrace]) -> list[str]:
+    """One line per turn: prompt and response tokens, and what truncation kept."""
+    lines = []
+    for t in sorted(trace, key=lambda t: t.turn):
+        cut = []
+        if t.prompt_kept < t.prompt_len:
+            cut.append(f"prompt cut to {t.prompt_kept}")
+        if t.response_kept < t.response_len:
+            cut.append(f"response cut to {t.response_kept}")
+        note = f"  <- truncated: {', '.join(cut)}" if cut else ""
+        lines.append(
+            f"  turn {t.turn + 1}: prompt {t.prompt_len} tokens, response {t.response_len} tokens{note}"
+        )
+    return lines
+
+
+def inspect_dataset(
+    options: dict[str, Any], tokenizer: Any, *, count: int = 3, start: int = 0, color: bool = False
+) -> str:
+    """Encode ``count`` samples from ``start`` on with the reference path and describe each."""
+    args = DataArgs(**options)
+    encoder = Encoder(args, tokenizer)
+    attrs = resolve_datasets(args.dataset, args.dataset_dir)
+    out = [
+        f"template {args.template}, cutoff_len {encoder.cutoff_len}, train_on_prompt {args.train_on_prompt}, "
+        f"mask_history {args.mask_history}"
+        + (" (per-sample view; packed rows: inspect --data)" if args.packing else "")
+    ]
+    for position, (attr, ref, row) in enumerate(iter_samples(attrs, args)):
+        if position < start:
+            continue
+        if position >= start + count:
+            break
+        out.append("")
+        try:
+            conv = convert(row, attr)
+            if isinstance(conv, Dropped):
+                out.append(_heading(f"== {ref}: dropped ({conv.reason})", color))
+                continue
+            trace: list[TurnTrace] = []
+            input_ids, labels, full_length = encoder.encode_one(conv, trace)
+        except DataError as err:
+            out.append(
+                _heading(f"== {ref}: malformed: {err.located(dataset=ref.dataset, index=ref.index)}", color)
+            )
+            continue
+        trained = sum(label != IGNORE_INDEX for label in labels)
+        status = f", truncated from {full_length}" if len(input_ids) < full_length else ""
+        dropped_turns = len(conv.messages) // 2 - len(trace)
+        if dropped_turns:
+            status += f", {dropped_turns} turn(s) cut entirely"
+        out.append(_heading(f"== {ref}: {len(input_ids)} tokens, {trained} trained{status}", color))
+        out.extend(describe_turns(trace))
+        out.append(highlight(tokenizer, input_ids, labels, color=color))
+    return "\n".join(out)
+
+
+def sequence_spans(position_ids: Sequence[int]) -> list[tuple[int, int]]:
+    """[start, end) of each sequence in a packed row: a new one starts wherever the position is 0."""
+    starts = [i for i, p in enumerate(position_ids) if p == 0] or [0]
+    return list(zip(starts, [*starts[1:], len(position_ids)]))
+
+
+def inspect_saved(path: str, tokenizer: Any, *, count: int = 3, start: int = 0, color: bool = False) -> str:
+    """Describe rows of a dataset written by ``fastsft preprocess`` (or by LLaMA-Factory)."""
+    from datasets import DatasetDict, load_from_disk
+
+    data = load_from_disk(path)
+    if isinstance(data, DatasetDict):
+        data = data["train"]
+    out = [f"{path}: {len(data)} rows, columns {', '.join(data.column_names)}"]
+    for index in range(start, min(start + count, len(data))):
+        row = data[index]
+        ids, labels = row["input_ids"], row["labels"]
+        trained = sum(label != IGNORE_INDEX for label in labels)
+        out += ["", _heading(f"== row #{index}: {len(ids)} tokens, {trained} trained", color)]
+        if "position_ids" not in row:
+            out.append(highlight(tokenizer, ids, labels, color=color))
+            continue
+        mask = row["attention_mask"]
+        for number, (begin, end) in enumerate(sequence_spans(row["position_ids"]), 1):
+            padding = all(m == 0 for m in mask[begin:end]) or (
+                end - begin == 1 and ids[begin] == tokenizer.pad_token_id and labels[begin] == IGNORE_INDEX
+            )
+            if padding:
+                continue
+            out.append(f"  -- sequence {number}: tokens {begin}..{end - 1} ({end - begin})")
+            out.append(highlight(tokenizer, ids[begin:end], labels[begin:end], color=color))
+        pad = sum(1 for m in mask if m == 0) if any(m > 1 for m in mask) else _trailing_pad(row, tokenizer)
+        if pad:
+            out.append(f"  -- padding: {pad} tokens")
+    return "\n".join(out)
+
+
+def _trailing_pad(row: dict[str, Any], tokenizer: Any) -> int:
+    """Padding at the end of a LLaMA-Factory packed row (position 0, pad id, no label)."""
+    n = 0
+    for token, pos, label in zip(
+        reversed(row["input_ids"]), reversed(row["position_ids"]), reversed(row["labels"])
+    ):
+        if token != tokenizer.pad_token_id or pos != 0 or label != IGNORE_INDEX:
+            break
+        n += 1
+    return n
