@@ -121,7 +121,11 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     try:
         dataset, summary = build_dataset(
-            data_args, tokenizer, cache_file=str(workdir / "rows.arrow"), progress=not args.quiet
+            data_args,
+            tokenizer,
+            cache_file=str(workdir / "rows.arrow"),
+            progress=not args.quiet,
+            workers=args.workers,
         )
         _save_atomically(dataset, output, workdir)
     finally:
@@ -183,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--output", help="output folder (written atomically)")
     pre.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     pre.add_argument("--quiet", action="store_true", help="no progress bar")
+    pre.add_argument("--workers", type=int, default=1, help="encoding processes (default 1)")
     pre.set_defaults(func=cmd_preprocess)
 
     ins = sub.add_parser(

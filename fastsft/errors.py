@@ -30,6 +30,10 @@ class DataError(FastSFTError):
         self.line = line
         super().__init__(self._format())
 
+    def __reduce__(self) -> tuple:
+        """Picklable across worker processes despite keyword-only arguments."""
+        return (_rebuild_data_error, (self.reason, self.dataset, self.index, self.field, self.line))
+
     def located(self, *, dataset: str | None = None, index: int | None = None) -> DataError:
         """The same error with the dataset and sample index filled in by the caller that knows them."""
         return DataError(
@@ -51,3 +55,9 @@ class DataError(FastSFTError):
         if self.field is not None:
             where.append(f"field '{self.field}'")
         return f"{', '.join(where)}: {self.reason}" if where else self.reason
+
+
+def _rebuild_data_error(
+    reason: str, dataset: str | None, index: int | None, field: str | None, line: int | None
+) -> DataError:
+    return DataError(reason, dataset=dataset, index=index, field=field, line=line)

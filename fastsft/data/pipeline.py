@@ -515,13 +515,19 @@ def _concat_batches(batches: list[EncodedBatch]) -> EncodedBatch:
 
 
 def build_dataset(
-    args: DataArgs, tokenizer: Any, *, cache_file: str | None = None, progress: bool = False
+    args: DataArgs,
+    tokenizer: Any,
+    *,
+    cache_file: str | None = None,
+    progress: bool = False,
+    workers: int = 1,
 ) -> tuple[Any, Summary]:
     """Run the pipeline; returns a ``datasets.Dataset`` with LLaMA-Factory's columns and a ``Summary``.
 
     The tokenizer is fixed in place exactly as LLaMA-Factory does (eos, pad, stop words). With
     ``cache_file`` the rows stream to that Arrow file and the dataset is memory-mapped from it, so
     memory does not grow with the dataset (except for BFD packing, which needs every length).
+    ``workers > 1`` encodes batches in that many processes, in order, with a bounded queue.
     """
     import datasets
     from datasets.arrow_writer import ArrowWriter
@@ -535,8 +541,8 @@ def build_dataset(
     bar = _progress_bar(progress)
 
     def record_batches() -> Iterator[pa.RecordBatch]:
-        for convs, refs in iter_batches(args, attrs, summary):
-            yield from rows.add(encoder.encode(convs, refs, summary))
+        for encoded in _encoded_batches(args, encoder, iter_batches(args, attrs, summary), summary, workers):
+            yield from rows.add(encoded)
             bar.update(summary.examples_in - bar.n)
         yield from rows.finish()
 
@@ -563,6 +569,54 @@ def build_dataset(
             dataset=",".join(a.name for a in attrs),
         )
     return dataset, summary
+
+
+_worker_encoder: Encoder | None = None
+
+
+def _init_worker(args: DataArgs, tokenizer: Any) -> None:
+    global _worker_encoder
+    _worker_encoder = Encoder(args, tokenizer)
+
+
+def _encode_in_worker(convs: list[Conversation], refs: list[SampleRef]) -> tuple[EncodedBatch, Summary]:
+    part = Summary()
+    assert _worker_encoder is not None
+    return _worker_encoder.encode(convs, refs, part), part
+
+
+def _encoded_batches(
+    args: DataArgs,
+    encoder: Encoder,
+    batches: Iterator[tuple[list[Conversation], list[SampleRef]]],
+    summary: Summary,
+    workers: int,
+) -> Iterator[EncodedBatch]:
+    """Encode batches here, or in ``workers`` processes keeping at most ``2 * workers`` in flight."""
+    if workers <= 1:
+        for convs, refs in batches:
+            yield encoder.encode(convs, refs, summary)
+        return
+
+    import multiprocessing as mp
+    from collections import deque
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with mp.get_context("spawn").Pool(workers, _init_worker, (args, encoder.tokenizer)) as pool:
+        pending: deque = deque()
+        for convs, refs in batches:
+            pending.append(pool.apply_async(_encode_in_worker, (convs, refs)))
+            if len(pending) >= 2 * workers:
+                yield _merge_worker_result(pending.popleft().get(), summary)
+        while pending:
+            yield _merge_worker_result(pending.popleft().get(), summary)
+
+
+def _merge_worker_result(result: tuple[EncodedBatch, Summary], summary: Summary) -> EncodedBatch:
+    encoded, part = result
+    summary.malformed_skipped += part.malformed_skipped
+    summary.first_malformed = summary.first_malformed or part.first_malformed
+    return encoded
 
 
 def _empty_table(args: DataArgs) -> pa.Table:
