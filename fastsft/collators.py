@@ -1,0 +1,459 @@
+"""Batch collation for SFT training.
+
+``PaddingCollator`` builds LLaMA-Factory 0.9.5's padded batches (its SFT workflow's
+``DataCollatorForSeq2Seq`` set-up) without a tokenizer. ``VarlenCollator`` builds padding-free
+batches: every sequence of the batch concatenated into one row plus the cumulative sequence
+lengths that flash-attention style kernels (and ``fastsft.train.attention``) consume.
+``TokenBudgetBatchSampler`` groups samples into batches under a token budget. All three work
+with a plain ``DataLoader``, HF ``Trainer`` and TRL ``SFTTrainer``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from fastsft import IGNORE_INDEX
+from fastsft.errors import ConfigError, DataError
+
+Feature = Mapping[str, Any]
+BACKEND_ENV = "FASTSFT_BACKEND"
+BACKENDS = ("auto", "compiled", "python")
+
+
+def _int_row(feature: Feature, key: str, position: int) -> np.ndarray:
+    """``feature[key]`` (list, numpy array or tensor) as a 1-D int64 array, or a located error."""
+    if key not in feature or feature[key] is None:
+        raise DataError(f"feature at batch position {position} has no '{key}'", field=key)
+    row = np.asarray(feature[key])
+    if row.ndim != 1:
+        raise DataError(
+            f"expected a flat list of ids at batch position {position}, got shape {row.shape}", field=key
+        )
+    if row.size and row.dtype.kind not in "iub":
+        raise DataError(f"expected integer ids at batch position {position}, got {row.dtype}", field=key)
+    return row.astype(np.int64, copy=False)
+
+
+def _check_length(row: np.ndarray, expected: int, key: str, position: int) -> None:
+    if len(row) != expected:
+        raise DataError(
+            f"has {len(row)} entries but input_ids has {expected} (batch position {position})", field=key
+        )
+
+
+def _has(feature: Feature, key: str) -> bool:
+    return feature.get(key) is not None
+
+
+class PaddingCollator:
+    """LLaMA-Factory 0.9.5's unpacked SFT collation, tokenizer-free.
+
+    LLaMA-Factory's SFT workflow pads with ``DataCollatorForSeq2Seq`` (``pad_to_multiple_of=8``
+    when training, ``None`` for prediction): ``input_ids`` with the pad id, ``attention_mask``
+    with 0 (all ones when a feature has none), ``labels`` with ``label_pad_token_id``, every
+    row to the longest rounded up to ``pad_to_multiple_of``, int64. The output tensors are
+    identical to it. ``position_ids``, which LLaMA-Factory leaves unpadded, are padded with 0;
+    other keys (e.g. ``sequence_boundaries``) are not collated.
+    """
+
+    def __init__(
+        self,
+        pad_token_id: int,
+        pad_to_multiple_of: int | None = None,
+        label_pad_token_id: int = IGNORE_INDEX,
+        padding_side: Literal["right", "left"] = "right",
+        return_tensors: Literal["pt", "np"] = "pt",
+    ) -> None:
+        if not isinstance(pad_token_id, (int, np.integer)) or isinstance(pad_token_id, bool):
+            raise ConfigError(f"pad_token_id must be an integer token id, got {pad_token_id!r}")
+        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+            raise ConfigError(
+                f"pad_to_multiple_of must be a positive integer or None, got {pad_to_multiple_of}"
+            )
+        if padding_side not in ("right", "left"):
+            raise ConfigError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+        if return_tensors not in ("pt", "np"):
+            raise ConfigError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}")
+        self.pad_token_id = int(pad_token_id)
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.label_pad_token_id = label_pad_token_id
+        self.padding_side = padding_side
+        self.return_tensors = return_tensors
+
+    def __call__(self, features: Sequence[Feature]) -> dict[str, torch.Tensor | np.ndarray]:
+        if len(features) == 0:
+            raise DataError("cannot collate an empty batch")
+        first = features[0]
+        pad_values = {"input_ids": self.pad_token_id, "attention_mask": 0}
+        if _has(first, "labels"):
+            pad_values["labels"] = self.label_pad_token_id
+        if _has(first, "position_ids"):
+            pad_values["position_ids"] = 0
+
+        columns: dict[str, list[np.ndarray]] = {key: [] for key in pad_values}
+        for position, feature in enumerate(features):
+            input_ids = _int_row(feature, "input_ids", position)
+            columns["input_ids"].append(input_ids)
+            for key in pad_values:
+                if key == "input_ids":
+                    continue
+                if key == "attention_mask" and not _has(feature, key):
+                    row = np.ones(len(input_ids), dtype=np.int64)
+                else:
+                    row = _int_row(feature, key, position)
+                    _check_length(row, len(input_ids), key, position)
+                columns[key].append(row)
+
+        width = max(len(row) for row in columns["input_ids"])
+        if self.pad_to_multiple_of is not None and width % self.pad_to_multiple_of != 0:
+            width = (width // self.pad_to_multiple_of + 1) * self.pad_to_multiple_of
+
+        batch: dict[str, torch.Tensor | np.ndarray] = {}
+        for key, rows in columns.items():
+            padded = np.full((len(rows), width), pad_values[key], dtype=np.int64)
+            for index, row in enumerate(rows):
+                if self.padding_side == "right":
+                    padded[index, : len(row)] = row
+                else:
+                    padded[index, width - len(row) :] = row
+            batch[key] = torch.from_numpy(padded) if self.return_tensors == "pt" else padded
+        return batch
+
+
+VarlenKernel = Callable[
+    [list[np.ndarray], list[np.ndarray], "list[np.ndarray] | None"],
+    tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int],
+]
+
+
+def load_varlen_kernel(backend: str | None = None) -> VarlenKernel | None:
+    """The compiled ``varlen_flatten`` for ``backend``, or ``None`` for the Python path.
+
+    ``None`` means ``$FASTSFT_BACKEND``, else ``"auto"``: compiled when it imports, else Python
+    with a warning. An explicit ``"compiled"`` re-raises the kernels' ImportError.
+    """
+    choice = backend if backend is not None else os.environ.get(BACKEND_ENV, "auto")
+    if choice not in BACKENDS:
+        source = "backend" if backend is not None else f"${BACKEND_ENV}"
+        raise ConfigError(f"{source} must be one of {', '.join(BACKENDS)}, got {choice!r}")
+    if choice == "python":
+        return None
+    try:
+        from fastsft._kernels import varlen_flatten
+    except ImportError as error:
+        if choice == "compiled":
+            raise
+        warnings.warn(f"VarlenCollator uses the slower Python path: {error}", RuntimeWarning, stacklevel=3)
+        return None
+    return varlen_flatten
+
+
+def _varlen_rows(
+    features: Sequence[Feature],
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None]:
+    """Per-feature ``input_ids``, ``labels``, ``position_ids`` with ``attention_mask == 0`` tokens dropped.
+
+    Labels default to the input ids (as transformers' ``DataCollatorWithFlattening``); position
+    ids are returned only when the batch has them, and empty rows are left out.
+    """
+    if len(features) == 0:
+        raise DataError("cannot collate an empty batch")
+    with_labels = _has(features[0], "labels")
+    with_positions = _has(features[0], "position_ids")
+    rows_ids: list[np.ndarray] = []
+    rows_labels: list[np.ndarray] = []
+    rows_positions: list[np.ndarray] | None = [] if with_positions else None
+    for position, feature in enumerate(features):
+        input_ids = _int_row(feature, "input_ids", position)
+        labels = input_ids
+        if with_labels:
+            labels = _int_row(feature, "labels", position)
+            _check_length(labels, len(input_ids), "labels", position)
+        positions = None
+        if with_positions:
+            positions = _int_row(feature, "position_ids", position)
+            _check_length(positions, len(input_ids), "position_ids", position)
+        if _has(feature, "attention_mask"):
+            mask = _int_row(feature, "attention_mask", position)
+            _check_length(mask, len(input_ids), "attention_mask", position)
+            if not mask.all():
+                keep = mask != 0
+                input_ids, labels = input_ids[keep], labels[keep]
+                positions = positions[keep] if positions is not None else None
+        if len(input_ids) == 0:
+            continue
+        rows_ids.append(input_ids)
+        rows_labels.append(labels)
+        if rows_positions is not None:
+            rows_positions.append(positions)
+    if not rows_ids:
+        raise DataError("batch has no tokens (every feature is empty or fully masked)")
+    return rows_ids, rows_labels, rows_positions
+
+
+def varlen_flatten_python(
+    rows_input_ids: list[np.ndarray],
+    rows_labels: list[np.ndarray],
+    rows_position_ids: list[np.ndarray] | None,
+) -> tuple[list[int], list[int], list[int], list[int], int]:
+    """Readable reference of ``fastsft._kernels.varlen_flatten``.
+
+    A row holds one sequence, or several when its position ids restart at 0. Sequences are
+    concatenated; each one's first label becomes -100 so no token learns to predict the start
+    of the next sequence; position ids are kept when given, else count from 0 per row. Returns ``input_ids``, ``labels``,
+    ``position_ids``, ``cu_seqlens`` (sequence boundaries, ``S + 1`` entries) and the longest
+    sequence length.
+    """
+    input_ids: list[int] = []
+    labels: list[int] = []
+    position_ids: list[int] = []
+    cu_seqlens = [0]
+    for row, row_ids in enumerate(rows_input_ids):
+        ids = row_ids.tolist()
+        row_labels = rows_labels[row].tolist()
+        positions = rows_position_ids[row].tolist() if rows_position_ids is not None else None
+        starts = [t for t in range(len(ids)) if t == 0 or (positions is not None and positions[t] == 0)]
+        for start, end in zip(starts, [*starts[1:], len(ids)]):
+            input_ids += ids[start:end]
+            labels += [IGNORE_INDEX, *row_labels[start + 1 : end]]
+            position_ids += positions[start:end] if positions is not None else range(end - start)
+            cu_seqlens.append(cu_seqlens[-1] + end - start)
+    max_seqlen = max(end - start for start, end in itertools.pairwise(cu_seqlens))
+    return input_ids, labels, position_ids, cu_seqlens, max_seqlen
+
+
+class VarlenCollator:
+    """Padding-free collation: the whole batch as one row of concatenated sequences.
+
+    Features are samples or pre-packed rows whose sequences are delimited by ``position_ids``
+    restarting at 0 (LLaMA-Factory's packed rows are accepted; tokens with ``attention_mask``
+    0, its padding, are dropped). Returns ``input_ids``, ``labels`` and ``position_ids`` of
+    shape ``[1, T]`` (int64) with the first label of every sequence set to -100 and, with
+    ``return_flash_kwargs``, ``cu_seq_lens_q``/``cu_seq_lens_k`` (int32, ``S + 1``) and
+    ``max_length_q``/``max_length_k`` (ints): the keyword arguments transformers' flash
+    attention and ``fastsft.train.attention`` read. There is no ``attention_mask``.
+
+    ``backend``: ``"compiled"`` (``fastsft._kernels``), ``"python"``, ``"auto"``; ``None``
+    reads ``$FASTSFT_BACKEND``. See ``load_varlen_kernel``.
+    """
+
+    def __init__(
+        self,
+        return_flash_kwargs: bool = True,
+        backend: Literal["auto", "compiled", "python"] | None = None,
+    ) -> None:
+        self.return_flash_kwargs = return_flash_kwargs
+        self._kernel = load_varlen_kernel(backend)
+
+    @property
+    def backend(self) -> str:
+        """The path in use: ``"compiled"`` or ``"python"``."""
+        return "python" if self._kernel is None else "compiled"
+
+    def __call__(self, features: Sequence[Feature]) -> dict[str, torch.Tensor | int]:
+        rows = _varlen_rows(features)
+        if self._kernel is None:
+            input_ids, labels, position_ids, cu_seqlens, max_seqlen = varlen_flatten_python(*rows)
+            as_int64 = torch.tensor
+            cu_seqlens_tensor = torch.tensor(cu_seqlens, dtype=torch.int32)
+        else:
+            input_ids, labels, position_ids, cu_seqlens, max_seqlen = self._kernel(*rows)
+            as_int64 = torch.from_numpy
+            cu_seqlens_tensor = torch.from_numpy(np.asarray(cu_seqlens, dtype=np.int32))
+
+        batch: dict[str, torch.Tensor | int] = {
+            "input_ids": as_int64(input_ids).view(1, -1),
+            "labels": as_int64(labels).view(1, -1),
+            "position_ids": as_int64(position_ids).view(1, -1),
+        }
+        if self.return_flash_kwargs:
+            batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = cu_seqlens_tensor
+            batch["max_length_q"] = batch["max_length_k"] = int(max_seqlen)
+        return batch
+
+
+def _as_lengths(lengths: Iterable[int]) -> np.ndarray:
+    values = np.asarray(lengths if isinstance(lengths, (np.ndarray, list, tuple)) else list(lengths))
+    if values.ndim != 1 or (values.size and values.dtype.kind not in "iu"):
+        raise ConfigError(
+            f"lengths must be a flat sequence of integers, got shape {values.shape} {values.dtype}"
+        )
+    if values.size and values.min() < 0:
+        raise ConfigError(f"lengths must be >= 0, found {values.min()} at index {int(values.argmin())}")
+    return values.astype(np.int64, copy=False)
+
+
+def _fill_budget(indices: np.ndarray, lengths: np.ndarray, max_tokens: int) -> list[list[int]]:
+    """Cut ``indices`` in order into batches of at most ``max_tokens`` tokens; an over-long sample stands alone."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    used = 0
+    for index, length in zip(indices.tolist(), lengths[indices].tolist()):
+        if current and used + length > max_tokens:
+            batches.append(current)
+            current, used = [], 0
+        current.append(index)
+        used += length
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _split_largest(batches: list[list[int]], count: int) -> tuple[list[list[int]], int]:
+    """Split up to ``count`` of the batches holding most samples in two; returns the batches and splits made."""
+    splittable = sorted(
+        (i for i, batch in enumerate(batches) if len(batch) > 1), key=lambda i: -len(batches[i])
+    )
+    chosen = set(splittable[:count])
+    result: list[list[int]] = []
+    for i, batch in enumerate(batches):
+        if i in chosen:
+            half = (len(batch) + 1) // 2
+            result += [batch[:half], batch[half:]]
+        else:
+            result.append(batch)
+    return result, len(chosen)
+
+
+class TokenBudgetBatchSampler(Sampler[list[int]]):
+    """Batches of sample indices whose summed length stays within ``max_tokens``.
+
+    Per epoch, with a generator seeded by ``(seed, epoch)``: shuffle the indices, cut them into
+    megabatches of ``megabatch_size`` samples, sort each megabatch by length (longest first)
+    when ``group_by_length``, and fill batches greedily in that order. A sample longer than the
+    budget is a batch on its own. Batches are dealt to ``num_replicas`` ranks in steps of
+    neighbouring (similar-length) batches, steps in shuffled order. When the batch count does
+    not divide by ``num_replicas``, the batches holding most samples are split in two so every
+    rank gets the same number of disjoint batches and every sample is seen once; with
+    ``drop_last`` the surplus batches are dropped instead. (Only a dataset too small to split
+    that far repeats batches, as ``DistributedSampler`` does.)
+
+    Deterministic and resumable: ``state_dict()``/``load_state_dict()`` record the epoch and
+    the batches already handed out, and ``set_epoch`` starts a new order.
+    """
+
+    def __init__(
+        self,
+        lengths: Iterable[int],
+        max_tokens: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        group_by_length: bool = True,
+        *,
+        num_replicas: int = 1,
+        rank: int = 0,
+        megabatch_size: int | None = None,
+    ) -> None:
+        if max_tokens < 1:
+            raise ConfigError(f"max_tokens must be a positive integer, got {max_tokens}")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ConfigError(
+                f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas}, {rank}"
+            )
+        if megabatch_size is not None and megabatch_size < 1:
+            raise ConfigError(f"megabatch_size must be a positive integer or None, got {megabatch_size}")
+        self.lengths = _as_lengths(lengths)
+        self.max_tokens = int(max_tokens)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.group_by_length = group_by_length
+        self.num_replicas = num_replicas
+        self.rank = rank
+        if megabatch_size is None:
+            mean_length = max(1.0, float(self.lengths.mean())) if self.lengths.size else 1.0
+            megabatch_size = 50 * num_replicas * max(1, int(self.max_tokens // mean_length))
+        self.megabatch_size = megabatch_size
+        self.epoch = 0
+        self._consumed = 0
+        self._plan: tuple[int, list[list[int]]] | None = None
+
+    def _global_batches(self, epoch: int) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        count = len(self.lengths)
+        order = rng.permutation(count) if self.shuffle else np.arange(count)
+        if not self.group_by_length:
+            return _fill_budget(order, self.lengths, self.max_tokens)
+        batches: list[list[int]] = []
+        for start in range(0, count, self.megabatch_size):
+            megabatch = order[start : start + self.megabatch_size]
+            megabatch = megabatch[np.argsort(-self.lengths[megabatch], kind="stable")]
+            batches += _fill_budget(megabatch, self.lengths, self.max_tokens)
+        return batches
+
+    def _rank_batches(self, epoch: int) -> list[list[int]]:
+        batches = self._global_batches(epoch)
+        replicas = self.num_replicas
+        surplus = len(batches) % replicas
+        if surplus and self.drop_last:
+            batches = batches[: len(batches) - surplus]
+        elif surplus:
+            missing = replicas - surplus
+            while missing:
+                batches, made = _split_largest(batches, missing)
+                if made == 0:
+                    break
+                missing -= made
+            batches += [batches[i % len(batches)] for i in range(missing)]
+        steps = len(batches) // replicas
+        step_order = (
+            np.random.default_rng([self.seed, epoch, 1]).permutation(steps) if self.shuffle else range(steps)
+        )
+        return [batches[step * replicas + self.rank] for step in step_order]
+
+    def _batches(self) -> list[list[int]]:
+        if self._plan is None or self._plan[0] != self.epoch:
+            self._plan = (self.epoch, self._rank_batches(self.epoch))
+        return self._plan[1]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._batches()
+        while self._consumed < len(batches):
+            self._consumed += 1
+            yield batches[self._consumed - 1]
+        self._consumed = 0
+
+    def __len__(self) -> int:
+        """Batches this rank gets in the current epoch (the count varies a little between epochs)."""
+        return len(self._batches())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of ``epoch``; a new epoch starts from its first batch."""
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self._consumed = 0
+
+    def _fingerprint(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "max_tokens": self.max_tokens,
+            "num_samples": len(self.lengths),
+            "num_replicas": self.num_replicas,
+            "shuffle": self.shuffle,
+            "group_by_length": self.group_by_length,
+            "drop_last": self.drop_last,
+            "megabatch_size": self.megabatch_size,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Epoch and batches handed out so far (with prefetching, more than the trainer consumed)."""
+        return {"epoch": self.epoch, "batches_consumed": self._consumed, **self._fingerprint()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume: the next iteration continues after ``state["batches_consumed"]`` batches of its epoch."""
+        for key, value in self._fingerprint().items():
+            if key in state and state[key] != value:
+                raise ConfigError(
+                    f"sampler state was saved with {key}={state[key]!r}, this sampler has {value!r}"
+                )
+        self.epoch = int(state["epoch"])
+        self._consumed = int(state["batches_consumed"])
