@@ -1,0 +1,376 @@
+"""Varlen attention on a tiny Qwen2: packed batches give each sequence's own logits, loss and gradients."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import Qwen2Config, Qwen2ForCausalLM, Trainer, TrainingArguments
+
+from fastsft import IGNORE_INDEX
+from fastsft.collators import PaddingCollator, VarlenCollator
+from fastsft.data.packing import pack_llamafactory
+from fastsft.train import attention
+from fastsft.train.attention import (
+    ATTN_IMPLEMENTATION,
+    TorchVarlenAdapter,
+    enable_varlen_attention,
+    register_varlen_attention,
+    sdpa_per_sequence,
+    select_varlen_path,
+    varlen_mask,
+)
+
+VOCAB = 101
+
+
+def tiny_model(kv_heads: int = 2, sliding_window: int | None = None, seed: int = 0) -> Qwen2ForCausalLM:
+    """A random tiny Qwen2 in fp32 using the varlen attention."""
+    register_varlen_attention()
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        intermediate_size=128,
+        vocab_size=VOCAB,
+        use_cache=False,
+        use_sliding_window=sliding_window is not None,
+        sliding_window=sliding_window,
+        max_window_layers=0,
+        attn_implementation=ATTN_IMPLEMENTATION,
+    )
+    return Qwen2ForCausalLM(config).eval()
+
+
+def with_attention(model: Qwen2ForCausalLM, implementation: str) -> Qwen2ForCausalLM:
+    other = copy.deepcopy(model)
+    other.set_attn_implementation(implementation)
+    return other
+
+
+def samples(seed: int, lengths: list[int]) -> list[dict[str, list[int]]]:
+    rng = random.Random(seed)
+    out = []
+    for length in lengths:
+        ids = [rng.randrange(VOCAB) for _ in range(length)]
+        prompt = rng.randrange(length)
+        out.append({"input_ids": ids, "labels": [IGNORE_INDEX] * prompt + ids[prompt:]})
+    return out
+
+
+def alone_logits(model: Qwen2ForCausalLM, features: list[dict]) -> torch.Tensor:
+    """Each sequence run on its own, logits concatenated."""
+    with torch.no_grad():
+        return torch.cat([model(input_ids=torch.tensor([f["input_ids"]])).logits[0] for f in features])
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1], ids=["mha", "gqa", "mqa"])
+@pytest.mark.parametrize("flash_kwargs", [True, False], ids=["cu_seq_lens", "position_ids"])
+def test_packed_logits_equal_each_sequence_alone(kv_heads: int, flash_kwargs: bool) -> None:
+    model = tiny_model(kv_heads)
+    features = samples(1, [7, 1, 13, 4, 21])
+    batch = VarlenCollator(return_flash_kwargs=flash_kwargs, backend="python")(features)
+    with torch.no_grad():
+        packed = model(**batch).logits[0]
+    expected = alone_logits(with_attention(model, "eager"), features)
+    torch.testing.assert_close(packed, expected, atol=1e-5, rtol=0)
+
+
+def test_llamafactory_neat_packed_rows_attend_within_sequences() -> None:
+    model = tiny_model()
+    features = samples(2, [9, 3, 14, 6, 11, 5])
+    packed = pack_llamafactory(
+        [f["input_ids"] for f in features],
+        [f["labels"] for f in features],
+        cutoff_len=23,
+        pad_token_id=0,
+        neat_packing=True,
+    )
+    rows = [{key: packed[key][r] for key in packed} for r in range(len(packed["input_ids"]))]
+    batch = VarlenCollator(backend="python")(rows)
+    with torch.no_grad():
+        logits = model(**batch).logits[0]
+    eager = with_attention(model, "eager")
+    bounds = batch["cu_seq_lens_q"].tolist()
+    for start, end in itertools.pairwise(bounds):
+        expected = alone_logits(eager, [{"input_ids": batch["input_ids"][0, start:end].tolist()}])
+        torch.testing.assert_close(logits[start:end], expected, atol=1e-5, rtol=0)
+
+
+def test_packed_batches_build_no_dense_mask_and_run_per_sequence_on_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = tiny_model()
+    features = samples(3, [30, 2, 17])
+    batch = VarlenCollator(backend="python")(features)
+    assert select_varlen_path("cpu", torch.float32) == "sdpa_per_sequence"
+
+    def no_dense_mask(**kwargs: object) -> None:
+        raise AssertionError("a dense mask was built for a packed batch")
+
+    sdpa_shapes = []
+    real_sdpa = F.scaled_dot_product_attention
+
+    def recording_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **kwargs: object):
+        sdpa_shapes.append((query.shape[-2], key.shape[-2], kwargs.get("attn_mask")))
+        return real_sdpa(query, key, value, **kwargs)
+
+    monkeypatch.setattr(attention, "sdpa_mask", no_dense_mask)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording_sdpa)
+    for flash_kwargs in (True, False):
+        sdpa_shapes.clear()
+        with torch.no_grad():
+            model(**VarlenCollator(return_flash_kwargs=flash_kwargs, backend="python")(features))
+        # one call per sequence and layer, each the size of its sequence, causal flag instead of a mask
+        assert sdpa_shapes == [(n, n, None) for n in (30, 2, 17)] * 2
+    assert batch["input_ids"].shape == (1, 49)
+
+
+def test_padded_batches_go_to_sdpa() -> None:
+    model = tiny_model()
+    features = samples(4, [5, 12, 3])
+    for padding_side in ("right", "left"):
+        batch = PaddingCollator(0, pad_to_multiple_of=8, padding_side=padding_side)(features)
+        with torch.no_grad():
+            ours = model(**batch).logits
+            sdpa = with_attention(model, "sdpa")(**batch).logits
+        valid = batch["attention_mask"].bool()
+        torch.testing.assert_close(ours[valid], sdpa[valid], atol=1e-6, rtol=0)
+        torch.testing.assert_close(ours[valid], alone_logits(model, features), atol=1e-5, rtol=0)
+
+
+def test_padded_and_varlen_batches_give_same_loss_and_gradients() -> None:
+    features = samples(5, [6, 19, 2, 11])
+    padded_model, varlen_model = tiny_model(), tiny_model()
+    padded_loss = padded_model(**PaddingCollator(0, pad_to_multiple_of=8)(features)).loss
+    varlen_loss = varlen_model(**VarlenCollator(backend="python")(features)).loss
+    padded_loss.backward()
+    varlen_loss.backward()
+    torch.testing.assert_close(varlen_loss, padded_loss, atol=1e-6, rtol=0)
+    for (name, padded), varlen in zip(padded_model.named_parameters(), varlen_model.parameters()):
+        torch.testing.assert_close(varlen.grad, padded.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_sliding_window_matches_transformers_masks() -> None:
+    model = tiny_model(sliding_window=4)
+    eager = with_attention(model, "eager")
+    features = samples(6, [9, 3, 12])
+    with torch.no_grad():
+        packed = model(**VarlenCollator(backend="python")(features)).logits[0]
+        torch.testing.assert_close(packed, alone_logits(eager, features), atol=1e-5, rtol=0)
+        # unpacked, unpadded rows: no kwargs, no mask; the window still applies
+        rows = torch.tensor([features[0]["input_ids"], features[0]["input_ids"][::-1]])
+        torch.testing.assert_close(
+            model(input_ids=rows).logits, eager(input_ids=rows).logits, atol=1e-5, rtol=0
+        )
+
+
+def test_generation_with_a_cache_still_works() -> None:
+    model = tiny_model()
+    prompt = torch.tensor([samples(7, [6])[0]["input_ids"]])
+    eager = with_attention(model, "eager")
+    kwargs = {"max_new_tokens": 5, "do_sample": False, "use_cache": True, "pad_token_id": 0}
+    assert model.generate(prompt, **kwargs).tolist() == eager.generate(prompt, **kwargs).tolist()
+
+
+def test_mask_function_builds_masks_only_for_padding_and_caches() -> None:
+    plain = {"batch_size": 1, "q_length": 6, "kv_length": 6}
+    assert varlen_mask(**plain) is None
+    padding = torch.tensor([[True, True, True, False, False, False]])
+    mask = varlen_mask(**plain, attention_mask=padding, allow_is_causal_skip=True)
+    assert mask.shape == (1, 1, 6, 6) and not mask[0, 0, :, 3:].any()
+    decode = varlen_mask(batch_size=1, q_length=2, kv_length=6, q_offset=4, allow_is_causal_skip=False)
+    assert decode.shape == (1, 1, 2, 6) and decode[0, 0, 0].tolist() == [True] * 5 + [False]
+
+
+def test_enable_varlen_attention_on_config_and_model() -> None:
+    config = Qwen2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=VOCAB)
+    assert enable_varlen_attention(config) == ATTN_IMPLEMENTATION
+    assert config._attn_implementation == ATTN_IMPLEMENTATION
+    model = Qwen2ForCausalLM(Qwen2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2))
+    enable_varlen_attention(model)
+    assert model.config._attn_implementation == ATTN_IMPLEMENTATION
+
+
+# ---------------------------------------------------------------- kernel selection and torch's varlen_attn
+
+
+def test_kernel_selection_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_adapter = TorchVarlenAdapter.from_function(lambda q, k, v, a, b, c, d, *, window_size=(-1, -1): q)
+    monkeypatch.setattr(attention, "_flash_attn_varlen", lambda: lambda *args, **kwargs: None)
+    monkeypatch.setattr(attention, "_torch_varlen", lambda: fake_adapter)
+    assert select_varlen_path("cuda", torch.bfloat16) == "flash_attn"
+    assert select_varlen_path("cpu", torch.bfloat16) == "sdpa_per_sequence"
+    assert select_varlen_path("cuda", torch.float32) == "sdpa_per_sequence"
+
+    monkeypatch.setattr(attention, "_flash_attn_varlen", lambda: None)
+    assert select_varlen_path("cuda", torch.float16) == "torch_varlen"
+    assert select_varlen_path("cuda", torch.float16, window_left=3) == "torch_varlen"
+    assert select_varlen_path("cuda", torch.float16, dropout=0.1) == "sdpa_per_sequence"
+    with pytest.raises(ValueError, match="softcapping"):
+        select_varlen_path("cuda", torch.float16, softcap=30.0)
+
+    old_adapter = TorchVarlenAdapter.from_function(lambda q, k, v, a, b, c, d, *, is_causal=False: q)
+    monkeypatch.setattr(attention, "_torch_varlen", lambda: old_adapter)
+    assert select_varlen_path("cuda", torch.float16) == "torch_varlen"
+    assert select_varlen_path("cuda", torch.float16, window_left=3) == "sdpa_per_sequence"
+
+
+def fake_varlen(signature: str, calls: list[dict]):
+    """A stand-in for each torch release's ``varlen_attn`` keyword set, computing real attention."""
+
+    def run(query, key, value, cu_q, cu_k, causal, window_left, scale=None, enable_gqa=False):
+        assert enable_gqa or query.shape[1] == key.shape[1], "GQA without enable_gqa"
+        return sdpa_per_sequence(
+            query, key, value, cu_q, cu_k, scale=scale, causal=causal, window_left=window_left
+        )
+
+    if signature == "is_causal":
+
+        def varlen_attn(
+            query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, is_causal=False, return_aux=None
+        ):
+            calls.append({"is_causal": is_causal})
+            return run(query, key, value, cu_seq_q, cu_seq_k, is_causal, -1)
+
+    elif signature == "window_size":
+
+        def varlen_attn(
+            query,
+            key,
+            value,
+            cu_seq_q,
+            cu_seq_k,
+            max_q,
+            max_k,
+            *,
+            return_aux=None,
+            scale=None,
+            window_size=(-1, -1),
+        ):
+            calls.append({"scale": scale, "window_size": window_size})
+            return run(query, key, value, cu_seq_q, cu_seq_k, window_size[1] == 0, window_size[0], scale)
+
+    else:
+
+        def varlen_attn(
+            query,
+            key,
+            value,
+            cu_seq_q,
+            cu_seq_k,
+            max_q,
+            max_k,
+            *,
+            return_aux=None,
+            scale=None,
+            window_size=(-1, -1),
+            enable_gqa=False,
+        ):
+            calls.append({"scale": scale, "window_size": window_size, "enable_gqa": enable_gqa})
+            return run(
+                query, key, value, cu_seq_q, cu_seq_k, window_size[1] == 0, window_size[0], scale, enable_gqa
+            )
+
+    return varlen_attn
+
+
+@pytest.mark.parametrize(
+    ("signature", "expected_call"),
+    [
+        ("is_causal", {"is_causal": True}),
+        ("window_size", {"scale": 0.3, "window_size": (-1, 0)}),
+        ("enable_gqa", {"scale": 0.3, "window_size": (-1, 0), "enable_gqa": True}),
+    ],
+)
+def test_torch_varlen_adapter_for_each_signature(signature: str, expected_call: dict) -> None:
+    torch.manual_seed(0)
+    cu = torch.tensor([0, 5, 6, 14], dtype=torch.int32)
+    query, key, value = torch.randn(14, 4, 8), torch.randn(14, 2, 8), torch.randn(14, 2, 8)
+    calls: list[dict] = []
+    adapter = TorchVarlenAdapter.from_function(fake_varlen(signature, calls))
+    output = adapter(query, key, value, cu, cu, 8, 8, scale=0.3, causal=True)
+    assert calls == [expected_call]
+    expected = sdpa_per_sequence(query, key, value, cu, cu, scale=0.3, causal=True)
+    torch.testing.assert_close(output, expected, atol=1e-6, rtol=1e-5)
+    assert adapter.supports(causal=True, window_left=2) == (signature != "is_causal")
+    if signature != "is_causal":
+        calls.clear()
+        windowed = adapter(query, key, value, cu, cu, 8, 8, scale=None, causal=True, window_left=2)
+        assert calls[0]["window_size"] == (2, 0)
+        expected = sdpa_per_sequence(query, key, value, cu, cu, scale=None, causal=True, window_left=2)
+        torch.testing.assert_close(windowed, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_adapter_reads_the_installed_torch_signature() -> None:
+    varlen = pytest.importorskip("torch.nn.attention.varlen")
+    adapter = TorchVarlenAdapter.from_function(varlen.varlen_attn)
+    assert adapter.has_window_size or adapter.has_is_causal
+    assert adapter.supports(causal=True, window_left=-1)
+
+
+def test_per_sequence_fallback_aligns_short_queries_to_the_end() -> None:
+    torch.manual_seed(1)
+    query, key, value = torch.randn(9, 2, 8), torch.randn(9, 2, 8), torch.randn(9, 2, 8)
+    cu = torch.tensor([0, 9], dtype=torch.int32)
+    full = sdpa_per_sequence(query, key, value, cu, cu, scale=None, causal=True)
+    last_two = sdpa_per_sequence(
+        query[7:], key, value, torch.tensor([0, 2], dtype=torch.int32), cu, scale=None, causal=True
+    )
+    torch.testing.assert_close(last_two, full[7:], atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- loss: token mean over the global batch
+
+
+def token_mean_gradient(model: Qwen2ForCausalLM, features: list[dict]) -> dict[str, torch.Tensor]:
+    """Gradient of the mean next-token loss over every labelled token of ``features`` together."""
+    model.zero_grad()
+    total_tokens = sum(sum(label != IGNORE_INDEX for label in f["labels"][1:]) for f in features)
+    for feature in features:
+        logits = model(input_ids=torch.tensor([feature["input_ids"]])).logits[0, :-1]
+        labels = torch.tensor(feature["labels"][1:])
+        (
+            F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum") / total_tokens
+        ).backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    "collator", [VarlenCollator(backend="python"), PaddingCollator(0, pad_to_multiple_of=8)]
+)
+def test_trainer_loss_is_token_mean_across_packing_and_accumulation(collator, tmp_path) -> None:
+    features = samples(8, [30, 4, 12, 25])
+    features[1]["labels"] = [IGNORE_INDEX] * 3 + features[1]["input_ids"][3:]  # one labelled token
+    model = tiny_model().train()
+    initial = copy.deepcopy(model)
+    gradient = token_mean_gradient(copy.deepcopy(model), features)
+    learning_rate = 0.5
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_steps=1,
+        learning_rate=learning_rate,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        remove_unused_columns=False,
+        seed=0,
+    )
+    Trainer(model=model, args=args, train_dataset=features, data_collator=collator).train()
+    for (name, after), before in zip(model.named_parameters(), initial.parameters()):
+        torch.testing.assert_close(
+            after, before - learning_rate * gradient[name], atol=1e-6, rtol=1e-5, msg=name
+        )
