@@ -1,0 +1,90 @@
+"""Compiled kernels against their pure-Python references, both timed in the same run.
+
+    pytest benchmarks/bench_kernels.py -s
+
+Each benchmark prints the speed-up and fails when it drops below its floor; nothing asserts an
+absolute time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import Conversations, best_time, load_test_module
+
+from fastsft._kernels import assemble_supervised, knapsack_llamafactory, pack_bfd
+from fastsft.data.encode import encode_pairs
+from fastsft.data.packing import greedy_knapsack
+
+CUTOFF_LEN = 2048
+PACK_CAPACITY = 4096
+MASK_ASSEMBLY_FLOOR = 20.0
+PACKING_FLOOR = 50.0
+
+
+def report(benchmark, name: str, python_s: float, compiled_s: float, floor: float) -> None:
+    ratio = python_s / compiled_s
+    benchmark.extra_info.update(python_s=python_s, compiled_s=compiled_s, speedup=ratio)
+    print(
+        f"\n{name}: python {python_s * 1e3:.1f} ms, compiled {compiled_s * 1e3:.2f} ms, {ratio:.0f}x (floor {floor:.0f}x)"
+    )
+    assert ratio >= floor, f"{name} speed-up {ratio:.1f}x is below its floor of {floor:.0f}x"
+
+
+@pytest.fixture(scope="module")
+def sample_lengths(conversations: Conversations) -> np.ndarray:
+    """Encoded sample lengths, capped at the packing capacity like a truncating pipeline would."""
+    _, _, offsets, _ = assemble_supervised(
+        conversations.token_ids,
+        conversations.message_bounds,
+        conversations.sample_bounds,
+        PACK_CAPACITY,
+        False,
+        False,
+        False,
+        None,
+    )
+    return np.diff(offsets)
+
+
+def test_mask_assembly(benchmark, conversations: Conversations) -> None:
+    pairs = conversations.pairs()
+
+    def python_side() -> None:
+        for sample_pairs in pairs:
+            encode_pairs(sample_pairs, cutoff_len=CUTOFF_LEN)
+
+    def compiled_side() -> None:
+        assemble_supervised(
+            conversations.token_ids,
+            conversations.message_bounds,
+            conversations.sample_bounds,
+            CUTOFF_LEN,
+            False,
+            False,
+            False,
+            None,
+        )
+
+    python_s = best_time(python_side, repeats=2)
+    benchmark.pedantic(compiled_side, rounds=5, iterations=1, warmup_rounds=1)
+    report(benchmark, "mask assembly", python_s, benchmark.stats.stats.min, MASK_ASSEMBLY_FLOOR)
+
+
+def test_pack_bfd(benchmark, sample_lengths: np.ndarray) -> None:
+    bfd_reference = load_test_module("test_kernels").bfd_reference
+    lengths = sample_lengths.tolist()
+    python_s = best_time(lambda: bfd_reference(lengths, PACK_CAPACITY), repeats=2)
+    benchmark.pedantic(
+        pack_bfd, args=(sample_lengths, PACK_CAPACITY), rounds=10, iterations=1, warmup_rounds=1
+    )
+    report(benchmark, "best-fit-decreasing packing", python_s, benchmark.stats.stats.min, PACKING_FLOOR)
+
+
+def test_knapsack_llamafactory(benchmark, sample_lengths: np.ndarray) -> None:
+    lengths = sample_lengths.tolist()
+    python_s = best_time(lambda: greedy_knapsack(list(lengths), PACK_CAPACITY), repeats=2)
+    benchmark.pedantic(
+        knapsack_llamafactory, args=(sample_lengths, PACK_CAPACITY), rounds=10, iterations=1, warmup_rounds=1
+    )
+    report(benchmark, "LLaMA-Factory knapsack", python_s, benchmark.stats.stats.min, PACKING_FLOOR)

@@ -1,0 +1,95 @@
+"""Shared benchmark fixtures: the ``--tokenizer`` option and synthetic pre-tokenized conversations.
+
+Run with ``pytest benchmarks/<file>.py``; performance checks assert ratios measured in one run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--tokenizer",
+        default=str(REPO.parent / "shared" / "tokenizers" / "qwen2"),
+        help="tokenizer directory for benchmarks that tokenize (default: ../shared/tokenizers/qwen2 beside the repo)",
+    )
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path(request: pytest.FixtureRequest) -> Path:
+    """The ``--tokenizer`` directory; benchmarks that need it are skipped when it is absent."""
+    path = Path(request.config.getoption("--tokenizer"))
+    if not path.is_dir():
+        pytest.skip(f"tokenizer not found at {path} (pass --tokenizer PATH)")
+    return path
+
+
+@dataclass(frozen=True)
+class Conversations:
+    """Pre-tokenized conversations in the kernel layout (see ``assemble_supervised``)."""
+
+    token_ids: np.ndarray  # int32[N]
+    message_bounds: np.ndarray  # int64[M + 1]
+    sample_bounds: np.ndarray  # int64[n + 1]
+
+    def pairs(self) -> list[list[tuple[list[int], list[int]]]]:
+        """Per sample, its (prompt, response) token lists: the reference encoder's input."""
+        messages = [
+            self.token_ids[a:b].tolist()
+            for a, b in zip(self.message_bounds[:-1], self.message_bounds[1:], strict=True)
+        ]
+        return [
+            list(zip(messages[a:b:2], messages[a + 1 : b : 2], strict=True))
+            for a, b in zip(self.sample_bounds[:-1], self.sample_bounds[1:], strict=True)
+        ]
+
+
+def synthetic_conversations(n_samples: int, mean_tokens: int, seed: int = 0) -> Conversations:
+    """``n_samples`` conversations of 2-8 turns (prompt, response pairs) and ``mean_tokens`` tokens
+    on average, message lengths exponential (a long tail that exercises truncation), Qwen2-sized
+    vocabulary."""
+    rng = np.random.default_rng(seed)
+    turns = rng.integers(2, 9, size=n_samples)
+    messages_per_sample = 2 * turns
+    mean_message = np.repeat(mean_tokens / messages_per_sample, messages_per_sample)
+    message_lengths = np.maximum(1, rng.exponential(mean_message)).astype(np.int64)
+    message_bounds = np.concatenate([[0], np.cumsum(message_lengths)])
+    sample_bounds = np.concatenate([[0], np.cumsum(messages_per_sample)])
+    token_ids = rng.integers(0, 151_643, size=int(message_bounds[-1]), dtype=np.int32)
+    return Conversations(token_ids, message_bounds, sample_bounds)
+
+
+@pytest.fixture(scope="session")
+def conversations() -> Conversations:
+    """20k conversations, ~740 tokens each."""
+    return synthetic_conversations(n_samples=20_000, mean_tokens=740)
+
+
+def best_time(function: Callable[[], object], repeats: int) -> float:
+    """Best wall time of ``repeats`` calls, in seconds (the same timer pytest-benchmark uses)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def load_test_module(name: str) -> ModuleType:
+    """A module of ``tests/`` (for the pure-Python references that live beside their tests)."""
+    spec = importlib.util.spec_from_file_location(f"fastsft_tests_{name}", REPO / "tests" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
