@@ -82,6 +82,19 @@ def test_packed_logits_equal_each_sequence_alone(kv_heads: int, flash_kwargs: bo
     torch.testing.assert_close(packed, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("flash_kwargs", [True, False], ids=["cu_seq_lens", "position_ids"])
+def test_packed_batches_stay_separate_with_a_cache(flash_kwargs: bool) -> None:
+    """sdpa and eager let packed sequences see each other when ``use_cache`` is on; this attention does not."""
+    model = tiny_model()
+    features = samples(9, [8, 3, 10])
+    batch = VarlenCollator(return_flash_kwargs=flash_kwargs, backend="python")(features)
+    with torch.no_grad():
+        packed = model(**batch, use_cache=True).logits[0]
+    torch.testing.assert_close(
+        packed, alone_logits(with_attention(model, "eager"), features), atol=1e-5, rtol=0
+    )
+
+
 def test_llamafactory_neat_packed_rows_attend_within_sequences() -> None:
     model = tiny_model()
     features = samples(2, [9, 3, 14, 6, 11, 5])
