@@ -359,6 +359,8 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
             raise ConfigError(
                 f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas}, {rank}"
             )
+        if seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {seed}")
         if megabatch_size is not None and megabatch_size < 1:
             raise ConfigError(f"megabatch_size must be a positive integer or None, got {megabatch_size}")
         self.lengths = _as_lengths(lengths)

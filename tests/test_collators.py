@@ -430,3 +430,5 @@ def test_sampler_rejects_bad_options() -> None:
         TokenBudgetBatchSampler([1, 2], 10, num_replicas=2, rank=2)
     with pytest.raises(ConfigError, match="integers"):
         TokenBudgetBatchSampler([1.5, 2.0], 10)
+    with pytest.raises(ConfigError, match="seed"):
+        TokenBudgetBatchSampler([1, 2], 10, seed=-1)
