@@ -1,0 +1,336 @@
+"""Generate LLaMA-Factory 0.9.5 golden outputs for the SFT data path into ``tests/goldens/``.
+
+Run with the reference environment::
+
+    /work/venv-lf/bin/python scripts/make_goldens.py [--qwen2 PATH] [--jobs N]
+
+Every case runs LLaMA-Factory's own SFT data path exactly as ``llamafactory.train.sft.run_sft``
+does before it loads a model: ``load_tokenizer(model_args)`` ->
+``get_template_and_fix_tokenizer(tokenizer, data_args)`` -> ``get_dataset(..., stage="sft")``.
+``get_train_args`` itself refuses to run outside ``torchrun``, so the argument dataclasses are
+built directly and the two post-processing lines of ``get_train_args`` that touch data arguments
+are replicated (``packing`` defaults to False for ``sft``; ``model_max_length = cutoff_len``).
+
+Each case runs in its own forked process: LLaMA-Factory mutates the global template registry
+(``tool_format``, ``default_system``, ``enable_thinking``), the tokenizer (new EOS / stop tokens)
+and, for ``neat_packing``, monkeypatches ``datasets``; a fresh process per case keeps cases
+independent. Every case also uses its own empty ``cache_dir`` and ``overwrite_cache=True``, so
+nothing is served from a ``datasets`` cache.
+
+``Llama3ToolUtils`` stamps ``datetime.now()`` into the tool prompt; the clock is frozen to
+``FROZEN_TOOL_DATE`` and the date is stored in every golden so the test can freeze fastsft's clock.
+
+Output: ``tests/goldens/<tokenizer>/<case>.json.gz`` (byte-reproducible gzip of one JSON object)
+and ``tests/goldens/MANIFEST.json`` (versions, command, input and output sha256).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import importlib.machinery
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import types
+from contextlib import redirect_stdout
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATASET_DIR = "tests/data"  # relative to the repository root, as stored in the goldens
+GOLDEN_DIR = REPO_ROOT / "tests" / "goldens"
+FIXTURE_TOKENIZER = REPO_ROOT / "examples" / "tiny" / "tokenizer"
+DEFAULT_QWEN2 = REPO_ROOT.parent / "shared" / "tokenizers" / "qwen2"
+FORMAT_VERSION = 1
+
+FROZEN_TOOL_DATE = datetime(2024, 7, 26, 12, 0, 0)
+
+TEMPLATES = ["qwen", "qwen3", "llama3", "llama2", "mistral", "chatml", "default", "empty"]
+# Llama2Template._encode calls format_function without thought/tool-call words, so function calls
+# that carry reasoning text (sharegpt_tools_cot) raise in LLaMA-Factory for these templates.
+TEMPLATES_WITHOUT_FUNCTION_THOUGHTS = {"llama2", "mistral"}
+ALL_DATASETS = [
+    "sharegpt_chat",
+    "sharegpt_tools",
+    "sharegpt_tools_cot",
+    "alpaca_mix",
+    "openai_chat",
+    "sharegpt_custom_tags",
+]
+
+# The case arguments, with LLaMA-Factory's DataArguments names and defaults.
+DEFAULT_ARGS: dict[str, Any] = {
+    "cutoff_len": 1024,
+    "train_on_prompt": False,
+    "mask_history": False,
+    "packing": False,
+    "neat_packing": False,
+    "preprocessing_batch_size": 1000,
+    "enable_thinking": True,
+    "tool_format": None,
+    "default_system": None,
+}
+
+OPTIONS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "train_on_prompt": {"train_on_prompt": True},
+    "mask_history": {"mask_history": True},
+    "truncate_prompt": {"cutoff_len": 32},  # short responses: infer_seqlen cuts the prompt
+    "truncate_response": {"cutoff_len": 128},  # short prompts, long responses: the response is cut
+    "packing": {"cutoff_len": 256, "packing": True, "preprocessing_batch_size": 8},
+    "neat_packing": {"cutoff_len": 256, "packing": True, "neat_packing": True, "preprocessing_batch_size": 8},
+}
+
+EXTRA_CASES: dict[str, dict[str, Any]] = {
+    "qwen3__nothink": {"template": "qwen3", "enable_thinking": False},
+    "qwen3__nothink_mask_history": {"template": "qwen3", "enable_thinking": False, "mask_history": True},
+    "qwen3__thinking_none": {"template": "qwen3", "enable_thinking": None},
+    "qwen__tool_format_default": {"template": "qwen", "tool_format": "default"},
+    "qwen__default_system": {
+        "template": "qwen",
+        "default_system": "You are a careful assistant. 请认真回答。",
+    },
+    # Native JSON tools/arguments: Arrow's JSON reader unifies struct fields across rows.
+    "qwen__openai_native_json": {"template": "qwen", "dataset": "openai_native_json"},
+}
+
+
+def datasets_for(template: str) -> str:
+    """Comma-separated dataset list for a template (all sample formats, tools included)."""
+    names = [
+        name
+        for name in ALL_DATASETS
+        if not (name == "sharegpt_tools_cot" and template in TEMPLATES_WITHOUT_FUNCTION_THOUGHTS)
+    ]
+    return ",".join(names)
+
+
+def build_cases() -> dict[str, dict[str, Any]]:
+    """All case names mapped to their full argument dicts (LLaMA-Factory key names)."""
+    cases: dict[str, dict[str, Any]] = {}
+    for template in TEMPLATES:
+        for option, overrides in OPTIONS.items():
+            cases[f"{template}__{option}"] = {"template": template, **overrides}
+    cases.update(EXTRA_CASES)
+    return {
+        name: {
+            "dataset": spec.get("dataset", datasets_for(spec["template"])),
+            "dataset_dir": DATASET_DIR,
+            **DEFAULT_ARGS,
+            **spec,
+        }
+        for name, spec in cases.items()
+    }
+
+
+def hide_broken_media_wheels() -> None:
+    """Keep LLaMA-Factory importable in the reference venv.
+
+    Its torchvision/torchaudio wheels are CUDA builds that fail to load against the CPU torch.
+    The text-only SFT path never uses them: torchvision is hidden (transformers then treats it as
+    absent) and torchaudio, which ``mm_plugin`` imports unconditionally, is an empty stub.
+    """
+    sys.modules["torchvision"] = None  # type: ignore[assignment]
+    torchaudio_stub = types.ModuleType("torchaudio")
+    torchaudio_stub.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)
+    sys.modules["torchaudio"] = torchaudio_stub
+
+
+def freeze_tool_clock() -> None:
+    """Make ``Llama3ToolUtils``' ``datetime.now()`` return ``FROZEN_TOOL_DATE``."""
+    from llamafactory.data import tool_utils
+
+    class FrozenDatetime(datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[override]
+            return FROZEN_TOOL_DATE
+
+    tool_utils.datetime = FrozenDatetime
+
+
+def to_jsonable(value: Any) -> Any:
+    """Arrow/py values to JSON-compatible values (tuples become lists)."""
+    if isinstance(value, dict):
+        return {key: to_jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(item) for item in value]
+    return value
+
+
+def run_case(
+    case_name: str, tokenizer_name: str, tokenizer_path: str, args: dict[str, Any]
+) -> dict[str, Any]:
+    """Run LLaMA-Factory's SFT data path for one case and return the golden record."""
+    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
+    from llamafactory.hparams import DataArguments, ModelArguments
+    from llamafactory.hparams.training_args import TrainingArguments
+    from llamafactory.model import load_tokenizer
+
+    freeze_tool_clock()
+    with tempfile.TemporaryDirectory(prefix="fastsft-golden-") as tmp:
+        model_args = ModelArguments(model_name_or_path=tokenizer_path, cache_dir=tmp)
+        data_args = DataArguments(
+            **{**args, "dataset_dir": str(REPO_ROOT / args["dataset_dir"])},
+            overwrite_cache=True,
+        )
+        training_args = TrainingArguments(output_dir=os.path.join(tmp, "output"), report_to="none")
+        # The data-related post-processing of llamafactory.hparams.parser.get_train_args (stage "sft").
+        model_args.model_max_length = data_args.cutoff_len
+        model_args.block_diag_attn = data_args.neat_packing
+        data_args.packing = data_args.packing if data_args.packing is not None else False
+
+        tokenizer_module = load_tokenizer(model_args)
+        tokenizer = tokenizer_module["tokenizer"]
+        template = get_template_and_fix_tokenizer(tokenizer, data_args)
+        with redirect_stdout(open(os.devnull, "w")):  # get_dataset prints a decoded example
+            dataset_module = get_dataset(
+                template, model_args, data_args, training_args, stage="sft", **tokenizer_module
+            )
+        dataset = dataset_module["train_dataset"]
+        rows = to_jsonable(dataset.to_dict())
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "tokenizer": tokenizer_name,
+        "case": case_name,
+        "args": args,
+        "llama3_tool_date": FROZEN_TOOL_DATE.strftime("%d %b %Y"),
+        "tokenizer_after_fix": {
+            "bos_token": tokenizer.bos_token,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token": tokenizer.eos_token,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token": tokenizer.pad_token,
+            "pad_token_id": tokenizer.pad_token_id,
+            "num_tokens": len(tokenizer),
+        },
+        "num_rows": dataset.num_rows,
+        "columns": list(dataset.column_names),
+        "features": dataset.features.to_dict(),
+        "rows": rows,
+    }
+
+
+def write_golden(path: Path, record: dict[str, Any]) -> None:
+    """Write a byte-reproducible gzip (no name, mtime 0) of the record as compact JSON."""
+    payload = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        open(path, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz,
+    ):
+        gz.write(payload)
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def input_hashes(tokenizer_paths: dict[str, Path]) -> dict[str, str]:
+    """sha256 of every input: dataset_info.json, the files it names, and each tokenizer's files.
+
+    Keys are repo-relative for repo files and ``<tokenizer>/<file>`` for tokenizers outside it.
+    """
+    data_dir = REPO_ROOT / DATASET_DIR
+    dataset_info = json.loads((data_dir / "dataset_info.json").read_text(encoding="utf-8"))
+    files = {f"{DATASET_DIR}/dataset_info.json": data_dir / "dataset_info.json"}
+    for entry in dataset_info.values():
+        files[f"{DATASET_DIR}/{entry['file_name']}"] = data_dir / entry["file_name"]
+    for name, path in tokenizer_paths.items():
+        for file in sorted(p for p in path.iterdir() if p.is_file() and p.name != "LICENSE"):
+            key = (
+                file.relative_to(REPO_ROOT).as_posix()
+                if file.is_relative_to(REPO_ROOT)
+                else f"{name}/{file.name}"
+            )
+            files[key] = file
+    return {key: sha256_of(file) for key, file in sorted(files.items())}
+
+
+def package_versions() -> dict[str, str]:
+    import datasets
+    import llamafactory
+    import tokenizers
+    import transformers
+
+    return {
+        "llamafactory": llamafactory.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "datasets": datasets.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _run_case_job(job: tuple[str, str, str, dict[str, Any]]) -> tuple[str, str, dict[str, Any]]:
+    case_name, tokenizer_name, tokenizer_path, args = job
+    return tokenizer_name, case_name, run_case(case_name, tokenizer_name, tokenizer_path, args)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--qwen2", type=Path, default=DEFAULT_QWEN2, help="Qwen2 tokenizer directory")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="cases run in parallel")
+    parser.add_argument("--out", type=Path, default=GOLDEN_DIR, help="golden directory")
+    options = parser.parse_args()
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("LLAMAFACTORY_VERBOSITY", "ERROR")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    hide_broken_media_wheels()
+    import llamafactory.data  # noqa: F401  -- imported once here so forked workers start warm
+
+    tokenizer_paths = {"fixture": FIXTURE_TOKENIZER}
+    if options.qwen2.is_dir():
+        tokenizer_paths["qwen2"] = options.qwen2.resolve()
+    else:
+        print(f"Qwen2 tokenizer not found at {options.qwen2}; keeping any existing qwen2 goldens.")
+
+    cases = build_cases()
+    jobs = [
+        (case, tok, str(path), args) for tok, path in tokenizer_paths.items() for case, args in cases.items()
+    ]
+    out_dir: Path = options.out
+    for tokenizer_name in tokenizer_paths:
+        shutil.rmtree(out_dir / tokenizer_name, ignore_errors=True)
+
+    # maxtasksperchild=1: one fresh fork of the pristine parent per case.
+    with multiprocessing.get_context("fork").Pool(options.jobs, maxtasksperchild=1) as pool:
+        for tokenizer_name, case_name, record in pool.imap_unordered(_run_case_job, jobs):
+            write_golden(out_dir / tokenizer_name / f"{case_name}.json.gz", record)
+            print(f"{tokenizer_name}/{case_name}: {record['num_rows']} rows")
+
+    manifest_path = out_dir / "MANIFEST.json"
+    previous = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    # Inputs of tokenizers not regenerated this run (their goldens were kept) stay recorded.
+    kept_inputs = {
+        key: value
+        for key, value in previous.get("inputs", {}).items()
+        if key.split("/")[0] in set(previous.get("tokenizers", [])) - set(tokenizer_paths)
+    }
+    files = {str(path.relative_to(out_dir)): sha256_of(path) for path in sorted(out_dir.glob("*/*.json.gz"))}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "command": " ".join([Path(sys.executable).as_posix(), "scripts/make_goldens.py", *sys.argv[1:]]),
+        "versions": package_versions(),
+        "llama3_tool_date": FROZEN_TOOL_DATE.strftime("%d %b %Y"),
+        "tokenizers": sorted({path.split("/")[0] for path in files}),
+        "cases": sorted(cases),
+        "inputs": {**kept_inputs, **input_hashes(tokenizer_paths)},
+        "files": files,
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    total = sum(path.stat().st_size for path in out_dir.glob("*/*.json.gz"))
+    print(f"{len(files)} golden files, {total / 1e6:.2f} MB, manifest at {manifest_path}")
+
+
+if __name__ == "__main__":
+    main()

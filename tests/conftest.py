@@ -1,0 +1,73 @@
+"""Shared test fixtures: repository paths and tokenizers.
+
+Tokenizer fixtures load a fresh instance per test because the pipeline fixes the tokenizer in
+place (EOS replacement, pad = eos, stop words), exactly as LLaMA-Factory does.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEST_DATA_DIR = REPO_ROOT / "tests" / "data"
+FIXTURE_TOKENIZER_DIR = REPO_ROOT / "examples" / "tiny" / "tokenizer"
+QWEN2_TOKENIZER_ENV = "FASTSFT_QWEN2_TOKENIZER"
+
+
+def qwen2_tokenizer_dir() -> Path:
+    """Where the real Qwen2 tokenizer is looked for: ``$FASTSFT_QWEN2_TOKENIZER`` or ``../shared``."""
+    configured = os.environ.get(QWEN2_TOKENIZER_ENV)
+    return Path(configured) if configured else REPO_ROOT.parent / "shared" / "tokenizers" / "qwen2"
+
+
+def load_tokenizer(path: Path) -> Any:
+    """A fresh HF tokenizer from ``path``, offline."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def test_data_dir() -> Path:
+    """``tests/data``: the sample datasets and their ``dataset_info.json``."""
+    return TEST_DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def fixture_tokenizer_path() -> Path:
+    """The small committed tokenizer (``scripts/make_fixture_tokenizer.py``)."""
+    if not (FIXTURE_TOKENIZER_DIR / "tokenizer.json").is_file():
+        pytest.fail(
+            f"fixture tokenizer missing at {FIXTURE_TOKENIZER_DIR}; run scripts/make_fixture_tokenizer.py"
+        )
+    return FIXTURE_TOKENIZER_DIR
+
+
+@pytest.fixture(scope="session")
+def qwen2_tokenizer_path() -> Path:
+    """The real Qwen2 tokenizer directory, or skip when it is not on this machine."""
+    path = qwen2_tokenizer_dir()
+    if not path.is_dir():
+        pytest.skip(f"Qwen2 tokenizer not found at {path} (set {QWEN2_TOKENIZER_ENV} to its directory)")
+    return path
+
+
+@pytest.fixture
+def fixture_tokenizer(fixture_tokenizer_path: Path) -> Any:
+    """A fresh fixture tokenizer for this test."""
+    return load_tokenizer(fixture_tokenizer_path)
+
+
+@pytest.fixture
+def qwen2_tokenizer(qwen2_tokenizer_path: Path) -> Any:
+    """A fresh Qwen2 tokenizer for this test (skipped when absent)."""
+    return load_tokenizer(qwen2_tokenizer_path)

@@ -1,0 +1,326 @@
+"""Token-for-token parity with LLaMA-Factory 0.9.5 on the goldens made by ``scripts/make_goldens.py``.
+
+Each golden file holds one case (tokenizer x template x options) and LLaMA-Factory's complete SFT
+output for it. The parity tests rebuild the case with fastsft's pipeline on both encode backends;
+the consistency tests check the goldens themselves and need nothing from fastsft.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import importlib
+import itertools
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastsft import IGNORE_INDEX
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+GOLDEN_DIR = REPO_ROOT / "tests" / "goldens"
+GOLDEN_FILES = sorted(GOLDEN_DIR.glob("*/*.json.gz"))
+MANIFEST_PATH = GOLDEN_DIR / "MANIFEST.json"
+TOKEN_COLUMNS = ("input_ids", "attention_mask", "labels", "position_ids")
+CASE_KEYS = (
+    "dataset",
+    "dataset_dir",
+    "template",
+    "cutoff_len",
+    "train_on_prompt",
+    "mask_history",
+    "packing",
+    "neat_packing",
+    "preprocessing_batch_size",
+    "enable_thinking",
+    "tool_format",
+    "default_system",
+)
+CONTEXT_TOKENS = 12  # tokens shown on each side of the first difference
+
+
+def golden_id(path: Path) -> str:
+    return f"{path.parent.name}/{path.name.removesuffix('.json.gz')}"
+
+
+@functools.cache
+def load_golden(path: Path) -> dict[str, Any]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_manifest() -> dict[str, Any]:
+    return json.loads(MANIFEST_PATH.read_text(encoding="utf-8"))
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def golden_tokenizer_path(golden: dict[str, Any], request: pytest.FixtureRequest) -> Path:
+    """The tokenizer directory a golden was made with (the Qwen2 one skips when absent)."""
+    fixture_name = {"fixture": "fixture_tokenizer_path", "qwen2": "qwen2_tokenizer_path"}.get(
+        golden["tokenizer"]
+    )
+    if fixture_name is None:
+        raise AssertionError(f"unknown tokenizer {golden['tokenizer']!r} in golden {golden['case']}")
+    return request.getfixturevalue(fixture_name)
+
+
+def frozen_datetime(date_text: str) -> type[datetime]:
+    """A ``datetime`` whose ``now()`` is the day the goldens' Llama 3 tool prompts were stamped with."""
+    frozen = datetime.strptime(date_text, "%d %b %Y")
+
+    class FrozenDatetime(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
+            return frozen
+
+    return FrozenDatetime
+
+
+_PIPELINE_RESULTS: dict[tuple[Path, str], tuple[dict[str, Any], dict[str, Any], Any]] = {}
+
+
+def build_with_fastsft(
+    path: Path, backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """Run fastsft's pipeline on a golden's case: (columns as lists, features dict, fixed tokenizer).
+
+    Cached per (golden, backend) so the token test and the feature test share one run.
+    """
+    key = (path, backend)
+    if key in _PIPELINE_RESULTS:
+        return _PIPELINE_RESULTS[key]
+    golden = load_golden(path)
+    tokenizer_path = golden_tokenizer_path(golden, request)
+    if backend == "compiled":
+        try:
+            importlib.import_module("fastsft._core")
+        except ImportError as err:
+            pytest.skip(f"compiled backend unavailable: fastsft._core cannot be imported ({err})")
+
+    from transformers import AutoTokenizer
+
+    from fastsft.data import tools
+    from fastsft.data.pipeline import DataArgs, build_dataset
+
+    monkeypatch.setattr(tools, "datetime", frozen_datetime(golden["llama3_tool_date"]))
+    case = golden["args"]
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path), local_files_only=True)
+    args = DataArgs(
+        dataset=case["dataset"],
+        dataset_dir=str(REPO_ROOT / case["dataset_dir"]),
+        template=case["template"],
+        cutoff_len=case["cutoff_len"],
+        train_on_prompt=case["train_on_prompt"],
+        mask_history=case["mask_history"],
+        packing=case["packing"],
+        neat_packing=case["neat_packing"],
+        preprocessing_batch_size=case["preprocessing_batch_size"],
+        enable_thinking=case["enable_thinking"],
+        tool_format=case["tool_format"],
+        default_system=case["default_system"],
+        packing_strategy="llamafactory",
+        backend=backend,
+    )
+    dataset, _summary = build_dataset(args, tokenizer)
+    result = (dataset.to_dict(), dataset.features.to_dict(), tokenizer)
+    _PIPELINE_RESULTS[key] = result
+    return result
+
+
+def first_difference(expected: list[Any], actual: list[Any]) -> int:
+    """Index of the first differing element (the shorter length when one is a prefix)."""
+    for position, (want, got) in enumerate(zip(expected, actual)):
+        if want != got:
+            return position
+    return min(len(expected), len(actual))
+
+
+def decode_window(tokenizer: Any, ids: list[int], lo: int, hi: int, position: int) -> str:
+    """``ids[lo:hi]`` decoded, with ``⟦`` marking ``position``."""
+    before = tokenizer.decode(ids[lo:position], skip_special_tokens=False)
+    after = tokenizer.decode(ids[position:hi], skip_special_tokens=False)
+    return f"{before!r} ⟦ {after!r}"
+
+
+def describe_mismatch(
+    case_label: str,
+    column: str,
+    row: int,
+    expected_columns: dict[str, list[Any]],
+    actual_columns: dict[str, list[Any]],
+    tokenizer: Any,
+) -> str:
+    expected, actual = expected_columns[column][row], actual_columns[column][row]
+    position = first_difference(expected, actual)
+    lo, hi = max(0, position - CONTEXT_TOKENS), position + CONTEXT_TOKENS
+    expected_ids, actual_ids = expected_columns["input_ids"][row], actual_columns["input_ids"][row]
+    return "\n".join(
+        [
+            f"{case_label}: column {column!r} row {row} first differs at position {position} "
+            f"(LLaMA-Factory length {len(expected)}, fastsft length {len(actual)})",
+            f"  LLaMA-Factory {column}[{lo}:{hi}] = {expected[lo:hi]}",
+            f"  fastsft       {column}[{lo}:{hi}] = {actual[lo:hi]}",
+            f"  LLaMA-Factory text: {decode_window(tokenizer, expected_ids, lo, hi, position)}",
+            f"  fastsft       text: {decode_window(tokenizer, actual_ids, lo, hi, position)}",
+        ]
+    )
+
+
+@pytest.mark.parametrize("backend", ["python", "compiled"])
+@pytest.mark.parametrize("path", GOLDEN_FILES, ids=golden_id)
+def test_golden_token_columns(
+    path: Path, backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every token column equals LLaMA-Factory's, row by row."""
+    golden = load_golden(path)
+    actual_columns, _features, tokenizer = build_with_fastsft(path, backend, request, monkeypatch)
+    expected_columns = golden["rows"]
+    label = f"{golden_id(path)} [{backend}]"
+
+    expected_lengths = [len(ids) for ids in expected_columns["input_ids"]]
+    actual_lengths = [len(ids) for ids in actual_columns.get("input_ids", [])]
+    assert len(actual_lengths) == golden["num_rows"], (
+        f"{label}: {len(actual_lengths)} rows, LLaMA-Factory has {golden['num_rows']}\n"
+        f"  LLaMA-Factory row lengths: {expected_lengths}\n  fastsft row lengths:       {actual_lengths}"
+    )
+    for column in TOKEN_COLUMNS:
+        if column not in expected_columns:
+            continue
+        assert column in actual_columns, f"{label}: fastsft output lacks column {column!r}"
+        for row, (want, got) in enumerate(zip(expected_columns[column], actual_columns[column])):
+            if want != got:
+                pytest.fail(
+                    describe_mismatch(label, column, row, expected_columns, actual_columns, tokenizer)
+                )
+
+
+@pytest.mark.parametrize("backend", ["python", "compiled"])
+@pytest.mark.parametrize("path", GOLDEN_FILES, ids=golden_id)
+def test_golden_columns_and_features(
+    path: Path, backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same column names, Arrow feature types and non-token values (packing_params, media) as LF."""
+    golden = load_golden(path)
+    actual_columns, actual_features, _tokenizer = build_with_fastsft(path, backend, request, monkeypatch)
+    label = f"{golden_id(path)} [{backend}]"
+    assert sorted(actual_columns) == sorted(golden["columns"]), f"{label}: columns differ"
+    for column, feature in golden["features"].items():
+        assert actual_features[column] == feature, (
+            f"{label}: feature of {column!r} is {actual_features[column]}, LLaMA-Factory has {feature}"
+        )
+    for column in golden["columns"]:
+        if column not in TOKEN_COLUMNS:
+            assert actual_columns[column] == golden["rows"][column], f"{label}: values of {column!r} differ"
+
+
+# --- consistency of the goldens themselves (no fastsft code involved) ---
+
+
+def check_row(golden: dict[str, Any], row: int) -> None:
+    """Invariants of one LLaMA-Factory output row."""
+    args, rows, fixed = golden["args"], golden["rows"], golden["tokenizer_after_fix"]
+    input_ids, labels, attention = rows["input_ids"][row], rows["labels"][row], rows["attention_mask"][row]
+    where = f"{golden['tokenizer']}/{golden['case']} row {row}"
+    assert len(input_ids) == len(labels) == len(attention), f"{where}: column lengths differ"
+    assert all(0 <= token < fixed["num_tokens"] for token in input_ids), f"{where}: token id out of range"
+    assert all(label in (IGNORE_INDEX, token) for label, token in zip(labels, input_ids)), (
+        f"{where}: a label is neither -100 nor the input token at its position"
+    )
+
+    if not args["packing"]:
+        assert "position_ids" not in rows, f"{where}: unpacked rows carry position_ids"
+        assert 0 < len(input_ids) <= args["cutoff_len"], (
+            f"{where}: length {len(input_ids)} exceeds cutoff_len"
+        )
+        assert set(attention) == {1}, f"{where}: attention_mask is not all ones"
+        if args["train_on_prompt"]:
+            assert labels == input_ids, f"{where}: train_on_prompt must label every token"
+        return
+
+    # Packed: LF packs into cutoff_len - 1 tokens and pads to exactly cutoff_len (at least one pad).
+    positions = rows["position_ids"][row]
+    assert len(input_ids) == len(positions) == args["cutoff_len"], f"{where}: packed row length"
+    starts = {i for i, position in enumerate(positions) if position == 0}
+    pad_start = len(input_ids) - 1
+    while pad_start > 0 and positions[pad_start] == 0 and positions[pad_start - 1] == 0:
+        pad_start -= 1  # trailing zeros after the last sequence are padding
+    assert all(positions[i] == positions[i - 1] + 1 for i in range(1, pad_start) if i not in starts), (
+        f"{where}: position_ids do not count up within a packed sequence"
+    )
+    padding = range(pad_start, len(input_ids))
+    assert all(input_ids[i] == fixed["pad_token_id"] and labels[i] == IGNORE_INDEX for i in padding), (
+        f"{where}: padding is not pad_token_id with ignored labels"
+    )
+    if args["neat_packing"]:
+        params = rows["packing_params"][row]
+        boundaries = params["sequence_boundaries"]
+        assert boundaries[0] == 0 and boundaries[-1] == len(input_ids), f"{where}: sequence_boundaries span"
+        assert params["right_padding_length"] == boundaries[-1] - boundaries[-2], f"{where}: right padding"
+        for index, (begin, end) in enumerate(itertools.pairwise(boundaries[:-1])):
+            assert set(attention[begin:end]) == {index + 1}, (
+                f"{where}: neat attention_mask of sequence {index}"
+            )
+            assert positions[begin:end] == list(range(end - begin)), f"{where}: positions of sequence {index}"
+        assert set(attention[boundaries[-2] :]) == {0}, f"{where}: neat padding attention must be 0"
+    else:
+        assert set(attention) == {1}, f"{where}: packed attention_mask is all ones (padding included)"
+
+
+@pytest.mark.parametrize("path", GOLDEN_FILES, ids=golden_id)
+def test_golden_internal_consistency(path: Path) -> None:
+    """Goldens are self-consistent: args complete, columns aligned, labels drawn from input_ids."""
+    golden = load_golden(path)
+    assert golden["case"] == path.name.removesuffix(".json.gz") and golden["tokenizer"] == path.parent.name
+    assert set(golden["args"]) == set(CASE_KEYS), f"case args keys: {sorted(golden['args'])}"
+    assert golden["num_rows"] > 0
+    assert set(golden["rows"]) == set(golden["columns"]) == set(golden["features"])
+    assert {"input_ids", "attention_mask", "labels"} <= set(golden["columns"])
+    assert all(len(values) == golden["num_rows"] for values in golden["rows"].values())
+    fixed = golden["tokenizer_after_fix"]
+    assert fixed["eos_token_id"] is not None and fixed["pad_token_id"] is not None
+    if golden["tokenizer"] == "fixture":  # it has no pad token: LLaMA-Factory sets pad = eos
+        assert fixed["pad_token_id"] == fixed["eos_token_id"]
+    for row in range(golden["num_rows"]):
+        check_row(golden, row)
+    assert any(label != IGNORE_INDEX for labels in golden["rows"]["labels"] for label in labels), "no labels"
+
+
+def test_manifest_lists_every_golden_with_its_hash() -> None:
+    manifest = load_manifest()
+    on_disk = {path.relative_to(GOLDEN_DIR).as_posix(): path for path in GOLDEN_FILES}
+    assert set(manifest["files"]) == set(on_disk), "MANIFEST.json and tests/goldens disagree on the files"
+    for name, path in on_disk.items():
+        assert manifest["files"][name] == sha256_of(path), f"{name} changed since MANIFEST.json was written"
+    total_bytes = sum(path.stat().st_size for path in GOLDEN_FILES)
+    assert total_bytes < 10_000_000, f"goldens take {total_bytes} bytes"
+
+
+def test_goldens_are_current_with_repo_inputs() -> None:
+    """Sample data and fixture tokenizer are unchanged since the goldens were made."""
+    stale = [
+        key
+        for key, digest in load_manifest()["inputs"].items()
+        if key.startswith(("tests/", "examples/")) and sha256_of(REPO_ROOT / key) != digest
+    ]
+    assert not stale, f"inputs changed since the goldens were made: {stale}; rerun scripts/make_goldens.py"
+
+
+def test_goldens_match_local_qwen2_tokenizer(qwen2_tokenizer_path: Path) -> None:
+    """The Qwen2 tokenizer found here is the one the qwen2 goldens were made with."""
+    recorded = {key: digest for key, digest in load_manifest()["inputs"].items() if key.startswith("qwen2/")}
+    assert recorded, "MANIFEST.json records no qwen2 tokenizer files"
+    differing = [
+        key
+        for key, digest in recorded.items()
+        if sha256_of(qwen2_tokenizer_path / key.split("/", 1)[1]) != digest
+    ]
+    assert not differing, (
+        f"Qwen2 tokenizer at {qwen2_tokenizer_path} differs from the goldens' one: {differing}"
+    )
