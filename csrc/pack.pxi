@@ -147,6 +147,7 @@ def _bitmap_levels(int64_t n_values):
 
 
 cdef inline int _bitmap_set(uint64_t[::1] bits, const int64_t[::1] levels, int64_t value) except -1 nogil:
+    """Mark ``value`` present, and its word in every level above that was empty."""
     cdef Py_ssize_t level
     cdef int64_t word
     cdef bint was_empty
@@ -161,6 +162,7 @@ cdef inline int _bitmap_set(uint64_t[::1] bits, const int64_t[::1] levels, int64
 
 
 cdef inline int _bitmap_clear(uint64_t[::1] bits, const int64_t[::1] levels, int64_t value) except -1 nogil:
+    """Mark ``value`` absent, and its word in every level above that became empty."""
     cdef Py_ssize_t level
     cdef int64_t word
     for level in range(levels.shape[0] - 1):
@@ -228,12 +230,17 @@ cdef inline int64_t _heap_pop(int64_t[::1] child, int64_t[::1] sibling, int64_t 
 
 def _best_fit_rows(const int64_t[::1] sorted_items, const int64_t[::1] lengths, int64_t capacity, bint dense):
     """Place samples (in ``sorted_items`` order) best-fit; returns ``(row_of, rows)`` with
-    ``row_of[t]`` the row of the t-th placed sample."""
+    ``row_of[t]`` the row of the t-th placed sample.
+
+    Dense: a 64-ary bitmap finds the least remaining space that fits in O(log_64 capacity) and a
+    pairing heap per remaining space yields its lowest row. Sparse: an ordered set of
+    (remaining space, row) pairs does both.
+    """
     cdef Py_ssize_t n = sorted_items.shape[0]
     row_of_arr = np.empty(n, dtype=np.int64)
     cdef int64_t[::1] row_of = row_of_arr
     cdef int64_t rows = 0, t, length, row, remaining, space
-    # Dense: a bitmap of the remaining spaces that some row has, and per space a pairing heap of rows.
+    # Dense: the bitmap of remaining spaces some row has, and per space a heap of its rows.
     levels_arr = _bitmap_levels(capacity + 1) if dense else np.zeros(2, dtype=np.int64)
     cdef const int64_t[::1] levels = levels_arr
     cdef uint64_t[::1] bits = np.zeros(levels[levels.shape[0] - 1], dtype=np.uint64)
@@ -278,8 +285,7 @@ def _best_fit_rows(const int64_t[::1] sorted_items, const int64_t[::1] lengths, 
 
 
 def pack_bfd(lengths, int64_t capacity):
-    """Best-fit-decreasing packing of all ``lengths`` into rows of ``capacity`` tokens,
-    O(n log n) (O(n + capacity) when dense).
+    """Best-fit-decreasing packing of all ``lengths`` into rows of ``capacity`` tokens, O(n log n).
 
     Samples go in decreasing length (ties: lower index first); each goes to the open row with the
     least remaining space that fits it (ties: the row opened first), else to a new row. Returns
