@@ -83,19 +83,14 @@ def frozen_datetime(date_text: str) -> type[datetime]:
     return FrozenDatetime
 
 
-_PIPELINE_RESULTS: dict[tuple[Path, str], tuple[dict[str, Any], dict[str, Any], Any]] = {}
+# Per (golden, backend) run: columns (token ones as None) and features, for the feature test.
+_NON_TOKEN_OUTPUTS: dict[tuple[Path, str], tuple[dict[str, Any], dict[str, Any]]] = {}
 
 
 def build_with_fastsft(
     path: Path, backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> tuple[dict[str, Any], dict[str, Any], Any]:
-    """Run fastsft's pipeline on a golden's case: (columns as lists, features dict, fixed tokenizer).
-
-    Cached per (golden, backend) so the token test and the feature test share one run.
-    """
-    key = (path, backend)
-    if key in _PIPELINE_RESULTS:
-        return _PIPELINE_RESULTS[key]
+) -> tuple[dict[str, list[Any]], dict[str, Any], Any]:
+    """Run fastsft's pipeline on a golden's case: (columns as lists, features dict, fixed tokenizer)."""
     golden = load_golden(path)
     tokenizer_path = golden_tokenizer_path(golden, request)
     if backend == "compiled":
@@ -129,9 +124,13 @@ def build_with_fastsft(
         backend=backend,
     )
     dataset, _summary = build_dataset(args, tokenizer)
-    result = (dataset.to_dict(), dataset.features.to_dict(), tokenizer)
-    _PIPELINE_RESULTS[key] = result
-    return result
+    columns, features = dataset.to_dict(), dataset.features.to_dict()
+    # Token columns are the token test's job; only their names are kept for the feature test.
+    _NON_TOKEN_OUTPUTS[(path, backend)] = (
+        {name: None if name in TOKEN_COLUMNS else values for name, values in columns.items()},
+        features,
+    )
+    return columns, features, tokenizer
 
 
 def first_difference(expected: list[Any], actual: list[Any]) -> int:
@@ -206,9 +205,14 @@ def test_golden_token_columns(
 def test_golden_columns_and_features(
     path: Path, backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Same column names, Arrow feature types and non-token values (packing_params, media) as LF."""
+    """Same column names, Arrow feature types and non-token values (packing_params, media) as LF.
+
+    Reuses the run of ``test_golden_token_columns`` for the same case when there was one.
+    """
     golden = load_golden(path)
-    actual_columns, actual_features, _tokenizer = build_with_fastsft(path, backend, request, monkeypatch)
+    if (path, backend) not in _NON_TOKEN_OUTPUTS:
+        build_with_fastsft(path, backend, request, monkeypatch)
+    actual_columns, actual_features = _NON_TOKEN_OUTPUTS[(path, backend)]
     label = f"{golden_id(path)} [{backend}]"
     assert sorted(actual_columns) == sorted(golden["columns"]), f"{label}: columns differ"
     for column, feature in golden["features"].items():
