@@ -1,0 +1,430 @@
+"""``fastsft train`` configuration: a YAML file with LLaMA-Factory's key names plus ``key=value`` overrides.
+
+``load_config(path, overrides)`` returns a validated ``TrainConfig``. Values are typed by the
+dataclass (YAML values and override strings alike), misspelt keys fail with the closest valid
+names, and a LLaMA-Factory full-SFT YAML runs as is: ``stage: sft`` / ``finetuning_type: full``
+are accepted with a notice, LLaMA-Factory options fastsft does not implement (LoRA, DPO,
+quantization, evaluation, ...) fail clearly, and any other Hugging Face ``TrainingArguments``
+field (``weight_decay``, ``ddp_timeout``, ``save_only_model``, ...) is passed through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fastsft.errors import ConfigError
+
+AttnChoice = Literal["auto", "sdpa", "eager", "varlen", "flash_attention_2"]
+
+# `deepspeed: z3` and friends resolve to the configs shipped in examples/deepspeed/.
+DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "examples" / "deepspeed"
+DEEPSPEED_SHORTHANDS = {
+    "z2": "ds_z2_config.json",
+    "z3": "ds_z3_config.json",
+    "z3_offload": "ds_z3_offload_config.json",
+}
+
+
+@dataclass
+class TrainConfig:
+    """Every ``fastsft train`` option. Names follow LLaMA-Factory / ``transformers.TrainingArguments``."""
+
+    # --- model
+    model_name_or_path: str | None = None
+    model_config: str | None = None  # a config.json: random-init model instead of loading weights
+    tokenizer_name_or_path: str | None = None  # default: model_name_or_path
+    trust_remote_code: bool = False
+    attn: AttnChoice = "auto"  # auto: fastsft varlen when packing / padding_free, else sdpa
+    # --- data (LLaMA-Factory's DataArguments)
+    dataset: str | None = None
+    dataset_dir: str = "data"
+    template: str | None = None
+    tokenized_path: str | None = None  # load_from_disk when it exists, else build and save there
+    cutoff_len: int = 2048
+    packing: bool | None = None  # None: off, as LLaMA-Factory for SFT
+    neat_packing: bool = False  # implies packing; fastsft's packed attention is always per sequence
+    train_on_prompt: bool = False
+    mask_history: bool = False
+    max_samples: int | None = None
+    tool_format: str | None = None
+    default_system: str | None = None
+    enable_thinking: bool | None = True
+    preserve_thinking: bool = False
+    preprocessing_batch_size: int = 1000
+    preprocessing_num_workers: int | None = None  # encoding processes for the data pipeline
+    # --- batching (fastsft)
+    padding_free: bool = False  # unpacked samples, each batch flattened into one varlen row
+    max_tokens_per_batch: int | None = None  # token-budget batches instead of per_device_train_batch_size
+    # --- training (transformers' TrainingArguments)
+    output_dir: str | None = None
+    overwrite_output_dir: bool = False
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-5
+    lr_scheduler_type: str = "linear"
+    warmup_ratio: float = 0.0
+    num_train_epochs: float = 3.0
+    max_steps: int = -1
+    bf16: bool = False
+    fp16: bool = False
+    gradient_checkpointing: bool = True  # on by default, as in LLaMA-Factory
+    logging_steps: int | float = 500
+    save_steps: int | float = 500
+    save_total_limit: int | None = None
+    resume_from_checkpoint: bool | str | None = None  # true: last checkpoint in output_dir
+    deepspeed: str | None = None  # a JSON path, or z2 / z3 / z3_offload
+    seed: int = 42
+    report_to: str | list[str] = "none"
+    plot_loss: bool = True  # write training_loss.png
+    # Other TrainingArguments fields given in the YAML (weight_decay, ddp_timeout, ...).
+    extra_training_args: dict[str, Any] = field(default_factory=dict)
+    # One-line notices about accepted-but-ignored LLaMA-Factory keys, printed by the trainer.
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def uses_varlen_batches(self) -> bool:
+        """Whether batches are flattened varlen rows (packing or padding-free)."""
+        return bool(self.packing) or self.padding_free
+
+    @property
+    def tokenizer_path(self) -> str:
+        return self.tokenizer_name_or_path or self.model_name_or_path or ""
+
+
+# Keys a user never sets: filled in by load_config.
+INTERNAL_FIELDS = ("extra_training_args", "notices")
+
+# LLaMA-Factory keys accepted for compatibility that change nothing here (why, for the notice).
+IGNORED_KEYS = {
+    "overwrite_cache": "fastsft keeps no preprocessing cache",
+    "include_effective_tokens_per_second": "tokens per second are always logged",
+    "low_cpu_mem_usage": "transformers' default loading is used",
+    "use_fast_tokenizer": "the tokenizer folder decides",
+    "print_param_status": "no effect on training",
+    "data_shared_file_system": "no effect on training",
+    "per_device_eval_batch_size": "fastsft train does not evaluate",
+    "eval_steps": "fastsft train does not evaluate",
+}
+# Keys accepted only with the value that means "off" (anything else fails clearly).
+REQUIRED_VALUES: dict[str, tuple[Any, str]] = {
+    "stage": ("sft", "fastsft train does supervised fine-tuning only"),
+    "finetuning_type": ("full", "fastsft train does full-parameter fine-tuning only"),
+    "do_train": (True, "fastsft train always trains"),
+    "do_eval": (False, "fastsft train does not evaluate"),
+    "do_predict": (False, "fastsft train does not predict"),
+    "predict_with_generate": (False, "fastsft train does not predict"),
+    "eval_strategy": ("no", "fastsft train does not evaluate"),
+    "val_size": (0.0, "fastsft train does not evaluate"),
+    "eval_dataset": (None, "fastsft train does not evaluate"),
+    "streaming": (False, "fastsft builds map-style datasets"),
+    "disable_shuffling": (False, "samples are always shuffled"),
+    "compute_accuracy": (False, "fastsft train does not evaluate"),
+    "ignore_pad_token_for_loss": (True, "padding never counts in the loss"),
+    "pure_bf16": (False, "weights stay fp32 with bf16 autocast (or DeepSpeed bf16)"),
+    "use_unsloth": (False, "not supported"),
+    "enable_liger_kernel": (False, "not supported"),
+    "resize_vocab": (False, "not supported"),
+    "shift_attn": (False, "not supported"),
+    "train_from_scratch": (False, "use model_config for a random-init model"),
+}
+# LLaMA-Factory keys with a fastsft equivalent.
+FLASH_ATTN_TO_ATTN = {"auto": "auto", "sdpa": "sdpa", "disabled": "eager", "fa2": "flash_attention_2"}
+# LLaMA-Factory options fastsft does not implement: named as such instead of "unknown key".
+LLAMAFACTORY_UNSUPPORTED = frozenset(
+    """adapter_name_or_path adapter_folder additional_target create_new_adapter module_dropout ld_alpha
+    cache_dir split_special_tokens add_tokens add_special_tokens new_special_tokens_config init_special_tokens
+    model_revision rope_scaling mixture_of_depths moe_aux_loss_coef upcast_layernorm upcast_lmhead_output
+    infer_backend offload_folder infer_dtype hf_hub_token ms_hub_token om_hub_token double_quantization
+    media_dir mix_strategy interleave_probs buffer_size eval_num_beams eval_on_each_dataset
+    early_stopping_steps ray_num_workers ray_init_kwargs enable_torch_profiler hyper_parallel_args""".split()  # noqa: SIM905
+)
+LLAMAFACTORY_UNSUPPORTED_PREFIXES = (
+    "use_", "lora_", "loraplus_", "pissa_", "oft_", "freeze_", "pref_", "dpo_", "kto_", "simpo_", "ppo_",
+    "ref_model", "reward_model", "galore_", "apollo_", "badam_", "swanlab_", "quantization_", "export_",
+    "image_", "video_", "audio_", "vllm_", "sglang_", "kt_", "profiler_", "fp8", "asft_", "eaft_",
+)  # fmt: skip
+# TrainingArguments fields fastsft sets itself, so a YAML value would be silently overridden.
+CONTROLLED_TRAINING_ARGS = frozenset(
+    {"remove_unused_columns", "accelerator_config", "label_names", "include_num_input_tokens_seen"}
+)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None, overrides: list[str] | tuple[str, ...] = ()
+) -> TrainConfig:
+    """Read ``path`` (YAML), apply ``key=value`` overrides, type and validate every value."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = _read_yaml(Path(path))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like key=value")
+        values[key.strip()] = _OverrideText(value)
+    return config_from_mapping(values)
+
+
+class _OverrideText(str):
+    """A value typed on the command line (``key=value``), parsed by the key's type."""
+
+
+def config_from_mapping(values: dict[str, Any]) -> TrainConfig:
+    """A validated ``TrainConfig`` from already-read keys (YAML values or override strings)."""
+    hints = _type_hints()
+    known: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    notices: list[str] = []
+    values = dict(values)
+    _translate_llamafactory_keys(values, notices)
+    for key, value in values.items():
+        if key in hints and key not in INTERNAL_FIELDS:
+            known[key] = _coerce(key, value, hints[key])
+        elif key in _training_args_hints() and key not in CONTROLLED_TRAINING_ARGS:
+            extra[key] = _coerce(key, value, _training_args_hints()[key])
+        else:
+            raise ConfigError(_unknown_key_message(key))
+    config = TrainConfig(**known, extra_training_args=extra, notices=notices)
+    _validate(config)
+    return config
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config {path} must be a mapping of keys to values")
+    return {str(k): v for k, v in values.items()}
+
+
+def _translate_llamafactory_keys(values: dict[str, Any], notices: list[str]) -> None:
+    """Check LLaMA-Factory-only keys and turn them into fastsft's (in place)."""
+    for key, (expected, reason) in REQUIRED_VALUES.items():
+        if key not in values:
+            continue
+        value = values[key]
+        if isinstance(value, _OverrideText):
+            value = _coerce(key, value, type(expected) | None if expected is not None else str | None)
+        if not _means(value, expected):
+            raise ConfigError(f"`{key}: {_show(value)}` is not supported: {reason}")
+        if key in ("stage", "finetuning_type"):
+            notices.append(f"ignoring `{key}: {expected}` ({reason})")
+        del values[key]
+    for key, reason in IGNORED_KEYS.items():
+        if key in values:
+            notices.append(f"ignoring `{key}` ({reason})")
+            del values[key]
+    if "flash_attn" in values:
+        value = str(values.pop("flash_attn"))
+        if value not in FLASH_ATTN_TO_ATTN:
+            raise ConfigError(f"`flash_attn: {value}` is not supported (use auto, sdpa, disabled or fa2)")
+        values.setdefault("attn", FLASH_ATTN_TO_ATTN[value])
+    if "disable_gradient_checkpointing" in values:
+        disabled = _coerce(
+            "disable_gradient_checkpointing", values.pop("disable_gradient_checkpointing"), bool
+        )
+        values.setdefault("gradient_checkpointing", not disabled)
+
+
+def _means(value: Any, expected: Any) -> bool:
+    """Whether a LLaMA-Factory value is the one fastsft accepts (``0`` and ``0.0`` alike, ``None``/``""``)."""
+    if expected is None:
+        return value is None or value == ""
+    if isinstance(expected, bool):
+        return value is expected
+    if isinstance(expected, (int, float)):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value == expected
+    return str(value).lower() == str(expected)
+
+
+def _show(value: Any) -> str:
+    return "true" if value is True else "false" if value is False else str(value)
+
+
+def _unknown_key_message(key: str) -> str:
+    if key in LLAMAFACTORY_UNSUPPORTED or key.startswith(LLAMAFACTORY_UNSUPPORTED_PREFIXES):
+        return f"LLaMA-Factory option `{key}` is not supported by fastsft train (full-parameter SFT only)"
+    if key in CONTROLLED_TRAINING_ARGS:
+        return f"`{key}` is set by fastsft train itself and cannot be configured"
+    candidates = [k for k in _type_hints() if k not in INTERNAL_FIELDS]
+    candidates += [k for k in _training_args_hints() if k not in CONTROLLED_TRAINING_ARGS]
+    close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else " (see `fastsft train --help`)"
+    return f"unknown config key `{key}`{hint}"
+
+
+@functools.cache
+def _type_hints() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+@functools.cache
+def _training_args_hints() -> dict[str, Any]:
+    """Type of every ``transformers.TrainingArguments`` field (imported only when a key needs it)."""
+    from transformers import TrainingArguments
+
+    hints = typing.get_type_hints(TrainingArguments)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+_NULL = {"null", "none", "~", ""}
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """``value`` converted to ``hint`` (bool, int, float, str, Literal, list[str], unions of them)."""
+    options = typing.get_args(hint) if _is_union(hint) else (hint,)
+    from_text = isinstance(value, _OverrideText)
+    if type(None) in options and (value is None or (from_text and value.strip().lower() in _NULL)):
+        return None
+    for option in (o for o in options if o is not type(None)):
+        converted = _convert(value, option, from_text)
+        if converted is not _NO:
+            return converted
+    raise ConfigError(f"config key `{key}` expects {_describe(hint)}, got {_show(value)!r}")
+
+
+_NO = object()
+
+
+def _convert(value: Any, option: Any, from_text: bool) -> Any:
+    """``value`` as ``option``, or ``_NO`` when it is not one."""
+    origin = typing.get_origin(option)
+    if origin is Literal:
+        text = str(value).strip() if from_text else value
+        return text if text in typing.get_args(option) else _NO
+    if origin is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        return [v.strip() for v in value.split(",")] if from_text else _NO
+    if option is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower() if isinstance(value, str) else None
+        return True if text in _TRUE else False if text in _FALSE else _NO
+    if option is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(value) if isinstance(value, str) else _NO
+        except ValueError:
+            return _NO
+    if option is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        try:  # YAML reads 1e-5 (no dot) as a string
+            return float(value) if isinstance(value, str) else _NO
+        except ValueError:
+            return _NO
+    if option is str:
+        return str(value) if isinstance(value, str) else _NO
+    if option is dict:
+        return value if isinstance(value, dict) else _NO
+    if isinstance(option, type) and issubclass(option, str):  # transformers' string enums
+        return str(value) if isinstance(value, str) else _NO
+    if option is Any:
+        return str(value) if from_text else value
+    return _NO
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def _describe(hint: Any) -> str:
+    options = typing.get_args(hint) if _is_union(hint) else (hint,)
+    words = []
+    for option in options:
+        if typing.get_origin(option) is Literal:
+            words.append("one of " + ", ".join(map(str, typing.get_args(option))))
+        elif typing.get_origin(option) is list:
+            words.append("a list of strings")
+        elif option is type(None):
+            words.append("null")
+        else:
+            words.append(
+                {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
+                    option, getattr(option, "__name__", str(option))
+                )
+            )
+    return " or ".join(words)
+
+
+def resolve_deepspeed(value: str) -> str:
+    """A DeepSpeed config path: ``z2`` / ``z3`` / ``z3_offload`` are the bundled ones."""
+    if value in DEEPSPEED_SHORTHANDS:
+        path = DEEPSPEED_DIR / DEEPSPEED_SHORTHANDS[value]
+        if not path.is_file():
+            raise ConfigError(
+                f"`deepspeed: {value}` needs {path}, which this installation lacks; pass a JSON path instead"
+            )
+        return str(path)
+    if not Path(value).is_file():
+        shorthands = ", ".join(DEEPSPEED_SHORTHANDS)
+        raise ConfigError(f"deepspeed config not found: {value} (give a JSON file or one of {shorthands})")
+    return value
+
+
+def _validate(config: TrainConfig) -> None:
+    """Cross-key checks; fills derived values (packing from neat_packing, deepspeed path)."""
+    if config.model_name_or_path and config.model_config:
+        raise ConfigError(
+            "set either model_name_or_path (load weights) or model_config (random init), not both"
+        )
+    if not config.model_name_or_path and not config.model_config:
+        raise ConfigError("no model given: set model_name_or_path, or model_config for a random-init model")
+    if config.model_config and not Path(config.model_config).exists():
+        raise ConfigError(f"model_config not found: {config.model_config}")
+    if not config.tokenizer_path:
+        raise ConfigError("no tokenizer given: set tokenizer_name_or_path (model_config has no tokenizer)")
+    if not config.output_dir:
+        raise ConfigError("no output_dir given")
+    if not config.dataset and not (config.tokenized_path and Path(config.tokenized_path).exists()):
+        raise ConfigError(
+            "no dataset given: set dataset (names in dataset_info.json) or an existing tokenized_path"
+        )
+    if not config.template:
+        raise ConfigError("`template` is required (e.g. template: qwen)")
+    if config.bf16 and config.fp16:
+        raise ConfigError("set only one of bf16 and fp16")
+    if config.neat_packing:
+        config.packing = True
+    if config.uses_varlen_batches and config.attn in ("sdpa", "eager"):
+        mode = "packing" if config.packing else "padding_free"
+        raise ConfigError(
+            f"{mode} needs attn: varlen or flash_attention_2 (with attn: {config.attn} the sequences "
+            "of a flattened row would attend to each other)"
+        )
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "cutoff_len"):
+        if getattr(config, key) < 1:
+            raise ConfigError(f"`{key}` must be at least 1, got {getattr(config, key)}")
+    if config.max_tokens_per_batch is not None and config.max_tokens_per_batch < 1:
+        raise ConfigError(f"`max_tokens_per_batch` must be at least 1, got {config.max_tokens_per_batch}")
+    if not 0.0 <= config.warmup_ratio < 1.0:
+        raise ConfigError(f"`warmup_ratio` must be in [0, 1), got {config.warmup_ratio}")
+    if config.warmup_ratio and "warmup_steps" in config.extra_training_args:
+        raise ConfigError("set only one of warmup_ratio and warmup_steps")
+    if config.deepspeed:
+        config.deepspeed = resolve_deepspeed(config.deepspeed)
+    if isinstance(config.resume_from_checkpoint, str) and not Path(config.resume_from_checkpoint).is_dir():
+        raise ConfigError(f"resume_from_checkpoint folder not found: {config.resume_from_checkpoint}")

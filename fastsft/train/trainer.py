@@ -1,0 +1,504 @@
+"""``fastsft train``: full-parameter SFT on Hugging Face ``Trainer``, optionally under DeepSpeed ZeRO-3.
+
+The pieces are fastsft's own: ``build_dataset`` (or a saved ``tokenized_path``), ``VarlenCollator``
+(packing / padding-free, with fastsft's varlen attention) or ``PaddingCollator``, and
+``TokenBudgetBatchSampler`` for ``max_tokens_per_batch``. The loss is transformers' token-level
+mean over every labelled token of the global batch (all packed sequences, gradient-accumulation
+steps and processes, via ``num_items_in_batch``).
+
+Order matters under ZeRO-3: ``TrainingArguments`` (which activates ``HfDeepSpeedConfig``) is
+built before the model, so ``from_pretrained`` / ``from_config`` create it partitioned.
+
+Outputs in ``output_dir``: ``checkpoint-*`` folders, ``trainer_log.jsonl`` (one line per log),
+``metrics.json``, ``training_loss.png`` and the final model + tokenizer (``save_pretrained``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from fastsft.errors import ConfigError
+from fastsft.train.config import TrainConfig, load_config
+
+CONFIG_EPILOG = """\
+CONFIG.yaml uses LLaMA-Factory's key names (a LLaMA-Factory full-SFT YAML runs as is). Main keys:
+  model:    model_name_or_path | model_config (random init), tokenizer_name_or_path, attn
+  data:     dataset, dataset_dir, template, cutoff_len, packing, neat_packing, tokenized_path,
+            train_on_prompt, mask_history, max_samples, padding_free, max_tokens_per_batch
+  training: output_dir, per_device_train_batch_size, gradient_accumulation_steps, learning_rate,
+            lr_scheduler_type, warmup_ratio, num_train_epochs, max_steps, bf16, fp16,
+            gradient_checkpointing, logging_steps, save_steps, save_total_limit,
+            resume_from_checkpoint, deepspeed (path | z2 | z3 | z3_offload), seed, report_to
+Any other transformers TrainingArguments field (weight_decay, ddp_timeout, ...) is passed through.
+Multi-GPU: torchrun --nproc_per_node N -m fastsft train CONFIG.yaml  (see docs/training.md)
+"""
+
+TRAINER_LOG = "trainer_log.jsonl"
+METRICS_FILE = "metrics.json"
+LOSS_PLOT = "training_loss.png"
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``fastsft train`` arguments: ``CONFIG.yaml`` and ``key=value`` overrides."""
+    parser.add_argument("config", metavar="CONFIG.yaml", help="training config (LLaMA-Factory key names)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="override config keys, e.g. max_steps=20 bf16=true"
+    )
+    parser.epilog = CONFIG_EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def run_train(args: argparse.Namespace | Sequence[str]) -> int:
+    """Entry point of ``fastsft train``: parsed arguments (from the CLI) or an argv list."""
+    if not isinstance(args, argparse.Namespace):
+        parser = argparse.ArgumentParser(prog="fastsft train")
+        add_train_arguments(parser)
+        args = parser.parse_args(list(args))
+    train(load_config(args.config, args.overrides))
+    return 0
+
+
+def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, float]:
+    """Train as ``config`` says, save everything to ``output_dir`` and return the final metrics."""
+    trainer = build_trainer(config, callbacks)
+    output_dir = Path(config.output_dir)
+    result = trainer.train(resume_from_checkpoint=trainer.resume_checkpoint)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model.config.use_cache = True  # trained without the KV cache; the saved model generates with it
+    trainer.save_model()  # under ZeRO-3 gathers the 16-bit weights (stage3_gather_16bit_weights_on_model_save)
+    trainer.save_state()
+    metrics = dict(result.metrics)
+    metrics["num_input_tokens_seen"] = trainer.state.num_input_tokens_seen
+    session_tokens = trainer.state.num_input_tokens_seen - trainer.initial_tokens_seen
+    metrics["train_tokens_per_second"] = session_tokens / max(metrics.get("train_runtime", 0.0), 1e-9)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    if losses:
+        metrics["final_loss"] = losses[-1]
+    metrics["global_step"] = trainer.state.global_step
+    if trainer.is_world_process_zero():
+        (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        if config.plot_loss:
+            plot_loss(trainer.state.log_history, output_dir / LOSS_PLOT)
+        say(f"saved the model, {METRICS_FILE} and {TRAINER_LOG} to {output_dir}")
+    return metrics
+
+
+def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> SFTTrainer:
+    """Everything ``train`` sets up before ``trainer.train()``: arguments, data, model, collator."""
+    uses_configured_state = _configure_cpu_distributed(config)
+    training_args = build_training_args(config, uses_configured_state)  # before the model (ZeRO-3 init)
+    if training_args.process_index == 0:
+        for notice in config.notices:
+            say(notice)
+    resume = resolve_resume(config, training_args)
+    tokenizer = load_tokenizer(config)
+    dataset = load_train_dataset(config, tokenizer, training_args)
+    packed = config.uses_varlen_batches or "position_ids" in dataset.column_names
+    attn_implementation = choose_attention(config, packed)
+
+    from transformers import set_seed
+
+    set_seed(config.seed)  # the same random init on every run and rank
+    model = load_model(config, attn_implementation)
+    if len(tokenizer) > model.config.vocab_size:
+        raise ConfigError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}"
+        )
+    collator = make_collator(packed, tokenizer)
+    if training_args.process_index == 0:
+        batching = f"token budget {config.max_tokens_per_batch}" if config.max_tokens_per_batch else "rows"
+        say(
+            f"{len(dataset)} {'packed ' if 'position_ids' in dataset.column_names else ''}rows, "
+            f"{type(collator).__name__} ({batching}), attention {attn_implementation}, "
+            f"{sum(p.numel() for p in model.parameters()):,} parameters on this rank"
+        )
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[JsonlLogCallback(Path(config.output_dir) / TRAINER_LOG), *callbacks],
+        max_tokens_per_batch=config.max_tokens_per_batch,
+    )
+    trainer.resume_checkpoint = resume
+    return trainer
+
+
+def say(message: str) -> None:
+    """One progress line for the user (printed by the main process only)."""
+    print(f"[fastsft] {message}", flush=True)
+
+
+def _configure_cpu_distributed(config: TrainConfig) -> bool:
+    """Without CUDA, run several processes (or DeepSpeed) over gloo; returns whether that was set up.
+
+    accelerate would otherwise see a single process and DeepSpeed's batch-size check would fail.
+    The state must exist before ``TrainingArguments(accelerator_config={"use_configured_state": True})``.
+    """
+    if torch.cuda.is_available():
+        return False
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and not config.deepspeed:
+        return False
+    if config.deepspeed:
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")  # a single process started without a launcher
+        os.environ.setdefault("MASTER_PORT", "29500")
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("LOCAL_RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        import deepspeed.ops
+
+        # DeepSpeed's CPU shared-memory all-reduce is JIT-compiled on first use (~90 s); gloo suffices.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    from accelerate import PartialState
+
+    PartialState(backend="gloo")
+    return True
+
+
+def build_training_args(config: TrainConfig, uses_configured_state: bool = False) -> TrainingArguments:
+    """``TrainingArguments`` from the config (fastsft decides ``remove_unused_columns`` and the state)."""
+    kwargs: dict[str, Any] = {
+        name: getattr(config, name)
+        for name in (
+            "output_dir",
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "learning_rate",
+            "lr_scheduler_type",
+            "num_train_epochs",
+            "max_steps",
+            "bf16",
+            "fp16",
+            "gradient_checkpointing",
+            "logging_steps",
+            "save_steps",
+            "save_total_limit",
+            "deepspeed",
+            "seed",
+            "report_to",
+        )
+    }
+    field_names = {f.name for f in fields(TrainingArguments)}
+    if "activation_checkpointing" in field_names:  # transformers 5 renamed it
+        kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
+    if config.warmup_ratio:  # transformers 5 reads a warmup_steps float < 1 as the ratio
+        kwargs["warmup_ratio" if "warmup_ratio" in field_names else "warmup_steps"] = config.warmup_ratio
+    kwargs["remove_unused_columns"] = False  # the collators pick their columns
+    kwargs.update(config.extra_training_args)
+    if uses_configured_state:
+        kwargs["accelerator_config"] = {"use_configured_state": True}
+    try:
+        return TrainingArguments(**kwargs)
+    except ValueError as err:
+        raise ConfigError(f"invalid training arguments: {str(err).splitlines()[0]}") from None
+
+
+def resolve_resume(config: TrainConfig, training_args: TrainingArguments) -> str | None:
+    """The checkpoint to resume from, as LLaMA-Factory decides it.
+
+    ``resume_from_checkpoint: true`` means the last ``checkpoint-*`` in ``output_dir``. Unset, a
+    non-empty ``output_dir`` resumes from its last checkpoint (or is an error without one)
+    unless ``overwrite_output_dir``, which removes stale ``checkpoint-*`` folders instead.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    output_dir = Path(config.output_dir)
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if config.resume_from_checkpoint is True:
+        if last is None:
+            raise ConfigError(f"resume_from_checkpoint is true but {output_dir} has no checkpoint-* folder")
+        return last
+    if isinstance(config.resume_from_checkpoint, str):
+        return config.resume_from_checkpoint
+    if config.overwrite_output_dir:
+        with training_args.main_process_first(desc="clean output_dir"):
+            if training_args.process_index == 0 and output_dir.is_dir():
+                for stale in output_dir.glob("checkpoint-*"):
+                    shutil.rmtree(stale, ignore_errors=True)
+        return None
+    if config.resume_from_checkpoint is False or not output_dir.is_dir():
+        return None
+    if last is not None:
+        if training_args.process_index == 0:
+            say(f"resuming from {last} (set overwrite_output_dir: true to start over)")
+        return last
+    if any(output_dir.iterdir()):
+        raise ConfigError(
+            f"output_dir {output_dir} is not empty and has no checkpoint; set overwrite_output_dir: true"
+        )
+    return None
+
+
+def load_tokenizer(config: TrainConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(
+            config.tokenizer_path, trust_remote_code=config.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"cannot load the tokenizer from {config.tokenizer_path}: {str(err).splitlines()[0]}"
+        ) from None
+
+
+def load_train_dataset(config: TrainConfig, tokenizer: Any, training_args: TrainingArguments) -> Any:
+    """``load_from_disk(tokenized_path)`` when it exists; else ``build_dataset`` (saved to ``tokenized_path``).
+
+    Either way the tokenizer is fixed as LLaMA-Factory does (eos, pad, stop words). The main
+    process goes first, so the others load what it saved.
+    """
+    from datasets import DatasetDict, load_from_disk
+
+    from fastsft.data.pipeline import DataArgs, build_dataset
+    from fastsft.data.templates import fix_tokenizer, get_template
+
+    path = config.tokenized_path
+    with training_args.main_process_first(desc="dataset"):
+        if path and Path(path).exists():
+            fix_tokenizer(get_template(config.template, tool_format=config.tool_format), tokenizer)
+            loaded = load_from_disk(path)
+            dataset = loaded["train"] if isinstance(loaded, DatasetDict) else loaded
+            if training_args.process_index == 0:
+                say(f"loaded {len(dataset)} rows from {path}")
+            return dataset
+        data_args = DataArgs(
+            dataset=config.dataset,
+            dataset_dir=config.dataset_dir,
+            template=config.template,
+            cutoff_len=config.cutoff_len,
+            train_on_prompt=config.train_on_prompt,
+            mask_history=config.mask_history,
+            packing=config.packing,
+            neat_packing=config.neat_packing,
+            tool_format=config.tool_format,
+            default_system=config.default_system,
+            enable_thinking=config.enable_thinking,
+            preserve_thinking=config.preserve_thinking,
+            max_samples=config.max_samples,
+            preprocessing_batch_size=config.preprocessing_batch_size,
+            packing_strategy="bfd",  # unpadded rows for VarlenCollator; same samples as LLaMA-Factory's
+        )
+        dataset, summary = build_dataset(data_args, tokenizer, workers=config.preprocessing_num_workers or 1)
+        if training_args.process_index == 0:
+            for line in summary.lines():
+                say(line)
+        if path and training_args.should_save:
+            DatasetDict({"train": dataset}).save_to_disk(path)
+            say(f"saved the tokenized dataset to {path}")
+    return dataset
+
+
+def choose_attention(config: TrainConfig, packed: bool) -> str:
+    """The ``attn_implementation``: fastsft's varlen attention for flattened batches unless told otherwise."""
+    if packed and config.attn in ("sdpa", "eager"):
+        raise ConfigError(
+            f"the dataset is packed, which needs attn: varlen or flash_attention_2 (not {config.attn})"
+        )
+    if config.attn == "varlen" or (config.attn == "auto" and packed):
+        from fastsft.train.attention import register_varlen_attention
+
+        return register_varlen_attention()
+    return "sdpa" if config.attn == "auto" else config.attn
+
+
+def load_model(config: TrainConfig, attn_implementation: str) -> Any:
+    """The model in fp32 (mixed precision comes from Trainer / DeepSpeed), without the KV cache.
+
+    Under ZeRO-3 transformers builds it inside ``deepspeed.zero.Init`` (partitioned) because
+    ``TrainingArguments`` already exists.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    common = {"attn_implementation": attn_implementation, "trust_remote_code": config.trust_remote_code}
+    if config.model_config:
+        model_config = AutoConfig.from_pretrained(
+            config.model_config, trust_remote_code=config.trust_remote_code
+        )
+        model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32, **common)
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                config.model_name_or_path, dtype=torch.float32, **common
+            )
+        except OSError as err:
+            raise ConfigError(
+                f"cannot load the model from {config.model_name_or_path}: {str(err).splitlines()[0]}"
+            ) from None
+    model.config.use_cache = False
+    return model
+
+
+def make_collator(packed: bool, tokenizer: Any) -> Any:
+    from fastsft.collators import PaddingCollator, VarlenCollator
+
+    if packed:
+        return VarlenCollator()
+    return PaddingCollator(
+        pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=8
+    )  # as LLaMA-Factory trains
+
+
+def count_tokens(inputs: dict[str, Any]) -> torch.Tensor:
+    """Non-padding tokens of a batch (varlen batches have no padding)."""
+    if "attention_mask" in inputs:
+        return inputs["attention_mask"].ne(0).sum()
+    return torch.tensor(inputs["input_ids"].numel())
+
+
+class SFTTrainer(Trainer):
+    """``Trainer`` plus token-budget batches and tokens-per-second logging."""
+
+    def __init__(self, *args: Any, max_tokens_per_batch: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_tokens_per_batch = max_tokens_per_batch
+        self.resume_checkpoint: str | None = None
+        self.initial_tokens_seen = 0
+        self._pending_tokens = torch.zeros((), dtype=torch.int64)
+        self._window_start: float | None = None
+
+    def get_train_dataloader(self) -> Any:
+        if self.max_tokens_per_batch is None:
+            return super().get_train_dataloader()
+        from torch.utils.data import DataLoader
+
+        from fastsft.collators import TokenBudgetBatchSampler
+
+        sampler = TokenBudgetBatchSampler(
+            sample_lengths(self.train_dataset),
+            self.max_tokens_per_batch,
+            shuffle=True,
+            seed=self.args.seed,
+            num_replicas=self.args.world_size,
+            rank=self.args.process_index,
+        )
+        loader = DataLoader(
+            self.train_dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        prepared = self.accelerator.prepare(loader)
+        # The sampler already deals batches per rank; make accelerate's re-sharding wrapper a pass-through.
+        shard = getattr(prepared, "batch_sampler", None)
+        if shard is not None and getattr(shard, "batch_sampler", None) is sampler:
+            shard.num_processes = 1
+            shard.process_index = 0
+        return prepared
+
+    def training_step(
+        self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None
+    ) -> torch.Tensor:
+        if self._window_start is None:
+            self._window_start = time.perf_counter()
+            self.initial_tokens_seen = self.state.num_input_tokens_seen
+        self._pending_tokens += count_tokens(inputs).cpu()
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add ``num_input_tokens_seen`` and ``tokens_per_second`` (non-padding, all ranks) to training logs."""
+        if "loss" in logs and self._window_start is not None:
+            pending = self._pending_tokens.to(self.args.device)
+            tokens = int(self.accelerator.reduce(pending, reduction="sum").item())
+            now = time.perf_counter()
+            self.state.num_input_tokens_seen += tokens
+            logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
+            logs["tokens_per_second"] = round(tokens / max(now - self._window_start, 1e-9), 1)
+            self._pending_tokens.zero_()
+            self._window_start = now
+        super().log(logs, start_time)
+
+
+def sample_lengths(dataset: Any) -> np.ndarray:
+    """Token count of every row, read from the Arrow column (no Python loop over rows)."""
+    import pyarrow.compute as pc
+
+    column = dataset.with_format("arrow")["input_ids"]
+    return pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Appends every log (loss, learning rate, grad norm, tokens/s, ...) to ``trainer_log.jsonl``.
+
+    A resumed run first drops the lines past the checkpoint's step, so the file reads like one run.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.start = time.perf_counter()
+
+    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self.start = time.perf_counter()
+        if not state.is_world_process_zero:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if state.global_step > 0 and self.path.exists():  # resumed
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                if line.strip() and json.loads(line).get("step", 0) <= state.global_step:
+                    kept.append(line + "\n")
+        self.path.write_text("".join(kept), encoding="utf-8")
+
+    def on_log(
+        self, args: TrainingArguments, state: Any, control: Any, logs: Any = None, **kwargs: Any
+    ) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        entry = {
+            "step": state.global_step,
+            "max_steps": state.max_steps,
+            "elapsed_seconds": round(time.perf_counter() - self.start, 3),
+            **logs,
+        }
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+def plot_loss(log_history: list[dict[str, Any]], path: Path) -> None:
+    """Training loss per step (raw and exponentially smoothed) as a PNG, drawn with matplotlib's Agg."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
+    if not points:
+        return
+    steps, losses = zip(*points)
+    figure, axes = plt.subplots(figsize=(6.4, 4.0))
+    axes.plot(steps, losses, color="#1f77b4", alpha=0.4, label="loss")
+    axes.plot(steps, smooth(list(losses)), color="#1f77b4", label="smoothed")
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_title("training loss")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def smooth(values: list[float]) -> list[float]:
+    """TensorBoard-style exponential moving average, as LLaMA-Factory's loss plot (weight from the count)."""
+    if not values:
+        return []
+    weight = 1.8 * (1 / (1 + math.exp(-0.05 * len(values))) - 0.5)
+    smoothed = [values[0]]
+    for value in values[1:]:
+        smoothed.append(smoothed[-1] * weight + (1 - weight) * value)
+    return smoothed
