@@ -1,0 +1,458 @@
+"""Tokenizer backends: tiktoken must give exactly ``tokenizer.encode(text, add_special_tokens=False)``.
+
+Property tests run on the fixture tokenizer and, when present, the real Qwen2 tokenizer, before
+and after LLaMA-Factory-style fixes (EOS replacement, stop words and plain tokens added).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import load_tokenizer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fastsft import tokenization
+from fastsft.errors import ConfigError, DataError
+from fastsft.tokenization import (
+    ENV_VAR,
+    HFBackend,
+    TiktokenBackend,
+    UnsupportedTokenizer,
+    load_backend,
+    probe_texts,
+)
+
+pytest.importorskip("tiktoken")
+
+QWEN2_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+
+FRAGMENTS = [
+    # English, contractions (any case), code
+    "hello", "World", " the", " quick", "I", "'s", "'S", "'t", "'re", "'VE", "'m", "'LL", "'d", "'ſ",
+    "def ", "f(x):", " return", " {'a': [1, 2]}", "==", "->", "//", "# ", "&&", "\\n", "`", '"', ";",
+    # CJK, other scripts
+    "数据", "模型训练", "你好，世界！", "こんにちは", "カタカナ", "안녕하세요", "Привет", "مرحبا", "नमस्ते", "ภาษาไทย",
+    # emoji: skin tone, ZWJ family, flag, keycap, variation selector
+    "😀", "👍🏽", "👨\u200d👩\u200d👧\u200d👦", "🇫🇷", "1\ufe0f\u20e3", "❤\ufe0f\u200d🔥",
+    # combining marks, composed and decomposed forms, compatibility characters
+    "\u0301", "\u0327", "\u0308", "e\u0301", "é", "A\u030a", "Å", "\u212b", "\u2126", "\u212a", "\u037e",
+    "\u1100\u1161\u11a8", "각", "ﬁ", "ｆｕｌｌ",
+    # whitespace and newline runs
+    " ", "  ", "   ", "\n", "\n\n", "\r\n", "\r", "\t", "\t\t", " \n ", "\u3000", "\u00a0", "\u2003", "\u200b",
+    # digits
+    "0", "7", "12", "345", "2024", "3.14", "1,000", "٣", "²",
+]  # fmt: skip
+
+
+@st.composite
+def texts(draw: st.DrawFn, added_tokens: list[str]) -> str:
+    """Random text built from the fragments above, added tokens and arbitrary characters, in a random
+    normal form (NFD splits what NFC composes, also around added tokens)."""
+    pieces = draw(
+        st.lists(
+            st.one_of(
+                st.sampled_from(FRAGMENTS),
+                st.sampled_from(added_tokens),
+                st.text(max_size=4),
+            ),
+            max_size=24,
+        )
+    )
+    text = "".join(pieces)
+    form = draw(st.sampled_from([None, "NFC", "NFD"]))
+    return unicodedata.normalize(form, text) if form else text
+
+
+def hf_ids(tokenizer: Any, batch: list[str]) -> list[list[int]]:
+    return [tokenizer.encode(text, add_special_tokens=False) for text in batch]
+
+
+def assert_backend_matches(backend: Any, tokenizer: Any, batch: list[str]) -> None:
+    """``encode_batch`` and ``encode_batch_flat`` both equal per-string HF ``encode``."""
+    expected = hf_ids(tokenizer, batch)
+    assert backend.encode_batch(batch) == expected
+    ids, offsets = backend.encode_batch_flat(batch)
+    assert ids.dtype == np.int32 and offsets.dtype == np.int64
+    assert offsets.tolist() == np.cumsum([0] + [len(e) for e in expected]).tolist()
+    assert ids.tolist() == [token for e in expected for token in e]
+
+
+def added_contents(tokenizer: Any) -> list[str]:
+    return [token.content for token in tokenizer.backend_tokenizer.get_added_tokens_decoder().values()]
+
+
+def apply_llamafactory_fixes(tokenizer: Any, stop_words: list[str], plain_tokens: list[str]) -> None:
+    """What ``fix_special_tokens`` (eos replaced by the first stop word, the others added as special
+    tokens) and ``add_tokens`` (plain tokens, matched after normalisation) do to a tokenizer."""
+    tokenizer.add_special_tokens({"eos_token": stop_words[0]})
+    tokenizer.add_special_tokens({"additional_special_tokens": stop_words[1:]})
+    tokenizer.add_tokens(plain_tokens)
+
+
+PROPERTY_SETTINGS = settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Fixture tokenizer
+
+
+@pytest.fixture(scope="module")
+def fixture_pair(fixture_tokenizer_path: Path) -> tuple[Any, TiktokenBackend]:
+    tokenizer = load_tokenizer(fixture_tokenizer_path)
+    backend = load_backend(tokenizer, "fast")
+    assert isinstance(backend, TiktokenBackend)
+    return tokenizer, backend
+
+
+@given(data=st.data())
+@PROPERTY_SETTINGS
+def test_tiktoken_matches_hf_on_fixture(
+    fixture_pair: tuple[Any, TiktokenBackend], data: st.DataObject
+) -> None:
+    tokenizer, backend = fixture_pair
+    batch = data.draw(st.lists(texts(added_contents(tokenizer)), max_size=6))
+    assert_backend_matches(backend, tokenizer, batch)
+
+
+@pytest.fixture(scope="module")
+def fixed_fixture_pair(fixture_tokenizer_path: Path) -> tuple[Any, TiktokenBackend]:
+    tokenizer = load_tokenizer(fixture_tokenizer_path)
+    apply_llamafactory_fixes(tokenizer, ["<|eot_id|>", "<|custom_stop|>"], ["<plain>", "café"])
+    return tokenizer, load_backend(tokenizer, "fast")
+
+
+@given(data=st.data())
+@PROPERTY_SETTINGS
+def test_tiktoken_matches_hf_after_fixes_on_fixture(
+    fixed_fixture_pair: tuple[Any, TiktokenBackend], data: st.DataObject
+) -> None:
+    tokenizer, backend = fixed_fixture_pair
+    batch = data.draw(st.lists(texts(added_contents(tokenizer)), max_size=6))
+    assert_backend_matches(backend, tokenizer, batch)
+
+
+def test_fixes_change_the_added_tokens_the_backend_sees(fixture_tokenizer: Any) -> None:
+    before = load_backend(fixture_tokenizer, "fast")
+    apply_llamafactory_fixes(fixture_tokenizer, ["<|im_end|>", "<|custom_stop|>"], ["<plain>"])
+    after = load_backend(fixture_tokenizer, "fast")
+    text = "a<|custom_stop|>b<plain>"
+    assert before.encode_batch([text]) != after.encode_batch([text])
+    assert after.encode_batch([text]) == hf_ids(fixture_tokenizer, [text])
+    new_id = fixture_tokenizer.convert_tokens_to_ids("<|custom_stop|>")
+    assert new_id in after.encode_batch([text])[0]
+
+
+def test_split_special_tokens(fixture_tokenizer: Any) -> None:
+    fixture_tokenizer.add_tokens(["<plain>"])
+    fixture_tokenizer.split_special_tokens = True
+    backend = load_backend(fixture_tokenizer, "fast")
+    batch = ["<|im_end|>x<plain>", "<|im_start|>user\nhi<|im_end|>\n<think>\n\n</think>\n\n"]
+    assert_backend_matches(backend, fixture_tokenizer, batch)
+    assert fixture_tokenizer.convert_tokens_to_ids("<|im_end|>") not in backend.encode_batch(batch)[0]
+
+
+OVERLAPPING_PLAIN = ["ab", "bc", "\n\n", "\n\n\n", "e\u0301"]
+OVERLAPPING_SPECIAL = ["<|x|>", "<|x|>y"]
+
+
+@pytest.fixture(scope="module")
+def overlapping_pair(fixture_tokenizer_path: Path) -> tuple[Any, TiktokenBackend]:
+    """Added tokens one tiktoken call could split differently: "ab"/"bc" overlap, "\n\n" is a prefix
+    of "\n\n\n", and the normalised "e\u0301" ("é") is matched only after NFC."""
+    tokenizer = load_tokenizer(fixture_tokenizer_path)
+    tokenizer.add_tokens(OVERLAPPING_PLAIN)
+    tokenizer.add_special_tokens({"additional_special_tokens": OVERLAPPING_SPECIAL})
+    return tokenizer, load_backend(tokenizer, "fast")
+
+
+def test_overlapping_added_tokens_take_the_exact_split_path(
+    overlapping_pair: tuple[Any, TiktokenBackend],
+) -> None:
+    tokenizer, backend = overlapping_pair
+    batch = ["abc", "xbcab", "\n\n\n\n", "<|x|>y<|x|>", "e\u0301e\u0301ab", "é", "c\n\n\nab"]
+    assert_backend_matches(backend, tokenizer, batch)
+
+
+@given(batch=st.lists(texts([*OVERLAPPING_PLAIN, *OVERLAPPING_SPECIAL, "é"]), max_size=6))
+@settings(max_examples=80, deadline=None)
+def test_overlapping_added_tokens_property(
+    overlapping_pair: tuple[Any, TiktokenBackend], batch: list[str]
+) -> None:
+    tokenizer, backend = overlapping_pair
+    assert_backend_matches(backend, tokenizer, batch)
+
+
+def test_threads(fixture_pair: tuple[Any, TiktokenBackend], monkeypatch: pytest.MonkeyPatch) -> None:
+    tokenizer, backend = fixture_pair
+    monkeypatch.setattr(tokenization, "_MIN_CHARS_PER_THREAD", 100)
+    threaded = TiktokenBackend(backend.parts, num_threads=3)
+    rng = np.random.default_rng(0)
+    batch = ["".join(rng.choice(FRAGMENTS, size=int(n))) for n in rng.integers(0, 60, size=200)]
+    batch[5] = "cafe\u0301 <|im_end|>"  # one text off the one-call path
+    assert len(tokenization._balanced_chunks(batch, 3)) == 3
+    assert_backend_matches(threaded, tokenizer, batch)
+
+
+def test_separator_character_inside_text(fixture_pair: tuple[Any, TiktokenBackend]) -> None:
+    tokenizer, backend = fixture_pair
+    assert_backend_matches(backend, tokenizer, ["a\U0010ffffb", "", "\U0010ffff", "x"])
+
+
+def test_empty_batch(fixture_pair: tuple[Any, TiktokenBackend]) -> None:
+    _, backend = fixture_pair
+    ids, offsets = backend.encode_batch_flat([])
+    assert ids.tolist() == [] and offsets.tolist() == [0]
+    assert backend.encode_batch([]) == []
+
+
+def test_hf_backend_matches_encode(fixture_pair: tuple[Any, TiktokenBackend]) -> None:
+    tokenizer, _ = fixture_pair
+    backend = load_backend(tokenizer, "hf")
+    assert isinstance(backend, HFBackend) and backend.name == "hf"
+    assert_backend_matches(backend, tokenizer, probe_texts(added_contents(tokenizer)))
+    assert_backend_matches(backend, tokenizer, [])
+
+
+def test_backends_pickle(fixture_pair: tuple[Any, TiktokenBackend]) -> None:
+    tokenizer, backend = fixture_pair
+    batch = probe_texts(added_contents(tokenizer))
+    for original in (backend, HFBackend(tokenizer)):
+        copy = pickle.loads(pickle.dumps(original))
+        assert copy.name == original.name
+        assert copy.encode_batch(batch) == original.encode_batch(batch)
+
+
+def test_lone_surrogate_is_a_data_error(fixture_pair: tuple[Any, TiktokenBackend]) -> None:
+    tokenizer, backend = fixture_pair
+    for candidate in (backend, HFBackend(tokenizer)):
+        with pytest.raises(DataError, match="not valid Unicode"):
+            candidate.encode_batch(["fine", "bad \ud800 text"])
+    with pytest.raises(DataError, match="not valid Unicode"):
+        backend.encode_batch(["cafe\u0301 \udfff"])  # the exact split path
+
+
+# --------------------------------------------------------------------------------------------------
+# Choosing a backend
+
+
+def test_kind_from_environment(
+    fixture_pair: tuple[Any, TiktokenBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokenizer, _ = fixture_pair
+    monkeypatch.setenv(ENV_VAR, "hf")
+    assert load_backend(tokenizer).name == "hf"
+    assert load_backend(tokenizer, "auto").name == "tiktoken"  # an explicit kind wins
+    monkeypatch.setenv(ENV_VAR, "fast")
+    assert load_backend(tokenizer).name == "tiktoken"
+    monkeypatch.setenv(ENV_VAR, "turbo")
+    with pytest.raises(ConfigError, match="'turbo'"):
+        load_backend(tokenizer)
+
+
+def test_auto_logs_its_choice(
+    fixture_pair: tuple[Any, TiktokenBackend], caplog: pytest.LogCaptureFixture
+) -> None:
+    tokenizer, _ = fixture_pair
+    with caplog.at_level(logging.INFO, logger="fastsft.tokenization"):
+        assert load_backend(tokenizer, "auto").name == "tiktoken"
+    assert "tokenizer backend: tiktoken" in caplog.text
+
+
+def test_probe_mismatch_falls_back_to_hf(
+    fixture_pair: tuple[Any, TiktokenBackend],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tokenizer, _ = fixture_pair
+    original = TiktokenBackend.encode_batch
+
+    def off_by_one_on_emoji(self: TiktokenBackend, batch: list[str]) -> list[list[int]]:
+        return [ids[:-1] if "😀" in text else ids for text, ids in zip(batch, original(self, batch))]
+
+    monkeypatch.setattr(TiktokenBackend, "encode_batch", off_by_one_on_emoji)
+    with caplog.at_level(logging.INFO, logger="fastsft.tokenization"):
+        assert load_backend(tokenizer, "auto").name == "hf"
+    assert "other ids than HF on the probe text" in caplog.text
+    with pytest.raises(ConfigError, match="other ids than HF on the probe text"):
+        load_backend(tokenizer, "fast")
+
+
+def wrap(rust_tokenizer: Any) -> Any:
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=rust_tokenizer)
+
+
+def test_wordpiece_falls_back_to_hf() -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[UNK]": 0, "hello": 1, "world": 2, "##s": 3, "!": 4}
+    rust = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    rust.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = wrap(rust)
+    backend = load_backend(tokenizer, "auto")
+    assert backend.name == "hf"
+    assert_backend_matches(backend, tokenizer, ["hello worlds!", "unknown", ""])
+    with pytest.raises(ConfigError, match=r"'fast'.*model is WordPiece, not BPE"):
+        load_backend(tokenizer, "fast")
+
+
+def test_unigram_falls_back_to_hf() -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    rust = Tokenizer(models.Unigram([("<unk>", 0.0), ("a", -1.0), ("b", -2.0), ("ab", -1.5)], unk_id=0))
+    rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer = wrap(rust)
+    assert load_backend(tokenizer, "auto").name == "hf"
+    with pytest.raises(ConfigError, match="not BPE"):
+        load_backend(tokenizer, "fast")
+
+
+def byte_level_bpe(extra: dict[str, int], merges: list[tuple[str, str]], *, ignore_merges: bool) -> Any:
+    """A byte-level BPE with Qwen2's pre-tokenizer and normaliser over the 256 bytes plus ``extra``."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+
+    vocab = {char: i for i, char in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    vocab.update(extra)
+    rust = Tokenizer(models.BPE(vocab, merges, ignore_merges=ignore_merges))
+    rust.normalizer = normalizers.NFC()
+    rust.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    return wrap(rust)
+
+
+def test_merges_out_of_id_order_are_refused() -> None:
+    # tiktoken would merge "a"+"b" first (lower id), HF merges "b"+"c" first (earlier in merges).
+    tokenizer = byte_level_bpe({"ab": 256, "bc": 257}, [("b", "c"), ("a", "b")], ignore_merges=False)
+    assert tokenizer.encode("abc", add_special_tokens=False) == [tokenizer.convert_tokens_to_ids("a"), 257]
+    assert load_backend(tokenizer, "auto").name == "hf"
+    with pytest.raises(ConfigError, match="out of id order"):
+        load_backend(tokenizer, "fast")
+
+
+def test_entries_the_merges_never_build() -> None:
+    # "abc" is in the vocab, but HF's BPE stops at ["a", "bc"]: its merge needs "ab", which "bc" consumed.
+    extra = {"bc": 256, "ab": 257, "abc": 258}
+    merges = [("b", "c"), ("a", "b"), ("ab", "c")]
+    plain = byte_level_bpe(extra, merges, ignore_merges=False)
+    backend = load_backend(plain, "fast")  # usable: tiktoken just never emits "abc"
+    batch = ["abc", "xabc abc", "ab", "abcd"]
+    assert_backend_matches(backend, plain, batch)
+    assert 258 not in [token for ids in backend.encode_batch(batch) for token in ids]
+
+    # With ignore_merges HF emits "abc" for the word "abc" but never inside longer words; tiktoken cannot.
+    shortcut = byte_level_bpe(extra, merges, ignore_merges=True)
+    assert shortcut.encode("abc", add_special_tokens=False) == [258]
+    assert load_backend(shortcut, "auto").name == "hf"
+    with pytest.raises(ConfigError, match="ignore_merges"):
+        load_backend(shortcut, "fast")
+
+
+def test_gpt2_style_byte_level_pre_tokenizer() -> None:
+    from tokenizers import pre_tokenizers
+
+    tokenizer = byte_level_bpe(
+        {"he": 256, "ll": 257, "hell": 258, "Ġw": 259},
+        [("h", "e"), ("l", "l"), ("he", "ll"), ("Ġ", "w")],
+        ignore_merges=False,
+    )
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(
+        add_prefix_space=False, use_regex=True
+    )
+    backend = load_backend(tokenizer, "fast")
+    assert_backend_matches(backend, tokenizer, ["hello world", "I'll   go\n\n x", "hellhell 123 4"])
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(
+        add_prefix_space=True, use_regex=True
+    )
+    with pytest.raises(ConfigError, match="pre-tokenizer"):
+        load_backend(tokenizer, "fast")
+
+
+def test_unsupported_added_token_flags(fixture_tokenizer: Any) -> None:
+    from tokenizers import AddedToken
+
+    fixture_tokenizer.add_tokens([AddedToken("<mask>", lstrip=True)])
+    assert load_backend(fixture_tokenizer, "auto").name == "hf"
+    with pytest.raises(ConfigError, match="lstrip"):
+        load_backend(fixture_tokenizer, "fast")
+
+
+def test_missing_tiktoken(fixture_pair: tuple[Any, TiktokenBackend], monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    tokenizer, _ = fixture_pair
+    monkeypatch.setitem(sys.modules, "tiktoken", None)
+    assert load_backend(tokenizer, "auto").name == "hf"
+    with pytest.raises(ConfigError, match="tiktoken is not installed"):
+        load_backend(tokenizer, "fast")
+
+
+def test_from_tokenizer_reports_the_reason() -> None:
+    from tokenizers import Tokenizer, models
+
+    with pytest.raises(UnsupportedTokenizer, match="not BPE"):
+        TiktokenBackend.from_tokenizer(
+            wrap(Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")))
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Real Qwen2 tokenizer
+
+
+@pytest.fixture(scope="module")
+def qwen2_pair(qwen2_tokenizer_path: Path) -> tuple[Any, TiktokenBackend]:
+    tokenizer = load_tokenizer(qwen2_tokenizer_path)
+    backend = load_backend(tokenizer, "auto")
+    assert isinstance(backend, TiktokenBackend), "auto must pick tiktoken for Qwen2"
+    return tokenizer, backend
+
+
+@given(data=st.data())
+@settings(max_examples=100, deadline=None)
+def test_tiktoken_matches_hf_on_qwen2(qwen2_pair: tuple[Any, TiktokenBackend], data: st.DataObject) -> None:
+    tokenizer, backend = qwen2_pair
+    batch = data.draw(st.lists(texts(added_contents(tokenizer)), max_size=6))
+    assert_backend_matches(backend, tokenizer, batch)
+
+
+@pytest.fixture(scope="module")
+def fixed_qwen2_pair(qwen2_tokenizer_path: Path) -> tuple[Any, TiktokenBackend]:
+    tokenizer = load_tokenizer(qwen2_tokenizer_path)
+    assert tokenizer.convert_tokens_to_ids("<|eot_id|>") is None
+    apply_llamafactory_fixes(tokenizer, ["<|im_end|>", "<|eot_id|>"], ["<think>", "Ωmega"])
+    # <|eot_id|> is not in the Qwen2 vocab: it gets a new id, as LLaMA-Factory's stop word would.
+    assert tokenizer.convert_tokens_to_ids("<|eot_id|>") == 151646
+    backend = load_backend(tokenizer, "auto")
+    assert isinstance(backend, TiktokenBackend)
+    return tokenizer, backend
+
+
+@given(data=st.data())
+@settings(max_examples=60, deadline=None)
+def test_tiktoken_matches_hf_after_fixes_on_qwen2(
+    fixed_qwen2_pair: tuple[Any, TiktokenBackend], data: st.DataObject
+) -> None:
+    tokenizer, backend = fixed_qwen2_pair
+    batch = data.draw(st.lists(texts(added_contents(tokenizer)), max_size=6))
+    assert_backend_matches(backend, tokenizer, batch)
+
+
+def test_qwen2_probe_and_long_realistic_text(qwen2_pair: tuple[Any, TiktokenBackend]) -> None:
+    tokenizer, backend = qwen2_pair
+    assert_backend_matches(backend, tokenizer, probe_texts(added_contents(tokenizer)))
+    long_text = "".join(FRAGMENTS) * 40
+    assert_backend_matches(backend, tokenizer, [long_text, unicodedata.normalize("NFD", long_text)])
