@@ -1,0 +1,375 @@
+"""Which files a dataset name means, and their rows.
+
+Names resolve like LLaMA-Factory 0.9.5's ``parser.get_dataset_list``: a key of
+``<dataset_dir>/dataset_info.json`` with its ``file_name``, ``formatting``, ``columns`` and
+``tags``. fastsft also accepts a plain file or folder path, whose format it detects from the
+first row. Only local files are read: hub, script and cloud entries are refused.
+
+``iter_rows`` streams ``.json``/``.jsonl`` with its own reader (so a bad line is reported with
+its line number) and reads ``.parquet``/``.arrow``/``.csv`` through ``datasets``, as LLaMA-Factory does.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fastsft.errors import ConfigError, DataError
+
+DATA_CONFIG = "dataset_info.json"
+
+FILEEXT2TYPE = {
+    "arrow": "arrow",
+    "csv": "csv",
+    "json": "json",
+    "jsonl": "json",
+    "parquet": "parquet",
+    "txt": "text",
+}
+"""LLaMA-Factory's extension → ``datasets`` builder map; ``text`` is refused (no SFT columns)."""
+
+FORMATTINGS = ("alpaca", "sharegpt", "openai")
+
+_REMOTE_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
+
+
+@dataclass
+class DatasetAttr:
+    """Dataset attributes, as LLaMA-Factory's ``DatasetAttr``, plus ``name`` for messages."""
+
+    # basic configs
+    load_from: Literal["hf_hub", "ms_hub", "om_hub", "script", "file"]
+    dataset_name: str
+    formatting: Literal["alpaca", "sharegpt", "openai"] = "alpaca"
+    ranking: bool = False
+    # extra configs
+    subset: str | None = None
+    split: str = "train"
+    folder: str | None = None
+    num_samples: int | None = None
+    # common columns
+    system: str | None = None
+    tools: str | None = None
+    images: str | None = None
+    videos: str | None = None
+    audios: str | None = None
+    # dpo columns
+    chosen: str | None = None
+    rejected: str | None = None
+    kto_tag: str | None = None
+    # alpaca columns
+    prompt: str | None = "instruction"
+    query: str | None = "input"
+    response: str | None = "output"
+    history: str | None = None
+    # sharegpt columns
+    messages: str | None = "conversations"
+    # sharegpt tags
+    role_tag: str | None = "from"
+    content_tag: str | None = "value"
+    user_tag: str | None = "human"
+    assistant_tag: str | None = "gpt"
+    observation_tag: str | None = "observation"
+    function_tag: str | None = "function_call"
+    system_tag: str | None = "system"
+    # fastsft: the dataset as the user named it, for error messages
+    name: str = ""
+
+    def __repr__(self) -> str:
+        return self.dataset_name
+
+    @property
+    def label(self) -> str:
+        """The name errors show: what the user wrote, else the file name."""
+        return self.name or self.dataset_name
+
+    def set_attr(self, key: str, obj: dict[str, Any], default: Any | None = None) -> None:
+        setattr(self, key, obj.get(key, default))
+
+    def join(self, attr: dict[str, Any]) -> None:
+        """Take a ``dataset_info.json`` entry, exactly as LLaMA-Factory does.
+
+        Note LLaMA-Factory's quirk: once ``columns`` (or ``tags``) is given, every column (tag)
+        it does not name becomes ``None``, not the default.
+        """
+        self.set_attr("formatting", attr, default="alpaca")
+        self.set_attr("ranking", attr, default=False)
+        self.set_attr("subset", attr)
+        self.set_attr("split", attr, default="train")
+        self.set_attr("folder", attr)
+        self.set_attr("num_samples", attr)
+
+        if "columns" in attr:
+            column_names = ["prompt", "query", "response", "history", "messages", "system", "tools"]
+            column_names += ["images", "videos", "audios", "chosen", "rejected", "kto_tag"]
+            for column_name in column_names:
+                self.set_attr(column_name, attr["columns"])
+
+        if "tags" in attr:
+            tag_names = ["role_tag", "content_tag"]
+            tag_names += ["user_tag", "assistant_tag", "observation_tag", "function_tag", "system_tag"]
+            for tag in tag_names:
+                self.set_attr(tag, attr["tags"])
+
+
+def _split_names(names: str | list[str]) -> list[str]:
+    if isinstance(names, str):
+        names = names.split(",")
+
+    stripped = [name.strip() for name in names]
+    if not stripped or "" in stripped:
+        raise ConfigError(f"empty dataset name in {names!r}")
+
+    return stripped
+
+
+def _load_dataset_info(dataset_dir: str | None) -> tuple[str | None, dict[str, Any] | None]:
+    """(path of dataset_info.json, its entries); entries are ``None`` when the file does not exist."""
+    if dataset_dir is None:
+        return None, None
+
+    config_path = os.path.join(dataset_dir, DATA_CONFIG)
+    if not os.path.isfile(config_path):
+        return config_path, None
+
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            dataset_info = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read {config_path}: {err}") from None
+
+    if not isinstance(dataset_info, dict):
+        raise ConfigError(f"{config_path} must hold a JSON object of dataset entries")
+
+    return config_path, dataset_info
+
+
+def _attr_from_entry(name: str, entry: Any, config_path: str) -> DatasetAttr:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"dataset '{name}' in {config_path} must be a JSON object")
+
+    remote = [key for key in _REMOTE_KEYS if key in entry]
+    if remote:
+        raise ConfigError(
+            f"dataset '{name}' in {config_path} uses '{remote[0]}': fastsft reads local files only "
+            "(download it and point 'file_name' at it)"
+        )
+
+    if "file_name" not in entry:
+        raise ConfigError(f"dataset '{name}' in {config_path} has no 'file_name'")
+
+    attr = DatasetAttr("file", dataset_name=entry["file_name"], name=name)
+    attr.join(entry)
+    return attr
+
+
+def _check_supported(attr: DatasetAttr) -> None:
+    """Refuse what LLaMA-Factory's SFT stage refuses, and what fastsft cannot reproduce."""
+    where = f"dataset '{attr.label}'"
+    if attr.formatting not in FORMATTINGS:
+        raise ConfigError(
+            f"{where}: unknown formatting '{attr.formatting}' (valid: {', '.join(FORMATTINGS)})"
+        )
+
+    if attr.ranking:
+        raise ConfigError(
+            f"{where} is a ranking (preference) dataset, not applicable to supervised fine-tuning"
+        )
+
+    if attr.split != "train":
+        raise ConfigError(f"{where}: local files have only the 'train' split, got split '{attr.split}'")
+
+    if attr.num_samples is not None:
+        raise ConfigError(
+            f"{where}: 'num_samples' (LLaMA-Factory's random resampling) is not supported; use max_samples"
+        )
+
+
+def _existing_path(name: str, dataset_dir: str | None) -> str | None:
+    candidates = [name] if dataset_dir is None else [name, os.path.join(dataset_dir, name)]
+    for candidate in candidates:
+        if os.path.exists(candidate):
+            return os.path.abspath(candidate)
+
+    return None
+
+
+def _detect_formatting(attr: DatasetAttr, first_row: dict[str, Any]) -> None:
+    """Set formatting, columns and tags of a plain-path dataset from its first row."""
+    where = f"dataset '{attr.label}'"
+    if "conversations" in first_row:
+        attr.formatting = "sharegpt"
+        attr.messages = "conversations"
+    elif "messages" in first_row:
+        messages = first_row["messages"]
+        first = messages[0] if isinstance(messages, list) and messages else None
+        if isinstance(first, dict) and "role" in first:
+            attr.formatting = "openai"
+            attr.messages = "messages"
+            attr.role_tag, attr.content_tag = "role", "content"
+            attr.user_tag, attr.assistant_tag = "user", "assistant"
+            attr.observation_tag, attr.system_tag = "tool", "system"
+        elif isinstance(first, dict) and "from" in first:
+            attr.formatting = "sharegpt"
+            attr.messages = "messages"
+        else:
+            raise ConfigError(
+                f"{where}: cannot detect the format: the first row's 'messages' does not start with a "
+                "message that has 'role' or 'from'; describe it in dataset_info.json"
+            )
+    elif "instruction" in first_row:
+        attr.formatting = "alpaca"
+        attr.history = "history" if "history" in first_row else None
+    else:
+        raise ConfigError(
+            f"{where}: cannot detect the format from the first row's keys {sorted(first_row)}; expected "
+            "'conversations' (sharegpt), 'messages' (openai/sharegpt) or 'instruction' (alpaca), "
+            "or describe it in dataset_info.json"
+        )
+
+    attr.system = "system" if "system" in first_row and attr.formatting != "openai" else None
+    attr.tools = "tools" if "tools" in first_row else None
+
+
+def _plain_path_attr(name: str, path: str) -> DatasetAttr:
+    attr = DatasetAttr("file", dataset_name=path, name=name)
+    first_row = next(iter_rows(attr), None)
+    if first_row is None:
+        raise ConfigError(f"dataset '{name}' ({path}) has no rows")
+
+    _detect_formatting(attr, first_row)
+    return attr
+
+
+def resolve_datasets(names: str | list[str], dataset_dir: str | None) -> list[DatasetAttr]:
+    """Attributes of each dataset in ``names`` (comma-separated when a string).
+
+    A ``dataset_info.json`` entry wins; otherwise the name must be a file or folder, as given
+    or under ``dataset_dir``.
+    """
+    config_path, dataset_info = _load_dataset_info(dataset_dir)
+    attrs = []
+    for name in _split_names(names):
+        if dataset_info is not None and name in dataset_info:
+            attr = _attr_from_entry(name, dataset_info[name], config_path or DATA_CONFIG)
+        elif (path := _existing_path(name, dataset_dir)) is not None:
+            attr = _plain_path_attr(name, path)
+        elif dataset_info is None:
+            needs = f"{config_path} does not exist" if config_path else "no dataset_dir is given"
+            raise ConfigError(f"unknown dataset '{name}': it is not a file or folder, and {needs}")
+        else:
+            closest = difflib.get_close_matches(name, list(dataset_info), n=3)
+            hint = f"; closest: {', '.join(closest)}" if closest else ""
+            raise ConfigError(f"unknown dataset '{name}' (not in {config_path}, not a file){hint}")
+
+        _check_supported(attr)
+        attrs.append(attr)
+
+    return attrs
+
+
+def _data_files(attr: DatasetAttr, dataset_dir: str | None) -> tuple[str, list[str], bool]:
+    """(builder type, files, is a folder) under LLaMA-Factory's rules: one type for all files of a folder."""
+    local_path = os.path.join(dataset_dir or "", attr.dataset_name)
+    is_folder = os.path.isdir(local_path)
+    if is_folder:
+        data_files = [os.path.join(local_path, file_name) for file_name in sorted(os.listdir(local_path))]
+        if not data_files:
+            raise DataError(f"folder {local_path} is empty", dataset=attr.label)
+    elif os.path.isfile(local_path):
+        data_files = [local_path]
+    else:
+        raise DataError(f"file {local_path} not found", dataset=attr.label)
+
+    def file_type(path: str) -> str | None:
+        return FILEEXT2TYPE.get(os.path.splitext(path)[-1][1:])
+
+    data_type = file_type(data_files[0])
+    if data_type is None or data_type == "text":
+        allowed = ", ".join(ext for ext, kind in FILEEXT2TYPE.items() if kind != "text")
+        raise DataError(f"cannot read {data_files[0]}: allowed file types are {allowed}", dataset=attr.label)
+
+    mismatched = [path for path in data_files if file_type(path) != data_type]
+    if mismatched:
+        raise DataError(
+            f"file types in {local_path} should be identical: {os.path.basename(mismatched[0])} is not {data_type}",
+            dataset=attr.label,
+        )
+
+    return data_type, data_files, is_folder
+
+
+def _iter_json_file(path: str, label: str) -> Iterator[dict[str, Any]]:
+    """Rows of a JSON array file or a JSON Lines file (either extension, like ``datasets``)."""
+    with open(path, encoding="utf-8") as f:
+        lineno = 0
+        try:
+            head = f.read(4096).lstrip()
+            f.seek(0)
+            if head.startswith("["):
+                yield from _json_array_rows(f.read(), label)
+                return
+
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"invalid JSON: {err}", dataset=label, line=lineno) from None
+
+                if not isinstance(row, dict):
+                    raise DataError(
+                        f"expected a JSON object, got {type(row).__name__}", dataset=label, line=lineno
+                    )
+
+                yield row
+        except UnicodeDecodeError as err:
+            raise DataError(f"not UTF-8 text: {err}", dataset=label, line=lineno + 1) from None
+
+
+def _json_array_rows(text: str, label: str) -> Iterator[dict[str, Any]]:
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"invalid JSON: {err}", dataset=label, line=err.lineno) from None
+
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(f"expected a JSON object, got {type(row).__name__}", dataset=label, index=index)
+
+        yield row
+
+
+def _iter_with_datasets(data_type: str, data_files: list[str], label: str) -> Iterator[dict[str, Any]]:
+    """Rows of parquet/arrow/csv files, loaded by ``datasets`` exactly as LLaMA-Factory loads them."""
+    from datasets import load_dataset
+
+    try:
+        dataset = load_dataset(data_type, data_files=data_files, split="train")
+    except Exception as err:  # datasets/pyarrow raise many types; report them as one line
+        raise DataError(f"cannot read {data_type} data: {type(err).__name__}: {err}", dataset=label) from None
+
+    yield from dataset
+
+
+def iter_rows(
+    attr: DatasetAttr, dataset_dir: str | None = None, *, max_samples: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """Stream the rows of a dataset; with ``max_samples``, only its first rows (LLaMA-Factory's truncation)."""
+    data_type, data_files, is_folder = _data_files(attr, dataset_dir)
+    if data_type == "json":
+        rows: Iterator[dict[str, Any]] = itertools.chain.from_iterable(
+            _iter_json_file(path, f"{attr.label}/{os.path.basename(path)}" if is_folder else attr.label)
+            for path in data_files
+        )
+    else:
+        rows = _iter_with_datasets(data_type, data_files, attr.label)
+
+    return rows if max_samples is None else itertools.islice(rows, max_samples)

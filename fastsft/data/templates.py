@@ -1,0 +1,808 @@
+"""Chat templates: messages → segments, exactly as LLaMA-Factory 0.9.5 lays them out.
+
+A port of LLaMA-Factory's ``data/formatter.py`` and the text-only part of ``data/template.py``.
+``Template.render`` returns, per message, the *segments* LLaMA-Factory tokenizes one at a
+time: a non-empty ``str`` (encoded on its own with ``add_special_tokens=False``) or an ``int``
+(a special-token id). Concatenating the encoded segments of a message gives LLaMA-Factory's
+``encode_multiturn`` ids for that message, so the tokenizer backend is free to batch the strings.
+
+Malformed content (non-string text, bad tools JSON, bad function-call JSON) raises
+``DataError`` with the field it came from; LLaMA-Factory raises ``RuntimeError`` on the same input.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastsft.data.tools import FunctionCall, get_tool_utils
+from fastsft.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+Slot = str | set[str] | dict[str, str]
+"""One element of LLaMA-Factory's ``SLOTS``: text, ``{"bos_token"}``/``{"eos_token"}``, or ``{"token": ...}``."""
+
+Segment = str | int
+"""A piece of a rendered message: text to tokenize on its own, or a special-token id."""
+
+_PLACEHOLDER = re.compile(r"\{\{[a-zA-Z_][a-zA-Z0-9_]*\}\}")
+
+
+def _has_placeholder(slots: Sequence[Slot]) -> bool:
+    return any(isinstance(slot, str) and _PLACEHOLDER.search(slot) for slot in slots)
+
+
+@dataclass
+class Formatter(ABC):
+    """Turns keyword values into slots (LLaMA-Factory's ``Formatter``)."""
+
+    slots: list[Slot] = field(default_factory=list)
+    tool_format: str | None = None
+
+    @abstractmethod
+    def apply(self, **kwargs: Any) -> list[Slot]:
+        """The slots with the ``{{name}}`` placeholders filled in."""
+
+
+@dataclass
+class EmptyFormatter(Formatter):
+    """Fixed slots without placeholders (prefixes such as ``{"bos_token"}``)."""
+
+    def __post_init__(self) -> None:
+        if _has_placeholder(self.slots):
+            raise ValueError("Empty formatter should not contain any placeholder.")
+
+    def apply(self, **kwargs: Any) -> list[Slot]:
+        return self.slots
+
+
+@dataclass
+class StringFormatter(Formatter):
+    """Slots with ``{{content}}`` (and for user turns ``{{idx}}``) placeholders."""
+
+    def __post_init__(self) -> None:
+        if not _has_placeholder(self.slots):
+            raise ValueError("A placeholder is required in the string formatter.")
+
+    def apply(self, **kwargs: Any) -> list[Slot]:
+        # Like LLaMA-Factory: each value replaces its placeholder once per slot, in keyword order,
+        # so a later keyword's placeholder inside an earlier value is replaced too.
+        elements: list[Slot] = []
+        for slot in self.slots:
+            if isinstance(slot, str):
+                for name, value in kwargs.items():
+                    if not isinstance(value, str):
+                        raise DataError(f"expected a string, got {type(value).__name__} {value!r}")
+
+                    slot = slot.replace("{{" + name + "}}", value, 1)
+                elements.append(slot)
+            elif isinstance(slot, (dict, set)):
+                elements.append(slot)
+            else:
+                raise TypeError(f"Input must be string, set[str] or dict[str, str], got {type(slot)}.")
+
+        return elements
+
+
+@dataclass
+class FunctionFormatter(StringFormatter):
+    """An assistant function-call message: JSON calls rewritten in the tool format's text."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.tool_utils = get_tool_utils(self.tool_format or "default")
+
+    def apply(self, **kwargs: Any) -> list[Slot]:
+        content: str = kwargs.pop("content")
+        thought_words: tuple[str, str] | None = kwargs.pop("thought_words", None)
+        tool_call_words: tuple[str, str] | None = kwargs.pop("tool_call_words", None)
+
+        tool_call_match = None
+        if tool_call_words and len(tool_call_words) == 2:
+            tool_call_regex = re.compile(
+                rf"{re.escape(tool_call_words[0])}(.*?){re.escape(tool_call_words[1])}", re.DOTALL
+            )
+            tool_call_match = re.search(tool_call_regex, content)
+
+        if tool_call_match is None:
+            thought_match = None
+            if thought_words and len(thought_words) == 2:
+                regex = re.compile(
+                    rf"{re.escape(thought_words[0])}(.*?){re.escape(thought_words[1])}", re.DOTALL
+                )
+                thought_match = re.search(regex, content)
+
+            json_part = content.replace(thought_match.group(0), "") if thought_match else content
+            function_str = self._format_functions(json_part, content)
+            if thought_match:
+                function_str = thought_match.group(0) + function_str
+        else:
+            thought_content = content.replace(tool_call_match.group(0), "")
+            function_str = thought_content + self._format_functions(tool_call_match.group(1), content)
+
+        return super().apply(content=function_str)
+
+    def _format_functions(self, json_content: str, content: str) -> str:
+        """Parse ``{"name", "arguments"}`` call(s) and write them in the tool format."""
+        try:
+            tool_calls = json.loads(json_content)
+            if not isinstance(tool_calls, list):  # parallel function call
+                tool_calls = [tool_calls]
+
+            functions = [
+                FunctionCall(tc["name"], json.dumps(tc["arguments"], ensure_ascii=False)) for tc in tool_calls
+            ]
+            return self.tool_utils.function_formatter(functions)
+        except json.JSONDecodeError as err:
+            raise DataError(f"invalid JSON in function message: {err} in {content!r}") from None
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as err:
+            raise DataError(
+                f"invalid function call ({type(err).__name__}: {err}); expected JSON "
+                f'{{"name": ..., "arguments": ...}} or a list of them, got {content!r}'
+            ) from None
+
+
+@dataclass
+class ToolFormatter(Formatter):
+    """The tool definitions appended to the system message."""
+
+    def __post_init__(self) -> None:
+        self.tool_utils = get_tool_utils(self.tool_format or "default")
+
+    def apply(self, **kwargs: Any) -> list[Slot]:
+        content = kwargs.pop("content")
+        try:
+            tools = json.loads(content)
+            return [self.tool_utils.tool_formatter(tools) if len(tools) != 0 else ""]
+        except json.JSONDecodeError as err:
+            raise DataError(f"invalid JSON in tool description: {err} in {content!r}") from None
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as err:
+            raise DataError(
+                f"invalid tool description ({type(err).__name__}: {err}); expected a JSON list of "
+                f"function schemas, got {content!r}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The ids a fixed tokenizer gives the special slots, so rendering needs no tokenizer."""
+
+    bos_token_id: int | None
+    eos_token_id: int | None
+    token_ids: Mapping[str, int | None] = field(default_factory=dict)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any, tokens: Iterable[str] | None = None) -> SpecialTokens:
+        """Read bos/eos ids and the ids of ``tokens`` (default: every ``{"token": ...}`` slot of every template)."""
+        names = SLOT_TOKENS if tokens is None else tuple(tokens)
+        return cls(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            token_ids={name: tokenizer.convert_tokens_to_ids(name) for name in names},
+        )
+
+    def token_id(self, token: str) -> int:
+        """The id of a ``{"token": ...}`` slot."""
+        token_id = self.token_ids.get(token)
+        if token_id is None:
+            raise ConfigError(f"the tokenizer has no token '{token}' that the template needs")
+
+        return token_id
+
+
+def _slots_to_segments(elements: Sequence[Slot], specials: SpecialTokens) -> list[Segment]:
+    """LLaMA-Factory's ``_convert_elements_to_ids`` without the tokenizer: strings stay text."""
+    segments: list[Segment] = []
+    for elem in elements:
+        if isinstance(elem, str):
+            if len(elem) != 0:
+                segments.append(elem)
+        elif isinstance(elem, dict):
+            segments.append(specials.token_id(elem["token"]))
+        elif isinstance(elem, set):
+            if "bos_token" in elem and specials.bos_token_id is not None:
+                segments.append(specials.bos_token_id)
+            elif "eos_token" in elem and specials.eos_token_id is not None:
+                segments.append(specials.eos_token_id)
+        else:
+            raise TypeError(f"Input must be string, set[str] or dict[str, str], got {type(elem)}")
+
+    return segments
+
+
+def pairs(encoded_messages: Sequence[list[int]]) -> list[tuple[list[int], list[int]]]:
+    """(prompt_ids, response_ids) per turn from per-message ids, like ``encode_multiturn``."""
+    return [(encoded_messages[i], encoded_messages[i + 1]) for i in range(0, len(encoded_messages), 2)]
+
+
+def _content_field(index: int) -> str:
+    return f"messages[{index}].content"
+
+
+def _check_messages(messages: Sequence[Mapping[str, Any]]) -> None:
+    """Even count of messages with string content: what ``convert`` guarantees and rendering needs."""
+    if len(messages) == 0 or len(messages) % 2 != 0:
+        raise ValueError(f"render needs (prompt, response) pairs of messages, got {len(messages)} messages")
+
+    for i, message in enumerate(messages):
+        if not isinstance(message["content"], str):
+            content = message["content"]
+            raise DataError(
+                f"expected a string, got {type(content).__name__} {content!r}", field=_content_field(i)
+            )
+
+
+@dataclass
+class Template:
+    """A chat template: LLaMA-Factory's slots and options for one model family."""
+
+    name: str
+    format_user: Formatter
+    format_assistant: Formatter
+    format_system: Formatter
+    format_function: Formatter
+    format_observation: Formatter
+    format_tools: Formatter
+    format_prefix: Formatter
+    default_system: str
+    stop_words: list[str]
+    thought_words: tuple[str, str]
+    tool_call_words: tuple[str, str]
+    efficient_eos: bool
+    replace_eos: bool
+    replace_jinja_template: bool
+    enable_thinking: bool | None
+    preserve_thinking: bool
+
+    def render(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        system: str | None,
+        tools: str | None,
+        specials: SpecialTokens,
+        *,
+        discarding_history_cot: bool = False,
+    ) -> list[list[Segment]]:
+        """Segments per message; encoding them reproduces LLaMA-Factory's ``encode_multiturn``.
+
+        ``discarding_history_cot`` (LLaMA-Factory: ``mask_history and not preserve_thinking``) only
+        matters for reasoning templates.
+        """
+        _check_messages(messages)
+        return [
+            _slots_to_segments(elements, specials)
+            for elements in self._message_slots(messages, system, tools)
+        ]
+
+    def encode_messages(
+        self,
+        tokenizer: Any,
+        messages: Sequence[Mapping[str, Any]],
+        system: str | None = None,
+        tools: str | None = None,
+        *,
+        discarding_history_cot: bool = False,
+    ) -> list[list[int]]:
+        """Token ids per message, encoding one segment at a time (the readable reference path)."""
+        specials = SpecialTokens.from_tokenizer(tokenizer)
+        rendered = self.render(
+            messages, system, tools, specials, discarding_history_cot=discarding_history_cot
+        )
+        return [
+            [
+                token_id
+                for segment in segments
+                for token_id in (
+                    tokenizer.encode(segment, add_special_tokens=False)
+                    if isinstance(segment, str)
+                    else [segment]
+                )
+            ]
+            for segments in rendered
+        ]
+
+    def add_thought(self, content: str = "") -> str:
+        """The empty thought (``<think>\\n\\n</think>\\n\\n`` by default) before ``content``."""
+        return f"{self.thought_words[0]}{self.thought_words[1]}" + content
+
+    def remove_thought(self, content: str) -> str:
+        """``content`` without its thoughts and the newlines that led it."""
+        pattern = re.compile(
+            f"{re.escape(self.thought_words[0])}(.*?){re.escape(self.thought_words[1])}", re.DOTALL
+        )
+        return re.sub(pattern, "", content).lstrip("\n")
+
+    def _system_slots(self, system: str | None, tools: str | None) -> list[Slot]:
+        """The system message with the tool definitions appended, or nothing."""
+        system = system or self.default_system
+        if not (system or tools):
+            return []
+
+        tool_text = _apply(self.format_tools, "tools", content=tools)[0] if tools else ""
+        if not isinstance(system, str):
+            raise DataError(f"expected a string, got {type(system).__name__} {system!r}", field="system")
+
+        return _apply(self.format_system, "system", content=system + tool_text)
+
+    def _message_slots(
+        self, messages: Sequence[Mapping[str, Any]], system: str | None, tools: str | None
+    ) -> list[list[Slot]]:
+        """LLaMA-Factory's ``Template._encode`` before tokenization.
+
+        Turn 0: prefix + system + query, resp; turn t: query, resp.
+        """
+        encoded: list[list[Slot]] = []
+        for i, message in enumerate(messages):
+            elements: list[Slot] = []
+            if i == 0:
+                elements += self.format_prefix.apply()
+                elements += self._system_slots(system, tools)
+
+            role, content, where = message["role"], message["content"], _content_field(i)
+            if role == "user":
+                elements += _apply(self.format_user, where, content=content, idx=str(i // 2))
+            elif role == "assistant":
+                elements += _apply(self.format_assistant, where, content=content)
+            elif role == "observation":
+                elements += _apply(self.format_observation, where, content=content)
+            elif role == "function":
+                elements += _apply(
+                    self.format_function,
+                    where,
+                    content=content,
+                    thought_words=self.thought_words,
+                    tool_call_words=self.tool_call_words,
+                )
+            else:
+                raise ValueError(f"Unexpected role: {role}")
+
+            encoded.append(elements)
+
+        return encoded
+
+
+def _apply(formatter: Formatter, where: str, **kwargs: Any) -> list[Slot]:
+    """``formatter.apply`` with a ``DataError`` located at ``where``."""
+    try:
+        return formatter.apply(**kwargs)
+    except DataError as err:
+        raise DataError(err.reason, field=where) from None
+
+
+@dataclass
+class Llama2Template(Template):
+    """Fuses the system message into the first user message (Llama 2, Mistral)."""
+
+    def _message_slots(
+        self, messages: Sequence[Mapping[str, Any]], system: str | None, tools: str | None
+    ) -> list[list[Slot]]:
+        encoded: list[list[Slot]] = []
+        for i, message in enumerate(messages):
+            elements: list[Slot] = []
+            system_text: Any = ""
+            if i == 0:
+                elements += self.format_prefix.apply()
+                system_slots = self._system_slots(system, tools)
+                if system_slots:
+                    system_text = system_slots[0]
+
+            role, content, where = message["role"], message["content"], _content_field(i)
+            if role == "user":
+                elements += _apply(self.format_user, where, content=system_text + content)
+            elif role == "assistant":
+                elements += _apply(self.format_assistant, where, content=content)
+            elif role == "observation":
+                elements += _apply(self.format_observation, where, content=content)
+            elif role == "function":
+                elements += _apply(self.format_function, where, content=content)
+            else:
+                raise ValueError(f"Unexpected role: {role}")
+
+            encoded.append(elements)
+
+        return encoded
+
+
+@dataclass
+class ReasoningTemplate(Template):
+    """Adds an empty thought to replies that have none, and drops thoughts the options discard."""
+
+    def render(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        system: str | None,
+        tools: str | None,
+        specials: SpecialTokens,
+        *,
+        discarding_history_cot: bool = False,
+    ) -> list[list[Segment]]:
+        _check_messages(messages)
+        messages = [dict(message) for message in messages]
+        if self.enable_thinking is False:  # remove all cot
+            for i in range(1, len(messages), 2):
+                messages[i]["content"] = self.remove_thought(messages[i]["content"])
+
+        if discarding_history_cot:
+            for i in range(1, len(messages) - 2, 2):  # preserve the last cot
+                messages[i]["content"] = self.remove_thought(messages[i]["content"])
+
+        rendered = super().render(messages, system, tools, specials)
+        turn_indices = [len(messages) - 2] if discarding_history_cot else range(0, len(messages), 2)
+        for i in turn_indices:
+            response = messages[i + 1]["content"]
+            if (
+                self.thought_words[0].strip() not in response
+                and self.thought_words[1].strip() not in response
+            ):
+                if not self.enable_thinking:  # empty cot in the prompt: no loss on it
+                    rendered[i].append(self.add_thought())
+                else:  # empty cot in the response: loss on it
+                    rendered[i + 1].insert(0, self.add_thought())
+
+        return rendered
+
+
+TEMPLATES: dict[str, Template] = {}
+
+
+def _register_template(
+    name: str,
+    format_user: Formatter | None = None,
+    format_assistant: Formatter | None = None,
+    format_system: Formatter | None = None,
+    format_function: Formatter | None = None,
+    format_observation: Formatter | None = None,
+    format_tools: Formatter | None = None,
+    format_prefix: Formatter | None = None,
+    default_system: str = "",
+    stop_words: list[str] | None = None,
+    thought_words: tuple[str, str] | None = None,
+    tool_call_words: tuple[str, str] | None = None,
+    efficient_eos: bool = False,
+    replace_eos: bool = False,
+    replace_jinja_template: bool = False,
+    template_class: type[Template] = Template,
+) -> None:
+    """LLaMA-Factory's ``register_template``, with the same defaults for every omitted formatter."""
+    default_slots: list[Slot] = ["{{content}}"] if efficient_eos else ["{{content}}", {"eos_token"}]
+    default_user_formatter = StringFormatter(slots=["{{content}}"])
+    default_assistant_formatter = StringFormatter(slots=default_slots)
+    function_slots = format_assistant.slots if format_assistant is not None else default_slots
+    TEMPLATES[name] = template_class(
+        name=name,
+        format_user=format_user or default_user_formatter,
+        format_assistant=format_assistant or default_assistant_formatter,
+        format_system=format_system or default_user_formatter,
+        format_function=format_function or FunctionFormatter(slots=function_slots, tool_format="default"),
+        format_observation=format_observation or format_user or default_user_formatter,
+        format_tools=format_tools or ToolFormatter(tool_format="default"),
+        format_prefix=format_prefix or EmptyFormatter(),
+        default_system=default_system,
+        stop_words=stop_words or [],
+        thought_words=thought_words or ("<think>\n", "\n</think>\n\n"),
+        tool_call_words=tool_call_words or ("<tool_call>", "</tool_call>"),
+        efficient_eos=efficient_eos,
+        replace_eos=replace_eos,
+        replace_jinja_template=replace_jinja_template,
+        enable_thinking=True,
+        preserve_thinking=False,
+    )
+
+
+_register_template(
+    name="chatml",
+    format_user=StringFormatter(slots=["<|im_start|>user\n{{content}}<|im_end|>\n<|im_start|>assistant\n"]),
+    format_assistant=StringFormatter(slots=["{{content}}<|im_end|>\n"]),
+    format_system=StringFormatter(slots=["<|im_start|>system\n{{content}}<|im_end|>\n"]),
+    format_observation=StringFormatter(
+        slots=["<|im_start|>tool\n{{content}}<|im_end|>\n<|im_start|>assistant\n"]
+    ),
+    stop_words=["<|im_end|>", "<|im_start|>"],
+    replace_eos=True,
+    replace_jinja_template=True,
+)
+
+
+_register_template(
+    name="default",
+    format_user=StringFormatter(slots=["Human: {{content}}", {"eos_token"}, "\nAssistant:"]),
+    format_assistant=StringFormatter(slots=["{{content}}", {"eos_token"}, "\n"]),
+    format_system=StringFormatter(slots=["System: {{content}}", {"eos_token"}, "\n"]),
+    replace_jinja_template=True,
+)
+
+
+_register_template(
+    name="empty",
+    format_assistant=StringFormatter(slots=["{{content}}"]),
+)
+
+
+_register_template(
+    name="llama2",
+    format_user=StringFormatter(slots=[{"bos_token"}, "[INST] {{content}} [/INST]"]),
+    format_system=StringFormatter(slots=["<<SYS>>\n{{content}}\n<</SYS>>\n\n"]),
+    template_class=Llama2Template,
+)
+
+
+_register_template(
+    name="llama3",
+    format_user=StringFormatter(
+        slots=[
+            (
+                "<|start_header_id|>user<|end_header_id|>\n\n{{content}}<|eot_id|>"
+                "<|start_header_id|>assistant<|end_header_id|>\n\n"
+            )
+        ]
+    ),
+    format_assistant=StringFormatter(slots=["{{content}}<|eot_id|>"]),
+    format_system=StringFormatter(
+        slots=["<|start_header_id|>system<|end_header_id|>\n\n{{content}}<|eot_id|>"]
+    ),
+    format_function=FunctionFormatter(slots=["{{content}}<|eot_id|>"], tool_format="llama3"),
+    format_observation=StringFormatter(
+        slots=[
+            (
+                "<|start_header_id|>ipython<|end_header_id|>\n\n{{content}}<|eot_id|>"
+                "<|start_header_id|>assistant<|end_header_id|>\n\n"
+            )
+        ]
+    ),
+    format_tools=ToolFormatter(tool_format="llama3"),
+    format_prefix=EmptyFormatter(slots=[{"bos_token"}]),
+    stop_words=["<|eot_id|>", "<|eom_id|>"],
+    replace_eos=True,
+)
+
+
+_register_template(
+    name="mistral",
+    format_user=StringFormatter(slots=["[INST] {{content}}[/INST]"]),
+    format_assistant=StringFormatter(slots=[" {{content}}", {"eos_token"}]),
+    format_system=StringFormatter(slots=["{{content}}\n\n"]),
+    format_function=FunctionFormatter(
+        slots=["[TOOL_CALLS] {{content}}", {"eos_token"}], tool_format="mistral"
+    ),
+    format_observation=StringFormatter(slots=["""[TOOL_RESULTS] {"content": {{content}}}[/TOOL_RESULTS]"""]),
+    format_tools=ToolFormatter(tool_format="mistral"),
+    format_prefix=EmptyFormatter(slots=[{"bos_token"}]),
+    template_class=Llama2Template,
+)
+
+
+_register_template(
+    name="qwen",
+    format_user=StringFormatter(slots=["<|im_start|>user\n{{content}}<|im_end|>\n<|im_start|>assistant\n"]),
+    format_assistant=StringFormatter(slots=["{{content}}<|im_end|>\n"]),
+    format_system=StringFormatter(slots=["<|im_start|>system\n{{content}}<|im_end|>\n"]),
+    format_function=FunctionFormatter(slots=["{{content}}<|im_end|>\n"], tool_format="qwen"),
+    format_observation=StringFormatter(
+        slots=[
+            "<|im_start|>user\n<tool_response>\n{{content}}\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+        ]
+    ),
+    format_tools=ToolFormatter(tool_format="qwen"),
+    default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+    stop_words=["<|im_end|>"],
+    replace_eos=True,
+)
+
+
+_register_template(
+    name="qwen3",
+    format_user=StringFormatter(slots=["<|im_start|>user\n{{content}}<|im_end|>\n<|im_start|>assistant\n"]),
+    format_assistant=StringFormatter(slots=["{{content}}<|im_end|>\n"]),
+    format_system=StringFormatter(slots=["<|im_start|>system\n{{content}}<|im_end|>\n"]),
+    format_function=FunctionFormatter(slots=["{{content}}<|im_end|>\n"], tool_format="qwen"),
+    format_observation=StringFormatter(
+        slots=[
+            "<|im_start|>user\n<tool_response>\n{{content}}\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+        ]
+    ),
+    format_tools=ToolFormatter(tool_format="qwen"),
+    stop_words=["<|im_end|>"],
+    replace_eos=True,
+    template_class=ReasoningTemplate,
+)
+
+
+_register_template(
+    name="qwen3_nothink",
+    format_user=StringFormatter(slots=["<|im_start|>user\n{{content}}<|im_end|>\n<|im_start|>assistant\n"]),
+    format_assistant=StringFormatter(slots=["{{content}}<|im_end|>\n"]),
+    format_system=StringFormatter(slots=["<|im_start|>system\n{{content}}<|im_end|>\n"]),
+    format_function=FunctionFormatter(slots=["{{content}}<|im_end|>\n"], tool_format="qwen"),
+    format_observation=StringFormatter(
+        slots=[
+            "<|im_start|>user\n<tool_response>\n{{content}}\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+        ]
+    ),
+    format_tools=ToolFormatter(tool_format="qwen"),
+    stop_words=["<|im_end|>"],
+    replace_eos=True,
+)
+
+
+TEMPLATE_NAMES: tuple[str, ...] = tuple(sorted(TEMPLATES))
+
+SLOT_TOKENS: tuple[str, ...] = tuple(
+    sorted(
+        {
+            slot["token"]
+            for template in TEMPLATES.values()
+            for formatter in (
+                template.format_user,
+                template.format_assistant,
+                template.format_system,
+                template.format_function,
+                template.format_observation,
+                template.format_prefix,
+            )
+            for slot in formatter.slots
+            if isinstance(slot, dict)
+        }
+    )
+)
+"""Every ``{"token": ...}`` the registered templates use; ``SpecialTokens`` resolves them."""
+
+
+def get_template(
+    name: str,
+    *,
+    tool_format: str | None = None,
+    default_system: str | None = None,
+    enable_thinking: bool | None = True,
+    preserve_thinking: bool = False,
+    train_on_prompt: bool = False,
+) -> Template:
+    """A fresh copy of template ``name`` with LLaMA-Factory's ``get_template_and_fix_tokenizer`` options applied."""
+    if name not in TEMPLATES:
+        raise ConfigError(f"unknown template '{name}' (valid: {', '.join(TEMPLATE_NAMES)})")
+
+    template = copy.deepcopy(TEMPLATES[name])
+    if train_on_prompt and template.efficient_eos:
+        raise ConfigError(f"template '{name}' does not support train_on_prompt (it uses efficient_eos)")
+
+    if tool_format is not None:
+        default_slots: list[Slot] = (
+            ["{{content}}"] if template.efficient_eos else ["{{content}}", {"eos_token"}]
+        )
+        template.format_function = FunctionFormatter(slots=default_slots, tool_format=tool_format)
+        template.format_tools = ToolFormatter(tool_format=tool_format)
+
+    if default_system is not None:
+        template.default_system = default_system
+
+    if isinstance(template, ReasoningTemplate):
+        template.enable_thinking = enable_thinking
+        template.preserve_thinking = preserve_thinking
+
+    return template
+
+
+def _add_or_replace_eos_token(tokenizer: Any, eos_token: str) -> None:
+    """Make ``eos_token`` the tokenizer's eos token, adding it to the vocabulary if needed."""
+    if tokenizer.eos_token == eos_token:
+        return
+
+    is_added = tokenizer.eos_token_id is None
+    num_added_tokens = tokenizer.add_special_tokens({"eos_token": eos_token})
+    logger.info("%s eos token: %s.", "Add" if is_added else "Replace", tokenizer.eos_token)
+    if num_added_tokens > 0:
+        logger.warning("New tokens have been added, make sure `resize_vocab` is True.")
+
+
+def _fix_special_tokens(template: Template, tokenizer: Any) -> None:
+    """LLaMA-Factory's ``fix_special_tokens``: eos from the stop words, pad, stop words as special tokens."""
+    stop_words = template.stop_words
+    if template.replace_eos:
+        if not stop_words:
+            raise ConfigError("Stop words are required to replace the EOS token.")
+
+        _add_or_replace_eos_token(tokenizer, eos_token=stop_words[0])
+        stop_words = stop_words[1:]
+
+    if tokenizer.eos_token_id is None:
+        _add_or_replace_eos_token(tokenizer, eos_token="<|endoftext|>")
+
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+        logger.info("Add pad token: %s", tokenizer.pad_token)
+
+    if stop_words:
+        try:
+            num_added_tokens = tokenizer.add_special_tokens(
+                dict(additional_special_tokens=stop_words), replace_additional_special_tokens=False
+            )
+        except TypeError:
+            num_added_tokens = tokenizer.add_special_tokens(dict(additional_special_tokens=stop_words))
+        logger.info("Add %s to stop words.", ",".join(stop_words))
+        if num_added_tokens > 0:
+            logger.warning("New tokens have been added, make sure `resize_vocab` is True.")
+
+
+def _jinja_escape(content: str) -> str:
+    return content.replace("'", r"\'")
+
+
+def _convert_slots_to_jinja(slots: Sequence[Slot], tokenizer: Any, placeholder: str = "content") -> str:
+    """Slots as a jinja expression; ``ValueError`` for ``{"token": ...}`` slots, which jinja cannot name."""
+    slot_items = []
+    for slot in slots:
+        if isinstance(slot, str):
+            slot_pieces = slot.split("{{content}}")
+            if slot_pieces[0]:
+                slot_items.append("'" + _jinja_escape(slot_pieces[0]) + "'")
+            if len(slot_pieces) > 1:
+                slot_items.append(placeholder)
+                if slot_pieces[1]:
+                    slot_items.append("'" + _jinja_escape(slot_pieces[1]) + "'")
+        elif isinstance(slot, set):  # do not use {{ eos_token }} since it may be replaced
+            if "bos_token" in slot and tokenizer.bos_token_id is not None:
+                slot_items.append("'" + tokenizer.bos_token + "'")
+            elif "eos_token" in slot and tokenizer.eos_token_id is not None:
+                slot_items.append("'" + tokenizer.eos_token + "'")
+        elif isinstance(slot, dict):
+            raise ValueError("Dict is not supported.")
+
+    return " + ".join(slot_items)
+
+
+def _get_jinja_template(template: Template, tokenizer: Any) -> str:
+    """The chat template LLaMA-Factory writes into the tokenizer for ``template``."""
+    prefix = _convert_slots_to_jinja(template.format_prefix.apply(), tokenizer)
+    system = _convert_slots_to_jinja(template.format_system.apply(), tokenizer, placeholder="system_message")
+    user = _convert_slots_to_jinja(template.format_user.apply(), tokenizer)
+    assistant = _convert_slots_to_jinja(template.format_assistant.apply(), tokenizer)
+    jinja_template = ""
+    if prefix:
+        jinja_template += "{{ " + prefix + " }}"
+
+    if template.default_system:
+        jinja_template += "{% set system_message = '" + _jinja_escape(template.default_system) + "' %}"
+
+    jinja_template += (
+        "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+        "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% endif %}"
+    )
+    if isinstance(template, Llama2Template):
+        jinja_template += (
+            "{% for message in loop_messages %}"
+            "{% if loop.index0 == 0 and system_message is defined %}"
+            "{% set content = " + system + " + message['content'] %}"
+            "{% else %}{% set content = message['content'] %}{% endif %}"
+        )
+    else:
+        jinja_template += (
+            "{% if system_message is defined %}{{ " + system + " }}{% endif %}"
+            "{% for message in loop_messages %}"
+            "{% set content = message['content'] %}"
+        )
+
+    jinja_template += (
+        "{% if message['role'] == 'user' %}"
+        "{{ " + user + " }}"
+        "{% elif message['role'] == 'assistant' %}"
+        "{{ " + assistant + " }}"
+        "{% endif %}"
+        "{% endfor %}"
+    )
+    return jinja_template
+
+
+def fix_tokenizer(template: Template, tokenizer: Any) -> None:
+    """Apply LLaMA-Factory's ``fix_special_tokens`` and ``fix_jinja_template`` to an HF tokenizer in place."""
+    _fix_special_tokens(template, tokenizer)
+    if tokenizer.chat_template is None or template.replace_jinja_template:
+        try:
+            tokenizer.chat_template = _get_jinja_template(template, tokenizer)
+        except ValueError as err:
+            logger.info("Cannot add this chat template to tokenizer: %s.", err)
