@@ -5,7 +5,13 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastsft.data.packing import best_fit_decreasing, greedy_knapsack, pack_llamafactory, rows_from_order
+from fastsft.data.packing import (
+    best_fit_decreasing,
+    greedy_knapsack,
+    llamafactory_order,
+    pack_llamafactory,
+    rows_from_order,
+)
 
 X = -100
 
@@ -23,14 +29,16 @@ def test_pack_llamafactory_rows_padding_and_equal_length_order():
     assert rows["labels"] == [[X, X, 22, X, X], [X, 31, X, 11, X]]
     assert rows["attention_mask"] == [[1, 1, 1, 0, 0], [1, 1, 2, 2, 0]]
     assert rows["position_ids"] == [[0, 1, 2, 0, 0], [0, 1, 0, 1, 0]]
-    assert rows["sequence_boundaries"] == [[0, 3, 5], [0, 2, 4, 5]]
+
+
+def test_llamafactory_order_maps_equal_lengths_latest_first():
+    assert llamafactory_order([2, 3, 2], 4) == ([1, 2, 0], [0, 1, 3])
 
 
 def test_pack_llamafactory_plain_packing_pads_with_mask_one():
     rows = pack_llamafactory([[1, 2]], [[X, 2]], cutoff_len=3, pad_token_id=7, neat_packing=False)
     assert rows["input_ids"] == [[1, 2, 7, 7]]
     assert rows["attention_mask"] == [[1, 1, 1, 1]]
-    assert "sequence_boundaries" not in rows
 
 
 def test_best_fit_decreasing_hand_example():

@@ -1,9 +1,10 @@
-"""Sequence packing.
+"""Sequence packing: which samples share a row, and the rows themselves.
 
-``greedy_knapsack`` and ``pack_llamafactory`` are the readable reference: a port of
-LLaMA-Factory 0.9.5's ``PackedSupervisedDatasetProcessor`` (knapsack per preprocessing batch,
-rows padded to ``cutoff_len + 1``). The compiled packers in ``fastsft._core`` are checked
-against them.
+A packer returns ``(order, row_bounds)``: row ``r`` holds samples
+``order[row_bounds[r]:row_bounds[r+1]]`` in that order. ``llamafactory_order`` reproduces
+LLaMA-Factory 0.9.5's ``greedy_knapsack`` assignment (per preprocessing batch);
+``best_fit_decreasing`` packs a whole dataset tighter. ``rows_from_order`` builds the rows.
+These are the readable references; ``fastsft._core`` has compiled equivalents checked against them.
 """
 
 from __future__ import annotations
@@ -33,61 +34,27 @@ def greedy_knapsack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return knapsacks
 
 
-def pack_llamafactory(
-    input_ids: Sequence[Sequence[int]],
-    labels: Sequence[Sequence[int]],
-    *,
-    cutoff_len: int,
-    pad_token_id: int,
-    neat_packing: bool,
-) -> dict[str, list[list[int]]]:
-    """Pack one preprocessing batch exactly as LLaMA-Factory does.
+def llamafactory_order(lengths: Sequence[int], capacity: int) -> tuple[list[int], list[int]]:
+    """LLaMA-Factory's rows: its knapsack bins, and among equal lengths the latest sample first.
 
-    ``cutoff_len`` is LLaMA-Factory's ``data_args.cutoff_len`` after its ``-1`` for packing;
-    rows are ``cutoff_len + 1`` long. Samples longer than ``cutoff_len`` must already be removed.
-    Among equal lengths the most recently seen sample is taken first (LLaMA-Factory's ``pop()``).
+    (LLaMA-Factory maps each packed length back to a sample with ``length2indexes[length].pop()``.)
     """
-    lengths = [len(ids) for ids in input_ids]
     length_to_indexes: dict[int, list[int]] = defaultdict(list)
     for index, length in enumerate(lengths):
         length_to_indexes[length].append(index)
-
-    rows: dict[str, list[list[int]]] = defaultdict(list)
-    for knapsack in greedy_knapsack(lengths, cutoff_len):
-        row_ids: list[int] = []
-        row_mask: list[int] = []
-        row_pos: list[int] = []
-        row_labels: list[int] = []
-        boundaries = [0]
-        for seq_idx, length in enumerate(knapsack):
-            index = length_to_indexes[length].pop()
-            row_ids += input_ids[index]
-            row_pos += range(length)
-            row_labels += labels[index]
-            row_mask += [seq_idx + 1 if neat_packing else 1] * length
-            boundaries.append(boundaries[-1] + length)
-
-        pad_length = cutoff_len + 1 - len(row_ids)
-        row_ids += [pad_token_id] * pad_length
-        row_pos += [0] * pad_length
-        row_labels += [IGNORE_INDEX] * pad_length
-        row_mask += [0 if neat_packing else 1] * pad_length
-        boundaries.append(boundaries[-1] + pad_length)
-
-        rows["input_ids"].append(row_ids)
-        rows["attention_mask"].append(row_mask)
-        rows["position_ids"].append(row_pos)
-        rows["labels"].append(row_labels)
-        if neat_packing:
-            rows["sequence_boundaries"].append(boundaries)
-    return dict(rows)
+    order: list[int] = []
+    row_bounds = [0]
+    for knapsack in greedy_knapsack(lengths, capacity):
+        order += [length_to_indexes[length].pop() for length in knapsack]
+        row_bounds.append(len(order))
+    return order, row_bounds
 
 
 def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> tuple[list[int], list[int]]:
-    """Best-fit-decreasing bins: ``(order, row_bounds)``, row ``r`` holds ``order[row_bounds[r]:row_bounds[r+1]]``.
+    """Best-fit-decreasing bins over all samples, deterministic.
 
     Items go longest first (ties: lower index first) into the open bin with the least room that
-    still fits (ties: the bin opened first); a new bin opens when none fits. Deterministic.
+    still fits (ties: the bin opened first); a new bin opens when none fits.
     """
     if any(length > capacity for length in lengths):
         raise ValueError(f"every length must be at most the capacity {capacity}")
@@ -106,10 +73,7 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> tuple[list[int
         if room - length > 0:
             bisect.insort(free, (room - length, bin_index))
     order = [item for row in bins for item in row]
-    row_bounds = [0]
-    for row in bins:
-        row_bounds.append(row_bounds[-1] + len(row))
-    return order, row_bounds
+    return order, [0, *itertools.accumulate(len(row) for row in bins)]
 
 
 def rows_from_order(
@@ -119,8 +83,15 @@ def rows_from_order(
     row_bounds: Sequence[int],
     *,
     neat_packing: bool,
+    row_length: int = 0,
+    pad_token_id: int = 0,
 ) -> dict[str, list[list[int]]]:
-    """Unpadded packed rows; ``position_ids`` restart at every sequence, as varlen attention needs."""
+    """Packed rows with ``position_ids`` restarting at every sequence.
+
+    The attention mask is 1, or with ``neat_packing`` the 1-based index of the sequence in its
+    row. With ``row_length > 0`` rows are padded to it as LLaMA-Factory does (pad id, position 0,
+    label -100, mask 0 if neat else 1); ``row_length = 0`` leaves rows unpadded.
+    """
     rows: dict[str, list[list[int]]] = defaultdict(list)
     for start, end in itertools.pairwise(row_bounds):
         row_ids: list[int] = []
@@ -133,8 +104,38 @@ def rows_from_order(
             row_labels += labels[index]
             row_pos += range(length)
             row_mask += [seq_idx + 1 if neat_packing else 1] * length
+        pad_length = max(row_length - len(row_ids), 0)
+        row_ids += [pad_token_id] * pad_length
+        row_pos += [0] * pad_length
+        row_labels += [IGNORE_INDEX] * pad_length
+        row_mask += [0 if neat_packing else 1] * pad_length
         rows["input_ids"].append(row_ids)
         rows["attention_mask"].append(row_mask)
         rows["position_ids"].append(row_pos)
         rows["labels"].append(row_labels)
     return dict(rows)
+
+
+def pack_llamafactory(
+    input_ids: Sequence[Sequence[int]],
+    labels: Sequence[Sequence[int]],
+    *,
+    cutoff_len: int,
+    pad_token_id: int,
+    neat_packing: bool,
+) -> dict[str, list[list[int]]]:
+    """One preprocessing batch packed exactly as LLaMA-Factory does, rows ``cutoff_len + 1`` long.
+
+    ``cutoff_len`` is LLaMA-Factory's ``data_args.cutoff_len`` after its ``-1`` for packing.
+    Samples longer than ``cutoff_len`` must already be removed (LLaMA-Factory drops them).
+    """
+    order, row_bounds = llamafactory_order([len(ids) for ids in input_ids], cutoff_len)
+    return rows_from_order(
+        input_ids,
+        labels,
+        order,
+        row_bounds,
+        neat_packing=neat_packing,
+        row_length=cutoff_len + 1,
+        pad_token_id=pad_token_id,
+    )

@@ -8,6 +8,7 @@ path (one batched tokenizer call + one kernel call), then turned into Arrow colu
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -226,7 +227,6 @@ class Encoder:
             conv.messages,
             conv.system,
             conv.tools,
-            self.specials,
             discarding_history_cot=self.discarding_history_cot,
         )
         pairs = [(messages[i], messages[i + 1]) for i in range(0, len(messages), 2)]
@@ -435,26 +435,37 @@ class RowBuilder:
             "input_ids": _list_column(batch.input_ids, batch.offsets),
             "attention_mask": _list_column(ones, batch.offsets),
             "labels": _list_column(batch.labels, batch.offsets),
+            **_media_columns(len(batch)),
         }
         return self._record(columns, batch.labels, len(batch.input_ids))
 
     def _packed(self, batch: EncodedBatch, strategy: str) -> pa.RecordBatch:
-        neat = self.args.neat_packing
+        """Packed rows; LLaMA-Factory's strategy also gets its ``packing_params`` and media columns."""
+        lengths = np.diff(batch.offsets)
+        row_length = self.cutoff_len + 1 if strategy == "llamafactory" else 0
         if self.args.backend == "python":
-            rows = self._packed_python(batch, strategy)
-            columns = {name: pa.array(values, type=TOKEN_TYPE) for name, values in rows.items()}
+            order, row_bounds = (
+                packing_mod.llamafactory_order(lengths.tolist(), self.cutoff_len)
+                if strategy == "llamafactory"
+                else packing_mod.best_fit_decreasing(lengths.tolist(), self.cutoff_len)
+            )
+            rows = packing_mod.rows_from_order(
+                _split(batch.input_ids, batch.offsets),
+                _split(batch.labels, batch.offsets),
+                order,
+                row_bounds,
+                neat_packing=self.args.neat_packing,
+                row_length=row_length,
+                pad_token_id=self.pad_token_id,
+            )
+            tokens = {name: pa.array(values, type=TOKEN_TYPE) for name, values in rows.items()}
             label_values = np.fromiter((t for row in rows["labels"] for t in row), dtype=np.int64)
         else:
             from fastsft import _kernels
 
-            lengths = np.diff(batch.offsets)
-            if strategy == "llamafactory":
-                order, row_bounds = _kernels.knapsack_llamafactory(lengths, self.cutoff_len)
-                row_length = self.cutoff_len + 1
-            else:
-                order, row_bounds = _kernels.pack_bfd(lengths, self.cutoff_len)
-                row_length = 0
-            ids, labels, mask, positions, row_offsets = _kernels.materialize_rows(
+            pack = _kernels.knapsack_llamafactory if strategy == "llamafactory" else _kernels.pack_bfd
+            order, row_bounds = pack(lengths, self.cutoff_len)
+            ids, label_values, mask, positions, row_offsets, _ = _kernels.materialize_rows(
                 batch.input_ids,
                 batch.labels,
                 batch.offsets,
@@ -462,34 +473,53 @@ class RowBuilder:
                 row_bounds,
                 row_length,
                 self.pad_token_id,
-                neat,
-            )[:5]
-            columns = {
+                self.args.neat_packing,
+            )
+            tokens = {
                 "input_ids": _list_column(ids, row_offsets),
                 "attention_mask": _list_column(mask, row_offsets),
                 "position_ids": _list_column(positions, row_offsets),
-                "labels": _list_column(labels, row_offsets),
+                "labels": _list_column(label_values, row_offsets),
             }
-            label_values = labels
+        columns = {"input_ids": tokens["input_ids"]}
+        if strategy == "llamafactory" and self.args.neat_packing:
+            columns["packing_params"] = _packing_params(lengths, order, row_bounds, row_length)
+        columns.update(tokens)
+        if strategy == "llamafactory":
+            columns.update(_media_columns(len(row_bounds) - 1))
         return self._record(columns, label_values, len(batch.input_ids))
 
-    def _packed_python(self, batch: EncodedBatch, strategy: str) -> dict[str, list[list[int]]]:
-        samples_ids = [batch.input_ids[a:b].tolist() for a, b in zip(batch.offsets[:-1], batch.offsets[1:])]
-        samples_labels = [batch.labels[a:b].tolist() for a, b in zip(batch.offsets[:-1], batch.offsets[1:])]
-        if strategy == "llamafactory":
-            rows = packing_mod.pack_llamafactory(
-                samples_ids,
-                samples_labels,
-                cutoff_len=self.cutoff_len,
-                pad_token_id=self.pad_token_id,
-                neat_packing=self.args.neat_packing,
-            )
-            rows.pop("sequence_boundaries", None)
-            return rows
-        order, row_bounds = packing_mod.best_fit_decreasing([len(x) for x in samples_ids], self.cutoff_len)
-        return packing_mod.rows_from_order(
-            samples_ids, samples_labels, order, row_bounds, neat_packing=self.args.neat_packing
+
+def _split(values: np.ndarray, offsets: np.ndarray) -> list[list[int]]:
+    return [values[a:b].tolist() for a, b in itertools.pairwise(offsets)]
+
+
+def _media_columns(n: int) -> dict[str, pa.Array]:
+    """LLaMA-Factory's empty image/video/audio columns, so the saved layout is the same."""
+    return {name: pa.nulls(n) for name in ("images", "videos", "audios")}
+
+
+NO_MEDIA = [2**32]  # LLaMA-Factory's MAX_SU_SEQ_IDX placeholder for "no media in this row"
+
+
+def _packing_params(
+    lengths: np.ndarray, order: np.ndarray, row_bounds: np.ndarray, row_length: int
+) -> pa.Array:
+    """LLaMA-Factory's neat-packing ``packing_params``: sequence boundaries incl. the padding."""
+    params = []
+    for begin, end in itertools.pairwise(np.asarray(row_bounds).tolist()):
+        boundaries = [0, *np.cumsum(lengths[order[begin:end]]).tolist()]
+        padding = row_length - boundaries[-1]
+        params.append(
+            {
+                "sequence_boundaries": [*boundaries, row_length],
+                "image_subseq_ids": NO_MEDIA,
+                "video_subseq_ids": NO_MEDIA,
+                "audio_subseq_ids": NO_MEDIA,
+                "right_padding_length": padding,
+            }
         )
+    return pa.array(params)
 
 
 def _select(batch: EncodedBatch, keep: np.ndarray) -> EncodedBatch:
