@@ -29,6 +29,8 @@ else:
 core = Extension(
     "fastsft._core",
     sources=["csrc/_core.pyx"],
+    # The included kernel files: rebuild when they change, and ship them in the sdist.
+    depends=["csrc/_core.pyx", "csrc/encode.pxi", "csrc/pack.pxi", "csrc/collate.pxi"],
     include_dirs=[np.get_include()],
     define_macros=[*macros, ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     extra_compile_args=compile_args,
@@ -42,6 +44,5 @@ setup(
         # Separate generated sources per flavour: Cython only regenerates when the .pyx is newer,
         # so a shared output file would let one flavour silently reuse the other's code.
         build_dir=os.path.join("build", "cython-debug" if DEBUG_KERNELS else "cython-release"),
-        include_path=["csrc"],
     ),
 )

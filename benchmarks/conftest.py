@@ -1,16 +1,16 @@
 """Shared benchmark fixtures: the ``--tokenizer`` option and synthetic pre-tokenized conversations.
 
 Run with ``pytest benchmarks/<file>.py``; performance checks assert ratios measured in one run.
+Benchmarks take what they share as fixtures (not imports), so this conftest never clashes with
+``tests/conftest.py`` when both directories run in one session.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -76,8 +76,8 @@ def conversations() -> Conversations:
     return synthetic_conversations(n_samples=20_000, mean_tokens=740)
 
 
-def best_time(function: Callable[[], object], repeats: int) -> float:
-    """Best wall time of ``repeats`` calls, in seconds (the same timer pytest-benchmark uses)."""
+def _best_time(function: Callable[[], object], repeats: int) -> float:
+    """Best wall time of ``repeats`` calls, in seconds (``perf_counter``, pytest-benchmark's timer)."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -86,10 +86,7 @@ def best_time(function: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
-def load_test_module(name: str) -> ModuleType:
-    """A module of ``tests/`` (for the pure-Python references that live beside their tests)."""
-    spec = importlib.util.spec_from_file_location(f"fastsft_tests_{name}", REPO / "tests" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="session")
+def best_time() -> Callable[[Callable[[], object], int], float]:
+    """``best_time(function, repeats)``: the best wall time of ``repeats`` calls, in seconds."""
+    return _best_time

@@ -8,8 +8,10 @@ from libcpp.utility cimport pair
 cdef extern from *:
     """
     static inline int64_t fastsft_lowest_bit(uint64_t word) { return __builtin_ctzll(word); }
+    static inline int64_t fastsft_highest_bit(uint64_t word) { return 63 - __builtin_clzll(word); }
     """
     int64_t fastsft_lowest_bit(uint64_t word) noexcept nogil
+    int64_t fastsft_highest_bit(uint64_t word) noexcept nogil
 
 
 def _packing_lengths(lengths, int64_t capacity):
@@ -39,25 +41,16 @@ def _length_slots(lengths_arr, int64_t capacity):
     return slot_lengths.astype(np.int64), slot_of.reshape(-1).astype(np.int64), False
 
 
-def _bucket_by_slot(const int64_t[::1] slot_of, Py_ssize_t n_slots):
-    """Counting sort: ``(starts, members)`` with slot ``s``'s samples, ascending, in
-    ``members[starts[s]:starts[s + 1]]``."""
-    starts_arr = np.zeros(n_slots + 1, dtype=np.int64)
-    members_arr = np.empty(slot_of.shape[0], dtype=np.int64)
-    cdef int64_t[::1] starts = starts_arr
-    cdef int64_t[::1] members = members_arr
-    cdef int64_t[::1] cursor = np.empty(n_slots, dtype=np.int64)
-    cdef Py_ssize_t i, slot
-    with nogil:
-        for i in range(slot_of.shape[0]):
-            starts[slot_of[i] + 1] += 1
-        for slot in range(n_slots):
-            starts[slot + 1] += starts[slot]
-            cursor[slot] = starts[slot]
-        for i in range(slot_of.shape[0]):
-            members[cursor[slot_of[i]]] = i
-            cursor[slot_of[i]] += 1
-    return starts_arr, members_arr
+cdef int _link_slots(const int64_t[::1] slot_of, int64_t[::1] head, int64_t[::1] next_in_slot,
+                     bint highest_first) except -1 nogil:
+    """Thread every sample onto its slot's list (``head`` starts all -1): ``head[slot]`` is the
+    first sample, ``next_in_slot[i]`` the one after ``i``; highest or lowest index first."""
+    cdef Py_ssize_t n = slot_of.shape[0], k, i
+    for k in range(n):
+        i = k if highest_first else n - 1 - k
+        next_in_slot[i] = head[slot_of[i]]
+        head[slot_of[i]] = i
+    return 0
 
 
 cdef inline int64_t _upper_bound(const int64_t[::1] sorted_values, int64_t value) except -1 nogil:
@@ -70,69 +63,6 @@ cdef inline int64_t _upper_bound(const int64_t[::1] sorted_values, int64_t value
         else:
             hi = mid
     return lo
-
-
-cdef inline int64_t _last_alive(int64_t[::1] parent, int64_t node) except -1 nogil:
-    """The highest alive node <= ``node`` (node 0 is a sentinel that is always alive).
-
-    A removed node points at the node below it; lookups compress the paths they walk.
-    """
-    cdef int64_t root = node, next_node
-    while parent[root] != root:
-        root = parent[root]
-    while parent[node] != root:
-        next_node = parent[node]
-        parent[node] = root
-        node = next_node
-    return root
-
-
-def knapsack_llamafactory(lengths, int64_t capacity):
-    """LLaMA-Factory 0.9.5's packing assignment, in O(n log n) (O(n + capacity) when dense).
-
-    Rows are filled like ``greedy_knapsack`` (each row repeatedly takes the largest remaining
-    length that still fits) and samples of equal length are handed out like its
-    ``length2indexes[length].pop()`` (the highest remaining index first). Returns
-    ``(order, row_bounds)``: row ``r`` holds samples ``order[row_bounds[r]:row_bounds[r + 1]]``
-    in the order LLaMA-Factory appends them. Lengths must lie within ``[0, capacity]``.
-    """
-    lengths_arr = _packing_lengths(lengths, capacity)
-    cdef Py_ssize_t n = lengths_arr.shape[0]
-    slot_lengths_arr, slot_of, dense_slots = _length_slots(lengths_arr, capacity)
-    cdef const int64_t[::1] slot_lengths = slot_lengths_arr
-    starts_arr, members_arr = _bucket_by_slot(slot_of, slot_lengths.shape[0])
-    cdef const int64_t[::1] starts = starts_arr
-    cdef const int64_t[::1] members = members_arr
-    cdef int64_t[::1] top = starts_arr[1:].copy()  # slot s's unplaced samples end here
-    # Node s + 1 stands for slot s and is alive while the slot has unplaced samples;
-    # node 0 is the "nothing fits" sentinel.
-    parent_arr = np.arange(slot_lengths.shape[0] + 1, dtype=np.int64)
-    parent_arr[1:][np.diff(starts_arr) == 0] -= 1
-    cdef int64_t[::1] parent = parent_arr
-    order_arr = np.empty(n, dtype=np.int64)
-    row_bounds_arr = np.zeros(n + 1, dtype=np.int64)
-    cdef int64_t[::1] order = order_arr
-    cdef int64_t[::1] row_bounds = row_bounds_arr
-    cdef bint dense = dense_slots
-    cdef int64_t placed = 0, rows = 0, remaining, node, slot
-
-    with nogil:
-        while placed < n:
-            remaining = capacity
-            while True:
-                node = _last_alive(parent, remaining + 1 if dense else _upper_bound(slot_lengths, remaining))
-                if node == 0:
-                    break
-                slot = node - 1
-                top[slot] -= 1
-                order[placed] = members[top[slot]]
-                placed += 1
-                remaining -= slot_lengths[slot]
-                if top[slot] == starts[slot]:
-                    parent[node] = node - 1
-            rows += 1
-            row_bounds[rows] = placed
-    return order_arr, row_bounds_arr[: rows + 1].copy()
 
 
 def _bitmap_levels(int64_t n_values):
@@ -191,6 +121,81 @@ cdef inline int64_t _bitmap_next(const uint64_t[::1] bits, const int64_t[::1] le
         level -= 1
         value = (value << 6) + fastsft_lowest_bit(bits[levels[level] + value])
     return value
+
+
+cdef inline int64_t _bitmap_prev(const uint64_t[::1] bits, const int64_t[::1] levels, int64_t value) except -2 nogil:
+    """The largest set value <= ``value``, or -1."""
+    cdef Py_ssize_t level = 0
+    cdef uint64_t word
+    while True:  # climb until a word has a set bit at or before the position (the top level is one word)
+        if value < 0:
+            return -1
+        word = bits[levels[level] + (value >> 6)] & (~(<uint64_t>0) >> (63 - (value & 63)))
+        if word != 0:
+            break
+        value = (value >> 6) - 1
+        level += 1
+    value = ((value >> 6) << 6) + fastsft_highest_bit(word)
+    while level > 0:  # descend along the highest set bits
+        level -= 1
+        value = (value << 6) + fastsft_highest_bit(bits[levels[level] + value])
+    return value
+
+
+def knapsack_llamafactory(lengths, int64_t capacity):
+    """LLaMA-Factory 0.9.5's packing assignment, in O(n log n).
+
+    Rows are filled like ``greedy_knapsack`` (each row repeatedly takes the largest remaining
+    length that still fits) and samples of equal length are handed out like its
+    ``length2indexes[length].pop()`` (the highest remaining index first). Returns
+    ``(order, row_bounds)``: row ``r`` holds samples ``order[row_bounds[r]:row_bounds[r + 1]]``
+    in the order LLaMA-Factory appends them. Lengths must lie within ``[0, capacity]``.
+
+    A 64-ary bitmap over the length slots that still have samples answers "longest length
+    <= remaining" in O(log_64 slots), replacing LLaMA-Factory's O(n) list pops.
+    """
+    lengths_arr = _packing_lengths(lengths, capacity)
+    cdef Py_ssize_t n = lengths_arr.shape[0]
+    slot_lengths_arr, slot_of_arr, dense_slots = _length_slots(lengths_arr, capacity)
+    cdef const int64_t[::1] slot_lengths = slot_lengths_arr
+    cdef const int64_t[::1] slot_of = slot_of_arr
+    cdef Py_ssize_t n_slots = slot_lengths.shape[0]
+    # Each slot's unplaced samples, highest index first (LLaMA-Factory's pop()).
+    cdef int64_t[::1] head = np.full(n_slots, -1, dtype=np.int64)
+    cdef int64_t[::1] next_in_slot = np.empty(n, dtype=np.int64)
+    levels_arr = _bitmap_levels(n_slots)
+    cdef const int64_t[::1] levels = levels_arr
+    cdef uint64_t[::1] has_samples = np.zeros(levels[levels.shape[0] - 1], dtype=np.uint64)
+    order_arr = np.empty(n, dtype=np.int64)
+    row_bounds_arr = np.zeros(n + 1, dtype=np.int64)
+    cdef int64_t[::1] order = order_arr
+    cdef int64_t[::1] row_bounds = row_bounds_arr
+    cdef bint dense = dense_slots
+    cdef int64_t placed = 0, rows = 0, remaining, slot, sample
+
+    with nogil:
+        _link_slots(slot_of, head, next_in_slot, True)
+        for slot in range(n_slots):
+            if head[slot] >= 0:
+                _bitmap_set(has_samples, levels, slot)
+        while placed < n:
+            remaining = capacity
+            while True:  # the longest unplaced sample that fits, the highest index among equals
+                slot = _bitmap_prev(
+                    has_samples, levels, remaining if dense else _upper_bound(slot_lengths, remaining) - 1
+                )
+                if slot < 0:
+                    break
+                sample = head[slot]
+                head[slot] = next_in_slot[sample]
+                order[placed] = sample
+                placed += 1
+                remaining -= slot_lengths[slot]
+                if head[slot] < 0:
+                    _bitmap_clear(has_samples, levels, slot)
+            rows += 1
+            row_bounds[rows] = placed
+    return order_arr, row_bounds_arr[: rows + 1].copy()
 
 
 cdef inline int64_t _heap_meld(int64_t[::1] child, int64_t[::1] sibling, int64_t a, int64_t b) except -2 nogil:
@@ -266,9 +271,10 @@ def _best_fit_rows(const int64_t[::1] sorted_items, const int64_t[::1] lengths, 
                     if heap_of_space[space] < 0:
                         _bitmap_clear(bits, levels, space)
                     remaining = space - length
-                if heap_of_space[remaining] < 0:
-                    _bitmap_set(bits, levels, remaining)
-                heap_of_space[remaining] = _heap_meld(child, sibling, heap_of_space[remaining], row)
+                if remaining > 0:
+                    if heap_of_space[remaining] < 0:
+                        _bitmap_set(bits, levels, remaining)
+                    heap_of_space[remaining] = _heap_meld(child, sibling, heap_of_space[remaining], row)
             else:
                 best = open_rows.lower_bound(pair[int64_t, int64_t](length, -1))
                 if best == open_rows.end():
@@ -279,7 +285,8 @@ def _best_fit_rows(const int64_t[::1] sorted_items, const int64_t[::1] lengths, 
                     row = deref(best).second
                     remaining = deref(best).first - length
                     open_rows.erase(best)
-                open_rows.insert(pair[int64_t, int64_t](remaining, row))
+                if remaining > 0:
+                    open_rows.insert(pair[int64_t, int64_t](remaining, row))
             row_of[t] = row
     return row_of_arr, rows
 
@@ -288,18 +295,30 @@ def pack_bfd(lengths, int64_t capacity):
     """Best-fit-decreasing packing of all ``lengths`` into rows of ``capacity`` tokens, O(n log n).
 
     Samples go in decreasing length (ties: lower index first); each goes to the open row with the
-    least remaining space that fits it (ties: the row opened first), else to a new row. Returns
+    least remaining space that fits it (ties: the row opened first), else to a new row; a row
+    closes when it is full. Equals ``fastsft.data.packing.best_fit_decreasing``. Returns
     ``(order, row_bounds)`` like ``knapsack_llamafactory``: rows in the order they were opened,
     samples within a row in the order they were placed. Lengths above ``capacity`` raise
     ``ValueError``: truncate or drop those samples first.
     """
     lengths_arr = _packing_lengths(lengths, capacity)
     cdef Py_ssize_t n = lengths_arr.shape[0]
-    slot_lengths_arr, slot_of, dense = _length_slots(lengths_arr, capacity)
-    n_slots = slot_lengths_arr.shape[0]
-    # Longest first, ties by index: bucket by slots counted from the top.
-    _, sorted_items_arr = _bucket_by_slot(n_slots - 1 - slot_of, n_slots)
-    cdef const int64_t[::1] sorted_items = sorted_items_arr
+    slot_lengths_arr, slot_of_arr, dense = _length_slots(lengths_arr, capacity)
+    cdef const int64_t[::1] slot_of = slot_of_arr
+    cdef Py_ssize_t n_slots = slot_lengths_arr.shape[0]
+    cdef int64_t[::1] head = np.full(n_slots, -1, dtype=np.int64)
+    cdef int64_t[::1] next_in_slot = np.empty(n, dtype=np.int64)
+    sorted_items_arr = np.empty(n, dtype=np.int64)
+    cdef int64_t[::1] sorted_items = sorted_items_arr
+    cdef int64_t t = 0, row, sample, slot
+    with nogil:  # longest first, ties by index: slots from the top, each lowest index first
+        _link_slots(slot_of, head, next_in_slot, False)
+        for slot in range(n_slots - 1, -1, -1):
+            sample = head[slot]
+            while sample >= 0:
+                sorted_items[t] = sample
+                t += 1
+                sample = next_in_slot[sample]
     row_of_arr, n_rows = _best_fit_rows(sorted_items, lengths_arr, capacity, dense)
     cdef const int64_t[::1] row_of = row_of_arr
     cdef int64_t rows = n_rows
@@ -309,7 +328,6 @@ def pack_bfd(lengths, int64_t capacity):
     order_arr = np.empty(n, dtype=np.int64)
     cdef int64_t[::1] order = order_arr
     cdef int64_t[::1] cursor = np.empty(rows, dtype=np.int64)
-    cdef int64_t t, row
     with nogil:
         for t in range(n):
             row_bounds[row_of[t] + 1] += 1

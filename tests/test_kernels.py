@@ -6,14 +6,12 @@ and reruns this file against that build in a subprocess.
 
 from __future__ import annotations
 
-import bisect
 import importlib
 import itertools
 import os
 import shutil
 import subprocess
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -30,27 +28,16 @@ from fastsft._kernels import (
     varlen_flatten,
 )
 from fastsft.data.encode import encode_pairs
-from fastsft.data.packing import greedy_knapsack, pack_llamafactory
+from fastsft.data.packing import (
+    best_fit_decreasing,
+    greedy_knapsack,
+    llamafactory_order,
+    pack_llamafactory,
+    rows_from_order,
+)
 from fastsft.errors import FastSFTError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def bfd_reference(lengths: list[int], capacity: int) -> list[list[int]]:
-    """Best-fit-decreasing, plainly: each sample (longest first, ties by index) goes to the open
-    row with the least remaining space that fits it (ties: the row opened first), else to a new row."""
-    rows: list[list[int]] = []
-    open_rows: list[tuple[int, int]] = []  # sorted (remaining space, row)
-    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        slot = bisect.bisect_left(open_rows, (lengths[index], -1))
-        if slot == len(open_rows):
-            row, remaining = len(rows), capacity
-            rows.append([])
-        else:
-            remaining, row = open_rows.pop(slot)
-        rows[row].append(index)
-        bisect.insort(open_rows, (remaining - lengths[index], row))
-    return rows
 
 
 def varlen_reference(
@@ -173,30 +160,24 @@ def packing_input(draw, capacities=any_capacities, max_size=40):
     return lengths, capacity
 
 
-def knapsack_order_reference(lengths: list[int], capacity: int) -> list[list[int]]:
-    """``greedy_knapsack``'s rows as sample indices, handed out like LLaMA-Factory's
-    ``length2indexes[length].pop()`` (restated from ``pack_llamafactory``)."""
-    indexes_by_length = defaultdict(list)
-    for index, length in enumerate(lengths):
-        indexes_by_length[length].append(index)
-    return [[indexes_by_length[length].pop() for length in row] for row in greedy_knapsack(lengths, capacity)]
-
-
 def rows_of(order: np.ndarray, row_bounds: np.ndarray) -> list[list[int]]:
     return split(order, row_bounds)
 
 
 @settings(max_examples=200, deadline=None)
 @given(packing_input())
-def test_knapsack_llamafactory_equals_greedy_knapsack(lengths_and_capacity):
+def test_knapsack_llamafactory_equals_reference(lengths_and_capacity):
     lengths, capacity = lengths_and_capacity
     order, row_bounds = knapsack_llamafactory(np.array(lengths, dtype=np.int64), capacity)
-    assert rows_of(order, row_bounds) == knapsack_order_reference(lengths, capacity)
+    assert (order.tolist(), row_bounds.tolist()) == llamafactory_order(lengths, capacity)
+    assert [[lengths[i] for i in row] for row in rows_of(order, row_bounds)] == greedy_knapsack(
+        lengths, capacity
+    )
 
 
 @st.composite
 def packable_samples(draw):
-    """Samples with distinct random tokens and labels, none longer than ``cutoff_len``."""
+    """Samples with random tokens and labels, none longer than ``cutoff_len``."""
     cutoff_len = draw(st.integers(1, 40))
     lengths = draw(st.lists(st.integers(0, cutoff_len), max_size=30))
     input_ids = [draw(st.lists(tokens, min_size=n, max_size=n)) for n in lengths]
@@ -219,18 +200,13 @@ def test_knapsack_and_materialize_equal_pack_llamafactory(samples, neat_packing,
     flat_ids = np.array([t for ids in input_ids for t in ids], dtype=np.int32)
     flat_labels = np.array([t for labs in labels for t in labs], dtype=np.int32)
     order, row_bounds = knapsack_llamafactory(np.diff(offsets), cutoff_len)
-    row_ids, row_labels, row_mask, row_pos, row_offsets, seq_lens = materialize_rows(
+    row_ids, row_labels, row_mask, row_pos, row_offsets, _ = materialize_rows(
         flat_ids, flat_labels, offsets, order, row_bounds, cutoff_len + 1, pad_token_id, neat_packing
     )
     assert split(row_ids, row_offsets) == expected.get("input_ids", [])
     assert split(row_labels, row_offsets) == expected.get("labels", [])
     assert split(row_mask, row_offsets) == expected.get("attention_mask", [])
     assert split(row_pos, row_offsets) == expected.get("position_ids", [])
-    if neat_packing:
-        boundaries = [
-            [*np.cumsum([0, *lens]).tolist(), cutoff_len + 1] for lens in split(seq_lens, row_bounds)
-        ]
-        assert boundaries == expected.get("sequence_boundaries", [])
 
 
 @settings(max_examples=200, deadline=None)
@@ -238,9 +214,8 @@ def test_knapsack_and_materialize_equal_pack_llamafactory(samples, neat_packing,
 def test_pack_bfd_equals_reference(lengths_and_capacity):
     lengths, capacity = lengths_and_capacity
     order, row_bounds = pack_bfd(np.array(lengths, dtype=np.int64), capacity)
-    rows = rows_of(order, row_bounds)
-    assert rows == bfd_reference(lengths, capacity)
-    assert all(sum(lengths[i] for i in row) <= capacity for row in rows)
+    assert (order.tolist(), row_bounds.tolist()) == best_fit_decreasing(lengths, capacity)
+    assert all(sum(lengths[i] for i in row) <= capacity for row in rows_of(order, row_bounds))
 
 
 @pytest.mark.parametrize("packer", [pack_bfd, knapsack_llamafactory])
@@ -259,25 +234,30 @@ def test_packers_accept_no_samples(packer):
 
 
 @settings(max_examples=100, deadline=None)
-@given(packing_input(capacities=st.integers(0, 30)), st.booleans())
-def test_materialize_rows_unpadded(lengths_and_capacity, neat_packing):
+@given(packing_input(capacities=st.integers(0, 30)), st.booleans(), st.sampled_from([0, 30, 31]))
+def test_materialize_rows_equals_rows_from_order(lengths_and_capacity, neat_packing, row_length):
     lengths, capacity = lengths_and_capacity
     offsets = np.cumsum([0, *lengths], dtype=np.int64)
     flat_ids = np.arange(offsets[-1], dtype=np.int32)
     flat_labels = -flat_ids
     order, row_bounds = pack_bfd(np.array(lengths, dtype=np.int64), capacity)
     row_ids, row_labels, row_mask, row_pos, row_offsets, seq_lens = materialize_rows(
-        flat_ids, flat_labels, offsets, order, row_bounds, 0, 0, neat_packing
+        flat_ids, flat_labels, offsets, order, row_bounds, row_length, 7, neat_packing
     )
-    for r, row in enumerate(rows_of(order, row_bounds)):
-        span = slice(row_offsets[r], row_offsets[r + 1])
-        assert row_ids[span].tolist() == [t for i in row for t in range(offsets[i], offsets[i + 1])]
-        assert row_labels[span].tolist() == [-t for t in row_ids[span].tolist()]
-        assert row_pos[span].tolist() == [p for i in row for p in range(lengths[i])]
-        assert row_mask[span].tolist() == [
-            k + 1 if neat_packing else 1 for k, i in enumerate(row) for _ in range(lengths[i])
-        ]
-        assert seq_lens[row_bounds[r] : row_bounds[r + 1]].tolist() == [lengths[i] for i in row]
+    expected = rows_from_order(
+        split(flat_ids, offsets),
+        split(flat_labels, offsets),
+        order.tolist(),
+        row_bounds.tolist(),
+        neat_packing=neat_packing,
+        row_length=row_length,
+        pad_token_id=7,
+    )
+    assert split(row_ids, row_offsets) == expected.get("input_ids", [])
+    assert split(row_labels, row_offsets) == expected.get("labels", [])
+    assert split(row_mask, row_offsets) == expected.get("attention_mask", [])
+    assert split(row_pos, row_offsets) == expected.get("position_ids", [])
+    assert split(seq_lens, row_bounds) == [[lengths[i] for i in row] for row in rows_of(order, row_bounds)]
 
 
 def test_materialize_rows_rejects_overfull_rows_and_misaligned_labels():
