@@ -14,8 +14,9 @@ faster. It is only used where the equality holds by construction, and checked on
   tiktoken also emits a whole pre-token found in the vocab directly, which HF does too: always with
   ``ignore_merges``, and otherwise because its BPE reaches that token.
 * **Pre-tokenization.** The same ``Split`` regex (or GPT-2's), run by fancy-regex instead of
-  Oniguruma; an extra alternative keeps any text the regex skips as one piece, as HF's ``Isolated``
-  split does.
+  Oniguruma (they agree on every code point for the GPT-2/Qwen2 character classes). Unless the
+  regex is a known one that matches everywhere, an extra alternative keeps text it skips as one
+  piece, as HF's ``Isolated`` split does.
 * **Added tokens.** HF cuts the raw text at non-``normalized`` added tokens (leftmost-longest),
   applies the normaliser (NFC) to each remaining piece, then cuts those at ``normalized`` tokens.
   ``_AddedTokenSplitter`` does exactly that in Python. The single tiktoken call, with the added
@@ -48,6 +49,18 @@ KINDS = ("auto", "hf", "fast")
 
 # The pattern of ``ByteLevel(use_regex=True)`` in HF tokenizers (GPT-2's).
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+QWEN2_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# Patterns with a match starting at every position: each character is whitespace, a letter, a number
+# or none of these, and each class has a branch that starts with it. HF's Isolated split then leaves
+# no unmatched text, which tiktoken would drop.
+GAPLESS_PATTERNS = frozenset({GPT2_PATTERN, QWEN2_PATTERN, LLAMA3_PATTERN})
 
 # Joins a batch into one tiktoken call as an extra special token. A noncharacter: NFC-inert and a
 # hard boundary for the split regex, so each text is tokenized exactly as on its own.
@@ -428,9 +441,10 @@ def extract_parts(tokenizer: Any) -> TiktokenParts:
             raise UnsupportedTokenizer(f"added token {token.content!r} contains U+10FFFF")
         match = unicodedata.normalize("NFC", token.content) if token.normalized and nfc else token.content
         rules.append(AddedTokenRule(match, token_id, token.normalized, token.special and split_special))
-    # Extra alternative: text the regex does not match stays one piece, as in HF's Isolated split.
-    full_pattern = f"(?:{pattern})|(?:(?!(?:{pattern}))[\\s\\S])+"
-    return TiktokenParts(full_pattern, ranks, tuple(rules), nfc)
+    if pattern not in GAPLESS_PATTERNS:
+        # Text the regex does not match stays one piece, as in HF's Isolated split (tiktoken drops it).
+        pattern = f"(?:{pattern})|(?:(?!(?:{pattern}))[\\s\\S])+"
+    return TiktokenParts(pattern, ranks, tuple(rules), nfc)
 
 
 def _check_normalizer(config: dict[str, Any] | None) -> bool:

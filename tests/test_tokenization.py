@@ -17,11 +17,15 @@ import pytest
 from conftest import load_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers
 
 from fastsft import tokenization
 from fastsft.errors import ConfigError, DataError
 from fastsft.tokenization import (
     ENV_VAR,
+    GAPLESS_PATTERNS,
+    LLAMA3_PATTERN,
+    QWEN2_PATTERN,
     HFBackend,
     TiktokenBackend,
     UnsupportedTokenizer,
@@ -30,8 +34,6 @@ from fastsft.tokenization import (
 )
 
 pytest.importorskip("tiktoken")
-
-QWEN2_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 
 FRAGMENTS = [
     # English, contractions (any case), code
@@ -161,13 +163,14 @@ def test_split_special_tokens(fixture_tokenizer: Any) -> None:
 
 
 OVERLAPPING_PLAIN = ["ab", "bc", "\n\n", "\n\n\n", "e\u0301"]
-OVERLAPPING_SPECIAL = ["<|x|>", "<|x|>y"]
+OVERLAPPING_SPECIAL = ["<|x|>", "<|x|>y", "b!"]
 
 
 @pytest.fixture(scope="module")
 def overlapping_pair(fixture_tokenizer_path: Path) -> tuple[Any, TiktokenBackend]:
     """Added tokens one tiktoken call could split differently: "ab"/"bc" overlap, "\n\n" is a prefix
-    of "\n\n\n", and the normalised "e\u0301" ("é") is matched only after NFC."""
+    of "\n\n\n", the special "b!" is cut before the plain (normalised) "ab" is looked for, and the
+    normalised "e\u0301" ("é") is matched only after NFC."""
     tokenizer = load_tokenizer(fixture_tokenizer_path)
     tokenizer.add_tokens(OVERLAPPING_PLAIN)
     tokenizer.add_special_tokens({"additional_special_tokens": OVERLAPPING_SPECIAL})
@@ -178,7 +181,7 @@ def test_overlapping_added_tokens_take_the_exact_split_path(
     overlapping_pair: tuple[Any, TiktokenBackend],
 ) -> None:
     tokenizer, backend = overlapping_pair
-    batch = ["abc", "xbcab", "\n\n\n\n", "<|x|>y<|x|>", "e\u0301e\u0301ab", "é", "c\n\n\nab"]
+    batch = ["abc", "xbcab", "ab!", "\n\n\n\n", "<|x|>y<|x|>", "e\u0301e\u0301ab", "é", "c\n\n\nab"]
     assert_backend_matches(backend, tokenizer, batch)
 
 
@@ -189,6 +192,20 @@ def test_overlapping_added_tokens_property(
 ) -> None:
     tokenizer, backend = overlapping_pair
     assert_backend_matches(backend, tokenizer, batch)
+
+
+@pytest.mark.parametrize(
+    ("strings", "free"),
+    [
+        (["<|im_start|>", "<|im_end|>", "<think>", "</think>", "<s>", "</s>"], True),
+        (["ab", "bc"], False),  # suffix of one is a prefix of the other
+        (["\n\n", "\n\n\n"], False),  # prefix
+        (["abc", "b"], False),  # inside
+        (["<a>", "<a>"], False),  # duplicate
+    ],
+)
+def test_overlap_free(strings: list[str], free: bool) -> None:
+    assert tokenization._overlap_free(strings) is free
 
 
 def test_threads(fixture_pair: tuple[Any, TiktokenBackend], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -293,8 +310,6 @@ def wrap(rust_tokenizer: Any) -> Any:
 
 
 def test_wordpiece_falls_back_to_hf() -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
     vocab = {"[UNK]": 0, "hello": 1, "world": 2, "##s": 3, "!": 4}
     rust = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     rust.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -307,8 +322,6 @@ def test_wordpiece_falls_back_to_hf() -> None:
 
 
 def test_unigram_falls_back_to_hf() -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
     rust = Tokenizer(models.Unigram([("<unk>", 0.0), ("a", -1.0), ("b", -2.0), ("ab", -1.5)], unk_id=0))
     rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer = wrap(rust)
@@ -319,8 +332,6 @@ def test_unigram_falls_back_to_hf() -> None:
 
 def byte_level_bpe(extra: dict[str, int], merges: list[tuple[str, str]], *, ignore_merges: bool) -> Any:
     """A byte-level BPE with Qwen2's pre-tokenizer and normaliser over the 256 bytes plus ``extra``."""
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
-
     vocab = {char: i for i, char in enumerate(pre_tokenizers.ByteLevel.alphabet())}
     vocab.update(extra)
     rust = Tokenizer(models.BPE(vocab, merges, ignore_merges=ignore_merges))
@@ -332,6 +343,52 @@ def byte_level_bpe(extra: dict[str, int], merges: list[tuple[str, str]], *, igno
         ]
     )
     return wrap(rust)
+
+
+@given(text=st.text(max_size=40) | texts(["<|im_end|>"]))
+@settings(max_examples=200, deadline=None)
+@pytest.mark.parametrize("pattern", sorted(GAPLESS_PATTERNS))
+def test_gapless_patterns_match_everywhere(pattern: str, text: str) -> None:
+    """HF's own regex engine leaves nothing between matches, so no gap alternative is needed."""
+    assert pre_tokenizers.Split(Regex(pattern), behavior="removed").pre_tokenize_str(text) == []
+
+
+def split_then_byte_level(pattern: str) -> Any:
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+
+
+PRE_TOKENIZERS = {
+    "gpt2": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    "llama3": lambda: split_then_byte_level(LLAMA3_PATTERN),
+    # Skips spaces and punctuation: HF keeps each skipped run as one piece, tiktoken must too.
+    "gappy": lambda: split_then_byte_level(r"\p{L}+|\p{N}|'s"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(PRE_TOKENIZERS))
+def pre_tokenizer_pair(
+    request: pytest.FixtureRequest, fixture_tokenizer_path: Path
+) -> tuple[Any, TiktokenBackend]:
+    """The fixture tokenizer (rich enough merges to show where pieces end) with another pre-tokenizer."""
+    tokenizer = load_tokenizer(fixture_tokenizer_path)
+    tokenizer.backend_tokenizer.pre_tokenizer = PRE_TOKENIZERS[request.param]()
+    backend = load_backend(tokenizer, "fast")
+    assert (backend.parts.pattern in GAPLESS_PATTERNS) == (request.param != "gappy")
+    return tokenizer, backend
+
+
+@given(data=st.data())
+@settings(max_examples=60, deadline=None)
+def test_other_pre_tokenizers(pre_tokenizer_pair: tuple[Any, TiktokenBackend], data: st.DataObject) -> None:
+    tokenizer, backend = pre_tokenizer_pair
+    assert_backend_matches(backend, tokenizer, ["hello, world!! it's 12 ab  \n x--y", " the the  the"])
+    batch = data.draw(st.lists(texts(added_contents(tokenizer)), max_size=6))
+    assert_backend_matches(backend, tokenizer, batch)
 
 
 def test_merges_out_of_id_order_are_refused() -> None:
@@ -362,8 +419,6 @@ def test_entries_the_merges_never_build() -> None:
 
 
 def test_gpt2_style_byte_level_pre_tokenizer() -> None:
-    from tokenizers import pre_tokenizers
-
     tokenizer = byte_level_bpe(
         {"he": 256, "ll": 257, "hell": 258, "Ġw": 259},
         [("h", "e"), ("l", "l"), ("he", "ll"), ("Ġ", "w")],
@@ -382,8 +437,6 @@ def test_gpt2_style_byte_level_pre_tokenizer() -> None:
 
 
 def test_unsupported_added_token_flags(fixture_tokenizer: Any) -> None:
-    from tokenizers import AddedToken
-
     fixture_tokenizer.add_tokens([AddedToken("<mask>", lstrip=True)])
     assert load_backend(fixture_tokenizer, "auto").name == "hf"
     with pytest.raises(ConfigError, match="lstrip"):
@@ -401,8 +454,6 @@ def test_missing_tiktoken(fixture_pair: tuple[Any, TiktokenBackend], monkeypatch
 
 
 def test_from_tokenizer_reports_the_reason() -> None:
-    from tokenizers import Tokenizer, models
-
     with pytest.raises(UnsupportedTokenizer, match="not BPE"):
         TiktokenBackend.from_tokenizer(
             wrap(Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")))
