@@ -10,6 +10,7 @@ field (``weight_decay``, ``ddp_timeout``, ``save_only_model``, ...) is passed th
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import functools
@@ -23,6 +24,19 @@ from typing import Any, Literal
 from fastsft.errors import ConfigError
 
 AttnChoice = Literal["auto", "sdpa", "eager", "varlen", "flash_attention_2"]
+
+CONFIG_EPILOG = """\
+CONFIG.yaml uses LLaMA-Factory's key names (a LLaMA-Factory full-SFT YAML runs as is). Main keys:
+  model:    model_name_or_path | model_config (random init), tokenizer_name_or_path, attn
+  data:     dataset, dataset_dir, template, cutoff_len, packing, neat_packing, tokenized_path,
+            train_on_prompt, mask_history, max_samples, padding_free, max_tokens_per_batch
+  training: output_dir, per_device_train_batch_size, gradient_accumulation_steps, learning_rate,
+            lr_scheduler_type, warmup_ratio, num_train_epochs, max_steps, bf16, fp16,
+            gradient_checkpointing, logging_steps, save_steps, save_total_limit,
+            resume_from_checkpoint, deepspeed (path | z2 | z3 | z3_offload), seed, report_to
+Any other transformers TrainingArguments field (weight_decay, ddp_timeout, ...) is passed through.
+Multi-GPU: torchrun --nproc_per_node N -m fastsft train CONFIG.yaml  (see docs/training.md)
+"""
 
 # `deepspeed: z3` and friends resolve to the configs shipped in examples/deepspeed/.
 DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "examples" / "deepspeed"
@@ -155,6 +169,16 @@ LLAMAFACTORY_UNSUPPORTED_PREFIXES = (
 CONTROLLED_TRAINING_ARGS = frozenset(
     {"remove_unused_columns", "accelerator_config", "label_names", "include_num_input_tokens_seen"}
 )
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``fastsft train`` arguments: ``CONFIG.yaml`` and ``key=value`` overrides (imports nothing heavy)."""
+    parser.add_argument("config", metavar="CONFIG.yaml", help="training config (LLaMA-Factory key names)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="override config keys, e.g. max_steps=20 bf16=true"
+    )
+    parser.epilog = CONFIG_EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def load_config(

@@ -31,34 +31,11 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from fastsft.errors import ConfigError
-from fastsft.train.config import TrainConfig, load_config
-
-CONFIG_EPILOG = """\
-CONFIG.yaml uses LLaMA-Factory's key names (a LLaMA-Factory full-SFT YAML runs as is). Main keys:
-  model:    model_name_or_path | model_config (random init), tokenizer_name_or_path, attn
-  data:     dataset, dataset_dir, template, cutoff_len, packing, neat_packing, tokenized_path,
-            train_on_prompt, mask_history, max_samples, padding_free, max_tokens_per_batch
-  training: output_dir, per_device_train_batch_size, gradient_accumulation_steps, learning_rate,
-            lr_scheduler_type, warmup_ratio, num_train_epochs, max_steps, bf16, fp16,
-            gradient_checkpointing, logging_steps, save_steps, save_total_limit,
-            resume_from_checkpoint, deepspeed (path | z2 | z3 | z3_offload), seed, report_to
-Any other transformers TrainingArguments field (weight_decay, ddp_timeout, ...) is passed through.
-Multi-GPU: torchrun --nproc_per_node N -m fastsft train CONFIG.yaml  (see docs/training.md)
-"""
+from fastsft.train.config import TrainConfig, add_train_arguments, load_config
 
 TRAINER_LOG = "trainer_log.jsonl"
 METRICS_FILE = "metrics.json"
 LOSS_PLOT = "training_loss.png"
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``fastsft train`` arguments: ``CONFIG.yaml`` and ``key=value`` overrides."""
-    parser.add_argument("config", metavar="CONFIG.yaml", help="training config (LLaMA-Factory key names)")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="override config keys, e.g. max_steps=20 bf16=true"
-    )
-    parser.epilog = CONFIG_EPILOG
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def run_train(args: argparse.Namespace | Sequence[str]) -> int:
@@ -123,7 +100,7 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()
         say(
             f"{len(dataset)} {'packed ' if 'position_ids' in dataset.column_names else ''}rows, "
             f"{type(collator).__name__} ({batching}), attention {attn_implementation}, "
-            f"{sum(p.numel() for p in model.parameters()):,} parameters on this rank"
+            f"{count_parameters(model):,} parameters"
         )
     trainer = SFTTrainer(
         model=model,
@@ -352,6 +329,11 @@ def make_collator(packed: bool, tokenizer: Any) -> Any:
     return PaddingCollator(
         pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=8
     )  # as LLaMA-Factory trains
+
+
+def count_parameters(model: Any) -> int:
+    """Parameters of the whole model, also when ZeRO-3 holds only a shard on this rank."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
 
 
 def count_tokens(inputs: dict[str, Any]) -> torch.Tensor:

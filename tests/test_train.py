@@ -1,0 +1,204 @@
+"""``fastsft train`` end to end on the embedded tiny default (CPU, fp32).
+
+Every run builds the tiny random-init Qwen2 model from ``examples/tiny/model/config.json`` with
+the fixture tokenizer and the bundled ShareGPT sample, so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+from fastsft.train.config import load_config
+from fastsft.train.trainer import build_trainer, run_train, train
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TINY_YAML = REPO_ROOT / "examples" / "tiny_sft.yaml"
+LF_YAML = REPO_ROOT / "examples" / "llamafactory_full_sft.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _repo_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example YAMLs use paths relative to the repository root, as LLaMA-Factory's do."""
+    monkeypatch.chdir(REPO_ROOT)
+
+
+def read_log(output_dir: Path) -> list[dict[str, Any]]:
+    lines = (output_dir / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def step_losses(output_dir: Path) -> dict[int, float]:
+    return {entry["step"]: entry["loss"] for entry in read_log(output_dir) if "loss" in entry}
+
+
+@pytest.mark.slow
+def test_tiny_default_trains_and_saves_everything(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = [str(TINY_YAML), f"output_dir={out}", "max_steps=16", "logging_steps=1", "save_steps=8"]
+    assert run_train(argv) == 0
+
+    log = [entry for entry in read_log(out) if "loss" in entry]
+    assert [entry["step"] for entry in log] == list(range(1, 17))
+    for entry in log:
+        assert {"grad_norm", "learning_rate", "tokens_per_second", "num_input_tokens_seen"} <= entry.keys()
+        assert entry["tokens_per_second"] > 0
+    losses = [entry["loss"] for entry in log]
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.5, losses  # clearly decreasing
+    # Non-padding tokens counted over the run, consistent between the log and metrics.json.
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["global_step"] == 16
+    assert metrics["num_input_tokens_seen"] == log[-1]["num_input_tokens_seen"] > 16
+    assert metrics["final_loss"] == pytest.approx(losses[-1])
+    assert metrics["train_tokens_per_second"] > 0
+    assert (out / "training_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "checkpoint-8").is_dir() and (out / "checkpoint-16").is_dir()
+
+    # The final model and tokenizer reload and equal the last checkpoint.
+    model = AutoModelForCausalLM.from_pretrained(out)
+    checkpoint = AutoModelForCausalLM.from_pretrained(out / "checkpoint-16")
+    for (name, saved), (_, reference) in zip(
+        model.state_dict().items(), checkpoint.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(saved, reference, msg=name)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.eos_token == "<|im_end|>"  # fixed for the qwen template, as LLaMA-Factory saves it
+    ids = tokenizer("What is 2 + 3?", return_tensors="pt").input_ids
+    assert torch.isfinite(model(ids).logits).all()
+
+
+def first_batch_grads(overrides: list[str], tmp_path: Path) -> tuple[float, dict[str, torch.Tensor], int]:
+    """Loss and gradients of the first batch (the whole tiny subset) through ``training_step``."""
+    config = load_config(
+        TINY_YAML,
+        [
+            f"output_dir={tmp_path}",
+            "max_samples=12",
+            "cutoff_len=1024",
+            "per_device_train_batch_size=12",
+            "max_steps=1",
+            *overrides,
+        ],
+    )
+    trainer = build_trainer(config)
+    batch = next(iter(trainer.get_train_dataloader()))
+    num_items = int(batch["labels"][..., 1:].ne(-100).sum())
+    trainer.create_optimizer()
+    loss = trainer.training_step(trainer.model, batch, num_items)
+    grads = {name: p.grad.detach().clone() for name, p in trainer.model.named_parameters()}
+    return float(loss), grads, num_items
+
+
+def test_packed_padding_free_and_padded_batches_give_the_same_loss_and_gradients(tmp_path: Path) -> None:
+    padded = first_batch_grads(["packing=false", "attn=auto"], tmp_path / "padded")
+    padding_free = first_batch_grads(["packing=false", "padding_free=true"], tmp_path / "free")
+    packed = first_batch_grads(["packing=true"], tmp_path / "packed")
+    assert padded[2] == padding_free[2] == packed[2] > 0  # the same labelled tokens
+    for loss, grads, _ in (padding_free, packed):
+        assert loss == pytest.approx(padded[0], rel=1e-5)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, padded[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+class StopAt(TrainerCallback):
+    """Ends training after ``step`` as an interruption would (the checkpoint at ``step`` is kept)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+        return control
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [[], pytest.param(["max_tokens_per_batch=700", "gradient_accumulation_steps=2"], marks=pytest.mark.slow)],
+)
+def test_resume_reproduces_the_uninterrupted_losses(tmp_path: Path, extra: list[str]) -> None:
+    common = ["max_steps=6", "save_steps=3", "logging_steps=1", "max_samples=120", "plot_loss=false", *extra]
+    train(load_config(TINY_YAML, [f"output_dir={tmp_path / 'full'}", *common]))
+    reference = step_losses(tmp_path / "full")
+
+    interrupted = tmp_path / "interrupted"
+    train(load_config(TINY_YAML, [f"output_dir={interrupted}", *common]), callbacks=[StopAt(3)])
+    assert max(step_losses(interrupted)) == 3
+    train(load_config(TINY_YAML, [f"output_dir={interrupted}", "resume_from_checkpoint=true", *common]))
+    resumed = step_losses(interrupted)
+
+    assert sorted(resumed) == list(range(1, 7))  # the log reads like one run
+    for step in range(1, 7):
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-5), (step, resumed, reference)
+
+
+def test_existing_output_dir_resumes_like_llamafactory(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    common = [
+        f"output_dir={out}",
+        "max_steps=2",
+        "save_steps=2",
+        "logging_steps=1",
+        "max_samples=40",
+        "plot_loss=false",
+    ]
+    train(load_config(TINY_YAML, [*common, "overwrite_output_dir=false"]))
+    first = step_losses(out)
+    # Without overwrite_output_dir the last checkpoint is resumed; the first run's log is kept.
+    train(load_config(TINY_YAML, [*common, "overwrite_output_dir=false"]))
+    assert {step: step_losses(out)[step] for step in first} == first
+    # With it, training starts over.
+    train(load_config(TINY_YAML, [*common, "overwrite_output_dir=true"]))
+    assert sorted(step_losses(out)) == [1, 2]
+    assert not (out / "checkpoint-3").exists()
+
+
+def test_llamafactory_full_sft_yaml_runs(tmp_path: Path) -> None:
+    """LLaMA-Factory's YAML with only the model, the precision and the run length swapped for CPU."""
+    out = tmp_path / "out"
+    overrides = [
+        "model_name_or_path=null",
+        "model_config=examples/tiny/model/config.json",
+        "tokenizer_name_or_path=examples/tiny/tokenizer",
+        "deepspeed=null",
+        "bf16=false",
+        "max_steps=2",
+        "logging_steps=1",
+        "dataloader_num_workers=0",
+        "preprocessing_num_workers=1",
+        "max_samples=40",
+        f"output_dir={out}",
+    ]
+    metrics = train(load_config(LF_YAML, overrides))
+    assert metrics["global_step"] == 2 and len(step_losses(out)) == 2
+    assert (out / "training_loss.png").is_file()
+    AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_gpu_throughput_benchmark_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``benchmarks/gpu_throughput.py`` runs its three modes on CPU with tiny sizes."""
+    spec = importlib.util.spec_from_file_location(
+        "gpu_throughput", REPO_ROOT / "benchmarks" / "gpu_throughput.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_throughput", module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    out = tmp_path / "bench.json"
+    module.main(["--device", "cpu", "--tiny", "--steps", "2", "--warmup", "1", "--json", str(out)])
+    results = json.loads(out.read_text(encoding="utf-8"))
+    assert [r["mode"] for r in results["results"]] == [
+        "padded_sdpa",
+        "lf_neat_packing_dense_mask",
+        "fastsft_varlen",
+    ]
+    for result in results["results"]:
+        assert result["tokens_per_second"] > 0 and result["non_pad_tokens"] > 0
+    # Padding costs tokens: the padded batches hold more positions for the same real tokens.
+    assert results["results"][0]["positions"] > results["results"][2]["positions"]

@@ -1,0 +1,280 @@
+"""``fastsft train`` configuration: YAML + typed overrides, LLaMA-Factory keys, clear one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fastsft.errors import ConfigError
+from fastsft.train.config import DEEPSPEED_DIR, TrainConfig, config_from_mapping, load_config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TINY_YAML = REPO_ROOT / "examples" / "tiny_sft.yaml"
+LF_YAML = REPO_ROOT / "examples" / "llamafactory_full_sft.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _repo_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example YAMLs use paths relative to the repository root, as LLaMA-Factory's do."""
+    monkeypatch.chdir(REPO_ROOT)
+
+
+def minimal(**values: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "model_config": "examples/tiny/model/config.json",
+        "tokenizer_name_or_path": "examples/tiny/tokenizer",
+        "dataset": "tiny_sharegpt",
+        "template": "qwen",
+        "output_dir": "outputs/unused",
+    }
+    base.update(values)
+    return base
+
+
+def test_tiny_yaml_is_typed_by_the_dataclass() -> None:
+    config = load_config(TINY_YAML)
+    assert isinstance(config, TrainConfig)
+    assert config.cutoff_len == 512 and isinstance(config.cutoff_len, int)
+    assert config.packing is True
+    assert config.learning_rate == pytest.approx(3e-3) and isinstance(config.learning_rate, float)
+    assert config.attn == "auto" and config.uses_varlen_batches
+    assert config.notices == [] and config.extra_training_args == {}
+
+
+def test_overrides_are_typed_like_the_yaml() -> None:
+    config = load_config(
+        TINY_YAML,
+        [
+            "max_steps=20",
+            "learning_rate=1e-4",
+            "bf16=true",
+            "packing=false",
+            "attn=eager",
+            "max_samples=null",
+            "logging_steps=0.1",
+            "output_dir=elsewhere",
+        ],
+    )
+    assert config.max_steps == 20 and isinstance(config.max_steps, int)
+    assert config.learning_rate == pytest.approx(1e-4)
+    assert config.bf16 is True and config.packing is False and config.attn == "eager"
+    assert config.max_samples is None
+    assert config.logging_steps == pytest.approx(0.1)
+    assert config.output_dir == "elsewhere"
+
+
+def test_resume_from_checkpoint_is_bool_or_path(tmp_path: Path) -> None:
+    assert load_config(TINY_YAML, ["resume_from_checkpoint=true"]).resume_from_checkpoint is True
+    assert load_config(TINY_YAML, ["resume_from_checkpoint=false"]).resume_from_checkpoint is False
+    assert load_config(TINY_YAML, ["resume_from_checkpoint=null"]).resume_from_checkpoint is None
+    config = load_config(TINY_YAML, [f"resume_from_checkpoint={tmp_path}"])
+    assert config.resume_from_checkpoint == str(tmp_path)
+    with pytest.raises(ConfigError, match="resume_from_checkpoint folder not found"):
+        load_config(TINY_YAML, [f"resume_from_checkpoint={tmp_path / 'missing'}"])
+
+
+def test_yaml_scientific_notation_without_dot_is_a_float() -> None:
+    # PyYAML reads `1e-5` (no dot) as a string; the dataclass type still makes it a float.
+    assert config_from_mapping(minimal(learning_rate="1e-5")).learning_rate == pytest.approx(1e-5)
+
+
+@pytest.mark.parametrize(
+    ("key", "suggestion"),
+    [
+        ("learning_rat", "learning_rate"),
+        ("per_device_batch_size", "per_device_train_batch_size"),
+        ("cutof_len", "cutoff_len"),
+        ("model_name_or_pth", "model_name_or_path"),
+    ],
+)
+def test_unknown_key_names_the_closest_valid_keys(key: str, suggestion: str) -> None:
+    with pytest.raises(ConfigError, match=rf"unknown config key `{key}`; did you mean .*{suggestion}"):
+        load_config(TINY_YAML, [f"{key}=1"])
+
+
+def test_unknown_key_without_close_match_points_to_help() -> None:
+    with pytest.raises(ConfigError, match="see `fastsft train --help`"):
+        load_config(TINY_YAML, ["zzzzzz=1"])
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("max_steps=abc", "`max_steps` expects an integer, got 'abc'"),
+        ("max_steps=1.5", "`max_steps` expects an integer"),
+        ("bf16=maybe", "`bf16` expects true/false"),
+        ("learning_rate=fast", "`learning_rate` expects a number"),
+        ("attn=flash", "`attn` expects one of auto, sdpa, eager, varlen, flash_attention_2"),
+        ("cutoff_len=null", "`cutoff_len` expects an integer"),
+    ],
+)
+def test_bad_value_type_is_one_clear_line(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(TINY_YAML, [override])
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_yaml_value_type() -> None:
+    with pytest.raises(ConfigError, match="`packing` expects true/false or null, got 'sometimes'"):
+        config_from_mapping(minimal(packing="sometimes"))
+    with pytest.raises(ConfigError, match="`per_device_train_batch_size` expects an integer, got 'true'"):
+        config_from_mapping(minimal(per_device_train_batch_size=True))
+
+
+def test_missing_model() -> None:
+    values = minimal()
+    del values["model_config"]
+    with pytest.raises(ConfigError, match="no model given: set model_name_or_path"):
+        config_from_mapping(values)
+
+
+def test_model_config_must_exist_and_needs_a_tokenizer() -> None:
+    with pytest.raises(ConfigError, match="model_config not found"):
+        config_from_mapping(minimal(model_config="nowhere/config.json"))
+    values = minimal()
+    del values["tokenizer_name_or_path"]
+    with pytest.raises(ConfigError, match="no tokenizer given"):
+        config_from_mapping(values)
+    with pytest.raises(ConfigError, match="not both"):
+        config_from_mapping(minimal(model_name_or_path="Qwen/Qwen2.5-0.5B"))
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"output_dir": None}, "no output_dir given"),
+        ({"dataset": None}, "no dataset given"),
+        ({"template": None}, "`template` is required"),
+        ({"bf16": True, "fp16": True}, "only one of bf16 and fp16"),
+        ({"packing": True, "attn": "sdpa"}, "packing needs attn: varlen or flash_attention_2"),
+        ({"padding_free": True, "attn": "eager"}, "padding_free needs attn: varlen"),
+        ({"gradient_accumulation_steps": 0}, "`gradient_accumulation_steps` must be at least 1"),
+        ({"max_tokens_per_batch": 0}, "`max_tokens_per_batch` must be at least 1"),
+        ({"warmup_ratio": 1.5}, "`warmup_ratio` must be in [0, 1)"),
+        ({"warmup_ratio": 0.1, "warmup_steps": 10}, "only one of warmup_ratio and warmup_steps"),
+        ({"deepspeed": "nowhere.json"}, "deepspeed config not found: nowhere.json"),
+    ],
+)
+def test_inconsistent_values(values: dict[str, object], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(minimal(**values))
+    assert expected in str(info.value)
+
+
+def test_neat_packing_implies_packing() -> None:
+    config = config_from_mapping(minimal(neat_packing=True))
+    assert config.packing is True and config.uses_varlen_batches
+
+
+def test_malformed_override() -> None:
+    with pytest.raises(ConfigError, match="must look like key=value"):
+        load_config(TINY_YAML, ["max_steps"])
+
+
+def test_missing_or_invalid_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n- not a mapping\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(bad)
+
+
+def test_llamafactory_full_sft_yaml_loads_with_notices() -> None:
+    config = load_config(LF_YAML)
+    assert config.model_name_or_path == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert any("stage: sft" in notice for notice in config.notices)
+    assert any("finetuning_type: full" in notice for notice in config.notices)
+    assert any("overwrite_cache" in notice for notice in config.notices)
+    # HF TrainingArguments fields pass through, typed by TrainingArguments.
+    assert config.extra_training_args == {
+        "dataloader_num_workers": 2,
+        "save_only_model": False,
+        "ddp_timeout": 180000000,
+    }
+    assert config.preprocessing_num_workers == 4
+    assert config.deepspeed == "examples/deepspeed/ds_z3_config.json"
+    assert config.gradient_checkpointing is True  # LLaMA-Factory's default
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"stage": "dpo"}, "`stage: dpo` is not supported: fastsft train does supervised fine-tuning only"),
+        ({"finetuning_type": "lora"}, "`finetuning_type: lora` is not supported"),
+        ({"lora_rank": 8}, "LLaMA-Factory option `lora_rank` is not supported by fastsft train"),
+        ({"quantization_bit": 4}, "LLaMA-Factory option `quantization_bit` is not supported"),
+        ({"use_dora": True}, "LLaMA-Factory option `use_dora` is not supported"),
+        ({"val_size": 0.1}, "`val_size: 0.1` is not supported: fastsft train does not evaluate"),
+        ({"do_train": False}, "`do_train: false` is not supported"),
+        ({"eval_strategy": "steps"}, "`eval_strategy: steps` is not supported"),
+        ({"flash_attn": "fa3"}, "`flash_attn: fa3` is not supported"),
+        ({"remove_unused_columns": True}, "`remove_unused_columns` is set by fastsft train itself"),
+    ],
+)
+def test_unsupported_llamafactory_keys_fail_clearly(values: dict[str, object], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(minimal(**values))
+    assert expected in str(info.value)
+
+
+def test_harmless_llamafactory_keys() -> None:
+    config = config_from_mapping(
+        minimal(
+            stage="sft",
+            do_train=True,
+            finetuning_type="full",
+            val_size=0,
+            eval_dataset=None,
+            plot_loss=False,
+            overwrite_cache=True,
+            preprocessing_num_workers=8,
+            flash_attn="fa2",
+            disable_gradient_checkpointing=True,
+            per_device_eval_batch_size=4,
+            ignore_pad_token_for_loss=True,
+        )
+    )
+    assert config.attn == "flash_attention_2"
+    assert config.gradient_checkpointing is False
+    assert config.plot_loss is False and config.preprocessing_num_workers == 8
+    assert len(config.notices) == 4  # stage, finetuning_type, overwrite_cache, per_device_eval_batch_size
+
+
+def test_llamafactory_values_given_as_overrides() -> None:
+    config = load_config(TINY_YAML, ["stage=sft", "do_train=true", "val_size=0"])
+    assert any("stage: sft" in notice for notice in config.notices)
+    with pytest.raises(ConfigError, match="`stage: ppo` is not supported"):
+        load_config(TINY_YAML, ["stage=ppo"])
+
+
+def test_training_arguments_pass_through_typed() -> None:
+    config = load_config(TINY_YAML, ["weight_decay=0.05", "max_grad_norm=0.5", "save_only_model=true"])
+    assert config.extra_training_args == {"weight_decay": 0.05, "max_grad_norm": 0.5, "save_only_model": True}
+    with pytest.raises(ConfigError, match="`weight_decay` expects a number"):
+        load_config(TINY_YAML, ["weight_decay=heavy"])
+
+
+@pytest.mark.parametrize(
+    ("shorthand", "file"),
+    [("z2", "ds_z2_config.json"), ("z3", "ds_z3_config.json"), ("z3_offload", "ds_z3_offload_config.json")],
+)
+def test_deepspeed_shorthands_resolve_to_bundled_files(shorthand: str, file: str) -> None:
+    config = load_config(TINY_YAML, [f"deepspeed={shorthand}"])
+    assert Path(config.deepspeed) == DEEPSPEED_DIR / file
+    assert Path(config.deepspeed).is_file()
+
+
+def test_help_lists_the_keys() -> None:
+    import argparse
+
+    from fastsft.train.config import add_train_arguments
+
+    parser = argparse.ArgumentParser(prog="fastsft train")
+    add_train_arguments(parser)
+    text = parser.format_help()
+    assert "CONFIG.yaml" in text and "key=value" in text and "max_tokens_per_batch" in text
+    args = parser.parse_args(["cfg.yaml", "max_steps=3", "bf16=true"])
+    assert args.config == "cfg.yaml" and args.overrides == ["max_steps=3", "bf16=true"]
