@@ -8,11 +8,13 @@ faster. It is only used where the equality holds by construction, and checked on
 
 * **BPE.** tiktoken merges the adjacent pair whose *concatenation* has the lowest id; HF merges the
   pair that comes first in ``merges``. They agree when the merges are ordered by the id of their
-  result (each result id above its parts) and every vocab token is what HF's own BPE makes of its
-  bytes: then a pair tiktoken may merge but ``merges`` lacks never becomes adjacent in HF's run (it
-  would tile a token that HF then cannot finish), so both pick the same pair at every step.
-  tiktoken also emits a whole pre-token found in the vocab directly, which HF does too: always with
-  ``ignore_merges``, and otherwise because its BPE reaches that token.
+  result (each result id above its parts) and every entry in tiktoken's ranks is what HF's own BPE
+  makes of its bytes: then a pair tiktoken may merge but ``merges`` lacks never becomes adjacent in
+  HF's run (it would tile a token that HF then cannot finish), so both pick the same pair at every
+  step. tiktoken also emits a whole pre-token found in its ranks directly, which HF does too: always
+  with ``ignore_merges``, and otherwise because its BPE reaches that token. Entries HF's BPE never
+  builds are left out of the ranks without ``ignore_merges``; with it they make the tokenizer
+  unsupported.
 * **Pre-tokenization.** The same ``Split`` regex (or GPT-2's), run by fancy-regex instead of
   Oniguruma (they agree on every code point for the GPT-2/Qwen2 character classes). Unless the
   regex is a known one that matches everywhere, an extra alternative keeps text it skips as one
@@ -249,7 +251,7 @@ class TiktokenBackend:
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, num_threads: int | None = None) -> TiktokenBackend:
         """Build from a HF fast tokenizer; raises ``UnsupportedTokenizer`` with the reason when it cannot."""
-        return cls(extract_parts(tokenizer), num_threads=num_threads)
+        return cls(_extract_parts(tokenizer), num_threads=num_threads)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text."""
@@ -418,7 +420,7 @@ def _token_bytes(token: str) -> bytes | None:
         return None
 
 
-def extract_parts(tokenizer: Any) -> TiktokenParts:
+def _extract_parts(tokenizer: Any) -> TiktokenParts:
     """Read vocab, regex, normaliser and added tokens off a HF fast tokenizer, checking each is reproducible."""
     rust = getattr(tokenizer, "backend_tokenizer", None)
     if rust is None:
@@ -516,8 +518,6 @@ def _checked_ranks(model: Any) -> dict[bytes, int]:
 
 def _ranks_from_model(config: dict[str, Any], model: Any) -> dict[bytes, int]:
     """Byte strings to ids for every vocab entry HF's BPE can produce; raises where tiktoken would differ."""
-    if config.get("type") != "BPE":
-        raise UnsupportedTokenizer(f"model is {config.get('type')}, not BPE")
     if config.get("dropout") not in (None, 0.0):
         raise UnsupportedTokenizer("BPE dropout is set")
     if config.get("continuing_subword_prefix") or config.get("end_of_word_suffix"):

@@ -99,7 +99,7 @@ def apply_llamafactory_fixes(tokenizer: Any, stop_words: list[str], plain_tokens
 
 
 PROPERTY_SETTINGS = settings(
-    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
 
@@ -186,7 +186,7 @@ def test_overlapping_added_tokens_take_the_exact_split_path(
 
 
 @given(batch=st.lists(texts([*OVERLAPPING_PLAIN, *OVERLAPPING_SPECIAL, "é"]), max_size=6))
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=50, deadline=None)
 def test_overlapping_added_tokens_property(
     overlapping_pair: tuple[Any, TiktokenBackend], batch: list[str]
 ) -> None:
@@ -346,7 +346,7 @@ def byte_level_bpe(extra: dict[str, int], merges: list[tuple[str, str]], *, igno
 
 
 @given(text=st.text(max_size=40) | texts(["<|im_end|>"]))
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @pytest.mark.parametrize("pattern", sorted(GAPLESS_PATTERNS))
 def test_gapless_patterns_match_everywhere(pattern: str, text: str) -> None:
     """HF's own regex engine leaves nothing between matches, so no gap alternative is needed."""
@@ -383,7 +383,7 @@ def pre_tokenizer_pair(
 
 
 @given(data=st.data())
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 def test_other_pre_tokenizers(pre_tokenizer_pair: tuple[Any, TiktokenBackend], data: st.DataObject) -> None:
     tokenizer, backend = pre_tokenizer_pair
     assert_backend_matches(backend, tokenizer, ["hello, world!! it's 12 ab  \n x--y", " the the  the"])
@@ -473,7 +473,7 @@ def qwen2_pair(qwen2_tokenizer_path: Path) -> tuple[Any, TiktokenBackend]:
 
 
 @given(data=st.data())
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 def test_tiktoken_matches_hf_on_qwen2(qwen2_pair: tuple[Any, TiktokenBackend], data: st.DataObject) -> None:
     tokenizer, backend = qwen2_pair
     batch = data.draw(st.lists(texts(added_contents(tokenizer)), max_size=6))
@@ -493,7 +493,7 @@ def fixed_qwen2_pair(qwen2_tokenizer_path: Path) -> tuple[Any, TiktokenBackend]:
 
 
 @given(data=st.data())
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 def test_tiktoken_matches_hf_after_fixes_on_qwen2(
     fixed_qwen2_pair: tuple[Any, TiktokenBackend], data: st.DataObject
 ) -> None:
