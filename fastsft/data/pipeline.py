@@ -29,8 +29,10 @@ from fastsft.errors import ConfigError, DataError
 Backend = Literal["compiled", "python"]
 PackingStrategy = Literal["llamafactory", "bfd"]
 
-# LLaMA-Factory writes every token column as a list of int64 (Python ints through `datasets`).
 TOKEN_TYPE = pa.list_(pa.int64())
+# How `datasets` stores LLaMA-Factory's output (its OptimizedTypedSequence narrows these two
+# columns), measured on LLaMA-Factory 0.9.5 + datasets 4.0; neat-packing rows stay all int64.
+NARROWED_TYPES = {"input_ids": pa.list_(pa.int32()), "attention_mask": pa.list_(pa.int8())}
 
 
 @dataclass
@@ -423,6 +425,9 @@ class RowBuilder:
         self, columns: dict[str, pa.Array], label_values: np.ndarray, sample_tokens: int
     ) -> pa.RecordBatch:
         row_tokens = len(columns["input_ids"].flatten())
+        if not self.args.neat_packing:
+            for name, arrow_type in NARROWED_TYPES.items():
+                columns[name] = columns[name].cast(arrow_type)
         self.summary.rows_out += len(columns["input_ids"])
         self.summary.tokens += sample_tokens
         self.summary.padding_tokens += row_tokens - sample_tokens
