@@ -32,8 +32,8 @@ def _length_slots(lengths_arr, int64_t capacity):
     """Number the possible lengths: ``(slot_lengths, slot_of, dense)``.
 
     Dense (the capacity is small next to the sample count): every length 0..capacity is a slot,
-    so a length is its own slot and the packers run in O(n + capacity). Sparse: the slots are
-    the distinct lengths, ascending, and the packers run in O(n log n).
+    so a length is its own slot and nothing needs sorting. Sparse: the slots are the distinct
+    lengths, ascending (one O(n log n) sort).
     """
     if capacity <= 8 * lengths_arr.shape[0] + 4096:
         return np.arange(capacity + 1, dtype=np.int64), lengths_arr, True

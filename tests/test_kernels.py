@@ -228,8 +228,9 @@ def test_packers_reject_lengths_outside_capacity(packer, lengths, capacity, erro
 
 
 @pytest.mark.parametrize("packer", [pack_bfd, knapsack_llamafactory])
-def test_packers_accept_no_samples(packer):
-    order, row_bounds = packer(np.empty(0, dtype=np.int64), 8)
+@pytest.mark.parametrize("capacity", [8, 10**6])
+def test_packers_accept_no_samples(packer, capacity):
+    order, row_bounds = packer(np.empty(0, dtype=np.int64), capacity)
     assert order.tolist() == [] and row_bounds.tolist() == [0]
 
 
