@@ -386,3 +386,15 @@ def test_error_can_be_located_by_the_pipeline() -> None:
     assert (
         str(located) == "dataset sg, sample #7, field 'conversations[1].value': expected a string, got int 1"
     )
+
+
+def test_openai_system_errors_come_before_drops() -> None:
+    # LLaMA-Factory's converter builds the system prompt even for rows it then skips: `in` on an int fails
+    # there, while a list passes the converter and is only rejected by the template.
+    broken = [oa("system", 7), oa("user", "q"), oa("user", "q2")]
+    with pytest.raises(DataError, match="got int 7") as info:
+        convert({"messages": broken}, OPENAI)
+    assert info.value.field == "messages[0].content"
+    assert isinstance(convert({"messages": [oa("system", ["l"]), *broken[1:]]}, OPENAI), Dropped)
+    with pytest.raises(DataError, match="got list"):
+        convert({"messages": [oa("system", ["l"]), oa("user", "q"), oa("assistant", "a")]}, OPENAI)

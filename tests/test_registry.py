@@ -304,3 +304,39 @@ def test_parquet_and_csv_through_datasets(tmp_path: Path) -> None:
 
     (tmp_path / "d.csv").write_text("instruction,output\nq1,a1\n问,答\n", encoding="utf-8")
     assert list(iter_rows(attr_for(tmp_path / "d.csv"), max_samples=1)) == rows[:1]
+
+
+def test_openai_rows_are_normalized_like_arrow(tmp_path: Path) -> None:
+    # datasets gives every object at one place a single struct type: missing keys become None,
+    # keys follow first appearance in the file, ints mixed with floats become floats.
+    rows = [
+        {"messages": [{"role": "user", "content": "q"}], "tools": [{"name": "a", "parameters": {"x": 1}}]},
+        {
+            "messages": [{"role": "user", "content": "q", "tool_calls": []}],
+            "tools": [{"description": "d", "name": "b", "parameters": {"x": 1.5}}],
+        },
+    ]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    attr = DatasetAttr("file", str(path), formatting="openai", messages="messages", tools="tools", name="d")
+    assert list(iter_rows(attr)) == [
+        {
+            "messages": [{"role": "user", "content": "q", "tool_calls": None}],
+            "tools": [{"name": "a", "parameters": {"x": 1.0}, "description": None}],
+        },
+        {
+            "messages": [{"role": "user", "content": "q", "tool_calls": []}],
+            "tools": [{"name": "b", "parameters": {"x": 1.5}, "description": "d"}],
+        },
+    ]
+    assert list(next(iter_rows(attr))["tools"][0]) == ["name", "parameters", "description"]
+    # other formats keep rows as written (Arrow changes nothing they tokenize)
+    assert list(iter_rows(attr_for(path))) == rows
+
+
+def test_openai_rows_with_conflicting_types(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "d.jsonl", [{"messages": [], "tools": "[]"}, {"messages": [], "tools": [{"name": "f"}]}]
+    )
+    attr = DatasetAttr("file", str(path), formatting="openai", messages="messages", tools="tools", name="d")
+    with pytest.raises(DataError, match="dataset d: rows disagree on the type of a field"):
+        list(iter_rows(attr))

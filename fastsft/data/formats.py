@@ -198,7 +198,7 @@ def _leading_system(messages: list[Any], attr: DatasetAttr) -> tuple[Any, int] |
 
 def _role_error(index: int, role: Any, expected: tuple[Any, ...], known: dict[Any, str]) -> Dropped:
     expected_text = "/".join(str(tag) for tag in expected if tag is not None)
-    if role in known:
+    if role in list(known):  # a list, not the dict: a role may be unhashable (a JSON list)
         return Dropped(f"message {index} has role {role!r} where {expected_text} is expected")
 
     known_text = ", ".join(str(tag) for tag in known if tag is not None)
@@ -274,12 +274,19 @@ def _convert_openai(row: Mapping[str, Any], attr: DatasetAttr) -> _Converted | D
             sources.append((first_tool_index, attr.observation_tag))
             tool_responses = []
 
-        if role not in tag_mapping:
+        if role not in list(tag_mapping):
             known = ", ".join(str(tag) for tag in tag_mapping if tag is not None)
             raise DataError(f"unknown role {role!r} (known: {known})", field=f"{where}.{attr.role_tag}")
 
         aligned.append(_Message(tag_mapping[role], content, content_field))
         sources.append((index, source_role))
+
+    # LLaMA-Factory builds the system prompt before it skips a broken row, so its errors come first.
+    tools = row.get(attr.tools, "") if attr.tools else ""
+    if isinstance(tools, (dict, list)):
+        tools = json.dumps(tools, ensure_ascii=False)
+
+    system = _openai_system(system, tools, attr)
 
     accept_tags = ((USER, OBSERVATION), (ASSISTANT, FUNCTION))
     expected_tags = ((attr.user_tag, attr.observation_tag), (attr.assistant_tag, attr.function_tag))
@@ -295,11 +302,7 @@ def _convert_openai(row: Mapping[str, Any], attr: DatasetAttr) -> _Converted | D
     if dropped:
         return dropped
 
-    tools = row.get(attr.tools, "") if attr.tools else ""
-    if isinstance(tools, (dict, list)):
-        tools = json.dumps(tools, ensure_ascii=False)
-
-    return aligned, _openai_system(system, tools, attr), tools
+    return aligned, system, tools
 
 
 def _dump_tool_calls(tool_calls: Any, where: str) -> str:
@@ -326,6 +329,10 @@ def _openai_system(system: Any, tools: Any, attr: DatasetAttr) -> Any:
     """LLaMA-Factory's OpenAI system prompt: thinking switched off unless tools are given or it says so."""
     if not system:
         return system if tools else THINKING_OFF
+
+    # LLaMA-Factory's `in` and `+=` work on a list, so the converter passes it; the template rejects it later.
+    if isinstance(system, list):
+        return system
 
     if not isinstance(system, str):
         raise DataError(_not_a_string(system), field=attr.system or f"{attr.messages}[0].{attr.content_tag}")

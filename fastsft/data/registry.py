@@ -7,6 +7,8 @@ first row. Only local files are read: hub, script and cloud entries are refused.
 
 ``iter_rows`` streams ``.json``/``.jsonl`` with its own reader (so a bad line is reported with
 its line number) and reads ``.parquet``/``.arrow``/``.csv`` through ``datasets``, as LLaMA-Factory does.
+OpenAI-format JSON rows are passed through Arrow first (see ``_arrow_normalized``), because there
+the normalization ``datasets`` applies changes the text LLaMA-Factory tokenizes.
 """
 
 from __future__ import annotations
@@ -347,6 +349,28 @@ def _json_array_rows(text: str, label: str) -> Iterator[dict[str, Any]]:
         yield row
 
 
+def _arrow_normalized(rows: Iterator[dict[str, Any]], label: str) -> Iterator[dict[str, Any]]:
+    """The rows as LLaMA-Factory sees them once ``datasets`` has loaded the file into one Arrow table.
+
+    Arrow gives every object at the same place one struct type: keys missing from a row come back
+    as ``None``, keys are ordered by first appearance across the dataset, ints mixed with floats
+    become floats. LLaMA-Factory's OpenAI converter ``json.dumps`` the native ``tools`` and
+    ``tool_calls`` objects, so these ``null`` keys and that key order end up in the tokens. The
+    schema depends on every row, so this reads the whole dataset before yielding.
+    """
+    import pyarrow as pa
+
+    try:
+        table = pa.array(list(rows))
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise DataError(
+            f"rows disagree on the type of a field, which LLaMA-Factory's loader (datasets) rejects too: {err}",
+            dataset=label,
+        ) from None
+
+    yield from table.to_pylist()
+
+
 def _iter_with_datasets(data_type: str, data_files: list[str], label: str) -> Iterator[dict[str, Any]]:
     """Rows of parquet/arrow/csv files, loaded by ``datasets`` exactly as LLaMA-Factory loads them."""
     from datasets import load_dataset
@@ -369,6 +393,8 @@ def iter_rows(
             _iter_json_file(path, f"{attr.label}/{os.path.basename(path)}" if is_folder else attr.label)
             for path in data_files
         )
+        if attr.formatting == "openai":
+            rows = _arrow_normalized(rows, attr.label)
     else:
         rows = _iter_with_datasets(data_type, data_files, attr.label)
 
