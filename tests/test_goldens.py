@@ -47,6 +47,13 @@ def golden_id(path: Path) -> str:
     return f"{path.parent.name}/{path.name.removesuffix('.json.gz')}"
 
 
+# Parity runs on the real Qwen2 tokenizer cost ~2 s each, mostly loading it fresh: marked slow.
+PARITY_PARAMS = [
+    pytest.param(path, id=golden_id(path), marks=[pytest.mark.slow] if path.parent.name == "qwen2" else [])
+    for path in GOLDEN_FILES
+]
+
+
 @functools.cache
 def load_golden(path: Path) -> dict[str, Any]:
     with gzip.open(path, "rt", encoding="utf-8") as f:
@@ -173,7 +180,7 @@ def describe_mismatch(
 
 
 @pytest.mark.parametrize("backend", ["python", "compiled"])
-@pytest.mark.parametrize("path", GOLDEN_FILES, ids=golden_id)
+@pytest.mark.parametrize("path", PARITY_PARAMS)
 def test_golden_token_columns(
     path: Path, backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -201,7 +208,7 @@ def test_golden_token_columns(
 
 
 @pytest.mark.parametrize("backend", ["python", "compiled"])
-@pytest.mark.parametrize("path", GOLDEN_FILES, ids=golden_id)
+@pytest.mark.parametrize("path", PARITY_PARAMS)
 def test_golden_columns_and_features(
     path: Path, backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
