@@ -1,0 +1,115 @@
+"""DeepSpeed: the bundled configs, and ZeRO-3 over 2 processes (gloo, CPU) against a 1-process run.
+
+The 2-process run goes through the real entry point (``torchrun -m fastsft train``). CI needs
+``pip install -e ".[deepspeed]"`` (deepspeed + accelerate); the test is skipped without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastsft.train.config import DEEPSPEED_DIR
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TINY_YAML = REPO_ROOT / "examples" / "tiny_sft.yaml"
+CONFIGS = {
+    "ds_z2_config.json": 2,
+    "ds_z3_config.json": 3,
+    "ds_z3_offload_config.json": 3,
+}
+
+
+@pytest.mark.parametrize(("name", "stage"), CONFIGS.items())
+def test_bundled_configs_leave_batch_and_precision_to_trainer(name: str, stage: int) -> None:
+    config = json.loads((DEEPSPEED_DIR / name).read_text(encoding="utf-8"))
+    assert config["zero_optimization"]["stage"] == stage
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+        assert config[key] == "auto"  # filled from TrainingArguments
+    assert config["bf16"]["enabled"] == config["fp16"]["enabled"] == "auto"
+    # No optimizer / scheduler section: Trainer creates torch AdamW and its scheduler, so DeepSpeed
+    # compiles no optimizer op (zero_allow_untested_optimizer lets ZeRO take a torch optimizer).
+    assert "optimizer" not in config and "scheduler" not in config
+    assert config["zero_allow_untested_optimizer"] is True
+    if stage == 3:
+        # Final save gathers the full 16-bit weights, so from_pretrained(output_dir) works.
+        assert config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    offloaded = "offload" in name
+    assert ("offload_optimizer" in config["zero_optimization"]) is offloaded
+    assert ("offload_param" in config["zero_optimization"]) is offloaded
+
+
+def read_losses(output_dir: Path) -> list[float]:
+    lines = (output_dir / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()
+    return [entry["loss"] for entry in map(json.loads, lines) if "loss" in entry]
+
+
+@pytest.mark.slow
+@pytest.mark.deepspeed
+def test_zero3_two_processes_match_one_process_and_the_saved_model_reloads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("deepspeed")
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from fastsft.train.config import load_config
+    from fastsft.train.trainer import train
+
+    monkeypatch.chdir(REPO_ROOT)
+    # One initial model for both runs (ZeRO-3 init and plain init need not draw the same numbers).
+    torch.manual_seed(0)
+    initial = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained("examples/tiny/model/config.json"))
+    initial.save_pretrained(tmp_path / "initial")
+    # Tiny parameters stay unpartitioned under the "auto" persistence threshold; 0 shards them all.
+    ds_config = json.loads((DEEPSPEED_DIR / "ds_z3_config.json").read_text(encoding="utf-8"))
+    ds_config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    (tmp_path / "ds_z3.json").write_text(json.dumps(ds_config), encoding="utf-8")
+
+    common = [
+        "model_config=null",
+        f"model_name_or_path={tmp_path / 'initial'}",
+        "max_steps=4",
+        "logging_steps=1",
+        "save_steps=4",
+        "max_samples=60",
+        "plot_loss=false",
+    ]
+    zero3_dir = tmp_path / "zero3"
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"),
+        *("--master_port", str(29500 + os.getpid() % 1000)),
+        *("-m", "fastsft", "train", str(TINY_YAML)),
+        *common,
+        f"deepspeed={tmp_path / 'ds_z3.json'}",
+        "per_device_train_batch_size=1",  # global batch 2 = 2 processes x 1
+        f"output_dir={zero3_dir}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=420)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    reference_dir = tmp_path / "single"
+    train(load_config(TINY_YAML, [*common, "per_device_train_batch_size=2", f"output_dir={reference_dir}"]))
+
+    zero3_losses, reference_losses = read_losses(zero3_dir), read_losses(reference_dir)
+    assert len(zero3_losses) == 4
+    assert zero3_losses == pytest.approx(reference_losses, rel=1e-5)
+    # Each rank wrote its own ZeRO partition: the model really was sharded.
+    shards = sorted(p.name for p in (zero3_dir / "checkpoint-4").glob("global_step*/*model_states.pt"))
+    assert shards == [
+        "zero_pp_rank_0_mp_rank_00_model_states.pt",
+        "zero_pp_rank_1_mp_rank_00_model_states.pt",
+    ]
+    # The final save gathered full weights: from_pretrained loads them, equal to the 1-process model.
+    zero3_model = AutoModelForCausalLM.from_pretrained(zero3_dir)
+    reference_model = AutoModelForCausalLM.from_pretrained(reference_dir)
+    for (name, weight), reference in zip(
+        zero3_model.state_dict().items(), reference_model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(weight, reference, atol=2e-5, rtol=1e-4, msg=name)
