@@ -27,6 +27,12 @@ from fastsft.data.templates import SpecialTokens, Template, fix_tokenizer, get_t
 from fastsft.errors import ConfigError, DataError
 
 Backend = Literal["compiled", "python"]
+
+# LLaMA-Factory labels an empty later-turn prompt with one eos under efficient_eos, which makes
+# `labels` longer than `input_ids`; no collator can use such a sample, so it is reported instead.
+LABELS_LONGER_THAN_INPUTS = (
+    "labels would be longer than input_ids (LLaMA-Factory's efficient_eos quirk on an empty prompt)"
+)
 PackingStrategy = Literal["llamafactory", "bfd"]
 
 TOKEN_TYPE = pa.list_(pa.int64())
@@ -245,12 +251,15 @@ class Encoder:
         return input_ids, labels, full
 
     def encode(self, convs: list[Conversation], refs: list[SampleRef], summary: Summary) -> EncodedBatch:
-        """Encode a batch; a sample whose content the template rejects is raised or counted."""
+        """Encode a batch; a sample the template rejects is raised, or counted and skipped."""
         if self.args.backend == "python":
             results = []
             for conv, ref in zip(convs, refs):
                 try:
-                    results.append(self.encode_one(conv))
+                    input_ids, labels, full = self.encode_one(conv)
+                    if len(labels) != len(input_ids):
+                        raise DataError(LABELS_LONGER_THAN_INPUTS)
+                    results.append((input_ids, labels, full))
                 except DataError as err:
                     summary.handle_malformed(
                         err.located(dataset=ref.dataset, index=ref.index), self.args.skip_malformed
@@ -259,17 +268,31 @@ class Encoder:
                 [(ids, lab) for ids, lab, _ in results], [f for _, _, f in results]
             )
 
-        rendered = []
+        rendered, kept = [], []
         for conv, ref in zip(convs, refs):
             try:
                 rendered.append(self.render(conv))
+                kept.append(ref)
             except DataError as err:
                 summary.handle_malformed(
                     err.located(dataset=ref.dataset, index=ref.index), self.args.skip_malformed
                 )
-        return self._encode_rendered(rendered)
+        encoded, label_offsets = self._encode_rendered(rendered)
+        mismatched = np.flatnonzero(label_offsets != encoded.offsets)
+        if len(mismatched) == 0:
+            return encoded
+        bad = set(np.flatnonzero(np.diff(label_offsets) != np.diff(encoded.offsets)).tolist())
+        for index in sorted(bad):
+            ref = kept[index]
+            summary.handle_malformed(
+                DataError(LABELS_LONGER_THAN_INPUTS, dataset=ref.dataset, index=ref.index),
+                self.args.skip_malformed,
+            )
+        return self._encode_rendered([r for i, r in enumerate(rendered) if i not in bad])[0]
 
-    def _encode_rendered(self, rendered_batch: list[list[list[int | str]]]) -> EncodedBatch:
+    def _encode_rendered(
+        self, rendered_batch: list[list[list[int | str]]]
+    ) -> tuple[EncodedBatch, np.ndarray]:
         """Compiled path: one batched tokenizer call, then one kernel call for the whole batch."""
         from fastsft import _kernels
 
@@ -300,7 +323,7 @@ class Encoder:
         seg_cum = _cumsum0(seg_lengths)
         message_bounds = seg_cum[_cumsum0(np.asarray(message_seg_counts, dtype=np.int64))]
         sample_bounds = _cumsum0(np.asarray(sample_message_counts, dtype=np.int64))
-        input_ids, labels, offsets = _kernels.assemble_supervised(
+        input_ids, labels, offsets, label_offsets = _kernels.assemble_supervised(
             token_ids,
             message_bounds,
             sample_bounds,
@@ -311,7 +334,7 @@ class Encoder:
             -1 if self.tokenizer.eos_token_id is None else self.tokenizer.eos_token_id,
         )
         full_lengths = np.diff(message_bounds[sample_bounds]) + (1 if self.template.efficient_eos else 0)
-        return EncodedBatch(input_ids, labels, offsets, full_lengths)
+        return EncodedBatch(input_ids, labels, offsets, full_lengths), label_offsets
 
 
 def _cumsum0(values: np.ndarray) -> np.ndarray:
