@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import load_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers
@@ -70,6 +69,13 @@ def texts(draw: st.DrawFn, added_tokens: list[str]) -> str:
     text = "".join(pieces)
     form = draw(st.sampled_from([None, "NFC", "NFD"]))
     return unicodedata.normalize(form, text) if form else text
+
+
+def load_tokenizer(path: Path) -> Any:
+    """A fresh HF tokenizer (module-scoped fixtures below modify their own copy)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 
 def hf_ids(tokenizer: Any, batch: list[str]) -> list[list[int]]:
