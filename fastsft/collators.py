@@ -11,8 +11,6 @@ with a plain ``DataLoader``, HF ``Trainer`` and TRL ``SFTTrainer``.
 from __future__ import annotations
 
 import itertools
-import os
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -21,11 +19,10 @@ import torch
 from torch.utils.data import Sampler
 
 from fastsft import IGNORE_INDEX
+from fastsft.backend import resolve_backend
 from fastsft.errors import ConfigError, DataError
 
 Feature = Mapping[str, Any]
-BACKEND_ENV = "FASTSFT_BACKEND"
-BACKENDS = ("auto", "compiled", "python")
 
 
 def _int_row(feature: Feature, key: str, position: int) -> np.ndarray:
@@ -135,24 +132,11 @@ VarlenKernel = Callable[
 
 
 def load_varlen_kernel(backend: str | None = None) -> VarlenKernel | None:
-    """The compiled ``varlen_flatten`` for ``backend``, or ``None`` for the Python path.
+    """The compiled ``varlen_flatten``, or ``None`` for the Python path (see ``resolve_backend``)."""
+    if resolve_backend(backend) == "python":
+        return None
+    from fastsft._kernels import varlen_flatten
 
-    ``None`` means ``$FASTSFT_BACKEND``, else ``"auto"``: compiled when it imports, else Python
-    with a warning. An explicit ``"compiled"`` re-raises the kernels' ImportError.
-    """
-    choice = backend if backend is not None else os.environ.get(BACKEND_ENV, "auto")
-    if choice not in BACKENDS:
-        source = "backend" if backend is not None else f"${BACKEND_ENV}"
-        raise ConfigError(f"{source} must be one of {', '.join(BACKENDS)}, got {choice!r}")
-    if choice == "python":
-        return None
-    try:
-        from fastsft._kernels import varlen_flatten
-    except ImportError as error:
-        if choice == "compiled":
-            raise
-        warnings.warn(f"VarlenCollator uses the slower Python path: {error}", RuntimeWarning, stacklevel=3)
-        return None
     return varlen_flatten
 
 
@@ -241,14 +225,14 @@ class VarlenCollator:
     ``max_length_q``/``max_length_k`` (ints): the keyword arguments transformers' flash
     attention and ``fastsft.train.attention`` read. There is no ``attention_mask``.
 
-    ``backend``: ``"compiled"`` (``fastsft._kernels``), ``"python"``, ``"auto"``; ``None``
-    reads ``$FASTSFT_BACKEND``. See ``load_varlen_kernel``.
+    ``backend``: ``"compiled"`` (``fastsft._kernels``) or ``"python"``; ``None`` reads
+    ``$FASTSFT_BACKEND``, default compiled. See ``load_varlen_kernel``.
     """
 
     def __init__(
         self,
         return_flash_kwargs: bool = True,
-        backend: Literal["auto", "compiled", "python"] | None = None,
+        backend: Literal["compiled", "python"] | None = None,
     ) -> None:
         self.return_flash_kwargs = return_flash_kwargs
         self._kernel = load_varlen_kernel(backend)

@@ -281,8 +281,8 @@ def test_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "fastsft._kernels", None)  # kernels not importable
     with pytest.raises(ImportError):
         VarlenCollator(backend="compiled")
-    with pytest.warns(RuntimeWarning, match="Python path"):
-        assert VarlenCollator().backend == "python"
+    with pytest.raises(ImportError):  # the default is compiled, never a silent fallback
+        VarlenCollator()
 
     calls = []
 

@@ -19,14 +19,13 @@ import numpy as np
 import pyarrow as pa
 
 from fastsft import IGNORE_INDEX
+from fastsft.backend import Backend, resolve_backend
 from fastsft.data import encode as encode_mod
 from fastsft.data import packing as packing_mod
 from fastsft.data.formats import Conversation, Dropped, convert
 from fastsft.data.registry import DatasetAttr, iter_rows, resolve_datasets
 from fastsft.data.templates import SpecialTokens, Template, fix_tokenizer, get_template
 from fastsft.errors import ConfigError, DataError
-
-Backend = Literal["compiled", "python"]
 
 # LLaMA-Factory labels an empty later-turn prompt with one eos under efficient_eos, which makes
 # `labels` longer than `input_ids`; no collator can use such a sample, so it is reported instead.
@@ -91,16 +90,6 @@ class DataArgs:
         """Build from a config mapping, ignoring keys that are not data options."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
-
-
-def resolve_backend(backend: str | None) -> Backend:
-    """The encoding path: the argument, else ``FASTSFT_BACKEND``, else the compiled one."""
-    chosen = backend or os.environ.get("FASTSFT_BACKEND") or "compiled"
-    if chosen not in ("compiled", "python"):
-        raise ConfigError(f"unknown backend {chosen!r} (use compiled or python)")
-    if chosen == "compiled":
-        import fastsft._kernels  # noqa: F401  (raises with build instructions when missing)
-    return chosen  # type: ignore[return-value]
 
 
 @dataclass
