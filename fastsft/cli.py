@@ -168,6 +168,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from fastsft.train.trainer import run_train
+
+    return run_train(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastsft",
@@ -203,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--no-color", dest="no_color", action="store_true")
     ins.set_defaults(func=cmd_inspect)
 
-    from fastsft.train.trainer import add_train_arguments, run_train
+    from fastsft.train.config import add_train_arguments
 
     train = sub.add_parser(
         "train",
@@ -212,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         "`fastsft train examples/tiny_sft.yaml max_steps=20`.",
     )
     add_train_arguments(train)
-    train.set_defaults(func=lambda a: run_train(a))
+    train.set_defaults(func=cmd_train)
     return parser
 
 
