@@ -202,3 +202,11 @@ def test_gpu_throughput_benchmark_smoke(tmp_path: Path, monkeypatch: pytest.Monk
         assert result["tokens_per_second"] > 0 and result["non_pad_tokens"] > 0
     # Padding costs tokens: the padded batches hold more positions for the same real tokens.
     assert results["results"][0]["positions"] > results["results"][2]["positions"]
+
+
+def test_cli_reports_config_errors_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from fastsft.cli import main
+
+    assert main(["train", str(TINY_YAML), "learning_rat=1e-4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "fastsft train: error: unknown config key `learning_rat`; did you mean learning_rate?"

@@ -89,8 +89,12 @@ def test_yaml_scientific_notation_without_dot_is_a_float() -> None:
     ],
 )
 def test_unknown_key_names_the_closest_valid_keys(key: str, suggestion: str) -> None:
-    with pytest.raises(ConfigError, match=rf"unknown config key `{key}`; did you mean .*{suggestion}"):
+    with pytest.raises(
+        ConfigError, match=rf"unknown config key `{key}`; did you mean .*{suggestion}"
+    ) as info:
         load_config(TINY_YAML, [f"{key}=1"])
+    names = str(info.value).split("did you mean ")[1].rstrip("?").split(", ")
+    assert len(names) == len(set(names))  # fastsft's keys and TrainingArguments' overlap
 
 
 def test_unknown_key_without_close_match_points_to_help() -> None:

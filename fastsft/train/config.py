@@ -288,7 +288,9 @@ def _unknown_key_message(key: str) -> str:
     if key in CONTROLLED_TRAINING_ARGS:
         return f"`{key}` is set by fastsft train itself and cannot be configured"
     candidates = [k for k in _type_hints() if k not in INTERNAL_FIELDS]
-    candidates += [k for k in _training_args_hints() if k not in CONTROLLED_TRAINING_ARGS]
+    candidates += [
+        k for k in _training_args_hints() if k not in CONTROLLED_TRAINING_ARGS and k not in candidates
+    ]
     close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else " (see `fastsft train --help`)"
     return f"unknown config key `{key}`{hint}"

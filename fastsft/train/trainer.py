@@ -102,7 +102,7 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()
             f"{type(collator).__name__} ({batching}), attention {attn_implementation}, "
             f"{count_parameters(model):,} parameters"
         )
-    trainer = SFTTrainer(
+    return SFTTrainer(
         model=model,
         args=training_args,
         train_dataset=dataset,
@@ -110,13 +110,12 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()
         processing_class=tokenizer,
         callbacks=[JsonlLogCallback(Path(config.output_dir) / TRAINER_LOG), *callbacks],
         max_tokens_per_batch=config.max_tokens_per_batch,
+        resume_checkpoint=resume,
     )
-    trainer.resume_checkpoint = resume
-    return trainer
 
 
 def say(message: str) -> None:
-    """One progress line for the user (printed by the main process only)."""
+    """One progress line for the user (callers print only on the main process)."""
     print(f"[fastsft] {message}", flush=True)
 
 
@@ -336,22 +335,28 @@ def count_parameters(model: Any) -> int:
     return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
 
 
-def count_tokens(inputs: dict[str, Any]) -> torch.Tensor:
-    """Non-padding tokens of a batch (varlen batches have no padding)."""
+def count_tokens(inputs: dict[str, Any]) -> torch.Tensor | int:
+    """Non-padding tokens of a batch (varlen batches have no padding), without a device sync."""
     if "attention_mask" in inputs:
         return inputs["attention_mask"].ne(0).sum()
-    return torch.tensor(inputs["input_ids"].numel())
+    return inputs["input_ids"].numel()
 
 
 class SFTTrainer(Trainer):
     """``Trainer`` plus token-budget batches and tokens-per-second logging."""
 
-    def __init__(self, *args: Any, max_tokens_per_batch: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        max_tokens_per_batch: int | None = None,
+        resume_checkpoint: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.max_tokens_per_batch = max_tokens_per_batch
-        self.resume_checkpoint: str | None = None
+        self.resume_checkpoint = resume_checkpoint
         self.initial_tokens_seen = 0
-        self._pending_tokens = torch.zeros((), dtype=torch.int64)
+        self._pending_tokens = torch.zeros((), dtype=torch.int64, device=self.args.device)
         self._window_start: float | None = None
 
     def get_train_dataloader(self) -> Any:
@@ -390,14 +395,13 @@ class SFTTrainer(Trainer):
         if self._window_start is None:
             self._window_start = time.perf_counter()
             self.initial_tokens_seen = self.state.num_input_tokens_seen
-        self._pending_tokens += count_tokens(inputs).cpu()
+        self._pending_tokens += count_tokens(inputs)
         return super().training_step(model, inputs, num_items_in_batch)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add ``num_input_tokens_seen`` and ``tokens_per_second`` (non-padding, all ranks) to training logs."""
         if "loss" in logs and self._window_start is not None:
-            pending = self._pending_tokens.to(self.args.device)
-            tokens = int(self.accelerator.reduce(pending, reduction="sum").item())
+            tokens = int(self.accelerator.reduce(self._pending_tokens, reduction="sum").item())
             now = time.perf_counter()
             self.state.num_input_tokens_seen += tokens
             logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
