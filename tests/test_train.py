@@ -210,3 +210,22 @@ def test_cli_reports_config_errors_in_one_line(capsys: pytest.CaptureFixture[str
     assert main(["train", str(TINY_YAML), "learning_rat=1e-4"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "fastsft train: error: unknown config key `learning_rat`; did you mean learning_rate?"
+
+
+def test_tokenized_path_is_saved_then_loaded(tmp_path: Path) -> None:
+    tokenized = tmp_path / "tokenized"
+    common = [
+        f"tokenized_path={tokenized}",
+        "max_samples=40",
+        "max_steps=2",
+        "logging_steps=1",
+        "plot_loss=false",
+    ]
+    train(load_config(TINY_YAML, [*common, f"output_dir={tmp_path / 'built'}"]))
+    assert (
+        tokenized / "dataset_dict.json"
+    ).is_file()  # a DatasetDict({"train": ...}), as LLaMA-Factory saves
+    train(load_config(TINY_YAML, [*common, f"output_dir={tmp_path / 'loaded'}"]))
+    assert step_losses(tmp_path / "loaded") == pytest.approx(step_losses(tmp_path / "built"), rel=1e-6)
+    # The tokenizer is fixed for the template either way (it is saved with the model).
+    assert AutoTokenizer.from_pretrained(tmp_path / "loaded").eos_token == "<|im_end|>"

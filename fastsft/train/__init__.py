@@ -1,0 +1,1 @@
+"""``fastsft train``: configuration (``config``), varlen attention (``attention``), the trainer (``trainer``)."""
