@@ -61,7 +61,7 @@ class DataArgs:
     # fastsft's own options
     packing_strategy: PackingStrategy = "llamafactory"
     backend: Backend | None = None
-    tokenizer_backend: str = "auto"
+    tokenizer_backend: str | None = None  # auto | hf | fast; None reads $FASTSFT_TOKENIZER
     strict: bool = False
     skip_malformed: bool = False
 
@@ -183,7 +183,7 @@ class EncodedBatch:
 class Encoder:
     """Turns conversations into ``input_ids``/``labels`` with one template, tokenizer and option set."""
 
-    def __init__(self, args: DataArgs, tokenizer: Any) -> None:
+    def __init__(self, args: DataArgs, tokenizer: Any, tokenizer_backend: Any = None) -> None:
         self.args = args
         self.tokenizer = tokenizer
         self.template: Template = get_template(
@@ -198,8 +198,8 @@ class Encoder:
         self.specials = SpecialTokens.from_tokenizer(tokenizer)
         self.discarding_history_cot = args.mask_history and not self.template.preserve_thinking
         self.cutoff_len = args.effective_cutoff_len
-        self.tokenizer_backend = None
-        if args.backend == "compiled":
+        self.tokenizer_backend = tokenizer_backend
+        if args.backend == "compiled" and tokenizer_backend is None:
             from fastsft.tokenization import load_backend
 
             self.tokenizer_backend = load_backend(tokenizer, args.tokenizer_backend)
@@ -621,9 +621,14 @@ def build_dataset(
 _worker_encoder: Encoder | None = None
 
 
-def _init_worker(args: DataArgs, tokenizer: Any) -> None:
+def _init_worker(args: DataArgs, tokenizer: Any, tokenizer_backend: Any) -> None:
+    """Reuse the parent's checked tokenizer backend, single-threaded: the processes are the parallelism."""
+    from fastsft.tokenization import TiktokenBackend
+
     global _worker_encoder
-    _worker_encoder = Encoder(args, tokenizer)
+    if isinstance(tokenizer_backend, TiktokenBackend):
+        tokenizer_backend = TiktokenBackend(tokenizer_backend.parts, num_threads=1)
+    _worker_encoder = Encoder(args, tokenizer, tokenizer_backend)
 
 
 def _encode_in_worker(convs: list[Conversation], refs: list[SampleRef]) -> tuple[EncodedBatch, Summary]:
@@ -649,7 +654,9 @@ def _encoded_batches(
     from collections import deque
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    with mp.get_context("spawn").Pool(workers, _init_worker, (args, encoder.tokenizer)) as pool:
+    with mp.get_context("spawn").Pool(
+        workers, _init_worker, (args, encoder.tokenizer, encoder.tokenizer_backend)
+    ) as pool:
         pending: deque = deque()
         for convs, refs in batches:
             pending.append(pool.apply_async(_encode_in_worker, (convs, refs)))
