@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> list[ModeResult]:
                 dtype,
                 peak_flops,
             )
-        except torch.OutOfMemoryError as err:
+        except torch.cuda.OutOfMemoryError as err:
             result = ModeResult(
                 mode, attention_label, args.steps, 0, 0, 0.0, 0.0, 0.0, 0.0, None, None, str(err)[:200]
             )

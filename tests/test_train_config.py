@@ -239,6 +239,7 @@ def test_harmless_llamafactory_keys() -> None:
             disable_gradient_checkpointing=True,
             per_device_eval_batch_size=4,
             ignore_pad_token_for_loss=True,
+            eval_strategy=False,  # `eval_strategy: no` in YAML 1.1
         )
     )
     assert config.attn == "flash_attention_2"

@@ -273,6 +273,8 @@ def _means(value: Any, expected: Any) -> bool:
         return value is None or value == ""
     if isinstance(expected, bool):
         return value is expected
+    if expected == "no" and value is False:  # YAML 1.1 reads a bare `no` as false
+        return True
     if isinstance(expected, (int, float)):
         return isinstance(value, (int, float)) and not isinstance(value, bool) and value == expected
     return str(value).lower() == str(expected)
