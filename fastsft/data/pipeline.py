@@ -225,6 +225,7 @@ class Encoder:
             conv.system,
             conv.tools,
             discarding_history_cot=self.discarding_history_cot,
+            specials=self.specials,
         )
         pairs = [(messages[i], messages[i + 1]) for i in range(0, len(messages), 2)]
         input_ids, labels = encode_mod.encode_pairs(

@@ -289,9 +289,13 @@ class Template:
         tools: str | None = None,
         *,
         discarding_history_cot: bool = False,
+        specials: SpecialTokens | None = None,
     ) -> list[list[int]]:
-        """Token ids per message, encoding one segment at a time (the readable reference path)."""
-        specials = SpecialTokens.from_tokenizer(tokenizer)
+        """Token ids per message, encoding one segment at a time (the readable reference path).
+
+        Pass ``specials`` when encoding many conversations with one tokenizer, to read them once.
+        """
+        specials = specials or SpecialTokens.from_tokenizer(tokenizer)
         rendered = self.render(
             messages, system, tools, specials, discarding_history_cot=discarding_history_cot
         )
