@@ -7,6 +7,7 @@ place (EOS replacement, pad = eos, stop words), exactly as LLaMA-Factory does.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +72,9 @@ def fixture_tokenizer(fixture_tokenizer_path: Path) -> Any:
 def qwen2_tokenizer(qwen2_tokenizer_path: Path) -> Any:
     """A fresh Qwen2 tokenizer for this test (skipped when absent)."""
     return load_tokenizer(qwen2_tokenizer_path)
+
+
+@pytest.fixture
+def new_fixture_tokenizer(fixture_tokenizer_path: Path) -> Callable[[], Any]:
+    """A factory of fresh fixture tokenizers, for tests that run the pipeline more than once."""
+    return lambda: load_tokenizer(fixture_tokenizer_path)

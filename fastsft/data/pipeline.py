@@ -408,12 +408,16 @@ class RowBuilder:
 
     def add(self, batch: EncodedBatch) -> Iterator[pa.RecordBatch]:
         self._count(batch)
+        if self.args.packing:
+            batch = self._without_too_long(batch)
+        if len(batch) == 0:  # a preprocessing batch without valid samples gives no rows, as in LLaMA-Factory
+            return
         if not self.args.packing:
             yield self._unpacked(batch)
         elif self.args.packing_strategy == "llamafactory":
-            yield self._packed(self._without_too_long(batch), "llamafactory")
+            yield self._packed(batch, "llamafactory")
         else:
-            self._held.append(self._without_too_long(batch))
+            self._held.append(batch)
 
     def finish(self) -> Iterator[pa.RecordBatch]:
         if self._held:
