@@ -11,9 +11,9 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +25,10 @@ from fastsft.data import packing as packing_mod
 from fastsft.data.formats import Conversation, Dropped, convert
 from fastsft.data.registry import DatasetAttr, iter_rows, resolve_datasets
 from fastsft.data.templates import SpecialTokens, Template, fix_tokenizer, get_template
-from fastsft.errors import ConfigError, DataError
+from fastsft.errors import ConfigError, DataError, FastSFTError
+
+if TYPE_CHECKING:
+    from multiprocessing.pool import AsyncResult
 
 # LLaMA-Factory labels an empty later-turn prompt with one eos under efficient_eos, which makes
 # `labels` longer than `input_ids`; no collator can use such a sample, so it is reported instead.
@@ -96,6 +99,7 @@ class DataArgs:
 class SampleRef:
     dataset: str
     index: int
+    position: int  # among the samples of all datasets, to tell which came first
 
     def __str__(self) -> str:
         return f"dataset {self.dataset}, sample #{self.index}"
@@ -112,6 +116,7 @@ class Summary:
     first_dropped: str | None = None
     malformed_skipped: int = 0
     first_malformed: str | None = None
+    first_malformed_position: int | None = field(default=None, repr=False)
     too_long_dropped: int = 0
     truncated: int = 0
     tokens: int = 0
@@ -129,13 +134,23 @@ class Summary:
         if self.first_dropped is None:
             self.first_dropped = f"{ref}: {reason}"
 
-    def handle_malformed(self, error: DataError, skip: bool) -> None:
-        """Raise a malformed-sample error, or count it when the user asked to skip such samples."""
+    def handle_malformed(self, error: DataError, ref: SampleRef, skip: bool) -> None:
+        """Raise a malformed-sample error located at ``ref``, or count it when the user asked to skip such samples."""
+        located = error.located(dataset=ref.dataset, index=ref.index)
         if not skip:
-            raise error
+            raise located
         self.malformed_skipped += 1
-        if self.first_malformed is None:
-            self.first_malformed = str(error)
+        self._note_malformed(str(located), ref.position)
+
+    def merge_malformed(self, part: Summary) -> None:
+        """Add a worker's malformed samples; the first is the earliest sample, whichever process met it."""
+        self.malformed_skipped += part.malformed_skipped
+        if part.first_malformed is not None and part.first_malformed_position is not None:
+            self._note_malformed(part.first_malformed, part.first_malformed_position)
+
+    def _note_malformed(self, message: str, position: int) -> None:
+        if self.first_malformed_position is None or position < self.first_malformed_position:
+            self.first_malformed, self.first_malformed_position = message, position
 
     def lines(self) -> list[str]:
         """Human-readable summary lines."""
@@ -251,9 +266,7 @@ class Encoder:
                         raise DataError(LABELS_LONGER_THAN_INPUTS)
                     results.append((input_ids, labels, full))
                 except DataError as err:
-                    summary.handle_malformed(
-                        err.located(dataset=ref.dataset, index=ref.index), self.args.skip_malformed
-                    )
+                    summary.handle_malformed(err, ref, self.args.skip_malformed)
             return EncodedBatch.from_lists(
                 [(ids, lab) for ids, lab, _ in results], [f for _, _, f in results]
             )
@@ -264,19 +277,15 @@ class Encoder:
                 rendered.append(self.render(conv))
                 kept.append(ref)
             except DataError as err:
-                summary.handle_malformed(
-                    err.located(dataset=ref.dataset, index=ref.index), self.args.skip_malformed
-                )
+                summary.handle_malformed(err, ref, self.args.skip_malformed)
         encoded, label_offsets = self._encode_rendered(rendered)
         mismatched = np.flatnonzero(label_offsets != encoded.offsets)
         if len(mismatched) == 0:
             return encoded
         bad = set(np.flatnonzero(np.diff(label_offsets) != np.diff(encoded.offsets)).tolist())
         for index in sorted(bad):
-            ref = kept[index]
             summary.handle_malformed(
-                DataError(LABELS_LONGER_THAN_INPUTS, dataset=ref.dataset, index=ref.index),
-                self.args.skip_malformed,
+                DataError(LABELS_LONGER_THAN_INPUTS), kept[index], self.args.skip_malformed
             )
         return self._encode_rendered([r for i, r in enumerate(rendered) if i not in bad])[0]
 
@@ -357,9 +366,10 @@ def iter_samples(
     attrs: list[DatasetAttr], args: DataArgs
 ) -> Iterator[tuple[DatasetAttr, SampleRef, dict[str, Any]]]:
     """Raw rows of every dataset in order, each with where it came from."""
+    positions = itertools.count()
     for attr in attrs:
         for index, row in enumerate(iter_rows(attr, args.dataset_dir, max_samples=args.max_samples)):
-            yield attr, SampleRef(attr.name, index), row
+            yield attr, SampleRef(attr.name, index, next(positions)), row
 
 
 def iter_batches(
@@ -375,7 +385,7 @@ def iter_batches(
         try:
             result = convert(row, attr)
         except DataError as err:
-            summary.handle_malformed(err.located(dataset=ref.dataset, index=ref.index), args.skip_malformed)
+            summary.handle_malformed(err, ref, args.skip_malformed)
             result = None
         if isinstance(result, Dropped):
             if args.strict:
@@ -663,7 +673,7 @@ def _encoded_batches(
         workers, _init_worker, (args, encoder.tokenizer, encoder.tokenizer_backend)
     ) as pool:
         pending: deque = deque()
-        for convs, refs in batches:
+        for convs, refs in _waiting_on_error(batches, pending):
             pending.append(pool.apply_async(_encode_in_worker, (convs, refs)))
             if len(pending) >= 2 * workers:
                 yield _merge_worker_result(pending.popleft().get(), summary)
@@ -671,10 +681,21 @@ def _encoded_batches(
             yield _merge_worker_result(pending.popleft().get(), summary)
 
 
+def _waiting_on_error(
+    batches: Iterator[tuple[list[Conversation], list[SampleRef]]], pending: Collection[AsyncResult]
+) -> Iterator[tuple[list[Conversation], list[SampleRef]]]:
+    """``batches``; an error reading one first waits for the batches in flight, as their errors come earlier."""
+    try:
+        yield from batches
+    except FastSFTError:
+        for result in pending:
+            result.get()
+        raise
+
+
 def _merge_worker_result(result: tuple[EncodedBatch, Summary], summary: Summary) -> EncodedBatch:
     encoded, part = result
-    summary.malformed_skipped += part.malformed_skipped
-    summary.first_malformed = summary.first_malformed or part.first_malformed
+    summary.merge_malformed(part)
     return encoded
 
 
