@@ -127,7 +127,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             workers=args.workers,
         )
-        _save_atomically(dataset, output, workdir)
+        _save_atomically(dataset, output, workdir, progress=not args.quiet)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     for line in summary.lines():
@@ -136,12 +136,19 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save_atomically(dataset: Any, output: Path, workdir: Path) -> None:
+def _save_atomically(dataset: Any, output: Path, workdir: Path, *, progress: bool) -> None:
     """Write next to ``output`` then rename, so a crash never leaves a half-written dataset."""
-    from datasets import DatasetDict
+    import datasets
 
     staged = workdir / "dataset"
-    DatasetDict({"train": dataset}).save_to_disk(str(staged))
+    bars_were_disabled = datasets.are_progress_bars_disabled()
+    if not progress:
+        datasets.disable_progress_bars()  # save_to_disk has no switch of its own
+    try:
+        datasets.DatasetDict({"train": dataset}).save_to_disk(str(staged))
+    finally:
+        if not bars_were_disabled:
+            datasets.enable_progress_bars()
     if output.exists():
         retired = workdir / "previous"
         os.replace(output, retired)
