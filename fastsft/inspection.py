@@ -77,10 +77,8 @@ def inspect_dataset(
                 continue
             trace: list[TurnTrace] = []
             input_ids, labels, full_length = encoder.encode_one(conv, trace)
-        except DataError as err:
-            out.append(
-                _heading(f"== {ref}: malformed: {err.located(dataset=ref.dataset, index=ref.index)}", color)
-            )
+        except DataError as err:  # the heading already says where: the error adds field and reason
+            out.append(_heading(f"== {ref}: malformed: {err}", color))
             continue
         trained = sum(label != IGNORE_INDEX for label in labels)
         status = f", truncated from {full_length}" if len(input_ids) < full_length else ""
@@ -115,28 +113,30 @@ def inspect_saved(path: str, tokenizer: Any, *, count: int = 3, start: int = 0, 
         if "position_ids" not in row:
             out.append(highlight(tokenizer, ids, labels, color=color))
             continue
-        mask = row["attention_mask"]
-        for number, (begin, end) in enumerate(sequence_spans(row["position_ids"]), 1):
-            padding = all(m == 0 for m in mask[begin:end]) or (
-                end - begin == 1 and ids[begin] == tokenizer.pad_token_id and labels[begin] == IGNORE_INDEX
-            )
-            if padding:
-                continue
+        pad = _padding_length(row)
+        for number, (begin, end) in enumerate(sequence_spans(row["position_ids"][: len(ids) - pad]), 1):
             out.append(f"  -- sequence {number}: tokens {begin}..{end - 1} ({end - begin})")
             out.append(highlight(tokenizer, ids[begin:end], labels[begin:end], color=color))
-        pad = sum(1 for m in mask if m == 0) if any(m > 1 for m in mask) else _trailing_pad(row, tokenizer)
         if pad:
             out.append(f"  -- padding: {pad} tokens")
     return "\n".join(out)
 
 
-def _trailing_pad(row: dict[str, Any], tokenizer: Any) -> int:
-    """Padding at the end of a LLaMA-Factory packed row (position 0, pad id, no label)."""
+def _padding_length(row: dict[str, Any]) -> int:
+    """Padding tokens at the end of a packed row.
+
+    Neat packing masks padding with 0. LLaMA-Factory's plain packing gives every pad token mask 1,
+    position 0 and label -100, so there padding is the trailing run of one such repeated token (its
+    pad id is the template's, which a tokenizer loaded for decoding need not know).
+    """
+    ids, positions, labels, mask = row["input_ids"], row["position_ids"], row["labels"], row["attention_mask"]
+    neat = 0 in mask
     n = 0
-    for token, pos, label in zip(
-        reversed(row["input_ids"]), reversed(row["position_ids"]), reversed(row["labels"])
+    for token, position, label, masked in zip(
+        reversed(ids), reversed(positions), reversed(labels), reversed(mask)
     ):
-        if token != tokenizer.pad_token_id or pos != 0 or label != IGNORE_INDEX:
+        is_pad = masked == 0 if neat else token == ids[-1] and position == 0 and label == IGNORE_INDEX
+        if not is_pad:
             break
         n += 1
     return n
