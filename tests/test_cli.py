@@ -265,7 +265,6 @@ def test_max_samples_takes_the_first_rows_of_each_dataset(
     assert load_train(part).to_dict() == load_train(full).select(range(3)).to_dict()
 
 
-@pytest.mark.slow
 def test_two_workers_give_the_same_output_as_one(capsys, tmp_path, test_data_dir, fixture_tokenizer_path):
     results = []
     for workers in (1, 2):
@@ -280,7 +279,6 @@ def test_two_workers_give_the_same_output_as_one(capsys, tmp_path, test_data_dir
     assert results[0] == results[1]
 
 
-@pytest.mark.slow
 def test_workers_report_the_first_malformed_sample(capsys, tmp_path, data_dir, fixture_tokenizer_path):
     """Workers encode while later batches are read: a later sample's error must not win over sample #1's."""
     first = "dataset late, sample #1, field 'tools': invalid JSON in tool description"
