@@ -24,6 +24,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=str(REPO.parent / "shared" / "tokenizers" / "qwen2"),
         help="tokenizer directory for benchmarks that tokenize (default: ../shared/tokenizers/qwen2 beside the repo)",
     )
+    # bench_preprocess.py
+    parser.addoption(
+        "--bench-samples",
+        type=int,
+        default=2000,
+        help="conversations in bench_preprocess.py's synthetic dataset (docs/benchmarks.md uses 20000)",
+    )
+    parser.addoption(
+        "--lf-python",
+        default=str(REPO.parent / "venv-lf" / "bin" / "python"),
+        help="LLaMA-Factory 0.9.5 interpreter for bench_preprocess.py's peer runs, skipped when absent "
+        "(default: ../venv-lf/bin/python beside the repo)",
+    )
 
 
 @pytest.fixture(scope="session")
