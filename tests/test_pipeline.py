@@ -327,10 +327,17 @@ def test_summary_lines_name_every_count():
         ({"mask_history": True, "train_on_prompt": True}, "incompatible with `train_on_prompt`"),
         ({"cutoff_len": 0}, "cutoff_len"),
         ({"template": None}, "template"),
-        ({"packing_strategy": "first_fit"}, "packing_strategy"),
+        (
+            {"packing_strategy": "first_fit"},
+            "`packing_strategy` must be one of llamafactory, bfd, got 'first_fit'",
+        ),
         ({"backend": "rust"}, "rust"),
+        ({"cutoff_len": "1024"}, "`cutoff_len` must be an integer, got '1024'"),
+        ({"train_on_prompt": "no"}, "`train_on_prompt` must be true or false, got 'no'"),
+        ({"max_samples": 2.5}, "`max_samples` must be an integer or null, got 2.5"),
+        ({"dataset": ["a", 1]}, r"`dataset` must be a string or a list of strings, got \['a', 1\]"),
     ],
 )
 def test_bad_options_raise_config_error(options, message):
     with pytest.raises(ConfigError, match=message):
-        DataArgs(dataset="d", **{"template": "qwen", **options})
+        DataArgs(**{"dataset": "d", "template": "qwen", **options})

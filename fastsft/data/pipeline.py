@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 import os
 import time
+import types
+import typing
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
@@ -69,6 +71,10 @@ class DataArgs:
     skip_malformed: bool = False
 
     def __post_init__(self) -> None:
+        for name, hint in typing.get_type_hints(DataArgs).items():
+            value = getattr(self, name)
+            if not _has_type(value, hint):  # a YAML config can hold anything
+                raise ConfigError(f"`{name}` must be {_describe(hint)}, got {value!r}")
         if self.template is None:
             raise ConfigError("`template` is required (e.g. template: qwen)")
         if self.mask_history and self.train_on_prompt:
@@ -77,8 +83,6 @@ class DataArgs:
             raise ConfigError(f"`cutoff_len` must be at least 1, got {self.cutoff_len}")
         if self.preprocessing_batch_size < 1:
             raise ConfigError("`preprocessing_batch_size` must be at least 1")
-        if self.packing_strategy not in ("llamafactory", "bfd"):
-            raise ConfigError(f"unknown packing_strategy {self.packing_strategy!r} (use llamafactory or bfd)")
         if self.neat_packing:
             self.packing = True
         self.backend = resolve_backend(self.backend)
@@ -93,6 +97,34 @@ class DataArgs:
         """Build from a config mapping, ignoring keys that are not data options."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is of the option type ``hint`` (scalars, ``Literal``, ``list``, unions)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, option) for option in typing.get_args(hint))
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(v, typing.get_args(hint)[0]) for v in value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    """``hint`` in words, for error messages."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(option) for option in typing.get_args(hint))
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(hint)))
+    if origin is list:
+        element = _describe(typing.get_args(hint)[0])
+        return f"a list of {element.removeprefix('a ').removeprefix('an ')}s"
+    names = {int: "an integer", bool: "true or false", str: "a string", type(None): "null"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 @dataclass
