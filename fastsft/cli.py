@@ -80,6 +80,8 @@ def _data_options(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
                 config = yaml.safe_load(f) or {}
         except OSError as err:
             raise ConfigError(f"cannot read config {args.config}: {err.strerror}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config {args.config} is not valid YAML: {str(err).splitlines()[0]}") from None
         if not isinstance(config, dict):
             raise ConfigError(f"config {args.config} must be a mapping of keys to values")
     options = {key: config[key] for key in DATA_FLAGS.values() if key in config}

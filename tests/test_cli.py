@@ -185,6 +185,40 @@ def test_config_with_llamafactory_keys_and_flag_overrides(
     assert not (tmp_path / "saves").exists()
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("dataset: [chat\ntemplate: qwen\n", "is not valid YAML: while parsing a flow sequence"),
+        ("- chat\n", "must be a mapping of keys to values"),
+        ("dataset: chat\ncutoff_len: 1k\n", "`cutoff_len` must be an integer, got '1k'"),
+        ("dataset: chat\npacking: 'no'\n", "`packing` must be true or false or null, got 'no'"),
+    ],
+    ids=["invalid-yaml", "not-a-mapping", "not-an-integer", "not-a-bool"],
+)
+def test_bad_config_is_one_line(capsys, tmp_path, data_dir, fixture_tokenizer_path, text, message):
+    config_path = tmp_path / "bad.yaml"
+    config_path.write_text(text, encoding="utf-8")
+    output = tmp_path / "out"
+    code, _, err = run_cli(
+        capsys,
+        "preprocess",
+        "--config",
+        config_path,
+        "--template",
+        "qwen",
+        "--dataset-dir",
+        data_dir,
+        "--tokenizer",
+        fixture_tokenizer_path,
+        "--output",
+        output,
+    )
+    assert code == 2
+    assert err.startswith("fastsft preprocess: error: ") and err.count("\n") == 1
+    assert message in err
+    assert not output.exists()
+
+
 def test_existing_output_is_refused_without_overwrite(capsys, tmp_path, data_dir, fixture_tokenizer_path):
     output = tmp_path / "out"
     output.mkdir()
