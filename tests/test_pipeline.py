@@ -199,7 +199,9 @@ def test_llamafactory_packing_packs_within_each_preprocessing_batch(build, backe
         assert len(packed_row["input_ids"]) == 100
         assert packed_row["input_ids"][:n] == sample["input_ids"]
         assert packed_row["position_ids"][:n] == list(range(n))
-        assert summary.padding_tokens == 300 - summary.tokens
+        assert packed_row["labels"][:n] == sample["labels"]
+        assert packed_row["labels"][n:] == [IGNORE_INDEX] * (100 - n)
+    assert summary.padding_tokens == 300 - summary.tokens
     together, _ = build(rows, backend=backend, packing=True, cutoff_len=100, preprocessing_batch_size=3)
     assert len(together) < 3
 
