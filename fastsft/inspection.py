@@ -13,7 +13,7 @@ from typing import Any
 from fastsft import IGNORE_INDEX
 from fastsft.data.encode import TurnTrace
 from fastsft.data.formats import Dropped, convert
-from fastsft.data.pipeline import DataArgs, Encoder, iter_samples
+from fastsft.data.pipeline import DataArgs, Encoder, in_dataset_terms, iter_samples
 from fastsft.data.registry import resolve_datasets
 from fastsft.errors import DataError
 
@@ -70,15 +70,19 @@ def inspect_dataset(
         if position >= start + count:
             break
         out.append("")
-        try:
+        trace: list[TurnTrace] = []
+        try:  # the heading says where; a malformed sample's error adds the field and reason
             conv = convert(row, attr)
-            if isinstance(conv, Dropped):
-                out.append(_heading(f"== {ref}: dropped ({conv.reason})", color))
-                continue
-            trace: list[TurnTrace] = []
-            input_ids, labels, full_length = encoder.encode_one(conv, trace)
-        except DataError as err:  # the heading already says where: the error adds field and reason
+        except DataError as err:
             out.append(_heading(f"== {ref}: malformed: {err}", color))
+            continue
+        if isinstance(conv, Dropped):
+            out.append(_heading(f"== {ref}: dropped ({conv.reason})", color))
+            continue
+        try:
+            input_ids, labels, full_length = encoder.encode_one(conv, trace)
+        except DataError as err:
+            out.append(_heading(f"== {ref}: malformed: {in_dataset_terms(err, conv)}", color))
             continue
         trained = sum(label != IGNORE_INDEX for label in labels)
         status = f", truncated from {full_length}" if len(input_ids) < full_length else ""

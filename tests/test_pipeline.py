@@ -250,6 +250,18 @@ def test_strict_raises_on_the_first_dropped_sample(build, backend):
     assert str(caught.value).startswith("dataset chat, sample #1: ")
 
 
+# A template-stage error names the field as the row has it: message 3 after the system message.
+BAD_FUNCTION_CALL = {
+    "conversations": [
+        {"from": "system", "value": "s"},
+        {"from": "human", "value": "a"},
+        {"from": "gpt", "value": "b"},
+        {"from": "human", "value": "c"},
+        {"from": "function_call", "value": "not json"},
+    ]
+}
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     ("row", "field", "reason"),
@@ -258,8 +270,9 @@ def test_strict_raises_on_the_first_dropped_sample(build, backend):
         (BAD_TOOLS, "tools", "invalid JSON in tool description"),
         ({"conversations": [{"from": "human"}]}, "conversations[0]", "message has no 'value' key"),
         ({"dialog": []}, "conversations", "missing 'conversations'"),
+        (BAD_FUNCTION_CALL, "conversations[4].value", "invalid JSON in function message"),
     ],
-    ids=["not-a-string", "bad-tools", "missing-key", "missing-column"],
+    ids=["not-a-string", "bad-tools", "missing-key", "missing-column", "template-error-in-row-terms"],
 )
 def test_malformed_sample_raises_located_error(build, backend, row, field, reason):
     with pytest.raises(DataError) as caught:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from fastsft.data.registry import DatasetAttr
@@ -31,6 +31,7 @@ class Conversation:
     messages: list[dict[str, str]]  # {"role": "user"|"assistant"|"observation"|"function", "content": str}
     system: str | None  # None → the template's default system
     tools: str | None  # JSON text of the tool list, or None
+    fields: list[str] = field(default_factory=list, compare=False)  # where each content is in the row
 
 
 @dataclass
@@ -79,6 +80,7 @@ def convert(row: Mapping[str, Any], attr: DatasetAttr) -> Conversation | Dropped
         messages=[{"role": message.role, "content": message.content} for message in messages],
         system=_optional_text(system, attr.system or "system"),
         tools=_optional_text(tools, attr.tools or "tools"),
+        fields=[message.field for message in messages],
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import time
 import types
 import typing
@@ -298,7 +299,7 @@ class Encoder:
                         raise DataError(LABELS_LONGER_THAN_INPUTS)
                     results.append((input_ids, labels, full))
                 except DataError as err:
-                    summary.handle_malformed(err, ref, self.args.skip_malformed)
+                    summary.handle_malformed(in_dataset_terms(err, conv), ref, self.args.skip_malformed)
             return EncodedBatch.from_lists(
                 [(ids, lab) for ids, lab, _ in results], [f for _, _, f in results]
             )
@@ -309,7 +310,7 @@ class Encoder:
                 rendered.append(self.render(conv))
                 kept.append(ref)
             except DataError as err:
-                summary.handle_malformed(err, ref, self.args.skip_malformed)
+                summary.handle_malformed(in_dataset_terms(err, conv), ref, self.args.skip_malformed)
         encoded, label_offsets = self._encode_rendered(rendered)
         mismatched = np.flatnonzero(label_offsets != encoded.offsets)
         if len(mismatched) == 0:
@@ -366,6 +367,22 @@ class Encoder:
         )
         full_lengths = np.diff(message_bounds[sample_bounds]) + (1 if self.template.efficient_eos else 0)
         return EncodedBatch(input_ids, labels, offsets, full_lengths), label_offsets
+
+
+_TEMPLATE_FIELD = re.compile(r"^messages\[(\d+)\]\.content")
+
+
+def in_dataset_terms(err: DataError, conv: Conversation) -> DataError:
+    """A template error with its field named as in the dataset row.
+
+    Templates see unified messages (``messages[i].content``); the converter recorded where each
+    message's content came from (e.g. ``conversations[3].value``).
+    """
+    match = _TEMPLATE_FIELD.match(err.field or "")
+    if not match or int(match.group(1)) >= len(conv.fields):
+        return err
+    field = conv.fields[int(match.group(1))] + err.field[match.end() :]
+    return DataError(err.reason, dataset=err.dataset, index=err.index, field=field, line=err.line)
 
 
 def _cumsum0(values: np.ndarray) -> np.ndarray:
