@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from fastsft.data.formats import convert
 from fastsft.data.registry import DatasetAttr, iter_rows, resolve_datasets
 from fastsft.errors import ConfigError, DataError
 
@@ -165,19 +166,33 @@ def test_dataset_info_entry_wins_over_a_path(tmp_path: Path) -> None:
         ),
         (
             {"messages": [{"from": "human", "value": "q"}]},
-            {"formatting": "sharegpt", "messages": "messages", "role_tag": "from", "tools": None},
+            {"formatting": "sharegpt", "messages": "messages", "role_tag": "from", "tools": "tools"},
         ),
         (
             {"instruction": "q", "output": "a", "history": [], "system": "s"},
             {"formatting": "alpaca", "prompt": "instruction", "history": "history", "system": "system"},
         ),
-        ({"instruction": "q", "output": "a"}, {"formatting": "alpaca", "history": None, "system": None}),
+        (
+            {"instruction": "q", "output": "a"},
+            {"formatting": "alpaca", "history": "history", "system": "system", "tools": "tools"},
+        ),
     ],
 )
 def test_format_auto_detection(tmp_path: Path, row: dict[str, Any], expected: dict[str, Any]) -> None:
     path = write_jsonl(tmp_path / "d.jsonl", [row])
     [attr] = resolve_datasets(str(path), None)
     assert {key: getattr(attr, key) for key in expected} == expected
+
+
+def test_plain_path_reads_optional_columns_first_seen_in_a_later_row(tmp_path: Path) -> None:
+    rows = [
+        {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+        {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "tools": "[]"},
+    ]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    [attr] = resolve_datasets(str(path), None)
+    converted = [convert(row, attr) for row in iter_rows(attr, None)]
+    assert [c.tools for c in converted] == [None, "[]"]
 
 
 @pytest.mark.parametrize(

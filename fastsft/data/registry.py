@@ -226,7 +226,7 @@ def _detect_formatting(attr: DatasetAttr, first_row: dict[str, Any]) -> None:
             )
     elif "instruction" in first_row:
         attr.formatting = "alpaca"
-        attr.history = "history" if "history" in first_row else None
+        attr.history = "history"
     else:
         raise ConfigError(
             f"{where}: cannot detect the format from the first row's keys {sorted(first_row)}; expected "
@@ -234,8 +234,10 @@ def _detect_formatting(attr: DatasetAttr, first_row: dict[str, Any]) -> None:
             "or describe it in dataset_info.json"
         )
 
-    attr.system = "system" if "system" in first_row and attr.formatting != "openai" else None
-    attr.tools = "tools" if "tools" in first_row else None
+    # Optional columns are read from every row that has them (a row without one reads None),
+    # so a value that first appears in a later row is not ignored.
+    attr.system = "system" if attr.formatting != "openai" else None
+    attr.tools = "tools"
 
 
 def _plain_path_attr(name: str, path: str) -> DatasetAttr:
