@@ -12,6 +12,7 @@ import itertools
 import os
 import re
 import time
+import uuid
 import types
 import typing
 from collections.abc import Collection, Iterator
@@ -660,7 +661,9 @@ def build_dataset(
     if cache_file is None:
         batches = list(record_batches())
         table = pa.Table.from_batches(batches) if batches else _empty_table(args)
-        dataset = datasets.Dataset(datasets.table.InMemoryTable(table))
+        # A random fingerprint: `datasets` would otherwise hash every token to name an in-memory table.
+        fingerprint = uuid.uuid4().hex
+        dataset = datasets.Dataset(datasets.table.InMemoryTable(table), fingerprint=fingerprint)
     else:
         with ArrowWriter(path=cache_file) as writer:
             wrote = False
