@@ -12,9 +12,9 @@ import itertools
 import os
 import re
 import time
-import uuid
 import types
 import typing
+import uuid
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
