@@ -73,6 +73,9 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
     return metrics
 
 
+TOKEN_COLUMNS = ("input_ids", "attention_mask", "position_ids", "labels")
+
+
 def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> SFTTrainer:
     """Everything ``train`` sets up before ``trainer.train()``: arguments, data, model, collator."""
     uses_configured_state = _configure_cpu_distributed(config)
@@ -95,6 +98,8 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()
             f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}"
         )
     collator = make_collator(packed, tokenizer)
+    # Token columns as numpy arrays: the compiled collators then copy buffers, not Python lists.
+    dataset = dataset.with_format("numpy", columns=[c for c in TOKEN_COLUMNS if c in dataset.column_names])
     if training_args.process_index == 0:
         batching = f"token budget {config.max_tokens_per_batch}" if config.max_tokens_per_batch else "rows"
         say(
