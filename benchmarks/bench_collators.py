@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import best_time
+from llamafactory_mask import prepare_4d_attention_mask
 from transformers import DataCollatorWithFlattening
 
 from fastsft.collators import PaddingCollator, VarlenCollator, load_varlen_kernel
@@ -25,22 +25,7 @@ COMPILED_FLOOR = 10.0
 GOAL_MS = 0.5
 PAD_ID = 151_643
 
-pytestmark = pytest.mark.skipif(load_varlen_kernel("auto") is None, reason="fastsft._kernels is not built")
-
-
-def prepare_4d_attention_mask(attention_mask_with_indices: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """LLaMA-Factory 0.9.5's ``data/collator.py:prepare_4d_attention_mask``, copied unchanged
-    (Apache-2.0, Copyright 2025 OpenAccess AI Collective and the LlamaFactory team): the dense
-    ``[B, 1, T, T]`` block-diagonal causal mask its collator builds for neat_packing without FA2."""
-    _, seq_len = attention_mask_with_indices.size()
-    min_dtype = torch.finfo(dtype).min
-    zero_tensor = torch.tensor(0, dtype=dtype)
-    non_padding_mask = (attention_mask_with_indices != 0).unsqueeze(1).unsqueeze(2)
-    indices = attention_mask_with_indices.unsqueeze(1).unsqueeze(2)
-    indices_t = attention_mask_with_indices.unsqueeze(1).unsqueeze(3)
-    tril_mask = torch.tril(torch.ones((seq_len, seq_len), dtype=torch.bool))
-    attention_mask_4d = (indices == indices_t) & non_padding_mask & tril_mask
-    return torch.where(attention_mask_4d, zero_tensor, min_dtype)
+pytestmark = pytest.mark.skipif(load_varlen_kernel() is None, reason="fastsft._kernels is not built")
 
 
 def sample_features(rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
@@ -84,7 +69,7 @@ def report(benchmark, name: str, compiled_s: float, others: dict[str, float]) ->
     )
 
 
-def test_collate_samples(benchmark) -> None:
+def test_collate_samples(benchmark, best_time) -> None:
     features = sample_features(np.random.default_rng(0))
     compiled = VarlenCollator(backend="compiled")
     python = VarlenCollator(backend="python")
@@ -100,7 +85,7 @@ def test_collate_samples(benchmark) -> None:
     report(benchmark, f"{ROWS} samples x {ROW_TOKENS} tokens", benchmark.stats.stats.min, others)
 
 
-def test_collate_neat_packed_rows(benchmark) -> None:
+def test_collate_neat_packed_rows(benchmark, best_time) -> None:
     rows = neat_packed_rows(np.random.default_rng(1))
     compiled = VarlenCollator(backend="compiled")
     python = VarlenCollator(backend="python")

@@ -35,7 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's helpers
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's fastsft
+
+from llamafactory_mask import prepare_4d_attention_mask
 
 from fastsft import IGNORE_INDEX
 from fastsft.collators import PaddingCollator, VarlenCollator
@@ -69,19 +72,6 @@ class ModeResult:
     peak_memory_gb: float | None
     mfu: float | None
     error: str | None = None
-
-
-def prepare_4d_attention_mask(attention_mask_with_indices: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """LLaMA-Factory 0.9.5's ``data/collator.py:prepare_4d_attention_mask``, unchanged in substance."""
-    _, seq_len = attention_mask_with_indices.size()
-    min_dtype = torch.finfo(dtype).min
-    zero_tensor = torch.tensor(0, dtype=dtype)
-    non_padding_mask = (attention_mask_with_indices != 0).unsqueeze(1).unsqueeze(2)
-    indices = attention_mask_with_indices.unsqueeze(1).unsqueeze(2)
-    indices_t = attention_mask_with_indices.unsqueeze(1).unsqueeze(3)
-    tril_mask = torch.tril(torch.ones((seq_len, seq_len), dtype=torch.bool))
-    attention_mask_4d = (indices == indices_t) & non_padding_mask & tril_mask
-    return torch.where(attention_mask_4d, zero_tensor, min_dtype)
 
 
 def sample_lengths(rng: np.random.Generator, count: int, mean: float, cutoff: int) -> np.ndarray:
