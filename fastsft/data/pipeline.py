@@ -16,7 +16,7 @@ import types
 import typing
 import uuid
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -93,12 +93,6 @@ class DataArgs:
     def effective_cutoff_len(self) -> int:
         """LLaMA-Factory lowers ``cutoff_len`` by one when packing; rows are then ``cutoff_len`` long."""
         return self.cutoff_len - 1 if self.packing else self.cutoff_len
-
-    @classmethod
-    def from_mapping(cls, values: dict[str, Any]) -> DataArgs:
-        """Build from a config mapping, ignoring keys that are not data options."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
 
 
 def _has_type(value: Any, hint: Any) -> bool:
