@@ -582,18 +582,27 @@ _register_template(
 )
 
 
+def _qwen_formats() -> dict[str, Formatter]:
+    """The ChatML slots with Qwen's tool calls and tool responses, shared by qwen, qwen3 and qwen3_nothink."""
+    return {
+        "format_user": StringFormatter(
+            slots=["<|im_start|>user\n{{content}}<|im_end|>\n<|im_start|>assistant\n"]
+        ),
+        "format_assistant": StringFormatter(slots=["{{content}}<|im_end|>\n"]),
+        "format_system": StringFormatter(slots=["<|im_start|>system\n{{content}}<|im_end|>\n"]),
+        "format_function": FunctionFormatter(slots=["{{content}}<|im_end|>\n"], tool_format="qwen"),
+        "format_observation": StringFormatter(
+            slots=[
+                "<|im_start|>user\n<tool_response>\n{{content}}\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+            ]
+        ),
+        "format_tools": ToolFormatter(tool_format="qwen"),
+    }
+
+
 _register_template(
     name="qwen",
-    format_user=StringFormatter(slots=["<|im_start|>user\n{{content}}<|im_end|>\n<|im_start|>assistant\n"]),
-    format_assistant=StringFormatter(slots=["{{content}}<|im_end|>\n"]),
-    format_system=StringFormatter(slots=["<|im_start|>system\n{{content}}<|im_end|>\n"]),
-    format_function=FunctionFormatter(slots=["{{content}}<|im_end|>\n"], tool_format="qwen"),
-    format_observation=StringFormatter(
-        slots=[
-            "<|im_start|>user\n<tool_response>\n{{content}}\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
-        ]
-    ),
-    format_tools=ToolFormatter(tool_format="qwen"),
+    **_qwen_formats(),
     default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
     stop_words=["<|im_end|>"],
     replace_eos=True,
@@ -602,16 +611,7 @@ _register_template(
 
 _register_template(
     name="qwen3",
-    format_user=StringFormatter(slots=["<|im_start|>user\n{{content}}<|im_end|>\n<|im_start|>assistant\n"]),
-    format_assistant=StringFormatter(slots=["{{content}}<|im_end|>\n"]),
-    format_system=StringFormatter(slots=["<|im_start|>system\n{{content}}<|im_end|>\n"]),
-    format_function=FunctionFormatter(slots=["{{content}}<|im_end|>\n"], tool_format="qwen"),
-    format_observation=StringFormatter(
-        slots=[
-            "<|im_start|>user\n<tool_response>\n{{content}}\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
-        ]
-    ),
-    format_tools=ToolFormatter(tool_format="qwen"),
+    **_qwen_formats(),
     stop_words=["<|im_end|>"],
     replace_eos=True,
     template_class=ReasoningTemplate,
@@ -620,16 +620,7 @@ _register_template(
 
 _register_template(
     name="qwen3_nothink",
-    format_user=StringFormatter(slots=["<|im_start|>user\n{{content}}<|im_end|>\n<|im_start|>assistant\n"]),
-    format_assistant=StringFormatter(slots=["{{content}}<|im_end|>\n"]),
-    format_system=StringFormatter(slots=["<|im_start|>system\n{{content}}<|im_end|>\n"]),
-    format_function=FunctionFormatter(slots=["{{content}}<|im_end|>\n"], tool_format="qwen"),
-    format_observation=StringFormatter(
-        slots=[
-            "<|im_start|>user\n<tool_response>\n{{content}}\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
-        ]
-    ),
-    format_tools=ToolFormatter(tool_format="qwen"),
+    **_qwen_formats(),
     stop_words=["<|im_end|>"],
     replace_eos=True,
 )
