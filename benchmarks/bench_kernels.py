@@ -67,24 +67,24 @@ def test_mask_assembly(benchmark, conversations, best_time) -> None:
             None,
         )
 
-    python_s = best_time(python_side, repeats=2)
-    benchmark.pedantic(compiled_side, rounds=5, iterations=1, warmup_rounds=1)
+    python_s = best_time(python_side, repeats=3)
+    benchmark.pedantic(compiled_side, rounds=10, iterations=1, warmup_rounds=1)
     report(benchmark, "mask assembly", python_s, benchmark.stats.stats.min, MASK_ASSEMBLY_FLOOR)
 
 
 def test_pack_bfd(benchmark, sample_lengths: np.ndarray, best_time) -> None:
     lengths = sample_lengths.tolist()
-    python_s = best_time(lambda: best_fit_decreasing(lengths, PACK_CAPACITY), repeats=3)
+    python_s = best_time(lambda: best_fit_decreasing(lengths, PACK_CAPACITY), repeats=5)
     benchmark.pedantic(
-        pack_bfd, args=(sample_lengths, PACK_CAPACITY), rounds=10, iterations=1, warmup_rounds=1
+        pack_bfd, args=(sample_lengths, PACK_CAPACITY), rounds=50, iterations=1, warmup_rounds=1
     )
     report(benchmark, "best-fit-decreasing packing", python_s, benchmark.stats.stats.min, PACKING_FLOOR)
 
 
 def test_knapsack_llamafactory(benchmark, sample_lengths: np.ndarray, best_time) -> None:
     lengths = sample_lengths.tolist()
-    python_s = best_time(lambda: llamafactory_order(lengths, PACK_CAPACITY), repeats=3)
+    python_s = best_time(lambda: llamafactory_order(lengths, PACK_CAPACITY), repeats=5)
     benchmark.pedantic(
-        knapsack_llamafactory, args=(sample_lengths, PACK_CAPACITY), rounds=10, iterations=1, warmup_rounds=1
+        knapsack_llamafactory, args=(sample_lengths, PACK_CAPACITY), rounds=50, iterations=1, warmup_rounds=1
     )
     report(benchmark, "LLaMA-Factory knapsack", python_s, benchmark.stats.stats.min, PACKING_FLOOR)

@@ -99,8 +99,8 @@ def assemble_supervised(token_ids, message_bounds, sample_bounds, int64_t cutoff
             offsets[s + 1] = offsets[s] + total_length
             label_offsets[s + 1] = label_offsets[s] + total_length + extra_labels
 
-    input_ids_arr = np.empty(offsets[n_samples], dtype=np.int32)
-    labels_arr = np.empty(label_offsets[n_samples], dtype=np.int32)
+    input_ids_arr = _pooled_int32(offsets[n_samples])
+    labels_arr = _pooled_int32(label_offsets[n_samples])
     cdef int32_t[::1] input_ids = input_ids_arr
     cdef int32_t[::1] labels = labels_arr
     cdef int64_t first_pair, at, label_at

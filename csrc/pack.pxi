@@ -395,10 +395,10 @@ def materialize_rows(input_ids, labels, offsets, order, row_bounds, int64_t row_
         raise ValueError(f"a row holds {longest} tokens, more than row_length {row_length}")
 
     cdef int64_t total = row_offsets[n_rows]
-    out_ids_arr = np.empty(total, dtype=np.int32)
-    out_labels_arr = np.empty(total, dtype=np.int32)
-    out_mask_arr = np.empty(total, dtype=np.int32)
-    out_pos_arr = np.empty(total, dtype=np.int32)
+    out_ids_arr = _pooled_int32(total)
+    out_labels_arr = _pooled_int32(total)
+    out_mask_arr = _pooled_int32(total)
+    out_pos_arr = _pooled_int32(total)
     cdef int32_t[::1] out_ids = out_ids_arr
     cdef int32_t[::1] out_labels = out_labels_arr
     cdef int32_t[::1] out_mask = out_mask_arr
