@@ -321,6 +321,61 @@ def test_cache_file_gives_the_in_memory_dataset(build, tmp_path, new_fixture_tok
     assert cached.to_dict() == in_memory.to_dict()
 
 
+def varied_rows(n: int) -> list[dict[str, Any]]:
+    """``n`` conversations of 1-3 turns and varied lengths, so packed rows hold different samples."""
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+    return [
+        sharegpt(*(" ".join(words[: 1 + (i * 7 + j) % 8] * (1 + i % 3)) for j in range(2 * (1 + i % 3))))
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("strategy", ["llamafactory", "bfd"])
+@pytest.mark.parametrize("neat", [False, True], ids=["packing", "neat"])
+def test_packed_rows_in_small_chunks_and_spilled_samples_give_the_same_dataset(
+    build, tmp_path, monkeypatch, backend, strategy, neat
+):
+    """Rows written a few at a time, with BFD's samples spilled beside the cache file, equal the
+    in-memory dataset built in one chunk; the spill folder is gone afterwards."""
+    rows = varied_rows(60)
+    options = {"backend": backend, "packing": True, "neat_packing": neat, "packing_strategy": strategy}
+    options.update(cutoff_len=64, preprocessing_batch_size=25)
+    whole, whole_summary = build(rows, **options)
+    monkeypatch.setattr("fastsft.data.pipeline.ROW_CHUNK_TOKENS", 100)  # about one row per record batch
+    cache_dir = tmp_path / "out"
+    cache_dir.mkdir()
+    chunked, chunked_summary = build(rows, str(cache_dir / "rows.arrow"), **options)
+    assert len(whole) > 10
+    assert chunked.features == whole.features
+    assert chunked.to_dict() == whole.to_dict()
+    assert (chunked_summary.rows_out, chunked_summary.tokens, chunked_summary.padding_tokens) == (
+        whole_summary.rows_out,
+        whole_summary.tokens,
+        whole_summary.padding_tokens,
+    )
+    assert chunked_summary.label_tokens == whole_summary.label_tokens
+    assert [p.name for p in cache_dir.iterdir()] == ["rows.arrow"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_spill_folder_is_removed_when_a_later_sample_fails(build, tmp_path, backend):
+    cache_dir = tmp_path / "out"
+    cache_dir.mkdir()
+    rows = [*varied_rows(30), NOT_A_STRING]
+    with pytest.raises(DataError):
+        build(
+            rows,
+            str(cache_dir / "rows.arrow"),
+            backend=backend,
+            packing=True,
+            packing_strategy="bfd",
+            cutoff_len=64,
+            preprocessing_batch_size=10,
+        )
+    assert not any(p.name.startswith(".fastsft-bfd-") for p in cache_dir.iterdir())
+
+
 def test_summary_lines_name_every_count():
     summary = Summary(
         examples_in=5, examples_encoded=3, rows_out=2, dropped=1, first_dropped="dataset d, sample #4: x"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import tempfile
 import time
 import types
 import typing
@@ -44,7 +45,7 @@ PackingStrategy = Literal["llamafactory", "bfd"]
 TOKEN_TYPE = pa.list_(pa.int64())
 # How `datasets` stores LLaMA-Factory's output (its OptimizedTypedSequence narrows these two
 # columns), measured on LLaMA-Factory 0.9.5 + datasets 4.0; neat-packing rows stay all int64.
-NARROWED_TYPES = {"input_ids": pa.list_(pa.int32()), "attention_mask": pa.list_(pa.int8())}
+NARROWED_TYPES = {"input_ids": pa.int32(), "attention_mask": pa.int8()}
 
 
 @dataclass
@@ -212,6 +213,10 @@ class EncodedBatch:
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
+
+    def for_rows(self, samples: np.ndarray) -> tuple[EncodedBatch, np.ndarray]:
+        """The batch packed rows read ``samples`` from, and their indices in it: this one, as given."""
+        return self, samples
 
     @classmethod
     def from_lists(cls, pairs: list[tuple[list[int], list[int]]], full_lengths: list[int]) -> EncodedBatch:
@@ -445,20 +450,28 @@ def iter_batches(
         yield convs, refs
 
 
-def _list_column(values: np.ndarray, offsets: np.ndarray) -> pa.Array:
-    """An Arrow list<int64> column over flat values, without a per-row Python loop."""
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values.astype(np.int64)))
+def _list_column(values: np.ndarray, offsets: np.ndarray, value_type: pa.DataType) -> pa.Array:
+    """An Arrow list column over flat values, without a per-row Python loop.
+
+    ``values`` are wrapped without a copy and cast only when their dtype differs from ``value_type``.
+    """
+    flat = pa.array(values)
+    if flat.type != value_type:
+        flat = flat.cast(value_type)
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), flat)
 
 
 class RowBuilder:
     """Turns encoded batches into output rows: unpacked, LLaMA-Factory-packed per batch, or BFD over all."""
 
-    def __init__(self, args: DataArgs, pad_token_id: int, summary: Summary) -> None:
+    def __init__(
+        self, args: DataArgs, pad_token_id: int, summary: Summary, spill_dir: str | None = None
+    ) -> None:
         self.args = args
         self.pad_token_id = pad_token_id
         self.summary = summary
         self.cutoff_len = args.effective_cutoff_len
-        self._held: list[EncodedBatch] = []  # BFD packs the whole dataset at the end
+        self._held = HeldSamples(spill_dir)  # BFD packs the whole dataset at the end
 
     def add(self, batch: EncodedBatch) -> Iterator[pa.RecordBatch]:
         self._count(batch)
@@ -469,14 +482,18 @@ class RowBuilder:
         if not self.args.packing:
             yield self._unpacked(batch)
         elif self.args.packing_strategy == "llamafactory":
-            yield self._packed(batch, "llamafactory")
+            yield from self._packed(batch, "llamafactory")
         else:
-            self._held.append(batch)
+            self._held.add(batch)
 
     def finish(self) -> Iterator[pa.RecordBatch]:
-        if self._held:
-            yield self._packed(_concat_batches(self._held), "bfd")
-            self._held = []
+        if len(self._held):
+            yield from self._packed(self._held.gather(), "bfd")
+        self.close()
+
+    def close(self) -> None:
+        """Drop the samples held for BFD packing (and their spill folder)."""
+        self._held.close()
 
     def _count(self, batch: EncodedBatch) -> None:
         lengths = np.diff(batch.offsets)
@@ -496,28 +513,30 @@ class RowBuilder:
         self, columns: dict[str, pa.Array], label_values: np.ndarray, sample_tokens: int
     ) -> pa.RecordBatch:
         row_tokens = len(columns["input_ids"].flatten())
-        if not self.args.neat_packing:
-            for name, arrow_type in NARROWED_TYPES.items():
-                columns[name] = columns[name].cast(arrow_type)
         self.summary.rows_out += len(columns["input_ids"])
         self.summary.tokens += sample_tokens
         self.summary.padding_tokens += row_tokens - sample_tokens
         self.summary.label_tokens += int((label_values != IGNORE_INDEX).sum())
         return pa.RecordBatch.from_pydict(columns)
 
+    def _value_type(self, column: str) -> pa.DataType:
+        """The Arrow value type LLaMA-Factory's saved output has for ``column``."""
+        return pa.int64() if self.args.neat_packing else NARROWED_TYPES.get(column, pa.int64())
+
     def _unpacked(self, batch: EncodedBatch) -> pa.RecordBatch:
-        ones = np.ones(len(batch.input_ids), dtype=np.int64)
+        ones = np.ones(len(batch.input_ids), dtype=np.int8)
         columns = {
-            "input_ids": _list_column(batch.input_ids, batch.offsets),
-            "attention_mask": _list_column(ones, batch.offsets),
-            "labels": _list_column(batch.labels, batch.offsets),
+            "input_ids": _list_column(batch.input_ids, batch.offsets, self._value_type("input_ids")),
+            "attention_mask": _list_column(ones, batch.offsets, self._value_type("attention_mask")),
+            "labels": _list_column(batch.labels, batch.offsets, self._value_type("labels")),
             **_media_columns(len(batch)),
         }
         return self._record(columns, batch.labels, len(batch.input_ids))
 
-    def _packed(self, batch: EncodedBatch, strategy: str) -> pa.RecordBatch:
-        """Packed rows; LLaMA-Factory's strategy also gets its ``packing_params`` and media columns."""
-        lengths = np.diff(batch.offsets)
+    def _packed(self, samples: EncodedBatch | SpilledSamples, strategy: str) -> Iterator[pa.RecordBatch]:
+        """Packed rows, a record batch per chunk of rows; LLaMA-Factory's strategy also gets its
+        ``packing_params`` and media columns."""
+        lengths = np.diff(samples.offsets)
         row_length = self.cutoff_len + 1 if strategy == "llamafactory" else 0
         if self.args.backend == "python":
             order, row_bounds = (
@@ -525,45 +544,82 @@ class RowBuilder:
                 if strategy == "llamafactory"
                 else packing_mod.best_fit_decreasing(lengths.tolist(), self.cutoff_len)
             )
-            rows = packing_mod.rows_from_order(
-                _split(batch.input_ids, batch.offsets),
-                _split(batch.labels, batch.offsets),
-                order,
-                row_bounds,
-                neat_packing=self.args.neat_packing,
-                row_length=row_length,
-                pad_token_id=self.pad_token_id,
-            )
-            tokens = {name: pa.array(values, type=TOKEN_TYPE) for name, values in rows.items()}
-            label_values = np.fromiter((t for row in rows["labels"] for t in row), dtype=np.int64)
         else:
             from fastsft import _kernels
 
             pack = _kernels.knapsack_llamafactory if strategy == "llamafactory" else _kernels.pack_bfd
             order, row_bounds = pack(lengths, self.cutoff_len)
-            ids, label_values, mask, positions, row_offsets, _ = _kernels.materialize_rows(
-                batch.input_ids,
-                batch.labels,
-                batch.offsets,
-                order,
-                row_bounds,
-                row_length,
-                self.pad_token_id,
-                self.args.neat_packing,
+        order, row_bounds = np.asarray(order, dtype=np.int64), np.asarray(row_bounds, dtype=np.int64)
+        for first, last in _row_chunks(lengths, order, row_bounds, row_length):
+            chunk_order = order[row_bounds[first] : row_bounds[last]]
+            chunk_bounds = row_bounds[first : last + 1] - row_bounds[first]
+            batch, batch_order = samples.for_rows(chunk_order)
+            tokens, label_values = self._rows(batch, batch_order, chunk_bounds, row_length)
+            columns = {"input_ids": tokens["input_ids"]}
+            if strategy == "llamafactory" and self.args.neat_packing:
+                columns["packing_params"] = _packing_params(lengths, chunk_order, chunk_bounds, row_length)
+            columns.update(tokens)
+            if strategy == "llamafactory":
+                columns.update(_media_columns(last - first))
+            yield self._record(columns, label_values, int(lengths[chunk_order].sum()))
+
+    def _rows(
+        self, batch: EncodedBatch, order: np.ndarray, row_bounds: np.ndarray, row_length: int
+    ) -> tuple[dict[str, pa.Array], np.ndarray]:
+        """Token columns of the rows ``order``/``row_bounds`` describe, and their flat labels."""
+        if self.args.backend == "python":
+            spans = [(int(batch.offsets[i]), int(batch.offsets[i + 1])) for i in order]
+            rows = packing_mod.rows_from_order(
+                [batch.input_ids[a:b].tolist() for a, b in spans],
+                [batch.labels[a:b].tolist() for a, b in spans],
+                range(len(order)),
+                row_bounds.tolist(),
+                neat_packing=self.args.neat_packing,
+                row_length=row_length,
+                pad_token_id=self.pad_token_id,
             )
             tokens = {
-                "input_ids": _list_column(ids, row_offsets),
-                "attention_mask": _list_column(mask, row_offsets),
-                "position_ids": _list_column(positions, row_offsets),
-                "labels": _list_column(label_values, row_offsets),
+                name: pa.array(values, type=pa.list_(self._value_type(name))) for name, values in rows.items()
             }
-        columns = {"input_ids": tokens["input_ids"]}
-        if strategy == "llamafactory" and self.args.neat_packing:
-            columns["packing_params"] = _packing_params(lengths, order, row_bounds, row_length)
-        columns.update(tokens)
-        if strategy == "llamafactory":
-            columns.update(_media_columns(len(row_bounds) - 1))
-        return self._record(columns, label_values, len(batch.input_ids))
+            return tokens, np.fromiter((t for row in rows["labels"] for t in row), dtype=np.int64)
+        from fastsft import _kernels
+
+        ids, label_values, mask, positions, row_offsets, _ = _kernels.materialize_rows(
+            batch.input_ids,
+            batch.labels,
+            batch.offsets,
+            order,
+            row_bounds,
+            row_length,
+            self.pad_token_id,
+            self.args.neat_packing,
+        )
+        flat = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": label_values}
+        tokens = {
+            name: _list_column(values, row_offsets, self._value_type(name)) for name, values in flat.items()
+        }
+        return tokens, label_values
+
+
+ROW_CHUNK_TOKENS = 1 << 20  # packed rows go out in record batches of about this many tokens
+
+
+def _row_chunks(
+    lengths: np.ndarray, order: np.ndarray, row_bounds: np.ndarray, row_length: int
+) -> Iterator[tuple[int, int]]:
+    """``[first, last)`` row ranges of about ``ROW_CHUNK_TOKENS`` tokens each (at least one row)."""
+    n_rows = len(row_bounds) - 1
+    if row_length:
+        row_tokens = np.full(n_rows, row_length, dtype=np.int64)
+    else:  # rows are never empty
+        row_tokens = np.add.reduceat(lengths[order], row_bounds[:-1])
+    ends = np.cumsum(row_tokens)
+    first = 0
+    while first < n_rows:
+        done = ends[first - 1] if first else 0
+        last = max(int(np.searchsorted(ends, done + ROW_CHUNK_TOKENS, side="right")), first + 1)
+        yield first, last
+        first = last
 
 
 def _split(values: np.ndarray, offsets: np.ndarray) -> list[list[int]]:
@@ -608,15 +664,93 @@ def _select(batch: EncodedBatch, keep: np.ndarray) -> EncodedBatch:
     )
 
 
-def _concat_batches(batches: list[EncodedBatch]) -> EncodedBatch:
-    sizes = [int(b.offsets[-1]) for b in batches]
-    shifts = _cumsum0(np.asarray(sizes, dtype=np.int64))
-    offsets = np.concatenate([[0]] + [b.offsets[1:] + shift for b, shift in zip(batches, shifts)])
-    return EncodedBatch(
-        np.concatenate([b.input_ids for b in batches]),
-        np.concatenate([b.labels for b in batches]),
-        offsets.astype(np.int64),
-        np.concatenate([b.full_lengths for b in batches]),
+class HeldSamples:
+    """Encoded samples that BFD packs once every length is known.
+
+    With a ``spill_dir`` their token buffers are appended to two files in a temporary folder
+    there, so memory holds only offsets and lengths (16 bytes a sample); without one they stay
+    in memory.
+    """
+
+    def __init__(self, spill_dir: str | None) -> None:
+        self._offsets: list[np.ndarray] = []
+        self._full_lengths: list[np.ndarray] = []
+        self._tokens: list[tuple[np.ndarray, np.ndarray]] = []  # in memory: (input_ids, labels) per batch
+        self._folder = (
+            tempfile.TemporaryDirectory(dir=spill_dir, prefix=".fastsft-bfd-", ignore_cleanup_errors=True)
+            if spill_dir
+            else None
+        )
+
+    def __len__(self) -> int:
+        return sum(len(offsets) - 1 for offsets in self._offsets)
+
+    def _paths(self) -> tuple[str, str]:
+        assert self._folder is not None
+        return os.path.join(self._folder.name, "input_ids"), os.path.join(self._folder.name, "labels")
+
+    def add(self, batch: EncodedBatch) -> None:
+        self._offsets.append(batch.offsets)
+        self._full_lengths.append(batch.full_lengths)
+        if self._folder is None:
+            self._tokens.append((batch.input_ids, batch.labels))
+            return
+        for path, values in zip(self._paths(), (batch.input_ids, batch.labels), strict=True):
+            with open(path, "ab") as file:
+                file.write(np.ascontiguousarray(values, dtype=np.int32).data)
+
+    def gather(self) -> EncodedBatch | SpilledSamples:
+        """All held samples: one batch in memory, or their spill files and offsets."""
+        offsets = _concat_offsets(self._offsets)
+        full_lengths = np.concatenate(self._full_lengths)
+        if self._folder is not None:
+            return SpilledSamples(self._paths(), offsets, full_lengths)
+        input_ids = np.concatenate([ids for ids, _ in self._tokens])
+        labels = np.concatenate([labels for _, labels in self._tokens])
+        return EncodedBatch(input_ids, labels, offsets, full_lengths)
+
+    def close(self) -> None:
+        """Drop the samples and delete the spill folder."""
+        self._offsets, self._full_lengths, self._tokens = [], [], []
+        if self._folder is not None:
+            self._folder.cleanup()
+
+
+@dataclass
+class SpilledSamples:
+    """Encoded samples whose tokens are in two int32 files (input ids, labels); offsets in memory."""
+
+    paths: tuple[str, str]
+    offsets: np.ndarray
+    full_lengths: np.ndarray
+
+    def for_rows(self, samples: np.ndarray) -> tuple[EncodedBatch, np.ndarray]:
+        """``samples`` read into one compact batch, in that order, and their indices in it."""
+        starts = self.offsets[samples]
+        lengths = self.offsets[samples + 1] - starts
+        offsets = _cumsum0(lengths)
+        buffers = []
+        for path in self.paths:
+            values = np.empty(int(offsets[-1]), dtype=np.int32)
+            view = memoryview(values).cast("B")
+            with open(path, "rb", buffering=0) as file:
+                for start, at, end in zip(
+                    (4 * starts).tolist(), (4 * offsets[:-1]).tolist(), (4 * offsets[1:]).tolist()
+                ):
+                    file.seek(start)
+                    if file.readinto(view[at:end]) != end - at:
+                        raise OSError(f"spill file {path} is shorter than the samples written to it")
+            buffers.append(values)
+        return EncodedBatch(buffers[0], buffers[1], offsets, self.full_lengths[samples]), np.arange(
+            len(samples)
+        )
+
+
+def _concat_offsets(offsets: list[np.ndarray]) -> np.ndarray:
+    """Offsets of batches laid end to end."""
+    shifts = _cumsum0(np.asarray([int(o[-1]) for o in offsets], dtype=np.int64))
+    return np.concatenate(
+        [np.zeros(1, np.int64)] + [o[1:] + shift for o, shift in zip(offsets, shifts[:-1], strict=True)]
     )
 
 
@@ -632,7 +766,8 @@ def build_dataset(
 
     The tokenizer is fixed in place exactly as LLaMA-Factory does (eos, pad, stop words). With
     ``cache_file`` the rows stream to that Arrow file and the dataset is memory-mapped from it, so
-    memory does not grow with the dataset (except for BFD packing, which needs every length).
+    memory does not grow with the dataset (BFD packing, which needs every length first, keeps 16
+    bytes a sample and spills the tokens to a temporary folder beside ``cache_file``).
     ``workers > 1`` encodes batches in that many processes, in order, with a bounded queue.
     """
     import datasets
@@ -643,7 +778,8 @@ def build_dataset(
     encoder = Encoder(args, tokenizer)
     summary.tokenizer_backend = encoder.tokenizer_backend_name
     attrs = resolve_datasets(args.dataset, args.dataset_dir)
-    rows = RowBuilder(args, tokenizer.pad_token_id, summary)
+    spill_dir = os.path.dirname(os.path.abspath(cache_file)) if cache_file else None
+    rows = RowBuilder(args, tokenizer.pad_token_id, summary, spill_dir)
     bar = _progress_bar(progress)
 
     def record_batches() -> Iterator[pa.RecordBatch]:
@@ -652,22 +788,25 @@ def build_dataset(
             bar.update(summary.examples_in - bar.n)
         yield from rows.finish()
 
-    if cache_file is None:
-        batches = list(record_batches())
-        table = pa.Table.from_batches(batches) if batches else _empty_table(args)
-        # A random fingerprint: `datasets` would otherwise hash every token to name an in-memory table.
-        fingerprint = uuid.uuid4().hex
-        dataset = datasets.Dataset(datasets.table.InMemoryTable(table), fingerprint=fingerprint)
-    else:
-        with ArrowWriter(path=cache_file) as writer:
-            wrote = False
-            for batch in record_batches():
-                writer.write_table(pa.Table.from_batches([batch]))
-                wrote = True
-            if not wrote:
-                writer.write_table(_empty_table(args))
-            writer.finalize()
-        dataset = datasets.Dataset.from_file(cache_file)
+    try:
+        if cache_file is None:
+            batches = list(record_batches())
+            table = pa.Table.from_batches(batches) if batches else _empty_table(args)
+            # A random fingerprint: `datasets` would otherwise hash every token to name an in-memory table.
+            fingerprint = uuid.uuid4().hex
+            dataset = datasets.Dataset(datasets.table.InMemoryTable(table), fingerprint=fingerprint)
+        else:
+            with ArrowWriter(path=cache_file) as writer:
+                wrote = False
+                for batch in record_batches():
+                    writer.write_table(pa.Table.from_batches([batch]))
+                    wrote = True
+                if not wrote:
+                    writer.write_table(_empty_table(args))
+                writer.finalize()
+            dataset = datasets.Dataset.from_file(cache_file)
+    finally:
+        rows.close()
     bar.close()
     summary.seconds = time.perf_counter() - start
     if summary.examples_encoded == 0:

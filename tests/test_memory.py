@@ -1,0 +1,91 @@
+"""Preprocessing into a cache file keeps peak memory flat as the dataset grows.
+
+Each run is a fresh interpreter that reports its peak RSS, on the same data at two sizes (the
+larger holds about 10 M more tokens, 80 MB as int32 input ids + labels). The in-memory build is
+the control: it must grow, or the measurement could not tell anything apart.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("resource", reason="peak RSS needs the resource module (POSIX)")
+
+pytestmark = pytest.mark.slow
+
+SMALL, LARGE = 1500, 6000
+WORDS = [f"w{i}" for i in range(300)]
+
+PEAK_RSS = """
+import resource, sys
+from transformers import AutoTokenizer
+from fastsft.data.pipeline import DataArgs, build_dataset
+
+folder, tokenizer, packing, cached = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "cached"
+options = {"packing": True, "packing_strategy": packing} if packing != "none" else {}
+args = DataArgs(
+    dataset="chat", dataset_dir=folder, template="qwen", cutoff_len=2048, preprocessing_batch_size=100, **options
+)
+cache_file = folder + "/rows.arrow" if cached else None
+dataset, summary = build_dataset(args, AutoTokenizer.from_pretrained(tokenizer), cache_file=cache_file)
+scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+print(summary.tokens, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)
+"""
+
+
+def write_chat(folder: Path, samples: int) -> Path:
+    """``samples`` seeded ShareGPT conversations of 2-4 turns, about 1,700 fixture-tokenizer tokens each."""
+    folder.mkdir()
+    rng = random.Random(0)
+    with open(folder / "chat.jsonl", "w", encoding="utf-8") as handle:
+        for _ in range(samples):
+            texts = [
+                " ".join(rng.choices(WORDS, k=rng.randint(50, 300))) for _ in range(2 * rng.randint(2, 4))
+            ]
+            roles = ("human", "gpt")
+            row = {"conversations": [{"from": roles[i % 2], "value": t} for i, t in enumerate(texts)]}
+            handle.write(json.dumps(row) + "\n")
+    info = {"chat": {"file_name": "chat.jsonl", "formatting": "sharegpt"}}
+    (folder / "dataset_info.json").write_text(json.dumps(info))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    root = tmp_path_factory.mktemp("memory")
+    return {n: write_chat(root / str(n), n) for n in (SMALL, LARGE)}
+
+
+def peak_rss(folder: Path, tokenizer: Path, packing: str, cached: bool) -> tuple[int, int]:
+    """(tokens out, peak RSS in bytes) of one ``build_dataset`` run in a fresh interpreter."""
+    argv = [str(folder), str(tokenizer), packing, "cached" if cached else "in-memory"]
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, *argv], capture_output=True, text=True, check=True, timeout=600
+    )
+    tokens, rss = result.stdout.split()[-2:]
+    return int(tokens), int(rss)
+
+
+@pytest.mark.parametrize("packing", ["none", "bfd", "llamafactory"])
+def test_peak_memory_does_not_grow_with_the_dataset(datasets, fixture_tokenizer_path, packing):
+    small_tokens, small_cached = peak_rss(datasets[SMALL], fixture_tokenizer_path, packing, cached=True)
+    large_tokens, large_cached = peak_rss(datasets[LARGE], fixture_tokenizer_path, packing, cached=True)
+    more_token_bytes = 8 * (large_tokens - small_tokens)  # int32 input ids + labels
+    assert more_token_bytes > 60 * 2**20
+    assert large_cached - small_cached < more_token_bytes / 4, (
+        f"peak RSS grew by {(large_cached - small_cached) / 2**20:.0f} MiB for "
+        f"{more_token_bytes / 2**20:.0f} MiB more tokens"
+    )
+
+
+def test_in_memory_build_grows_with_the_dataset(datasets, fixture_tokenizer_path):
+    """The control: holding every row in memory shows up in the same measurement."""
+    small_tokens, small_rss = peak_rss(datasets[SMALL], fixture_tokenizer_path, "bfd", cached=False)
+    large_tokens, large_rss = peak_rss(datasets[LARGE], fixture_tokenizer_path, "bfd", cached=False)
+    assert large_rss - small_rss > 8 * (large_tokens - small_tokens)
