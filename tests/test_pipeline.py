@@ -389,6 +389,9 @@ def test_summary_lines_name_every_count():
     assert "truncated to cutoff_len: 1" in text
     assert "tokens: 200  label tokens: 50" in text
     assert "time: 2.00 s  2 examples/s  100 tokens/s" in text
+    assert "packed rows" not in text
+    summary.packing_capacity = 128
+    assert "packed rows: 2 of 128 tokens, 78.1% filled" in summary.lines()
 
 
 @pytest.mark.parametrize(

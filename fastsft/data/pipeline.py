@@ -151,6 +151,7 @@ class Summary:
     tokens: int = 0
     label_tokens: int = 0
     padding_tokens: int = 0
+    packing_capacity: int = 0  # tokens a packed row may hold; 0 when not packing
     seconds: float = 0.0
     backend: str = ""
     tokenizer_backend: str = ""
@@ -196,6 +197,11 @@ class Summary:
         out += [
             f"truncated to cutoff_len: {self.truncated}",
             f"tokens: {self.tokens}  label tokens: {self.label_tokens}  padding tokens: {self.padding_tokens}",
+        ]
+        if self.packing_capacity and self.rows_out:
+            fill = self.tokens / (self.rows_out * self.packing_capacity)
+            out.append(f"packed rows: {self.rows_out} of {self.packing_capacity} tokens, {fill:.1%} filled")
+        out += [
             f"time: {self.seconds:.2f} s  {rate:,.0f} examples/s  {token_rate:,.0f} tokens/s"
             f"  (encode: {self.backend}, tokenizer: {self.tokenizer_backend})",
         ]
@@ -471,6 +477,8 @@ class RowBuilder:
         self.pad_token_id = pad_token_id
         self.summary = summary
         self.cutoff_len = args.effective_cutoff_len
+        if args.packing:  # LLaMA-Factory pads its rows to one token more
+            summary.packing_capacity = self.cutoff_len + (args.packing_strategy == "llamafactory")
         self._held = HeldSamples(spill_dir)  # BFD packs the whole dataset at the end
 
     def add(self, batch: EncodedBatch) -> Iterator[pa.RecordBatch]:
