@@ -11,12 +11,12 @@ tiktoken is under 2x HF batched.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from data import ChatWriter
 
 from fastsft.tokenization import HFBackend, TiktokenBackend, load_backend
 
@@ -26,106 +26,26 @@ TARGET_CHARS = 5_000_000
 BATCH = 4096
 TIKTOKEN_FLOOR = 2.0
 
-ENGLISH_TEXT = (
-    "the of and to a in is it you that he was for on are with as I his they be at one have this from or "
-    "had by not word but what some we can out other were all there when up use your how said an each she "
-    "which do their time if will way about many then them write would like so these her long make thing "
-    "see him two has look more day could go come did number sound no most people my over know water than "
-    "call first who may down side been now find model training data learning network function value "
-    "question answer explain example because however therefore result system user assistant please help"
-)
-ENGLISH = ENGLISH_TEXT.split()
-CONTRACTIONS = ["I'm", "don't", "it's", "we'll", "you're", "they've", "can't", "He's", "I'd", "WON'T"]
-SYLLABLE_TEXT = "ka lo mi ne ra to shi ven dor al ex pro con tra ment ing tion able ous ize ly er est"
-SYLLABLES = SYLLABLE_TEXT.split()
-CJK = (
-    "的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家学对可她里后小么心多天而能好"
-    "都然没日于起还发成事只作当想看文无开手十用主行方又如前所本见经头面公同三已老从动两长知民样现分将外但身些与高意进把法此"
-    "实回二理美点月明其种声全工己话儿者向情部正名定女问力机给等几很业最间新什打便位因重被走电四第门相次东政海口使教西再平真"
-    "数据模型训练学习网络函数问题答案解释例子系统用户助手请帮忙"
-)
-KANA = "こんにちはありがとうございますカタカナテストです"
-CODE_LINES = [
-    "def {a}_{b}({c}, {d}=None):",
-    "    return {a}.{b}({c}) + {n}",
-    "    for {c} in range({n}):",
-    "        {a}[{c}] = {b}_{d} * {n}.{n}",
-    "class {A}{B}({A}):",
-    "    if {c} != {d} and not {a}_{b}:",
-    '        raise ValueError(f"bad {c}: {{{c}!r}}")',
-    "import {a}.{b} as {c}",
-    "x = {{'{a}': [{n}, {n}, {n}], \"{b}\": ({c}, {d})}}  # {a} {b}",
-    "    {a}_{b} = lambda {c}: {c} ** {n} // {n}",
-    "\t\t{a}->{b} = {n};",
-]
-
-
-def _rare_word(rng: random.Random) -> str:
-    return "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4)))
-
-
-def _english(rng: random.Random, chars: int) -> str:
-    words: list[str] = []
-    size = 0
-    while size < chars:
-        roll = rng.random()
-        if roll < 0.05:
-            word = rng.choice(CONTRACTIONS)
-        elif roll < 0.3:
-            word = _rare_word(rng)
-        elif roll < 0.35:
-            word = str(rng.randint(0, 10 ** rng.randint(1, 6)))
-        else:
-            word = rng.choice(ENGLISH)
-        if rng.random() < 0.1:
-            word = word.capitalize()
-        word += rng.choice([""] * 12 + [",", ".", ".\n", "?", "!", ":", "\n\n", "\n- "])
-        words.append(word)
-        size += len(word) + 1
-    return " ".join(words)
-
-
-def _chinese(rng: random.Random, chars: int) -> str:
-    out: list[str] = []
-    while sum(map(len, out)) < chars:
-        sentence = "".join(rng.choice(CJK) for _ in range(rng.randint(5, 30)))
-        if rng.random() < 0.2:
-            sentence += rng.choice(
-                [" GPU ", " Python ", " 2024年", " LLaMA-Factory ", KANA[: rng.randint(3, 12)]]
-            )
-        out.append(sentence + rng.choice("，。！？；\n"))
-    return "".join(out)
-
-
-def _code(rng: random.Random, chars: int) -> str:
-    lines: list[str] = []
-    while sum(map(len, lines)) < chars:
-        fields = {key: _rare_word(rng) for key in "abcd"}
-        fields.update({key: _rare_word(rng).capitalize() for key in "AB"})
-        line = rng.choice(CODE_LINES)
-        while "{n}" in line:
-            line = line.replace("{n}", str(rng.randint(0, 999)), 1)
-        lines.append(line.format(**fields))
-    return "```python\n" + "\n".join(lines) + "\n```"
-
 
 def chat_corpus(target_chars: int = TARGET_CHARS, seed: int = 0) -> list[str]:
-    """Deterministic chat-message texts: English prose, Chinese (with some Japanese), code, mixtures;
-    lengths exponential around 600 characters."""
-    rng = random.Random(seed)
+    """Deterministic chat-message texts from ``benchmarks/data.py``'s writer (the text
+    ``bench_preprocess.py`` tokenizes): English prose with markdown, Chinese with some Japanese,
+    code blocks, mixtures; lengths exponential around 600 characters."""
+    writer = ChatWriter(seed)
+    rng = writer.rng
     texts: list[str] = []
     total = 0
     while total < target_chars:
         chars = min(8000, max(1, int(rng.expovariate(1 / 600))))
         roll = rng.random()
         if roll < 0.5:
-            text = _english(rng, chars)
+            text = writer.english(chars, markdown=True)
         elif roll < 0.75:
-            text = _chinese(rng, chars)
+            text = writer.chinese(chars)
         elif roll < 0.9:
-            text = _english(rng, chars // 3) + "\n\n" + _code(rng, chars) + "\n"
+            text = writer.english(chars // 3, markdown=False) + "\n\n" + writer.code(chars) + "\n"
         else:
-            text = _chinese(rng, chars // 2) + _english(rng, chars // 2)
+            text = writer.chinese(chars // 2) + writer.english(chars // 2, markdown=False)
         texts.append(text)
         total += len(text)
     return texts
