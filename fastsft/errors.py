@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import types
+import typing
+from typing import Any, Literal
+
 
 class FastSFTError(Exception):
     """Base class for errors the CLI reports as one line, without a traceback."""
@@ -61,3 +65,17 @@ def _rebuild_data_error(
     reason: str, dataset: str | None, index: int | None, field: str | None, line: int | None
 ) -> DataError:
     return DataError(reason, dataset=dataset, index=index, field=field, line=line)
+
+
+def describe_type(hint: Any) -> str:
+    """An option's type annotation in words, for error messages: ``int | None`` is "an integer or null"."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(describe_type(option) for option in typing.get_args(hint))
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(hint)))
+    if origin is list:
+        element = describe_type(typing.get_args(hint)[0])
+        return f"a list of {element.removeprefix('a ').removeprefix('an ')}s"
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))

@@ -107,7 +107,7 @@ def test_unknown_key_without_close_match_points_to_help() -> None:
     [
         ("max_steps=abc", "`max_steps` expects an integer, got 'abc'"),
         ("max_steps=1.5", "`max_steps` expects an integer"),
-        ("bf16=maybe", "`bf16` expects true/false"),
+        ("bf16=maybe", "`bf16` expects true or false"),
         ("learning_rate=fast", "`learning_rate` expects a number"),
         ("attn=flash", "`attn` expects one of auto, sdpa, eager, varlen, flash_attention_2"),
         ("cutoff_len=null", "`cutoff_len` expects an integer"),
@@ -121,7 +121,7 @@ def test_bad_value_type_is_one_clear_line(override: str, expected: str) -> None:
 
 
 def test_bad_yaml_value_type() -> None:
-    with pytest.raises(ConfigError, match="`packing` expects true/false or null, got 'sometimes'"):
+    with pytest.raises(ConfigError, match="`packing` expects true or false or null, got 'sometimes'"):
         config_from_mapping(minimal(packing="sometimes"))
     with pytest.raises(ConfigError, match="`per_device_train_batch_size` expects an integer, got 'true'"):
         config_from_mapping(minimal(per_device_train_batch_size=True))

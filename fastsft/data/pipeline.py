@@ -30,7 +30,7 @@ from fastsft.data import packing as packing_mod
 from fastsft.data.formats import Conversation, Dropped, convert
 from fastsft.data.registry import DatasetAttr, iter_rows, resolve_datasets
 from fastsft.data.templates import SpecialTokens, Template, fix_tokenizer, get_template
-from fastsft.errors import ConfigError, DataError, FastSFTError
+from fastsft.errors import ConfigError, DataError, FastSFTError, describe_type
 
 if TYPE_CHECKING:
     from multiprocessing.pool import AsyncResult
@@ -77,7 +77,7 @@ class DataArgs:
         for name, hint in typing.get_type_hints(DataArgs).items():
             value = getattr(self, name)
             if not _has_type(value, hint):  # a YAML config can hold anything
-                raise ConfigError(f"`{name}` must be {_describe(hint)}, got {value!r}")
+                raise ConfigError(f"`{name}` must be {describe_type(hint)}, got {value!r}")
         if self.template is None:
             raise ConfigError("`template` is required (e.g. template: qwen)")
         if self.mask_history and self.train_on_prompt:
@@ -108,20 +108,6 @@ def _has_type(value: Any, hint: Any) -> bool:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, hint)
-
-
-def _describe(hint: Any) -> str:
-    """``hint`` in words, for error messages."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(option) for option in typing.get_args(hint))
-    if origin is Literal:
-        return "one of " + ", ".join(map(str, typing.get_args(hint)))
-    if origin is list:
-        element = _describe(typing.get_args(hint)[0])
-        return f"a list of {element.removeprefix('a ').removeprefix('an ')}s"
-    names = {int: "an integer", bool: "true or false", str: "a string", type(None): "null"}
-    return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 @dataclass

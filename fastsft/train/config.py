@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from fastsft.errors import ConfigError
+from fastsft.errors import ConfigError, describe_type
 
 AttnChoice = Literal["auto", "sdpa", "eager", "varlen", "flash_attention_2"]
 
@@ -327,7 +327,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         converted = _convert(value, option, from_text)
         if converted is not _NO:
             return converted
-    raise ConfigError(f"config key `{key}` expects {_describe(hint)}, got {_show(value)!r}")
+    raise ConfigError(f"config key `{key}` expects {describe_type(hint)}, got {_show(value)!r}")
 
 
 _NO = object()
@@ -377,25 +377,6 @@ def _convert(value: Any, option: Any, from_text: bool) -> Any:
 
 def _is_union(hint: Any) -> bool:
     return typing.get_origin(hint) in (typing.Union, types.UnionType)
-
-
-def _describe(hint: Any) -> str:
-    options = typing.get_args(hint) if _is_union(hint) else (hint,)
-    words = []
-    for option in options:
-        if typing.get_origin(option) is Literal:
-            words.append("one of " + ", ".join(map(str, typing.get_args(option))))
-        elif typing.get_origin(option) is list:
-            words.append("a list of strings")
-        elif option is type(None):
-            words.append("null")
-        else:
-            words.append(
-                {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
-                    option, getattr(option, "__name__", str(option))
-                )
-            )
-    return " or ".join(words)
 
 
 def resolve_deepspeed(value: str) -> str:
