@@ -616,10 +616,6 @@ def _row_chunks(
         first = last
 
 
-def _split(values: np.ndarray, offsets: np.ndarray) -> list[list[int]]:
-    return [values[a:b].tolist() for a, b in itertools.pairwise(offsets)]
-
-
 def _media_columns(n: int) -> dict[str, pa.Array]:
     """LLaMA-Factory's empty image/video/audio columns, so the saved layout is the same."""
     return {name: pa.nulls(n) for name in ("images", "videos", "audios")}
