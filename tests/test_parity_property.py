@@ -16,11 +16,13 @@ import json
 import tempfile
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fastsft.data import pipeline
 from fastsft.data.pipeline import DataArgs, build_dataset
 from fastsft.data.templates import TEMPLATE_NAMES
 from fastsft.errors import FastSFTError
@@ -175,14 +177,16 @@ def data_args(template: str, drawn: dict[str, Any], dataset_dir: str, backend: s
     )
 
 
-def outcome(args: DataArgs, tokenizer_path: Path) -> tuple[dict[str, Any], str | None]:
+def outcome(
+    args: DataArgs, tokenizer_path: Path, cache_file: str | None = None
+) -> tuple[dict[str, Any], str | None]:
     """Everything a build produces (rows, features and counts, or the error it raised), and the
     tokenizer backend it used (``None`` after an error)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path), local_files_only=True)
     try:
-        dataset, summary = build_dataset(args, tokenizer)
+        dataset, summary = build_dataset(args, tokenizer, cache_file=cache_file)
     except FastSFTError as error:
         return {"error": f"{type(error).__name__}: {error}"}, None
     counts = dataclasses.asdict(summary)
@@ -212,10 +216,17 @@ def first_difference(expected: dict[str, Any], actual: dict[str, Any]) -> str:
     return "no difference"
 
 
+# How the compiled side writes its rows: in memory or streamed to a cache file (BFD then spills its
+# samples beside it), in record batches of about this many tokens (1: one packed row each).
+layouts = st.fixed_dictionaries(
+    {"cache_file": st.booleans(), "row_chunk_tokens": st.sampled_from([pipeline.ROW_CHUNK_TOKENS, 1, 40])}
+)
+
+
 @pytest.mark.parametrize("template", TEMPLATE_NAMES)
 @settings(max_examples=18, deadline=None)
-@given(dataset=st.lists(rows(), min_size=2, max_size=6), drawn=options)
-def test_compiled_path_equals_python_path(fixture_tokenizer_path, template, dataset, drawn):
+@given(dataset=st.lists(rows(), min_size=2, max_size=6), drawn=options, layout=layouts)
+def test_compiled_path_equals_python_path(fixture_tokenizer_path, template, dataset, drawn, layout):
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "drawn.jsonl").write_text(
             "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in dataset), encoding="utf-8"
@@ -225,9 +236,15 @@ def test_compiled_path_equals_python_path(fixture_tokenizer_path, template, data
         (Path(folder) / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
 
         reference, _ = outcome(data_args(template, drawn, folder, "python"), fixture_tokenizer_path)
-        compiled, tokenizer_used = outcome(
-            data_args(template, drawn, folder, "compiled"), fixture_tokenizer_path
-        )
+        cache_file = str(Path(folder) / "out" / "rows.arrow") if layout["cache_file"] else None
+        if cache_file:
+            Path(cache_file).parent.mkdir()
+        with mock.patch.object(pipeline, "ROW_CHUNK_TOKENS", layout["row_chunk_tokens"]):
+            compiled, tokenizer_used = outcome(
+                data_args(template, drawn, folder, "compiled"), fixture_tokenizer_path, cache_file
+            )
+        if cache_file:  # only the output is left: no spill folder
+            assert [p.name for p in Path(cache_file).parent.iterdir()] in ([], ["rows.arrow"])
     assert compiled == reference, first_difference(reference, compiled)
     if tokenizer_used is not None:  # "auto" must really exercise tiktoken on the fixture tokenizer
         assert tokenizer_used == {"hf": "hf", "auto": "tiktoken"}[drawn["tokenizer_backend"]]
