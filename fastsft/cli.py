@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +106,7 @@ def load_tokenizer(path: str) -> Any:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from fastsft.data.pipeline import DataArgs, build_dataset
+    from fastsft.data.pipeline import DataArgs, build_to_disk
 
     options, tokenizer_path = _data_options(args)
     if not args.output:
@@ -119,42 +116,11 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     if output.exists() and not args.overwrite:
         raise ConfigError(f"output {output} already exists (pass --overwrite to replace it)")
     tokenizer = load_tokenizer(tokenizer_path)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
-        dataset, summary = build_dataset(
-            data_args,
-            tokenizer,
-            cache_file=str(workdir / "rows.arrow"),
-            progress=not args.quiet,
-            workers=args.workers,
-        )
-        _save_atomically(dataset, output, workdir, progress=not args.quiet)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    summary = build_to_disk(data_args, tokenizer, output, progress=not args.quiet, workers=args.workers)
     for line in summary.lines():
         print(line)
     print(f"saved DatasetDict({{'train': {summary.rows_out} rows}}) to {output}")
     return 0
-
-
-def _save_atomically(dataset: Any, output: Path, workdir: Path, *, progress: bool) -> None:
-    """Write next to ``output`` then rename, so a crash never leaves a half-written dataset."""
-    import datasets
-
-    staged = workdir / "dataset"
-    bars_were_disabled = datasets.are_progress_bars_disabled()
-    if not progress:
-        datasets.disable_progress_bars()  # save_to_disk has no switch of its own
-    try:
-        datasets.DatasetDict({"train": dataset}).save_to_disk(str(staged))
-    finally:
-        if not bars_were_disabled:
-            datasets.enable_progress_bars()
-    if output.exists():
-        retired = workdir / "previous"
-        os.replace(output, retired)
-    os.replace(staged, output)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

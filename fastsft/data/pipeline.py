@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shutil
 import tempfile
 import time
 import types
@@ -18,6 +19,7 @@ import typing
 import uuid
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -806,6 +808,46 @@ def build_dataset(
             dataset=",".join(a.name for a in attrs),
         )
     return dataset, summary
+
+
+def build_to_disk(
+    args: DataArgs,
+    tokenizer: Any,
+    output: str | os.PathLike[str],
+    *,
+    progress: bool = False,
+    workers: int = 1,
+) -> Summary:
+    """``build_dataset`` saved as ``DatasetDict({"train": ...})`` at ``output``, atomically.
+
+    Rows stream to a cache file in a temporary folder beside ``output`` (so memory stays flat),
+    ``save_to_disk`` writes there too, and a rename puts the result in place: a crash or a bad
+    sample never leaves a half-written dataset, and an existing ``output`` is replaced only then.
+    """
+    import datasets
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    try:
+        dataset, summary = build_dataset(
+            args, tokenizer, cache_file=str(workdir / "rows.arrow"), progress=progress, workers=workers
+        )
+        staged = workdir / "dataset"
+        bars_were_disabled = datasets.are_progress_bars_disabled()
+        if not progress:
+            datasets.disable_progress_bars()  # save_to_disk has no switch of its own
+        try:
+            datasets.DatasetDict({"train": dataset}).save_to_disk(str(staged))
+        finally:
+            if not bars_were_disabled:
+                datasets.enable_progress_bars()
+        if output.exists():
+            os.replace(output, workdir / "previous")
+        os.replace(staged, output)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return summary
 
 
 _worker_encoder: Encoder | None = None

@@ -239,25 +239,21 @@ def load_tokenizer(config: TrainConfig) -> Any:
 
 
 def load_train_dataset(config: TrainConfig, tokenizer: Any, training_args: TrainingArguments) -> Any:
-    """``load_from_disk(tokenized_path)`` when it exists; else ``build_dataset`` (saved to ``tokenized_path``).
+    """``load_from_disk(tokenized_path)`` when it exists; else ``build_dataset``.
 
-    Either way the tokenizer is fixed as LLaMA-Factory does (eos, pad, stop words). The main
-    process goes first, so the others load what it saved.
+    With a ``tokenized_path`` the first process streams the rows to it (``build_to_disk``: flat
+    memory, written atomically) and every process then memory-maps it; the main process goes
+    first, so the others load what it saved. Without one each process builds the rows in memory.
+    Either way the tokenizer is fixed as LLaMA-Factory does (eos, pad, stop words).
     """
-    from datasets import DatasetDict, load_from_disk
-
-    from fastsft.data.pipeline import DataArgs, build_dataset
+    from fastsft.data.pipeline import DataArgs, build_dataset, build_to_disk
     from fastsft.data.templates import fix_tokenizer, get_template
 
     path = config.tokenized_path
     with training_args.main_process_first(desc="dataset"):
         if path and Path(path).exists():
             fix_tokenizer(get_template(config.template, tool_format=config.tool_format), tokenizer)
-            loaded = load_from_disk(path)
-            dataset = loaded["train"] if isinstance(loaded, DatasetDict) else loaded
-            if training_args.process_index == 0:
-                say(f"loaded {len(dataset)} rows from {path}")
-            return dataset
+            return _load_tokenized(path, training_args)
         data_args = DataArgs(
             dataset=config.dataset,
             dataset_dir=config.dataset_dir,
@@ -275,13 +271,27 @@ def load_train_dataset(config: TrainConfig, tokenizer: Any, training_args: Train
             preprocessing_batch_size=config.preprocessing_batch_size,
             packing_strategy="bfd",  # unpadded rows for VarlenCollator; same samples as LLaMA-Factory's
         )
-        dataset, summary = build_dataset(data_args, tokenizer, workers=config.preprocessing_num_workers or 1)
+        workers = config.preprocessing_num_workers or 1
+        if path and training_args.should_save:
+            for line in build_to_disk(data_args, tokenizer, path, workers=workers).lines():
+                say(line)
+            say(f"saved the tokenized dataset to {path}")
+            return _load_tokenized(path, training_args)
+        dataset, summary = build_dataset(data_args, tokenizer, workers=workers)
         if training_args.process_index == 0:
             for line in summary.lines():
                 say(line)
-        if path and training_args.should_save:
-            DatasetDict({"train": dataset}).save_to_disk(path)
-            say(f"saved the tokenized dataset to {path}")
+    return dataset
+
+
+def _load_tokenized(path: str, training_args: TrainingArguments) -> Any:
+    """The train split saved at ``path`` (a ``DatasetDict`` or a ``Dataset``), memory-mapped."""
+    from datasets import DatasetDict, load_from_disk
+
+    loaded = load_from_disk(path)
+    dataset = loaded["train"] if isinstance(loaded, DatasetDict) else loaded
+    if training_args.process_index == 0:
+        say(f"loaded {len(dataset)} rows from {path}")
     return dataset
 
 
