@@ -16,6 +16,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
+from fastsft.errors import DataError
 from fastsft.train.config import load_config
 from fastsft.train.trainer import build_trainer, run_train, train
 
@@ -210,6 +211,23 @@ def test_cli_reports_config_errors_in_one_line(capsys: pytest.CaptureFixture[str
     assert main(["train", str(TINY_YAML), "learning_rat=1e-4"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "fastsft train: error: unknown config key `learning_rat`; did you mean learning_rate?"
+
+
+def test_a_failed_build_leaves_no_tokenized_path(tmp_path: Path) -> None:
+    """The rows (and BFD's spilled samples) stream to a temporary folder, renamed into place only when complete."""
+    data = tmp_path / "data"
+    data.mkdir()
+    good = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
+    bad = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": ["not text"]}]}
+    (data / "chat.json").write_text(json.dumps([good] * 30 + [bad]))
+    (data / "dataset_info.json").write_text(
+        json.dumps({"chat": {"file_name": "chat.json", "formatting": "sharegpt"}})
+    )
+    tokenized = tmp_path / "tokenized"
+    overrides = [f"dataset_dir={data}", "dataset=chat", f"tokenized_path={tokenized}", "packing=true"]
+    with pytest.raises(DataError, match="sample #30"):
+        train(load_config(TINY_YAML, [*overrides, f"output_dir={tmp_path / 'out'}"]))
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]
 
 
 def test_tokenized_path_is_saved_then_loaded(tmp_path: Path) -> None:
