@@ -28,12 +28,15 @@ from transformers import AutoTokenizer
 from fastsft.data.pipeline import DataArgs, build_dataset
 
 folder, tokenizer, packing, cached = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "cached"
+workers = int(sys.argv[5])
 options = {"packing": True, "packing_strategy": packing} if packing != "none" else {}
 args = DataArgs(
     dataset="chat", dataset_dir=folder, template="qwen", cutoff_len=2048, preprocessing_batch_size=100, **options
 )
 cache_file = folder + "/rows.arrow" if cached else None
-dataset, summary = build_dataset(args, AutoTokenizer.from_pretrained(tokenizer), cache_file=cache_file)
+dataset, summary = build_dataset(
+    args, AutoTokenizer.from_pretrained(tokenizer), cache_file=cache_file, workers=workers
+)
 scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
 print(summary.tokens, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)
 """
@@ -62,9 +65,10 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     return {n: write_chat(root / str(n), n) for n in (SMALL, LARGE)}
 
 
-def peak_rss(folder: Path, tokenizer: Path, packing: str, cached: bool) -> tuple[int, int]:
-    """(tokens out, peak RSS in bytes) of one ``build_dataset`` run in a fresh interpreter."""
-    argv = [str(folder), str(tokenizer), packing, "cached" if cached else "in-memory"]
+def peak_rss(folder: Path, tokenizer: Path, packing: str, cached: bool, workers: int = 1) -> tuple[int, int]:
+    """(tokens out, peak RSS in bytes) of one ``build_dataset`` run in a fresh interpreter (the
+    main process's own: with workers, that is where results in flight pile up)."""
+    argv = [str(folder), str(tokenizer), packing, "cached" if cached else "in-memory", str(workers)]
     result = subprocess.run(
         [sys.executable, "-c", PEAK_RSS, *argv], capture_output=True, text=True, check=True, timeout=600
     )
@@ -72,10 +76,12 @@ def peak_rss(folder: Path, tokenizer: Path, packing: str, cached: bool) -> tuple
     return int(tokens), int(rss)
 
 
-@pytest.mark.parametrize("packing", ["none", "bfd", "llamafactory"])
-def test_peak_memory_does_not_grow_with_the_dataset(datasets, fixture_tokenizer_path, packing):
-    small_tokens, small_cached = peak_rss(datasets[SMALL], fixture_tokenizer_path, packing, cached=True)
-    large_tokens, large_cached = peak_rss(datasets[LARGE], fixture_tokenizer_path, packing, cached=True)
+@pytest.mark.parametrize(
+    ("packing", "workers"), [("none", 1), ("bfd", 1), ("llamafactory", 1), ("bfd", 2)], ids=str
+)
+def test_peak_memory_does_not_grow_with_the_dataset(datasets, fixture_tokenizer_path, packing, workers):
+    small_tokens, small_cached = peak_rss(datasets[SMALL], fixture_tokenizer_path, packing, True, workers)
+    large_tokens, large_cached = peak_rss(datasets[LARGE], fixture_tokenizer_path, packing, True, workers)
     more_token_bytes = 8 * (large_tokens - small_tokens)  # int32 input ids + labels
     assert more_token_bytes > 60 * 2**20
     assert large_cached - small_cached < more_token_bytes / 4, (
