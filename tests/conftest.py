@@ -37,6 +37,13 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
+@pytest.fixture
+def repo_cwd(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run from the repository root: the example YAMLs use paths relative to it, as LLaMA-Factory's do."""
+    monkeypatch.chdir(REPO_ROOT)
+    return REPO_ROOT
+
+
 @pytest.fixture(scope="session")
 def test_data_dir() -> Path:
     """``tests/data``: the sample datasets and their ``dataset_info.json``."""

@@ -24,11 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_YAML = REPO_ROOT / "examples" / "tiny_sft.yaml"
 LF_YAML = REPO_ROOT / "examples" / "llamafactory_full_sft.yaml"
 
-
-@pytest.fixture(autouse=True)
-def _repo_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The example YAMLs use paths relative to the repository root, as LLaMA-Factory's do."""
-    monkeypatch.chdir(REPO_ROOT)
+pytestmark = pytest.mark.usefixtures("repo_cwd")
 
 
 def read_log(output_dir: Path) -> list[dict[str, Any]]:
