@@ -72,19 +72,16 @@ def test_mask_assembly(benchmark, conversations, best_time) -> None:
     report(benchmark, "mask assembly", python_s, benchmark.stats.stats.min, MASK_ASSEMBLY_FLOOR)
 
 
-def test_pack_bfd(benchmark, sample_lengths: np.ndarray, best_time) -> None:
-    lengths = sample_lengths.tolist()
-    python_s = best_time(lambda: best_fit_decreasing(lengths, PACK_CAPACITY), repeats=5)
-    benchmark.pedantic(
-        pack_bfd, args=(sample_lengths, PACK_CAPACITY), rounds=50, iterations=1, warmup_rounds=1
-    )
-    report(benchmark, "best-fit-decreasing packing", python_s, benchmark.stats.stats.min, PACKING_FLOOR)
+PACKERS = {
+    "best-fit-decreasing packing": (best_fit_decreasing, pack_bfd),
+    "LLaMA-Factory knapsack": (llamafactory_order, knapsack_llamafactory),
+}
 
 
-def test_knapsack_llamafactory(benchmark, sample_lengths: np.ndarray, best_time) -> None:
+@pytest.mark.parametrize("name", PACKERS)
+def test_packing(benchmark, name: str, sample_lengths: np.ndarray, best_time) -> None:
+    reference, kernel = PACKERS[name]
     lengths = sample_lengths.tolist()
-    python_s = best_time(lambda: llamafactory_order(lengths, PACK_CAPACITY), repeats=5)
-    benchmark.pedantic(
-        knapsack_llamafactory, args=(sample_lengths, PACK_CAPACITY), rounds=50, iterations=1, warmup_rounds=1
-    )
-    report(benchmark, "LLaMA-Factory knapsack", python_s, benchmark.stats.stats.min, PACKING_FLOOR)
+    python_s = best_time(lambda: reference(lengths, PACK_CAPACITY), repeats=5)
+    benchmark.pedantic(kernel, args=(sample_lengths, PACK_CAPACITY), rounds=50, iterations=1, warmup_rounds=1)
+    report(benchmark, name, python_s, benchmark.stats.stats.min, PACKING_FLOOR)
