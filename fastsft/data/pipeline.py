@@ -485,10 +485,9 @@ class RowBuilder:
     def finish(self) -> Iterator[pa.RecordBatch]:
         if len(self._held):
             yield from self._packed(self._held.gather(), "bfd")
-        self.close()
 
     def close(self) -> None:
-        """Drop the samples held for BFD packing (and their spill folder)."""
+        """Drop the samples held for BFD packing (and their spill folder); ``build_dataset`` always calls it."""
         self._held.close()
 
     def _count(self, batch: EncodedBatch) -> None:
