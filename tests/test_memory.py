@@ -3,6 +3,7 @@
 Each run is a fresh interpreter that reports its peak RSS, on the same data at two sizes (the
 larger holds about 10 M more tokens, 80 MB as int32 input ids + labels). The in-memory build is
 the control: it must grow, or the measurement could not tell anything apart.
+``pytest tests/test_memory.py -s`` prints each growth.
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ def test_peak_memory_does_not_grow_with_the_dataset(datasets, fixture_tokenizer_
     small_tokens, small_cached = peak_rss(datasets[SMALL], fixture_tokenizer_path, packing, True, workers)
     large_tokens, large_cached = peak_rss(datasets[LARGE], fixture_tokenizer_path, packing, True, workers)
     more_token_bytes = 8 * (large_tokens - small_tokens)  # int32 input ids + labels
+    print(
+        f"\n{packing}, {workers} worker(s): peak RSS +{(large_cached - small_cached) / 2**20:.0f} MiB "
+        f"for {more_token_bytes / 2**20:.0f} MiB more tokens"
+    )
     assert more_token_bytes > 60 * 2**20
     assert large_cached - small_cached < more_token_bytes / 4, (
         f"peak RSS grew by {(large_cached - small_cached) / 2**20:.0f} MiB for "
@@ -94,4 +99,5 @@ def test_in_memory_build_grows_with_the_dataset(datasets, fixture_tokenizer_path
     """The control: holding every row in memory shows up in the same measurement."""
     small_tokens, small_rss = peak_rss(datasets[SMALL], fixture_tokenizer_path, "bfd", cached=False)
     large_tokens, large_rss = peak_rss(datasets[LARGE], fixture_tokenizer_path, "bfd", cached=False)
+    print(f"\nin memory, control: peak RSS +{(large_rss - small_rss) / 2**20:.0f} MiB")
     assert large_rss - small_rss > 8 * (large_tokens - small_tokens)
