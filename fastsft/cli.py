@@ -8,91 +8,46 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fastsft.data.options import DATA_KEYS, DataArgs, data_args_from_mapping
 from fastsft.errors import ConfigError, FastSFTError
+from fastsft.options import add_flags, read_yaml
 
-# Command-line flag → LLaMA-Factory key, for options shared by preprocess and inspect.
-DATA_FLAGS = {
-    "dataset": "dataset",
-    "dataset_dir": "dataset_dir",
-    "template": "template",
-    "cutoff_len": "cutoff_len",
-    "train_on_prompt": "train_on_prompt",
-    "mask_history": "mask_history",
-    "packing": "packing",
-    "neat_packing": "neat_packing",
-    "tool_format": "tool_format",
-    "default_system": "default_system",
-    "max_samples": "max_samples",
-    "preprocessing_batch_size": "preprocessing_batch_size",
-    "packing_strategy": "packing_strategy",
-    "backend": "backend",
-    "tokenizer_backend": "tokenizer_backend",
-    "strict": "strict",
-    "skip_malformed": "skip_malformed",
-}
+# Data options each command takes as flags (all of them come from fastsft.data.options.DataArgs).
+PREPROCESS_KEYS = DATA_KEYS
+INSPECT_KEYS = tuple(k for k in DATA_KEYS if k not in ("tokenized_path", "preprocessing_num_workers"))
 
 
-def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--config", help="YAML file with LLaMA-Factory key names (dataset, template, cutoff_len, ...)")
-    add("--dataset", action="append", help="dataset name in dataset_info.json, or a file/folder; repeatable")
-    add("--dataset-dir", dest="dataset_dir", help="folder holding dataset_info.json (default: data)")
-    add("--tokenizer", help="tokenizer folder (default: model_name_or_path from --config)")
-    add("--template", help="chat template, e.g. qwen")
-    add("--cutoff-len", dest="cutoff_len", type=int, help="maximum tokens per sample (default 2048)")
-    add("--train-on-prompt", dest="train_on_prompt", action="store_true", default=None)
-    add("--mask-history", dest="mask_history", action="store_true", default=None)
-    add("--packing", action="store_true", default=None, help="pack samples into rows of cutoff_len")
-    add("--neat-packing", dest="neat_packing", action="store_true", default=None)
-    add("--packing-strategy", dest="packing_strategy", choices=["llamafactory", "bfd"])
-    add("--tool-format", dest="tool_format")
-    add("--default-system", dest="default_system")
-    add("--max-samples", dest="max_samples", type=int)
-    add("--preprocessing-batch-size", dest="preprocessing_batch_size", type=int)
-    add("--backend", choices=["compiled", "python"], help="encoding path (default: compiled)")
-    add("--tokenizer-backend", dest="tokenizer_backend", choices=["auto", "hf", "fast"])
-    add(
-        "--strict",
-        action="store_true",
-        default=None,
-        help="fail on the first sample LLaMA-Factory would drop",
+def _add_data_arguments(parser: argparse.ArgumentParser, keys: tuple[str, ...]) -> None:
+    parser.add_argument(
+        "--config",
+        help="YAML file with LLaMA-Factory key names (flags override it; training keys are checked, unused)",
     )
-    add(
-        "--skip-malformed",
-        dest="skip_malformed",
-        action="store_true",
-        default=None,
-        help="count and skip malformed samples instead of failing",
-    )
+    parser.add_argument("--tokenizer", help="tokenizer folder (default: model_name_or_path from --config)")
+    add_flags(parser, DataArgs, keys)
 
 
-def _data_options(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    """Merge --config with flags (flags win); returns (DataArgs kwargs, tokenizer path)."""
-    config: dict[str, Any] = {}
+def _data_options(args: argparse.Namespace, keys: tuple[str, ...]) -> tuple[DataArgs, str]:
+    """``--config`` merged with the flags (flags win): the data options and the tokenizer path.
+
+    The YAML is read exactly as ``fastsft train`` reads it: every key is typed, an unknown or
+    misspelt one fails with the closest valid names, and training keys are accepted but unused.
+    """
+    from fastsft.train.config import classify_keys
+
+    data: dict[str, Any] = {}
+    train: dict[str, Any] = {}
     if args.config:
-        import yaml
-
-        try:
-            with open(args.config, encoding="utf-8") as f:
-                config = yaml.safe_load(f) or {}
-        except OSError as err:
-            raise ConfigError(f"cannot read config {args.config}: {err.strerror}") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config {args.config} is not valid YAML: {str(err).splitlines()[0]}") from None
-        if not isinstance(config, dict):
-            raise ConfigError(f"config {args.config} must be a mapping of keys to values")
-    options = {key: config[key] for key in DATA_FLAGS.values() if key in config}
-    for flag, key in DATA_FLAGS.items():
-        value = getattr(args, flag, None)
+        data, train, _, _ = classify_keys(read_yaml(args.config))
+        data = {key: value for key, value in data.items() if key in keys}  # e.g. inspect writes nothing
+    for key in keys:
+        value = getattr(args, key, None)
         if value is not None:
-            options[key] = ",".join(value) if flag == "dataset" else value
-    if "dataset" not in options:
-        raise ConfigError("no dataset given (use --dataset NAME_OR_FILE or `dataset:` in --config)")
-    tokenizer = args.tokenizer or config.get("tokenizer_name_or_path") or config.get("model_name_or_path")
+            data[key] = ",".join(value) if key == "dataset" else value
+    options = data_args_from_mapping(data)
+    options.require_dataset()
+    tokenizer = args.tokenizer or train.get("tokenizer_name_or_path") or train.get("model_name_or_path")
     if not tokenizer:
         raise ConfigError("no tokenizer given (use --tokenizer PATH or `model_name_or_path:` in --config)")
-    if getattr(args, "output", None) is None and config.get("tokenized_path"):
-        args.output = config["tokenized_path"]
     return options, tokenizer
 
 
@@ -106,17 +61,16 @@ def load_tokenizer(path: str) -> Any:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from fastsft.data.pipeline import DataArgs, build_to_disk
+    from fastsft.data.pipeline import build_to_disk
 
-    options, tokenizer_path = _data_options(args)
-    if not args.output:
+    data_args, tokenizer_path = _data_options(args, PREPROCESS_KEYS)
+    if not data_args.tokenized_path:
         raise ConfigError("no output folder given (use --output DIR or `tokenized_path:` in --config)")
-    data_args = DataArgs(**options)
-    output = Path(args.output)
+    output = Path(data_args.tokenized_path)
     if output.exists() and not args.overwrite:
         raise ConfigError(f"output {output} already exists (pass --overwrite to replace it)")
     tokenizer = load_tokenizer(tokenizer_path)
-    summary = build_to_disk(data_args, tokenizer, output, progress=not args.quiet, workers=args.workers)
+    summary = build_to_disk(data_args, tokenizer, output, progress=not args.quiet)
     for line in summary.lines():
         print(line)
     print(f"saved DatasetDict({{'train': {summary.rows_out} rows}}) to {output}")
@@ -134,8 +88,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             args.data, load_tokenizer(args.tokenizer), count=args.num, start=args.index, color=color
         )
     else:
-        options, tokenizer_path = _data_options(args)
-        options["backend"] = "python"
+        options, tokenizer_path = _data_options(args, INSPECT_KEYS)
         text = inspect_dataset(
             options, load_tokenizer(tokenizer_path), count=args.num, start=args.index, color=color
         )
@@ -164,11 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="tokenize datasets into a DatasetDict LLaMA-Factory loads via tokenized_path",
         description="Encode datasets exactly as LLaMA-Factory 0.9.5 and save_to_disk a DatasetDict({'train': ...}).",
     )
-    _add_data_arguments(pre)
-    pre.add_argument("--output", help="output folder (written atomically)")
+    _add_data_arguments(pre, PREPROCESS_KEYS)
     pre.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     pre.add_argument("--quiet", action="store_true", help="no progress bar")
-    pre.add_argument("--workers", type=int, default=1, help="encoding processes (default 1)")
     pre.set_defaults(func=cmd_preprocess)
 
     ins = sub.add_parser(
@@ -177,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Show a few encoded samples: decoded text with the labelled spans highlighted, tokens per "
         "turn, where truncation cut, and packed-row sequence boundaries.",
     )
-    _add_data_arguments(ins)
+    _add_data_arguments(ins, INSPECT_KEYS)
     ins.add_argument("--data", help="a folder written by `fastsft preprocess` (instead of --dataset)")
     ins.add_argument("-n", "--num", type=int, default=3, help="how many samples or rows (default 3)")
     ins.add_argument("--index", type=int, default=0, help="first sample or row to show")

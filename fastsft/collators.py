@@ -10,8 +10,7 @@ with a plain ``DataLoader``, HF ``Trainer`` and TRL ``SFTTrainer``.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -19,8 +18,8 @@ import torch
 from torch.utils.data import Sampler
 
 from fastsft import IGNORE_INDEX
-from fastsft.backend import resolve_backend
 from fastsft.errors import ConfigError, DataError
+from fastsft.kernels import resolve_encode_path, select_kernels
 
 Feature = Mapping[str, Any]
 
@@ -125,21 +124,6 @@ class PaddingCollator:
         return batch
 
 
-VarlenKernel = Callable[
-    [list[np.ndarray], list[np.ndarray], "list[np.ndarray] | None"],
-    tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int],
-]
-
-
-def load_varlen_kernel(backend: str | None = None) -> VarlenKernel | None:
-    """The compiled ``varlen_flatten``, or ``None`` for the Python path (see ``resolve_backend``)."""
-    if resolve_backend(backend) == "python":
-        return None
-    from fastsft._kernels import varlen_flatten
-
-    return varlen_flatten
-
-
 def _varlen_rows(
     features: Sequence[Feature],
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None]:
@@ -183,37 +167,6 @@ def _varlen_rows(
     return rows_ids, rows_labels, rows_positions
 
 
-def varlen_flatten_python(
-    rows_input_ids: list[np.ndarray],
-    rows_labels: list[np.ndarray],
-    rows_position_ids: list[np.ndarray] | None,
-) -> tuple[list[int], list[int], list[int], list[int], int]:
-    """Readable reference of ``fastsft._kernels.varlen_flatten``.
-
-    A row holds one sequence, or several when its position ids restart at 0. Sequences are
-    concatenated; each one's first label becomes -100 so no token learns to predict the start
-    of the next sequence; position ids are kept when given, else count from 0 per row. Returns ``input_ids``, ``labels``,
-    ``position_ids``, ``cu_seqlens`` (sequence boundaries, ``S + 1`` entries) and the longest
-    sequence length.
-    """
-    input_ids: list[int] = []
-    labels: list[int] = []
-    position_ids: list[int] = []
-    cu_seqlens = [0]
-    for row, row_ids in enumerate(rows_input_ids):
-        ids = row_ids.tolist()
-        row_labels = rows_labels[row].tolist()
-        positions = rows_position_ids[row].tolist() if rows_position_ids is not None else None
-        starts = [t for t in range(len(ids)) if t == 0 or (positions is not None and positions[t] == 0)]
-        for start, end in zip(starts, [*starts[1:], len(ids)]):
-            input_ids += ids[start:end]
-            labels += [IGNORE_INDEX, *row_labels[start + 1 : end]]
-            position_ids += positions[start:end] if positions is not None else range(end - start)
-            cu_seqlens.append(cu_seqlens[-1] + end - start)
-    max_seqlen = max(end - start for start, end in itertools.pairwise(cu_seqlens))
-    return input_ids, labels, position_ids, cu_seqlens, max_seqlen
-
-
 class VarlenCollator:
     """Padding-free collation: the whole batch as one row of concatenated sequences.
 
@@ -225,8 +178,8 @@ class VarlenCollator:
     ``max_length_q``/``max_length_k`` (ints): the keyword arguments transformers' flash
     attention and ``fastsft.train.attention`` read. There is no ``attention_mask``.
 
-    ``backend``: ``"compiled"`` (``fastsft._kernels``) or ``"python"``; ``None`` reads
-    ``$FASTSFT_BACKEND``, default compiled. See ``load_varlen_kernel``.
+    ``backend``: ``"compiled"`` or ``"python"`` kernels (``fastsft.kernels.select_kernels``);
+    ``None`` reads ``$FASTSFT_BACKEND``, default compiled.
     """
 
     def __init__(
@@ -235,32 +188,19 @@ class VarlenCollator:
         backend: Literal["compiled", "python"] | None = None,
     ) -> None:
         self.return_flash_kwargs = return_flash_kwargs
-        self._kernel = load_varlen_kernel(backend)
-
-    @property
-    def backend(self) -> str:
-        """The path in use: ``"compiled"`` or ``"python"``."""
-        return "python" if self._kernel is None else "compiled"
+        self.backend = resolve_encode_path(backend)
+        self._varlen_flatten = select_kernels(self.backend).varlen_flatten
 
     def __call__(self, features: Sequence[Feature]) -> dict[str, torch.Tensor | int]:
-        rows = _varlen_rows(features)
-        if self._kernel is None:
-            input_ids, labels, position_ids, cu_seqlens, max_seqlen = varlen_flatten_python(*rows)
-            as_int64 = torch.tensor
-            cu_seqlens_tensor = torch.tensor(cu_seqlens, dtype=torch.int32)
-        else:
-            input_ids, labels, position_ids, cu_seqlens, max_seqlen = self._kernel(*rows)
-            as_int64 = torch.from_numpy
-            cu_seqlens_tensor = torch.from_numpy(np.asarray(cu_seqlens, dtype=np.int32))
-
+        flat = self._varlen_flatten(*_varlen_rows(features))
         batch: dict[str, torch.Tensor | int] = {
-            "input_ids": as_int64(input_ids).view(1, -1),
-            "labels": as_int64(labels).view(1, -1),
-            "position_ids": as_int64(position_ids).view(1, -1),
+            "input_ids": torch.from_numpy(flat.input_ids).view(1, -1),
+            "labels": torch.from_numpy(flat.labels).view(1, -1),
+            "position_ids": torch.from_numpy(flat.position_ids).view(1, -1),
         }
         if self.return_flash_kwargs:
-            batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = cu_seqlens_tensor
-            batch["max_length_q"] = batch["max_length_k"] = int(max_seqlen)
+            batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = torch.from_numpy(flat.cu_seqlens)
+            batch["max_length_q"] = batch["max_length_k"] = int(flat.max_seqlen)
         return batch
 
 

@@ -6,14 +6,18 @@ per-turn token counts show where ``cutoff_len`` cut; packed rows show their sequ
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 from typing import Any
 
 from fastsft import IGNORE_INDEX
 from fastsft.data.encode import TurnTrace
+from fastsft.data.encoding import in_dataset_terms
 from fastsft.data.formats import Dropped, convert
-from fastsft.data.pipeline import DataArgs, Encoder, in_dataset_terms, iter_samples
+from fastsft.data.options import DataArgs
+from fastsft.data.pipeline import make_encoder
+from fastsft.data.reading import iter_samples
 from fastsft.data.registry import resolve_datasets
 from fastsft.errors import DataError
 
@@ -53,18 +57,17 @@ def describe_turns(trace: list[TurnTrace]) -> list[str]:
 
 
 def inspect_dataset(
-    options: dict[str, Any], tokenizer: Any, *, count: int = 3, start: int = 0, color: bool = False
+    args: DataArgs, tokenizer: Any, *, count: int = 3, start: int = 0, color: bool = False
 ) -> str:
     """Encode ``count`` samples from ``start`` on with the reference path and describe each."""
-    args = DataArgs(**options)
-    encoder = Encoder(args, tokenizer)
-    attrs = resolve_datasets(args.dataset, args.dataset_dir)
+    encoder = make_encoder(dataclasses.replace(args, backend="python"), tokenizer)
+    attrs = resolve_datasets(args.require_dataset(), args.dataset_dir)
     out = [
         f"template {args.template}, cutoff_len {encoder.cutoff_len}, train_on_prompt {args.train_on_prompt}, "
         f"mask_history {args.mask_history}"
         + (" (per-sample view; packed rows: inspect --data)" if args.packing else "")
     ]
-    for position, (attr, ref, row) in enumerate(iter_samples(attrs, args)):
+    for position, (attr, ref, row) in enumerate(iter_samples(attrs, args.dataset_dir, args.max_samples)):
         if position < start:
             continue
         if position >= start + count:

@@ -129,8 +129,36 @@ class HFBackend:
         """All ids as ``int32[T]`` plus ``int64[len(texts) + 1]`` offsets."""
         return _flatten(self.encode_batch(texts))
 
+    def single_threaded(self) -> HFBackend:
+        """The same backend for a worker process (HF's threads follow ``TOKENIZERS_PARALLELISM``)."""
+        return self
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (HFBackend, (self._tokenizer,))
+
+
+class PerStringBackend:
+    """``tokenizer.encode(text, add_special_tokens=False)`` once per text, as LLaMA-Factory calls it.
+
+    The tokenizer implementation of the pure-Python encode path, which reproduces LLaMA-Factory's
+    calls one for one rather than batching them.
+    """
+
+    name = "hf (per string)"
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text."""
+        return [self._tokenizer.encode(text, add_special_tokens=False) for text in texts]
+
+    def encode_batch_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """All ids as ``int32[T]`` plus ``int64[len(texts) + 1]`` offsets."""
+        return _flatten(self.encode_batch(texts))
+
+    def single_threaded(self) -> PerStringBackend:
+        return self
 
 
 def _encodes_through_rust(tokenizer: Any) -> bool:
@@ -334,6 +362,10 @@ class TiktokenBackend:
             else:
                 ids.extend(self._encoding.encode_ordinary(piece))
         return ids
+
+    def single_threaded(self) -> TiktokenBackend:
+        """The same backend on one thread, for a worker process (the processes are the parallelism)."""
+        return TiktokenBackend(self.parts, num_threads=1)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (TiktokenBackend, (self.parts, self.num_threads))

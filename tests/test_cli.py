@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from fastsft.cli import main
-from fastsft.data.pipeline import DataArgs, build_dataset
+from fastsft.data.options import DataArgs
+from fastsft.data.pipeline import build_dataset
 
 SAMPLE_DATASETS = "sharegpt_chat,alpaca_mix,sharegpt_tools"
 
@@ -190,8 +191,8 @@ def test_config_with_llamafactory_keys_and_flag_overrides(
     [
         ("dataset: [chat\ntemplate: qwen\n", "is not valid YAML: while parsing a flow sequence"),
         ("- chat\n", "must be a mapping of keys to values"),
-        ("dataset: chat\ncutoff_len: 1k\n", "`cutoff_len` must be an integer, got '1k'"),
-        ("dataset: chat\npacking: 'no'\n", "`packing` must be true or false or null, got 'no'"),
+        ("dataset: chat\ncutoff_len: 1k\n", "`cutoff_len` expects an integer, got '1k'"),
+        ("dataset: chat\npacking: 'no'\n", "`packing` expects true or false or null, got 'no'"),
     ],
     ids=["invalid-yaml", "not-a-mapping", "not-an-integer", "not-a-bool"],
 )

@@ -22,24 +22,24 @@ from fastsft.collators import (
     PaddingCollator,
     TokenBudgetBatchSampler,
     VarlenCollator,
-    load_varlen_kernel,
-    varlen_flatten_python,
 )
 from fastsft.data.packing import pack_llamafactory
 from fastsft.errors import ConfigError, DataError
+from fastsft.kernels import select_kernels
+from fastsft.kernels.reference import varlen_flatten as varlen_flatten_python
 
 GOLDENS = json.loads((Path(__file__).parent / "data" / "collator_goldens.json").read_text())["cases"]
 
 
 def compiled_available() -> bool:
     try:
-        load_varlen_kernel("compiled")
+        select_kernels("compiled")
     except ImportError:
         return False
     return True
 
 
-needs_kernels = pytest.mark.skipif(not compiled_available(), reason="fastsft._kernels is not built")
+needs_kernels = pytest.mark.skipif(not compiled_available(), reason="fastsft._core is not built")
 
 
 def random_samples(rng: random.Random, count: int, max_len: int = 40) -> list[dict[str, list[int]]]:
@@ -263,10 +263,10 @@ def test_python_reference_restarts_sequences_at_position_zero() -> None:
         [np.array([1, 2, 3, 4, 5]), np.array([6, 7])],
         [np.array([0, 1, 0, 1, 2]), np.array([0, 1])],
     )
-    assert ids == [1, 2, 3, 4, 5, 6, 7]
-    assert labels == [IGNORE_INDEX, 2, IGNORE_INDEX, 4, 5, IGNORE_INDEX, 7]
-    assert positions == [0, 1, 0, 1, 2, 0, 1]
-    assert cu == [0, 2, 5, 7]
+    assert ids.tolist() == [1, 2, 3, 4, 5, 6, 7]
+    assert labels.tolist() == [IGNORE_INDEX, 2, IGNORE_INDEX, 4, 5, IGNORE_INDEX, 7]
+    assert positions.tolist() == [0, 1, 0, 1, 2, 0, 1]
+    assert cu.tolist() == [0, 2, 5, 7]
     assert longest == 3
 
 
@@ -278,7 +278,7 @@ def test_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:
         VarlenCollator()
     monkeypatch.delenv("FASTSFT_BACKEND")
 
-    monkeypatch.setitem(sys.modules, "fastsft._kernels", None)  # kernels not importable
+    monkeypatch.setitem(sys.modules, "fastsft.kernels.compiled", None)  # kernels not importable
     with pytest.raises(ImportError):
         VarlenCollator(backend="compiled")
     with pytest.raises(ImportError):  # the default is compiled, never a silent fallback
@@ -288,14 +288,11 @@ def test_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def fake_kernel(rows_ids, rows_labels, rows_positions):
         calls.append((rows_ids, rows_labels, rows_positions))
-        out = varlen_flatten_python(rows_ids, rows_labels, rows_positions)
-        return (
-            *(np.asarray(values, dtype=np.int64) for values in out[:3]),
-            np.asarray(out[3], np.int32),
-            out[4],
-        )
+        return varlen_flatten_python(rows_ids, rows_labels, rows_positions)
 
-    monkeypatch.setitem(sys.modules, "fastsft._kernels", types.SimpleNamespace(varlen_flatten=fake_kernel))
+    monkeypatch.setitem(
+        sys.modules, "fastsft.kernels.compiled", types.SimpleNamespace(varlen_flatten=fake_kernel)
+    )
     collator = VarlenCollator()
     assert collator.backend == "compiled"
     batch = collator([{"input_ids": [4, 5, 6], "labels": [4, 5, 6], "attention_mask": [1, 1, 0]}])

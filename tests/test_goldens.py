@@ -109,7 +109,8 @@ def build_with_fastsft(
     from transformers import AutoTokenizer
 
     from fastsft.data import tools
-    from fastsft.data.pipeline import DataArgs, build_dataset
+    from fastsft.data.options import DataArgs
+    from fastsft.data.pipeline import build_dataset
 
     monkeypatch.setattr(tools, "datetime", frozen_datetime(golden["llama3_tool_date"]))
     case = golden["args"]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from fastsft.cli import main
+from fastsft.data.options import DataArgs
 from fastsft.inspection import BOLD, DIM, GREEN, RESET, highlight, inspect_dataset
 
 PROMPT_1 = (
@@ -148,7 +149,7 @@ def test_colors_mark_trained_and_dim_prompt_spans(fixture_tokenizer):
 def test_inspect_dataset_colors_headings_only_when_asked(
     data_dir, fixture_tokenizer_path, new_fixture_tokenizer
 ):
-    options = {"dataset": "math", "dataset_dir": str(data_dir), "template": "qwen", "backend": "python"}
+    options = DataArgs(dataset="math", dataset_dir=str(data_dir), template="qwen", backend="python")
     colored = inspect_dataset(options, new_fixture_tokenizer(), count=1, color=True)
     assert f"{BOLD}== dataset math, sample #0: " in colored
     assert f"{GREEN}2<|im_end|>\n{RESET}" in colored

@@ -20,13 +20,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastsft import IGNORE_INDEX
-from fastsft._kernels import (
-    assemble_supervised,
-    knapsack_llamafactory,
-    materialize_rows,
-    pack_bfd,
-    varlen_flatten,
-)
 from fastsft.data.encode import encode_pairs
 from fastsft.data.packing import (
     best_fit_decreasing,
@@ -36,6 +29,13 @@ from fastsft.data.packing import (
     rows_from_order,
 )
 from fastsft.errors import FastSFTError
+from fastsft.kernels.compiled import (
+    assemble_supervised,
+    knapsack_llamafactory,
+    materialize_rows,
+    pack_bfd,
+    varlen_flatten,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -356,8 +356,8 @@ def test_debug_build_is_memory_safe(tmp_path):
 
 def test_missing_extension_says_how_to_build(monkeypatch):
     monkeypatch.setitem(sys.modules, "fastsft._core", None)  # makes `import fastsft._core` fail
-    monkeypatch.delitem(sys.modules, "fastsft._kernels")
+    monkeypatch.delitem(sys.modules, "fastsft.kernels.compiled")
     with pytest.raises(ImportError, match=r"pip install -e \.") as raised:
-        importlib.import_module("fastsft._kernels")
+        importlib.import_module("fastsft.kernels.compiled")
     assert isinstance(raised.value, FastSFTError)
     assert "build_ext --inplace" in str(raised.value)

@@ -22,8 +22,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastsft.data import pipeline
-from fastsft.data.pipeline import DataArgs, build_dataset
+from fastsft.data import rows as row_stage
+from fastsft.data.options import DataArgs
+from fastsft.data.pipeline import build_dataset
 from fastsft.data.templates import TEMPLATE_NAMES
 from fastsft.errors import FastSFTError
 
@@ -219,7 +220,7 @@ def first_difference(expected: dict[str, Any], actual: dict[str, Any]) -> str:
 # How the compiled side writes its rows: in memory or streamed to a cache file (BFD then spills its
 # samples beside it), in record batches of about this many tokens (1: one packed row each).
 layouts = st.fixed_dictionaries(
-    {"cache_file": st.booleans(), "row_chunk_tokens": st.sampled_from([pipeline.ROW_CHUNK_TOKENS, 1, 40])}
+    {"cache_file": st.booleans(), "row_chunk_tokens": st.sampled_from([row_stage.ROW_CHUNK_TOKENS, 1, 40])}
 )
 
 
@@ -239,7 +240,7 @@ def test_compiled_path_equals_python_path(fixture_tokenizer_path, template, data
         cache_file = str(Path(folder) / "out" / "rows.arrow") if layout["cache_file"] else None
         if cache_file:
             Path(cache_file).parent.mkdir()
-        with mock.patch.object(pipeline, "ROW_CHUNK_TOKENS", layout["row_chunk_tokens"]):
+        with mock.patch.object(row_stage, "ROW_CHUNK_TOKENS", layout["row_chunk_tokens"]):
             compiled, tokenizer_used = outcome(
                 data_args(template, drawn, folder, "compiled"), fixture_tokenizer_path, cache_file
             )

@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 from fastsft import IGNORE_INDEX
-from fastsft.data.pipeline import DataArgs, Summary, build_dataset
+from fastsft.data.accounting import Summary
+from fastsft.data.options import DataArgs
+from fastsft.data.pipeline import build_dataset, make_encoder
 from fastsft.errors import ConfigError, DataError
 
 BACKENDS = ["python", "compiled"]
@@ -342,7 +344,7 @@ def test_packed_rows_in_small_chunks_and_spilled_samples_give_the_same_dataset(
     options = {"backend": backend, "packing": True, "neat_packing": neat, "packing_strategy": strategy}
     options.update(cutoff_len=64, preprocessing_batch_size=25)
     whole, whole_summary = build(rows, **options)
-    monkeypatch.setattr("fastsft.data.pipeline.ROW_CHUNK_TOKENS", 100)  # about one row per record batch
+    monkeypatch.setattr("fastsft.data.rows.ROW_CHUNK_TOKENS", 100)  # about one row per record batch
     cache_dir = tmp_path / "out"
     cache_dir.mkdir()
     chunked, chunked_summary = build(rows, str(cache_dir / "rows.arrow"), **options)
@@ -402,15 +404,19 @@ def test_summary_lines_name_every_count():
         ({"template": None}, "template"),
         (
             {"packing_strategy": "first_fit"},
-            "`packing_strategy` must be one of llamafactory, bfd, got 'first_fit'",
+            "`packing_strategy` expects one of llamafactory, bfd or null, got 'first_fit'",
         ),
         ({"backend": "rust"}, "rust"),
-        ({"cutoff_len": "1024"}, "`cutoff_len` must be an integer, got '1024'"),
-        ({"train_on_prompt": "no"}, "`train_on_prompt` must be true or false, got 'no'"),
-        ({"max_samples": 2.5}, "`max_samples` must be an integer or null, got 2.5"),
-        ({"dataset": ["a", 1]}, r"`dataset` must be a string or a list of strings, got \['a', 1\]"),
+        ({"cutoff_len": "1024"}, "`cutoff_len` expects an integer, got '1024'"),
+        ({"train_on_prompt": "no"}, "`train_on_prompt` expects true or false, got 'no'"),
+        ({"max_samples": 2.5}, "`max_samples` expects an integer or null, got '2.5'"),
+        (
+            {"dataset": ["a", 1]},
+            r"`dataset` expects a string or a list of strings or null, got \"\['a', 1\]\"",
+        ),
     ],
 )
-def test_bad_options_raise_config_error(options, message):
+def test_bad_options_raise_config_error(options, message, fixture_tokenizer):
+    """Checked on construction, or (the template) where the option is used."""
     with pytest.raises(ConfigError, match=message):
-        DataArgs(**{"dataset": "d", "template": "qwen", **options})
+        make_encoder(DataArgs(**{"dataset": "d", "template": "qwen", **options}), fixture_tokenizer)

@@ -31,8 +31,8 @@ def minimal(**values: object) -> dict[str, object]:
 def test_tiny_yaml_is_typed_by_the_dataclass() -> None:
     config = load_config(TINY_YAML)
     assert isinstance(config, TrainConfig)
-    assert config.cutoff_len == 512 and isinstance(config.cutoff_len, int)
-    assert config.packing is True
+    assert config.data.cutoff_len == 512 and isinstance(config.data.cutoff_len, int)
+    assert config.data.packing is True
     assert config.learning_rate == pytest.approx(3e-3) and isinstance(config.learning_rate, float)
     assert config.attn == "auto" and config.uses_varlen_batches
     assert config.notices == [] and config.extra_training_args == {}
@@ -54,8 +54,8 @@ def test_overrides_are_typed_like_the_yaml() -> None:
     )
     assert config.max_steps == 20 and isinstance(config.max_steps, int)
     assert config.learning_rate == pytest.approx(1e-4)
-    assert config.bf16 is True and config.packing is False and config.attn == "eager"
-    assert config.max_samples is None
+    assert config.bf16 is True and config.data.packing is False and config.attn == "eager"
+    assert config.data.max_samples is None
     assert config.logging_steps == pytest.approx(0.1)
     assert config.output_dir == "elsewhere"
 
@@ -165,7 +165,7 @@ def test_inconsistent_values(values: dict[str, object], expected: str) -> None:
 
 def test_neat_packing_implies_packing() -> None:
     config = config_from_mapping(minimal(neat_packing=True))
-    assert config.packing is True and config.uses_varlen_batches
+    assert config.data.packing is True and config.uses_varlen_batches
 
 
 def test_malformed_override() -> None:
@@ -194,7 +194,7 @@ def test_llamafactory_full_sft_yaml_loads_with_notices() -> None:
         "save_only_model": False,
         "ddp_timeout": 180000000,
     }
-    assert config.preprocessing_num_workers == 4
+    assert config.data.preprocessing_num_workers == 4
     assert config.deepspeed == "examples/deepspeed/ds_z3_config.json"
     assert config.gradient_checkpointing is True  # LLaMA-Factory's default
 
@@ -240,7 +240,7 @@ def test_harmless_llamafactory_keys() -> None:
     )
     assert config.attn == "flash_attention_2"
     assert config.gradient_checkpointing is False
-    assert config.plot_loss is False and config.preprocessing_num_workers == 8
+    assert config.plot_loss is False and config.data.preprocessing_num_workers == 8
     assert len(config.notices) == 4  # stage, finetuning_type, overwrite_cache, per_device_eval_batch_size
 
 

@@ -1,0 +1,27 @@
+"""The data pipeline: raw rows → conversations → segments → token ids → rows (see ``pipeline``).
+
+Names are imported on first use, so reading the option spec (``fastsft --help``) stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {
+    "DATA_KEYS": "options",
+    "DataArgs": "options",
+    "SamplePolicy": "accounting",
+    "SampleRef": "accounting",
+    "Summary": "accounting",
+    "build_dataset": "pipeline",
+    "build_to_disk": "pipeline",
+    "make_encoder": "pipeline",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'fastsft.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"fastsft.data.{_HOMES[name]}"), name)

@@ -12,24 +12,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import functools
 import os
-import types
+import textwrap
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from fastsft.errors import ConfigError, describe_type
+from fastsft.data.options import DATA_KEYS, DataArgs, data_args_from_mapping
+from fastsft.errors import ConfigError
+from fastsft.options import OverrideText, coerce, read_yaml, show, unknown_key_message
 
 AttnChoice = Literal["auto", "sdpa", "eager", "varlen", "flash_attention_2"]
 
-CONFIG_EPILOG = """\
+CONFIG_EPILOG = f"""\
 CONFIG.yaml uses LLaMA-Factory's key names (a LLaMA-Factory full-SFT YAML runs as is). Main keys:
   model:    model_name_or_path | model_config (random init), tokenizer_name_or_path, attn
-  data:     dataset, dataset_dir, template, cutoff_len, packing, neat_packing, tokenized_path,
-            train_on_prompt, mask_history, max_samples, padding_free, max_tokens_per_batch
+  data:     {textwrap.fill(", ".join(DATA_KEYS), 96, subsequent_indent=" " * 12)}
+  batching: padding_free, max_tokens_per_batch
   training: output_dir, per_device_train_batch_size, gradient_accumulation_steps, learning_rate,
             lr_scheduler_type, warmup_ratio, num_train_epochs, max_steps, bf16, fp16,
             gradient_checkpointing, logging_steps, save_steps, save_total_limit,
@@ -57,23 +58,8 @@ class TrainConfig:
     tokenizer_name_or_path: str | None = None  # default: model_name_or_path
     trust_remote_code: bool = False
     attn: AttnChoice = "auto"  # auto: fastsft varlen when packing / padding_free, else sdpa
-    # --- data (LLaMA-Factory's DataArguments)
-    dataset: str | None = None
-    dataset_dir: str = "data"
-    template: str | None = None
-    tokenized_path: str | None = None  # load_from_disk when it exists, else build and save there
-    cutoff_len: int = 2048
-    packing: bool | None = None  # None: off, as LLaMA-Factory for SFT
-    neat_packing: bool = False  # implies packing; fastsft's packed attention is always per sequence
-    train_on_prompt: bool = False
-    mask_history: bool = False
-    max_samples: int | None = None
-    tool_format: str | None = None
-    default_system: str | None = None
-    enable_thinking: bool | None = True
-    preserve_thinking: bool = False
-    preprocessing_batch_size: int = 1000
-    preprocessing_num_workers: int | None = None  # encoding processes for the data pipeline
+    # --- data: every key of DataArgs (fastsft.data.options), read from the same flat YAML
+    data: DataArgs = field(default_factory=DataArgs)
     # --- batching (fastsft)
     padding_free: bool = False  # unpacked samples, each batch flattened into one varlen row
     max_tokens_per_batch: int | None = None  # token-budget batches instead of per_device_train_batch_size
@@ -106,7 +92,7 @@ class TrainConfig:
     @property
     def uses_varlen_batches(self) -> bool:
         """Whether batches are flattened varlen rows (packing or padding-free)."""
-        return bool(self.packing) or self.padding_free
+        return bool(self.data.packing) or self.padding_free
 
     @property
     def tokenizer_path(self) -> str:
@@ -114,7 +100,7 @@ class TrainConfig:
 
 
 # Keys a user never sets: filled in by load_config.
-INTERNAL_FIELDS = ("extra_training_args", "notices")
+INTERNAL_FIELDS = ("data", "extra_training_args", "notices")
 
 # LLaMA-Factory keys accepted for compatibility that change nothing here (why, for the notice).
 IGNORED_KEYS = {
@@ -187,55 +173,51 @@ def load_config(
     """Read ``path`` (YAML), apply ``key=value`` overrides, type and validate every value."""
     values: dict[str, Any] = {}
     if path is not None:
-        values = _read_yaml(Path(path))
+        values = read_yaml(path)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} must look like key=value")
-        values[key.strip()] = _OverrideText(value)
+        values[key.strip()] = OverrideText(value)
     return config_from_mapping(values)
-
-
-class _OverrideText(str):
-    """A value typed on the command line (``key=value``), parsed by the key's type."""
 
 
 def config_from_mapping(values: dict[str, Any]) -> TrainConfig:
     """A validated ``TrainConfig`` from already-read keys (YAML values or override strings)."""
+    data, known, extra, notices = classify_keys(values)
+    config = TrainConfig(
+        **known, data=data_args_from_mapping(data), extra_training_args=extra, notices=notices
+    )
+    _validate(config)
+    return config
+
+
+def classify_keys(
+    values: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str]]:
+    """Split a LLaMA-Factory-style mapping into (data keys, fastsft train keys, other ``TrainingArguments``
+    keys, notices), each typed; an unknown or unsupported key fails with one line.
+
+    ``fastsft preprocess --config`` reads its YAML through this too, so both commands accept and
+    refuse the same keys.
+    """
     hints = _type_hints()
+    data: dict[str, Any] = {}
     known: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     notices: list[str] = []
     values = dict(values)
     _translate_llamafactory_keys(values, notices)
     for key, value in values.items():
-        if key in hints and key not in INTERNAL_FIELDS:
-            known[key] = _coerce(key, value, hints[key])
+        if key in DATA_KEYS:
+            data[key] = value
+        elif key in hints and key not in INTERNAL_FIELDS:
+            known[key] = coerce(key, value, hints[key])
         elif key in _training_args_hints() and key not in CONTROLLED_TRAINING_ARGS:
-            extra[key] = _coerce(key, value, _training_args_hints()[key])
+            extra[key] = coerce(key, value, _training_args_hints()[key])
         else:
             raise ConfigError(_unknown_key_message(key))
-    config = TrainConfig(**known, extra_training_args=extra, notices=notices)
-    _validate(config)
-    return config
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
-    try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"config {path} must be a mapping of keys to values")
-    return {str(k): v for k, v in values.items()}
+    return data, known, extra, notices
 
 
 def _translate_llamafactory_keys(values: dict[str, Any], notices: list[str]) -> None:
@@ -244,10 +226,10 @@ def _translate_llamafactory_keys(values: dict[str, Any], notices: list[str]) -> 
         if key not in values:
             continue
         value = values[key]
-        if isinstance(value, _OverrideText):
-            value = _coerce(key, value, type(expected) | None if expected is not None else str | None)
+        if isinstance(value, OverrideText):
+            value = coerce(key, value, type(expected) | None if expected is not None else str | None)
         if not _means(value, expected):
-            raise ConfigError(f"`{key}: {_show(value)}` is not supported: {reason}")
+            raise ConfigError(f"`{key}: {show(value)}` is not supported: {reason}")
         if key in ("stage", "finetuning_type"):
             notices.append(f"ignoring `{key}: {expected}` ({reason})")
         del values[key]
@@ -261,7 +243,7 @@ def _translate_llamafactory_keys(values: dict[str, Any], notices: list[str]) -> 
             raise ConfigError(f"`flash_attn: {value}` is not supported (use auto, sdpa, disabled or fa2)")
         values.setdefault("attn", FLASH_ATTN_TO_ATTN[value])
     if "disable_gradient_checkpointing" in values:
-        disabled = _coerce(
+        disabled = coerce(
             "disable_gradient_checkpointing", values.pop("disable_gradient_checkpointing"), bool
         )
         values.setdefault("gradient_checkpointing", not disabled)
@@ -280,22 +262,16 @@ def _means(value: Any, expected: Any) -> bool:
     return str(value).lower() == str(expected)
 
 
-def _show(value: Any) -> str:
-    return "true" if value is True else "false" if value is False else str(value)
-
-
 def _unknown_key_message(key: str) -> str:
     if key in LLAMAFACTORY_UNSUPPORTED or key.startswith(LLAMAFACTORY_UNSUPPORTED_PREFIXES):
         return f"LLaMA-Factory option `{key}` is not supported by fastsft train (full-parameter SFT only)"
     if key in CONTROLLED_TRAINING_ARGS:
         return f"`{key}` is set by fastsft train itself and cannot be configured"
-    candidates = [k for k in _type_hints() if k not in INTERNAL_FIELDS]
+    candidates = [*DATA_KEYS, *(k for k in _type_hints() if k not in INTERNAL_FIELDS)]
     candidates += [
         k for k in _training_args_hints() if k not in CONTROLLED_TRAINING_ARGS and k not in candidates
     ]
-    close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else " (see `fastsft train --help`)"
-    return f"unknown config key `{key}`{hint}"
+    return unknown_key_message(key, candidates, see="fastsft train --help")
 
 
 @functools.cache
@@ -310,73 +286,6 @@ def _training_args_hints() -> dict[str, Any]:
 
     hints = typing.get_type_hints(TrainingArguments)
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(TrainingArguments) if f.init}
-
-
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
-_NULL = {"null", "none", "~", ""}
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """``value`` converted to ``hint`` (bool, int, float, str, Literal, list[str], unions of them)."""
-    options = typing.get_args(hint) if _is_union(hint) else (hint,)
-    from_text = isinstance(value, _OverrideText)
-    if type(None) in options and (value is None or (from_text and value.strip().lower() in _NULL)):
-        return None
-    for option in (o for o in options if o is not type(None)):
-        converted = _convert(value, option, from_text)
-        if converted is not _NO:
-            return converted
-    raise ConfigError(f"config key `{key}` expects {describe_type(hint)}, got {_show(value)!r}")
-
-
-_NO = object()
-
-
-def _convert(value: Any, option: Any, from_text: bool) -> Any:
-    """``value`` as ``option``, or ``_NO`` when it is not one."""
-    origin = typing.get_origin(option)
-    if origin is Literal:
-        text = str(value).strip() if from_text else value
-        return text if text in typing.get_args(option) else _NO
-    if origin is list:
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return value
-        return [v.strip() for v in value.split(",")] if from_text else _NO
-    if option is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower() if isinstance(value, str) else None
-        return True if text in _TRUE else False if text in _FALSE else _NO
-    if option is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        try:
-            return int(value) if isinstance(value, str) else _NO
-        except ValueError:
-            return _NO
-    if option is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        try:  # YAML reads 1e-5 (no dot) as a string
-            return float(value) if isinstance(value, str) else _NO
-        except ValueError:
-            return _NO
-    if option is str:
-        return str(value) if isinstance(value, str) else _NO
-    if option is dict:
-        return value if isinstance(value, dict) else _NO
-    if isinstance(option, type) and issubclass(option, str):  # transformers' string enums
-        return str(value) if isinstance(value, str) else _NO
-    if option is Any:
-        return str(value) if from_text else value
-    return _NO
-
-
-def _is_union(hint: Any) -> bool:
-    return typing.get_origin(hint) in (typing.Union, types.UnionType)
 
 
 def resolve_deepspeed(value: str) -> str:
@@ -408,23 +317,22 @@ def _validate(config: TrainConfig) -> None:
         raise ConfigError("no tokenizer given: set tokenizer_name_or_path (model_config has no tokenizer)")
     if not config.output_dir:
         raise ConfigError("no output_dir given")
-    if not config.dataset and not (config.tokenized_path and Path(config.tokenized_path).exists()):
+    data = config.data
+    if not data.dataset and not (data.tokenized_path and Path(data.tokenized_path).exists()):
         raise ConfigError(
             "no dataset given: set dataset (names in dataset_info.json) or an existing tokenized_path"
         )
-    if not config.template:
+    if not data.template:
         raise ConfigError("`template` is required (e.g. template: qwen)")
     if config.bf16 and config.fp16:
         raise ConfigError("set only one of bf16 and fp16")
-    if config.neat_packing:
-        config.packing = True
     if config.uses_varlen_batches and config.attn in ("sdpa", "eager"):
-        mode = "packing" if config.packing else "padding_free"
+        mode = "packing" if data.packing else "padding_free"
         raise ConfigError(
             f"{mode} needs attn: varlen or flash_attention_2 (with attn: {config.attn} the sequences "
             "of a flattened row would attend to each other)"
         )
-    for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "cutoff_len"):
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
         if getattr(config, key) < 1:
             raise ConfigError(f"`{key}` must be at least 1, got {getattr(config, key)}")
     if config.max_tokens_per_batch is not None and config.max_tokens_per_batch < 1:

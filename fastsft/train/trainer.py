@@ -16,6 +16,7 @@ Outputs in ``output_dir``: ``checkpoint-*`` folders, ``trainer_log.jsonl`` (one 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -246,38 +247,24 @@ def load_train_dataset(config: TrainConfig, tokenizer: Any, training_args: Train
     first, so the others load what it saved. Without one each process builds the rows in memory.
     Either way the tokenizer is fixed as LLaMA-Factory does (eos, pad, stop words).
     """
-    from fastsft.data.pipeline import DataArgs, build_dataset, build_to_disk
-    from fastsft.data.templates import fix_tokenizer, get_template
+    from fastsft.data.pipeline import build_dataset, build_to_disk, make_template
+    from fastsft.data.templates import fix_tokenizer
 
-    path = config.tokenized_path
+    data_args = config.data
+    if data_args.packing and data_args.packing_strategy is None:
+        # Unpadded rows for VarlenCollator; the same samples as LLaMA-Factory's packed rows.
+        data_args = dataclasses.replace(data_args, packing_strategy="bfd")
+    path = data_args.tokenized_path
     with training_args.main_process_first(desc="dataset"):
         if path and Path(path).exists():
-            fix_tokenizer(get_template(config.template, tool_format=config.tool_format), tokenizer)
+            fix_tokenizer(make_template(data_args), tokenizer)
             return _load_tokenized(path, training_args)
-        data_args = DataArgs(
-            dataset=config.dataset,
-            dataset_dir=config.dataset_dir,
-            template=config.template,
-            cutoff_len=config.cutoff_len,
-            train_on_prompt=config.train_on_prompt,
-            mask_history=config.mask_history,
-            packing=config.packing,
-            neat_packing=config.neat_packing,
-            tool_format=config.tool_format,
-            default_system=config.default_system,
-            enable_thinking=config.enable_thinking,
-            preserve_thinking=config.preserve_thinking,
-            max_samples=config.max_samples,
-            preprocessing_batch_size=config.preprocessing_batch_size,
-            packing_strategy="bfd",  # unpadded rows for VarlenCollator; same samples as LLaMA-Factory's
-        )
-        workers = config.preprocessing_num_workers or 1
         if path and training_args.should_save:
-            for line in build_to_disk(data_args, tokenizer, path, workers=workers).lines():
+            for line in build_to_disk(data_args, tokenizer, path).lines():
                 say(line)
             say(f"saved the tokenized dataset to {path}")
             return _load_tokenized(path, training_args)
-        dataset, summary = build_dataset(data_args, tokenizer, workers=workers)
+        dataset, summary = build_dataset(data_args, tokenizer)
         if training_args.process_index == 0:
             for line in summary.lines():
                 say(line)

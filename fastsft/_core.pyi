@@ -1,0 +1,43 @@
+"""Typed stubs of the compiled kernels (``csrc/_core.pyx``); call them through ``fastsft.kernels``."""
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+BOUNDS_CHECKED: bool
+
+def assemble_supervised(
+    token_ids: ArrayLike,  # int32[N]
+    message_bounds: ArrayLike,  # int64[M+1]
+    sample_bounds: ArrayLike,  # int64[n+1]
+    cutoff_len: int,
+    train_on_prompt: bool,
+    mask_history: bool,
+    efficient_eos: bool,
+    eos_token_id: int | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(input_ids int32[T], labels int32[L], offsets int64[n+1], label_offsets int64[n+1])."""
+
+def knapsack_llamafactory(lengths: ArrayLike, capacity: int) -> tuple[np.ndarray, np.ndarray]:
+    """(order int64[n], row_bounds int64[R+1])."""
+
+def pack_bfd(lengths: ArrayLike, capacity: int) -> tuple[np.ndarray, np.ndarray]:
+    """(order int64[n], row_bounds int64[R+1])."""
+
+def materialize_rows(
+    input_ids: ArrayLike,  # int32[T]
+    labels: ArrayLike,  # int32[T]
+    offsets: ArrayLike,  # int64[n+1]
+    order: ArrayLike,  # int64[k]
+    row_bounds: ArrayLike,  # int64[R+1]
+    row_length: int,
+    pad_token_id: int,
+    neat_packing: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(input_ids, labels, attention_mask, position_ids: int32[T'], row_offsets int64[R+1], seq_lens int64[k])."""
+
+def varlen_flatten(
+    rows_input_ids: list[np.ndarray] | list[list[int]],
+    rows_labels: list[np.ndarray] | list[list[int]],
+    rows_position_ids: list[np.ndarray] | list[list[int]] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """(input_ids int64[T], labels int64[T], position_ids int64[T], cu_seqlens int32[S+1], max_seqlen)."""

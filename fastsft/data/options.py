@@ -1,0 +1,105 @@
+"""The data options, declared once: ``fastsft preprocess``/``inspect`` flags, ``--config`` YAML keys
+and ``fastsft train``'s data section all derive from ``DataArgs``.
+
+Names follow LLaMA-Factory's ``DataArguments`` where one exists. Construction checks types and
+cross-key rules only: it imports no kernel and touches no file (paths are checked where used).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fastsft.errors import ConfigError
+from fastsft.options import coerce, option
+
+__all__ = ["DATA_KEYS", "DataArgs", "PackingStrategy", "data_args_from_mapping"]
+
+PackingStrategy = Literal["llamafactory", "bfd"]
+
+
+@dataclass
+class DataArgs:
+    """Data options (LLaMA-Factory key names; the last group is fastsft's own)."""
+
+    dataset: str | list[str] | None = option(
+        None, "dataset names in dataset_info.json, or files/folders; comma-separated or repeated"
+    )
+    dataset_dir: str = option("data", "folder holding dataset_info.json and the data files")
+    template: str | None = option(None, "chat template, e.g. qwen (see `fastsft templates`)")
+    cutoff_len: int = option(2048, "maximum tokens per sample (packed rows are cutoff_len long)")
+    train_on_prompt: bool = option(False, "also train on prompt tokens")
+    mask_history: bool = option(False, "train on the last turn only")
+    packing: bool | None = option(None, "pack samples into rows of cutoff_len tokens")
+    neat_packing: bool = option(False, "pack without cross-sequence attention (implies packing)")
+    tool_format: str | None = option(None, "tool-call format overriding the template's")
+    default_system: str | None = option(None, "system prompt for samples without one")
+    enable_thinking: bool | None = option(True, "reasoning templates: keep or drop thoughts (null: unset)")
+    preserve_thinking: bool = option(False, "reasoning templates: keep history thoughts under mask_history")
+    max_samples: int | None = option(None, "read at most this many samples per dataset")
+    preprocessing_batch_size: int = option(
+        1000, "samples per preprocessing batch (LLaMA-Factory packs per batch)"
+    )
+    preprocessing_num_workers: int | None = option(
+        None, "encoding processes (default 1; pays off with many cores)", flag="--workers"
+    )
+    tokenized_path: str | None = option(
+        None,
+        "saved dataset: preprocess writes it, train loads it (or builds and saves it there)",
+        flag="--output",
+    )
+    # fastsft's own options
+    packing_strategy: PackingStrategy | None = option(
+        None,
+        "llamafactory: LLaMA-Factory's rows (preprocess default); bfd: whole-dataset best fit (train default)",
+    )
+    backend: Literal["compiled", "python"] | None = option(
+        None,
+        "encode path: compiled kernels or the pure-Python reference (default: $FASTSFT_BACKEND or compiled)",
+    )
+    tokenizer_backend: Literal["auto", "hf", "fast"] | None = option(
+        None, "tokenizer implementation (default: $FASTSFT_TOKENIZER or auto)"
+    )
+    strict: bool = option(False, "fail on the first sample LLaMA-Factory would drop")
+    skip_malformed: bool = option(False, "count and skip malformed samples instead of failing")
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(DataArgs)
+        for name in DATA_KEYS:
+            setattr(self, name, coerce(name, getattr(self, name), hints[name]))
+        if self.mask_history and self.train_on_prompt:
+            raise ConfigError("`mask_history` is incompatible with `train_on_prompt` (as in LLaMA-Factory)")
+        for name in ("cutoff_len", "preprocessing_batch_size", "max_samples", "preprocessing_num_workers"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"`{name}` must be at least 1, got {value}")
+        if self.neat_packing:
+            self.packing = True
+        if self.packing_strategy is not None and not self.packing:
+            raise ConfigError(f"`packing_strategy: {self.packing_strategy}` needs `packing: true`")
+
+    @property
+    def effective_cutoff_len(self) -> int:
+        """LLaMA-Factory lowers ``cutoff_len`` by one when packing; rows are then ``cutoff_len`` long."""
+        return self.cutoff_len - 1 if self.packing else self.cutoff_len
+
+    @property
+    def strategy(self) -> PackingStrategy:
+        """The packing strategy in force (``llamafactory`` unless set)."""
+        return self.packing_strategy or "llamafactory"
+
+    def require_dataset(self) -> str | list[str]:
+        if not self.dataset:
+            raise ConfigError("no dataset given (use --dataset NAME_OR_FILE or `dataset:` in --config)")
+        return self.dataset
+
+
+DATA_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(DataArgs))
+
+
+def data_args_from_mapping(values: dict[str, Any]) -> DataArgs:
+    """``DataArgs`` from already-read data keys (YAML values or ``key=value`` override text)."""
+    hints = typing.get_type_hints(DataArgs)
+    return DataArgs(**{key: coerce(key, value, hints[key]) for key, value in values.items()})

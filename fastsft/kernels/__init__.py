@@ -1,0 +1,54 @@
+"""The one kernel interface: the same flat-buffer functions, compiled or pure Python, chosen once.
+
+``select_kernels(path)`` returns the module for an encode path, ``"compiled"`` (default;
+``fastsft.kernels.compiled`` over ``fastsft._core``) or ``"python"`` (``fastsft.kernels.reference``).
+Both expose ``assemble_supervised``, ``knapsack_llamafactory``, ``pack_bfd``, ``materialize_rows``
+and ``varlen_flatten`` with the same signatures and the same named results
+(``fastsft.kernels.types``). Callers hold the module and never branch on the path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+from typing import Literal
+
+from fastsft.errors import ConfigError
+from fastsft.kernels.types import Packing, Rows, Supervised, Varlen, offsets_from_lengths
+
+__all__ = [
+    "ENCODE_PATHS",
+    "ENCODE_PATH_ENV",
+    "EncodePath",
+    "Packing",
+    "Rows",
+    "Supervised",
+    "Varlen",
+    "offsets_from_lengths",
+    "resolve_encode_path",
+    "select_kernels",
+]
+
+EncodePath = Literal["compiled", "python"]
+ENCODE_PATHS: tuple[EncodePath, ...] = ("compiled", "python")
+ENCODE_PATH_ENV = "FASTSFT_BACKEND"  # the user-facing name is `backend` (--backend, FASTSFT_BACKEND)
+
+
+def resolve_encode_path(path: str | None = None) -> EncodePath:
+    """The argument, else ``$FASTSFT_BACKEND``, else ``"compiled"``; checks the name only."""
+    chosen = path or os.environ.get(ENCODE_PATH_ENV) or "compiled"
+    if chosen not in ENCODE_PATHS:
+        source = "backend" if path else f"${ENCODE_PATH_ENV}"
+        raise ConfigError(f"{source} must be one of {', '.join(ENCODE_PATHS)}, got {chosen!r}")
+    return chosen  # type: ignore[return-value]
+
+
+def select_kernels(path: str | None = None) -> ModuleType:
+    """The kernel module for ``path`` (see ``resolve_encode_path``).
+
+    ``"compiled"`` imports ``fastsft._core``, so a missing extension fails here with the command
+    that builds it (``KernelsNotBuiltError``); there is no silent fallback to the slower path.
+    """
+    name = "reference" if resolve_encode_path(path) == "python" else "compiled"
+    return importlib.import_module(f"fastsft.kernels.{name}")

@@ -1,0 +1,102 @@
+"""The compiled kernels of ``fastsft._core`` with named results; the only module that imports it.
+
+There is no silent pure-Python fallback: a missing or stale extension is an error that says how
+to build it, so a slow path never hides behind a fast one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import numpy as np
+
+from fastsft.errors import FastSFTError
+from fastsft.kernels.types import Packing, Rows, Supervised, Varlen
+
+__all__ = [
+    "BOUNDS_CHECKED",
+    "KernelsNotBuiltError",
+    "assemble_supervised",
+    "knapsack_llamafactory",
+    "materialize_rows",
+    "pack_bfd",
+    "varlen_flatten",
+]
+
+
+class KernelsNotBuiltError(FastSFTError, ImportError):
+    """The compiled extension ``fastsft._core`` is missing or out of date."""
+
+
+try:
+    _core = importlib.import_module("fastsft._core")
+except ImportError as error:
+    raise KernelsNotBuiltError(
+        f"fastsft's compiled kernels (fastsft._core) are not built or out of date ({error}); "
+        "build them with `pip install -e .` or `python setup.py build_ext --inplace` in the fastsft checkout"
+    ) from error
+
+BOUNDS_CHECKED: bool = _core.BOUNDS_CHECKED
+
+
+def assemble_supervised(
+    token_ids: Any,
+    message_bounds: Any,
+    sample_bounds: Any,
+    cutoff_len: int,
+    train_on_prompt: bool,
+    mask_history: bool,
+    efficient_eos: bool,
+    eos_token_id: int | None,
+) -> Supervised:
+    """See ``fastsft.kernels.reference.assemble_supervised`` (same contract)."""
+    return Supervised(
+        *_core.assemble_supervised(
+            token_ids,
+            message_bounds,
+            sample_bounds,
+            cutoff_len,
+            train_on_prompt,
+            mask_history,
+            efficient_eos,
+            eos_token_id,
+        )
+    )
+
+
+def knapsack_llamafactory(lengths: Any, capacity: int) -> Packing:
+    """See ``fastsft.kernels.reference.knapsack_llamafactory``."""
+    return Packing(*_core.knapsack_llamafactory(lengths, capacity))
+
+
+def pack_bfd(lengths: Any, capacity: int) -> Packing:
+    """See ``fastsft.kernels.reference.pack_bfd``."""
+    return Packing(*_core.pack_bfd(lengths, capacity))
+
+
+def materialize_rows(
+    input_ids: Any,
+    labels: Any,
+    offsets: Any,
+    order: Any,
+    row_bounds: Any,
+    row_length: int,
+    pad_token_id: int,
+    neat_packing: bool,
+) -> Rows:
+    """See ``fastsft.kernels.reference.materialize_rows``."""
+    return Rows(
+        *_core.materialize_rows(
+            input_ids, labels, offsets, order, row_bounds, row_length, pad_token_id, neat_packing
+        )
+    )
+
+
+def varlen_flatten(
+    rows_input_ids: list[np.ndarray],
+    rows_labels: list[np.ndarray],
+    rows_position_ids: list[np.ndarray] | None = None,
+) -> Varlen:
+    """See ``fastsft.kernels.reference.varlen_flatten``."""
+    return Varlen(*_core.varlen_flatten(rows_input_ids, rows_labels, rows_position_ids))

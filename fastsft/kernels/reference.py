@@ -1,0 +1,169 @@
+"""The pure-Python kernels: the compiled kernels' contracts, on the readable references.
+
+Each function has the compiled kernel's flat-buffer signature and returns the same named tuple
+with the same dtypes (``fastsft.kernels.types``); it converts the buffers to lists, calls the
+line-for-line port of LLaMA-Factory (``fastsft.data.encode`` / ``fastsft.data.packing``) and
+converts back. The parity tests swap this module for ``fastsft.kernels.compiled`` and nothing
+else.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+
+from fastsft import IGNORE_INDEX
+from fastsft.data.encode import encode_pairs
+from fastsft.data.packing import best_fit_decreasing, llamafactory_order, rows_from_order
+from fastsft.kernels.types import Packing, Rows, Supervised, Varlen, offsets_from_lengths
+
+__all__ = ["assemble_supervised", "knapsack_llamafactory", "materialize_rows", "pack_bfd", "varlen_flatten"]
+
+
+def _int32(values: list[int]) -> np.ndarray:
+    return np.asarray(values, dtype=np.int32).reshape(-1)
+
+
+def assemble_supervised(
+    token_ids: Any,
+    message_bounds: Any,
+    sample_bounds: Any,
+    cutoff_len: int,
+    train_on_prompt: bool,
+    mask_history: bool,
+    efficient_eos: bool,
+    eos_token_id: int | None,
+) -> Supervised:
+    """``input_ids``/``labels`` of a batch of samples, each exactly as ``encode_pairs`` builds it.
+
+    ``token_ids`` (int32[N]) holds every message's tokens back to back; message ``m`` is
+    ``token_ids[message_bounds[m]:message_bounds[m+1]]`` (``message_bounds``: int64[M+1]); sample
+    ``s`` owns messages ``sample_bounds[s] .. sample_bounds[s+1]`` (int64[n+1]), an even count
+    of (prompt, response) pairs.
+    """
+    if efficient_eos and eos_token_id is None:
+        raise ValueError("efficient_eos needs an eos_token_id")
+    tokens = np.asarray(token_ids).tolist()
+    bounds = np.asarray(message_bounds).tolist()
+    input_ids: list[int] = []
+    labels: list[int] = []
+    lengths, label_lengths = [], []
+    for first, last in itertools.pairwise(np.asarray(sample_bounds).tolist()):
+        messages = [tokens[bounds[m] : bounds[m + 1]] for m in range(first, last)]
+        ids, labs = encode_pairs(
+            [(messages[i], messages[i + 1]) for i in range(0, len(messages), 2)],
+            cutoff_len=cutoff_len,
+            train_on_prompt=train_on_prompt,
+            mask_history=mask_history,
+            efficient_eos=efficient_eos,
+            eos_token_id=eos_token_id,
+        )
+        input_ids += ids
+        labels += labs
+        lengths.append(len(ids))
+        label_lengths.append(len(labs))
+    return Supervised(
+        _int32(input_ids),
+        _int32(labels),
+        offsets_from_lengths(np.asarray(lengths, dtype=np.int64)),
+        offsets_from_lengths(np.asarray(label_lengths, dtype=np.int64)),
+    )
+
+
+def _packing(order: list[int], row_bounds: list[int]) -> Packing:
+    return Packing(np.asarray(order, dtype=np.int64), np.asarray(row_bounds, dtype=np.int64))
+
+
+def knapsack_llamafactory(lengths: Any, capacity: int) -> Packing:
+    """LLaMA-Factory 0.9.5's ``greedy_knapsack`` rows over ``lengths`` (int64[n]); see ``llamafactory_order``."""
+    return _packing(*llamafactory_order(np.asarray(lengths).tolist(), capacity))
+
+
+def pack_bfd(lengths: Any, capacity: int) -> Packing:
+    """Best-fit-decreasing rows of at most ``capacity`` tokens over ``lengths`` (int64[n])."""
+    return _packing(*best_fit_decreasing(np.asarray(lengths).tolist(), capacity))
+
+
+def materialize_rows(
+    input_ids: Any,
+    labels: Any,
+    offsets: Any,
+    order: Any,
+    row_bounds: Any,
+    row_length: int,
+    pad_token_id: int,
+    neat_packing: bool,
+) -> Rows:
+    """Samples (int32 buffers, int64[n+1] ``offsets``) copied into the rows ``order``/``row_bounds`` name.
+
+    See ``rows_from_order``: positions restart per sample; mask 1, or the 1-based sample index
+    with ``neat_packing``; ``row_length > 0`` pads every row to it, ``0`` leaves rows unpadded.
+    """
+    bounds = np.asarray(offsets).tolist()
+    if len(labels) != len(input_ids):
+        raise ValueError("labels and input_ids must have the same length")
+    ids, labs = np.asarray(input_ids).tolist(), np.asarray(labels).tolist()
+    order_list = np.asarray(order).tolist()
+    row_bounds_list = np.asarray(row_bounds).tolist()
+    rows = rows_from_order(
+        [ids[bounds[i] : bounds[i + 1]] for i in range(len(bounds) - 1)],
+        [labs[bounds[i] : bounds[i + 1]] for i in range(len(bounds) - 1)],
+        order_list,
+        row_bounds_list,
+        neat_packing=neat_packing,
+        row_length=row_length,
+        pad_token_id=pad_token_id,
+    )
+    if row_length and any(len(row) > row_length for row in rows.get("input_ids", [])):
+        raise ValueError(f"a row is longer than row_length {row_length}")
+
+    def flat(name: str) -> np.ndarray:
+        return _int32([t for row in rows.get(name, []) for t in row])
+
+    row_lengths = np.asarray([len(row) for row in rows.get("input_ids", [])], dtype=np.int64)
+    seq_lens = np.asarray([bounds[i + 1] - bounds[i] for i in order_list], dtype=np.int64)
+    return Rows(
+        flat("input_ids"),
+        flat("labels"),
+        flat("attention_mask"),
+        flat("position_ids"),
+        offsets_from_lengths(row_lengths),
+        seq_lens,
+    )
+
+
+def varlen_flatten(
+    rows_input_ids: list[np.ndarray],
+    rows_labels: list[np.ndarray],
+    rows_position_ids: list[np.ndarray] | None = None,
+) -> Varlen:
+    """Rows flattened into one padding-free stream of sequences.
+
+    A row holds one sequence, or several when its position ids restart at 0. Sequences are
+    concatenated; each one's first label becomes -100 so no token learns to predict the start
+    of the next sequence; position ids are kept when given, else count from 0 per row.
+    """
+    input_ids: list[int] = []
+    labels: list[int] = []
+    position_ids: list[int] = []
+    cu_seqlens = [0]
+    for row, row_ids in enumerate(rows_input_ids):
+        ids = np.asarray(row_ids).tolist()
+        row_labels = np.asarray(rows_labels[row]).tolist()
+        positions = np.asarray(rows_position_ids[row]).tolist() if rows_position_ids is not None else None
+        starts = [t for t in range(len(ids)) if t == 0 or (positions is not None and positions[t] == 0)]
+        for start, end in zip(starts, [*starts[1:], len(ids)]):
+            input_ids += ids[start:end]
+            labels += [IGNORE_INDEX, *row_labels[start + 1 : end]]
+            position_ids += positions[start:end] if positions is not None else range(end - start)
+            cu_seqlens.append(cu_seqlens[-1] + end - start)
+    max_seqlen = max((end - start for start, end in itertools.pairwise(cu_seqlens)), default=0)
+    return Varlen(
+        np.asarray(input_ids, dtype=np.int64),
+        np.asarray(labels, dtype=np.int64),
+        np.asarray(position_ids, dtype=np.int64),
+        np.asarray(cu_seqlens, dtype=np.int32),
+        int(max_seqlen),
+    )

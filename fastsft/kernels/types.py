@@ -1,0 +1,65 @@
+"""What the kernels return, and the one offsets-from-lengths helper every stage uses.
+
+Both implementations (``reference`` and ``compiled``) return these named tuples with the same
+dtypes, so a caller never needs to know which one ran.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["Packing", "Rows", "Supervised", "Varlen", "offsets_from_lengths"]
+
+
+class Supervised(NamedTuple):
+    """``assemble_supervised``: sample ``s`` is ``input_ids[offsets[s]:offsets[s+1]]``.
+
+    ``labels`` has its own ``label_offsets``, equal to ``offsets`` unless LLaMA-Factory's
+    ``efficient_eos`` quirk gave a sample one label more than it has tokens.
+    """
+
+    input_ids: np.ndarray  # int32[T]
+    labels: np.ndarray  # int32[L]
+    offsets: np.ndarray  # int64[n+1]
+    label_offsets: np.ndarray  # int64[n+1]
+
+
+class Packing(NamedTuple):
+    """A packer's answer: row ``r`` holds samples ``order[row_bounds[r]:row_bounds[r+1]]`` in that order."""
+
+    order: np.ndarray  # int64[n]
+    row_bounds: np.ndarray  # int64[R+1]
+
+
+class Rows(NamedTuple):
+    """``materialize_rows``: row ``r`` spans ``row_offsets[r]:row_offsets[r+1]`` of each token buffer.
+
+    ``seq_lens`` is aligned with the packing ``order``: row ``r``'s sequence lengths are
+    ``seq_lens[row_bounds[r]:row_bounds[r+1]]`` (padding excluded).
+    """
+
+    input_ids: np.ndarray  # int32[T]
+    labels: np.ndarray  # int32[T]
+    attention_mask: np.ndarray  # int32[T]
+    position_ids: np.ndarray  # int32[T]
+    row_offsets: np.ndarray  # int64[R+1]
+    seq_lens: np.ndarray  # int64[n]
+
+
+class Varlen(NamedTuple):
+    """``varlen_flatten``: one padding-free stream; sequence ``i`` is ``cu_seqlens[i]:cu_seqlens[i+1]``."""
+
+    input_ids: np.ndarray  # int64[T]
+    labels: np.ndarray  # int64[T]
+    position_ids: np.ndarray  # int64[T]
+    cu_seqlens: np.ndarray  # int32[S+1]
+    max_seqlen: int
+
+
+def offsets_from_lengths(lengths: np.ndarray) -> np.ndarray:
+    """``[0, l0, l0 + l1, ...]`` as int64: the offsets of items laid end to end."""
+    out = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out
