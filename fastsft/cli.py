@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fastsft import __version__
 from fastsft.data.options import DATA_KEYS, DataArgs, data_args_from_mapping
 from fastsft.errors import ConfigError, FastSFTError
 from fastsft.options import add_flags, read_yaml
@@ -96,6 +97,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_templates(args: argparse.Namespace) -> int:
+    from fastsft.data.templates import TEMPLATE_NAMES
+    from fastsft.data.tools import TOOLS
+
+    print("templates: " + ", ".join(TEMPLATE_NAMES))
+    print("tool formats: " + ", ".join(sorted(TOOLS)))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from fastsft.train.trainer import run_train
 
@@ -110,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log what fastsft decides (backends, ...)"
     )
+    parser.add_argument("--version", action="version", version=f"fastsft {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     pre = sub.add_parser(
@@ -134,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--index", type=int, default=0, help="first sample or row to show")
     ins.add_argument("--no-color", dest="no_color", action="store_true")
     ins.set_defaults(func=cmd_inspect)
+
+    tpl = sub.add_parser("templates", help="list the chat templates and tool formats")
+    tpl.set_defaults(func=cmd_templates)
 
     from fastsft.train.config import add_train_arguments
 

@@ -191,7 +191,7 @@ def outcome(
     except FastSFTError as error:
         return {"error": f"{type(error).__name__}: {error}"}, None
     counts = dataclasses.asdict(summary)
-    for name in ("seconds", "backend", "tokenizer_backend"):
+    for name in ("seconds", "encode_path", "tokenizer_backend"):
         counts.pop(name)
     return {
         "features": dataset.features,

@@ -77,7 +77,7 @@ class DataArgs:
                 raise ConfigError(f"`{name}` must be at least 1, got {value}")
         if self.neat_packing:
             self.packing = True
-        if self.packing_strategy is not None and not self.packing:
+        if self.packing_strategy == "bfd" and not self.packing:  # llamafactory is the default anyway
             raise ConfigError(f"`packing_strategy: {self.packing_strategy}` needs `packing: true`")
 
     @property
