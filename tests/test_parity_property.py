@@ -246,5 +246,5 @@ def test_compiled_path_equals_python_path(fixture_tokenizer_path, template, data
         if cache_file:  # only the output is left: no spill folder
             assert [p.name for p in Path(cache_file).parent.iterdir()] in ([], ["rows.arrow"])
     assert compiled == reference, first_difference(reference, compiled)
-    if tokenizer_used is not None:  # "auto" must really exercise tiktoken on the fixture tokenizer
-        assert tokenizer_used == {"hf": "hf", "auto": "tiktoken"}[drawn["tokenizer_backend"]]
+    if tokenizer_used is not None:  # "auto" must really exercise fastokens on the fixture tokenizer
+        assert tokenizer_used == {"hf": "hf", "auto": "fastokens"}[drawn["tokenizer_backend"]]

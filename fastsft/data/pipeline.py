@@ -854,12 +854,8 @@ _worker_encoder: Encoder | None = None
 
 def _init_worker(args: DataArgs, tokenizer: Any, tokenizer_backend: Any) -> None:
     """Reuse the parent's checked tokenizer backend, single-threaded: the processes are the parallelism."""
-    from fastsft.tokenization import TiktokenBackend
-
     global _worker_encoder
-    if isinstance(tokenizer_backend, TiktokenBackend):
-        tokenizer_backend = TiktokenBackend(tokenizer_backend.parts, num_threads=1)
-    _worker_encoder = Encoder(args, tokenizer, tokenizer_backend)
+    _worker_encoder = Encoder(args, tokenizer, tokenizer_backend.single_threaded())
 
 
 def _encode_in_worker(convs: list[Conversation], refs: list[SampleRef]) -> tuple[EncodedBatch, Summary]:
