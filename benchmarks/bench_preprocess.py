@@ -9,7 +9,7 @@ Contenders, each from reading the JSON file to the finished ``datasets.Dataset``
 
 * the pure-Python reference path (``backend="python"``: ``tokenizer.encode`` per segment);
 * the compiled path with the HF tokenizer (one batched Rust call per preprocessing batch);
-* the compiled path with the tiktoken backend (``tokenizer_backend="fast"``);
+* the compiled path with the fastokens backend (``tokenizer_backend="fast"``);
 * as ceilings, tokenization alone on the same rendered text segments: the HF tokenizer's own
   batched call (``tokenizer(texts)``) and the two backends the compiled path calls;
 * LLaMA-Factory 0.9.5's ``get_dataset`` (``lf_peer.py`` in its own interpreter; its seconds are
@@ -20,11 +20,11 @@ Every fastsft path must give identical rows, and LLaMA-Factory the same rows aga
 ``token_digest``). Each fastsft path gets one warm-up call on 100 conversations (imports,
 first-use set-up); then ``ROUNDS`` rounds run every contender in turn and each keeps its best
 time (LLaMA-Factory runs once, afterwards). Fails only on ratios: compiled+HF under ``HF_FLOOR`` ×
-the Python path, or compiled+tiktoken under ``FAST_FLOOR`` ×, or on differing rows. The packing
-variants (both strategies; Python and compiled+tiktoken, plus LLaMA-Factory for its own strategy)
+the Python path, or compiled+fastokens under ``FAST_FLOOR`` ×, or on differing rows. The packing
+variants (both strategies; Python and compiled+fastokens, plus LLaMA-Factory for its own strategy)
 run on the first ``PACKING_SAMPLES`` conversations, print their ratios and check rows only.
 Much below the default 2,000 conversations the fixed per-call set-up (~0.3 s to build and
-probe-check the tiktoken backend) dominates compiled + tiktoken, and its floor fails.
+probe-check the fastokens backend) dominates compiled + fastokens, and its floor fails.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ TOKEN_COLUMNS = ("input_ids", "attention_mask", "labels")
 PATHS: dict[str, dict[str, Any]] = {
     "pure Python (backend=python)": {"backend": "python"},
     "compiled + HF tokenizer": {"backend": "compiled", "tokenizer_backend": "hf"},
-    "compiled + tiktoken (fast)": {"backend": "compiled", "tokenizer_backend": "fast"},
+    "compiled + fastokens (fast)": {"backend": "compiled", "tokenizer_backend": "fast"},
 }
 PYTHON, COMPILED_HF, COMPILED_FAST = PATHS
 
@@ -177,7 +177,7 @@ def tokenizer_contenders(tokenizer: Any, dataset_dir: Path) -> dict[str, Callabl
         "tokenize only: HF backend (encode_batch_fast)": lambda texts: len(
             hf_backend.encode_batch_flat(texts)[0]
         ),
-        "tokenize only: tiktoken backend": lambda texts: len(fast_backend.encode_batch_flat(texts)[0]),
+        "tokenize only: fastokens backend": lambda texts: len(fast_backend.encode_batch_flat(texts)[0]),
     }
 
     def contender(count: Callable[[list[str]], int]) -> Callable[[], Timed]:

@@ -17,6 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_DATA_DIR = REPO_ROOT / "tests" / "data"
 FIXTURE_TOKENIZER_DIR = REPO_ROOT / "examples" / "tiny" / "tokenizer"
 QWEN2_TOKENIZER_ENV = "FASTSFT_QWEN2_TOKENIZER"
+LLAMA3_TOKENIZER_DIR = REPO_ROOT / ".cache" / "tokenizers" / "llama3"  # scripts/make_llama3_tokenizer.py
 
 
 def qwen2_tokenizer_dir() -> Path:
@@ -67,6 +68,17 @@ def qwen2_tokenizer_path() -> Path:
     if not path.is_dir():
         pytest.skip(f"Qwen2 tokenizer not found at {path} (set {QWEN2_TOKENIZER_ENV} to its directory)")
     return path
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer_path() -> Path:
+    """Meta's Llama 3 tokenizer as built by ``scripts/make_llama3_tokenizer.py``, or skip when it is not built."""
+    if not (LLAMA3_TOKENIZER_DIR / "tokenizer.json").is_file():
+        pytest.skip(
+            f"Llama 3 tokenizer not built at {LLAMA3_TOKENIZER_DIR} "
+            "(run scripts/make_llama3_tokenizer.py; it downloads the llama-models wheel)"
+        )
+    return LLAMA3_TOKENIZER_DIR
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ Hypothesis draws whole datasets (random text with CJK, emoji, newlines and speci
 1-4 turns; system prompts; tools; function calls and observations; rows LLaMA-Factory drops and
 malformed rows) and option sets (any of the templates, train_on_prompt / mask_history, tiny to
 large cutoff_len, both packing strategies, neat packing, small preprocessing batches, the HF or
-the automatically chosen (tiktoken) tokenizer backend). Each case is built with
+the automatically chosen (fastokens) tokenizer backend). Each case is built with
 ``backend="python"`` and ``backend="compiled"``; every column of every row, the features, the
 summary counts and any error must be identical.
 """
@@ -247,5 +247,5 @@ def test_compiled_path_equals_python_path(fixture_tokenizer_path, template, data
         if cache_file:  # only the output is left: no spill folder
             assert [p.name for p in Path(cache_file).parent.iterdir()] in ([], ["rows.arrow"])
     assert compiled == reference, first_difference(reference, compiled)
-    if tokenizer_used is not None:  # "auto" must really exercise tiktoken on the fixture tokenizer
-        assert tokenizer_used == {"hf": "hf", "auto": "tiktoken"}[drawn["tokenizer_backend"]]
+    if tokenizer_used is not None:  # "auto" must really exercise fastokens on the fixture tokenizer
+        assert tokenizer_used == {"hf": "hf", "auto": "fastokens"}[drawn["tokenizer_backend"]]

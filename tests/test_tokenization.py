@@ -1,13 +1,17 @@
-"""Tokenizer backends: tiktoken must give exactly ``tokenizer.encode(text, add_special_tokens=False)``.
+"""Tokenizer backends: fastokens must give exactly ``tokenizer.encode(text, add_special_tokens=False)``.
 
-Property tests run on the fixture tokenizer and, when present, the real Qwen2 tokenizer, before
-and after LLaMA-Factory-style fixes (EOS replacement, stop words and plain tokens added).
+Property tests run on the fixture tokenizer and, when present, the real Qwen2 and Llama 3
+tokenizers, before and after LLaMA-Factory-style fixes (EOS replacement, stop words and plain
+tokens added), and on small tokenizers with other BPE structures.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import pickle
+import subprocess
+import sys
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -18,21 +22,25 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers
 
-from fastsft import tokenization
 from fastsft.errors import ConfigError, DataError
 from fastsft.tokenization import (
     ENV_VAR,
-    GAPLESS_PATTERNS,
-    LLAMA3_PATTERN,
-    QWEN2_PATTERN,
+    FastokensBackend,
     HFBackend,
-    TiktokenBackend,
     UnsupportedTokenizer,
     load_backend,
     probe_texts,
 )
 
-pytest.importorskip("tiktoken")
+# The split patterns of Qwen2's and Meta's Llama 3 tokenizer.json.
+QWEN2_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 FRAGMENTS = [
     # English, contractions (any case), code
@@ -47,6 +55,7 @@ FRAGMENTS = [
     "\u1100\u1161\u11a8", "각", "ﬁ", "ｆｕｌｌ",
     # whitespace and newline runs
     " ", "  ", "   ", "\n", "\n\n", "\r\n", "\r", "\t", "\t\t", " \n ", "\u3000", "\u00a0", "\u2003", "\u200b",
+    "\u200c", "\u200d", "\u2060", "\ufeff", "\r\n\r\n", " \t \r\n  ", "\u00a0\u00a0", "\u0085", "\u2028",
     # digits
     "0", "7", "12", "345", "2024", "3.14", "1,000", "٣", "²",
 ]  # fmt: skip
@@ -114,17 +123,17 @@ PROPERTY_SETTINGS = settings(
 
 
 @pytest.fixture(scope="module")
-def fixture_pair(fixture_tokenizer_path: Path) -> tuple[Any, TiktokenBackend]:
+def fixture_pair(fixture_tokenizer_path: Path) -> tuple[Any, FastokensBackend]:
     tokenizer = load_tokenizer(fixture_tokenizer_path)
     backend = load_backend(tokenizer, "fast")
-    assert isinstance(backend, TiktokenBackend)
+    assert isinstance(backend, FastokensBackend)
     return tokenizer, backend
 
 
 @given(data=st.data())
 @PROPERTY_SETTINGS
-def test_tiktoken_matches_hf_on_fixture(
-    fixture_pair: tuple[Any, TiktokenBackend], data: st.DataObject
+def test_fastokens_matches_hf_on_fixture(
+    fixture_pair: tuple[Any, FastokensBackend], data: st.DataObject
 ) -> None:
     tokenizer, backend = fixture_pair
     batch = data.draw(st.lists(texts(added_contents(tokenizer)), max_size=6))
@@ -132,7 +141,7 @@ def test_tiktoken_matches_hf_on_fixture(
 
 
 @pytest.fixture(scope="module")
-def fixed_fixture_pair(fixture_tokenizer_path: Path) -> tuple[Any, TiktokenBackend]:
+def fixed_fixture_pair(fixture_tokenizer_path: Path) -> tuple[Any, FastokensBackend]:
     tokenizer = load_tokenizer(fixture_tokenizer_path)
     apply_llamafactory_fixes(tokenizer, ["<|eot_id|>", "<|custom_stop|>"], ["<plain>", "café"])
     return tokenizer, load_backend(tokenizer, "fast")
@@ -140,8 +149,8 @@ def fixed_fixture_pair(fixture_tokenizer_path: Path) -> tuple[Any, TiktokenBacke
 
 @given(data=st.data())
 @PROPERTY_SETTINGS
-def test_tiktoken_matches_hf_after_fixes_on_fixture(
-    fixed_fixture_pair: tuple[Any, TiktokenBackend], data: st.DataObject
+def test_fastokens_matches_hf_after_fixes_on_fixture(
+    fixed_fixture_pair: tuple[Any, FastokensBackend], data: st.DataObject
 ) -> None:
     tokenizer, backend = fixed_fixture_pair
     batch = data.draw(st.lists(texts(added_contents(tokenizer)), max_size=6))
@@ -173,8 +182,8 @@ OVERLAPPING_SPECIAL = ["<|x|>", "<|x|>y", "b!"]
 
 
 @pytest.fixture(scope="module")
-def overlapping_pair(fixture_tokenizer_path: Path) -> tuple[Any, TiktokenBackend]:
-    """Added tokens one tiktoken call could split differently: "ab"/"bc" overlap, "\n\n" is a prefix
+def overlapping_pair(fixture_tokenizer_path: Path) -> tuple[Any, FastokensBackend]:
+    """Added tokens a leftmost-longest scan could split differently: "ab"/"bc" overlap, "\n\n" is a prefix
     of "\n\n\n", the special "b!" is cut before the plain (normalised) "ab" is looked for, and the
     normalised "e\u0301" ("é") is matched only after NFC."""
     tokenizer = load_tokenizer(fixture_tokenizer_path)
@@ -183,8 +192,8 @@ def overlapping_pair(fixture_tokenizer_path: Path) -> tuple[Any, TiktokenBackend
     return tokenizer, load_backend(tokenizer, "fast")
 
 
-def test_overlapping_added_tokens_take_the_exact_split_path(
-    overlapping_pair: tuple[Any, TiktokenBackend],
+def test_overlapping_added_tokens(
+    overlapping_pair: tuple[Any, FastokensBackend],
 ) -> None:
     tokenizer, backend = overlapping_pair
     batch = ["abc", "xbcab", "ab!", "\n\n\n\n", "<|x|>y<|x|>", "e\u0301e\u0301ab", "é", "c\n\n\nab"]
@@ -194,50 +203,62 @@ def test_overlapping_added_tokens_take_the_exact_split_path(
 @given(batch=st.lists(texts([*OVERLAPPING_PLAIN, *OVERLAPPING_SPECIAL, "é"]), max_size=6))
 @settings(max_examples=50, deadline=None)
 def test_overlapping_added_tokens_property(
-    overlapping_pair: tuple[Any, TiktokenBackend], batch: list[str]
+    overlapping_pair: tuple[Any, FastokensBackend], batch: list[str]
 ) -> None:
     tokenizer, backend = overlapping_pair
     assert_backend_matches(backend, tokenizer, batch)
 
 
-@pytest.mark.parametrize(
-    ("strings", "free"),
-    [
-        (["<|im_start|>", "<|im_end|>", "<think>", "</think>", "<s>", "</s>"], True),
-        (["ab", "bc"], False),  # suffix of one is a prefix of the other
-        (["\n\n", "\n\n\n"], False),  # prefix
-        (["abc", "b"], False),  # inside
-        (["<a>", "<a>"], False),  # duplicate
-    ],
-)
-def test_overlap_free(strings: list[str], free: bool) -> None:
-    assert tokenization._overlap_free(strings) is free
-
-
-def test_threads(fixture_pair: tuple[Any, TiktokenBackend], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_single_threaded_backend(fixture_pair: tuple[Any, FastokensBackend]) -> None:
     tokenizer, backend = fixture_pair
-    monkeypatch.setattr(tokenization, "_MIN_CHARS_PER_THREAD", 100)
-    threaded = TiktokenBackend(backend.parts, num_threads=3)
+    single = backend.single_threaded()
+    assert isinstance(single, FastokensBackend) and single.name == backend.name
     rng = np.random.default_rng(0)
     batch = ["".join(rng.choice(FRAGMENTS, size=int(n))) for n in rng.integers(0, 60, size=200)]
-    batch[5] = "cafe\u0301 <|im_end|>"  # one text off the one-call path
-    assert len(tokenization._balanced_chunks(batch, 3)) == 3
-    assert_backend_matches(threaded, tokenizer, batch)
+    assert_backend_matches(single, tokenizer, batch)
+    assert_backend_matches(pickle.loads(pickle.dumps(single)), tokenizer, batch)
+    hf = HFBackend(tokenizer)
+    assert hf.single_threaded() is hf
 
 
-def test_separator_character_inside_text(fixture_pair: tuple[Any, TiktokenBackend]) -> None:
+SINGLE_THREAD_CHILD = """
+import os, pickle, sys
+backend = pickle.loads(sys.stdin.buffer.read()).single_threaded()
+before = len(os.listdir("/proc/self/task"))
+backend.encode_batch_flat(["hello world, this is some text " * 40] * 4000)
+print(len(os.listdir("/proc/self/task")) - before)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc (Linux)")
+def test_single_threaded_starts_no_threads(fixture_pair: tuple[Any, FastokensBackend]) -> None:
+    """In a fresh process, as in a spawned worker, the single-threaded backend encodes in the caller only
+    (the default one starts encoder threads where there is more than one CPU)."""
+    _, backend = fixture_pair
+    env = {key: value for key, value in os.environ.items() if key != "FASTOKENS_BPE_THREADS"}
+    child = subprocess.run(
+        [sys.executable, "-c", SINGLE_THREAD_CHILD],
+        input=pickle.dumps(backend),
+        capture_output=True,
+        env=env,
+        check=True,
+    )
+    assert child.stdout.decode().strip() == "0"
+
+
+def test_separator_character_inside_text(fixture_pair: tuple[Any, FastokensBackend]) -> None:
     tokenizer, backend = fixture_pair
     assert_backend_matches(backend, tokenizer, ["a\U0010ffffb", "", "\U0010ffff", "x"])
 
 
-def test_empty_batch(fixture_pair: tuple[Any, TiktokenBackend]) -> None:
+def test_empty_batch(fixture_pair: tuple[Any, FastokensBackend]) -> None:
     _, backend = fixture_pair
     ids, offsets = backend.encode_batch_flat([])
     assert ids.tolist() == [] and offsets.tolist() == [0]
     assert backend.encode_batch([]) == []
 
 
-def test_hf_backend_matches_encode(fixture_pair: tuple[Any, TiktokenBackend]) -> None:
+def test_hf_backend_matches_encode(fixture_pair: tuple[Any, FastokensBackend]) -> None:
     tokenizer, _ = fixture_pair
     backend = load_backend(tokenizer, "hf")
     assert isinstance(backend, HFBackend) and backend.name == "hf"
@@ -245,7 +266,7 @@ def test_hf_backend_matches_encode(fixture_pair: tuple[Any, TiktokenBackend]) ->
     assert_backend_matches(backend, tokenizer, [])
 
 
-def test_backends_pickle(fixture_pair: tuple[Any, TiktokenBackend]) -> None:
+def test_backends_pickle(fixture_pair: tuple[Any, FastokensBackend]) -> None:
     tokenizer, backend = fixture_pair
     batch = probe_texts(added_contents(tokenizer))
     for original in (backend, HFBackend(tokenizer)):
@@ -254,7 +275,7 @@ def test_backends_pickle(fixture_pair: tuple[Any, TiktokenBackend]) -> None:
         assert copy.encode_batch(batch) == original.encode_batch(batch)
 
 
-def test_lone_surrogate_is_a_data_error(fixture_pair: tuple[Any, TiktokenBackend]) -> None:
+def test_lone_surrogate_is_a_data_error(fixture_pair: tuple[Any, FastokensBackend]) -> None:
     tokenizer, backend = fixture_pair
     for candidate in (backend, HFBackend(tokenizer)):
         with pytest.raises(DataError, match="not valid Unicode"):
@@ -268,40 +289,40 @@ def test_lone_surrogate_is_a_data_error(fixture_pair: tuple[Any, TiktokenBackend
 
 
 def test_kind_from_environment(
-    fixture_pair: tuple[Any, TiktokenBackend], monkeypatch: pytest.MonkeyPatch
+    fixture_pair: tuple[Any, FastokensBackend], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tokenizer, _ = fixture_pair
     monkeypatch.setenv(ENV_VAR, "hf")
     assert load_backend(tokenizer).name == "hf"
-    assert load_backend(tokenizer, "auto").name == "tiktoken"  # an explicit kind wins
+    assert load_backend(tokenizer, "auto").name == "fastokens"  # an explicit kind wins
     monkeypatch.setenv(ENV_VAR, "fast")
-    assert load_backend(tokenizer).name == "tiktoken"
+    assert load_backend(tokenizer).name == "fastokens"
     monkeypatch.setenv(ENV_VAR, "turbo")
     with pytest.raises(ConfigError, match="'turbo'"):
         load_backend(tokenizer)
 
 
 def test_auto_logs_its_choice(
-    fixture_pair: tuple[Any, TiktokenBackend], caplog: pytest.LogCaptureFixture
+    fixture_pair: tuple[Any, FastokensBackend], caplog: pytest.LogCaptureFixture
 ) -> None:
     tokenizer, _ = fixture_pair
     with caplog.at_level(logging.INFO, logger="fastsft.tokenization"):
-        assert load_backend(tokenizer, "auto").name == "tiktoken"
-    assert "tokenizer backend: tiktoken" in caplog.text
+        assert load_backend(tokenizer, "auto").name == "fastokens"
+    assert "tokenizer backend: fastokens" in caplog.text
 
 
 def test_probe_mismatch_falls_back_to_hf(
-    fixture_pair: tuple[Any, TiktokenBackend],
+    fixture_pair: tuple[Any, FastokensBackend],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     tokenizer, _ = fixture_pair
-    original = TiktokenBackend.encode_batch
+    original = FastokensBackend.encode_batch
 
-    def off_by_one_on_emoji(self: TiktokenBackend, batch: list[str]) -> list[list[int]]:
+    def off_by_one_on_emoji(self: FastokensBackend, batch: list[str]) -> list[list[int]]:
         return [ids[:-1] if "😀" in text else ids for text, ids in zip(batch, original(self, batch))]
 
-    monkeypatch.setattr(TiktokenBackend, "encode_batch", off_by_one_on_emoji)
+    monkeypatch.setattr(FastokensBackend, "encode_batch", off_by_one_on_emoji)
     with caplog.at_level(logging.INFO, logger="fastsft.tokenization"):
         assert load_backend(tokenizer, "auto").name == "hf"
     assert "other ids than HF on the probe text" in caplog.text
@@ -351,14 +372,6 @@ def byte_level_bpe(extra: dict[str, int], merges: list[tuple[str, str]], *, igno
     return wrap(rust)
 
 
-@given(text=st.text(max_size=40) | texts(["<|im_end|>"]))
-@settings(max_examples=100, deadline=None)
-@pytest.mark.parametrize("pattern", sorted(GAPLESS_PATTERNS))
-def test_gapless_patterns_match_everywhere(pattern: str, text: str) -> None:
-    """HF's own regex engine leaves nothing between matches, so no gap alternative is needed."""
-    assert pre_tokenizers.Split(Regex(pattern), behavior="removed").pre_tokenize_str(text) == []
-
-
 def split_then_byte_level(pattern: str) -> Any:
     return pre_tokenizers.Sequence(
         [
@@ -370,8 +383,9 @@ def split_then_byte_level(pattern: str) -> Any:
 
 PRE_TOKENIZERS = {
     "gpt2": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    "gpt2 with prefix space": lambda: pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True),
     "llama3": lambda: split_then_byte_level(LLAMA3_PATTERN),
-    # Skips spaces and punctuation: HF keeps each skipped run as one piece, tiktoken must too.
+    # Skips spaces and punctuation: HF keeps each skipped run as one piece, fastokens must too.
     "gappy": lambda: split_then_byte_level(r"\p{L}+|\p{N}|'s"),
 }
 
@@ -379,89 +393,106 @@ PRE_TOKENIZERS = {
 @pytest.fixture(scope="module", params=sorted(PRE_TOKENIZERS))
 def pre_tokenizer_pair(
     request: pytest.FixtureRequest, fixture_tokenizer_path: Path
-) -> tuple[Any, TiktokenBackend]:
+) -> tuple[Any, FastokensBackend]:
     """The fixture tokenizer (rich enough merges to show where pieces end) with another pre-tokenizer."""
     tokenizer = load_tokenizer(fixture_tokenizer_path)
     tokenizer.backend_tokenizer.pre_tokenizer = PRE_TOKENIZERS[request.param]()
-    backend = load_backend(tokenizer, "fast")
-    assert (backend.parts.pattern in GAPLESS_PATTERNS) == (request.param != "gappy")
-    return tokenizer, backend
+    return tokenizer, load_backend(tokenizer, "fast")
 
 
 @given(data=st.data())
 @settings(max_examples=30, deadline=None)
-def test_other_pre_tokenizers(pre_tokenizer_pair: tuple[Any, TiktokenBackend], data: st.DataObject) -> None:
+def test_other_pre_tokenizers(pre_tokenizer_pair: tuple[Any, FastokensBackend], data: st.DataObject) -> None:
     tokenizer, backend = pre_tokenizer_pair
     assert_backend_matches(backend, tokenizer, ["hello, world!! it's 12 ab  \n x--y", " the the  the"])
     batch = data.draw(st.lists(texts(added_contents(tokenizer)), max_size=6))
     assert_backend_matches(backend, tokenizer, batch)
 
 
-def test_merges_out_of_id_order_are_refused() -> None:
-    # tiktoken would merge "a"+"b" first (lower id), HF merges "b"+"c" first (earlier in merges).
+def test_merges_out_of_id_order() -> None:
+    # A merge-rank encoder (tiktoken) would merge "a"+"b" first (lower id); HF merges "b"+"c" first.
     tokenizer = byte_level_bpe({"ab": 256, "bc": 257}, [("b", "c"), ("a", "b")], ignore_merges=False)
     assert tokenizer.encode("abc", add_special_tokens=False) == [tokenizer.convert_tokens_to_ids("a"), 257]
-    assert load_backend(tokenizer, "auto").name == "hf"
-    with pytest.raises(ConfigError, match="out of id order"):
-        load_backend(tokenizer, "fast")
+    backend = load_backend(tokenizer, "auto")
+    assert backend.name == "fastokens"
+    assert_backend_matches(backend, tokenizer, ["abc", "xabcab", "ab bc abcabc", "cab"])
 
 
 def test_entries_the_merges_never_build() -> None:
     # "abc" is in the vocab, but HF's BPE stops at ["a", "bc"]: its merge needs "ab", which "bc" consumed.
     extra = {"bc": 256, "ab": 257, "abc": 258}
     merges = [("b", "c"), ("a", "b"), ("ab", "c")]
-    plain = byte_level_bpe(extra, merges, ignore_merges=False)
-    backend = load_backend(plain, "fast")  # usable: tiktoken just never emits "abc"
     batch = ["abc", "xabc abc", "ab", "abcd"]
+    plain = byte_level_bpe(extra, merges, ignore_merges=False)
+    backend = load_backend(plain, "fast")
     assert_backend_matches(backend, plain, batch)
     assert 258 not in [token for ids in backend.encode_batch(batch) for token in ids]
 
-    # With ignore_merges HF emits "abc" for the word "abc" but never inside longer words; tiktoken cannot.
+    # With ignore_merges HF emits "abc" for the word "abc" but never inside longer words.
     shortcut = byte_level_bpe(extra, merges, ignore_merges=True)
     assert shortcut.encode("abc", add_special_tokens=False) == [258]
-    assert load_backend(shortcut, "auto").name == "hf"
-    with pytest.raises(ConfigError, match="ignore_merges"):
-        load_backend(shortcut, "fast")
+    backend = load_backend(shortcut, "fast")
+    assert_backend_matches(backend, shortcut, batch)
+    assert backend.encode_batch(["abc"]) == [[258]]
 
 
-def test_gpt2_style_byte_level_pre_tokenizer() -> None:
-    tokenizer = byte_level_bpe(
-        {"he": 256, "ll": 257, "hell": 258, "Ġw": 259},
-        [("h", "e"), ("l", "l"), ("he", "ll"), ("Ġ", "w")],
-        ignore_merges=False,
+def test_added_token_flags(fixture_tokenizer: Any) -> None:
+    fixture_tokenizer.add_tokens(
+        [
+            AddedToken("<mask>", lstrip=True),
+            AddedToken("<r>", rstrip=True),
+            AddedToken("word", single_word=True),
+            AddedToken("<raw>", normalized=False),
+        ]
     )
-    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(
-        add_prefix_space=False, use_regex=True
-    )
-    backend = load_backend(tokenizer, "fast")
-    assert_backend_matches(backend, tokenizer, ["hello world", "I'll   go\n\n x", "hellhell 123 4"])
-    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(
-        add_prefix_space=True, use_regex=True
-    )
-    with pytest.raises(ConfigError, match="pre-tokenizer"):
-        load_backend(tokenizer, "fast")
+    backend = load_backend(fixture_tokenizer, "auto")
+    assert backend.name == "fastokens"
+    batch = ["a  <mask>b", "<r>  x", "words word sword word.", " <raw><mask> <r>\n", "\t<mask>\r\n<r>"]
+    assert_backend_matches(backend, fixture_tokenizer, batch)
 
 
-def test_unsupported_added_token_flags(fixture_tokenizer: Any) -> None:
-    fixture_tokenizer.add_tokens([AddedToken("<mask>", lstrip=True)])
+def test_bpe_pre_tokenizer_fastokens_lacks_falls_back_to_hf(fixture_tokenizer: Any) -> None:
+    fixture_tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     assert load_backend(fixture_tokenizer, "auto").name == "hf"
-    with pytest.raises(ConfigError, match="lstrip"):
+    with pytest.raises(ConfigError, match=r"fastokens cannot load it.*Whitespace"):
         load_backend(fixture_tokenizer, "fast")
 
 
-def test_missing_tiktoken(fixture_pair: tuple[Any, TiktokenBackend], monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
+def test_bpe_dropout_falls_back_to_hf(fixture_tokenizer: Any) -> None:
+    fixture_tokenizer.backend_tokenizer.model.dropout = 0.1
+    assert load_backend(fixture_tokenizer, "auto").name == "hf"
+    with pytest.raises(ConfigError, match="dropout"):
+        load_backend(fixture_tokenizer, "fast")
 
+
+def test_python_side_encoding_falls_back_to_hf(fixture_tokenizer_path: Path) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    class Shouting(PreTrainedTokenizerFast):
+        def encode(self, text: str, *args: Any, **kwargs: Any) -> list[int]:
+            return super().encode(text.upper(), *args, **kwargs)
+
+    tokenizer = Shouting.from_pretrained(str(fixture_tokenizer_path), local_files_only=True)
+    backend = load_backend(tokenizer, "auto")
+    assert backend.name == "hf"
+    assert_backend_matches(backend, tokenizer, ["quiet words", "<|im_end|>x"])
+    with pytest.raises(ConfigError, match="Shouting changes encoding in Python"):
+        load_backend(tokenizer, "fast")
+
+
+def test_missing_fastokens(
+    fixture_pair: tuple[Any, FastokensBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
     tokenizer, _ = fixture_pair
-    monkeypatch.setitem(sys.modules, "tiktoken", None)
+    monkeypatch.setitem(sys.modules, "fastokens", None)
     assert load_backend(tokenizer, "auto").name == "hf"
-    with pytest.raises(ConfigError, match="tiktoken is not installed"):
+    with pytest.raises(ConfigError, match="fastokens is not installed"):
         load_backend(tokenizer, "fast")
 
 
 def test_from_tokenizer_reports_the_reason() -> None:
     with pytest.raises(UnsupportedTokenizer, match="not BPE"):
-        TiktokenBackend.from_tokenizer(
+        FastokensBackend.from_tokenizer(
             wrap(Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")))
         )
 
@@ -471,45 +502,98 @@ def test_from_tokenizer_reports_the_reason() -> None:
 
 
 @pytest.fixture(scope="module")
-def qwen2_pair(qwen2_tokenizer_path: Path) -> tuple[Any, TiktokenBackend]:
+def qwen2_pair(qwen2_tokenizer_path: Path) -> tuple[Any, FastokensBackend]:
     tokenizer = load_tokenizer(qwen2_tokenizer_path)
     backend = load_backend(tokenizer, "auto")
-    assert isinstance(backend, TiktokenBackend), "auto must pick tiktoken for Qwen2"
+    assert isinstance(backend, FastokensBackend), "auto must pick fastokens for Qwen2"
     return tokenizer, backend
 
 
 @given(data=st.data())
 @settings(max_examples=60, deadline=None)
-def test_tiktoken_matches_hf_on_qwen2(qwen2_pair: tuple[Any, TiktokenBackend], data: st.DataObject) -> None:
+def test_fastokens_matches_hf_on_qwen2(qwen2_pair: tuple[Any, FastokensBackend], data: st.DataObject) -> None:
     tokenizer, backend = qwen2_pair
     batch = data.draw(st.lists(texts(added_contents(tokenizer)), max_size=6))
     assert_backend_matches(backend, tokenizer, batch)
 
 
 @pytest.fixture(scope="module")
-def fixed_qwen2_pair(qwen2_tokenizer_path: Path) -> tuple[Any, TiktokenBackend]:
+def fixed_qwen2_pair(qwen2_tokenizer_path: Path) -> tuple[Any, FastokensBackend]:
     tokenizer = load_tokenizer(qwen2_tokenizer_path)
     assert tokenizer.convert_tokens_to_ids("<|eot_id|>") is None
     apply_llamafactory_fixes(tokenizer, ["<|im_end|>", "<|eot_id|>"], ["<think>", "Ωmega"])
     # <|eot_id|> is not in the Qwen2 vocab: it gets a new id, as LLaMA-Factory's stop word would.
     assert tokenizer.convert_tokens_to_ids("<|eot_id|>") == 151646
     backend = load_backend(tokenizer, "auto")
-    assert isinstance(backend, TiktokenBackend)
+    assert isinstance(backend, FastokensBackend)
     return tokenizer, backend
 
 
 @given(data=st.data())
 @settings(max_examples=40, deadline=None)
-def test_tiktoken_matches_hf_after_fixes_on_qwen2(
-    fixed_qwen2_pair: tuple[Any, TiktokenBackend], data: st.DataObject
+def test_fastokens_matches_hf_after_fixes_on_qwen2(
+    fixed_qwen2_pair: tuple[Any, FastokensBackend], data: st.DataObject
 ) -> None:
     tokenizer, backend = fixed_qwen2_pair
     batch = data.draw(st.lists(texts(added_contents(tokenizer)), max_size=6))
     assert_backend_matches(backend, tokenizer, batch)
 
 
-def test_qwen2_probe_and_long_realistic_text(qwen2_pair: tuple[Any, TiktokenBackend]) -> None:
+def test_qwen2_probe_and_long_realistic_text(qwen2_pair: tuple[Any, FastokensBackend]) -> None:
     tokenizer, backend = qwen2_pair
     assert_backend_matches(backend, tokenizer, probe_texts(added_contents(tokenizer)))
+    long_text = "".join(FRAGMENTS) * 40
+    assert_backend_matches(backend, tokenizer, [long_text, unicodedata.normalize("NFD", long_text)])
+
+
+# --------------------------------------------------------------------------------------------------
+# Meta's Llama 3 tokenizer (scripts/make_llama3_tokenizer.py)
+
+
+@pytest.fixture(scope="module")
+def llama3_pair(llama3_tokenizer_path: Path) -> tuple[Any, FastokensBackend]:
+    tokenizer = load_tokenizer(llama3_tokenizer_path)
+    backend = load_backend(tokenizer, "auto")
+    assert isinstance(backend, FastokensBackend), "auto must pick fastokens for Llama 3"
+    return tokenizer, backend
+
+
+@given(data=st.data())
+@settings(max_examples=60, deadline=None)
+def test_fastokens_matches_hf_on_llama3(
+    llama3_pair: tuple[Any, FastokensBackend], data: st.DataObject
+) -> None:
+    tokenizer, backend = llama3_pair
+    batch = data.draw(st.lists(texts(added_contents(tokenizer)), max_size=6))
+    assert_backend_matches(backend, tokenizer, batch)
+
+
+@pytest.fixture(scope="module")
+def fixed_llama3_pair(llama3_tokenizer_path: Path) -> tuple[Any, FastokensBackend]:
+    tokenizer = load_tokenizer(llama3_tokenizer_path)
+    apply_llamafactory_fixes(tokenizer, ["<|eot_id|>", "<|eom_id|>", "<|im_end|>"], ["<think>", "Ωmega"])
+    backend = load_backend(tokenizer, "auto")
+    assert isinstance(backend, FastokensBackend)
+    return tokenizer, backend
+
+
+@given(data=st.data())
+@settings(max_examples=30, deadline=None)
+def test_fastokens_matches_hf_after_fixes_on_llama3(
+    fixed_llama3_pair: tuple[Any, FastokensBackend], data: st.DataObject
+) -> None:
+    tokenizer, backend = fixed_llama3_pair
+    batch = data.draw(st.lists(texts(added_contents(tokenizer)), max_size=6))
+    assert_backend_matches(backend, tokenizer, batch)
+
+
+def test_llama3_tokenizer_is_metas(llama3_pair: tuple[Any, FastokensBackend]) -> None:
+    """The built folder has Meta's 128,000 + 256 tokens, BOS/EOS, and digits in groups of three."""
+    tokenizer, backend = llama3_pair
+    assert len(tokenizer) == 128_256
+    assert tokenizer.bos_token == "<|begin_of_text|>" and tokenizer.bos_token_id == 128_000
+    assert tokenizer.eos_token == "<|eot_id|>" and tokenizer.eos_token_id == 128_009
+    assert tokenizer.convert_tokens_to_ids("<|reserved_special_token_245|>") == 128_255
+    assert len(backend.encode_batch(["1234567"])[0]) == 3
     long_text = "".join(FRAGMENTS) * 40
     assert_backend_matches(backend, tokenizer, [long_text, unicodedata.normalize("NFD", long_text)])
