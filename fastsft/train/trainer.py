@@ -50,9 +50,10 @@ def run_train(args: argparse.Namespace | Sequence[str]) -> int:
         train(config)
     except KeyboardInterrupt:
         if int(os.environ.get("RANK", "0")) == 0:
+            message = interrupted_message(Path(config.output_dir))
             print(
-                f"fastsft train: {interrupted_message(Path(config.output_dir))}", file=sys.stderr, flush=True
-            )
+                f"\nfastsft train: {message}", file=sys.stderr, flush=True
+            )  # the progress bar has no newline
         return 130
     return 0
 
