@@ -104,6 +104,17 @@ def test_packed_padding_free_and_padded_batches_give_the_same_loss_and_gradients
             torch.testing.assert_close(grad, padded[1][name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("packing", ["true", "false"])
+def test_chunked_loss_equals_the_plain_loss_through_the_trainer(tmp_path: Path, packing: str) -> None:
+    """``training_step`` with ``num_items_in_batch``: packed (-100 at sequence starts) and padded batches."""
+    plain = first_batch_grads([f"packing={packing}", "chunked_loss=false"], tmp_path / "plain")
+    chunked = first_batch_grads([f"packing={packing}", "loss_chunk_tokens=7"], tmp_path / "chunked")
+    assert chunked[2] == plain[2] > 0
+    assert chunked[0] == pytest.approx(plain[0], rel=1e-6)
+    for name, grad in plain[1].items():
+        torch.testing.assert_close(chunked[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
 class StopAt(TrainerCallback):
     """Ends training after ``step`` as an interruption would (the checkpoint at ``step`` is kept)."""
 

@@ -152,6 +152,8 @@ def test_model_config_must_exist_and_needs_a_tokenizer() -> None:
         ({"padding_free": True, "attn": "eager"}, "padding_free needs attn: varlen"),
         ({"gradient_accumulation_steps": 0}, "`gradient_accumulation_steps` must be at least 1"),
         ({"max_tokens_per_batch": 0}, "`max_tokens_per_batch` must be at least 1"),
+        ({"loss_chunk_tokens": 0}, "`loss_chunk_tokens` must be at least 1"),
+        ({"cpu_threads": 0}, "`cpu_threads` must be at least 1"),
         ({"warmup_ratio": 1.5}, "`warmup_ratio` must be in [0, 1)"),
         ({"warmup_ratio": 0.1, "warmup_steps": 10}, "only one of warmup_ratio and warmup_steps"),
         ({"deepspeed": "nowhere.json"}, "deepspeed config not found: nowhere.json"),

@@ -34,7 +34,8 @@ CONFIG.yaml uses LLaMA-Factory's key names (a LLaMA-Factory full-SFT YAML runs a
   training: output_dir, per_device_train_batch_size, gradient_accumulation_steps, learning_rate,
             lr_scheduler_type, warmup_ratio, num_train_epochs, max_steps, bf16, fp16,
             gradient_checkpointing, logging_steps, save_steps, save_total_limit,
-            resume_from_checkpoint, deepspeed (path | z2 | z3 | z3_offload), seed, report_to
+            resume_from_checkpoint, deepspeed (path | z2 | z3 | z3_offload), seed, report_to,
+            chunked_loss, loss_chunk_tokens, cpu_threads
 Any other transformers TrainingArguments field (weight_decay, ddp_timeout, ...) is passed through.
 Multi-GPU: torchrun --nproc_per_node N -m fastsft train CONFIG.yaml  (see docs/training.md)
 """
@@ -84,6 +85,9 @@ class TrainConfig:
     seed: int = 42
     report_to: str | list[str] = "none"
     plot_loss: bool = True  # write training_loss.png
+    chunked_loss: bool = True  # cross-entropy without the full logits where exact (fastsft.train.loss)
+    loss_chunk_tokens: int = 1024  # logits rows computed at once by the chunked loss
+    cpu_threads: int | None = None  # torch threads on CPU; None: OMP_NUM_THREADS, else the idle cores
     # Other TrainingArguments fields given in the YAML (weight_decay, ddp_timeout, ...).
     extra_training_args: dict[str, Any] = field(default_factory=dict)
     # One-line notices about accepted-but-ignored LLaMA-Factory keys, printed by the trainer.
@@ -332,9 +336,11 @@ def _validate(config: TrainConfig) -> None:
             f"{mode} needs attn: varlen or flash_attention_2 (with attn: {config.attn} the sequences "
             "of a flattened row would attend to each other)"
         )
-    for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "loss_chunk_tokens"):
         if getattr(config, key) < 1:
             raise ConfigError(f"`{key}` must be at least 1, got {getattr(config, key)}")
+    if config.cpu_threads is not None and config.cpu_threads < 1:
+        raise ConfigError(f"`cpu_threads` must be at least 1, got {config.cpu_threads}")
     if config.max_tokens_per_batch is not None and config.max_tokens_per_batch < 1:
         raise ConfigError(f"`max_tokens_per_batch` must be at least 1, got {config.max_tokens_per_batch}")
     if not 0.0 <= config.warmup_ratio < 1.0:

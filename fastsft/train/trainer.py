@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import fields
@@ -45,8 +46,27 @@ def run_train(args: argparse.Namespace | Sequence[str]) -> int:
         parser = argparse.ArgumentParser(prog="fastsft train")
         add_train_arguments(parser)
         args = parser.parse_args(list(args))
-    train(load_config(args.config, args.overrides))
+    config = load_config(args.config, args.overrides)
+    try:
+        train(config)
+    except KeyboardInterrupt:
+        if int(os.environ.get("RANK", "0")) == 0:
+            message = interrupted_message(Path(config.output_dir))
+            print(
+                f"\nfastsft train: {message}", file=sys.stderr, flush=True
+            )  # the progress bar has no newline
+        return 130
     return 0
+
+
+def interrupted_message(output_dir: Path) -> str:
+    """The one line ``fastsft train`` prints on Ctrl-C: the last checkpoint it can resume from."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if last is None:
+        return f"interrupted; no checkpoint was saved in {output_dir}"
+    return f"interrupted; last checkpoint: {last} (rerun with resume_from_checkpoint=true to continue)"
 
 
 def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, float]:
@@ -80,10 +100,15 @@ TOKEN_COLUMNS = ("input_ids", "attention_mask", "position_ids", "labels")
 def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> SFTTrainer:
     """Everything ``train`` sets up before ``trainer.train()``: arguments, data, model, collator."""
     uses_configured_state = _configure_cpu_distributed(config)
+    threads = configure_cpu_threads(config)
     training_args = build_training_args(config, uses_configured_state)  # before the model (ZeRO-3 init)
     if training_args.process_index == 0:
         for notice in config.notices:
             say(notice)
+        if threads is not None:
+            say(
+                f"CPU training with {threads} torch thread{'s' if threads > 1 else ''} ({threads_reason(config)})"
+            )
     resume = resolve_resume(config, training_args)
     tokenizer = load_tokenizer(config)
     dataset = load_train_dataset(config, tokenizer, training_args)
@@ -94,6 +119,7 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()
 
     set_seed(config.seed)  # the same random init on every run and rank
     model = load_model(config, attn_implementation)
+    loss_line = configure_loss(config, model)
     if len(tokenizer) > model.config.vocab_size:
         raise ConfigError(
             f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}"
@@ -106,7 +132,7 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()
         say(
             f"{len(dataset)} {'packed ' if 'position_ids' in dataset.column_names else ''}rows, "
             f"{type(collator).__name__} ({batching}), attention {attn_implementation}, "
-            f"{count_parameters(model):,} parameters"
+            f"{count_parameters(model):,} parameters, {loss_line}"
         )
     return SFTTrainer(
         model=model,
@@ -150,6 +176,50 @@ def _configure_cpu_distributed(config: TrainConfig) -> bool:
 
     PartialState(backend="gloo")
     return True
+
+
+def configure_cpu_threads(config: TrainConfig) -> int | None:
+    """Set torch's intra-op threads on CPU; returns the count it set (``None``: left as it was).
+
+    ``cpu_threads`` wins, then ``OMP_NUM_THREADS`` (torch already follows it). Otherwise the cores
+    this process may use that are not busy (affinity minus the 1-minute load average, shared by
+    the local processes), at least 1: torch's default of one spinning thread per core is many
+    times slower when another process holds a core (docs/training.md has the numbers).
+    """
+    if torch.cuda.is_available():
+        return None
+    if config.cpu_threads is None and os.environ.get("OMP_NUM_THREADS"):
+        return None
+    threads = config.cpu_threads or idle_cores()
+    torch.set_num_threads(threads)
+    return threads
+
+
+def idle_cores() -> int:
+    """Cores of this process's affinity not busy with other work, per local training process."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, (cores - round(load)) // local_processes)
+
+
+def threads_reason(config: TrainConfig) -> str:
+    if config.cpu_threads is not None:
+        return "cpu_threads"
+    return "the idle cores; set cpu_threads or OMP_NUM_THREADS to choose"
+
+
+def configure_loss(config: TrainConfig, model: Any) -> str:
+    """Turn on the chunked cross-entropy where it is exact; returns the loss for the summary line."""
+    from fastsft.train.loss import chunked_loss_unsupported, enable_chunked_loss
+
+    if not config.chunked_loss:
+        return "plain loss"
+    reason = chunked_loss_unsupported(model)
+    if reason is not None:
+        return f"plain loss (not chunked: {reason})"
+    enable_chunked_loss(model, config.loss_chunk_tokens)
+    return f"chunked loss ({config.loss_chunk_tokens} tokens per chunk)"
 
 
 def build_training_args(config: TrainConfig, uses_configured_state: bool = False) -> TrainingArguments:
