@@ -42,7 +42,10 @@ import pytest
 from data import DATASET_NAME, write_dataset
 from lf_peer import token_digest
 
-from fastsft.data.pipeline import DataArgs, Encoder, Summary, build_dataset, iter_batches
+from fastsft.data.accounting import Summary
+from fastsft.data.options import DataArgs
+from fastsft.data.pipeline import build_dataset, make_encoder
+from fastsft.data.reading import iter_batches
 from fastsft.data.registry import resolve_datasets
 from fastsft.tokenization import load_backend
 
@@ -148,9 +151,18 @@ def rendered_texts(tokenizer: Any, dataset_dir: Path) -> tuple[list[list[str]], 
     """Every text segment the pipeline tokenizes, in its preprocessing batches, and the number of
     conversations."""
     args = data_args(dataset_dir, backend="compiled", tokenizer_backend="hf")
-    encoder = Encoder(args, tokenizer)
+    encoder = make_encoder(args, tokenizer)
     batches, examples = [], 0
-    for convs, _ in iter_batches(args, resolve_datasets(args.dataset, args.dataset_dir), Summary()):
+    attrs = resolve_datasets(args.require_dataset(), args.dataset_dir)
+    reading = iter_batches(
+        attrs,
+        args.dataset_dir,
+        max_samples=args.max_samples,
+        batch_size=args.preprocessing_batch_size,
+        policy=encoder.policy,
+        summary=Summary(),
+    )
+    for convs, _ in reading:
         examples += len(convs)
         batches.append(
             [

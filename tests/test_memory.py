@@ -36,11 +36,20 @@ args = DataArgs(
     dataset="chat", dataset_dir=folder, template="qwen", cutoff_len=2048, preprocessing_batch_size=100, **options
 )
 cache_file = folder + "/rows.arrow" if cached else None
-dataset, summary = build_dataset(
-    args, AutoTokenizer.from_pretrained(tokenizer), cache_file=cache_file, workers=workers
-)
-scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-print(summary.tokens, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)
+tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+try:  # Linux: reset the peak, so start-up (imports, the tokenizer) is left out of it
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
+dataset, summary = build_dataset(args, tokenizer, cache_file=cache_file, workers=workers)
+try:
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+except OSError:
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+print(summary.tokens, peak)
 """
 
 

@@ -145,28 +145,40 @@ class RowBuilder:
         row_length = self.cutoff_len + 1 if self.strategy.padded else 0
         order, row_bounds = getattr(self.kernels, self.strategy.kernel)(lengths, self.cutoff_len)
         for first, last in _row_chunks(lengths, order, row_bounds, row_length):
-            chunk_order = order[row_bounds[first] : row_bounds[last]]
             chunk_bounds = row_bounds[first : last + 1] - row_bounds[first]
-            batch, batch_order = samples.for_rows(chunk_order)
-            rows = self.kernels.materialize_rows(
-                batch.input_ids,
-                batch.labels,
-                batch.offsets,
-                batch_order,
-                chunk_bounds,
-                row_length,
-                self.pad_token_id,
-                self.neat_packing,
+            yield self._packed_chunk(
+                samples, order[row_bounds[first] : row_bounds[last]], chunk_bounds, row_length
             )
-            columns = {"input_ids": self._column(rows.input_ids, rows.row_offsets, "input_ids")}
-            if self.strategy.padded and self.neat_packing:
-                columns["packing_params"] = _packing_params(rows.seq_lens, chunk_bounds, row_length)
-            columns["attention_mask"] = self._column(rows.attention_mask, rows.row_offsets, "attention_mask")
-            columns["position_ids"] = self._column(rows.position_ids, rows.row_offsets, "position_ids")
-            columns["labels"] = self._column(rows.labels, rows.row_offsets, "labels")
-            if self.strategy.padded:
-                columns.update(_media_columns(last - first))
-            yield self._record(columns, rows.labels, int(rows.seq_lens.sum()))
+
+    def _packed_chunk(
+        self,
+        samples: EncodedBatch | SpilledSamples,
+        order: np.ndarray,
+        row_bounds: np.ndarray,
+        row_length: int,
+    ) -> pa.RecordBatch:
+        """One record batch of packed rows (its buffers are freed before the next chunk is built)."""
+        assert self.strategy is not None
+        batch, batch_order = samples.for_rows(order)
+        rows = self.kernels.materialize_rows(
+            batch.input_ids,
+            batch.labels,
+            batch.offsets,
+            batch_order,
+            row_bounds,
+            row_length,
+            self.pad_token_id,
+            self.neat_packing,
+        )
+        columns = {"input_ids": self._column(rows.input_ids, rows.row_offsets, "input_ids")}
+        if self.strategy.padded and self.neat_packing:
+            columns["packing_params"] = _packing_params(rows.seq_lens, row_bounds, row_length)
+        columns["attention_mask"] = self._column(rows.attention_mask, rows.row_offsets, "attention_mask")
+        columns["position_ids"] = self._column(rows.position_ids, rows.row_offsets, "position_ids")
+        columns["labels"] = self._column(rows.labels, rows.row_offsets, "labels")
+        if self.strategy.padded:
+            columns.update(_media_columns(len(row_bounds) - 1))
+        return self._record(columns, rows.labels, int(rows.seq_lens.sum()))
 
 
 def list_column(values: np.ndarray, offsets: np.ndarray, value_type: pa.DataType) -> pa.Array:
