@@ -53,6 +53,106 @@ NON_SPECIAL_ADDED_TOKENS = [
     "</tool_response>",
 ]
 
+# The special tokens of the other chat templates (LLaMA-Factory's ``template.py``), appended after
+# the tokens above so their ids stay put. ``{"token": ...}`` slots (``sop``, ``<sep>``, ...) need
+# them, and text templates then meet their markers as single tokens, as with the real tokenizers.
+TEMPLATE_SPECIAL_TOKENS = [
+    # GLM / ChatGLM
+    "[gMASK]",
+    "sop",
+    "<sop>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+    # Gemma 1-3, Gemma 4
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<eos>",
+    "<|turn>",
+    "<turn|>",
+    "<|think|>",
+    "<|tool>",
+    "<tool|>",
+    "<|channel>",
+    "<channel|>",
+    # Cohere
+    "<|START_OF_TURN_TOKEN|>",
+    "<|END_OF_TURN_TOKEN|>",
+    "<|USER_TOKEN|>",
+    "<|CHATBOT_TOKEN|>",
+    "<|SYSTEM_TOKEN|>",
+    # DeepSeek, Hunyuan
+    "<｜User｜>",
+    "<｜Assistant｜>",
+    "<|EOT|>",
+    "<｜hy_User｜>",
+    "<｜hy_Assistant｜>",
+    "<｜hy_eos｜>",
+    "<｜hy_begin▁of▁sentence｜>",
+    "<|startoftext|>",
+    "<|extra_0|>",
+    "<|extra_4|>",
+    "<|eos|>",
+    # gpt-oss (harmony)
+    "<|start|>",
+    "<|end|>",
+    "<|message|>",
+    "<|channel|>",
+    "<|return|>",
+    # Granite, Phi, Kimi, Llama 4
+    "<|start_of_role|>",
+    "<|end_of_role|>",
+    "<|end_of_text|>",
+    "<|im_sep|>",
+    "<|im_user|>",
+    "<|im_assistant|>",
+    "<|im_system|>",
+    "<|im_middle|>",
+    "<|header_start|>",
+    "<|header_end|>",
+    "<|eot|>",
+    "<|eom|>",
+    # Mistral
+    "[INST]",
+    "[/INST]",
+    "[SYSTEM_PROMPT]",
+    "[/SYSTEM_PROMPT]",
+    "[TOOL_CALLS]",
+    "[TOOL_RESULTS]",
+    "[/TOOL_RESULTS]",
+    "[AVAILABLE_TOOLS]",
+    "[/AVAILABLE_TOOLS]",
+    # Ling / Bailing, ERNIE, dots, TeleChat, Yuan, EXAONE, LFM2, Seed, Youtu, MiniMax, Kimi thinking
+    "<|role_end|>",
+    "<|begin_of_sentence|>",
+    "<|end_of_sentence|>",
+    "<|endofuser|>",
+    "<|endofassistant|>",
+    "<|endofsystem|>",
+    "<_user>",
+    "<_bot>",
+    "<_system>",
+    "<sep>",
+    "<eod>",
+    "[|user|]",
+    "[|assistant|]",
+    "[|system|]",
+    "[|endofturn|]",
+    "<|tool_call_start|>",
+    "<|tool_call_end|>",
+    "<|tool_response_start|>",
+    "<|tool_response_end|>",
+    "<seed:think>",
+    "</seed:think>",
+    "<|User|>",
+    "<|Assistant|>",
+    "<minimax:tool_call>",
+    "</minimax:tool_call>",
+    "◁think▷",
+    "◁/think▷",
+]
+
 CORPUS = [
     # English prose
     "The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step.",
@@ -123,6 +223,9 @@ def build_tokenizer() -> Tokenizer:
     tokenizer.train_from_iterator(CORPUS * 4, trainer=trainer)
     tokenizer.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in SPECIAL_TOKENS])
     tokenizer.add_tokens([AddedToken(t, normalized=False, special=False) for t in NON_SPECIAL_ADDED_TOKENS])
+    tokenizer.add_special_tokens(
+        [AddedToken(t, normalized=False, special=True) for t in TEMPLATE_SPECIAL_TOKENS]
+    )
     return tokenizer
 
 
@@ -142,14 +245,14 @@ def finalize_tokenizer_json(tokenizer: Tokenizer) -> dict:
 def tokenizer_config(tokenizer: Tokenizer) -> dict:
     """HF tokenizer_config.json: BOS/EOS set, no pad token, no chat template."""
     added_tokens_decoder = {}
-    for token in SPECIAL_TOKENS + NON_SPECIAL_ADDED_TOKENS:
+    for token in SPECIAL_TOKENS + NON_SPECIAL_ADDED_TOKENS + TEMPLATE_SPECIAL_TOKENS:
         added_tokens_decoder[str(tokenizer.token_to_id(token))] = {
             "content": token,
             "lstrip": False,
             "normalized": False,
             "rstrip": False,
             "single_word": False,
-            "special": token in SPECIAL_TOKENS,
+            "special": token not in NON_SPECIAL_ADDED_TOKENS,
         }
     return {
         "added_tokens_decoder": added_tokens_decoder,

@@ -27,6 +27,7 @@ and ``tests/goldens/MANIFEST.json`` (versions, command, input and output sha256)
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import gzip
 import hashlib
 import importlib.machinery
@@ -41,7 +42,7 @@ import types
 from contextlib import redirect_stdout
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATASET_DIR = "tests/data"  # relative to the repository root, as stored in the goldens
@@ -88,6 +89,20 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "neat_packing": {"cutoff_len": 256, "packing": True, "neat_packing": True, "preprocessing_batch_size": 8},
 }
 
+# Every other LLaMA-Factory template: fixture tokenizer only, a few cases each (see template_cases).
+TEMPLATE_OPTIONS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "mask_history": {"mask_history": True},
+    "train_on_prompt": {"train_on_prompt": True},  # not for efficient_eos templates (LF refuses)
+    "truncate": {"cutoff_len": 40},
+}
+REASONING_OPTIONS: dict[str, dict[str, Any]] = {
+    "nothink": {"enable_thinking": False},
+    "thinking_none": {"enable_thinking": None},
+    "nothink_mask_history": {"enable_thinking": False, "mask_history": True},
+}
+PACKED_TEMPLATES = {"chatglm3", "deepseek3", "gemma", "glm4", "gpt_oss", "llama4", "phi4", "qwen3_5", "yuan"}
+
 EXTRA_CASES: dict[str, dict[str, Any]] = {
     "qwen3__nothink": {"template": "qwen3", "enable_thinking": False},
     "qwen3__nothink_mask_history": {"template": "qwen3", "enable_thinking": False, "mask_history": True},
@@ -112,6 +127,27 @@ def datasets_for(template: str) -> str:
     return ",".join(names)
 
 
+def template_cases() -> dict[str, dict[str, Any]]:
+    """Cases for the LLaMA-Factory templates outside ``TEMPLATES`` (run on the fixture tokenizer)."""
+    from llamafactory.data.template import TEMPLATES as LF_TEMPLATES
+    from llamafactory.data.template import ReasoningTemplate
+
+    cases: dict[str, dict[str, Any]] = {}
+    for name in sorted(set(LF_TEMPLATES) - set(TEMPLATES)):
+        template = LF_TEMPLATES[name]
+        options = dict(TEMPLATE_OPTIONS)
+        if template.efficient_eos:
+            del options["train_on_prompt"]
+        if isinstance(template, ReasoningTemplate):
+            options.update(REASONING_OPTIONS)
+        if name in PACKED_TEMPLATES:
+            options["packing"] = OPTIONS["packing"]
+            options["neat_packing"] = OPTIONS["neat_packing"]
+        for option, overrides in options.items():
+            cases[f"{name}__{option}"] = {"template": name, **overrides}
+    return cases
+
+
 def build_cases() -> dict[str, dict[str, Any]]:
     """All case names mapped to their full argument dicts (LLaMA-Factory key names)."""
     cases: dict[str, dict[str, Any]] = {}
@@ -119,6 +155,7 @@ def build_cases() -> dict[str, dict[str, Any]]:
         for option, overrides in OPTIONS.items():
             cases[f"{template}__{option}"] = {"template": template, **overrides}
     cases.update(EXTRA_CASES)
+    cases.update(template_cases())
     return {
         name: {
             "dataset": spec.get("dataset", datasets_for(spec["template"])),
@@ -155,6 +192,47 @@ def freeze_tool_clock() -> None:
     tool_utils.datetime = FrozenDatetime
 
 
+class Unset(str):
+    """An empty, falsy setting that also passes as the number 0 (``merge_size ** 2``, ``n * size``)."""
+
+    def __pow__(self, other: Any) -> int:
+        return 0
+
+    def __mul__(self, other: Any) -> Any:
+        return 0 if isinstance(other, int) else type(other)()
+
+    __rmul__ = __mul__
+
+
+class TextOnlyPart:
+    """A processor part for text-only data: each setting a plugin reads is ``Unset()``, and the read is logged.
+
+    Plugins read settings such as ``merge_size`` or ``image_seq_length`` up front but only use them
+    to expand media placeholders, which text-only samples do not have. The names read are stored
+    in the golden (``processor_reads``) so a reviewer can see what the plugin looked at.
+    """
+
+    reads: ClassVar[set[str]] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        TextOnlyPart.reads.add(name)
+        return Unset()  # falsy, so flags such as image_do_pan_and_scan stay off
+
+
+class TextOnlyProcessor(TextOnlyPart):
+    """The processor LLaMA-Factory requires for a multimodal template, for samples without media.
+
+    The fixture tokenizer comes with no processor, and LLaMA-Factory's plugins refuse to run
+    without one (and its image/video/audio parts) even on text.
+    """
+
+    image_processor = TextOnlyPart()
+    video_processor = TextOnlyPart()
+    feature_extractor = TextOnlyPart()
+
+
 def to_jsonable(value: Any) -> Any:
     """Arrow/py values to JSON-compatible values (tuples become lists)."""
     if isinstance(value, dict):
@@ -189,6 +267,8 @@ def run_case(
         tokenizer_module = load_tokenizer(model_args)
         tokenizer = tokenizer_module["tokenizer"]
         template = get_template_and_fix_tokenizer(tokenizer, data_args)
+        if tokenizer_module["processor"] is None and type(template.mm_plugin).__name__ != "BasePlugin":
+            tokenizer_module["processor"] = TextOnlyProcessor()
         with redirect_stdout(open(os.devnull, "w")):  # get_dataset prints a decoded example
             dataset_module = get_dataset(
                 template, model_args, data_args, training_args, stage="sft", **tokenizer_module
@@ -211,6 +291,7 @@ def run_case(
             "pad_token_id": tokenizer.pad_token_id,
             "num_tokens": len(tokenizer),
         },
+        "processor_reads": sorted(TextOnlyPart.reads),
         "num_rows": dataset.num_rows,
         "columns": list(dataset.column_names),
         "features": dataset.features.to_dict(),
@@ -269,9 +350,35 @@ def package_versions() -> dict[str, str]:
     }
 
 
+def run_case_or_refusals(
+    case_name: str, tokenizer_name: str, tokenizer_path: str, args: dict[str, Any]
+) -> dict[str, Any]:
+    """``run_case``; where LLaMA-Factory raises, the case without the datasets it raises on.
+
+    The refused datasets and LLaMA-Factory's error for each are stored under ``lf_refuses``, so
+    the tests can check that fastsft refuses them too (with a located error, not a traceback).
+    """
+    try:
+        return {**run_case(case_name, tokenizer_name, tokenizer_path, args), "lf_refuses": {}}
+    except Exception:  # LLaMA-Factory's own exception types vary: find the datasets that raise
+        pass
+
+    refuses: dict[str, str] = {}
+    for dataset in args["dataset"].split(","):
+        try:
+            run_case(case_name, tokenizer_name, tokenizer_path, {**args, "dataset": dataset})
+        except Exception as err:
+            refuses[dataset] = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+    kept = [dataset for dataset in args["dataset"].split(",") if dataset not in refuses]
+    if not kept or not refuses:
+        return {"failed": True, "lf_refuses": refuses}  # listed in the manifest under lf_fails
+    record = run_case(case_name, tokenizer_name, tokenizer_path, {**args, "dataset": ",".join(kept)})
+    return {**record, "lf_refuses": refuses}
+
+
 def _run_case_job(job: tuple[str, str, str, dict[str, Any]]) -> tuple[str, str, dict[str, Any]]:
     case_name, tokenizer_name, tokenizer_path, args = job
-    return tokenizer_name, case_name, run_case(case_name, tokenizer_name, tokenizer_path, args)
+    return tokenizer_name, case_name, run_case_or_refusals(case_name, tokenizer_name, tokenizer_path, args)
 
 
 def main() -> None:
@@ -279,6 +386,7 @@ def main() -> None:
     parser.add_argument("--qwen2", type=Path, default=DEFAULT_QWEN2, help="Qwen2 tokenizer directory")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="cases run in parallel")
     parser.add_argument("--out", type=Path, default=GOLDEN_DIR, help="golden directory")
+    parser.add_argument("--only", help="glob over <tokenizer>/<case>: a trial run, no manifest written")
     options = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -296,17 +404,31 @@ def main() -> None:
 
     cases = build_cases()
     jobs = [
-        (case, tok, str(path), args) for tok, path in tokenizer_paths.items() for case, args in cases.items()
+        (case, tok, str(path), args)
+        for tok, path in tokenizer_paths.items()
+        for case, args in cases.items()
+        if tok == "fixture" or args["template"] in TEMPLATES or case in EXTRA_CASES
     ]
+    if options.only:
+        jobs = [job for job in jobs if fnmatch.fnmatch(f"{job[1]}/{job[0]}", options.only)]
     out_dir: Path = options.out
-    for tokenizer_name in tokenizer_paths:
+    for tokenizer_name in tokenizer_paths if not options.only else ():
         shutil.rmtree(out_dir / tokenizer_name, ignore_errors=True)
 
+    failed: dict[str, dict[str, str]] = {}
     # maxtasksperchild=1: one fresh fork of the pristine parent per case.
     with multiprocessing.get_context("fork").Pool(options.jobs, maxtasksperchild=1) as pool:
         for tokenizer_name, case_name, record in pool.imap_unordered(_run_case_job, jobs):
+            if record.get("failed"):
+                failed[f"{tokenizer_name}/{case_name}"] = record["lf_refuses"]
+                print(f"{tokenizer_name}/{case_name}: LLaMA-Factory fails on every dataset", flush=True)
+                continue
             write_golden(out_dir / tokenizer_name / f"{case_name}.json.gz", record)
-            print(f"{tokenizer_name}/{case_name}: {record['num_rows']} rows")
+            refuses = f", LLaMA-Factory refuses {record['lf_refuses']}" if record["lf_refuses"] else ""
+            print(f"{tokenizer_name}/{case_name}: {record['num_rows']} rows{refuses}", flush=True)
+
+    if options.only:
+        return
 
     manifest_path = out_dir / "MANIFEST.json"
     previous = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
@@ -324,6 +446,7 @@ def main() -> None:
         "llama3_tool_date": FROZEN_TOOL_DATE.strftime("%d %b %Y"),
         "tokenizers": sorted({path.split("/")[0] for path in files}),
         "cases": sorted(cases),
+        "lf_fails": failed,
         "inputs": {**kept_inputs, **input_hashes(tokenizer_paths)},
         "files": files,
     }

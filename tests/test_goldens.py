@@ -235,6 +235,13 @@ def test_golden_columns_and_features(
 # --- consistency of the goldens themselves (no fastsft code involved) ---
 
 
+def efficient_eos(template: str) -> bool:
+    """Whether ``template`` uses efficient_eos (read from fastsft's table, which mirrors LF's)."""
+    from fastsft.data.templates import get_template
+
+    return get_template(template).efficient_eos
+
+
 def check_row(golden: dict[str, Any], row: int) -> None:
     """Invariants of one LLaMA-Factory output row."""
     args, rows, fixed = golden["args"], golden["rows"], golden["tokenizer_after_fix"]
@@ -242,7 +249,10 @@ def check_row(golden: dict[str, Any], row: int) -> None:
     where = f"{golden['tokenizer']}/{golden['case']} row {row}"
     assert len(input_ids) == len(labels) == len(attention), f"{where}: column lengths differ"
     assert all(0 <= token < fixed["num_tokens"] for token in input_ids), f"{where}: token id out of range"
-    assert all(label in (IGNORE_INDEX, token) for label, token in zip(labels, input_ids)), (
+    # efficient_eos templates label the first prompt token of each later turn with eos (LF's
+    # supervised processor): the one label drawn from elsewhere.
+    extra = {fixed["eos_token_id"]} if efficient_eos(args["template"]) else set()
+    assert all(label in (IGNORE_INDEX, token, *extra) for label, token in zip(labels, input_ids)), (
         f"{where}: a label is neither -100 nor the input token at its position"
     )
 
@@ -336,3 +346,13 @@ def test_goldens_match_local_qwen2_tokenizer(qwen2_tokenizer_path: Path) -> None
     assert not differing, (
         f"Qwen2 tokenizer at {qwen2_tokenizer_path} differs from the goldens' one: {differing}"
     )
+
+
+def test_every_template_has_goldens() -> None:
+    """Each registered template has LLaMA-Factory goldens, or the manifest says LF fails on it."""
+    from fastsft.data.templates import TEMPLATE_NAMES
+
+    with_goldens = {load_golden(path)["args"]["template"] for path in GOLDEN_FILES}
+    lf_fails = {case.split("/")[1].split("__")[0] for case in load_manifest().get("lf_fails", {})}
+    missing = sorted(set(TEMPLATE_NAMES) - with_goldens - lf_fails)
+    assert not missing, f"templates without goldens: {missing}"

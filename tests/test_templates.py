@@ -100,8 +100,11 @@ def render(
     return template.render(messages, system, tools, SPECIALS, **kwargs)
 
 
-def test_every_template_has_an_expectation() -> None:
-    assert set(TEMPLATE_NAMES) == set(EXPECTED_TWO_TURNS)
+def test_written_expectations_name_registered_templates() -> None:
+    # Every template is checked against LLaMA-Factory's own tokens in test_goldens; these are the
+    # hand-written ones, readable without a tokenizer.
+    assert set(EXPECTED_TWO_TURNS) <= set(TEMPLATE_NAMES)
+    assert len(TEMPLATE_NAMES) == 121
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_TWO_TURNS))
@@ -375,7 +378,7 @@ def test_default_system_override() -> None:
 
 def test_unknown_template_lists_valid_names() -> None:
     with pytest.raises(
-        ConfigError, match=r"unknown template 'qwen4' \(valid: chatml, default, .*qwen3_nothink\)"
+        ConfigError, match=r"unknown template 'qwen4' \(valid: aeva, alpaca, .*qwen3_nothink, .*zephyr\)"
     ):
         get_template("qwen4")
 
@@ -515,3 +518,61 @@ def test_llama2_jinja_fuses_system(fixture_tokenizer: Any) -> None:
         [{"role": "system", "content": "S"}, *TWO_TURNS], tokenize=False
     )
     assert text == "<s>[INST] <<SYS>>\nS\n<</SYS>>\n\n1+1=? [/INST]2</s><s>[INST] 2+2=? [/INST]4</s>"
+
+
+# --- template unset, listing ------------------------------------------------------------------------
+
+
+class _ChatTemplateTokenizer:
+    """A stand-in with LLaMA-Factory's view of a tokenizer: encode/decode and a jinja chat template."""
+
+    def __init__(self, chat_template: str | None) -> None:
+        self.chat_template = chat_template
+
+    def encode(self, text: str) -> list[int]:
+        return []
+
+    def decode(self, ids: list[int]) -> str:
+        return ""
+
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool, tokenize: bool
+    ) -> str:
+        import jinja2
+
+        return jinja2.Template(self.chat_template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt
+        )
+
+
+CHATML_JINJA = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_template_unset_parses_the_tokenizer_chat_template() -> None:
+    template = get_template(None, tokenizer=_ChatTemplateTokenizer(CHATML_JINJA))
+    assert not isinstance(template, templates.ReasoningTemplate)
+    assert render(template, TWO_TURNS) == EXPECTED_TWO_TURNS["chatml"]
+
+
+def test_template_unset_detects_reasoning() -> None:
+    jinja = CHATML_JINJA.replace(
+        "{{ m['content'] }}",
+        "{% if m['role'] == 'assistant' %}<think>\n\n</think>\n\n{% endif %}{{ m['content'] }}",
+    )
+    template = get_template(None, tokenizer=_ChatTemplateTokenizer(jinja), enable_thinking=False)
+    assert isinstance(template, templates.ReasoningTemplate) and template.enable_thinking is False
+
+
+def test_template_unset_without_chat_template_is_empty(caplog: pytest.LogCaptureFixture) -> None:
+    template = get_template(None, tokenizer=_ChatTemplateTokenizer(None))
+    assert template.name == "empty"
+    assert "use `empty` template" in caplog.text
+
+
+def test_listing_names_templates_and_tool_formats() -> None:
+    listing = templates.list_templates()
+    assert listing["templates"] == TEMPLATE_NAMES and "gemma4" in listing["templates"]
+    assert listing["tool_formats"] == tuple(sorted(tools.TOOL_FORMAT_NAMES))

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastsft.data.tools import FunctionCall, get_tool_utils
+from fastsft.data.tools import TOOL_FORMAT_NAMES, FunctionCall, get_tool_utils
 from fastsft.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ class SpecialTokens:
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, tokens: Iterable[str] | None = None) -> SpecialTokens:
         """Read bos/eos ids and the ids of ``tokens`` (default: every ``{"token": ...}`` slot of every template)."""
-        names = SLOT_TOKENS if tokens is None else tuple(tokens)
+        names = _slot_tokens(_registered().values()) if tokens is None else tuple(tokens)
         return cls(
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
@@ -260,6 +260,7 @@ class Template:
     replace_jinja_template: bool
     enable_thinking: bool | None
     preserve_thinking: bool
+    mm_plugin: str = "base"
 
     def render(
         self,
@@ -453,10 +454,22 @@ class ReasoningTemplate(Template):
         return rendered
 
 
+@dataclass
+class Glm47ReasoningTemplate(ReasoningTemplate):
+    """GLM-4.7: the empty thought is the closing ``</think>`` alone."""
+
+    def add_thought(self, content: str = "") -> str:
+        if not content:
+            return self.thought_words[1]
+
+        return self.thought_words[0] + content + self.thought_words[1]
+
+
 TEMPLATES: dict[str, Template] = {}
+"""Every registered template by name; ``fastsft.data.template_registry`` fills it (see ``_registered``)."""
 
 
-def _register_template(
+def register_template(
     name: str,
     format_user: Formatter | None = None,
     format_assistant: Formatter | None = None,
@@ -472,9 +485,19 @@ def _register_template(
     efficient_eos: bool = False,
     replace_eos: bool = False,
     replace_jinja_template: bool = False,
+    enable_thinking: bool | None = True,
+    preserve_thinking: bool = False,
+    mm_plugin: str = "base",
     template_class: type[Template] = Template,
 ) -> None:
-    """LLaMA-Factory's ``register_template``, with the same defaults for every omitted formatter."""
+    """LLaMA-Factory's ``register_template``, with the same defaults for every omitted formatter.
+
+    ``mm_plugin`` is only the name of LLaMA-Factory's multimodal plugin: fastsft is text-only, and
+    on samples without media every plugin leaves the tokens as they are.
+    """
+    if name in TEMPLATES:
+        raise ValueError(f"Template {name} already exists.")
+
     default_slots: list[Slot] = ["{{content}}"] if efficient_eos else ["{{content}}", {"eos_token"}]
     default_user_formatter = StringFormatter(slots=["{{content}}"])
     default_assistant_formatter = StringFormatter(slots=default_slots)
@@ -495,178 +518,171 @@ def _register_template(
         efficient_eos=efficient_eos,
         replace_eos=replace_eos,
         replace_jinja_template=replace_jinja_template,
-        enable_thinking=True,
-        preserve_thinking=False,
+        enable_thinking=enable_thinking,
+        preserve_thinking=preserve_thinking,
+        mm_plugin=mm_plugin,
     )
 
 
-_register_template(
-    name="chatml",
-    format_user=StringFormatter(slots=["<|im_start|>user\n{{content}}<|im_end|>\n<|im_start|>assistant\n"]),
-    format_assistant=StringFormatter(slots=["{{content}}<|im_end|>\n"]),
-    format_system=StringFormatter(slots=["<|im_start|>system\n{{content}}<|im_end|>\n"]),
-    format_observation=StringFormatter(
-        slots=["<|im_start|>tool\n{{content}}<|im_end|>\n<|im_start|>assistant\n"]
-    ),
-    stop_words=["<|im_end|>", "<|im_start|>"],
-    replace_eos=True,
-    replace_jinja_template=True,
-)
+def _registered() -> dict[str, Template]:
+    """``TEMPLATES`` once the table module, which imports this one, has filled it."""
+    import fastsft.data.template_registry  # noqa: F401  (a cycle at module level)
+
+    return TEMPLATES
 
 
-_register_template(
-    name="default",
-    format_user=StringFormatter(slots=["Human: {{content}}", {"eos_token"}, "\nAssistant:"]),
-    format_assistant=StringFormatter(slots=["{{content}}", {"eos_token"}, "\n"]),
-    format_system=StringFormatter(slots=["System: {{content}}", {"eos_token"}, "\n"]),
-    replace_jinja_template=True,
-)
-
-
-_register_template(
-    name="empty",
-    format_assistant=StringFormatter(slots=["{{content}}"]),
-)
-
-
-_register_template(
-    name="llama2",
-    format_user=StringFormatter(slots=[{"bos_token"}, "[INST] {{content}} [/INST]"]),
-    format_system=StringFormatter(slots=["<<SYS>>\n{{content}}\n<</SYS>>\n\n"]),
-    template_class=Llama2Template,
-)
-
-
-_register_template(
-    name="llama3",
-    format_user=StringFormatter(
-        slots=[
-            (
-                "<|start_header_id|>user<|end_header_id|>\n\n{{content}}<|eot_id|>"
-                "<|start_header_id|>assistant<|end_header_id|>\n\n"
-            )
-        ]
-    ),
-    format_assistant=StringFormatter(slots=["{{content}}<|eot_id|>"]),
-    format_system=StringFormatter(
-        slots=["<|start_header_id|>system<|end_header_id|>\n\n{{content}}<|eot_id|>"]
-    ),
-    format_function=FunctionFormatter(slots=["{{content}}<|eot_id|>"], tool_format="llama3"),
-    format_observation=StringFormatter(
-        slots=[
-            (
-                "<|start_header_id|>ipython<|end_header_id|>\n\n{{content}}<|eot_id|>"
-                "<|start_header_id|>assistant<|end_header_id|>\n\n"
-            )
-        ]
-    ),
-    format_tools=ToolFormatter(tool_format="llama3"),
-    format_prefix=EmptyFormatter(slots=[{"bos_token"}]),
-    stop_words=["<|eot_id|>", "<|eom_id|>"],
-    replace_eos=True,
-)
-
-
-_register_template(
-    name="mistral",
-    format_user=StringFormatter(slots=["[INST] {{content}}[/INST]"]),
-    format_assistant=StringFormatter(slots=[" {{content}}", {"eos_token"}]),
-    format_system=StringFormatter(slots=["{{content}}\n\n"]),
-    format_function=FunctionFormatter(
-        slots=["[TOOL_CALLS] {{content}}", {"eos_token"}], tool_format="mistral"
-    ),
-    format_observation=StringFormatter(slots=["""[TOOL_RESULTS] {"content": {{content}}}[/TOOL_RESULTS]"""]),
-    format_tools=ToolFormatter(tool_format="mistral"),
-    format_prefix=EmptyFormatter(slots=[{"bos_token"}]),
-    template_class=Llama2Template,
-)
-
-
-def _qwen_formats() -> dict[str, Formatter]:
-    """The ChatML slots with Qwen's tool calls and tool responses, shared by qwen, qwen3 and qwen3_nothink."""
-    return {
-        "format_user": StringFormatter(
-            slots=["<|im_start|>user\n{{content}}<|im_end|>\n<|im_start|>assistant\n"]
-        ),
-        "format_assistant": StringFormatter(slots=["{{content}}<|im_end|>\n"]),
-        "format_system": StringFormatter(slots=["<|im_start|>system\n{{content}}<|im_end|>\n"]),
-        "format_function": FunctionFormatter(slots=["{{content}}<|im_end|>\n"], tool_format="qwen"),
-        "format_observation": StringFormatter(
-            slots=[
-                "<|im_start|>user\n<tool_response>\n{{content}}\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
-            ]
-        ),
-        "format_tools": ToolFormatter(tool_format="qwen"),
-    }
-
-
-_register_template(
-    name="qwen",
-    **_qwen_formats(),
-    default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
-    stop_words=["<|im_end|>"],
-    replace_eos=True,
-)
-
-
-_register_template(
-    name="qwen3",
-    **_qwen_formats(),
-    stop_words=["<|im_end|>"],
-    replace_eos=True,
-    template_class=ReasoningTemplate,
-)
-
-
-_register_template(
-    name="qwen3_nothink",
-    **_qwen_formats(),
-    stop_words=["<|im_end|>"],
-    replace_eos=True,
-)
-
-
-TEMPLATE_NAMES: tuple[str, ...] = tuple(sorted(TEMPLATES))
-
-SLOT_TOKENS: tuple[str, ...] = tuple(
-    sorted(
-        {
-            slot["token"]
-            for template in TEMPLATES.values()
-            for formatter in (
-                template.format_user,
-                template.format_assistant,
-                template.format_system,
-                template.format_function,
-                template.format_observation,
-                template.format_prefix,
-            )
-            for slot in formatter.slots
-            if isinstance(slot, dict)
-        }
+def _slot_tokens(templates: Iterable[Template]) -> tuple[str, ...]:
+    """Every ``{"token": ...}`` the templates use; ``SpecialTokens`` resolves them."""
+    return tuple(
+        sorted(
+            {
+                slot["token"]
+                for template in templates
+                for formatter in (
+                    template.format_user,
+                    template.format_assistant,
+                    template.format_system,
+                    template.format_function,
+                    template.format_observation,
+                    template.format_prefix,
+                )
+                for slot in formatter.slots
+                if isinstance(slot, dict)
+            }
+        )
     )
-)
-"""Every ``{"token": ...}`` the registered templates use; ``SpecialTokens`` resolves them."""
+
+
+def __getattr__(name: str) -> Any:
+    """``TEMPLATE_NAMES`` (sorted) and ``SLOT_TOKENS``, computed from the filled table on first use."""
+    if name == "TEMPLATE_NAMES":
+        value: Any = tuple(sorted(_registered()))
+    elif name == "SLOT_TOKENS":
+        value = _slot_tokens(_registered().values())
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    globals()[name] = value
+    return value
+
+
+def list_templates() -> dict[str, tuple[str, ...]]:
+    """The sorted template names and tool format names, for ``fastsft templates``."""
+    return {"templates": tuple(sorted(_registered())), "tool_formats": tuple(sorted(TOOL_FORMAT_NAMES))}
+
+
+def parse_template(tokenizer: Any) -> Template:
+    """A template read off the tokenizer's jinja ``chat_template``, as LLaMA-Factory's ``parse_template``.
+
+    Renders placeholder conversations and cuts the slots out of the text; a ``<think>`` in the
+    assistant slot makes it a ``ReasoningTemplate``.
+    """
+
+    def find_diff(short_str: str, long_str: str) -> str:
+        i, j = 0, 0
+        diff = ""
+        while i < len(short_str) and j < len(long_str):
+            if short_str[i] == long_str[j]:
+                i += 1
+                j += 1
+            else:
+                diff += long_str[j]
+                j += 1
+
+        return diff
+
+    def render(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        try:
+            return tokenizer.apply_chat_template(
+                messages, add_generation_prompt=add_generation_prompt, tokenize=False
+            )
+        except Exception as err:  # jinja raises its own errors (TemplateError, TypeError, ...)
+            raise ConfigError(
+                f"template unset and the tokenizer's chat_template cannot be parsed "
+                f"({type(err).__name__}: {err}); set `template`"
+            ) from None
+
+    prefix = tokenizer.decode(tokenizer.encode(""))
+    system_slot = render([{"role": "system", "content": "{{content}}"}], False)[len(prefix) :]
+    user_slot_empty_system = render(
+        [{"role": "system", "content": ""}, {"role": "user", "content": "{{content}}"}], True
+    )[len(prefix) :]
+    user_slot = render([{"role": "user", "content": "{{content}}"}], True)[len(prefix) :]
+    assistant_slot = render(
+        [{"role": "user", "content": "{{content}}"}, {"role": "assistant", "content": "{{content}}"}], False
+    )[len(prefix) + len(user_slot) :]
+    template_class = ReasoningTemplate if "<think>" in assistant_slot else Template
+    assistant_slot = assistant_slot.replace("<think>", "").replace("</think>", "").lstrip("\n")
+
+    if len(user_slot) > len(user_slot_empty_system):
+        default_system = find_diff(user_slot_empty_system, user_slot)
+        sole_system = system_slot.replace("{{content}}", default_system, 1)
+        user_slot = user_slot[len(sole_system) :]
+    else:  # if the default system is empty, user_slot_empty_system is the longer one
+        default_system = ""
+
+    try:
+        return template_class(
+            name="(parsed from the tokenizer)",
+            format_user=StringFormatter(slots=[user_slot]),
+            format_assistant=StringFormatter(slots=[assistant_slot]),
+            format_system=StringFormatter(slots=[system_slot]),
+            format_function=FunctionFormatter(slots=[assistant_slot], tool_format="default"),
+            format_observation=StringFormatter(slots=[user_slot]),
+            format_tools=ToolFormatter(tool_format="default"),
+            format_prefix=EmptyFormatter(slots=[prefix]) if prefix else EmptyFormatter(),
+            default_system=default_system,
+            stop_words=[],
+            thought_words=("<think>\n", "\n</think>\n\n"),
+            tool_call_words=("<tool_call>", "</tool_call>"),
+            efficient_eos=False,
+            replace_eos=False,
+            replace_jinja_template=False,
+            enable_thinking=True,
+            preserve_thinking=False,
+        )
+    except ValueError as err:  # a slot without {{content}}: the chat template drops the content
+        raise ConfigError(
+            f"template unset and the tokenizer's chat_template cannot be parsed: {err}"
+        ) from None
 
 
 def get_template(
-    name: str,
+    name: str | None,
     *,
     tool_format: str | None = None,
     default_system: str | None = None,
     enable_thinking: bool | None = True,
     preserve_thinking: bool = False,
     train_on_prompt: bool = False,
+    tokenizer: Any = None,
 ) -> Template:
-    """A fresh copy of template ``name`` with LLaMA-Factory's ``get_template_and_fix_tokenizer`` options applied."""
-    if name not in TEMPLATES:
-        raise ConfigError(f"unknown template '{name}' (valid: {', '.join(TEMPLATE_NAMES)})")
+    """A fresh copy of template ``name`` with LLaMA-Factory's ``get_template_and_fix_tokenizer`` options applied.
 
-    template = copy.deepcopy(TEMPLATES[name])
+    ``name=None`` follows LLaMA-Factory's unset ``template``: the template parsed from
+    ``tokenizer``'s jinja chat template when it has one, else ``empty`` (both with its warning).
+    """
+    if name is None:
+        if tokenizer is not None and isinstance(getattr(tokenizer, "chat_template", None), str):
+            logger.warning("`template` was not specified, try parsing the chat template from the tokenizer.")
+            template = parse_template(tokenizer)
+        else:
+            logger.warning("`template` was not specified, use `empty` template.")
+            template = copy.deepcopy(_registered()["empty"])
+    else:
+        templates = _registered()
+        if name not in templates:
+            raise ConfigError(f"unknown template '{name}' (valid: {', '.join(sorted(templates))})")
+
+        template = copy.deepcopy(templates[name])
+
     if train_on_prompt and template.efficient_eos:
-        raise ConfigError(f"template '{name}' does not support train_on_prompt (it uses efficient_eos)")
+        raise ConfigError(
+            f"template '{template.name}' does not support train_on_prompt (it uses efficient_eos)"
+        )
 
     if tool_format is not None:
+        get_tool_utils(tool_format)  # unknown names fail here, before any sample
         default_slots: list[Slot] = (
             ["{{content}}"] if template.efficient_eos else ["{{content}}", {"eos_token"}]
         )
