@@ -98,11 +98,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_templates(args: argparse.Namespace) -> int:
-    from fastsft.data.templates import TEMPLATE_NAMES
-    from fastsft.data.tools import TOOLS
+    from fastsft.data.templates import list_templates
 
-    print("templates: " + ", ".join(TEMPLATE_NAMES))
-    print("tool formats: " + ", ".join(sorted(TOOLS)))
+    for kind, names in list_templates().items():
+        print(f"{kind.replace('_', ' ')} ({len(names)}): {', '.join(names)}")
     return 0
 
 

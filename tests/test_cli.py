@@ -365,7 +365,7 @@ BAD_INPUTS = {
     ),
     "unknown-template": (
         ["--dataset", "chat", "--template", "qwn"],
-        "unknown template 'qwn' (valid: chatml, default, empty, llama2, llama3, mistral, qwen, qwen3, qwen3_nothink)",
+        "unknown template 'qwn' (valid: aeva, alpaca, bailing, bailing_v2,",
     ),
     "no-tokenizer": (["--dataset", "chat", "--tokenizer", "no/such/folder"], "tokenizer folder not found"),
 }

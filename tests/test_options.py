@@ -174,3 +174,18 @@ def test_train_data_section_enable_thinking_false_matches_llamafactory(
     dataset, _ = build_dataset(config.data, tokenizer)
     assert dataset.to_dict()["input_ids"] == golden["rows"]["input_ids"]
     assert dataset.to_dict()["labels"] == golden["rows"]["labels"]
+
+
+def test_template_unset_follows_llamafactory(fixture_tokenizer_path: Path, test_data_dir: Path) -> None:
+    """No ``template`` and a tokenizer without a chat template: LLaMA-Factory's ``empty`` template."""
+    from transformers import AutoTokenizer
+
+    from fastsft.data.pipeline import build_dataset
+
+    def build(template: str | None) -> dict[str, Any]:
+        tokenizer = AutoTokenizer.from_pretrained(str(fixture_tokenizer_path), local_files_only=True)
+        assert not getattr(tokenizer, "chat_template", None)
+        args = DataArgs(dataset="sharegpt_chat", dataset_dir=str(test_data_dir), template=template)
+        return build_dataset(args, tokenizer)[0].to_dict()
+
+    assert build(None) == build("empty")

@@ -401,7 +401,6 @@ def test_summary_lines_name_every_count():
     [
         ({"mask_history": True, "train_on_prompt": True}, "incompatible with `train_on_prompt`"),
         ({"cutoff_len": 0}, "cutoff_len"),
-        ({"template": None}, "template"),
         (
             {"packing_strategy": "first_fit"},
             "`packing_strategy` expects one of llamafactory, bfd or null, got 'first_fit'",

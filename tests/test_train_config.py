@@ -146,7 +146,6 @@ def test_model_config_must_exist_and_needs_a_tokenizer() -> None:
     [
         ({"output_dir": None}, "no output_dir given"),
         ({"dataset": None}, "no dataset given"),
-        ({"template": None}, "`template` is required"),
         ({"bf16": True, "fp16": True}, "only one of bf16 and fp16"),
         ({"packing": True, "attn": "sdpa"}, "packing needs attn: varlen or flash_attention_2"),
         ({"padding_free": True, "attn": "eager"}, "padding_free needs attn: varlen"),

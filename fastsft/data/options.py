@@ -28,7 +28,10 @@ class DataArgs:
         None, "dataset names in dataset_info.json, or files/folders; comma-separated or repeated"
     )
     dataset_dir: str = option("data", "folder holding dataset_info.json and the data files")
-    template: str | None = option(None, "chat template, e.g. qwen (see `fastsft templates`)")
+    template: str | None = option(
+        None,
+        "chat template, e.g. qwen (see `fastsft templates`; unset: parsed from the tokenizer, as LLaMA-Factory does)",
+    )
     cutoff_len: int = option(2048, "maximum tokens per sample (packed rows are cutoff_len long)")
     train_on_prompt: bool = option(False, "also train on prompt tokens")
     mask_history: bool = option(False, "train on the last turn only")

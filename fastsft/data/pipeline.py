@@ -31,16 +31,15 @@ from fastsft.data.registry import resolve_datasets
 from fastsft.data.rows import RowBuilder, empty_table
 from fastsft.data.templates import Template, fix_tokenizer, get_template
 from fastsft.data.workers import encoded_batches
-from fastsft.errors import ConfigError, DataError
+from fastsft.errors import DataError
 from fastsft.kernels import resolve_encode_path
 
 __all__ = ["build_dataset", "build_to_disk", "make_encoder", "make_template"]
 
 
-def make_template(args: DataArgs) -> Template:
-    """The chat template ``args`` name, with its options."""
-    if args.template is None:
-        raise ConfigError("`template` is required (e.g. template: qwen)")
+def make_template(args: DataArgs, tokenizer: Any) -> Template:
+    """The chat template ``args`` name, with its options; unset, as LLaMA-Factory does: parsed from
+    the tokenizer's jinja chat template, else ``empty`` (with a warning)."""
     return get_template(
         args.template,
         tool_format=args.tool_format,
@@ -48,6 +47,7 @@ def make_template(args: DataArgs) -> Template:
         enable_thinking=args.enable_thinking,
         preserve_thinking=args.preserve_thinking,
         train_on_prompt=args.train_on_prompt,
+        tokenizer=tokenizer,
     )
 
 
@@ -61,7 +61,7 @@ def make_encoder(args: DataArgs, tokenizer: Any) -> Encoder:
     from fastsft.tokenization import PerStringBackend, load_backend
 
     encode_path = resolve_encode_path(args.backend)
-    template = make_template(args)
+    template = make_template(args, tokenizer)
     fix_tokenizer(template, tokenizer)
     tokenizer_backend = (
         PerStringBackend(tokenizer)

@@ -326,8 +326,6 @@ def _validate(config: TrainConfig) -> None:
         raise ConfigError(
             "no dataset given: set dataset (names in dataset_info.json) or an existing tokenized_path"
         )
-    if not data.template:
-        raise ConfigError("`template` is required (e.g. template: qwen)")
     if config.bf16 and config.fp16:
         raise ConfigError("set only one of bf16 and fp16")
     if config.uses_varlen_batches and config.attn in ("sdpa", "eager"):

@@ -327,7 +327,7 @@ def load_train_dataset(config: TrainConfig, tokenizer: Any, training_args: Train
     path = data_args.tokenized_path
     with training_args.main_process_first(desc="dataset"):
         if path and Path(path).exists():
-            fix_tokenizer(make_template(data_args), tokenizer)
+            fix_tokenizer(make_template(data_args, tokenizer), tokenizer)
             return _load_tokenized(path, training_args)
         if path and training_args.should_save:
             for line in build_to_disk(data_args, tokenizer, path).lines():
