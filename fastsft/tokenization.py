@@ -327,8 +327,35 @@ def load_backend(tokenizer: Any, kind: str | None = None) -> TokenizerBackend:
     return backend
 
 
+# Verified backends by what decides their ids (tokenizer class, tokenizer.json, split_special_tokens):
+# building and probing one takes about a second, and a process often encodes with one tokenizer many
+# times (train and eval, benchmarks, several builds). A failure is remembered as well.
+_VERIFIED: dict[tuple[type, str, bool], FastokensBackend | UnsupportedTokenizer] = {}
+_VERIFIED_MAX = 4
+
+
 def _verified_fastokens_backend(tokenizer: Any) -> FastokensBackend:
-    """A ``FastokensBackend`` that gave HF's ids on every probe text."""
+    """A ``FastokensBackend`` that gave HF's ids on every probe text (built once per tokenizer state)."""
+    rust = getattr(tokenizer, "backend_tokenizer", None)
+    key = (
+        type(tokenizer),
+        rust.to_str() if rust is not None else "",
+        bool(getattr(tokenizer, "split_special_tokens", False)),
+    )
+    if key not in _VERIFIED:
+        try:
+            _VERIFIED[key] = _probe_fastokens_backend(tokenizer)
+        except UnsupportedTokenizer as error:
+            _VERIFIED[key] = error
+        while len(_VERIFIED) > _VERIFIED_MAX:
+            del _VERIFIED[next(iter(_VERIFIED))]
+    result = _VERIFIED[key]
+    if isinstance(result, UnsupportedTokenizer):
+        raise result
+    return result
+
+
+def _probe_fastokens_backend(tokenizer: Any) -> FastokensBackend:
     backend = FastokensBackend.from_tokenizer(tokenizer)
     added = [token.content for token in tokenizer.backend_tokenizer.get_added_tokens_decoder().values()]
     texts = probe_texts(added)

@@ -311,6 +311,18 @@ def test_auto_logs_its_choice(
     assert "tokenizer backend: fastokens" in caplog.text
 
 
+def test_verified_backend_is_built_once_per_tokenizer_state(new_fixture_tokenizer: Any) -> None:
+    tokenizer = new_fixture_tokenizer()
+    first = load_backend(tokenizer, "fast")
+    assert load_backend(new_fixture_tokenizer(), "fast") is first  # same tokenizer.json: not probed again
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|brand_new|>"]})
+    changed = load_backend(tokenizer, "fast")
+    assert changed is not first
+    assert changed.encode_batch(["a<|brand_new|>b"]) == [
+        tokenizer.encode("a<|brand_new|>b", add_special_tokens=False)
+    ]
+
+
 def test_probe_mismatch_falls_back_to_hf(
     fixture_pair: tuple[Any, FastokensBackend],
     monkeypatch: pytest.MonkeyPatch,
@@ -323,6 +335,7 @@ def test_probe_mismatch_falls_back_to_hf(
         return [ids[:-1] if "😀" in text else ids for text, ids in zip(batch, original(self, batch))]
 
     monkeypatch.setattr(FastokensBackend, "encode_batch", off_by_one_on_emoji)
+    monkeypatch.setattr("fastsft.tokenization._VERIFIED", {})  # verify again with the broken encoder
     with caplog.at_level(logging.INFO, logger="fastsft.tokenization"):
         assert load_backend(tokenizer, "auto").name == "hf"
     assert "other ids than HF on the probe text" in caplog.text
