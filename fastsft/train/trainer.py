@@ -56,7 +56,16 @@ def run_train(args: argparse.Namespace | Sequence[str]) -> int:
                 f"\nfastsft train: {message}", file=sys.stderr, flush=True
             )  # the progress bar has no newline
         return 130
+    finally:
+        _close_process_group()
     return 0
+
+
+def _close_process_group() -> None:
+    """Tear down torch.distributed before exit: a gloo group left to the interpreter's shutdown
+    can abort the process ("terminate called without an active exception") after a good run."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def interrupted_message(output_dir: Path) -> str:
