@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from fastsft import __version__
 from fastsft.data.options import DATA_KEYS, DataArgs, data_args_from_mapping
-from fastsft.errors import ConfigError, FastSFTError
+from fastsft.errors import ConfigError, FastSFTError, Terminated
 from fastsft.options import add_flags, read_yaml
 
 # Data options each command takes as flags (all of them come from fastsft.data.options.DataArgs).
@@ -58,20 +59,27 @@ def load_tokenizer(path: str) -> Any:
 
     if not Path(path).is_dir():
         raise ConfigError(f"tokenizer folder not found: {path}")
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as err:  # transformers raises OSError, ValueError, TypeError, ... for a bad folder
+        first_line = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise ConfigError(
+            f"cannot load a tokenizer from {path} (it needs tokenizer.json or the files of a slow "
+            f"tokenizer, as saved by save_pretrained): {first_line.strip()}"
+        ) from None
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from fastsft.data.pipeline import build_to_disk
+    from fastsft.data.pipeline import build_to_disk, check_output
 
     data_args, tokenizer_path = _data_options(args, PREPROCESS_KEYS)
     if not data_args.tokenized_path:
         raise ConfigError("no output folder given (use --output DIR or `tokenized_path:` in --config)")
     output = Path(data_args.tokenized_path)
-    if output.exists() and not args.overwrite:
-        raise ConfigError(f"output {output} already exists (pass --overwrite to replace it)")
+    # Before the tokenizer loads; build_to_disk checks again, and again under the output's lock.
+    check_output(data_args, output, overwrite=args.overwrite, tokenizer_dir=tokenizer_path)
     tokenizer = load_tokenizer(tokenizer_path)
-    summary = build_to_disk(data_args, tokenizer, output, progress=not args.quiet)
+    summary = build_to_disk(data_args, tokenizer, output, overwrite=args.overwrite, progress=not args.quiet)
     for line in summary.lines():
         print(line)
     print(f"saved DatasetDict({{'train': {summary.rows_out} rows}}) to {output}")
@@ -85,6 +93,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.data:
         if not args.tokenizer:
             raise ConfigError("--tokenizer is needed to decode a saved dataset")
+        if not Path(args.data).is_dir():
+            raise ConfigError(
+                f"--data {args.data}: no such folder (give a folder written by fastsft preprocess)"
+            )
         text = inspect_saved(
             args.data, load_tokenizer(args.tokenizer), count=args.num, start=args.index, color=color
         )
@@ -165,8 +177,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    signal.signal(signal.SIGTERM, _raise_terminated)  # so cleanup runs, as for Ctrl-C
     try:
         return args.func(args)
     except FastSFTError as err:
         print(f"fastsft {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the environment (permissions, space, a vanished file), not a bug
+        where = f" {err.filename}:" if err.filename else ""
+        print(f"fastsft {args.command}: error:{where} {err.strerror or err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as interrupt:
+        signal_name = "SIGTERM" if isinstance(interrupt, Terminated) else "interrupted"
+        print(
+            f"\nfastsft {args.command}: {signal_name}; temporary files removed, existing outputs left as they were",
+            file=sys.stderr,
+        )
+        return Terminated.exit_code if isinstance(interrupt, Terminated) else 130
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()

@@ -15,6 +15,13 @@ class ConfigError(FastSFTError):
     """A bad option, config key, template name or path."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C (the CLI installs the handler) so every ``finally`` runs:
+    temporary folders are removed and worker pools stopped."""
+
+    exit_code = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM killed
+
+
 class DataError(FastSFTError):
     """Bad input data, located by dataset, sample index (0-based) and field."""
 

@@ -99,8 +99,8 @@ def load_train(path: Path) -> Any:
 
 
 def leftovers(folder: Path, output: Path) -> list[str]:
-    """Temporary folders a run left beside ``output``."""
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith(f".{output.name}.tmp"))
+    """Temporary folders and lock files a run left beside ``output``."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(f".{output.name}."))
 
 
 # --- end to end ---------------------------------------------------------------------------------
@@ -227,20 +227,36 @@ def test_existing_output_is_refused_without_overwrite(capsys, tmp_path, data_dir
     code, _, err = preprocess(capsys, fixture_tokenizer_path, "chat", data_dir, output)
     assert code == 2
     assert (
-        err == f"fastsft preprocess: error: output {output} already exists (pass --overwrite to replace it)\n"
+        err == f"fastsft preprocess: error: output {output} already exists "
+        "(pass --overwrite to replace a previous fastsft output)\n"
     )
     assert [p.name for p in output.iterdir()] == ["keep.txt"]
 
 
-def test_overwrite_replaces_the_output(capsys, tmp_path, data_dir, fixture_tokenizer_path):
+def test_overwrite_replaces_a_previous_output(capsys, tmp_path, data_dir, fixture_tokenizer_path):
     output = tmp_path / "out"
-    output.mkdir()
-    (output / "old.txt").write_text("old")
+    assert preprocess(capsys, fixture_tokenizer_path, "nonstr", data_dir, output, "--skip-malformed")[0] == 0
+    assert len(load_train(output)) == 1
     code, _, err = preprocess(capsys, fixture_tokenizer_path, "chat", data_dir, output, "--overwrite")
     assert code == 0, err
-    assert not (output / "old.txt").exists()
     assert len(load_train(output)) == 2
     assert leftovers(tmp_path, output) == []
+
+
+def test_overwrite_never_replaces_a_folder_fastsft_did_not_write(
+    capsys, tmp_path, data_dir, fixture_tokenizer_path
+):
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "precious.txt").write_text("mine")
+    code, _, err = preprocess(capsys, fixture_tokenizer_path, "chat", data_dir, output, "--overwrite")
+    assert code == 2
+    assert err == (
+        f"fastsft preprocess: error: output {output} exists and is not a fastsft output "
+        "(it has no fastsft_output.json); remove it yourself or choose another path\n"
+    )
+    assert [p.name for p in output.iterdir()] == ["precious.txt"]
+    assert (output / "precious.txt").read_text() == "mine"
 
 
 def test_failed_overwrite_keeps_the_previous_output(capsys, tmp_path, data_dir, fixture_tokenizer_path):

@@ -98,6 +98,11 @@ class Summary:
             f"truncated to cutoff_len: {self.truncated}",
             f"tokens: {self.tokens}  label tokens: {self.label_tokens}  padding tokens: {self.padding_tokens}",
         ]
+        if self.examples_encoded and not self.label_tokens:
+            out.append(
+                "warning: no label tokens: every response was truncated away or masked, "
+                "so training on this data learns nothing (is cutoff_len too small?)"
+            )
         if self.packing_capacity and self.rows_out:
             fill = self.tokens / (self.rows_out * self.packing_capacity)
             out.append(f"packed rows: {self.rows_out} of {self.packing_capacity} tokens, {fill:.1%} filled")

@@ -13,11 +13,9 @@ cache file, and saves the result atomically (``build_to_disk``).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +24,23 @@ import pyarrow as pa
 from fastsft.data.accounting import SamplePolicy, Summary
 from fastsft.data.encoding import Encoder
 from fastsft.data.options import DataArgs
+from fastsft.data.output import (
+    OutputError,
+    check_output_path,
+    check_replaceable,
+    os_error_line,
+    staged_output,
+)
+from fastsft.data.provenance import describe, tokenizer_fingerprint
 from fastsft.data.reading import iter_batches
-from fastsft.data.registry import resolve_datasets
+from fastsft.data.registry import input_paths, resolve_datasets
 from fastsft.data.rows import RowBuilder, empty_table
 from fastsft.data.templates import Template, fix_tokenizer, get_template
 from fastsft.data.workers import encoded_batches
 from fastsft.errors import DataError
 from fastsft.kernels import resolve_encode_path
 
-__all__ = ["build_dataset", "build_to_disk", "make_encoder", "make_template"]
+__all__ = ["build_dataset", "build_to_disk", "check_output", "make_encoder", "make_template"]
 
 
 def make_template(args: DataArgs, tokenizer: Any) -> Template:
@@ -160,44 +166,77 @@ def build_dataset(
     return dataset, summary
 
 
+def check_output(args: DataArgs, output: Path, *, overwrite: bool, tokenizer_dir: str | None) -> None:
+    """Refuse ``output`` when it is, holds or lies inside an input (dataset files, ``dataset_dir``,
+    ``tokenizer_dir``) or the working directory, or when it exists and may not be replaced."""
+    attrs = resolve_datasets(args.require_dataset(), args.dataset_dir)
+    inputs = [Path(path) for path in input_paths(attrs, args.dataset_dir)]
+    if tokenizer_dir and Path(tokenizer_dir).is_dir():
+        inputs.append(Path(tokenizer_dir))
+    check_output_path(output, inputs)
+    check_replaceable(output, overwrite)
+
+
 def build_to_disk(
     args: DataArgs,
     tokenizer: Any,
     output: str | os.PathLike[str],
     *,
+    overwrite: bool = False,
     progress: bool = False,
     workers: int | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> Summary:
-    """``build_dataset`` saved as ``DatasetDict({"train": ...})`` at ``output``, atomically.
+    """``build_dataset`` saved as ``DatasetDict({"train": ...})`` at ``output``, without risking data.
 
-    Rows stream to a cache file in a temporary folder beside ``output`` (so memory stays flat),
-    ``save_to_disk`` writes there too, and a rename puts the result in place: a crash or a bad
-    sample never leaves a half-written dataset, and an existing ``output`` is replaced only then.
+    ``output`` may not be an input or hold one (``check_output_path``). Rows stream to a cache
+    file in a locked temporary folder beside ``output`` (memory stays flat), ``save_to_disk``
+    writes there with the provenance marker, and a no-replace rename publishes the result
+    (``fastsft.data.output``): a crash, a signal or a bad sample leaves ``output`` as it was, and
+    an existing ``output`` is replaced only with ``overwrite`` and only if fastsft wrote it.
+    Notices (a killed run's folder removed) go to ``notice``, by default stderr.
     """
     import datasets
 
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    check_output(args, output, overwrite=overwrite, tokenizer_dir=str(getattr(tokenizer, "name_or_path", "")))
+    fingerprint = tokenizer_fingerprint(tokenizer)  # before build_dataset fixes the tokenizer
     try:
-        dataset, summary = build_dataset(
-            args, tokenizer, cache_file=str(workdir / "rows.arrow"), progress=progress, workers=workers
-        )
-        staged = workdir / "dataset"
-        bars_were_disabled = datasets.are_progress_bars_disabled()
-        if not progress:
-            datasets.disable_progress_bars()  # save_to_disk has no switch of its own
-        try:
-            datasets.DatasetDict({"train": dataset}).save_to_disk(str(staged))
-        finally:
-            if not bars_were_disabled:
-                datasets.enable_progress_bars()
-        if output.exists():
-            os.replace(output, workdir / "previous")
-        os.replace(staged, output)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        with staged_output(output, overwrite=overwrite, notice=notice) as staged:
+            dataset, summary = build_dataset(
+                args,
+                tokenizer,
+                cache_file=str(staged.workdir / "rows.arrow"),
+                progress=progress,
+                workers=workers,
+            )
+            bars_were_disabled = datasets.are_progress_bars_disabled()
+            if not progress:
+                datasets.disable_progress_bars()  # save_to_disk has no switch of its own
+            try:
+                datasets.DatasetDict({"train": dataset}).save_to_disk(str(staged.dataset))
+            finally:
+                if not bars_were_disabled:
+                    datasets.enable_progress_bars()
+            staged.commit(describe(args, fingerprint=fingerprint, tokenizer=tokenizer))
+    except OSError as err:
+        action = f"write {output}" if _is_output_side(err.filename, output) else "read an input"
+        raise OutputError(os_error_line(err, action)) from None
     return summary
+
+
+def _is_output_side(filename: Any, output: Path) -> bool:
+    """Whether an ``OSError``'s path is the output, its folder or a file the run keeps beside it."""
+    if filename is None:
+        return True
+    parent = output.parent.resolve()
+    path = Path(os.fsdecode(filename)).resolve()
+    if path == parent or parent.is_relative_to(path):
+        return True
+    if not path.is_relative_to(parent):
+        return False
+    first = path.relative_to(parent).parts[0]
+    return first == output.name or first.startswith(f".{output.name}.")
 
 
 class _NoBar:

@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 from fastsft.errors import ConfigError, DataError
 
+__all__ = ["DatasetAttr", "input_paths", "iter_rows", "resolve_datasets"]
+
 DATA_CONFIG = "dataset_info.json"
 
 FILEEXT2TYPE = {
@@ -277,6 +279,15 @@ def resolve_datasets(names: str | list[str], dataset_dir: str | None) -> list[Da
     return attrs
 
 
+def input_paths(attrs: list[DatasetAttr], dataset_dir: str | None) -> list[str]:
+    """Every local path the datasets are read from: their files or folders, ``dataset_dir`` and its
+    ``dataset_info.json`` (what an output must never overwrite)."""
+    paths = [os.path.join(dataset_dir or "", attr.dataset_name) for attr in attrs]
+    if dataset_dir is not None and os.path.isdir(dataset_dir):
+        paths += [dataset_dir, os.path.join(dataset_dir, DATA_CONFIG)]
+    return [path for path in paths if os.path.exists(path)]
+
+
 def _data_files(attr: DatasetAttr, dataset_dir: str | None) -> tuple[str, list[str], bool]:
     """(builder type, files, is a folder) under LLaMA-Factory's rules: one type for all files of a folder."""
     local_path = os.path.join(dataset_dir or "", attr.dataset_name)
@@ -310,7 +321,7 @@ def _data_files(attr: DatasetAttr, dataset_dir: str | None) -> tuple[str, list[s
 
 def _iter_json_file(path: str, label: str) -> Iterator[dict[str, Any]]:
     """Rows of a JSON array file or a JSON Lines file (either extension, like ``datasets``)."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # a leading byte-order mark is skipped, as `datasets` does
         lineno = 0
         try:
             head = f.read(4096).lstrip()

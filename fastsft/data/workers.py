@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -23,6 +24,8 @@ _worker_encoder: Encoder | None = None  # one per worker process, set by its ini
 def _init_worker(encoder: Encoder) -> None:
     global _worker_encoder
     _worker_encoder = encoder
+    # Ctrl-C reaches the whole process group: the parent stops the pool and reports it in one line.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _encode_in_worker(convs: list, refs: list) -> tuple[EncodedBatch, Summary]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib.util
 import os
 import textwrap
 import typing
@@ -347,5 +348,10 @@ def _validate(config: TrainConfig) -> None:
         raise ConfigError("set only one of warmup_ratio and warmup_steps")
     if config.deepspeed:
         config.deepspeed = resolve_deepspeed(config.deepspeed)
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ConfigError(
+                f"`deepspeed: {config.deepspeed}` needs DeepSpeed, which is not installed: "
+                'pip install -e ".[deepspeed]" (or pip install deepspeed)'
+            )
     if isinstance(config.resume_from_checkpoint, str) and not Path(config.resume_from_checkpoint).is_dir():
         raise ConfigError(f"resume_from_checkpoint folder not found: {config.resume_from_checkpoint}")

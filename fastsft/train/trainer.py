@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from fastsft.errors import ConfigError
+from fastsft.data.options import DataArgs
+from fastsft.errors import ConfigError, Terminated
 from fastsft.train.config import TrainConfig, add_train_arguments, load_config
 
 TRAINER_LOG = "trainer_log.jsonl"
@@ -49,13 +50,14 @@ def run_train(args: argparse.Namespace | Sequence[str]) -> int:
     config = load_config(args.config, args.overrides)
     try:
         train(config)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
+        terminated = isinstance(interrupt, Terminated)
         if int(os.environ.get("RANK", "0")) == 0:
-            message = interrupted_message(Path(config.output_dir))
+            message = interrupted_message(Path(config.output_dir), "SIGTERM" if terminated else "interrupted")
             print(
                 f"\nfastsft train: {message}", file=sys.stderr, flush=True
             )  # the progress bar has no newline
-        return 130
+        return Terminated.exit_code if terminated else 130
     finally:
         _close_process_group()
     return 0
@@ -68,14 +70,14 @@ def _close_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def interrupted_message(output_dir: Path) -> str:
-    """The one line ``fastsft train`` prints on Ctrl-C: the last checkpoint it can resume from."""
+def interrupted_message(output_dir: Path, what: str = "interrupted") -> str:
+    """The one line ``fastsft train`` prints on Ctrl-C or SIGTERM: the last checkpoint to resume from."""
     from transformers.trainer_utils import get_last_checkpoint
 
     last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     if last is None:
-        return f"interrupted; no checkpoint was saved in {output_dir}"
-    return f"interrupted; last checkpoint: {last} (rerun with resume_from_checkpoint=true to continue)"
+        return f"{what}; no checkpoint was saved in {output_dir}"
+    return f"{what}; last checkpoint: {last} (rerun with resume_from_checkpoint=true to continue)"
 
 
 def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, float]:
@@ -119,8 +121,13 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()
                 f"CPU training with {threads} torch thread{'s' if threads > 1 else ''} ({threads_reason(config)})"
             )
     resume = resolve_resume(config, training_args)
+    vocab_size = model_vocab_size(config)  # the model is checked before the data is built
     tokenizer = load_tokenizer(config)
-    dataset = load_train_dataset(config, tokenizer, training_args)
+    if len(tokenizer) > vocab_size:
+        raise ConfigError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab_size}"
+        )
+    dataset = load_train_dataset(config, tokenizer, training_args, vocab_size)
     packed = config.uses_varlen_batches or "position_ids" in dataset.column_names
     attn_implementation = choose_attention(config, packed)
 
@@ -129,10 +136,6 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()
     set_seed(config.seed)  # the same random init on every run and rank
     model = load_model(config, attn_implementation)
     loss_line = configure_loss(config, model)
-    if len(tokenizer) > model.config.vocab_size:
-        raise ConfigError(
-            f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}"
-        )
     collator = make_collator(packed, tokenizer)
     # Token columns as numpy arrays: the compiled collators then copy buffers, not Python lists.
     dataset = dataset.with_format("numpy", columns=[c for c in TOKEN_COLUMNS if c in dataset.column_names])
@@ -318,15 +321,33 @@ def load_tokenizer(config: TrainConfig) -> Any:
         ) from None
 
 
-def load_train_dataset(config: TrainConfig, tokenizer: Any, training_args: TrainingArguments) -> Any:
+def model_vocab_size(config: TrainConfig) -> int:
+    """The model's ``vocab_size`` from its config: a missing or broken model fails here, in one
+    line, before any data is built."""
+    from transformers import AutoConfig
+
+    source = config.model_config or config.model_name_or_path
+    try:
+        model_config = AutoConfig.from_pretrained(source, trust_remote_code=config.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load the model config from {source}: {str(err).splitlines()[0]}") from None
+    return int(model_config.get_text_config().vocab_size)
+
+
+def load_train_dataset(
+    config: TrainConfig, tokenizer: Any, training_args: TrainingArguments, vocab_size: int
+) -> Any:
     """``load_from_disk(tokenized_path)`` when it exists; else ``build_dataset``.
 
     With a ``tokenized_path`` the first process streams the rows to it (``build_to_disk``: flat
     memory, written atomically) and every process then memory-maps it; the main process goes
     first, so the others load what it saved. Without one each process builds the rows in memory.
-    Either way the tokenizer is fixed as LLaMA-Factory does (eos, pad, stop words).
+    Either way the tokenizer is fixed as LLaMA-Factory does (eos, pad, stop words). A saved
+    dataset is checked against its provenance (``fastsft.data.provenance``): another tokenizer
+    or a token id at or above ``vocab_size`` is refused, ignored data options are named.
     """
     from fastsft.data.pipeline import build_dataset, build_to_disk, make_template
+    from fastsft.data.provenance import tokenizer_fingerprint
     from fastsft.data.templates import fix_tokenizer
 
     data_args = config.data
@@ -336,28 +357,69 @@ def load_train_dataset(config: TrainConfig, tokenizer: Any, training_args: Train
     path = data_args.tokenized_path
     with training_args.main_process_first(desc="dataset"):
         if path and Path(path).exists():
+            fingerprint = tokenizer_fingerprint(tokenizer)  # as build_to_disk takes it: before fixing
             fix_tokenizer(make_template(data_args, tokenizer), tokenizer)
-            return _load_tokenized(path, training_args)
+            return _load_tokenized(path, training_args, data_args, fingerprint, vocab_size)
         if path and training_args.should_save:
-            for line in build_to_disk(data_args, tokenizer, path).lines():
+            summary = build_to_disk(data_args, tokenizer, path, notice=say)
+            for line in summary.lines():
                 say(line)
+            _require_labels(summary)
             say(f"saved the tokenized dataset to {path}")
             return _load_tokenized(path, training_args)
         dataset, summary = build_dataset(data_args, tokenizer)
         if training_args.process_index == 0:
             for line in summary.lines():
                 say(line)
+        _require_labels(summary)
     return dataset
 
 
-def _load_tokenized(path: str, training_args: TrainingArguments) -> Any:
-    """The train split saved at ``path`` (a ``DatasetDict`` or a ``Dataset``), memory-mapped."""
+def _require_labels(summary: Any) -> None:
+    if summary.label_tokens == 0:
+        raise ConfigError(
+            "the training data has no label tokens, so there is nothing to learn (is cutoff_len too small?)"
+        )
+
+
+def _load_tokenized(
+    path: str,
+    training_args: TrainingArguments,
+    data_args: DataArgs | None = None,
+    fingerprint: str | None = None,
+    vocab_size: int | None = None,
+) -> Any:
+    """The train split saved at ``path`` (a ``DatasetDict`` or a ``Dataset``), memory-mapped.
+
+    With ``data_args`` (a dataset this run did not just build) it is checked first: its tokenizer
+    ``fingerprint``, its token ids against ``vocab_size``, and the data options it ignores.
+    """
     from datasets import DatasetDict, load_from_disk
 
-    loaded = load_from_disk(path)
-    dataset = loaded["train"] if isinstance(loaded, DatasetDict) else loaded
+    from fastsft.data.provenance import check_token_ids, check_tokenizer, ignored_options, read_provenance
+
+    record = read_provenance(path)
+    if fingerprint is not None:
+        check_tokenizer(record, fingerprint, path)
+    try:
+        loaded = load_from_disk(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load tokenized_path {path}: {str(err).splitlines()[0]}") from None
+    splits = dict(loaded) if isinstance(loaded, DatasetDict) else {"train": loaded}
+    if "train" not in splits:
+        raise ConfigError(f"tokenized_path {path} has no train split (it has {', '.join(splits)})")
+    if vocab_size is not None:
+        check_token_ids(splits, vocab_size, path)
+    dataset = splits["train"]
     if training_args.process_index == 0:
         say(f"loaded {len(dataset)} rows from {path}")
+        if data_args is not None:
+            if record is None:
+                say(
+                    "it was not made by fastsft: the data options in the config are ignored (as in LLaMA-Factory)"
+                )
+            elif differing := ignored_options(record, data_args):
+                say(f"data options ignored, as tokenized_path exists: {'; '.join(differing)}")
     return dataset
 
 

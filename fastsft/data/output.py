@@ -1,0 +1,306 @@
+"""Writing a dataset folder without ever losing data: one run per path, a staged result, a safe swap.
+
+Beside ``OUTPUT`` a run keeps::
+
+    .OUTPUT.lock            flock held while a run writes OUTPUT (holds its pid; removed at the end)
+    .OUTPUT.tmp-XXXXXXXX/   the run's work: owner.json (pid, host), rows.arrow, spill/, dataset/
+    OUTPUT/                 the result, moved into place only when complete
+    OUTPUT/fastsft_output.json   the marker: what made the folder (fastsft.data.provenance)
+
+What it guarantees:
+
+* ``check_output_path``: OUTPUT is never an input (a dataset file, ``dataset_dir``, the tokenizer
+  folder), inside one or around one, and never the working directory or one of its parents.
+* An existing OUTPUT is replaced only when asked (``overwrite``) and only when it carries the
+  marker, so it is a previous fastsft output and not someone's folder.
+* Two runs to one OUTPUT cannot both proceed: the second finds the lock held and stops at once.
+* The result is renamed into place with a no-replace rename (``renameat2(RENAME_NOREPLACE)``
+  on Linux), so a folder that appears at OUTPUT during the run is never replaced; the previous
+  output is moved aside first and put back if the swap cannot finish.
+* On any error or signal the temporary folder is removed (the caller turns SIGTERM into an
+  exception). A run killed outright (SIGKILL) leaves its folder with its pid in ``owner.json``;
+  the next run on OUTPUT removes it, with a notice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from fastsft.errors import ConfigError, FastSFTError
+
+__all__ = [
+    "MARKER",
+    "OutputError",
+    "StagedOutput",
+    "check_output_path",
+    "check_replaceable",
+    "is_fastsft_output",
+    "os_error_line",
+    "staged_output",
+]
+
+MARKER = "fastsft_output.json"
+OWNER_FILE = "owner.json"
+
+
+class OutputError(FastSFTError):
+    """The output could not be written (lock held, a race, an OS error); nothing was replaced."""
+
+
+def is_fastsft_output(path: Path) -> bool:
+    """Whether ``path`` is a folder fastsft wrote (it holds the marker)."""
+    return (path / MARKER).is_file()
+
+
+def check_output_path(output: Path, inputs: Iterable[Path], *, what: str = "--output") -> None:
+    """Refuse an output that is, contains or lies inside an input, or holds the working directory."""
+    target = output.resolve()
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise ConfigError(f"{what} {output} is the working directory or holds it; choose a new folder")
+    for path in inputs:
+        source = path.resolve()
+        if target == source:
+            raise ConfigError(f"{what} {output} is an input ({path}); choose a new folder")
+        if source.is_relative_to(target):
+            raise ConfigError(f"{what} {output} holds an input ({path}); choose a new folder")
+        if source.is_dir() and target.is_relative_to(source):
+            raise ConfigError(
+                f"{what} {output} lies inside an input folder ({path}); choose a folder outside it"
+            )
+
+
+def os_error_line(err: OSError, action: str) -> str:
+    """An ``OSError`` as one line: what was being done, the path, the cause, and a hint where there is one."""
+    path = f" {err.filename}" if err.filename else ""
+    cause = err.strerror or str(err)
+    hint = {
+        errno.ENOSPC: " (a run needs about twice the output's size free beside the output)",
+        errno.EDQUOT: " (a run needs about twice the output's size free beside the output)",
+        errno.EROFS: " (choose an --output on a writable file system)",
+        errno.EACCES: " (check the folder's permissions)",
+        errno.EPERM: " (check the folder's permissions)",
+    }.get(err.errno or 0, "")
+    return f"cannot {action}:{path}: {cause}{hint}"
+
+
+class StagedOutput:
+    """A run's temporary folder beside ``output``; ``commit`` moves its ``dataset`` folder into place."""
+
+    def __init__(self, output: Path, workdir: Path, replaces: os.stat_result | None) -> None:
+        self.output = output
+        self.workdir = workdir
+        self.dataset = workdir / "dataset"
+        self._replaces = replaces  # the previous output found at the start (with overwrite), if any
+        self.keep = False  # set when the temporary folder holds the previous output and must stay
+
+    def commit(self, marker: dict[str, Any]) -> None:
+        """Write ``marker`` into the staged dataset, then swap it in; never replaces what was not expected."""
+        write_json_atomically(self.dataset / MARKER, marker)
+        previous = self.workdir / "previous"
+        if self._replaces is not None:
+            self._move_previous_aside(previous)
+        try:
+            rename_noreplace(self.dataset, self.output)
+        except FileExistsError:
+            if self._replaces is not None:
+                with contextlib.suppress(OSError):
+                    rename_noreplace(previous, self.output)
+            if previous.exists():  # could not be put back: keep it, and say where
+                self.keep = True
+                raise OutputError(
+                    f"{self.output} appeared while the previous output was being replaced; "
+                    f"the previous output is kept in {previous}"
+                ) from None
+            raise OutputError(
+                f"{self.output} appeared during the run; it was left untouched and this run's result discarded"
+            ) from None
+
+    def _move_previous_aside(self, previous: Path) -> None:
+        try:
+            now = self.output.lstat()
+        except FileNotFoundError:
+            return  # removed during the run: nothing to replace
+        expected = self._replaces
+        assert expected is not None
+        if (now.st_dev, now.st_ino) != (expected.st_dev, expected.st_ino) or not is_fastsft_output(
+            self.output
+        ):
+            raise OutputError(f"{self.output} was replaced during the run; it was left untouched")
+        os.rename(self.output, previous)
+
+
+@contextlib.contextmanager
+def staged_output(
+    output: Path, *, overwrite: bool, notice: Callable[[str], None] | None = None
+) -> Iterator[StagedOutput]:
+    """Lock ``output``, clear what killed runs left, and yield a temporary folder beside it.
+
+    The folder (with everything in it) is removed when the block ends, by success, error or a
+    signal turned into an exception; the caller calls ``commit`` inside the block to publish.
+    """
+    notice = notice or _stderr_notice
+    output = Path(output)
+    replaces = check_replaceable(output, overwrite)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with _output_lock(output):
+        _remove_stale_workdirs(output, notice)
+        replaces = check_replaceable(output, overwrite)  # again, under the lock
+        workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+        staged = StagedOutput(output, workdir, replaces)
+        try:
+            write_json_atomically(workdir / OWNER_FILE, {"pid": os.getpid(), "host": socket.gethostname()})
+            yield staged
+        finally:
+            if not staged.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+
+def check_replaceable(output: Path, overwrite: bool) -> os.stat_result | None:
+    """What a run may replace at ``output`` (its ``lstat``, ``None`` if nothing is there); refuses
+    an existing path without ``overwrite``, and anything but a previous fastsft output with it."""
+    try:
+        found = output.lstat()
+    except FileNotFoundError:
+        return None
+    if not overwrite:
+        raise ConfigError(
+            f"output {output} already exists (pass --overwrite to replace a previous fastsft output)"
+        )
+    if not output.is_dir() or output.is_symlink():
+        raise ConfigError(
+            f"output {output} exists and is not a folder; fastsft replaces only its own outputs"
+        )
+    if not is_fastsft_output(output):
+        raise ConfigError(
+            f"output {output} exists and is not a fastsft output (it has no {MARKER}); "
+            "remove it yourself or choose another path"
+        )
+    return found
+
+
+@contextlib.contextmanager
+def _output_lock(output: Path) -> Iterator[None]:
+    """An exclusive, non-blocking ``flock`` on ``.OUTPUT.lock``; fails at once if another run holds it."""
+    lock_path = output.parent / f".{output.name}.lock"
+    for _ in range(3):
+        handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole block
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise OutputError(
+                f"another run (pid {holder}) is writing {output}; wait for it or choose another --output"
+            ) from None
+        try:
+            same_file = os.path.samestat(os.fstat(handle.fileno()), lock_path.stat())
+        except FileNotFoundError:
+            same_file = False
+        if same_file:
+            break
+        handle.close()  # the holder removed this lock file as we took it; take the current one
+    else:
+        raise OutputError(f"could not lock {lock_path}; is another run starting on {output}?")
+    try:
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock_path.unlink()  # while still locked: a waiting run then sees a different file and retries
+        handle.close()
+
+
+def _remove_stale_workdirs(output: Path, notice: Callable[[str], None]) -> None:
+    """Remove temporary folders of ``output`` whose recorded process is gone (a killed run)."""
+    host = socket.gethostname()
+    for workdir in sorted(output.parent.glob(f".{glob_escape(output.name)}.tmp-*")):
+        try:
+            owner = json.loads((workdir / OWNER_FILE).read_text(encoding="utf-8"))
+            pid, owner_host = int(owner["pid"]), owner["host"]
+        except (OSError, ValueError, KeyError, TypeError):
+            notice(f"left {workdir} in place: it records no owner (remove it if no run is using it)")
+            continue
+        if owner_host != host or _process_alive(pid):
+            continue
+        shutil.rmtree(workdir, ignore_errors=True)
+        notice(f"removed {workdir}, left by an interrupted run (pid {pid})")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def write_json_atomically(path: Path, value: Any) -> None:
+    """``value`` as JSON at ``path``, via a temporary file and a rename (readers never see half a file)."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+
+
+def _stderr_notice(message: str) -> None:
+    print(f"fastsft: {message}", file=sys.stderr, flush=True)
+
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+
+
+def _load_renameat2() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_renameat2 = _load_renameat2()
+
+
+def rename_noreplace(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``, failing with ``FileExistsError`` if ``target`` exists.
+
+    Linux: ``renameat2(RENAME_NOREPLACE)``, atomic. Elsewhere, or on a file system without it
+    (``EINVAL``): an existence check, then the rename; the output lock keeps fastsft runs apart.
+    """
+    if _renameat2 is not None:
+        if _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code == errno.EEXIST or code == errno.ENOTEMPTY:
+            raise FileExistsError(code, os.strerror(code), str(target))
+        if code not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(code, os.strerror(code), str(target))
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
+    os.rename(source, target)
