@@ -4,6 +4,7 @@ workers, packing, and one-line errors that leave nothing behind."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -457,3 +458,84 @@ def test_module_entry_point_prints_help(repo_root):
     assert result.returncode == 0, result.stderr
     for command in ("preprocess", "inspect", "train"):
         assert command in result.stdout
+
+
+# --- outputs around inputs, and former tracebacks ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("the dataset file", "is an input"),
+        ("dataset_dir", "is an input"),
+        ("inside dataset_dir", "lies inside an input folder"),
+        ("around dataset_dir", "holds an input"),
+        ("the tokenizer folder", "is an input"),
+        ("the working directory", "is the working directory or holds it"),
+    ],
+)
+def test_an_output_on_or_around_an_input_is_refused_and_the_input_kept(
+    capsys, tmp_path, tmp_path_factory, monkeypatch, data_dir, fixture_tokenizer_path, where, message
+):
+    tokenizer = tmp_path / "tokenizer"
+    shutil.copytree(fixture_tokenizer_path, tokenizer)
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))  # outside tmp_path, which holds the inputs
+    output = {
+        "the dataset file": data_dir / "chat.json",
+        "dataset_dir": data_dir,
+        "inside dataset_dir": data_dir / "tokenized",
+        "around dataset_dir": tmp_path,
+        "the tokenizer folder": tokenizer,
+        "the working directory": Path("."),
+    }[where]
+    before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    code, _, err = preprocess(capsys, tokenizer, "chat", data_dir, output, "--overwrite")
+    assert code == 2
+    assert err.startswith(f"fastsft preprocess: error: --output {output} {message}") and err.count("\n") == 1
+    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
+
+
+def test_a_folder_that_is_not_a_tokenizer_is_one_line(capsys, tmp_path, data_dir):
+    not_a_tokenizer = tmp_path / "notes"
+    not_a_tokenizer.mkdir()
+    (not_a_tokenizer / "readme.txt").write_text("hello")
+    code, _, err = preprocess(capsys, not_a_tokenizer, "chat", data_dir, tmp_path / "out")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"fastsft preprocess: error: cannot load a tokenizer from {not_a_tokenizer} ")
+
+
+def test_inspect_of_a_missing_folder_is_one_line(capsys, tmp_path, fixture_tokenizer_path):
+    code, _, err = run_cli(
+        capsys, "inspect", "--data", tmp_path / "nope", "--tokenizer", fixture_tokenizer_path
+    )
+    assert code == 2
+    assert (
+        err
+        == f"fastsft inspect: error: --data {tmp_path / 'nope'}: no such folder (give a folder written by fastsft preprocess)\n"
+    )
+
+
+@pytest.mark.parametrize("suffix", ["json", "jsonl"])
+def test_a_file_with_a_byte_order_mark_reads_like_one_without(
+    capsys, tmp_path, fixture_tokenizer_path, suffix
+):
+    rows = [GOOD, sharegpt("2+2=?", "4")]
+    text = json.dumps(rows) if suffix == "json" else "\n".join(json.dumps(row) for row in rows) + "\n"
+    outputs = {}
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name, prefix in (("plain", b""), ("bom", b"\xef\xbb\xbf")):
+        path = folder / f"{name}.{suffix}"
+        path.write_bytes(prefix + text.encode("utf-8"))
+        outputs[name] = tmp_path / f"out-{name}"
+        code, _, err = preprocess(capsys, fixture_tokenizer_path, str(path), folder, outputs[name])
+        assert code == 0, err
+    assert load_train(outputs["bom"]).to_dict() == load_train(outputs["plain"]).to_dict()
+
+
+def test_no_label_tokens_is_warned(capsys, tmp_path, data_dir, fixture_tokenizer_path):
+    code, out, err = preprocess(
+        capsys, fixture_tokenizer_path, "chat", data_dir, tmp_path / "out", "--cutoff-len", "1"
+    )
+    assert code == 0, err
+    assert "warning: no label tokens: every response was truncated away or masked" in out

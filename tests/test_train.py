@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from fastsft.errors import DataError
+from fastsft.errors import ConfigError, DataError
 from fastsft.train.config import load_config
 from fastsft.train.trainer import build_trainer, run_train, train
 
@@ -254,3 +254,56 @@ def test_tokenized_path_is_saved_then_loaded(tmp_path: Path) -> None:
     assert step_losses(tmp_path / "loaded") == pytest.approx(step_losses(tmp_path / "built"), rel=1e-6)
     # The tokenizer is fixed for the template either way (it is saved with the model).
     assert AutoTokenizer.from_pretrained(tmp_path / "loaded").eos_token == "<|im_end|>"
+
+
+# --- tokenized_path provenance ------------------------------------------------------------------
+
+
+def test_a_missing_model_fails_before_the_data_is_built(tmp_path: Path) -> None:
+    overrides = [
+        "model_config=null",
+        f"model_name_or_path={tmp_path / 'no-model'}",
+        f"tokenized_path={tmp_path / 'tokenized'}",
+        f"output_dir={tmp_path / 'out'}",
+    ]
+    with pytest.raises(ConfigError, match=f"cannot load the model config from {tmp_path / 'no-model'}"):
+        build_trainer(load_config(TINY_YAML, overrides))
+    assert not (tmp_path / "tokenized").exists()
+
+
+def test_tokenized_path_from_another_tokenizer_is_refused(tmp_path: Path) -> None:
+    from fastsft.data.pipeline import build_to_disk
+
+    other = AutoTokenizer.from_pretrained(REPO_ROOT / "examples" / "tiny" / "tokenizer")
+    other.add_tokens(["<an-extra-token>"])
+    tokenized = tmp_path / "tokenized"
+    config = load_config(TINY_YAML, [f"tokenized_path={tokenized}", f"output_dir={tmp_path / 'out'}"])
+    build_to_disk(config.data, other, tokenized)
+    with pytest.raises(ConfigError, match=f"tokenized_path {tokenized} was made with another tokenizer"):
+        build_trainer(config)
+
+
+def test_token_ids_the_model_cannot_embed_are_refused(tmp_path: Path) -> None:
+    from datasets import Dataset, DatasetDict
+
+    tokenized = tmp_path / "made-elsewhere"  # no provenance marker, as LLaMA-Factory saves it
+    rows = {"input_ids": [[1, 2, 3], [4, 99_999]], "attention_mask": [[1] * 3, [1] * 2]}
+    rows["labels"] = rows["input_ids"]
+    DatasetDict({"train": Dataset.from_dict(rows)}).save_to_disk(str(tokenized))
+    config = load_config(TINY_YAML, [f"tokenized_path={tokenized}", f"output_dir={tmp_path / 'out'}"])
+    with pytest.raises(
+        ConfigError, match=r"\(train split\) holds token id 99999, but the model's vocab_size is"
+    ):
+        build_trainer(config)
+
+
+def test_data_options_a_saved_dataset_ignores_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tokenized = tmp_path / "tokenized"
+    common = [f"tokenized_path={tokenized}", "max_samples=20"]
+    build_trainer(load_config(TINY_YAML, [*common, f"output_dir={tmp_path / 'a'}"]))
+    capsys.readouterr()
+    build_trainer(load_config(TINY_YAML, [*common, "cutoff_len=256", f"output_dir={tmp_path / 'b'}"]))
+    out = capsys.readouterr().out
+    assert "[fastsft] data options ignored, as tokenized_path exists: cutoff_len 256 (saved: 512)" in out

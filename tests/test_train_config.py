@@ -280,3 +280,18 @@ def test_help_lists_the_keys() -> None:
     assert "CONFIG.yaml" in text and "key=value" in text and "max_tokens_per_batch" in text
     args = parser.parse_args(["cfg.yaml", "max_steps=3", "bf16=true"])
     assert args.config == "cfg.yaml" and args.overrides == ["max_steps=3", "bf16=true"]
+
+
+def test_deepspeed_without_deepspeed_installed_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "deepspeed" else real_find_spec(name, *a),
+    )
+    with pytest.raises(
+        ConfigError, match=r'needs DeepSpeed, which is not installed: pip install -e "\.\[deepspeed\]"'
+    ):
+        load_config(TINY_YAML, ["deepspeed=z3"])

@@ -3,7 +3,8 @@
 Beside ``OUTPUT`` a run keeps::
 
     .OUTPUT.lock            flock held while a run writes OUTPUT (holds its pid; removed at the end)
-    .OUTPUT.tmp-XXXXXXXX/   the run's work: owner.json (pid, host), rows.arrow, spill/, dataset/
+    .OUTPUT.tmp-XXXXXXXX/   the run's work: owner.json (pid, host), rows.arrow, spill/, dataset/,
+                            and previous/ for the moment the old output is swapped out
     OUTPUT/                 the result, moved into place only when complete
     OUTPUT/fastsft_output.json   the marker: what made the folder (fastsft.data.provenance)
 
@@ -18,8 +19,9 @@ What it guarantees:
   on Linux), so a folder that appears at OUTPUT during the run is never replaced; the previous
   output is moved aside first and put back if the swap cannot finish.
 * On any error or signal the temporary folder is removed (the caller turns SIGTERM into an
-  exception). A run killed outright (SIGKILL) leaves its folder with its pid in ``owner.json``;
-  the next run on OUTPUT removes it, with a notice.
+  exception); the two renames of the swap run with SIGINT and SIGTERM held. A run killed
+  outright (SIGKILL) leaves its folder with its pid in ``owner.json``; the next run on OUTPUT
+  removes it, with a notice, after putting back a previous output it finds moved aside there.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +57,8 @@ __all__ = [
 
 MARKER = "fastsft_output.json"
 OWNER_FILE = "owner.json"
+PREVIOUS = "previous"  # where a replaced output waits during the swap
+DEFERRED = (signal.SIGINT, signal.SIGTERM)  # held during the swap
 
 
 class OutputError(FastSFTError):
@@ -70,10 +76,11 @@ def check_output_path(output: Path, inputs: Iterable[Path], *, what: str = "--ou
     cwd = Path.cwd().resolve()
     if target == cwd or target in cwd.parents:
         raise ConfigError(f"{what} {output} is the working directory or holds it; choose a new folder")
-    for path in inputs:
-        source = path.resolve()
+    sources = [(path, path.resolve()) for path in inputs]
+    for path, source in sources:
         if target == source:
             raise ConfigError(f"{what} {output} is an input ({path}); choose a new folder")
+    for path, source in sources:
         if source.is_relative_to(target):
             raise ConfigError(f"{what} {output} holds an input ({path}); choose a new folder")
         if source.is_dir() and target.is_relative_to(source):
@@ -84,7 +91,7 @@ def check_output_path(output: Path, inputs: Iterable[Path], *, what: str = "--ou
 
 def os_error_line(err: OSError, action: str) -> str:
     """An ``OSError`` as one line: what was being done, the path, the cause, and a hint where there is one."""
-    path = f" {err.filename}" if err.filename else ""
+    path = f" {os.fsdecode(err.filename)}:" if err.filename else ""
     cause = err.strerror or str(err)
     hint = {
         errno.ENOSPC: " (a run needs about twice the output's size free beside the output)",
@@ -93,7 +100,7 @@ def os_error_line(err: OSError, action: str) -> str:
         errno.EACCES: " (check the folder's permissions)",
         errno.EPERM: " (check the folder's permissions)",
     }.get(err.errno or 0, "")
-    return f"cannot {action}:{path}: {cause}{hint}"
+    return f"cannot {action}:{path} {cause}{hint}"
 
 
 class StagedOutput:
@@ -107,26 +114,29 @@ class StagedOutput:
         self.keep = False  # set when the temporary folder holds the previous output and must stay
 
     def commit(self, marker: dict[str, Any]) -> None:
-        """Write ``marker`` into the staged dataset, then swap it in; never replaces what was not expected."""
+        """Write ``marker`` into the staged dataset, then swap it in; never replaces what was not expected.
+
+        SIGINT and SIGTERM wait until the swap is over, so a signal never leaves the previous
+        output moved aside; a run killed outright there leaves it in ``previous``, which the next
+        run puts back (``_remove_stale_workdirs``).
+        """
         write_json_atomically(self.dataset / MARKER, marker)
-        previous = self.workdir / "previous"
-        if self._replaces is not None:
-            self._move_previous_aside(previous)
-        try:
-            rename_noreplace(self.dataset, self.output)
-        except FileExistsError:
+        previous = self.workdir / PREVIOUS
+        with _signals_deferred():
             if self._replaces is not None:
-                with contextlib.suppress(OSError):
-                    rename_noreplace(previous, self.output)
-            if previous.exists():  # could not be put back: keep it, and say where
-                self.keep = True
+                self._move_previous_aside(previous)
+            try:
+                rename_noreplace(self.dataset, self.output)
+            except FileExistsError:
+                if previous.exists() and not _put_back(previous, self.output):
+                    self.keep = True
+                    raise OutputError(
+                        f"{self.output} appeared while the previous output was being replaced; "
+                        f"the previous output is kept in {previous}"
+                    ) from None
                 raise OutputError(
-                    f"{self.output} appeared while the previous output was being replaced; "
-                    f"the previous output is kept in {previous}"
+                    f"{self.output} appeared during the run; it was left untouched and this run's result discarded"
                 ) from None
-            raise OutputError(
-                f"{self.output} appeared during the run; it was left untouched and this run's result discarded"
-            ) from None
 
     def _move_previous_aside(self, previous: Path) -> None:
         try:
@@ -135,11 +145,34 @@ class StagedOutput:
             return  # removed during the run: nothing to replace
         expected = self._replaces
         assert expected is not None
-        if (now.st_dev, now.st_ino) != (expected.st_dev, expected.st_ino) or not is_fastsft_output(
-            self.output
-        ):
+        if not os.path.samestat(now, expected) or not is_fastsft_output(self.output):
             raise OutputError(f"{self.output} was replaced during the run; it was left untouched")
         os.rename(self.output, previous)
+
+
+def _put_back(previous: Path, output: Path) -> bool:
+    try:
+        rename_noreplace(previous, output)
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM that arrive in the block are handled when it ends (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    handlers = {sig: signal.signal(sig, lambda signum, frame: arrived.append(signum)) for sig in DEFERRED}
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        for signum in dict.fromkeys(arrived):
+            signal.raise_signal(signum)
 
 
 @contextlib.contextmanager
@@ -237,6 +270,16 @@ def _remove_stale_workdirs(output: Path, notice: Callable[[str], None]) -> None:
             notice(f"left {workdir} in place: it records no owner (remove it if no run is using it)")
             continue
         if owner_host != host or _process_alive(pid):
+            continue
+        previous = workdir / PREVIOUS
+        if previous.is_dir() and not os.path.lexists(output) and _put_back(previous, output):
+            notice(
+                f"restored the previous {output}, which a run (pid {pid}) killed while replacing it had moved aside"
+            )
+        if previous.exists():
+            notice(
+                f"left {workdir} in place: it holds a previous output ({previous}) that could not be put back"
+            )
             continue
         shutil.rmtree(workdir, ignore_errors=True)
         notice(f"removed {workdir}, left by an interrupted run (pid {pid})")

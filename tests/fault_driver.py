@@ -1,0 +1,89 @@
+"""Runs ``fastsft preprocess`` paused at one point of its work, for ``tests/test_faults.py``.
+
+Usage: ``python tests/fault_driver.py POINT READY_FILE ARGV...``. When the run reaches POINT it
+writes its pid to READY_FILE and waits until ``READY_FILE.go`` exists (the test signals or kills
+it meanwhile). Points:
+
+* ``encode``: after the first batch's rows are written, before the second batch;
+* ``save``: after ``save_to_disk`` wrote the staged dataset, before the swap;
+* ``swap``: inside the swap, after a previous output was moved aside (signals are held there);
+* ``enospc`` / ``erofs``: no pause; the second row batch write / the lock file fails with that error.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def pause(ready: Path) -> None:
+    ready.write_text(str(os.getpid()), encoding="utf-8")
+    go = ready.with_name(ready.name + ".go")
+    while not go.exists():
+        time.sleep(0.01)
+
+
+def install(point: str, ready: Path) -> None:
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+
+    from fastsft.data import output, rows
+
+    if point == "encode":
+        original_add = rows.RowBuilder.add
+        calls = {"n": 0}
+
+        def add(self: Any, encoded: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                pause(ready)
+            return original_add(self, encoded)
+
+        rows.RowBuilder.add = add
+    elif point == "save":
+        original_save = datasets.DatasetDict.save_to_disk
+
+        def save_to_disk(self: Any, *args: Any, **kwargs: Any) -> None:
+            original_save(self, *args, **kwargs)
+            pause(ready)
+
+        datasets.DatasetDict.save_to_disk = save_to_disk
+    elif point == "swap":
+        original_rename = output.rename_noreplace
+
+        def rename_noreplace(source: Path, target: Path) -> None:
+            if source.name == "dataset":
+                pause(ready)
+            original_rename(source, target)
+
+        output.rename_noreplace = rename_noreplace
+    elif point == "enospc":
+        original_write = ArrowWriter.write_table
+        calls = {"n": 0}
+
+        def write_table(self: Any, *args: Any, **kwargs: Any) -> None:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self._path)
+            original_write(self, *args, **kwargs)
+
+        ArrowWriter.write_table = write_table
+    elif point == "erofs":
+
+        def output_lock(path: Path) -> Any:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path.parent / f".{path.name}.lock"))
+
+        output._output_lock = output_lock
+    else:
+        raise SystemExit(f"unknown point {point}")
+
+
+if __name__ == "__main__":
+    install(sys.argv[1], Path(sys.argv[2]))
+    from fastsft.cli import main
+
+    sys.exit(main(sys.argv[3:]))
