@@ -398,3 +398,36 @@ def test_openai_system_errors_come_before_drops() -> None:
     assert isinstance(convert({"messages": [oa("system", ["l"]), *broken[1:]]}, OPENAI), Dropped)
     with pytest.raises(DataError, match="got list"):
         convert({"messages": [oa("system", ["l"]), oa("user", "q"), oa("assistant", "a")]}, OPENAI)
+
+
+# --- media ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("attr", "row"),
+    [
+        (SHAREGPT, {"conversations": [sg("human", "<image>What is it?"), sg("gpt", "A cat.")]}),
+        (ALPACA, {"instruction": "<image>What is it?", "output": "A cat."}),
+    ],
+    ids=["sharegpt", "alpaca"],
+)
+@pytest.mark.parametrize(
+    ("kind", "value", "words"),
+    [
+        ("images", ["a.png", "b.png"], "2 images"),
+        ("videos", "v.mp4", "1 video"),
+        ("audios", ["a.wav"], "1 audio"),
+    ],
+)
+def test_a_sample_with_media_is_malformed(
+    attr: DatasetAttr, row: dict[str, Any], kind: str, value: Any, words: str
+) -> None:
+    import dataclasses
+
+    with_media = dataclasses.replace(attr, **{kind: "media"})
+    with pytest.raises(DataError, match=f"the sample has {words}, and fastsft is text-only") as raised:
+        convert({**row, "media": value}, with_media)
+    assert raised.value.field == "media"
+    # Empty media, or a media column dataset_info.json does not map, is text as LLaMA-Factory reads it.
+    assert isinstance(convert({**row, "media": []}, with_media), Conversation)
+    assert isinstance(convert({**row, kind: value}, attr), Conversation)

@@ -94,6 +94,29 @@ def frozen_datetime(date_text: str) -> type[datetime]:
 _NON_TOKEN_OUTPUTS: dict[tuple[Path, str], tuple[dict[str, Any], dict[str, Any]]] = {}
 
 
+def golden_data_args(golden: dict[str, Any], backend: str, dataset: str | None = None) -> Any:
+    """The ``DataArgs`` of a golden's case (``dataset`` replaces its datasets)."""
+    from fastsft.data.options import DataArgs
+
+    case = golden["args"]
+    return DataArgs(
+        dataset=dataset or case["dataset"],
+        dataset_dir=str(REPO_ROOT / case["dataset_dir"]),
+        template=case["template"],
+        cutoff_len=case["cutoff_len"],
+        train_on_prompt=case["train_on_prompt"],
+        mask_history=case["mask_history"],
+        packing=case["packing"],
+        neat_packing=case["neat_packing"],
+        preprocessing_batch_size=case["preprocessing_batch_size"],
+        enable_thinking=case["enable_thinking"],
+        tool_format=case["tool_format"],
+        default_system=case["default_system"],
+        packing_strategy="llamafactory",
+        backend=backend,
+    )
+
+
 def build_with_fastsft(
     path: Path, backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[dict[str, list[Any]], dict[str, Any], Any]:
@@ -109,29 +132,11 @@ def build_with_fastsft(
     from transformers import AutoTokenizer
 
     from fastsft.data import tools
-    from fastsft.data.options import DataArgs
     from fastsft.data.pipeline import build_dataset
 
     monkeypatch.setattr(tools, "datetime", frozen_datetime(golden["llama3_tool_date"]))
-    case = golden["args"]
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path), local_files_only=True)
-    args = DataArgs(
-        dataset=case["dataset"],
-        dataset_dir=str(REPO_ROOT / case["dataset_dir"]),
-        template=case["template"],
-        cutoff_len=case["cutoff_len"],
-        train_on_prompt=case["train_on_prompt"],
-        mask_history=case["mask_history"],
-        packing=case["packing"],
-        neat_packing=case["neat_packing"],
-        preprocessing_batch_size=case["preprocessing_batch_size"],
-        enable_thinking=case["enable_thinking"],
-        tool_format=case["tool_format"],
-        default_system=case["default_system"],
-        packing_strategy="llamafactory",
-        backend=backend,
-    )
-    dataset, _summary = build_dataset(args, tokenizer)
+    dataset, _summary = build_dataset(golden_data_args(golden, backend), tokenizer)
     columns, features = dataset.to_dict(), dataset.features.to_dict()
     # Token columns are the token test's job; only their names are kept for the feature test.
     _NON_TOKEN_OUTPUTS[(path, backend)] = (
@@ -356,3 +361,50 @@ def test_every_template_has_goldens() -> None:
     lf_fails = {case.split("/")[1].split("__")[0] for case in load_manifest().get("lf_fails", {})}
     missing = sorted(set(TEMPLATE_NAMES) - with_goldens - lf_fails)
     assert not missing, f"templates without goldens: {missing}"
+
+
+def _refused_cases() -> list[Any]:
+    """One case per (tokenizer, template, dataset) that LLaMA-Factory refused while making a golden."""
+    seen: dict[tuple[str, str, str], Any] = {}
+    for path in GOLDEN_FILES:
+        golden = load_golden(path)
+        for dataset, lf_error in golden.get("lf_refuses", {}).items():
+            key = (golden["tokenizer"], golden["args"]["template"], dataset)
+            marks = [pytest.mark.slow] if golden["tokenizer"] == "qwen2" else []
+            seen.setdefault(
+                key, pytest.param(path, dataset, lf_error, id=f"{golden_id(path)}:{dataset}", marks=marks)
+            )
+    return list(seen.values())
+
+
+# What fastsft's located error says for each kind of LLaMA-Factory failure.
+LF_FAILURE_WORDS = {
+    "GLM-4 does not support parallel functions": "GLM-4 does not support parallel functions",
+    "Invalid JSON format in function message": "invalid JSON in function message",
+    "'str' object has no attribute 'items'": "invalid function call",
+}
+
+
+@pytest.mark.parametrize("backend", ["python", "compiled"])
+@pytest.mark.parametrize(("path", "dataset", "lf_error"), _refused_cases())
+def test_what_llamafactory_refuses_is_a_located_error(
+    path: Path, dataset: str, lf_error: str, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Where LLaMA-Factory raises (a traceback), fastsft raises one located line on both encode paths."""
+    from transformers import AutoTokenizer
+
+    from fastsft.data.pipeline import build_dataset
+    from fastsft.errors import DataError
+
+    golden = load_golden(path)
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(golden_tokenizer_path(golden, request)), local_files_only=True
+    )
+    with pytest.raises(DataError) as raised:
+        build_dataset(golden_data_args(golden, backend, dataset), tokenizer)
+    error = raised.value
+    assert error.dataset is not None and error.dataset.split("/")[0] == dataset
+    assert error.index is not None and error.field is not None and "\n" not in str(error)
+    words = [ours for theirs, ours in LF_FAILURE_WORDS.items() if theirs in lf_error]
+    assert words, f"no expectation for LLaMA-Factory's failure {lf_error!r}; add it to LF_FAILURE_WORDS"
+    assert words[0] in str(error)

@@ -307,3 +307,9 @@ def test_data_options_a_saved_dataset_ignores_are_named(
     build_trainer(load_config(TINY_YAML, [*common, "cutoff_len=256", f"output_dir={tmp_path / 'b'}"]))
     out = capsys.readouterr().out
     assert "[fastsft] data options ignored, as tokenized_path exists: cutoff_len 256 (saved: 512)" in out
+
+
+def test_training_data_without_label_tokens_is_refused(tmp_path: Path) -> None:
+    config = load_config(TINY_YAML, ["cutoff_len=1", f"output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="the training data has no label tokens"):
+        build_trainer(config)

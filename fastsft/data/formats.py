@@ -76,6 +76,7 @@ def convert(row: Mapping[str, Any], attr: DatasetAttr) -> Conversation | Dropped
         if not isinstance(message.content, str):
             raise DataError(_not_a_string(message.content), field=message.field)
 
+    _refuse_media(row, attr)
     return Conversation(
         messages=[{"role": message.role, "content": message.content} for message in messages],
         system=_optional_text(system, attr.system or "system"),
@@ -85,6 +86,24 @@ def convert(row: Mapping[str, Any], attr: DatasetAttr) -> Conversation | Dropped
 
 
 _Converted = tuple[list[_Message], Any, Any]
+
+MEDIA_KINDS = ("images", "videos", "audios")
+
+
+def _refuse_media(row: Mapping[str, Any], attr: DatasetAttr) -> None:
+    """A sample with media in a column ``dataset_info.json`` maps: LLaMA-Factory would run its
+    multimodal plugin on it, which a text-only pipeline cannot reproduce, so it is malformed here."""
+    for kind in MEDIA_KINDS:
+        column = getattr(attr, kind)
+        media = row.get(column) if column else None
+        if media:
+            count = len(media) if isinstance(media, list) else 1
+            raise DataError(
+                f"the sample has {count} {kind[:-1] if count == 1 else kind}, and fastsft is text-only "
+                "(LLaMA-Factory would encode them with the template's multimodal plugin); "
+                "--skip-malformed skips such samples",
+                field=column,
+            )
 
 
 def _not_a_string(value: Any) -> str:
