@@ -71,10 +71,12 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     if output.exists() and not args.overwrite:
         raise ConfigError(f"output {output} already exists (pass --overwrite to replace it)")
     tokenizer = load_tokenizer(tokenizer_path)
-    summary = build_to_disk(data_args, tokenizer, output, progress=not args.quiet)
-    for line in summary.lines():
-        print(line)
-    print(f"saved DatasetDict({{'train': {summary.rows_out} rows}}) to {output}")
+    summaries = build_to_disk(data_args, tokenizer, output, progress=not args.quiet)
+    for name, summary in summaries.items():
+        for line in summary.lines():
+            print(line if len(summaries) == 1 else f"{name}: {line}")
+    rows = ", ".join(f"'{name}': {summary.rows_out} rows" for name, summary in summaries.items())
+    print(f"saved DatasetDict({{{rows}}}) to {output}")
     return 0
 
 

@@ -40,6 +40,9 @@ CASE_KEYS = (
     "tool_format",
     "default_system",
 )
+# Mixing and split keys: only the mix__ / split__ goldens hold them (the others use the defaults).
+SPLIT_KEYS = ("mix_strategy", "interleave_probs", "val_size", "eval_dataset", "eval_on_each_dataset", "seed")
+SPLIT_GOLDENS = [path for path in GOLDEN_FILES if path.name.startswith(("mix__", "split__"))]
 CONTEXT_TOKENS = 12  # tokens shown on each side of the first difference
 
 
@@ -109,13 +112,26 @@ def build_with_fastsft(
     from transformers import AutoTokenizer
 
     from fastsft.data import tools
-    from fastsft.data.options import DataArgs
     from fastsft.data.pipeline import build_dataset
 
     monkeypatch.setattr(tools, "datetime", frozen_datetime(golden["llama3_tool_date"]))
-    case = golden["args"]
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path), local_files_only=True)
-    args = DataArgs(
+    dataset, _summary = build_dataset(golden_data_args(golden, backend), tokenizer)
+    columns, features = dataset.to_dict(), dataset.features.to_dict()
+    # Token columns are the token test's job; only their names are kept for the feature test.
+    _NON_TOKEN_OUTPUTS[(path, backend)] = (
+        {name: None if name in TOKEN_COLUMNS else values for name, values in columns.items()},
+        features,
+    )
+    return columns, features, tokenizer
+
+
+def golden_data_args(golden: dict[str, Any], backend: str) -> Any:
+    """The ``DataArgs`` of a golden's case (LLaMA-Factory's rows: ``packing_strategy: llamafactory``)."""
+    from fastsft.data.options import DataArgs
+
+    case = golden["args"]
+    return DataArgs(
         dataset=case["dataset"],
         dataset_dir=str(REPO_ROOT / case["dataset_dir"]),
         template=case["template"],
@@ -130,15 +146,8 @@ def build_with_fastsft(
         default_system=case["default_system"],
         packing_strategy="llamafactory",
         backend=backend,
+        **{key: case[key] for key in SPLIT_KEYS if key in case},
     )
-    dataset, _summary = build_dataset(args, tokenizer)
-    columns, features = dataset.to_dict(), dataset.features.to_dict()
-    # Token columns are the token test's job; only their names are kept for the feature test.
-    _NON_TOKEN_OUTPUTS[(path, backend)] = (
-        {name: None if name in TOKEN_COLUMNS else values for name, values in columns.items()},
-        features,
-    )
-    return columns, features, tokenizer
 
 
 def first_difference(expected: list[Any], actual: list[Any]) -> int:
@@ -300,7 +309,9 @@ def test_golden_internal_consistency(path: Path) -> None:
     """Goldens are self-consistent: args complete, columns aligned, labels drawn from input_ids."""
     golden = load_golden(path)
     assert golden["case"] == path.name.removesuffix(".json.gz") and golden["tokenizer"] == path.parent.name
-    assert set(golden["args"]) == set(CASE_KEYS), f"case args keys: {sorted(golden['args'])}"
+    extra_keys = set(golden["args"]) - set(CASE_KEYS)
+    assert set(CASE_KEYS) <= set(golden["args"]) and extra_keys <= set(SPLIT_KEYS), sorted(golden["args"])
+    assert not extra_keys or path in SPLIT_GOLDENS, f"{path.name} sets {sorted(extra_keys)}"
     assert golden["num_rows"] > 0
     assert set(golden["rows"]) == set(golden["columns"]) == set(golden["features"])
     assert {"input_ids", "attention_mask", "labels"} <= set(golden["columns"])
@@ -311,6 +322,10 @@ def test_golden_internal_consistency(path: Path) -> None:
         assert fixed["pad_token_id"] == fixed["eos_token_id"]
     for row in range(golden["num_rows"]):
         check_row(golden, row)
+    for split in golden.get("eval", {}).values():
+        assert split["num_rows"] > 0 and set(split["rows"]) == set(golden["columns"])
+        for row in range(split["num_rows"]):
+            check_row({**golden, "rows": split["rows"]}, row)
     assert any(label != IGNORE_INDEX for labels in golden["rows"]["labels"] for label in labels), "no labels"
 
 
@@ -356,3 +371,94 @@ def test_every_template_has_goldens() -> None:
     lf_fails = {case.split("/")[1].split("__")[0] for case in load_manifest().get("lf_fails", {})}
     missing = sorted(set(TEMPLATE_NAMES) - with_goldens - lf_fails)
     assert not missing, f"templates without goldens: {missing}"
+
+
+# --- mixing and validation splits: every split of LLaMA-Factory's DatasetDict ---
+
+
+def assert_rows_equal(label: str, expected: dict[str, list[Any]], actual: dict[str, list[Any]]) -> None:
+    """The same rows, column by column (sample order included)."""
+    assert len(actual["input_ids"]) == len(expected["input_ids"]), (
+        f"{label}: {len(actual['input_ids'])} rows, LLaMA-Factory has {len(expected['input_ids'])}"
+    )
+    for column in TOKEN_COLUMNS:
+        if column in expected:
+            assert actual[column] == expected[column], f"{label}: column {column!r} differs"
+
+
+def golden_splits(golden: dict[str, Any]) -> dict[str, dict[str, list[Any]]]:
+    return {
+        "train": golden["rows"],
+        **{name: split["rows"] for name, split in golden.get("eval", {}).items()},
+    }
+
+
+def test_split_goldens_cover_every_mix_strategy_and_eval_source() -> None:
+    cases = [load_golden(path)["args"] for path in SPLIT_GOLDENS]
+    assert {case["mix_strategy"] for case in cases} >= {"interleave_under", "interleave_over"}
+    assert any(case["interleave_probs"] for case in cases) and any(case["val_size"] for case in cases)
+    assert any(case["eval_on_each_dataset"] for case in cases) and any(case["packing"] for case in cases)
+    # LLaMA-Factory 0.9.5 (datasets<=4.0.0) refuses interleave_once; fastsft refuses it too.
+    refused = load_manifest()["lf_fails"]["fixture/mix__interleave_once"]
+    assert "all_exhausted_without_replacement is not supported" in next(iter(refused.values()))
+
+
+@pytest.mark.parametrize("backend", ["python", "compiled"])
+@pytest.mark.parametrize("path", SPLIT_GOLDENS, ids=golden_id)
+def test_golden_splits_build_alike(
+    path: Path, backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``build_dataset(split=...)`` gives LLaMA-Factory's rows of every split, in its sample order."""
+    from transformers import AutoTokenizer
+
+    from fastsft.data.pipeline import build_dataset
+    from fastsft.data.splitting import split_names
+
+    if backend == "compiled":
+        pytest.importorskip("fastsft._core")
+    golden = load_golden(path)
+    args = golden_data_args(golden, backend)
+    expected = golden_splits(golden)
+    assert split_names(args) == list(expected)
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(golden_tokenizer_path(golden, request)), local_files_only=True
+    )
+    for name, rows in expected.items():
+        dataset, _ = build_dataset(args, tokenizer, split=name)
+        assert_rows_equal(f"{golden_id(path)} {name} [{backend}]", rows, dataset.to_dict())
+
+
+@pytest.mark.parametrize("path", SPLIT_GOLDENS, ids=golden_id)
+def test_golden_splits_preprocess_to_disk(path: Path, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """``fastsft preprocess`` saves LLaMA-Factory's ``DatasetDict`` (its ``tokenized_path`` layout)."""
+    from datasets import load_from_disk
+
+    from fastsft.cli import main
+
+    golden = load_golden(path)
+    case = {key: value for key, value in golden["args"].items() if value is not None}
+    case["dataset_dir"] = str(REPO_ROOT / case["dataset_dir"])
+    config = tmp_path / "lf.yaml"
+    config.write_text(json.dumps({**case, "packing_strategy": "llamafactory"}), encoding="utf-8")
+    output = tmp_path / "out"
+    tokenizer = golden_tokenizer_path(golden, request)
+    assert (
+        main(
+            [
+                "preprocess",
+                "--config",
+                str(config),
+                "--tokenizer",
+                str(tokenizer),
+                "--output",
+                str(output),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    saved = load_from_disk(str(output))
+    expected = golden_splits(golden)
+    assert list(saved) == list(expected)
+    for name, rows in expected.items():
+        assert_rows_equal(f"{golden_id(path)} {name} [preprocess]", rows, saved[name].to_dict())

@@ -27,11 +27,11 @@ from fastsft.data.accounting import SamplePolicy, Summary
 from fastsft.data.encoding import Encoder
 from fastsft.data.options import DataArgs
 from fastsft.data.reading import iter_batches
-from fastsft.data.registry import resolve_datasets
 from fastsft.data.rows import RowBuilder, empty_table
+from fastsft.data.splitting import TRAIN, SplitSource, plan_splits
 from fastsft.data.templates import Template, fix_tokenizer, get_template
 from fastsft.data.workers import encoded_batches
-from fastsft.errors import DataError
+from fastsft.errors import ConfigError, DataError
 from fastsft.kernels import resolve_encode_path
 
 __all__ = ["build_dataset", "build_to_disk", "make_encoder", "make_template"]
@@ -84,6 +84,8 @@ def build_dataset(
     args: DataArgs,
     tokenizer: Any,
     *,
+    split: str = TRAIN,
+    source: SplitSource | None = None,
     cache_file: str | None = None,
     progress: bool = False,
     workers: int | None = None,
@@ -95,7 +97,8 @@ def build_dataset(
     memory does not grow with the dataset (BFD packing, which needs every length first, keeps 16
     bytes a sample and spills the tokens to a temporary folder beside ``cache_file``).
     ``workers`` (default ``args.preprocessing_num_workers`` or 1) encodes batches in that many
-    processes, in order, with a bounded queue.
+    processes, in order, with a bounded queue. ``split`` names the split of ``args`` to build
+    (``fastsft.data.splitting.split_names``); ``source``, when given, is its planned samples.
     """
     import datasets
     from datasets.arrow_writer import ArrowWriter
@@ -103,7 +106,13 @@ def build_dataset(
     start = time.perf_counter()
     encoder = make_encoder(args, tokenizer)
     summary = Summary(encode_path=encoder.encode_path, tokenizer_backend=encoder.tokenizer_backend.name)
-    attrs = resolve_datasets(args.require_dataset(), args.dataset_dir)
+    if source is None:
+        args.require_dataset()
+        plan = plan_splits(args)
+        if split not in plan:
+            raise ConfigError(f"no split {split!r} (the splits are {', '.join(plan)})")
+        source = plan[split]
+    attrs = source.attrs
     rows = RowBuilder(
         encoder.kernels,
         summary,
@@ -121,6 +130,8 @@ def build_dataset(
         batch_size=args.preprocessing_batch_size,
         policy=encoder.policy,
         summary=summary,
+        order=source.order,
+        lengths=source.lengths,
     )
     bar = _progress_bar(progress)
 
@@ -167,8 +178,9 @@ def build_to_disk(
     *,
     progress: bool = False,
     workers: int | None = None,
-) -> Summary:
-    """``build_dataset`` saved as ``DatasetDict({"train": ...})`` at ``output``, atomically.
+) -> dict[str, Summary]:
+    """``build_dataset`` of every split saved as ``DatasetDict({"train": ..., "validation": ...})``
+    at ``output`` (LLaMA-Factory's ``tokenized_path`` layout), atomically; returns each split's ``Summary``.
 
     Rows stream to a cache file in a temporary folder beside ``output`` (so memory stays flat),
     ``save_to_disk`` writes there too, and a rename puts the result in place: a crash or a bad
@@ -180,15 +192,22 @@ def build_to_disk(
     output.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     try:
-        dataset, summary = build_dataset(
-            args, tokenizer, cache_file=str(workdir / "rows.arrow"), progress=progress, workers=workers
-        )
+        splits, summaries = {}, {}
+        for name, source in plan_splits(args).items():
+            splits[name], summaries[name] = build_dataset(
+                args,
+                tokenizer,
+                source=source,
+                cache_file=str(workdir / f"{name}.arrow"),
+                progress=progress,
+                workers=workers,
+            )
         staged = workdir / "dataset"
         bars_were_disabled = datasets.are_progress_bars_disabled()
         if not progress:
             datasets.disable_progress_bars()  # save_to_disk has no switch of its own
         try:
-            datasets.DatasetDict({"train": dataset}).save_to_disk(str(staged))
+            datasets.DatasetDict(splits).save_to_disk(str(staged))
         finally:
             if not bars_were_disabled:
                 datasets.enable_progress_bars()
@@ -197,7 +216,7 @@ def build_to_disk(
         os.replace(staged, output)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return summary
+    return summaries
 
 
 class _NoBar:
