@@ -43,7 +43,7 @@ def _data_options(args: argparse.Namespace, keys: tuple[str, ...]) -> tuple[Data
     for key in keys:
         value = getattr(args, key, None)
         if value is not None:
-            data[key] = ",".join(value) if key == "dataset" else value
+            data[key] = ",".join(value) if isinstance(value, list) else value  # repeated flags
     options = data_args_from_mapping(data)
     options.require_dataset()
     tokenizer = args.tokenizer or train.get("tokenizer_name_or_path") or train.get("model_name_or_path")
