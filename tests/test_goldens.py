@@ -462,3 +462,36 @@ def test_golden_splits_preprocess_to_disk(path: Path, request: pytest.FixtureReq
     assert list(saved) == list(expected)
     for name, rows in expected.items():
         assert_rows_equal(f"{golden_id(path)} {name} [preprocess]", rows, saved[name].to_dict())
+
+
+@pytest.mark.parametrize("path", SPLIT_GOLDENS, ids=golden_id)
+def test_golden_splits_through_fastsft_train(
+    path: Path, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """``fastsft train``'s data step (``load_datasets``) gives LLaMA-Factory's splits too."""
+    from transformers import AutoTokenizer, TrainingArguments
+
+    from fastsft.train.config import config_from_mapping
+    from fastsft.train.trainer import load_datasets
+
+    golden = load_golden(path)
+    case = {key: value for key, value in golden["args"].items() if value is not None}
+    case["dataset_dir"] = str(REPO_ROOT / case["dataset_dir"])
+    tokenizer_path = str(golden_tokenizer_path(golden, request))
+    config = config_from_mapping(
+        {
+            **case,
+            "packing_strategy": "llamafactory",  # fastsft train packs best-fit-decreasing by default
+            "model_config": str(REPO_ROOT / "examples" / "tiny" / "model" / "config.json"),
+            "tokenizer_name_or_path": tokenizer_path,
+            "output_dir": str(tmp_path / "out"),
+            "attn": "varlen",
+        }
+    )
+    training_args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to="none")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
+    splits = load_datasets(config, tokenizer, training_args)
+    expected = golden_splits(golden)
+    assert list(splits) == list(expected)
+    for name, rows in expected.items():
+        assert_rows_equal(f"{golden_id(path)} {name} [train]", rows, splits[name].to_dict())
