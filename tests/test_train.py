@@ -169,6 +169,7 @@ EVAL_LOSS_BEFORE_TRAINING: dict[str, float] = {}  # the same samples and initial
 def test_eval_batches_deal_every_row_once() -> None:
     from fastsft.train.trainer import eval_batches
 
+    assert eval_batches(0, 2, 2, 1) == []
     for rows, size, world in ((7, 2, 2), (8, 2, 2), (5, 3, 4), (1, 4, 2)):
         per_rank = [eval_batches(rows, size, world, rank) for rank in range(world)]
         assert len({len(batches) for batches in per_rank}) == 1  # the same number of forward passes

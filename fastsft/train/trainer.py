@@ -4,13 +4,15 @@ The pieces are fastsft's own: ``build_dataset`` (or a saved ``tokenized_path``),
 (packing / padding-free, with fastsft's varlen attention) or ``PaddingCollator``, and
 ``TokenBudgetBatchSampler`` for ``max_tokens_per_batch``. The loss is transformers' token-level
 mean over every labelled token of the global batch (all packed sequences, gradient-accumulation
-steps and processes, via ``num_items_in_batch``).
+steps and processes, via ``num_items_in_batch``). Evaluation (``val_size`` / ``eval_dataset``)
+uses the same collator and loss path and is token-level over the whole eval split.
 
 Order matters under ZeRO-3: ``TrainingArguments`` (which activates ``HfDeepSpeedConfig``) is
 built before the model, so ``from_pretrained`` / ``from_config`` create it partitioned.
 
 Outputs in ``output_dir``: ``checkpoint-*`` folders, ``trainer_log.jsonl`` (one line per log),
-``metrics.json``, ``training_loss.png`` and the final model + tokenizer (``save_pretrained``).
+``metrics.json``, ``training_loss.png`` (train and eval losses) and the final model + tokenizer
+(``save_pretrained``).
 """
 
 from __future__ import annotations
@@ -602,6 +604,8 @@ def eval_batches(rows: int, batch_size: int, world_size: int, rank: int) -> list
     if batch_size < 1:
         raise ConfigError(f"`per_device_eval_batch_size` must be at least 1, got {batch_size}")
     batches = [list(range(start, min(start + batch_size, rows))) for start in range(0, rows, batch_size)]
+    if not batches:
+        return []
     per_rank = -(-len(batches) // world_size)
     mine = batches[rank::world_size]
     return mine + [[rows + i for i in batches[0]]] * (per_rank - len(mine))
