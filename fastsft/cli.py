@@ -44,7 +44,7 @@ def _data_options(args: argparse.Namespace, keys: tuple[str, ...]) -> tuple[Data
     for key in keys:
         value = getattr(args, key, None)
         if value is not None:
-            data[key] = ",".join(value) if key == "dataset" else value
+            data[key] = ",".join(value) if isinstance(value, list) else value  # repeated flags
     options = data_args_from_mapping(data)
     options.require_dataset()
     tokenizer = args.tokenizer or train.get("tokenizer_name_or_path") or train.get("model_name_or_path")
@@ -79,10 +79,12 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     # Before the tokenizer loads; build_to_disk checks again, and again under the output's lock.
     check_output(data_args, output, overwrite=args.overwrite, tokenizer_dir=tokenizer_path)
     tokenizer = load_tokenizer(tokenizer_path)
-    summary = build_to_disk(data_args, tokenizer, output, overwrite=args.overwrite, progress=not args.quiet)
-    for line in summary.lines():
-        print(line)
-    print(f"saved DatasetDict({{'train': {summary.rows_out} rows}}) to {output}")
+    summaries = build_to_disk(data_args, tokenizer, output, overwrite=args.overwrite, progress=not args.quiet)
+    for name, summary in summaries.items():
+        for line in summary.lines():
+            print(line if len(summaries) == 1 else f"{name}: {line}")
+    rows = ", ".join(f"'{name}': {summary.rows_out} rows" for name, summary in summaries.items())
+    print(f"saved DatasetDict({{{rows}}}) to {output}")
     return 0
 
 

@@ -18,7 +18,7 @@ from fastsft.data.formats import Dropped, convert
 from fastsft.data.options import DataArgs
 from fastsft.data.pipeline import make_encoder
 from fastsft.data.reading import iter_samples
-from fastsft.data.registry import resolve_datasets
+from fastsft.data.splitting import TRAIN, plan_splits
 from fastsft.errors import DataError
 
 GREEN, DIM, BOLD, RESET = "\x1b[32m", "\x1b[2m", "\x1b[1m", "\x1b[0m"
@@ -59,15 +59,19 @@ def describe_turns(trace: list[TurnTrace]) -> list[str]:
 def inspect_dataset(
     args: DataArgs, tokenizer: Any, *, count: int = 3, start: int = 0, color: bool = False
 ) -> str:
-    """Encode ``count`` samples from ``start`` on with the reference path and describe each."""
+    """Encode ``count`` training samples from ``start`` on (in training order) with the reference
+    path and describe each."""
     encoder = make_encoder(dataclasses.replace(args, backend="python"), tokenizer)
-    attrs = resolve_datasets(args.require_dataset(), args.dataset_dir)
+    args.require_dataset()
+    train = plan_splits(args)[TRAIN]  # the training samples in training order (mixing, val_size)
     out = [
         f"template {args.template}, cutoff_len {encoder.cutoff_len}, train_on_prompt {args.train_on_prompt}, "
         f"mask_history {args.mask_history}"
         + (" (per-sample view; packed rows: inspect --data)" if args.packing else "")
     ]
-    for position, (attr, ref, row) in enumerate(iter_samples(attrs, args.dataset_dir, args.max_samples)):
+    for position, (attr, ref, row) in enumerate(
+        iter_samples(train.attrs, args.dataset_dir, args.max_samples, train.order, train.lengths)
+    ):
         if position < start:
             continue
         if position >= start + count:

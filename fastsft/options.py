@@ -80,7 +80,7 @@ def show(value: Any) -> str:
 
 
 def coerce(key: str, value: Any, hint: Any) -> Any:
-    """``value`` converted to ``hint`` (bool, int, float, str, Literal, list[str], unions of them).
+    """``value`` converted to ``hint`` (bool, int, float, str, Literal, lists of them, unions).
 
     Text is parsed only when it was typed as ``key=value`` (``OverrideText``); a YAML or Python
     string stays a string, except for floats (YAML 1.1 reads ``1e-5`` as a string).
@@ -106,9 +106,14 @@ def _convert(value: Any, choice: Any, from_text: bool) -> Any:
         text = str(value).strip() if from_text else value
         return text if text in typing.get_args(choice) else _NO
     if origin is list:
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return value
-        return [v.strip() for v in value.split(",")] if from_text else _NO
+        (item,) = typing.get_args(choice) or (str,)
+        if isinstance(value, list):
+            items = [_convert(v, item, False) for v in value]
+        elif from_text:
+            items = [_convert(OverrideText(v.strip()), item, True) for v in value.split(",")]
+        else:
+            return _NO
+        return _NO if any(v is _NO for v in items) else items
     if choice is bool:
         if isinstance(value, bool):
             return value

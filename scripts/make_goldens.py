@@ -117,6 +117,44 @@ EXTRA_CASES: dict[str, dict[str, Any]] = {
 }
 
 
+# Mixing and validation splits (fixture tokenizer only): LLaMA-Factory merges the raw rows of the
+# datasets, splits the merged rows (val_size, with training_args.seed), then tokenizes each split.
+MIX_DATASETS = "sharegpt_chat,alpaca_mix,openai_chat"
+SPLIT_CASES: dict[str, dict[str, Any]] = {
+    "mix__interleave_under": {"mix_strategy": "interleave_under"},
+    "mix__interleave_under_probs": {"mix_strategy": "interleave_under", "interleave_probs": "0.5,0.3,0.2", "seed": 7},
+    "mix__interleave_over": {"dataset": "sharegpt_chat,openai_chat", "mix_strategy": "interleave_over"},
+    "mix__interleave_over_probs": {"mix_strategy": "interleave_over", "interleave_probs": "0.2,0.5,0.3", "seed": 3},
+    "mix__interleave_over_packing": {
+        "mix_strategy": "interleave_over", "interleave_probs": "0.6,0.4", "dataset": "sharegpt_chat,alpaca_mix",
+        "cutoff_len": 256, "packing": True, "preprocessing_batch_size": 8,
+    },
+    "mix__interleave_once": {"mix_strategy": "interleave_once"},  # LF 0.9.5 (datasets<=4.0.0) refuses it
+    "split__val_size_fraction": {"val_size": 0.25},
+    "split__val_size_count": {"val_size": 5, "seed": 1234},
+    "split__val_size_packing": {"val_size": 0.3, "cutoff_len": 256, "packing": True, "preprocessing_batch_size": 8},
+    "split__val_size_interleave": {"val_size": 0.2, "mix_strategy": "interleave_over", "interleave_probs": "0.3,0.3,0.4"},
+    "split__eval_dataset": {"dataset": "sharegpt_chat", "eval_dataset": "alpaca_mix,openai_chat"},
+    "split__eval_dataset_interleave": {
+        "dataset": "sharegpt_chat,alpaca_mix", "eval_dataset": "openai_chat,sharegpt_tools",
+        "mix_strategy": "interleave_under", "interleave_probs": "0.5,0.5", "seed": 11,
+    },
+    "split__eval_on_each_dataset": {
+        "dataset": "sharegpt_chat", "eval_dataset": "alpaca_mix,openai_chat", "eval_on_each_dataset": True,
+    },
+}  # fmt: skip
+SPLIT_DEFAULTS: dict[str, Any] = {
+    "template": "qwen",
+    "dataset": MIX_DATASETS,
+    "mix_strategy": "concat",
+    "interleave_probs": None,
+    "val_size": 0.0,
+    "eval_dataset": None,
+    "eval_on_each_dataset": False,
+    "seed": 42,  # training_args.seed in LLaMA-Factory
+}
+
+
 def datasets_for(template: str) -> str:
     """Comma-separated dataset list for a template (all sample formats, tools included)."""
     names = [
@@ -156,6 +194,7 @@ def build_cases() -> dict[str, dict[str, Any]]:
             cases[f"{template}__{option}"] = {"template": template, **overrides}
     cases.update(EXTRA_CASES)
     cases.update(template_cases())
+    cases.update({name: {**SPLIT_DEFAULTS, **spec} for name, spec in SPLIT_CASES.items()})
     return {
         name: {
             "dataset": spec.get("dataset", datasets_for(spec["template"])),
@@ -254,11 +293,14 @@ def run_case(
     freeze_tool_clock()
     with tempfile.TemporaryDirectory(prefix="fastsft-golden-") as tmp:
         model_args = ModelArguments(model_name_or_path=tokenizer_path, cache_dir=tmp)
+        data_keys = {key: value for key, value in args.items() if key != "seed"}
         data_args = DataArguments(
-            **{**args, "dataset_dir": str(REPO_ROOT / args["dataset_dir"])},
+            **{**data_keys, "dataset_dir": str(REPO_ROOT / args["dataset_dir"])},
             overwrite_cache=True,
         )
-        training_args = TrainingArguments(output_dir=os.path.join(tmp, "output"), report_to="none")
+        training_args = TrainingArguments(
+            output_dir=os.path.join(tmp, "output"), report_to="none", seed=args.get("seed", 42)
+        )
         # The data-related post-processing of llamafactory.hparams.parser.get_train_args (stage "sft").
         model_args.model_max_length = data_args.cutoff_len
         model_args.block_diag_attn = data_args.neat_packing
@@ -275,6 +317,15 @@ def run_case(
             )
         dataset = dataset_module["train_dataset"]
         rows = to_jsonable(dataset.to_dict())
+        eval_dataset = dataset_module.get("eval_dataset")
+        if isinstance(eval_dataset, dict):
+            eval_splits = {f"validation_{name}": split for name, split in eval_dataset.items()}
+        else:
+            eval_splits = {"validation": eval_dataset} if eval_dataset is not None else {}
+        evals = {
+            name: {"num_rows": split.num_rows, "rows": to_jsonable(split.to_dict())}
+            for name, split in eval_splits.items()
+        }
 
     return {
         "format_version": FORMAT_VERSION,
@@ -296,6 +347,7 @@ def run_case(
         "columns": list(dataset.column_names),
         "features": dataset.features.to_dict(),
         "rows": rows,
+        **({"eval": evals} if evals else {}),
     }
 
 
@@ -360,8 +412,8 @@ def run_case_or_refusals(
     """
     try:
         return {**run_case(case_name, tokenizer_name, tokenizer_path, args), "lf_refuses": {}}
-    except Exception:  # LLaMA-Factory's own exception types vary: find the datasets that raise
-        pass
+    except Exception as err:  # LLaMA-Factory's own exception types vary: find the datasets that raise
+        whole_case_error = f"{type(err).__name__}: {err}".splitlines()[0][:300]
 
     refuses: dict[str, str] = {}
     for dataset in args["dataset"].split(","):
@@ -370,7 +422,9 @@ def run_case_or_refusals(
         except Exception as err:
             refuses[dataset] = f"{type(err).__name__}: {err}".splitlines()[0][:300]
     kept = [dataset for dataset in args["dataset"].split(",") if dataset not in refuses]
-    if not kept or not refuses:
+    if not refuses:  # no single dataset fails: the combination does (mix_strategy: interleave_once)
+        return {"failed": True, "lf_refuses": {args["dataset"]: whole_case_error}}
+    if not kept:
         return {"failed": True, "lf_refuses": refuses}  # listed in the manifest under lf_fails
     record = run_case(case_name, tokenizer_name, tokenizer_path, {**args, "dataset": ",".join(kept)})
     return {**record, "lf_refuses": refuses}
@@ -386,7 +440,9 @@ def main() -> None:
     parser.add_argument("--qwen2", type=Path, default=DEFAULT_QWEN2, help="Qwen2 tokenizer directory")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="cases run in parallel")
     parser.add_argument("--out", type=Path, default=GOLDEN_DIR, help="golden directory")
-    parser.add_argument("--only", help="glob over <tokenizer>/<case>: a trial run, no manifest written")
+    parser.add_argument(
+        "--only", help="glob over <tokenizer>/<case>: regenerate only these (the manifest is updated)"
+    )
     options = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -407,7 +463,9 @@ def main() -> None:
         (case, tok, str(path), args)
         for tok, path in tokenizer_paths.items()
         for case, args in cases.items()
-        if tok == "fixture" or args["template"] in TEMPLATES or case in EXTRA_CASES
+        if tok == "fixture"
+        or (args["template"] in TEMPLATES and case not in SPLIT_CASES)
+        or case in EXTRA_CASES
     ]
     if options.only:
         jobs = [job for job in jobs if fnmatch.fnmatch(f"{job[1]}/{job[0]}", options.only)]
@@ -427,11 +485,11 @@ def main() -> None:
             refuses = f", LLaMA-Factory refuses {record['lf_refuses']}" if record["lf_refuses"] else ""
             print(f"{tokenizer_name}/{case_name}: {record['num_rows']} rows{refuses}", flush=True)
 
-    if options.only:
-        return
-
     manifest_path = out_dir / "MANIFEST.json"
     previous = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    if options.only:  # a partial run: the other cases' files and failures stay as recorded
+        rerun = {f"{job[1]}/{job[0]}" for job in jobs}
+        failed = {**{k: v for k, v in previous.get("lf_fails", {}).items() if k not in rerun}, **failed}
     # Inputs of tokenizers not regenerated this run (their goldens were kept) stay recorded.
     kept_inputs = {
         key: value
@@ -439,9 +497,12 @@ def main() -> None:
         if key.split("/")[0] in set(previous.get("tokenizers", [])) - set(tokenizer_paths)
     }
     files = {str(path.relative_to(out_dir)): sha256_of(path) for path in sorted(out_dir.glob("*/*.json.gz"))}
+    command = " ".join([Path(sys.executable).as_posix(), "scripts/make_goldens.py", *sys.argv[1:]])
+    partial_runs = [*previous.get("partial_runs", []), command] if options.only else []
     manifest = {
         "format_version": FORMAT_VERSION,
-        "command": " ".join([Path(sys.executable).as_posix(), "scripts/make_goldens.py", *sys.argv[1:]]),
+        "command": previous.get("command", command) if options.only else command,
+        **({"partial_runs": partial_runs} if partial_runs else {}),
         "versions": package_versions(),
         "llama3_tool_date": FROZEN_TOOL_DATE.strftime("%d %b %Y"),
         "tokenizers": sorted({path.split("/")[0] for path in files}),

@@ -1,4 +1,5 @@
-"""DeepSpeed: the bundled configs, and ZeRO-3 over 2 processes (gloo, CPU) against a 1-process run.
+"""DeepSpeed: the bundled configs, and ZeRO-3 over 2 processes (gloo, CPU) against a 1-process run,
+evaluation included.
 
 The 2-process run goes through the real entry point (``torchrun -m fastsft train``). CI needs
 ``pip install -e ".[deepspeed]"`` (deepspeed + accelerate); the test is skipped without it.
@@ -45,9 +46,9 @@ def test_bundled_configs_leave_batch_and_precision_to_trainer(name: str, stage: 
     assert ("offload_param" in config["zero_optimization"]) is offloaded
 
 
-def read_losses(output_dir: Path) -> list[float]:
+def read_losses(output_dir: Path, key: str = "loss") -> list[float]:
     lines = (output_dir / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()
-    return [entry["loss"] for entry in map(json.loads, lines) if "loss" in entry]
+    return [entry[key] for entry in map(json.loads, lines) if key in entry]
 
 
 @pytest.mark.slow
@@ -79,6 +80,11 @@ def test_zero3_two_processes_match_one_process_and_the_saved_model_reloads(
         "save_steps=4",
         "max_samples=60",
         "plot_loss=false",
+        # Evaluation: 7 held-out samples in batches of 1 row, so one process is a batch short.
+        "val_size=7",
+        "eval_strategy=steps",
+        "eval_steps=2",
+        "per_device_eval_batch_size=1",
     ]
     zero3_dir = tmp_path / "zero3"
     command = [
@@ -100,6 +106,10 @@ def test_zero3_two_processes_match_one_process_and_the_saved_model_reloads(
     zero3_losses, reference_losses = read_losses(zero3_dir), read_losses(reference_dir)
     assert len(zero3_losses) == 4
     assert zero3_losses == pytest.approx(reference_losses, rel=1e-5)
+    # Eval at steps 2 and 4 and the final one: the same token-level loss as one process.
+    zero3_eval, reference_eval = read_losses(zero3_dir, "eval_loss"), read_losses(reference_dir, "eval_loss")
+    assert len(zero3_eval) == 3
+    assert zero3_eval == pytest.approx(reference_eval, rel=1e-5)
     # Each rank wrote its own ZeRO partition: the model really was sharded.
     shards = sorted(p.name for p in (zero3_dir / "checkpoint-4").glob("global_step*/*model_states.pt"))
     assert shards == [

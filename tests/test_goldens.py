@@ -40,6 +40,9 @@ CASE_KEYS = (
     "tool_format",
     "default_system",
 )
+# Mixing and split keys: only the mix__ / split__ goldens hold them (the others use the defaults).
+SPLIT_KEYS = ("mix_strategy", "interleave_probs", "val_size", "eval_dataset", "eval_on_each_dataset", "seed")
+SPLIT_GOLDENS = [path for path in GOLDEN_FILES if path.name.startswith(("mix__", "split__"))]
 CONTEXT_TOKENS = 12  # tokens shown on each side of the first difference
 
 
@@ -95,7 +98,8 @@ _NON_TOKEN_OUTPUTS: dict[tuple[Path, str], tuple[dict[str, Any], dict[str, Any]]
 
 
 def golden_data_args(golden: dict[str, Any], backend: str, dataset: str | None = None) -> Any:
-    """The ``DataArgs`` of a golden's case (``dataset`` replaces its datasets)."""
+    """The ``DataArgs`` of a golden's case, LLaMA-Factory's rows (``packing_strategy: llamafactory``);
+    ``dataset`` replaces its datasets."""
     from fastsft.data.options import DataArgs
 
     case = golden["args"]
@@ -114,6 +118,7 @@ def golden_data_args(golden: dict[str, Any], backend: str, dataset: str | None =
         default_system=case["default_system"],
         packing_strategy="llamafactory",
         backend=backend,
+        **{key: case[key] for key in SPLIT_KEYS if key in case},
     )
 
 
@@ -305,7 +310,9 @@ def test_golden_internal_consistency(path: Path) -> None:
     """Goldens are self-consistent: args complete, columns aligned, labels drawn from input_ids."""
     golden = load_golden(path)
     assert golden["case"] == path.name.removesuffix(".json.gz") and golden["tokenizer"] == path.parent.name
-    assert set(golden["args"]) == set(CASE_KEYS), f"case args keys: {sorted(golden['args'])}"
+    extra_keys = set(golden["args"]) - set(CASE_KEYS)
+    assert set(CASE_KEYS) <= set(golden["args"]) and extra_keys <= set(SPLIT_KEYS), sorted(golden["args"])
+    assert not extra_keys or path in SPLIT_GOLDENS, f"{path.name} sets {sorted(extra_keys)}"
     assert golden["num_rows"] > 0
     assert set(golden["rows"]) == set(golden["columns"]) == set(golden["features"])
     assert {"input_ids", "attention_mask", "labels"} <= set(golden["columns"])
@@ -316,6 +323,10 @@ def test_golden_internal_consistency(path: Path) -> None:
         assert fixed["pad_token_id"] == fixed["eos_token_id"]
     for row in range(golden["num_rows"]):
         check_row(golden, row)
+    for split in golden.get("eval", {}).values():
+        assert split["num_rows"] > 0 and set(split["rows"]) == set(golden["columns"])
+        for row in range(split["num_rows"]):
+            check_row({**golden, "rows": split["rows"]}, row)
     assert any(label != IGNORE_INDEX for labels in golden["rows"]["labels"] for label in labels), "no labels"
 
 
@@ -408,3 +419,127 @@ def test_what_llamafactory_refuses_is_a_located_error(
     words = [ours for theirs, ours in LF_FAILURE_WORDS.items() if theirs in lf_error]
     assert words, f"no expectation for LLaMA-Factory's failure {lf_error!r}; add it to LF_FAILURE_WORDS"
     assert words[0] in str(error)
+
+
+# --- mixing and validation splits: every split of LLaMA-Factory's DatasetDict ---
+
+
+def assert_rows_equal(label: str, expected: dict[str, list[Any]], actual: dict[str, list[Any]]) -> None:
+    """The same rows, column by column (sample order included)."""
+    assert len(actual["input_ids"]) == len(expected["input_ids"]), (
+        f"{label}: {len(actual['input_ids'])} rows, LLaMA-Factory has {len(expected['input_ids'])}"
+    )
+    for column in TOKEN_COLUMNS:
+        if column in expected:
+            assert actual[column] == expected[column], f"{label}: column {column!r} differs"
+
+
+def golden_splits(golden: dict[str, Any]) -> dict[str, dict[str, list[Any]]]:
+    return {
+        "train": golden["rows"],
+        **{name: split["rows"] for name, split in golden.get("eval", {}).items()},
+    }
+
+
+def test_split_goldens_cover_every_mix_strategy_and_eval_source() -> None:
+    cases = [load_golden(path)["args"] for path in SPLIT_GOLDENS]
+    assert {case["mix_strategy"] for case in cases} >= {"interleave_under", "interleave_over"}
+    assert any(case["interleave_probs"] for case in cases) and any(case["val_size"] for case in cases)
+    assert any(case["eval_on_each_dataset"] for case in cases) and any(case["packing"] for case in cases)
+    # LLaMA-Factory 0.9.5 (datasets<=4.0.0) refuses interleave_once; fastsft refuses it too.
+    refused = load_manifest()["lf_fails"]["fixture/mix__interleave_once"]
+    assert "all_exhausted_without_replacement is not supported" in next(iter(refused.values()))
+
+
+@pytest.mark.parametrize("backend", ["python", "compiled"])
+@pytest.mark.parametrize("path", SPLIT_GOLDENS, ids=golden_id)
+def test_golden_splits_build_alike(
+    path: Path, backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``build_dataset(split=...)`` gives LLaMA-Factory's rows of every split, in its sample order."""
+    from transformers import AutoTokenizer
+
+    from fastsft.data.pipeline import build_dataset
+    from fastsft.data.splitting import split_names
+
+    if backend == "compiled":
+        pytest.importorskip("fastsft._core")
+    golden = load_golden(path)
+    args = golden_data_args(golden, backend)
+    expected = golden_splits(golden)
+    assert split_names(args) == list(expected)
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(golden_tokenizer_path(golden, request)), local_files_only=True
+    )
+    for name, rows in expected.items():
+        dataset, _ = build_dataset(args, tokenizer, split=name)
+        assert_rows_equal(f"{golden_id(path)} {name} [{backend}]", rows, dataset.to_dict())
+
+
+@pytest.mark.parametrize("path", SPLIT_GOLDENS, ids=golden_id)
+def test_golden_splits_preprocess_to_disk(path: Path, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """``fastsft preprocess`` saves LLaMA-Factory's ``DatasetDict`` (its ``tokenized_path`` layout)."""
+    from datasets import load_from_disk
+
+    from fastsft.cli import main
+
+    golden = load_golden(path)
+    case = {key: value for key, value in golden["args"].items() if value is not None}
+    case["dataset_dir"] = str(REPO_ROOT / case["dataset_dir"])
+    config = tmp_path / "lf.yaml"
+    config.write_text(json.dumps({**case, "packing_strategy": "llamafactory"}), encoding="utf-8")
+    output = tmp_path / "out"
+    tokenizer = golden_tokenizer_path(golden, request)
+    assert (
+        main(
+            [
+                "preprocess",
+                "--config",
+                str(config),
+                "--tokenizer",
+                str(tokenizer),
+                "--output",
+                str(output),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    saved = load_from_disk(str(output))
+    expected = golden_splits(golden)
+    assert list(saved) == list(expected)
+    for name, rows in expected.items():
+        assert_rows_equal(f"{golden_id(path)} {name} [preprocess]", rows, saved[name].to_dict())
+
+
+@pytest.mark.parametrize("path", SPLIT_GOLDENS, ids=golden_id)
+def test_golden_splits_through_fastsft_train(
+    path: Path, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """``fastsft train``'s data step (``load_datasets``) gives LLaMA-Factory's splits too."""
+    from transformers import AutoTokenizer, TrainingArguments
+
+    from fastsft.train.config import config_from_mapping
+    from fastsft.train.trainer import load_datasets
+
+    golden = load_golden(path)
+    case = {key: value for key, value in golden["args"].items() if value is not None}
+    case["dataset_dir"] = str(REPO_ROOT / case["dataset_dir"])
+    tokenizer_path = str(golden_tokenizer_path(golden, request))
+    config = config_from_mapping(
+        {
+            **case,
+            "packing_strategy": "llamafactory",  # fastsft train packs best-fit-decreasing by default
+            "model_config": str(REPO_ROOT / "examples" / "tiny" / "model" / "config.json"),
+            "tokenizer_name_or_path": tokenizer_path,
+            "output_dir": str(tmp_path / "out"),
+            "attn": "varlen",
+        }
+    )
+    training_args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to="none")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
+    splits = load_datasets(config, tokenizer, training_args)
+    expected = golden_splits(golden)
+    assert list(splits) == list(expected)
+    for name, rows in expected.items():
+        assert_rows_equal(f"{golden_id(path)} {name} [train]", rows, splits[name].to_dict())

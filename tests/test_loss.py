@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -78,14 +79,18 @@ def test_chunked_loss_equals_the_plain_loss_and_gradients(
         torch.testing.assert_close(chunked_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_eval_mode_and_no_labels_keep_the_original_forward() -> None:
+def test_no_labels_keep_the_original_forward_and_eval_uses_the_chunked_loss() -> None:
     model = tiny_model("qwen2", tie=True)
+    reference = copy.deepcopy(model).eval()
     enable_chunked_loss(model, 8)
     inputs = batch()
     assert model(input_ids=inputs["input_ids"]).logits.shape == (2, 37, VOCAB)
     model.eval()
     with torch.no_grad():
-        assert model(**inputs).logits is not None
+        chunked = model(**inputs, num_items_in_batch=torch.tensor(1))  # the eval loop's sum
+        plain = reference(**inputs, num_items_in_batch=torch.tensor(1))
+    assert chunked.logits is None  # the chunked path: no logits
+    torch.testing.assert_close(chunked.loss, plain.loss, rtol=1e-6, atol=1e-5)
 
 
 def test_soft_capped_or_unknown_models_are_refused() -> None:

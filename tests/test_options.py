@@ -48,6 +48,12 @@ NON_DEFAULT: dict[str, tuple[Any, dict[str, Any]]] = {
     "enable_thinking": (False, {}),
     "preserve_thinking": (True, {}),
     "max_samples": (3, {}),
+    "mix_strategy": ("interleave_under", {}),
+    "interleave_probs": ([0.25, 0.75], {"mix_strategy": "interleave_over", "dataset": "chat,math"}),
+    "val_size": (0.1, {}),
+    "eval_dataset": ("math", {}),
+    "eval_on_each_dataset": (True, {"eval_dataset": "chat,math"}),
+    "seed": (7, {}),
     "preprocessing_batch_size": (7, {}),
     "preprocessing_num_workers": (2, {}),
     "tokenized_path": ("outputs/tokenized", {}),
@@ -95,6 +101,22 @@ def test_flags_override_the_config(tmp_path: Path) -> None:
     )
     options = preprocess_options(config, "--cutoff-len", "32", "--enable-thinking", "--workers", "3")
     assert (options.cutoff_len, options.enable_thinking, options.preprocessing_num_workers) == (32, True, 3)
+
+
+def test_repeated_and_comma_separated_flags(tmp_path: Path) -> None:
+    config = write_yaml(tmp_path / "config.yaml", {"dataset": "chat,math", "mix_strategy": "interleave_over"})
+    options = preprocess_options(
+        config,
+        "--interleave-probs",
+        "0.5,0.5",
+        "--eval-dataset",
+        "a",
+        "--eval-dataset",
+        "b",
+        "--val-size",
+        "0",
+    )
+    assert options.interleave_probs == [0.5, 0.5] and options.eval_dataset == "a,b"
 
 
 def test_every_data_key_has_a_flag_with_help() -> None:

@@ -32,8 +32,11 @@ def read_log(output_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
-def step_losses(output_dir: Path) -> dict[int, float]:
-    return {entry["step"]: entry["loss"] for entry in read_log(output_dir) if "loss" in entry}
+def step_losses(output_dir: Path, key: str = "loss") -> dict[int, float]:
+    return {entry["step"]: entry[key] for entry in read_log(output_dir) if key in entry}
+
+
+EVAL = ["val_size=9", "eval_strategy=steps", "eval_steps=2", "per_device_eval_batch_size=2"]
 
 
 @pytest.mark.slow
@@ -57,6 +60,9 @@ def test_tiny_default_trains_and_saves_everything(tmp_path: Path) -> None:
     assert metrics["train_tokens_per_second"] > 0
     assert (out / "training_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "checkpoint-8").is_dir() and (out / "checkpoint-16").is_dir()
+    # The example holds out 5% and evaluates every eval_steps and at the end (as LLaMA-Factory's do_eval).
+    assert [entry["step"] for entry in read_log(out) if "eval_loss" in entry] == [16, 16]  # eval_steps 25
+    assert metrics["eval_loss"] > 0
 
     # The final model and tokenizer reload and equal the last checkpoint.
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -115,6 +121,106 @@ def test_chunked_loss_equals_the_plain_loss_through_the_trainer(tmp_path: Path, 
         torch.testing.assert_close(chunked[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
+def hand_computed_loss(model: Any, dataset: Any) -> float:
+    """Cross-entropy over every labelled token of ``dataset``, one sequence at a time, in float64.
+
+    Packed rows are cut into their sequences (``position_ids`` restart at 0); each sequence's
+    first label is never predicted (nothing precedes it), as in training.
+    """
+    total, count = 0.0, 0
+    model.eval()
+    for row in dataset.with_format("torch"):
+        starts = (row["position_ids"] == 0).nonzero().flatten().tolist() if "position_ids" in row else [0]
+        for begin, end in zip(starts, [*starts[1:], len(row["input_ids"])]):
+            ids, labels = row["input_ids"][begin:end].long(), row["labels"][begin:end].long()
+            with torch.no_grad():
+                logits = model(input_ids=ids[None]).logits[0].double()
+            targets = labels[1:]
+            keep = targets != -100
+            log_probs = torch.log_softmax(logits[:-1][keep], dim=-1)
+            total -= log_probs.gather(1, targets[keep][:, None]).sum().item()
+            count += int(keep.sum())
+    return total / count
+
+
+@pytest.mark.parametrize(
+    "batching", [["packing=true"], ["packing=false"], ["packing=false", "padding_free=true"]], ids=str
+)
+def test_eval_loss_is_the_token_level_loss_of_the_validation_split(
+    tmp_path: Path, batching: list[str]
+) -> None:
+    """``eval_loss`` equals a hand-computed token-level loss, however the eval rows are batched."""
+    overrides = [f"output_dir={tmp_path}", "max_samples=60", "max_steps=1", "val_size=9", *batching]
+    config = load_config(TINY_YAML, [*overrides, "per_device_eval_batch_size=3"])
+    trainer = build_trainer(config)
+    assert len(trainer.eval_dataset) > 1
+    metrics = trainer.evaluate()
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    expected = hand_computed_loss(model, trainer.eval_dataset)
+    assert metrics["eval_loss"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["eval_loss"] == pytest.approx(
+        EVAL_LOSS_BEFORE_TRAINING.setdefault("loss", expected), rel=1e-5
+    )
+
+
+EVAL_LOSS_BEFORE_TRAINING: dict[str, float] = {}  # the same samples and initial model in every batching
+
+
+def test_eval_batches_deal_every_row_once() -> None:
+    from fastsft.train.trainer import eval_batches
+
+    assert eval_batches(0, 2, 2, 1) == []
+    for rows, size, world in ((7, 2, 2), (8, 2, 2), (5, 3, 4), (1, 4, 2)):
+        per_rank = [eval_batches(rows, size, world, rank) for rank in range(world)]
+        assert len({len(batches) for batches in per_rank}) == 1  # the same number of forward passes
+        real = sorted(i for batches in per_rank for batch in batches for i in batch if i < rows)
+        assert real == list(range(rows))  # every row once; padding batches are marked (index >= rows)
+
+
+def test_best_model_is_loaded_at_the_end(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    overrides = [f"output_dir={out}", "max_steps=6", "save_steps=2", "max_samples=60", "learning_rate=0.05"]
+    overrides += [*EVAL, "load_best_model_at_end=true", "metric_for_best_model=eval_loss", "plot_loss=false"]
+    metrics = train(load_config(TINY_YAML, overrides))
+    evals = step_losses(out, "eval_loss")
+    best_step = min((loss, step) for step, loss in evals.items())[1]
+    state = json.loads((out / "trainer_state.json").read_text(encoding="utf-8"))
+    assert state["best_model_checkpoint"].endswith(f"checkpoint-{best_step}")
+    assert metrics["eval_loss"] == pytest.approx(evals[best_step], rel=1e-5)  # the final eval: the best model
+    best = AutoModelForCausalLM.from_pretrained(out / f"checkpoint-{best_step}").state_dict()
+    for name, weight in AutoModelForCausalLM.from_pretrained(out).state_dict().items():
+        torch.testing.assert_close(weight, best[name], msg=name)
+
+
+def test_eval_on_each_dataset_logs_and_plots_every_eval_split(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    overrides = [f"output_dir={out}", "dataset_dir=tests/data", "dataset=sharegpt_chat", "max_steps=2"]
+    overrides += ["val_size=0", "eval_dataset=alpaca_mix,openai_chat", "eval_on_each_dataset=true"]
+    overrides += ["eval_strategy=steps"]
+    overrides += ["eval_steps=1", "logging_steps=1"]
+    metrics = train(load_config(TINY_YAML, overrides))
+    for key in ("eval_alpaca_mix_loss", "eval_openai_chat_loss"):
+        assert sorted(step_losses(out, key)) == [1, 2] and metrics[key] > 0
+    assert (out / "training_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_draws_train_and_eval_curves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib.axes
+
+    from fastsft.train.trainer import plot_loss
+
+    labels: list[str] = []
+    original = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "plot",
+        lambda self, *a, **k: labels.append(k.get("label")) or original(self, *a, **k),
+    )
+    history = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}, {"step": 2, "eval_loss": 2.5}]
+    plot_loss(history, tmp_path / "plot.png")
+    assert labels == ["loss", "smoothed", "eval_loss"] and (tmp_path / "plot.png").is_file()
+
+
 class StopAt(TrainerCallback):
     """Ends training after ``step`` as an interruption would (the checkpoint at ``step`` is kept)."""
 
@@ -132,7 +238,15 @@ class StopAt(TrainerCallback):
     [[], pytest.param(["max_tokens_per_batch=700", "gradient_accumulation_steps=2"], marks=pytest.mark.slow)],
 )
 def test_resume_reproduces_the_uninterrupted_losses(tmp_path: Path, extra: list[str]) -> None:
-    common = ["max_steps=6", "save_steps=3", "logging_steps=1", "max_samples=120", "plot_loss=false", *extra]
+    common = [
+        "max_steps=6",
+        "save_steps=3",
+        "logging_steps=1",
+        "max_samples=120",
+        "plot_loss=false",
+        *EVAL,
+        *extra,
+    ]
     train(load_config(TINY_YAML, [f"output_dir={tmp_path / 'full'}", *common]))
     reference = step_losses(tmp_path / "full")
 
@@ -145,6 +259,13 @@ def test_resume_reproduces_the_uninterrupted_losses(tmp_path: Path, extra: list[
     assert sorted(resumed) == list(range(1, 7))  # the log reads like one run
     for step in range(1, 7):
         assert resumed[step] == pytest.approx(reference[step], rel=1e-5), (step, resumed, reference)
+    reference_eval, resumed_eval = (
+        step_losses(tmp_path / "full", "eval_loss"),
+        step_losses(interrupted, "eval_loss"),
+    )
+    assert sorted(reference_eval) == [2, 4, 6]
+    for step, loss in reference_eval.items():
+        assert resumed_eval[step] == pytest.approx(loss, rel=1e-5), (step, resumed_eval, reference_eval)
 
 
 def test_existing_output_dir_resumes_like_llamafactory(tmp_path: Path) -> None:
@@ -238,6 +359,8 @@ def test_a_failed_build_leaves_no_tokenized_path(tmp_path: Path) -> None:
 
 
 def test_tokenized_path_is_saved_then_loaded(tmp_path: Path) -> None:
+    from datasets import load_from_disk
+
     tokenized = tmp_path / "tokenized"
     common = [
         f"tokenized_path={tokenized}",
@@ -245,13 +368,17 @@ def test_tokenized_path_is_saved_then_loaded(tmp_path: Path) -> None:
         "max_steps=2",
         "logging_steps=1",
         "plot_loss=false",
+        *EVAL,
     ]
     train(load_config(TINY_YAML, [*common, f"output_dir={tmp_path / 'built'}"]))
-    assert (
-        tokenized / "dataset_dict.json"
-    ).is_file()  # a DatasetDict({"train": ...}), as LLaMA-Factory saves
+    # A DatasetDict({"train": ..., "validation": ...}), as LLaMA-Factory saves it.
+    assert list(load_from_disk(str(tokenized))) == ["train", "validation"]
     train(load_config(TINY_YAML, [*common, f"output_dir={tmp_path / 'loaded'}"]))
     assert step_losses(tmp_path / "loaded") == pytest.approx(step_losses(tmp_path / "built"), rel=1e-6)
+    loaded_eval = step_losses(tmp_path / "loaded", "eval_loss")
+    assert (
+        loaded_eval == pytest.approx(step_losses(tmp_path / "built", "eval_loss"), rel=1e-6) and loaded_eval
+    )
     # The tokenizer is fixed for the template either way (it is saved with the model).
     assert AutoTokenizer.from_pretrained(tmp_path / "loaded").eos_token == "<|im_end|>"
 

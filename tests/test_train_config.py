@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 
 from fastsft.errors import ConfigError
-from fastsft.train.config import DEEPSPEED_DIR, TrainConfig, config_from_mapping, load_config
+from fastsft.train.config import (
+    DEEPSPEED_DIR,
+    IGNORED_KEYS,
+    LLAMAFACTORY_UNSUPPORTED,
+    LLAMAFACTORY_UNSUPPORTED_PREFIXES,
+    REQUIRED_VALUES,
+    TrainConfig,
+    config_from_mapping,
+    load_config,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_YAML = REPO_ROOT / "examples" / "tiny_sft.yaml"
@@ -35,7 +44,12 @@ def test_tiny_yaml_is_typed_by_the_dataclass() -> None:
     assert config.data.packing is True
     assert config.learning_rate == pytest.approx(3e-3) and isinstance(config.learning_rate, float)
     assert config.attn == "auto" and config.uses_varlen_batches
-    assert config.notices == [] and config.extra_training_args == {}
+    assert config.notices == [] and config.data.val_size == 0.05
+    assert config.extra_training_args == {
+        "eval_strategy": "steps",
+        "eval_steps": 25,
+        "per_device_eval_batch_size": 4,
+    }
 
 
 def test_overrides_are_typed_like_the_yaml() -> None:
@@ -208,9 +222,22 @@ def test_llamafactory_full_sft_yaml_loads_with_notices() -> None:
         ({"lora_rank": 8}, "LLaMA-Factory option `lora_rank` is not supported by fastsft train"),
         ({"quantization_bit": 4}, "LLaMA-Factory option `quantization_bit` is not supported"),
         ({"use_dora": True}, "LLaMA-Factory option `use_dora` is not supported"),
-        ({"val_size": 0.1}, "`val_size: 0.1` is not supported: fastsft train does not evaluate"),
         ({"do_train": False}, "`do_train: false` is not supported"),
-        ({"eval_strategy": "steps"}, "`eval_strategy: steps` is not supported"),
+        ({"predict_with_generate": True}, "`predict_with_generate: true` is not supported"),
+        (
+            {"compute_accuracy": True},
+            "`compute_accuracy: true` is not supported: fastsft train evaluates the loss",
+        ),
+        ({"eval_num_beams": 4}, "LLaMA-Factory option `eval_num_beams` is not supported"),
+        ({"eval_strategy": "steps"}, "evaluation (do_eval / eval_strategy) needs val_size or eval_dataset"),
+        ({"do_eval": True}, "evaluation (do_eval / eval_strategy) needs val_size or eval_dataset"),
+        ({"val_size": 0.1, "eval_dataset": "x"}, "set either `val_size` or `eval_dataset`, not both"),
+        ({"interleave_probs": "0.5,0.5"}, "`interleave_probs` needs an interleave `mix_strategy`"),
+        (
+            {"mix_strategy": "interleave_under", "interleave_probs": "0.5,0.5"},
+            "`interleave_probs` has 2 values for 1 `dataset` entries",
+        ),
+        ({"mix_strategy": "mixed"}, "`mix_strategy` expects one of concat, interleave_under"),
         ({"flash_attn": "fa3"}, "`flash_attn: fa3` is not supported"),
         ({"remove_unused_columns": True}, "`remove_unused_columns` is set by fastsft train itself"),
     ],
@@ -219,6 +246,52 @@ def test_unsupported_llamafactory_keys_fail_clearly(values: dict[str, object], e
     with pytest.raises(ConfigError) as info:
         config_from_mapping(minimal(**values))
     assert expected in str(info.value)
+
+
+def refused_keys() -> list[tuple[str, object]]:
+    """Every key the tables refuse, with a value they refuse."""
+    wrong = {str: "other", bool: None, type(None): "something", float: 0.5}
+    cases = [
+        (key, wrong[type(expected)] if not isinstance(expected, bool) else not expected)
+        for key, (expected, _) in REQUIRED_VALUES.items()
+    ]
+    cases += [(key, 1) for key in sorted(LLAMAFACTORY_UNSUPPORTED)]
+    cases += [(prefix + "x", 1) for prefix in LLAMAFACTORY_UNSUPPORTED_PREFIXES]
+    return cases
+
+
+@pytest.mark.parametrize(("key", "value"), refused_keys())
+def test_every_refused_key_fails_with_one_line(key: str, value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(minimal(**{key: value}))
+    message = str(info.value)
+    assert "\n" not in message and f"`{key}" in message, message
+
+
+def test_eval_and_mixing_keys_are_no_longer_refused() -> None:
+    refused = set(REQUIRED_VALUES) | set(IGNORED_KEYS) | LLAMAFACTORY_UNSUPPORTED
+    eval_keys = {"val_size", "eval_dataset", "eval_on_each_dataset", "mix_strategy", "interleave_probs"}
+    eval_keys |= {"eval_strategy", "eval_steps", "per_device_eval_batch_size", "do_eval"}
+    assert not refused & eval_keys
+    config = config_from_mapping(
+        minimal(
+            val_size=0.1,
+            eval_strategy="steps",
+            eval_steps=5,
+            per_device_eval_batch_size=2,
+            load_best_model_at_end=True,
+            metric_for_best_model="eval_loss",
+            save_steps=10,
+        )
+    )
+    assert config.data.val_size == 0.1
+    assert config.extra_training_args == {
+        "eval_strategy": "steps",
+        "eval_steps": 5,
+        "per_device_eval_batch_size": 2,
+        "load_best_model_at_end": True,
+        "metric_for_best_model": "eval_loss",
+    }
 
 
 def test_harmless_llamafactory_keys() -> None:
@@ -242,11 +315,11 @@ def test_harmless_llamafactory_keys() -> None:
     assert config.attn == "flash_attention_2"
     assert config.gradient_checkpointing is False
     assert config.plot_loss is False and config.data.preprocessing_num_workers == 8
-    assert len(config.notices) == 4  # stage, finetuning_type, overwrite_cache, per_device_eval_batch_size
+    assert len(config.notices) == 3  # stage, finetuning_type, overwrite_cache
 
 
 def test_llamafactory_values_given_as_overrides() -> None:
-    config = load_config(TINY_YAML, ["stage=sft", "do_train=true", "val_size=0"])
+    config = load_config(TINY_YAML, ["stage=sft", "do_train=true", "val_size=0", "eval_strategy=no"])
     assert any("stage: sft" in notice for notice in config.notices)
     with pytest.raises(ConfigError, match="`stage: ppo` is not supported"):
         load_config(TINY_YAML, ["stage=ppo"])
@@ -254,7 +327,8 @@ def test_llamafactory_values_given_as_overrides() -> None:
 
 def test_training_arguments_pass_through_typed() -> None:
     config = load_config(TINY_YAML, ["weight_decay=0.05", "max_grad_norm=0.5", "save_only_model=true"])
-    assert config.extra_training_args == {"weight_decay": 0.05, "max_grad_norm": 0.5, "save_only_model": True}
+    passed = {"weight_decay": 0.05, "max_grad_norm": 0.5, "save_only_model": True}
+    assert config.extra_training_args == {**load_config(TINY_YAML).extra_training_args, **passed}
     with pytest.raises(ConfigError, match="`weight_decay` expects a number"):
         load_config(TINY_YAML, ["weight_decay=heavy"])
 

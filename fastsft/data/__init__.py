@@ -17,6 +17,8 @@ _HOMES = {
     "build_dataset": "pipeline",
     "build_to_disk": "pipeline",
     "make_encoder": "pipeline",
+    "plan_splits": "splitting",
+    "split_names": "splitting",
 }
 __all__ = sorted(_HOMES)
 

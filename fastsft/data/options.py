@@ -15,9 +15,10 @@ from typing import Any, Literal
 from fastsft.errors import ConfigError
 from fastsft.options import coerce, option
 
-__all__ = ["DATA_KEYS", "DataArgs", "PackingStrategy", "data_args_from_mapping"]
+__all__ = ["DATA_KEYS", "DataArgs", "MixStrategy", "PackingStrategy", "data_args_from_mapping"]
 
 PackingStrategy = Literal["llamafactory", "bfd"]
+MixStrategy = Literal["concat", "interleave_under", "interleave_over", "interleave_once"]
 
 
 @dataclass
@@ -42,6 +43,20 @@ class DataArgs:
     enable_thinking: bool | None = option(True, "reasoning templates: keep or drop thoughts (null: unset)")
     preserve_thinking: bool = option(False, "reasoning templates: keep history thoughts under mask_history")
     max_samples: int | None = option(None, "read at most this many samples per dataset")
+    mix_strategy: MixStrategy = option(
+        "concat", "how several datasets are merged: concat, or interleave_under / interleave_over"
+    )
+    interleave_probs: str | list[float] | None = option(
+        None, "interleave: the chance of drawing from each dataset, comma-separated (null: round robin)"
+    )
+    val_size: float = option(
+        0.0, "validation split: a fraction in (0, 1) or a number of samples (split after mixing, by seed)"
+    )
+    eval_dataset: str | list[str] | None = option(
+        None, "validation datasets (instead of val_size), mixed like dataset; comma-separated or repeated"
+    )
+    eval_on_each_dataset: bool = option(False, "keep every eval_dataset a split of its own (validation_NAME)")
+    seed: int = option(42, "seed of the val_size split and of interleaving (fastsft train: also of training)")
     preprocessing_batch_size: int = option(
         1000, "samples per preprocessing batch (LLaMA-Factory packs per batch)"
     )
@@ -80,8 +95,35 @@ class DataArgs:
                 raise ConfigError(f"`{name}` must be at least 1, got {value}")
         if self.neat_packing:
             self.packing = True
+        self._check_mixing_and_splits()
         if self.packing_strategy == "bfd" and not self.packing:  # llamafactory is the default anyway
             raise ConfigError(f"`packing_strategy: {self.packing_strategy}` needs `packing: true`")
+
+    def _check_mixing_and_splits(self) -> None:
+        """LLaMA-Factory's ``DataArguments`` checks of the eval and mixing keys (``interleave_probs``
+        becomes a list of floats)."""
+        if self.val_size > 1e-6 and not self.dataset:
+            raise ConfigError("`val_size` needs `dataset` (it splits the training datasets)")
+        if self.val_size > 1e-6 and self.eval_dataset:
+            raise ConfigError("set either `val_size` or `eval_dataset`, not both (as in LLaMA-Factory)")
+        if self.interleave_probs is None:
+            return
+        if self.mix_strategy == "concat":
+            raise ConfigError("`interleave_probs` needs an interleave `mix_strategy` (it is `concat`)")
+        if isinstance(self.interleave_probs, str):
+            try:
+                self.interleave_probs = [float(p) for p in self.interleave_probs.split(",")]
+            except ValueError:
+                raise ConfigError(
+                    f"`interleave_probs` must be comma-separated numbers, got {self.interleave_probs!r}"
+                ) from None
+        for key in ("dataset", "eval_dataset"):
+            names = getattr(self, key)
+            count = len(names.split(",") if isinstance(names, str) else names) if names else None
+            if count is not None and count != len(self.interleave_probs):
+                raise ConfigError(
+                    f"`interleave_probs` has {len(self.interleave_probs)} values for {count} `{key}` entries"
+                )
 
     @property
     def effective_cutoff_len(self) -> int:

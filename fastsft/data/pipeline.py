@@ -35,9 +35,10 @@ from fastsft.data.provenance import describe, tokenizer_fingerprint
 from fastsft.data.reading import iter_batches
 from fastsft.data.registry import input_paths, resolve_datasets
 from fastsft.data.rows import RowBuilder, empty_table
+from fastsft.data.splitting import TRAIN, SplitSource, plan_splits
 from fastsft.data.templates import Template, fix_tokenizer, get_template
 from fastsft.data.workers import encoded_batches
-from fastsft.errors import DataError
+from fastsft.errors import ConfigError, DataError
 from fastsft.kernels import resolve_encode_path
 
 __all__ = ["build_dataset", "build_to_disk", "check_output", "make_encoder", "make_template"]
@@ -90,6 +91,8 @@ def build_dataset(
     args: DataArgs,
     tokenizer: Any,
     *,
+    split: str = TRAIN,
+    source: SplitSource | None = None,
     cache_file: str | None = None,
     progress: bool = False,
     workers: int | None = None,
@@ -101,7 +104,8 @@ def build_dataset(
     memory does not grow with the dataset (BFD packing, which needs every length first, keeps 16
     bytes a sample and spills the tokens to a temporary folder beside ``cache_file``).
     ``workers`` (default ``args.preprocessing_num_workers`` or 1) encodes batches in that many
-    processes, in order, with a bounded queue.
+    processes, in order, with a bounded queue. ``split`` names the split of ``args`` to build
+    (``fastsft.data.splitting.split_names``); ``source``, when given, is its planned samples.
     """
     import datasets
     from datasets.arrow_writer import ArrowWriter
@@ -109,7 +113,13 @@ def build_dataset(
     start = time.perf_counter()
     encoder = make_encoder(args, tokenizer)
     summary = Summary(encode_path=encoder.encode_path, tokenizer_backend=encoder.tokenizer_backend.name)
-    attrs = resolve_datasets(args.require_dataset(), args.dataset_dir)
+    if source is None:
+        args.require_dataset()
+        plan = plan_splits(args)
+        if split not in plan:
+            raise ConfigError(f"no split {split!r} (the splits are {', '.join(plan)})")
+        source = plan[split]
+    attrs = source.attrs
     rows = RowBuilder(
         encoder.kernels,
         summary,
@@ -127,6 +137,8 @@ def build_dataset(
         batch_size=args.preprocessing_batch_size,
         policy=encoder.policy,
         summary=summary,
+        order=source.order,
+        lengths=source.lengths,
     )
     bar = _progress_bar(progress)
 
@@ -168,8 +180,10 @@ def build_dataset(
 
 def check_output(args: DataArgs, output: Path, *, overwrite: bool, tokenizer_dir: str | None) -> None:
     """Refuse ``output`` when it is, holds or lies inside an input (dataset files, ``dataset_dir``,
-    ``tokenizer_dir``) or the working directory, or when it exists and may not be replaced."""
-    attrs = resolve_datasets(args.require_dataset(), args.dataset_dir)
+    ``tokenizer_dir``, the eval datasets too) or the working directory, or when it exists and may
+    not be replaced."""
+    names = [names for names in (args.dataset, args.eval_dataset) if names]
+    attrs = [attr for group in names for attr in resolve_datasets(group, args.dataset_dir)]
     inputs = [Path(path) for path in input_paths(attrs, args.dataset_dir)]
     if tokenizer_dir and Path(tokenizer_dir).is_dir():
         inputs.append(Path(tokenizer_dir))
@@ -186,8 +200,10 @@ def build_to_disk(
     progress: bool = False,
     workers: int | None = None,
     notice: Callable[[str], None] | None = None,
-) -> Summary:
-    """``build_dataset`` saved as ``DatasetDict({"train": ...})`` at ``output``, without risking data.
+) -> dict[str, Summary]:
+    """``build_dataset`` of every split saved as ``DatasetDict({"train": ..., "validation": ...})``
+    at ``output`` (LLaMA-Factory's ``tokenized_path`` layout), without risking data; returns each
+    split's ``Summary``.
 
     ``output`` may not be an input or hold one (``check_output_path``). Rows stream to a cache
     file in a locked temporary folder beside ``output`` (memory stays flat), ``save_to_disk``
@@ -203,18 +219,21 @@ def build_to_disk(
     fingerprint = tokenizer_fingerprint(tokenizer)  # before build_dataset fixes the tokenizer
     try:
         with staged_output(output, overwrite=overwrite, notice=notice) as staged:
-            dataset, summary = build_dataset(
-                args,
-                tokenizer,
-                cache_file=str(staged.workdir / "rows.arrow"),
-                progress=progress,
-                workers=workers,
-            )
+            splits, summaries = {}, {}
+            for name, source in plan_splits(args).items():
+                splits[name], summaries[name] = build_dataset(
+                    args,
+                    tokenizer,
+                    source=source,
+                    cache_file=str(staged.workdir / f"{name}.arrow"),
+                    progress=progress,
+                    workers=workers,
+                )
             bars_were_disabled = datasets.are_progress_bars_disabled()
             if not progress:
                 datasets.disable_progress_bars()  # save_to_disk has no switch of its own
             try:
-                datasets.DatasetDict({"train": dataset}).save_to_disk(str(staged.dataset))
+                datasets.DatasetDict(splits).save_to_disk(str(staged.dataset))
             finally:
                 if not bars_were_disabled:
                     datasets.enable_progress_bars()
@@ -222,7 +241,7 @@ def build_to_disk(
     except OSError as err:
         action = f"write {output}" if _is_output_side(err.filename, output) else "read an input"
         raise OutputError(os_error_line(err, action)) from None
-    return summary
+    return summaries
 
 
 def _is_output_side(filename: Any, output: Path) -> bool:

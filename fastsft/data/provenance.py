@@ -31,6 +31,8 @@ __all__ = [
 
 # Options that choose how a run works, not what it writes.
 NOT_RECORDED = ("tokenized_path", "preprocessing_num_workers", "backend", "tokenizer_backend")
+# Recorded, but not named as ignored: the seed drives training too, so changing it has an effect.
+NOT_COMPARED = (*NOT_RECORDED, "seed")
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -77,7 +79,7 @@ def ignored_options(record: dict[str, Any] | None, args: DataArgs) -> list[str]:
     return [
         f"{key} {current[key]!r} (saved: {saved[key]!r})"
         for key in sorted(saved)
-        if key in current and key not in NOT_RECORDED and _normal(current[key]) != _normal(saved[key])
+        if key in current and key not in NOT_COMPARED and _normal(current[key]) != _normal(saved[key])
     ]
 
 

@@ -8,8 +8,11 @@ are handed to the ``SamplePolicy`` (counted, or raised) and left out of the batc
 from __future__ import annotations
 
 import itertools
+import pickle
 from collections.abc import Iterator
 from typing import Any
+
+import numpy as np
 
 from fastsft.data.accounting import SamplePolicy, SampleRef, Summary
 from fastsft.data.formats import Conversation, Dropped, convert
@@ -22,13 +25,58 @@ Batch = tuple[list[Conversation], list[SampleRef]]
 
 
 def iter_samples(
-    attrs: list[DatasetAttr], dataset_dir: str, max_samples: int | None
+    attrs: list[DatasetAttr],
+    dataset_dir: str,
+    max_samples: int | None,
+    order: np.ndarray | None = None,
+    lengths: list[int] | None = None,
 ) -> Iterator[tuple[DatasetAttr, SampleRef, dict[str, Any]]]:
-    """Raw rows of every dataset in order, each with where it came from."""
+    """Raw rows of every dataset in turn, or in ``order`` (indices into the concatenation of the
+    datasets, which have ``lengths`` rows), each with where it came from.
+
+    A dataset whose rows ``order`` visits in increasing order is streamed; one visited out of
+    order (a ``val_size`` split, oversampling) is held in memory, each row pickled.
+    """
     positions = itertools.count()
-    for attr in attrs:
-        for index, row in enumerate(iter_rows(attr, dataset_dir, max_samples=max_samples)):
-            yield attr, SampleRef(attr.name, index, next(positions)), row
+    if order is None:
+        for attr in attrs:
+            for index, row in enumerate(iter_rows(attr, dataset_dir, max_samples=max_samples)):
+                yield attr, SampleRef(attr.name, index, next(positions)), row
+        return
+    if lengths is None or len(lengths) != len(attrs):
+        raise ValueError("an order needs the row count of every dataset")
+    counts = np.asarray(lengths, dtype=np.int64)
+    ends = np.cumsum(counts)
+    sources = np.searchsorted(ends, order, side="right")
+    indices = order - (ends - counts)[sources]
+    readers = [
+        _RowReader(
+            attr, dataset_dir, max_samples, increasing=bool(np.all(np.diff(indices[sources == k]) > 0))
+        )
+        for k, attr in enumerate(attrs)
+    ]
+    for source, index in zip(sources.tolist(), indices.tolist()):
+        attr = attrs[source]
+        yield attr, SampleRef(attr.name, index, next(positions)), readers[source].row(index)
+
+
+class _RowReader:
+    """Rows of one dataset by index: a stream while indices only grow, else every row held, pickled."""
+
+    def __init__(
+        self, attr: DatasetAttr, dataset_dir: str, max_samples: int | None, *, increasing: bool
+    ) -> None:
+        self.rows = iter_rows(attr, dataset_dir, max_samples=max_samples)
+        self.next_index = 0
+        self.held = None if increasing else [pickle.dumps(row, 5) for row in self.rows]
+
+    def row(self, index: int) -> dict[str, Any]:
+        if self.held is not None:
+            return pickle.loads(self.held[index])
+        for _ in range(index - self.next_index):  # rows the order leaves out
+            next(self.rows)
+        self.next_index = index + 1
+        return next(self.rows)
 
 
 def iter_batches(
@@ -39,12 +87,15 @@ def iter_batches(
     batch_size: int,
     policy: SamplePolicy,
     summary: Summary,
+    order: np.ndarray | None = None,
+    lengths: list[int] | None = None,
 ) -> Iterator[Batch]:
-    """Preprocessing batches of valid conversations; invalid rows go to ``policy``."""
+    """Preprocessing batches of valid conversations (rows in ``order``, see ``iter_samples``);
+    invalid rows go to ``policy``."""
     convs: list[Conversation] = []
     refs: list[SampleRef] = []
     raw_in_batch = 0
-    for attr, ref, row in iter_samples(attrs, dataset_dir, max_samples):
+    for attr, ref, row in iter_samples(attrs, dataset_dir, max_samples, order, lengths):
         summary.examples_in += 1
         raw_in_batch += 1
         try:

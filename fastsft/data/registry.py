@@ -412,3 +412,8 @@ def iter_rows(
         rows = _iter_with_datasets(data_type, data_files, attr.label)
 
     return rows if max_samples is None else itertools.islice(rows, max_samples)
+
+
+def count_rows(attr: DatasetAttr, dataset_dir: str | None = None, *, max_samples: int | None = None) -> int:
+    """How many rows ``iter_rows`` yields (one read of the dataset)."""
+    return sum(1 for _ in iter_rows(attr, dataset_dir, max_samples=max_samples))

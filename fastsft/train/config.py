@@ -4,7 +4,7 @@
 dataclass (YAML values and override strings alike), misspelt keys fail with the closest valid
 names, and a LLaMA-Factory full-SFT YAML runs as is: ``stage: sft`` / ``finetuning_type: full``
 are accepted with a notice, LLaMA-Factory options fastsft does not implement (LoRA, DPO,
-quantization, evaluation, ...) fail clearly, and any other Hugging Face ``TrainingArguments``
+quantization, generation, ...) fail clearly, and any other Hugging Face ``TrainingArguments``
 field (``weight_decay``, ``ddp_timeout``, ``save_only_model``, ...) is passed through.
 """
 
@@ -37,6 +37,8 @@ CONFIG.yaml uses LLaMA-Factory's key names (a LLaMA-Factory full-SFT YAML runs a
             gradient_checkpointing, logging_steps, save_steps, save_total_limit,
             resume_from_checkpoint, deepspeed (path | z2 | z3 | z3_offload), seed, report_to,
             chunked_loss, loss_chunk_tokens, cpu_threads
+  eval:     val_size | eval_dataset (eval_on_each_dataset), eval_strategy, eval_steps,
+            per_device_eval_batch_size, do_eval, load_best_model_at_end, metric_for_best_model
 Any other transformers TrainingArguments field (weight_decay, ddp_timeout, ...) is passed through.
 Multi-GPU: torchrun --nproc_per_node N -m fastsft train CONFIG.yaml  (see docs/training.md)
 """
@@ -83,7 +85,6 @@ class TrainConfig:
     save_total_limit: int | None = None
     resume_from_checkpoint: bool | str | None = None  # true: last checkpoint in output_dir
     deepspeed: str | None = None  # a JSON path, or z2 / z3 / z3_offload
-    seed: int = 42
     report_to: str | list[str] = "none"
     plot_loss: bool = True  # write training_loss.png
     chunked_loss: bool = True  # cross-entropy without the full logits where exact (fastsft.train.loss)
@@ -115,23 +116,17 @@ IGNORED_KEYS = {
     "use_fast_tokenizer": "the tokenizer folder decides",
     "print_param_status": "no effect on training",
     "data_shared_file_system": "no effect on training",
-    "per_device_eval_batch_size": "fastsft train does not evaluate",
-    "eval_steps": "fastsft train does not evaluate",
 }
 # Keys accepted only with the value that means "off" (anything else fails clearly).
 REQUIRED_VALUES: dict[str, tuple[Any, str]] = {
     "stage": ("sft", "fastsft train does supervised fine-tuning only"),
     "finetuning_type": ("full", "fastsft train does full-parameter fine-tuning only"),
     "do_train": (True, "fastsft train always trains"),
-    "do_eval": (False, "fastsft train does not evaluate"),
     "do_predict": (False, "fastsft train does not predict"),
     "predict_with_generate": (False, "fastsft train does not predict"),
-    "eval_strategy": ("no", "fastsft train does not evaluate"),
-    "val_size": (0.0, "fastsft train does not evaluate"),
-    "eval_dataset": (None, "fastsft train does not evaluate"),
     "streaming": (False, "fastsft builds map-style datasets"),
     "disable_shuffling": (False, "samples are always shuffled"),
-    "compute_accuracy": (False, "fastsft train does not evaluate"),
+    "compute_accuracy": (False, "fastsft train evaluates the loss only"),
     "ignore_pad_token_for_loss": (True, "padding never counts in the loss"),
     "pure_bf16": (False, "weights stay fp32 with bf16 autocast (or DeepSpeed bf16)"),
     "use_unsloth": (False, "not supported"),
@@ -148,7 +143,7 @@ LLAMAFACTORY_UNSUPPORTED = frozenset(
     cache_dir split_special_tokens add_tokens add_special_tokens new_special_tokens_config init_special_tokens
     model_revision rope_scaling mixture_of_depths moe_aux_loss_coef upcast_layernorm upcast_lmhead_output
     infer_backend offload_folder infer_dtype hf_hub_token ms_hub_token om_hub_token double_quantization
-    media_dir mix_strategy interleave_probs buffer_size eval_num_beams eval_on_each_dataset
+    media_dir buffer_size eval_num_beams
     early_stopping_steps ray_num_workers ray_init_kwargs enable_torch_profiler hyper_parallel_args""".split()  # noqa: SIM905
 )
 LLAMAFACTORY_UNSUPPORTED_PREFIXES = (
@@ -242,6 +237,9 @@ def _translate_llamafactory_keys(values: dict[str, Any], notices: list[str]) -> 
         if key in values:
             notices.append(f"ignoring `{key}` ({reason})")
             del values[key]
+    for key in ("eval_strategy", "save_strategy", "logging_strategy"):
+        if values.get(key) is False:  # YAML 1.1 reads a bare `no` as false
+            values[key] = "no"
     if "flash_attn" in values:
         value = str(values.pop("flash_attn"))
         if value not in FLASH_ATTN_TO_ATTN:
@@ -293,6 +291,13 @@ def _training_args_hints() -> dict[str, Any]:
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(TrainingArguments) if f.init}
 
 
+def evaluates(config: TrainConfig) -> bool:
+    """Whether training evaluates: ``do_eval``, or an ``eval_strategy`` other than ``no`` (as in ``TrainingArguments``)."""
+    extra = config.extra_training_args
+    strategy = str(getattr(extra.get("eval_strategy"), "value", extra.get("eval_strategy", "no")))
+    return bool(extra.get("do_eval")) or strategy.lower() != "no"
+
+
 def resolve_deepspeed(value: str) -> str:
     """A DeepSpeed config path: ``z2`` / ``z3`` / ``z3_offload`` are the bundled ones."""
     if value in DEEPSPEED_SHORTHANDS:
@@ -326,6 +331,14 @@ def _validate(config: TrainConfig) -> None:
     if not data.dataset and not (data.tokenized_path and Path(data.tokenized_path).exists()):
         raise ConfigError(
             "no dataset given: set dataset (names in dataset_info.json) or an existing tokenized_path"
+        )
+    if evaluates(config) and not (
+        data.val_size > 1e-6
+        or data.eval_dataset
+        or (data.tokenized_path and Path(data.tokenized_path).exists())
+    ):
+        raise ConfigError(
+            "evaluation (do_eval / eval_strategy) needs val_size or eval_dataset (as in LLaMA-Factory)"
         )
     if config.bf16 and config.fp16:
         raise ConfigError("set only one of bf16 and fp16")

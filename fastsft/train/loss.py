@@ -99,10 +99,11 @@ def chunked_loss_unsupported(model: Any) -> str | None:
 
 
 def enable_chunked_loss(model: Any, chunk_tokens: int) -> None:
-    """Make ``model``'s training forward with ``labels`` return the chunked loss and no logits.
+    """Make ``model``'s forward with ``labels`` return the chunked loss and no logits.
 
-    Replaces ``forward`` on this instance only (wrappers such as DDP or DeepSpeed call it); in
-    eval mode, without labels or with ``logits_to_keep`` it runs the original forward.
+    Replaces ``forward`` on this instance only (wrappers such as DDP or DeepSpeed call it), in
+    training and evaluation alike (the eval loss is the training loss's); without labels or with
+    ``logits_to_keep`` (generation) it runs the original forward.
     """
     reason = chunked_loss_unsupported(model)
     if reason is not None:
@@ -110,7 +111,7 @@ def enable_chunked_loss(model: Any, chunk_tokens: int) -> None:
     original = model.forward
 
     def forward(input_ids: Any = None, labels: Any = None, **kwargs: Any) -> Any:
-        if labels is None or not model.training or kwargs.get("logits_to_keep", 0) != 0:
+        if labels is None or kwargs.get("logits_to_keep", 0) != 0:
             return original(input_ids=input_ids, labels=labels, **kwargs)
         from transformers.modeling_outputs import CausalLMOutputWithPast
 

@@ -4,13 +4,15 @@ The pieces are fastsft's own: ``build_dataset`` (or a saved ``tokenized_path``),
 (packing / padding-free, with fastsft's varlen attention) or ``PaddingCollator``, and
 ``TokenBudgetBatchSampler`` for ``max_tokens_per_batch``. The loss is transformers' token-level
 mean over every labelled token of the global batch (all packed sequences, gradient-accumulation
-steps and processes, via ``num_items_in_batch``).
+steps and processes, via ``num_items_in_batch``). Evaluation (``val_size`` / ``eval_dataset``)
+uses the same collator and loss path and is token-level over the whole eval split.
 
 Order matters under ZeRO-3: ``TrainingArguments`` (which activates ``HfDeepSpeedConfig``) is
 built before the model, so ``from_pretrained`` / ``from_config`` create it partitioned.
 
 Outputs in ``output_dir``: ``checkpoint-*`` folders, ``trainer_log.jsonl`` (one line per log),
-``metrics.json``, ``training_loss.png`` and the final model + tokenizer (``save_pretrained``).
+``metrics.json``, ``training_loss.png`` (train and eval losses) and the final model + tokenizer
+(``save_pretrained``).
 """
 
 from __future__ import annotations
@@ -32,13 +34,16 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from fastsft import IGNORE_INDEX
 from fastsft.data.options import DataArgs
+from fastsft.data.splitting import TRAIN, VALIDATION
 from fastsft.errors import ConfigError, Terminated
 from fastsft.train.config import TrainConfig, add_train_arguments, load_config
 
 TRAINER_LOG = "trainer_log.jsonl"
 METRICS_FILE = "metrics.json"
 LOSS_PLOT = "training_loss.png"
+EVAL_COLORS = ["#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]  # train is blue
 
 
 def run_train(args: argparse.Namespace | Sequence[str]) -> int:
@@ -97,6 +102,8 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
     if losses:
         metrics["final_loss"] = losses[-1]
     metrics["global_step"] = trainer.state.global_step
+    if trainer.eval_dataset is not None and trainer.args.do_eval:  # as LLaMA-Factory's run_sft
+        metrics.update(trainer.evaluate(metric_key_prefix="eval"))
     if trainer.is_world_process_zero():
         (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         if config.plot_loss:
@@ -127,18 +134,24 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()
         raise ConfigError(
             f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab_size}"
         )
-    dataset = load_train_dataset(config, tokenizer, training_args, vocab_size)
+    splits = load_datasets(config, tokenizer, training_args, vocab_size)
+    dataset = splits.pop(TRAIN)
+    eval_dataset = eval_datasets(splits, training_args)
     packed = config.uses_varlen_batches or "position_ids" in dataset.column_names
     attn_implementation = choose_attention(config, packed)
 
     from transformers import set_seed
 
-    set_seed(config.seed)  # the same random init on every run and rank
+    set_seed(config.data.seed)  # the same random init on every run and rank
     model = load_model(config, attn_implementation)
     loss_line = configure_loss(config, model)
     collator = make_collator(packed, tokenizer)
     # Token columns as numpy arrays: the compiled collators then copy buffers, not Python lists.
-    dataset = dataset.with_format("numpy", columns=[c for c in TOKEN_COLUMNS if c in dataset.column_names])
+    dataset = token_format(dataset)
+    if isinstance(eval_dataset, dict):
+        eval_dataset = {name: token_format(split) for name, split in eval_dataset.items()}
+    elif eval_dataset is not None:
+        eval_dataset = token_format(eval_dataset)
     if training_args.process_index == 0:
         batching = f"token budget {config.max_tokens_per_batch}" if config.max_tokens_per_batch else "rows"
         say(
@@ -146,10 +159,14 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()
             f"{type(collator).__name__} ({batching}), attention {attn_implementation}, "
             f"{count_parameters(model):,} parameters, {loss_line}"
         )
+        for name, split in splits.items():
+            use = "evaluated" if eval_dataset is not None else "not evaluated (set eval_strategy or do_eval)"
+            say(f"{name}: {len(split)} rows, {use}")
     return SFTTrainer(
         model=model,
         args=training_args,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         data_collator=collator,
         processing_class=tokenizer,
         callbacks=[JsonlLogCallback(Path(config.output_dir) / TRAINER_LOG), *callbacks],
@@ -253,10 +270,10 @@ def build_training_args(config: TrainConfig, uses_configured_state: bool = False
             "save_steps",
             "save_total_limit",
             "deepspeed",
-            "seed",
             "report_to",
         )
     }
+    kwargs["seed"] = config.data.seed
     field_names = {f.name for f in fields(TrainingArguments)}
     if "activation_checkpointing" in field_names:  # transformers 5 renamed it
         kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
@@ -334,20 +351,22 @@ def model_vocab_size(config: TrainConfig) -> int:
     return int(model_config.get_text_config().vocab_size)
 
 
-def load_train_dataset(
+def load_datasets(
     config: TrainConfig, tokenizer: Any, training_args: TrainingArguments, vocab_size: int
-) -> Any:
-    """``load_from_disk(tokenized_path)`` when it exists; else ``build_dataset``.
+) -> dict[str, Any]:
+    """Every split: ``train`` and any ``validation`` / ``validation_NAME`` (``fastsft.data.splitting``).
 
-    With a ``tokenized_path`` the first process streams the rows to it (``build_to_disk``: flat
-    memory, written atomically) and every process then memory-maps it; the main process goes
-    first, so the others load what it saved. Without one each process builds the rows in memory.
-    Either way the tokenizer is fixed as LLaMA-Factory does (eos, pad, stop words). A saved
-    dataset is checked against its provenance (``fastsft.data.provenance``): another tokenizer
-    or a token id at or above ``vocab_size`` is refused, ignored data options are named.
+    ``load_from_disk(tokenized_path)`` when it exists; else ``build_dataset`` per split. With a
+    ``tokenized_path`` the first process streams the rows to it (``build_to_disk``: flat memory,
+    written safely) and every process then memory-maps it; the main process goes first, so the
+    others load what it saved. Without one each process builds the rows in memory. Either way the
+    tokenizer is fixed as LLaMA-Factory does (eos, pad, stop words). A saved dataset is checked
+    against its provenance (``fastsft.data.provenance``): another tokenizer or a token id at or
+    above ``vocab_size`` is refused, ignored data options are named.
     """
     from fastsft.data.pipeline import build_dataset, build_to_disk, make_template
     from fastsft.data.provenance import tokenizer_fingerprint
+    from fastsft.data.splitting import plan_splits
     from fastsft.data.templates import fix_tokenizer
 
     data_args = config.data
@@ -361,18 +380,22 @@ def load_train_dataset(
             fix_tokenizer(make_template(data_args, tokenizer), tokenizer)
             return _load_tokenized(path, training_args, data_args, fingerprint, vocab_size)
         if path and training_args.should_save:
-            summary = build_to_disk(data_args, tokenizer, path, notice=say)
-            for line in summary.lines():
-                say(line)
-            _require_labels(summary)
+            summaries = build_to_disk(data_args, tokenizer, path, notice=say)
+            for name, summary in summaries.items():
+                for line in summary.lines():
+                    say(line if name == TRAIN else f"{name}: {line}")
+            _require_labels(summaries[TRAIN])
             say(f"saved the tokenized dataset to {path}")
             return _load_tokenized(path, training_args)
-        dataset, summary = build_dataset(data_args, tokenizer)
-        if training_args.process_index == 0:
-            for line in summary.lines():
-                say(line)
-        _require_labels(summary)
-    return dataset
+        splits = {}
+        for name, source in plan_splits(data_args).items():
+            splits[name], summary = build_dataset(data_args, tokenizer, source=source)
+            if training_args.process_index == 0:
+                for line in summary.lines():
+                    say(line if name == TRAIN else f"{name}: {line}")
+            if name == TRAIN:
+                _require_labels(summary)
+    return splits
 
 
 def _require_labels(summary: Any) -> None:
@@ -388,8 +411,8 @@ def _load_tokenized(
     data_args: DataArgs | None = None,
     fingerprint: str | None = None,
     vocab_size: int | None = None,
-) -> Any:
-    """The train split saved at ``path`` (a ``DatasetDict`` or a ``Dataset``), memory-mapped.
+) -> dict[str, Any]:
+    """The splits saved at ``path`` (a ``DatasetDict``, or a ``Dataset``: the train split), memory-mapped.
 
     With ``data_args`` (a dataset this run did not just build) it is checked first: its tokenizer
     ``fingerprint``, its token ids against ``vocab_size``, and the data options it ignores.
@@ -405,14 +428,13 @@ def _load_tokenized(
         loaded = load_from_disk(path)
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot load tokenized_path {path}: {str(err).splitlines()[0]}") from None
-    splits = dict(loaded) if isinstance(loaded, DatasetDict) else {"train": loaded}
-    if "train" not in splits:
+    splits = dict(loaded) if isinstance(loaded, DatasetDict) else {TRAIN: loaded}
+    if TRAIN not in splits:
         raise ConfigError(f"tokenized_path {path} has no train split (it has {', '.join(splits)})")
     if vocab_size is not None:
         check_token_ids(splits, vocab_size, path)
-    dataset = splits["train"]
     if training_args.process_index == 0:
-        say(f"loaded {len(dataset)} rows from {path}")
+        say(f"loaded {len(splits[TRAIN])} rows from {path}")
         if data_args is not None:
             if record is None:
                 say(
@@ -420,7 +442,27 @@ def _load_tokenized(
                 )
             elif differing := ignored_options(record, data_args):
                 say(f"data options ignored, as tokenized_path exists: {'; '.join(differing)}")
-    return dataset
+    return splits
+
+
+def eval_datasets(splits: dict[str, Any], training_args: TrainingArguments) -> Any:
+    """The eval dataset as LLaMA-Factory's ``get_dataset_module`` gives it to ``Trainer``:
+    ``validation``, else ``{NAME: validation_NAME}``; ``None`` when training does not evaluate."""
+    if not (training_args.do_eval or training_args.eval_strategy != "no"):
+        return None
+    if VALIDATION in splits:
+        return splits[VALIDATION]
+    named = {key.removeprefix(f"{VALIDATION}_"): split for key, split in splits.items()}
+    if not named:
+        raise ConfigError(
+            "evaluation (do_eval / eval_strategy) needs val_size or eval_dataset; the data has none"
+        )
+    return named
+
+
+def token_format(dataset: Any) -> Any:
+    """The token columns as numpy arrays (the compiled collators then copy buffers, not Python lists)."""
+    return dataset.with_format("numpy", columns=[c for c in TOKEN_COLUMNS if c in dataset.column_names])
 
 
 def choose_attention(config: TrainConfig, packed: bool) -> str:
@@ -532,6 +574,70 @@ class SFTTrainer(Trainer):
             shard.process_index = 0
         return prepared
 
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+        """Batches of ``per_device_eval_batch_size`` rows in order, dealt to the processes in turn.
+
+        Unlike accelerate's sharding, which repeats samples to even out the last batches, a
+        process short of a batch gets a copy of the first one weighted 0: every process runs as
+        many forward passes (ZeRO-3 gathers parameters in each), and no sample counts twice.
+        """
+        from torch.utils.data import DataLoader
+
+        if isinstance(eval_dataset, str):
+            eval_dataset = self.eval_dataset[eval_dataset]
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        if dataset is None:
+            raise ConfigError("evaluation needs an eval dataset (val_size or eval_dataset)")
+        batches = eval_batches(
+            len(dataset), self.args.per_device_eval_batch_size, self.args.world_size, self.args.process_index
+        )
+        return DataLoader(
+            WeightedRows(dataset),
+            batch_sampler=batches,
+            collate_fn=WeightedCollator(self.data_collator),
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+
+    def evaluation_loop(
+        self,
+        dataloader: Any,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> Any:
+        """Token-level eval loss: the cross-entropy summed over every labelled token of the eval
+        set (all batches, all processes) over their count, through the training loss path.
+
+        ``Trainer`` would average per-batch means instead, which depends on how the rows are
+        batched; this equals the training loss's definition (``num_items_in_batch``), so packed,
+        padding-free and padded evaluation of the same samples agree.
+        """
+        from transformers.trainer_utils import EvalLoopOutput
+
+        model = self._wrap_model(self.model, training=False)
+        model.eval()
+        totals = torch.zeros(2, dtype=torch.float64, device=self.args.device)
+        one = torch.ones((), device=self.args.device)
+        with torch.no_grad():
+            for inputs in dataloader:
+                weight = inputs.pop(EVAL_WEIGHT)
+                inputs = self._prepare_inputs(inputs)
+                labelled = inputs["labels"][..., 1:].ne(IGNORE_INDEX).sum()
+                with self.compute_loss_context_manager():
+                    loss_sum = model(**inputs, num_items_in_batch=one).loss  # a sum: divided by 1
+                totals += weight * torch.stack([loss_sum.detach().double(), labelled.double()])
+                self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
+        totals = self.accelerator.reduce(totals, reduction="sum")
+        loss = (totals[0] / totals[1]).item() if totals[1] > 0 else float("nan")
+        return EvalLoopOutput(
+            predictions=None,
+            label_ids=None,
+            metrics={f"{metric_key_prefix}_loss": loss},
+            num_samples=len(dataloader.dataset),
+        )
+
     def training_step(
         self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None
     ) -> torch.Tensor:
@@ -552,6 +658,51 @@ class SFTTrainer(Trainer):
             self._pending_tokens.zero_()
             self._window_start = now
         super().log(logs, start_time)
+
+
+EVAL_WEIGHT = "fastsft_eval_weight"
+
+
+def eval_batches(rows: int, batch_size: int, world_size: int, rank: int) -> list[list[int]]:
+    """This process's eval batches: consecutive ``batch_size`` rows, batch ``i`` on process ``i % world_size``.
+
+    Every process gets the same number of batches; one short of a batch gets batch 0 again, its
+    indices offset by ``rows`` to mark it as weight 0 (``WeightedRows``).
+    """
+    if batch_size < 1:
+        raise ConfigError(f"`per_device_eval_batch_size` must be at least 1, got {batch_size}")
+    batches = [list(range(start, min(start + batch_size, rows))) for start in range(0, rows, batch_size)]
+    if not batches:
+        return []
+    per_rank = -(-len(batches) // world_size)
+    mine = batches[rank::world_size]
+    return mine + [[rows + i for i in batches[0]]] * (per_rank - len(mine))
+
+
+class WeightedRows(torch.utils.data.Dataset):
+    """Rows of a dataset with their weight: index ``i >= len`` is row ``i - len`` weighted 0."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        rows = len(self.dataset)
+        return self.dataset[index % rows], int(index < rows)
+
+
+class WeightedCollator:
+    """The training collator over ``WeightedRows`` items; the batch's weight under ``EVAL_WEIGHT``."""
+
+    def __init__(self, collator: Any) -> None:
+        self.collator = collator
+
+    def __call__(self, items: Sequence[tuple[Any, int]]) -> dict[str, Any]:
+        batch = self.collator([row for row, _ in items])
+        batch[EVAL_WEIGHT] = min(weight for _, weight in items)
+        return batch
 
 
 def sample_lengths(dataset: Any) -> np.ndarray:
@@ -600,22 +751,30 @@ class JsonlLogCallback(TrainerCallback):
 
 
 def plot_loss(log_history: list[dict[str, Any]], path: Path) -> None:
-    """Training loss per step (raw and exponentially smoothed) as a PNG, drawn with matplotlib's Agg."""
+    """Training loss per step (raw and exponentially smoothed) and every eval loss (``eval_loss``,
+    ``eval_NAME_loss``) on one figure, as a PNG drawn with matplotlib's Agg."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     points = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
-    if not points:
+    eval_keys = sorted(
+        {key for entry in log_history for key in entry if key.startswith("eval") and key.endswith("_loss")}
+    )
+    if not points and not eval_keys:
         return
-    steps, losses = zip(*points)
     figure, axes = plt.subplots(figsize=(6.4, 4.0))
-    axes.plot(steps, losses, color="#1f77b4", alpha=0.4, label="loss")
-    axes.plot(steps, smooth(list(losses)), color="#1f77b4", label="smoothed")
+    if points:
+        steps, losses = zip(*points)
+        axes.plot(steps, losses, color="#1f77b4", alpha=0.4, label="loss")
+        axes.plot(steps, smooth(list(losses)), color="#1f77b4", label="smoothed")
+    for key, color in zip(eval_keys, EVAL_COLORS * len(eval_keys)):
+        evals = sorted({entry["step"]: entry[key] for entry in log_history if key in entry}.items())
+        axes.plot(*zip(*evals), color=color, marker="o", markersize=4, label=key)
     axes.set_xlabel("step")
     axes.set_ylabel("loss")
-    axes.set_title("training loss")
+    axes.set_title("training and evaluation loss" if eval_keys else "training loss")
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)

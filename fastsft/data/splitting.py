@@ -1,0 +1,113 @@
+"""The splits of a run and the raw samples each holds, in order, as LLaMA-Factory 0.9.5's ``get_dataset``.
+
+LLaMA-Factory merges the datasets (``fastsft.data.mixing``), then splits the merged raw rows,
+before tokenizing: ``val_size`` is ``Dataset.train_test_split(test_size, seed=seed)`` (an int
+above 1 is a row count, else a fraction), whose ``train`` split keeps the shuffled order; an
+``eval_dataset`` list is merged like ``dataset`` (``validation``), or kept one split per dataset
+with ``eval_on_each_dataset`` (``validation_NAME``). Each split is then tokenized (and packed)
+on its own, so a split's preprocessing batches are its own rows in its own order.
+
+A ``SplitSource`` names the datasets of a split and the order of their rows as indices into
+their concatenation (``None``: all rows, in order, streamed without counting them first).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastsft.data.mixing import mixed_order
+from fastsft.data.options import DataArgs
+from fastsft.data.registry import DatasetAttr, count_rows, resolve_datasets
+from fastsft.errors import ConfigError
+
+__all__ = ["TRAIN", "VALIDATION", "SplitSource", "plan_splits", "split_names", "train_test_indices"]
+
+TRAIN = "train"
+VALIDATION = "validation"
+
+
+@dataclass
+class SplitSource:
+    """The raw samples of one split: rows of ``attrs``, in ``order`` (concatenation indices) or all in turn."""
+
+    attrs: list[DatasetAttr]
+    order: np.ndarray | None = None
+    lengths: list[int] | None = None  # rows of each dataset (after max_samples), given with an order
+
+
+def split_names(args: DataArgs) -> list[str]:
+    """The splits ``args`` make, in LLaMA-Factory's ``DatasetDict`` order."""
+    names = [TRAIN] if args.dataset else []
+    if args.val_size > 1e-6:
+        names.append(VALIDATION)
+    elif args.eval_dataset and args.eval_on_each_dataset:
+        names += [f"{VALIDATION}_{attr}" for attr in _names(args.eval_dataset)]
+    elif args.eval_dataset:
+        names.append(VALIDATION)
+    return names
+
+
+def train_test_indices(n: int, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``datasets.Dataset.train_test_split(test_size, seed=seed)``'s (train, test) indices for ``n`` rows.
+
+    ``val_size`` above 1 is a count (LLaMA-Factory passes ``int(val_size)``), else a fraction (rounded up).
+    """
+    if val_size > 1:
+        n_test = int(val_size)
+        if n_test >= n:
+            raise ConfigError(f"`val_size: {n_test}` leaves no training samples (the datasets have {n})")
+    else:
+        if val_size >= 1:
+            raise ConfigError(f"`val_size: {val_size}` must be a fraction below 1 or a sample count above 1")
+        n_test = math.ceil(val_size * n)
+    n_train = n - n_test
+    if n_train == 0:
+        raise ConfigError(f"`val_size: {val_size}` leaves no training samples (the datasets have {n})")
+    permutation = np.random.default_rng(seed).permutation(n)
+    return permutation[n_test : n_test + n_train], permutation[:n_test]
+
+
+def plan_splits(args: DataArgs) -> dict[str, SplitSource]:
+    """Every split of ``args`` (``split_names``) with its raw samples in LLaMA-Factory's order.
+
+    Rows are counted (one read of each dataset) only where an order depends on the counts:
+    interleaving or ``val_size``.
+    """
+    splits: dict[str, SplitSource] = {}
+    if args.dataset:
+        merged = _merged(args, resolve_datasets(args.require_dataset(), args.dataset_dir))
+        if args.val_size > 1e-6:
+            lengths = merged.lengths or _lengths(args, merged.attrs)
+            order = np.arange(sum(lengths)) if merged.order is None else merged.order
+            train, test = train_test_indices(len(order), args.val_size, args.seed)
+            splits[TRAIN] = SplitSource(merged.attrs, order[train], lengths)
+            splits[VALIDATION] = SplitSource(merged.attrs, order[test], lengths)
+        else:
+            splits[TRAIN] = merged
+    if args.eval_dataset:
+        attrs = resolve_datasets(args.eval_dataset, args.dataset_dir)
+        if args.eval_on_each_dataset:
+            for attr in attrs:
+                splits[f"{VALIDATION}_{attr.name}"] = SplitSource([attr])
+        else:
+            splits[VALIDATION] = _merged(args, attrs)
+    return splits
+
+
+def _merged(args: DataArgs, attrs: list[DatasetAttr]) -> SplitSource:
+    if len(attrs) == 1 or args.mix_strategy == "concat":
+        return SplitSource(attrs)
+    lengths = _lengths(args, attrs)
+    probs = None if args.interleave_probs is None else list(args.interleave_probs)
+    return SplitSource(attrs, mixed_order(lengths, args.mix_strategy, probs, args.seed), lengths)
+
+
+def _lengths(args: DataArgs, attrs: list[DatasetAttr]) -> list[int]:
+    return [count_rows(attr, args.dataset_dir, max_samples=args.max_samples) for attr in attrs]
+
+
+def _names(names: str | list[str]) -> list[str]:
+    return [name.strip() for name in (names.split(",") if isinstance(names, str) else names)]
