@@ -2,7 +2,7 @@
 
 Run with the reference environment::
 
-    /work/venv-lf/bin/python scripts/make_goldens.py [--qwen2 PATH] [--jobs N]
+    /work/venv-lf/bin/python scripts/make_goldens.py [--qwen2 PATH] [--llama3 PATH] [--jobs N] [--only GLOB]
 
 Every case runs LLaMA-Factory's own SFT data path exactly as ``llamafactory.train.sft.run_sft``
 does before it loads a model: ``load_tokenizer(model_args)`` ->
@@ -49,6 +49,9 @@ DATASET_DIR = "tests/data"  # relative to the repository root, as stored in the 
 GOLDEN_DIR = REPO_ROOT / "tests" / "goldens"
 FIXTURE_TOKENIZER = REPO_ROOT / "examples" / "tiny" / "tokenizer"
 DEFAULT_QWEN2 = REPO_ROOT.parent / "shared" / "tokenizers" / "qwen2"
+DEFAULT_LLAMA3 = REPO_ROOT / ".cache" / "tokenizers" / "llama3"  # scripts/make_llama3_tokenizer.py
+# Cases run on Meta's Llama 3 tokenizer: the templates written in its special tokens.
+LLAMA3_CASE_PATTERNS = ("llama3__*", "mllama__*", "llava_next_llama3__plain")
 FORMAT_VERSION = 1
 
 FROZEN_TOOL_DATE = datetime(2024, 7, 26, 12, 0, 0)
@@ -100,6 +103,8 @@ REASONING_OPTIONS: dict[str, dict[str, Any]] = {
     "nothink": {"enable_thinking": False},
     "thinking_none": {"enable_thinking": None},
     "nothink_mask_history": {"enable_thinking": False, "mask_history": True},
+    # mask_history drops history thoughts unless preserve_thinking (set only here: not a default key)
+    "preserve_thinking_mask_history": {"preserve_thinking": True, "mask_history": True},
 }
 PACKED_TEMPLATES = {"chatglm3", "deepseek3", "gemma", "glm4", "gpt_oss", "llama4", "phi4", "qwen3_5", "yuan"}
 
@@ -378,11 +383,7 @@ def input_hashes(tokenizer_paths: dict[str, Path]) -> dict[str, str]:
         files[f"{DATASET_DIR}/{entry['file_name']}"] = data_dir / entry["file_name"]
     for name, path in tokenizer_paths.items():
         for file in sorted(p for p in path.iterdir() if p.is_file() and p.name != "LICENSE"):
-            key = (
-                file.relative_to(REPO_ROOT).as_posix()
-                if file.is_relative_to(REPO_ROOT)
-                else f"{name}/{file.name}"
-            )
+            key = file.relative_to(REPO_ROOT).as_posix() if name == "fixture" else f"{name}/{file.name}"
             files[key] = file
     return {key: sha256_of(file) for key, file in sorted(files.items())}
 
@@ -438,6 +439,12 @@ def _run_case_job(job: tuple[str, str, str, dict[str, Any]]) -> tuple[str, str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--qwen2", type=Path, default=DEFAULT_QWEN2, help="Qwen2 tokenizer directory")
+    parser.add_argument(
+        "--llama3",
+        type=Path,
+        default=DEFAULT_LLAMA3,
+        help="Llama 3 tokenizer directory (make_llama3_tokenizer.py)",
+    )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="cases run in parallel")
     parser.add_argument("--out", type=Path, default=GOLDEN_DIR, help="golden directory")
     parser.add_argument(
@@ -457,6 +464,10 @@ def main() -> None:
         tokenizer_paths["qwen2"] = options.qwen2.resolve()
     else:
         print(f"Qwen2 tokenizer not found at {options.qwen2}; keeping any existing qwen2 goldens.")
+    if options.llama3.is_dir():
+        tokenizer_paths["llama3"] = options.llama3.resolve()
+    else:
+        print(f"Llama 3 tokenizer not found at {options.llama3}; keeping any existing llama3 goldens.")
 
     cases = build_cases()
     jobs = [
@@ -464,8 +475,11 @@ def main() -> None:
         for tok, path in tokenizer_paths.items()
         for case, args in cases.items()
         if tok == "fixture"
-        or (args["template"] in TEMPLATES and case not in SPLIT_CASES)
-        or case in EXTRA_CASES
+        or (tok == "llama3" and any(fnmatch.fnmatch(case, pattern) for pattern in LLAMA3_CASE_PATTERNS))
+        or (
+            tok == "qwen2"
+            and ((args["template"] in TEMPLATES and case not in SPLIT_CASES) or case in EXTRA_CASES)
+        )
     ]
     if options.only:
         jobs = [job for job in jobs if fnmatch.fnmatch(f"{job[1]}/{job[0]}", options.only)]

@@ -42,8 +42,10 @@ CASE_KEYS = (
 )
 # Mixing and split keys: only the mix__ / split__ goldens hold them (the others use the defaults).
 SPLIT_KEYS = ("mix_strategy", "interleave_probs", "val_size", "eval_dataset", "eval_on_each_dataset", "seed")
+OPTIONAL_CASE_KEYS = ("preserve_thinking",)  # set by the cases that test it only
 SPLIT_GOLDENS = [path for path in GOLDEN_FILES if path.name.startswith(("mix__", "split__"))]
 CONTEXT_TOKENS = 12  # tokens shown on each side of the first difference
+REAL_TOKENIZERS = ("qwen2", "llama3")  # outside the repository; their cases are slow (loading them)
 
 
 def golden_id(path: Path) -> str:
@@ -52,7 +54,9 @@ def golden_id(path: Path) -> str:
 
 # Parity runs on the real Qwen2 tokenizer cost ~2 s each, mostly loading it fresh: marked slow.
 PARITY_PARAMS = [
-    pytest.param(path, id=golden_id(path), marks=[pytest.mark.slow] if path.parent.name == "qwen2" else [])
+    pytest.param(
+        path, id=golden_id(path), marks=[pytest.mark.slow] if path.parent.name in REAL_TOKENIZERS else []
+    )
     for path in GOLDEN_FILES
 ]
 
@@ -72,10 +76,12 @@ def sha256_of(path: Path) -> str:
 
 
 def golden_tokenizer_path(golden: dict[str, Any], request: pytest.FixtureRequest) -> Path:
-    """The tokenizer directory a golden was made with (the Qwen2 one skips when absent)."""
-    fixture_name = {"fixture": "fixture_tokenizer_path", "qwen2": "qwen2_tokenizer_path"}.get(
-        golden["tokenizer"]
-    )
+    """The tokenizer directory a golden was made with (the Qwen2 and Llama 3 ones skip when absent)."""
+    fixture_name = {
+        "fixture": "fixture_tokenizer_path",
+        "qwen2": "qwen2_tokenizer_path",
+        "llama3": "llama3_tokenizer_path",
+    }.get(golden["tokenizer"])
     if fixture_name is None:
         raise AssertionError(f"unknown tokenizer {golden['tokenizer']!r} in golden {golden['case']}")
     return request.getfixturevalue(fixture_name)
@@ -118,7 +124,7 @@ def golden_data_args(golden: dict[str, Any], backend: str, dataset: str | None =
         default_system=case["default_system"],
         packing_strategy="llamafactory",
         backend=backend,
-        **{key: case[key] for key in SPLIT_KEYS if key in case},
+        **{key: case[key] for key in (*SPLIT_KEYS, *OPTIONAL_CASE_KEYS) if key in case},
     )
 
 
@@ -310,7 +316,7 @@ def test_golden_internal_consistency(path: Path) -> None:
     """Goldens are self-consistent: args complete, columns aligned, labels drawn from input_ids."""
     golden = load_golden(path)
     assert golden["case"] == path.name.removesuffix(".json.gz") and golden["tokenizer"] == path.parent.name
-    extra_keys = set(golden["args"]) - set(CASE_KEYS)
+    extra_keys = set(golden["args"]) - set(CASE_KEYS) - set(OPTIONAL_CASE_KEYS)
     assert set(CASE_KEYS) <= set(golden["args"]) and extra_keys <= set(SPLIT_KEYS), sorted(golden["args"])
     assert not extra_keys or path in SPLIT_GOLDENS, f"{path.name} sets {sorted(extra_keys)}"
     assert golden["num_rows"] > 0
@@ -350,18 +356,16 @@ def test_goldens_are_current_with_repo_inputs() -> None:
     assert not stale, f"inputs changed since the goldens were made: {stale}; rerun scripts/make_goldens.py"
 
 
-def test_goldens_match_local_qwen2_tokenizer(qwen2_tokenizer_path: Path) -> None:
-    """The Qwen2 tokenizer found here is the one the qwen2 goldens were made with."""
-    recorded = {key: digest for key, digest in load_manifest()["inputs"].items() if key.startswith("qwen2/")}
-    assert recorded, "MANIFEST.json records no qwen2 tokenizer files"
-    differing = [
-        key
-        for key, digest in recorded.items()
-        if sha256_of(qwen2_tokenizer_path / key.split("/", 1)[1]) != digest
-    ]
-    assert not differing, (
-        f"Qwen2 tokenizer at {qwen2_tokenizer_path} differs from the goldens' one: {differing}"
-    )
+@pytest.mark.parametrize("name", REAL_TOKENIZERS)
+def test_goldens_match_the_local_real_tokenizers(name: str, request: pytest.FixtureRequest) -> None:
+    """The Qwen2 / Llama 3 tokenizer found here is the one their goldens were made with."""
+    path = request.getfixturevalue(f"{name}_tokenizer_path")
+    recorded = {
+        key: digest for key, digest in load_manifest()["inputs"].items() if key.startswith(f"{name}/")
+    }
+    assert recorded, f"MANIFEST.json records no {name} tokenizer files"
+    differing = [key for key, digest in recorded.items() if sha256_of(path / key.split("/", 1)[1]) != digest]
+    assert not differing, f"{name} tokenizer at {path} differs from the goldens' one: {differing}"
 
 
 def test_every_template_has_goldens() -> None:
@@ -381,7 +385,7 @@ def _refused_cases() -> list[Any]:
         golden = load_golden(path)
         for dataset, lf_error in golden.get("lf_refuses", {}).items():
             key = (golden["tokenizer"], golden["args"]["template"], dataset)
-            marks = [pytest.mark.slow] if golden["tokenizer"] == "qwen2" else []
+            marks = [pytest.mark.slow] if golden["tokenizer"] in REAL_TOKENIZERS else []
             seen.setdefault(
                 key, pytest.param(path, dataset, lf_error, id=f"{golden_id(path)}:{dataset}", marks=marks)
             )
