@@ -384,6 +384,8 @@ def _refused_cases() -> list[Any]:
     for path in GOLDEN_FILES:
         golden = load_golden(path)
         for dataset, lf_error in golden.get("lf_refuses", {}).items():
+            if any(bug in lf_error for bug in LF_INTERNAL_FAILURES):
+                continue
             key = (golden["tokenizer"], golden["args"]["template"], dataset)
             marks = [pytest.mark.slow] if golden["tokenizer"] in REAL_TOKENIZERS else []
             seen.setdefault(
@@ -391,6 +393,10 @@ def _refused_cases() -> list[Any]:
             )
     return list(seen.values())
 
+
+# LLaMA-Factory failures that are its own bugs, not bad input: fastsft builds these samples.
+# (Packing a val_size split: `datasets` fails concatenating the packed batches' Arrow tables.)
+LF_INTERNAL_FAILURES = ("Schema and number of arrays unequal",)
 
 # What fastsft's located error says for each kind of LLaMA-Factory failure.
 LF_FAILURE_WORDS = {
@@ -524,7 +530,7 @@ def test_golden_splits_through_fastsft_train(
     from transformers import AutoTokenizer, TrainingArguments
 
     from fastsft.train.config import config_from_mapping
-    from fastsft.train.trainer import load_datasets
+    from fastsft.train.trainer import load_datasets, model_vocab_size
 
     golden = load_golden(path)
     case = {key: value for key, value in golden["args"].items() if value is not None}
@@ -542,7 +548,7 @@ def test_golden_splits_through_fastsft_train(
     )
     training_args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to="none")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
-    splits = load_datasets(config, tokenizer, training_args)
+    splits = load_datasets(config, tokenizer, training_args, model_vocab_size(config))
     expected = golden_splits(golden)
     assert list(splits) == list(expected)
     for name, rows in expected.items():
