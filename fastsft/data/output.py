@@ -30,6 +30,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import glob
 import json
 import os
 import shutil
@@ -262,7 +263,7 @@ def _output_lock(output: Path) -> Iterator[None]:
 def _remove_stale_workdirs(output: Path, notice: Callable[[str], None]) -> None:
     """Remove temporary folders of ``output`` whose recorded process is gone (a killed run)."""
     host = socket.gethostname()
-    for workdir in sorted(output.parent.glob(f".{glob_escape(output.name)}.tmp-*")):
+    for workdir in sorted(output.parent.glob(f".{glob.escape(output.name)}.tmp-*")):
         try:
             owner = json.loads((workdir / OWNER_FILE).read_text(encoding="utf-8"))
             pid, owner_host = int(owner["pid"]), owner["host"]
@@ -293,10 +294,6 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def write_json_atomically(path: Path, value: Any) -> None:
