@@ -74,14 +74,19 @@ class StringFormatter(Formatter):
     def apply(self, **kwargs: Any) -> list[Slot]:
         # Like LLaMA-Factory: each value replaces its placeholder once per slot, in keyword order,
         # so a later keyword's placeholder inside an earlier value is replaced too.
+        # A slot without "{{" can gain no placeholder, so it is left as it is.
         elements: list[Slot] = []
+        checked = False
         for slot in self.slots:
             if isinstance(slot, str):
-                for name, value in kwargs.items():
-                    if not isinstance(value, str):
-                        raise DataError(f"expected a string, got {type(value).__name__} {value!r}")
-
-                    slot = slot.replace("{{" + name + "}}", value, 1)
+                if not checked:
+                    for value in kwargs.values():
+                        if not isinstance(value, str):
+                            raise DataError(f"expected a string, got {type(value).__name__} {value!r}")
+                    checked = True
+                if "{{" in slot:
+                    for name, value in kwargs.items():
+                        slot = slot.replace("{{" + name + "}}", value, 1)
                 elements.append(slot)
             elif isinstance(slot, (dict, set)):
                 elements.append(slot)
@@ -350,7 +355,7 @@ class Template:
                 elements += self.format_prefix.apply()
                 elements += self._system_slots(system, tools)
 
-            role, content, where = message["role"], message["content"], _content_field(i)
+            role, content, where = message["role"], message["content"], i
             if role == "user":
                 elements += _apply(self.format_user, where, content=content, idx=str(i // 2))
             elif role == "assistant":
@@ -373,12 +378,14 @@ class Template:
         return encoded
 
 
-def _apply(formatter: Formatter, where: str, **kwargs: Any) -> list[Slot]:
-    """``formatter.apply`` with a ``DataError`` located at ``where``."""
+def _apply(formatter: Formatter, where: str | int, **kwargs: Any) -> list[Slot]:
+    """``formatter.apply`` with a ``DataError`` located at ``where`` (a field, or a message index)."""
     try:
         return formatter.apply(**kwargs)
     except DataError as err:
-        raise DataError(err.reason, field=where) from None
+        raise DataError(
+            err.reason, field=_content_field(where) if isinstance(where, int) else where
+        ) from None
 
 
 @dataclass
@@ -398,7 +405,7 @@ class Llama2Template(Template):
                 if system_slots:
                     system_text = system_slots[0]
 
-            role, content, where = message["role"], message["content"], _content_field(i)
+            role, content, where = message["role"], message["content"], i
             if role == "user":
                 elements += _apply(self.format_user, where, content=system_text + content)
             elif role == "assistant":
