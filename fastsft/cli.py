@@ -12,6 +12,7 @@ from typing import Any
 from fastsft import __version__
 from fastsft.data.options import DATA_KEYS, DataArgs, data_args_from_mapping
 from fastsft.errors import ConfigError, FastSFTError, Terminated
+from fastsft.hf_tokenizer import load_tokenizer
 from fastsft.options import add_flags, read_yaml
 
 # Data options each command takes as flags (all of them come from fastsft.data.options.DataArgs).
@@ -51,22 +52,6 @@ def _data_options(args: argparse.Namespace, keys: tuple[str, ...]) -> tuple[Data
     if not tokenizer:
         raise ConfigError("no tokenizer given (use --tokenizer PATH or `model_name_or_path:` in --config)")
     return options, tokenizer
-
-
-def load_tokenizer(path: str) -> Any:
-    """A HF tokenizer from a local folder; never downloads."""
-    from transformers import AutoTokenizer
-
-    if not Path(path).is_dir():
-        raise ConfigError(f"tokenizer folder not found: {path}")
-    try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except Exception as err:  # transformers raises OSError, ValueError, TypeError, ... for a bad folder
-        first_line = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        raise ConfigError(
-            f"cannot load a tokenizer from {path} (it needs tokenizer.json or the files of a slow "
-            f"tokenizer, as saved by save_pretrained): {first_line.strip()}"
-        ) from None
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:

@@ -33,6 +33,15 @@ def load_tokenizer(path: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fastsft_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """fastsft's cache (``fastsft.hf_tokenizer``) in a temporary folder, for the tests and the
+    commands they start, never the user's."""
+    folder = tmp_path_factory.mktemp("fastsft-cache")
+    os.environ["FASTSFT_CACHE_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

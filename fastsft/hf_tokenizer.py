@@ -1,0 +1,121 @@
+"""Loading a HF tokenizer from a local folder, without paying for ``AutoTokenizer``'s imports twice.
+
+``AutoTokenizer.from_pretrained`` decides the tokenizer class from ``tokenizer_config.json``,
+``config.json`` and a table of exceptions, and ends with ``<class>.from_pretrained(path)``. Importing
+it imports torch (through transformers' configuration code), which is most of ``fastsft
+preprocess``'s start-up. So the class it chose is remembered per folder, keyed by the name, size
+and modification time of every file there and by the transformers version, and later loads call
+that class directly: the same final call, so the same tokenizer. Classes from remote code are never
+remembered. The record lives in ``$FASTSFT_CACHE_DIR`` (default ``~/.cache/fastsft``) and is
+rewritten atomically; when it cannot be read or written, loading goes through ``AutoTokenizer``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fastsft.errors import ConfigError
+
+__all__ = ["CACHE_ENV_VAR", "cache_dir", "load_tokenizer"]
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV_VAR = "FASTSFT_CACHE_DIR"
+_RECORD = "tokenizer_classes.json"
+_MAX_ENTRIES = 64
+
+
+def cache_dir() -> Path:
+    """Where fastsft keeps what it may recompute: ``$FASTSFT_CACHE_DIR``, else ``$XDG_CACHE_HOME/fastsft``,
+    else ``~/.cache/fastsft``."""
+    if os.environ.get(CACHE_ENV_VAR):
+        return Path(os.environ[CACHE_ENV_VAR])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fastsft"
+
+
+def load_tokenizer(path: str) -> Any:
+    """The tokenizer ``AutoTokenizer.from_pretrained(path, local_files_only=True)`` loads; never downloads.
+
+    A folder that is not a tokenizer is a one-line ``ConfigError``.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ConfigError(f"tokenizer folder not found: {path}")
+    key = _folder_key(folder)
+    try:
+        remembered = _read_record().get(key)
+        cls = _import_class(remembered) if remembered else None
+        if cls is not None:
+            return cls.from_pretrained(path, local_files_only=True)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as err:  # transformers raises OSError, ValueError, TypeError, ... for a bad folder
+        first_line = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise ConfigError(
+            f"cannot load a tokenizer from {path} (it needs tokenizer.json or the files of a slow "
+            f"tokenizer, as saved by save_pretrained): {first_line.strip()}"
+        ) from None
+    _remember(key, type(tokenizer))
+    return tokenizer
+
+
+def _folder_key(folder: Path) -> str:
+    """The folder, the transformers version and every file's name, size and mtime."""
+    from importlib.metadata import version
+
+    entries = []
+    with os.scandir(folder) as it:
+        for entry in it:
+            if entry.is_file():
+                stat = entry.stat()
+                entries.append(f"{entry.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return json.dumps([str(folder.resolve()), version("transformers"), sorted(entries)])
+
+
+def _import_class(qualified: str) -> type | None:
+    module, _, name = qualified.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def _read_record() -> dict[str, str]:
+    try:
+        record = json.loads((cache_dir() / _RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _remember(key: str, cls: type) -> None:
+    """Record ``cls`` for ``key`` (library classes only), keeping the newest ``_MAX_ENTRIES`` entries."""
+    if not cls.__module__.startswith("transformers."):
+        return
+    record = _read_record()
+    qualified = f"{cls.__module__}.{cls.__qualname__}"
+    if record.get(key) == qualified:
+        return
+    record.pop(key, None)
+    record[key] = qualified
+    record = dict(list(record.items())[-_MAX_ENTRIES:])
+    folder = cache_dir()
+    temporary = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{_RECORD}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(record, f)
+        os.replace(temporary, folder / _RECORD)
+    except OSError as err:
+        logger.info("cannot record the tokenizer class in %s: %s", folder, err)
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
