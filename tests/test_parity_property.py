@@ -4,7 +4,7 @@ Hypothesis draws whole datasets (random text with CJK, emoji, newlines and speci
 1-4 turns; system prompts; tools; function calls and observations; rows LLaMA-Factory drops and
 malformed rows) and option sets (any of the templates, train_on_prompt / mask_history, tiny to
 large cutoff_len, both packing strategies, neat packing, small preprocessing batches, the HF or
-the automatically chosen (fastokens) tokenizer backend). Each case is built with
+the automatically chosen tokenizer backend, fastokens from the start or after a first HF batch). Each case is built with
 ``backend="python"`` and ``backend="compiled"``; every column of every row, the features, the
 summary counts and any error must be identical.
 """
@@ -22,6 +22,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fastsft import tokenization
+from fastsft.data import pipeline
 from fastsft.data import rows as row_stage
 from fastsft.data.options import DataArgs
 from fastsft.data.pipeline import build_dataset
@@ -219,8 +221,13 @@ def first_difference(expected: dict[str, Any], actual: dict[str, Any]) -> str:
 
 # How the compiled side writes its rows: in memory or streamed to a cache file (BFD then spills its
 # samples beside it), in record batches of about this many tokens (1: one packed row each).
+# With the "auto" tokenizer backend, fastokens from the start or from the second batch on (HF first).
 layouts = st.fixed_dictionaries(
-    {"cache_file": st.booleans(), "row_chunk_tokens": st.sampled_from([row_stage.ROW_CHUNK_TOKENS, 1, 40])}
+    {
+        "cache_file": st.booleans(),
+        "row_chunk_tokens": st.sampled_from([row_stage.ROW_CHUNK_TOKENS, 1, 40]),
+        "fastokens_from": st.sampled_from(["start", "second batch"]),
+    }
 )
 
 
@@ -240,7 +247,12 @@ def test_compiled_path_equals_python_path(fixture_tokenizer_path, template, data
         cache_file = str(Path(folder) / "out" / "rows.arrow") if layout["cache_file"] else None
         if cache_file:
             Path(cache_file).parent.mkdir()
-        with mock.patch.object(row_stage, "ROW_CHUNK_TOKENS", layout["row_chunk_tokens"]):
+        from_start = layout["fastokens_from"] == "start"
+        with (
+            mock.patch.object(row_stage, "ROW_CHUNK_TOKENS", layout["row_chunk_tokens"]),
+            mock.patch.object(tokenization, "BREAK_EVEN_CHARS_PER_TOKEN", 0 if from_start else 1e-9),
+            mock.patch.object(pipeline, "input_bytes", lambda *_: 0),
+        ):
             compiled, tokenizer_used = outcome(
                 data_args(template, drawn, folder, "compiled"), fixture_tokenizer_path, cache_file
             )
@@ -248,4 +260,9 @@ def test_compiled_path_equals_python_path(fixture_tokenizer_path, template, data
             assert [p.name for p in Path(cache_file).parent.iterdir()] in ([], ["rows.arrow"])
     assert compiled == reference, first_difference(reference, compiled)
     if tokenizer_used is not None:  # "auto" must really exercise fastokens on the fixture tokenizer
-        assert tokenizer_used == {"hf": "hf", "auto": "fastokens"}[drawn["tokenizer_backend"]]
+        if drawn["tokenizer_backend"] == "hf":
+            assert tokenizer_used == "hf"
+        elif from_start:
+            assert tokenizer_used == "fastokens"
+        else:  # "hf" when one batch held all the text
+            assert tokenizer_used in ("hf", "hf, then fastokens")

@@ -25,6 +25,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_to
 from fastsft.errors import ConfigError, DataError
 from fastsft.tokenization import (
     ENV_VAR,
+    AutoBackend,
     FastokensBackend,
     HFBackend,
     UnsupportedTokenizer,
@@ -85,6 +86,11 @@ def load_tokenizer(path: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def auto(tokenizer: Any) -> Any:
+    """``load_backend(tokenizer, "auto")`` for input long enough to decide at once."""
+    return load_backend(tokenizer, "auto", expected_chars=10**12)
 
 
 def hf_ids(tokenizer: Any, batch: list[str]) -> list[list[int]]:
@@ -293,8 +299,8 @@ def test_kind_from_environment(
 ) -> None:
     tokenizer, _ = fixture_pair
     monkeypatch.setenv(ENV_VAR, "hf")
-    assert load_backend(tokenizer).name == "hf"
-    assert load_backend(tokenizer, "auto").name == "fastokens"  # an explicit kind wins
+    assert load_backend(tokenizer, expected_chars=10**12).name == "hf"
+    assert auto(tokenizer).name == "fastokens"  # an explicit kind wins
     monkeypatch.setenv(ENV_VAR, "fast")
     assert load_backend(tokenizer).name == "fastokens"
     monkeypatch.setenv(ENV_VAR, "turbo")
@@ -307,8 +313,40 @@ def test_auto_logs_its_choice(
 ) -> None:
     tokenizer, _ = fixture_pair
     with caplog.at_level(logging.INFO, logger="fastsft.tokenization"):
-        assert load_backend(tokenizer, "auto").name == "fastokens"
+        assert auto(tokenizer).name == "fastokens"
     assert "tokenizer backend: fastokens" in caplog.text
+
+
+def test_auto_switches_to_fastokens_once_the_text_pays_for_it(
+    fixture_pair: tuple[Any, FastokensBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokenizer, _ = fixture_pair
+    batch = probe_texts(added_contents(tokenizer))
+    chars = sum(map(len, batch))
+    monkeypatch.setattr("fastsft.tokenization.BREAK_EVEN_CHARS_PER_TOKEN", 5.5 * chars / len(tokenizer))
+    assert load_backend(tokenizer, "auto", expected_chars=6 * chars).name == "fastokens"
+    backend = load_backend(tokenizer, "auto", expected_chars=2 * chars)
+    assert isinstance(backend, AutoBackend) and backend.name == "hf"
+    assert isinstance(backend.single_threaded(), HFBackend)  # workers do not switch
+    for _ in range(3):  # two calls a round: the sixth reaches the break-even point
+        assert_backend_matches(backend, tokenizer, batch)
+        assert backend.name == "hf"
+    assert_backend_matches(backend, tokenizer, batch)
+    assert backend.name == "hf, then fastokens"
+    assert isinstance(backend.single_threaded(), FastokensBackend)
+
+
+def test_auto_stays_on_hf_when_fastokens_is_not_exact(
+    fixture_pair: tuple[Any, FastokensBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokenizer, _ = fixture_pair
+    monkeypatch.setattr("fastsft.tokenization.BREAK_EVEN_CHARS_PER_TOKEN", 0.001)
+    monkeypatch.setitem(sys.modules, "fastokens", None)
+    monkeypatch.setattr("fastsft.tokenization._VERIFIED", {})
+    backend = load_backend(tokenizer, "auto")
+    for _ in range(2):
+        assert_backend_matches(backend, tokenizer, ["long enough to pass the break-even point"])
+    assert backend.name == "hf"
 
 
 def test_verified_backend_is_built_once_per_tokenizer_state(new_fixture_tokenizer: Any) -> None:
@@ -337,7 +375,7 @@ def test_probe_mismatch_falls_back_to_hf(
     monkeypatch.setattr(FastokensBackend, "encode_batch", off_by_one_on_emoji)
     monkeypatch.setattr("fastsft.tokenization._VERIFIED", {})  # verify again with the broken encoder
     with caplog.at_level(logging.INFO, logger="fastsft.tokenization"):
-        assert load_backend(tokenizer, "auto").name == "hf"
+        assert auto(tokenizer).name == "hf"
     assert "other ids than HF on the probe text" in caplog.text
     with pytest.raises(ConfigError, match="other ids than HF on the probe text"):
         load_backend(tokenizer, "fast")
@@ -354,7 +392,7 @@ def test_wordpiece_falls_back_to_hf() -> None:
     rust = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     rust.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = wrap(rust)
-    backend = load_backend(tokenizer, "auto")
+    backend = auto(tokenizer)
     assert backend.name == "hf"
     assert_backend_matches(backend, tokenizer, ["hello worlds!", "unknown", ""])
     with pytest.raises(ConfigError, match=r"'fast'.*model is WordPiece, not BPE"):
@@ -365,7 +403,7 @@ def test_unigram_falls_back_to_hf() -> None:
     rust = Tokenizer(models.Unigram([("<unk>", 0.0), ("a", -1.0), ("b", -2.0), ("ab", -1.5)], unk_id=0))
     rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer = wrap(rust)
-    assert load_backend(tokenizer, "auto").name == "hf"
+    assert auto(tokenizer).name == "hf"
     with pytest.raises(ConfigError, match="not BPE"):
         load_backend(tokenizer, "fast")
 
@@ -426,7 +464,7 @@ def test_merges_out_of_id_order() -> None:
     # A merge-rank encoder (tiktoken) would merge "a"+"b" first (lower id); HF merges "b"+"c" first.
     tokenizer = byte_level_bpe({"ab": 256, "bc": 257}, [("b", "c"), ("a", "b")], ignore_merges=False)
     assert tokenizer.encode("abc", add_special_tokens=False) == [tokenizer.convert_tokens_to_ids("a"), 257]
-    backend = load_backend(tokenizer, "auto")
+    backend = auto(tokenizer)
     assert backend.name == "fastokens"
     assert_backend_matches(backend, tokenizer, ["abc", "xabcab", "ab bc abcabc", "cab"])
 
@@ -458,7 +496,7 @@ def test_added_token_flags(fixture_tokenizer: Any) -> None:
             AddedToken("<raw>", normalized=False),
         ]
     )
-    backend = load_backend(fixture_tokenizer, "auto")
+    backend = auto(fixture_tokenizer)
     assert backend.name == "fastokens"
     batch = ["a  <mask>b", "<r>  x", "words word sword word.", " <raw><mask> <r>\n", "\t<mask>\r\n<r>"]
     assert_backend_matches(backend, fixture_tokenizer, batch)
@@ -466,14 +504,14 @@ def test_added_token_flags(fixture_tokenizer: Any) -> None:
 
 def test_bpe_pre_tokenizer_fastokens_lacks_falls_back_to_hf(fixture_tokenizer: Any) -> None:
     fixture_tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    assert load_backend(fixture_tokenizer, "auto").name == "hf"
+    assert auto(fixture_tokenizer).name == "hf"
     with pytest.raises(ConfigError, match=r"fastokens cannot load it.*Whitespace"):
         load_backend(fixture_tokenizer, "fast")
 
 
 def test_bpe_dropout_falls_back_to_hf(fixture_tokenizer: Any) -> None:
     fixture_tokenizer.backend_tokenizer.model.dropout = 0.1
-    assert load_backend(fixture_tokenizer, "auto").name == "hf"
+    assert auto(fixture_tokenizer).name == "hf"
     with pytest.raises(ConfigError, match="dropout"):
         load_backend(fixture_tokenizer, "fast")
 
@@ -486,7 +524,7 @@ def test_python_side_encoding_falls_back_to_hf(fixture_tokenizer_path: Path) -> 
             return super().encode(text.upper(), *args, **kwargs)
 
     tokenizer = Shouting.from_pretrained(str(fixture_tokenizer_path), local_files_only=True)
-    backend = load_backend(tokenizer, "auto")
+    backend = auto(tokenizer)
     assert backend.name == "hf"
     assert_backend_matches(backend, tokenizer, ["quiet words", "<|im_end|>x"])
     with pytest.raises(ConfigError, match="Shouting changes encoding in Python"):
@@ -498,7 +536,7 @@ def test_missing_fastokens(
 ) -> None:
     tokenizer, _ = fixture_pair
     monkeypatch.setitem(sys.modules, "fastokens", None)
-    assert load_backend(tokenizer, "auto").name == "hf"
+    assert auto(tokenizer).name == "hf"
     with pytest.raises(ConfigError, match="fastokens is not installed"):
         load_backend(tokenizer, "fast")
 
@@ -517,8 +555,8 @@ def test_from_tokenizer_reports_the_reason() -> None:
 @pytest.fixture(scope="module")
 def qwen2_pair(qwen2_tokenizer_path: Path) -> tuple[Any, FastokensBackend]:
     tokenizer = load_tokenizer(qwen2_tokenizer_path)
-    backend = load_backend(tokenizer, "auto")
-    assert isinstance(backend, FastokensBackend), "auto must pick fastokens for Qwen2"
+    backend = auto(tokenizer)
+    assert backend.name == "fastokens", "auto must pick fastokens for Qwen2"
     return tokenizer, backend
 
 
@@ -537,8 +575,8 @@ def fixed_qwen2_pair(qwen2_tokenizer_path: Path) -> tuple[Any, FastokensBackend]
     apply_llamafactory_fixes(tokenizer, ["<|im_end|>", "<|eot_id|>"], ["<think>", "Ωmega"])
     # <|eot_id|> is not in the Qwen2 vocab: it gets a new id, as LLaMA-Factory's stop word would.
     assert tokenizer.convert_tokens_to_ids("<|eot_id|>") == 151646
-    backend = load_backend(tokenizer, "auto")
-    assert isinstance(backend, FastokensBackend)
+    backend = auto(tokenizer)
+    assert backend.name == "fastokens"
     return tokenizer, backend
 
 
@@ -566,8 +604,8 @@ def test_qwen2_probe_and_long_realistic_text(qwen2_pair: tuple[Any, FastokensBac
 @pytest.fixture(scope="module")
 def llama3_pair(llama3_tokenizer_path: Path) -> tuple[Any, FastokensBackend]:
     tokenizer = load_tokenizer(llama3_tokenizer_path)
-    backend = load_backend(tokenizer, "auto")
-    assert isinstance(backend, FastokensBackend), "auto must pick fastokens for Llama 3"
+    backend = auto(tokenizer)
+    assert backend.name == "fastokens", "auto must pick fastokens for Llama 3"
     return tokenizer, backend
 
 
@@ -585,8 +623,8 @@ def test_fastokens_matches_hf_on_llama3(
 def fixed_llama3_pair(llama3_tokenizer_path: Path) -> tuple[Any, FastokensBackend]:
     tokenizer = load_tokenizer(llama3_tokenizer_path)
     apply_llamafactory_fixes(tokenizer, ["<|eot_id|>", "<|eom_id|>", "<|im_end|>"], ["<think>", "Ωmega"])
-    backend = load_backend(tokenizer, "auto")
-    assert isinstance(backend, FastokensBackend)
+    backend = auto(tokenizer)
+    assert backend.name == "fastokens"
     return tokenizer, backend
 
 

@@ -33,7 +33,7 @@ from fastsft.data.output import (
 )
 from fastsft.data.provenance import describe, tokenizer_fingerprint
 from fastsft.data.reading import iter_batches
-from fastsft.data.registry import input_paths, resolve_datasets
+from fastsft.data.registry import input_bytes, input_paths, resolve_datasets
 from fastsft.data.rows import RowBuilder, empty_table
 from fastsft.data.splitting import TRAIN, SplitSource, plan_splits
 from fastsft.data.templates import Template, fix_tokenizer, get_template
@@ -58,12 +58,12 @@ def make_template(args: DataArgs, tokenizer: Any) -> Template:
     )
 
 
-def make_encoder(args: DataArgs, tokenizer: Any) -> Encoder:
+def make_encoder(args: DataArgs, tokenizer: Any, *, expected_chars: int = 0) -> Encoder:
     """The encoder for ``args``; fixes ``tokenizer`` in place exactly as LLaMA-Factory does (eos, pad, stop words).
 
-    The compiled encode path tokenizes with the fastest exact implementation
-    (``fastsft.tokenization.load_backend``); the python path calls the tokenizer once per string,
-    as LLaMA-Factory does.
+    The compiled encode path tokenizes with the fastest exact implementation for about
+    ``expected_chars`` of text (``fastsft.tokenization.load_backend``); the python path calls the
+    tokenizer once per string, as LLaMA-Factory does.
     """
     from fastsft.tokenization import PerStringBackend, load_backend
 
@@ -73,7 +73,7 @@ def make_encoder(args: DataArgs, tokenizer: Any) -> Encoder:
     tokenizer_backend = (
         PerStringBackend(tokenizer)
         if encode_path == "python"
-        else load_backend(tokenizer, args.tokenizer_backend)
+        else load_backend(tokenizer, args.tokenizer_backend, expected_chars=expected_chars)
     )
     return Encoder(
         template,
@@ -111,8 +111,6 @@ def build_dataset(
     from datasets.arrow_writer import ArrowWriter
 
     start = time.perf_counter()
-    encoder = make_encoder(args, tokenizer)
-    summary = Summary(encode_path=encoder.encode_path, tokenizer_backend=encoder.tokenizer_backend.name)
     if source is None:
         args.require_dataset()
         plan = plan_splits(args)
@@ -120,6 +118,9 @@ def build_dataset(
             raise ConfigError(f"no split {split!r} (the splits are {', '.join(plan)})")
         source = plan[split]
     attrs = source.attrs
+    # Input bytes stand in for the characters to encode (JSON keys and escapes make them an overestimate).
+    encoder = make_encoder(args, tokenizer, expected_chars=input_bytes(attrs, args.dataset_dir))
+    summary = Summary(encode_path=encoder.encode_path, tokenizer_backend=encoder.tokenizer_backend.name)
     rows = RowBuilder(
         encoder.kernels,
         summary,
@@ -168,6 +169,7 @@ def build_dataset(
     finally:
         rows.close()
     bar.close()
+    summary.tokenizer_backend = encoder.tokenizer_backend.name  # "auto" may have switched
     summary.seconds = time.perf_counter() - start
     if summary.examples_encoded == 0:
         raise DataError(

@@ -26,7 +26,7 @@ import orjson
 
 from fastsft.errors import ConfigError, DataError
 
-__all__ = ["DatasetAttr", "input_paths", "iter_rows", "resolve_datasets"]
+__all__ = ["DatasetAttr", "input_bytes", "input_paths", "iter_rows", "resolve_datasets"]
 
 DATA_CONFIG = "dataset_info.json"
 
@@ -289,6 +289,18 @@ def input_paths(attrs: list[DatasetAttr], dataset_dir: str | None) -> list[str]:
     if dataset_dir is not None and os.path.isdir(dataset_dir):
         paths += [dataset_dir, os.path.join(dataset_dir, DATA_CONFIG)]
     return [path for path in paths if os.path.exists(path)]
+
+
+def input_bytes(attrs: list[DatasetAttr], dataset_dir: str | None) -> int:
+    """How many bytes the datasets' local files hold (0 for what is not a local file or folder)."""
+    total = 0
+    for attr in attrs:
+        path = os.path.join(dataset_dir or "", attr.dataset_name)
+        if os.path.isfile(path):
+            total += os.path.getsize(path)
+        elif os.path.isdir(path):
+            total += sum(entry.stat().st_size for entry in os.scandir(path) if entry.is_file())
+    return total
 
 
 def _data_files(attr: DatasetAttr, dataset_dir: str | None) -> tuple[str, list[str], bool]:
