@@ -5,7 +5,7 @@ writes its pid to READY_FILE and waits until ``READY_FILE.go`` exists (the test 
 it meanwhile). Points:
 
 * ``encode``: after the first batch's rows are written, before the second batch;
-* ``save``: after ``save_to_disk`` wrote the staged dataset, before the swap;
+* ``save``: after the staged dataset was written whole, before the swap;
 * ``swap``: inside the swap, after a previous output was moved aside (signals are held there);
 * ``enospc`` / ``erofs``: no pause; the second row batch write / the lock file fails with that error.
 """
@@ -28,10 +28,8 @@ def pause(ready: Path) -> None:
 
 
 def install(point: str, ready: Path) -> None:
-    import datasets
-    from datasets.arrow_writer import ArrowWriter
-
-    from fastsft.data import output, rows
+    from fastsft.data import output, pipeline, rows
+    from fastsft.data.disk_layout import ArrowStreamFile
 
     if point == "encode":
         original_add = rows.RowBuilder.add
@@ -45,13 +43,13 @@ def install(point: str, ready: Path) -> None:
 
         rows.RowBuilder.add = add
     elif point == "save":
-        original_save = datasets.DatasetDict.save_to_disk
+        original_save = pipeline.write_dataset_dict
 
-        def save_to_disk(self: Any, *args: Any, **kwargs: Any) -> None:
-            original_save(self, *args, **kwargs)
+        def write_dataset_dict(*args: Any, **kwargs: Any) -> None:
+            original_save(*args, **kwargs)
             pause(ready)
 
-        datasets.DatasetDict.save_to_disk = save_to_disk
+        pipeline.write_dataset_dict = write_dataset_dict
     elif point == "swap":
         original_rename = output.rename_noreplace
 
@@ -62,16 +60,16 @@ def install(point: str, ready: Path) -> None:
 
         output.rename_noreplace = rename_noreplace
     elif point == "enospc":
-        original_write = ArrowWriter.write_table
+        original_write = ArrowStreamFile.write
         calls = {"n": 0}
 
-        def write_table(self: Any, *args: Any, **kwargs: Any) -> None:
+        def write(self: Any, *args: Any, **kwargs: Any) -> None:
             calls["n"] += 1
             if calls["n"] == 2:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self._path)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
             original_write(self, *args, **kwargs)
 
-        ArrowWriter.write_table = write_table
+        ArrowStreamFile.write = write
     elif point == "erofs":
 
         def output_lock(path: Path) -> Any:

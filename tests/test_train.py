@@ -410,6 +410,29 @@ def test_tokenized_path_from_another_tokenizer_is_refused(tmp_path: Path) -> Non
         build_trainer(config)
 
 
+def test_tokenized_path_of_format_1_is_checked_with_its_own_fingerprint(tmp_path: Path) -> None:
+    from fastsft.data.pipeline import build_to_disk
+    from fastsft.data.provenance import tokenizer_fingerprint
+
+    tokenizer_dir = REPO_ROOT / "examples" / "tiny" / "tokenizer"
+    tokenized = tmp_path / "tokenized"
+    config = load_config(TINY_YAML, [f"tokenized_path={tokenized}", f"output_dir={tmp_path / 'out'}"])
+    build_to_disk(config.data, AutoTokenizer.from_pretrained(tokenizer_dir), tokenized)
+    marker = tokenized / "fastsft_output.json"
+    record = json.loads(marker.read_text())
+    assert record["format"] == 2
+    record["format"] = 1  # as fastsft wrote it before the fingerprint covered tokens in id order
+    record["tokenizer"]["fingerprint"] = tokenizer_fingerprint(
+        AutoTokenizer.from_pretrained(tokenizer_dir), 1
+    )
+    marker.write_text(json.dumps(record))
+    build_trainer(config)
+    record["tokenizer"]["fingerprint"] = "0" * 16
+    marker.write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="was made with another tokenizer"):
+        build_trainer(config)
+
+
 def test_token_ids_the_model_cannot_embed_are_refused(tmp_path: Path) -> None:
     from datasets import Dataset, DatasetDict
 

@@ -6,8 +6,8 @@ Each stage is its own module and gets only what it needs::
       (registry, formats)     (templates, tokenizer,   (kernels; spill.HeldSamples for BFD)
                                kernels; workers.py)
 
-This module turns ``DataArgs`` into those stages, streams the record batches into a table or a
-cache file, and saves the result atomically (``build_to_disk``).
+This module turns ``DataArgs`` into those stages and streams the record batches into a table, a
+cache file, or the ``save_to_disk`` layout published atomically (``build_to_disk``).
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from fastsft.data.accounting import SamplePolicy, Summary
+from fastsft.data.disk_layout import DATA_FILE, ArrowStreamFile, write_dataset_dict, write_split_metadata
 from fastsft.data.encoding import Encoder
 from fastsft.data.options import DataArgs
 from fastsft.data.output import (
@@ -108,15 +109,52 @@ def build_dataset(
     (``fastsft.data.splitting.split_names``); ``source``, when given, is its planned samples.
     """
     import datasets
-    from datasets.arrow_writer import ArrowWriter
 
-    start = time.perf_counter()
     if source is None:
         args.require_dataset()
         plan = plan_splits(args)
         if split not in plan:
             raise ConfigError(f"no split {split!r} (the splits are {', '.join(plan)})")
         source = plan[split]
+    if cache_file is None:
+        chunks: list[pa.RecordBatch] = []
+        summary = _build_split(args, tokenizer, source, chunks.append, None, progress, workers)
+        table = pa.Table.from_batches(chunks) if chunks else empty_table(bool(args.packing))
+        # A random fingerprint: `datasets` would otherwise hash every token to name an in-memory table.
+        return datasets.Dataset(datasets.table.InMemoryTable(table), fingerprint=uuid.uuid4().hex), summary
+    summary = _write_split(
+        args, tokenizer, source, Path(cache_file), Path(cache_file).parent, progress, workers
+    )
+    return datasets.Dataset.from_file(cache_file), summary
+
+
+def _write_split(
+    args: DataArgs,
+    tokenizer: Any,
+    source: SplitSource,
+    path: Path,
+    spill_dir: Path,
+    progress: bool,
+    workers: int | None,
+) -> Summary:
+    """Stream one split's rows into the Arrow file ``path`` (BFD spills beside it, in ``spill_dir``)."""
+    with ArrowStreamFile(path) as file:
+        summary = _build_split(args, tokenizer, source, file.write, str(spill_dir), progress, workers)
+        file.close(empty_table(bool(args.packing)).schema)
+    return summary
+
+
+def _build_split(
+    args: DataArgs,
+    tokenizer: Any,
+    source: SplitSource,
+    sink: Callable[[pa.RecordBatch], None],
+    spill_dir: str | None,
+    progress: bool,
+    workers: int | None,
+) -> Summary:
+    """Every stage for one split: its record batches go to ``sink`` in order; returns the ``Summary``."""
+    start = time.perf_counter()
     attrs = source.attrs
     # Input bytes stand in for the characters to encode (JSON keys and escapes make them an overestimate).
     encoder = make_encoder(args, tokenizer, expected_chars=input_bytes(attrs, args.dataset_dir))
@@ -129,7 +167,7 @@ def build_dataset(
         neat_packing=args.neat_packing,
         cutoff_len=args.effective_cutoff_len,
         pad_token_id=tokenizer.pad_token_id,
-        spill_dir=os.path.dirname(os.path.abspath(cache_file)) if cache_file else None,
+        spill_dir=spill_dir,
     )
     batches = iter_batches(
         attrs,
@@ -142,30 +180,15 @@ def build_dataset(
         lengths=source.lengths,
     )
     bar = _progress_bar(progress)
-
-    def record_batches() -> Iterator[pa.RecordBatch]:
-        n_workers = workers or args.preprocessing_num_workers or 1
-        for encoded in encoded_batches(encoder, batches, summary, n_workers):
-            yield from rows.add(encoded)
-            bar.update(summary.examples_in - bar.n)
-        yield from rows.finish()
-
     try:
-        if cache_file is None:
-            chunks = list(record_batches())
-            table = pa.Table.from_batches(chunks) if chunks else empty_table(bool(args.packing))
-            # A random fingerprint: `datasets` would otherwise hash every token to name an in-memory table.
-            dataset = datasets.Dataset(datasets.table.InMemoryTable(table), fingerprint=uuid.uuid4().hex)
-        else:
-            with ArrowWriter(path=cache_file) as writer:
-                wrote = False
-                for batch in record_batches():
-                    writer.write_table(pa.Table.from_batches([batch]))
-                    wrote = True
-                if not wrote:
-                    writer.write_table(empty_table(bool(args.packing)))
-                writer.finalize()
-            dataset = datasets.Dataset.from_file(cache_file)
+        for encoded in encoded_batches(
+            encoder, batches, summary, workers or args.preprocessing_num_workers or 1
+        ):
+            for batch in rows.add(encoded):
+                sink(batch)
+            bar.update(summary.examples_in - bar.n)
+        for batch in rows.finish():
+            sink(batch)
     finally:
         rows.close()
     bar.close()
@@ -177,7 +200,7 @@ def build_dataset(
             + (f" ({summary.dropped} dropped; first: {summary.first_dropped})" if summary.dropped else ""),
             dataset=",".join(a.name for a in attrs),
         )
-    return dataset, summary
+    return summary
 
 
 def check_output(args: DataArgs, output: Path, *, overwrite: bool, tokenizer_dir: str | None) -> None:
@@ -203,42 +226,31 @@ def build_to_disk(
     workers: int | None = None,
     notice: Callable[[str], None] | None = None,
 ) -> dict[str, Summary]:
-    """``build_dataset`` of every split saved as ``DatasetDict({"train": ..., "validation": ...})``
-    at ``output`` (LLaMA-Factory's ``tokenized_path`` layout), without risking data; returns each
+    """Every split of ``args`` saved as ``DatasetDict({"train": ..., "validation": ...})`` at
+    ``output`` (LLaMA-Factory's ``tokenized_path`` layout), without risking data; returns each
     split's ``Summary``.
 
-    ``output`` may not be an input or hold one (``check_output_path``). Rows stream to a cache
-    file in a locked temporary folder beside ``output`` (memory stays flat), ``save_to_disk``
-    writes there with the provenance marker, and a no-replace rename publishes the result
-    (``fastsft.data.output``): a crash, a signal or a bad sample leaves ``output`` as it was, and
-    an existing ``output`` is replaced only with ``overwrite`` and only if fastsft wrote it.
-    Notices (a killed run's folder removed) go to ``notice``, by default stderr.
+    ``output`` may not be an input or hold one (``check_output_path``). Rows stream into the
+    ``save_to_disk`` layout (``fastsft.data.disk_layout``) in a locked temporary folder beside
+    ``output`` (memory stays flat), the provenance marker is added, and a no-replace rename
+    publishes the result (``fastsft.data.output``): a crash, a signal or a bad sample leaves
+    ``output`` as it was, and an existing ``output`` is replaced only with ``overwrite`` and only
+    if fastsft wrote it. Notices (a killed run's folder removed) go to ``notice``, by default stderr.
     """
-    import datasets
-
     output = Path(output)
     check_output(args, output, overwrite=overwrite, tokenizer_dir=str(getattr(tokenizer, "name_or_path", "")))
     fingerprint = tokenizer_fingerprint(tokenizer)  # before build_dataset fixes the tokenizer
     try:
         with staged_output(output, overwrite=overwrite, notice=notice) as staged:
-            splits, summaries = {}, {}
+            summaries = {}
             for name, source in plan_splits(args).items():
-                splits[name], summaries[name] = build_dataset(
-                    args,
-                    tokenizer,
-                    source=source,
-                    cache_file=str(staged.workdir / f"{name}.arrow"),
-                    progress=progress,
-                    workers=workers,
+                split_dir = staged.dataset / name
+                split_dir.mkdir(parents=True)
+                summaries[name] = _write_split(
+                    args, tokenizer, source, split_dir / DATA_FILE, staged.workdir, progress, workers
                 )
-            bars_were_disabled = datasets.are_progress_bars_disabled()
-            if not progress:
-                datasets.disable_progress_bars()  # save_to_disk has no switch of its own
-            try:
-                datasets.DatasetDict(splits).save_to_disk(str(staged.dataset))
-            finally:
-                if not bars_were_disabled:
-                    datasets.enable_progress_bars()
+                write_split_metadata(split_dir)
+            write_dataset_dict(staged.dataset, list(summaries))
             staged.commit(describe(args, fingerprint=fingerprint, tokenizer=tokenizer))
     except OSError as err:
         action = f"write {output}" if _is_output_side(err.filename, output) else "read an input"

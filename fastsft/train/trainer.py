@@ -365,7 +365,7 @@ def load_datasets(
     above ``vocab_size`` is refused, ignored data options are named.
     """
     from fastsft.data.pipeline import build_dataset, build_to_disk, make_template
-    from fastsft.data.provenance import tokenizer_fingerprint
+    from fastsft.data.provenance import fingerprint_version, read_provenance, tokenizer_fingerprint
     from fastsft.data.splitting import plan_splits
     from fastsft.data.templates import fix_tokenizer
 
@@ -376,7 +376,8 @@ def load_datasets(
     path = data_args.tokenized_path
     with training_args.main_process_first(desc="dataset"):
         if path and Path(path).exists():
-            fingerprint = tokenizer_fingerprint(tokenizer)  # as build_to_disk takes it: before fixing
+            # As build_to_disk takes it: before fixing, in the version the saved record holds.
+            fingerprint = tokenizer_fingerprint(tokenizer, fingerprint_version(read_provenance(path)))
             fix_tokenizer(make_template(data_args, tokenizer), tokenizer)
             return _load_tokenized(path, training_args, data_args, fingerprint, vocab_size)
         if path and training_args.should_save:
