@@ -233,7 +233,7 @@ def small_filesystem(folder: Path, options: str | None) -> Iterator[bool]:
 @pytest.mark.parametrize(
     ("error", "options", "cause"),
     [
-        ("enospc", "size=64k", "No space left on device (a run needs about twice the output's size free"),
+        ("enospc", "size=64k", "No space left on device (a run needs about the output's size free"),
         ("erofs", "ro,size=64k", "Read-only file system (choose an --output on a writable file system)"),
     ],
 )

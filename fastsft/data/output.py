@@ -95,8 +95,8 @@ def os_error_line(err: OSError, action: str) -> str:
     path = f" {os.fsdecode(err.filename)}:" if err.filename else ""
     cause = err.strerror or str(err)
     hint = {
-        errno.ENOSPC: " (a run needs about twice the output's size free beside the output)",
-        errno.EDQUOT: " (a run needs about twice the output's size free beside the output)",
+        errno.ENOSPC: " (a run needs about the output's size free beside the output, twice with --overwrite)",
+        errno.EDQUOT: " (a run needs about the output's size free beside the output, twice with --overwrite)",
         errno.EROFS: " (choose an --output on a writable file system)",
         errno.EACCES: " (check the folder's permissions)",
         errno.EPERM: " (check the folder's permissions)",
