@@ -194,11 +194,10 @@ def arrow_array(values: np.ndarray, value_type: pa.DataType | None = None) -> pa
 
     ``pa.array`` would do the same but imports pandas on first use (0.8 s of ``fastsft preprocess``).
     """
-    values = np.ascontiguousarray(values)
-    array = pa.Array.from_buffers(
-        pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)]
-    )
-    return array if value_type is None or array.type == value_type else array.cast(value_type)
+    # Callers only widen (int32 to int64): a narrowing numpy cast would wrap where Arrow raises.
+    dtype = values.dtype if value_type is None else np.dtype(value_type.to_pandas_dtype())
+    values = np.ascontiguousarray(values, dtype=dtype)  # numpy casts without importing pyarrow.compute
+    return pa.Array.from_buffers(pa.from_numpy_dtype(dtype), len(values), [None, pa.py_buffer(values)])
 
 
 def _row_chunks(
