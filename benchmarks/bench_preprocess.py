@@ -1,36 +1,43 @@
 """End-to-end preprocessing throughput: ``build_dataset`` on one synthetic chat dataset, every
-contender timed in the same run.
+contender timed in the same run; and the whole ``fastsft preprocess`` command, start-up included.
 
-    pytest benchmarks/bench_preprocess.py -s [--tokenizer PATH] [--bench-samples 20000] [--lf-python PATH]
+    pytest benchmarks/bench_preprocess.py -s [--tokenizer PATH] [--bench-template qwen] \
+        [--bench-samples 20000] [--lf-python PATH]
 
 The dataset is ``benchmarks/data.py``'s ShareGPT conversations (``--bench-samples``, default
-2,000; ~740 Qwen2 tokens each), preprocessed with the ``qwen`` template at ``cutoff_len`` 2048.
-Contenders, each from reading the JSON file to the finished ``datasets.Dataset``:
+2,000; ~740 Qwen2 tokens each), preprocessed with ``--bench-template`` (``qwen``; ``llama3`` with
+Meta's Llama 3 tokenizer) at ``cutoff_len`` 2048. Contenders, each from reading the JSON file to
+the finished ``datasets.Dataset``:
 
 * the pure-Python reference path (``backend="python"``: ``tokenizer.encode`` per segment);
 * the compiled path with the HF tokenizer (one batched Rust call per preprocessing batch);
 * the compiled path with the fastokens backend (``tokenizer_backend="fast"``);
 * as ceilings, tokenization alone on the same rendered text segments: the HF tokenizer's own
   batched call (``tokenizer(texts)``) and the two backends the compiled path calls;
-* LLaMA-Factory 0.9.5's ``get_dataset`` (``lf_peer.py`` in its own interpreter; its seconds are
-  measured inside that process, so interpreter start-up, imports and tokenizer loading are
-  excluded, as they are for fastsft), when ``--lf-python`` exists.
+* LLaMA-Factory 0.9.5's ``get_dataset`` and, inside it, its ``SupervisedDatasetProcessor`` stage
+  (``lf_peer.py`` in its own interpreter; seconds measured inside that process, so interpreter
+  start-up, imports and tokenizer loading are excluded, as they are for fastsft), when
+  ``--lf-python`` exists.
 
 Every fastsft path must give identical rows, and LLaMA-Factory the same rows again (compared by
 ``token_digest``). Each fastsft path gets one warm-up call on 100 conversations (imports,
-first-use set-up); then ``ROUNDS`` rounds run every contender in turn and each keeps its best
-time (LLaMA-Factory runs once, afterwards). Fails only on ratios: compiled+HF under ``HF_FLOOR`` ×
-the Python path, or compiled+fastokens under ``FAST_FLOOR`` ×, or on differing rows. The packing
-variants (both strategies; Python and compiled+fastokens, plus LLaMA-Factory for its own strategy)
-run on the first ``PACKING_SAMPLES`` conversations, print their ratios and check rows only.
-Much below the default 2,000 conversations the fixed per-call set-up (~0.3 s to build and
-probe-check the fastokens backend) dominates compiled + fastokens, and its floor fails.
+first-use set-up, building the fastokens encoder); then ``ROUNDS`` rounds run every contender in
+turn and each keeps its best time (LLaMA-Factory runs once, afterwards). Fails only on ratios:
+compiled + HF under ``HF_FLOOR`` x the Python path, compiled + fastokens under ``FAST_FLOOR`` x
+the Python path or under ``LF_FLOOR`` x LLaMA-Factory's processor stage, or on differing rows.
+The packing variants (both strategies; Python and compiled + fastokens, plus LLaMA-Factory for
+its own strategy) run on the first ``PACKING_SAMPLES`` conversations, print their ratios and
+check rows only. ``test_whole_command`` reports (asserts nothing on times) ``fastsft --help``,
+start-up (the command on ``STARTUP_SAMPLES`` conversations), and the whole command against
+LLaMA-Factory's whole run.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -50,10 +57,11 @@ from fastsft.data.registry import resolve_datasets
 from fastsft.tokenization import load_backend
 
 HERE = Path(__file__).resolve().parent
-TEMPLATE = "qwen"
 CUTOFF_LEN = 2048
 HF_FLOOR = 2.0
-FAST_FLOOR = 4.0
+FAST_FLOOR = 8.0
+LF_FLOOR = 20.0  # compiled + fastokens vs LLaMA-Factory's SupervisedDatasetProcessor stage
+STARTUP_SAMPLES = 20
 PACKING_SAMPLES = 2000
 ROUNDS = 2
 WARMUP_SAMPLES = 100
@@ -90,6 +98,11 @@ def bench_samples(request: pytest.FixtureRequest) -> int:
 
 
 @pytest.fixture(scope="module")
+def template(request: pytest.FixtureRequest) -> str:
+    return str(request.config.getoption("--bench-template"))
+
+
+@pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory: pytest.TempPathFactory, bench_samples: int) -> Path:
     return write_dataset(tmp_path_factory.mktemp("preprocess"), bench_samples)
 
@@ -108,11 +121,11 @@ def lf_python(request: pytest.FixtureRequest) -> Path | None:
     return path if path.is_file() else None
 
 
-def data_args(dataset_dir: Path, **options: Any) -> DataArgs:
+def data_args(dataset_dir: Path, template: str, **options: Any) -> DataArgs:
     return DataArgs(
         dataset=DATASET_NAME,
         dataset_dir=str(dataset_dir),
-        template=TEMPLATE,
+        template=template,
         cutoff_len=CUTOFF_LEN,
         **options,
     )
@@ -147,10 +160,10 @@ def interleaved(benchmark, contenders: dict[str, Callable[[], Timed]], rounds: i
     return best
 
 
-def rendered_texts(tokenizer: Any, dataset_dir: Path) -> tuple[list[list[str]], int]:
+def rendered_texts(tokenizer: Any, dataset_dir: Path, template: str) -> tuple[list[list[str]], int]:
     """Every text segment the pipeline tokenizes, in its preprocessing batches, and the number of
     conversations."""
-    args = data_args(dataset_dir, backend="compiled", tokenizer_backend="hf")
+    args = data_args(dataset_dir, template, backend="compiled", tokenizer_backend="hf")
     encoder = make_encoder(args, tokenizer)
     batches, examples = [], 0
     attrs = resolve_datasets(args.require_dataset(), args.dataset_dir)
@@ -176,11 +189,11 @@ def rendered_texts(tokenizer: Any, dataset_dir: Path) -> tuple[list[list[str]], 
     return batches, examples
 
 
-def tokenizer_contenders(tokenizer: Any, dataset_dir: Path) -> dict[str, Callable[[], Timed]]:
+def tokenizer_contenders(tokenizer: Any, dataset_dir: Path, template: str) -> dict[str, Callable[[], Timed]]:
     """Tokenization alone on the rendered text, per preprocessing batch: transformers' batched call
     (what a user would write) and the two backends the compiled path calls. Their tokens are text
     tokens (no template specials, not truncated)."""
-    batches, examples = rendered_texts(tokenizer, dataset_dir)
+    batches, examples = rendered_texts(tokenizer, dataset_dir, template)
     hf_backend, fast_backend = load_backend(tokenizer, "hf"), load_backend(tokenizer, "fast")
     counters: dict[str, Callable[[list[str]], int]] = {
         "tokenize only: HF tokenizer(batch)": lambda texts: sum(
@@ -204,24 +217,32 @@ def tokenizer_contenders(tokenizer: Any, dataset_dir: Path) -> dict[str, Callabl
 
 
 def run_lf_peer(
-    lf_python: Path, tokenizer_path: Path, dataset_dir: Path, packing: bool, max_samples: int | None
+    lf_python: Path,
+    tokenizer_path: Path,
+    dataset_dir: Path,
+    template: str,
+    packing: bool,
+    max_samples: int | None,
 ) -> dict[str, Any]:
-    """LLaMA-Factory's ``get_dataset`` in its own interpreter; its JSON result line."""
+    """LLaMA-Factory's ``get_dataset`` in its own interpreter; its JSON result line, plus
+    ``wall_seconds``: the whole run (interpreter start-up, imports, tokenizer loading)."""
     command = [
         str(lf_python),
         str(HERE / "lf_peer.py"),
         f"--dataset-dir={dataset_dir}",
         f"--dataset={DATASET_NAME}",
         f"--tokenizer={tokenizer_path}",
-        f"--template={TEMPLATE}",
+        f"--template={template}",
         f"--cutoff-len={CUTOFF_LEN}",
         *(["--packing"] if packing else []),
         *([f"--max-samples={max_samples}"] if max_samples is not None else []),
     ]
+    start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall_seconds = time.perf_counter() - start
     if done.returncode != 0:
         pytest.fail(f"lf_peer.py failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "wall_seconds": wall_seconds}
 
 
 def lf_timed(result: dict[str, Any], fastsft_table: pa.Table, non_padding_tokens: int) -> Timed:
@@ -247,14 +268,15 @@ def test_preprocess_throughput(
     tokenizer: Any,
     tokenizer_path: Path,
     dataset_dir: Path,
+    template: str,
     bench_samples: int,
     lf_python: Path | None,
 ) -> None:
     contenders = {
-        name: pipeline_contender(tokenizer, data_args(dataset_dir, **options))
+        name: pipeline_contender(tokenizer, data_args(dataset_dir, template, **options))
         for name, options in PATHS.items()
     }
-    contenders.update(tokenizer_contenders(tokenizer, dataset_dir))
+    contenders.update(tokenizer_contenders(tokenizer, dataset_dir, template))
     timings = interleaved(benchmark, contenders, ROUNDS)
 
     reference = token_columns(timings[PYTHON].table)
@@ -262,16 +284,26 @@ def test_preprocess_throughput(
         assert token_columns(timings[name].table).equals(reference), (
             f"{name} rows differ from the Python path"
         )
+    lf_stage = None
     if lf_python is not None:
-        result = run_lf_peer(lf_python, tokenizer_path, dataset_dir, packing=False, max_samples=None)
+        result = run_lf_peer(
+            lf_python, tokenizer_path, dataset_dir, template, packing=False, max_samples=None
+        )
         timings[f"LLaMA-Factory {result['llamafactory']} get_dataset"] = lf_timed(
             result, timings[PYTHON].table, timings[PYTHON].tokens
         )
+        lf_stage = Timed(
+            result["processor_seconds"],
+            result["examples"],
+            timings[PYTHON].tokens,
+            note="its processor stage",
+        )
+        timings[f"LLaMA-Factory {result['llamafactory']} SupervisedDatasetProcessor"] = lf_stage
 
     python_s = timings[PYTHON].seconds
     print_table(
-        f"{bench_samples} conversations, template {TEMPLATE}, cutoff_len {CUTOFF_LEN}, "
-        f"{timings[PYTHON].tokens:,} tokens out (best of {ROUNDS} interleaved rounds)",
+        f"{bench_samples} conversations, {tokenizer_path.name} tokenizer, template {template}, cutoff_len "
+        f"{CUTOFF_LEN}, {timings[PYTHON].tokens:,} tokens out (best of {ROUNDS} interleaved rounds)",
         timings,
         python_s,
     )
@@ -283,13 +315,72 @@ def test_preprocess_throughput(
         print("  LLaMA-Factory skipped: no --lf-python interpreter")
     benchmark.extra_info.update({f"{name} examples/s": t.examples / t.seconds for name, t in timings.items()})
 
-    floors = {COMPILED_HF: HF_FLOOR, COMPILED_FAST: FAST_FLOOR}
+    fast_s = timings[COMPILED_FAST].seconds
     below = [
         f"{name} is {python_s / timings[name].seconds:.2f}x the Python path (floor {floor}x)"
-        for name, floor in floors.items()
+        for name, floor in {COMPILED_HF: HF_FLOOR, COMPILED_FAST: FAST_FLOOR}.items()
         if python_s / timings[name].seconds < floor
     ]
+    if lf_stage is not None and lf_stage.seconds / fast_s < LF_FLOOR:
+        below.append(
+            f"{COMPILED_FAST} is {lf_stage.seconds / fast_s:.2f}x LLaMA-Factory's SupervisedDatasetProcessor "
+            f"(floor {LF_FLOOR}x)"
+        )
     assert not below, "; ".join(below)
+
+
+def run_command(argv: list[str], cache_dir: Path) -> float:
+    """Wall seconds of one ``fastsft`` command in a fresh interpreter."""
+    env = {**os.environ, "FASTSFT_CACHE_DIR": str(cache_dir)}
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "fastsft", *argv], env=env, capture_output=True, text=True, check=False
+    )
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        pytest.fail(f"fastsft {argv[0]} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    return seconds
+
+
+def test_whole_command(
+    tmp_path: Path,
+    tokenizer_path: Path,
+    dataset_dir: Path,
+    template: str,
+    bench_samples: int,
+    lf_python: Path | None,
+) -> None:
+    """Start-up (``fastsft preprocess`` on ``STARTUP_SAMPLES`` conversations), ``fastsft --help``, and
+    the whole command on the dataset against LLaMA-Factory's whole run; reported, best of
+    ``ROUNDS``, after one run that records the tokenizer class (``fastsft.hf_tokenizer``)."""
+
+    small_dir = write_dataset(tmp_path / "small", STARTUP_SAMPLES)
+
+    def preprocess(folder: Path) -> list[str]:
+        return [
+            "preprocess",
+            *("--dataset", DATASET_NAME, "--dataset-dir", str(folder)),
+            *("--tokenizer", str(tokenizer_path), "--template", template),
+            *("--cutoff-len", str(CUTOFF_LEN), "--quiet", "--overwrite", "--output", str(tmp_path / "out")),
+        ]
+
+    cache = tmp_path / "cache"
+    run_command(preprocess(small_dir), cache)
+    startup = min(run_command(preprocess(small_dir), cache) for _ in range(ROUNDS))
+    help_s = min(run_command(["--help"], cache) for _ in range(ROUNDS))
+    whole = min(run_command(preprocess(dataset_dir), cache) for _ in range(ROUNDS))
+    print(f"\nwhole commands, {tokenizer_path.name} tokenizer, template {template} (best of {ROUNDS})")
+    print(f"  fastsft --help                                   {help_s:8.2f} s")
+    print(f"  fastsft preprocess, {STARTUP_SAMPLES} conversations (start-up)    {startup:8.2f} s")
+    print(f"  fastsft preprocess, {bench_samples} conversations            {whole:8.2f} s")
+    if lf_python is not None:
+        result = run_lf_peer(
+            lf_python, tokenizer_path, dataset_dir, template, packing=False, max_samples=None
+        )
+        print(
+            f"  LLaMA-Factory {result['llamafactory']} whole run (lf_peer.py)       {result['wall_seconds']:8.2f} s"
+        )
+        print(f"  fastsft preprocess is {result['wall_seconds'] / whole:.2f}x LLaMA-Factory's whole run")
 
 
 @pytest.mark.parametrize("strategy", ["llamafactory", "bfd"])
@@ -299,20 +390,23 @@ def test_packing_throughput(
     tokenizer: Any,
     tokenizer_path: Path,
     dataset_dir: Path,
+    template: str,
     bench_samples: int,
     lf_python: Path | None,
 ) -> None:
     samples = min(bench_samples, PACKING_SAMPLES)
     options = {"packing": True, "packing_strategy": strategy, "max_samples": samples}
     contenders = {
-        name: pipeline_contender(tokenizer, data_args(dataset_dir, **PATHS[name], **options))
+        name: pipeline_contender(tokenizer, data_args(dataset_dir, template, **PATHS[name], **options))
         for name in (PYTHON, COMPILED_FAST)
     }
     timings = interleaved(benchmark, contenders, ROUNDS)
     python, fast = timings[PYTHON], timings[COMPILED_FAST]
     assert token_columns(fast.table).equals(token_columns(python.table)), "packed rows differ"
     if lf_python is not None and strategy == "llamafactory":
-        result = run_lf_peer(lf_python, tokenizer_path, dataset_dir, packing=True, max_samples=samples)
+        result = run_lf_peer(
+            lf_python, tokenizer_path, dataset_dir, template, packing=True, max_samples=samples
+        )
         timings[f"LLaMA-Factory {result['llamafactory']} get_dataset"] = lf_timed(
             result, python.table, python.tokens
         )

@@ -32,6 +32,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="conversations in bench_preprocess.py's synthetic dataset (docs/benchmarks.md uses 20000)",
     )
     parser.addoption(
+        "--bench-template",
+        default="qwen",
+        help="chat template for bench_preprocess.py (llama3 with Meta's Llama 3 tokenizer)",
+    )
+    parser.addoption(
         "--lf-python",
         default=str(REPO.parent / "venv-lf" / "bin" / "python"),
         help="LLaMA-Factory 0.9.5 interpreter for bench_preprocess.py's peer runs, skipped when absent "

@@ -9,7 +9,7 @@ is served from a cache) and prints one JSON line: ``examples`` (input rows: thos
 at most ``--max-samples``), ``rows``
 (output rows), ``tokens`` (output ``input_ids`` tokens, padding included when packing),
 ``seconds`` (``get_dataset`` alone, measured in this process: no interpreter start-up, imports or
-tokenizer loading) and ``digest`` (``token_digest`` of the output, to check that fastsft produced
+tokenizer loading), ``processor_seconds`` (the part of it spent in ``SupervisedDatasetProcessor``) and ``digest`` (``token_digest`` of the output, to check that fastsft produced
 the same rows). ``bench_preprocess.py`` imports ``token_digest`` from here, so this module imports
 nothing from LLaMA-Factory at the top.
 """
@@ -53,6 +53,26 @@ def count_examples(dataset_dir: Path, dataset: str) -> int:
         return len(json.load(handle))
 
 
+def _time_supervised_processor() -> list[float]:
+    """Make ``SupervisedDatasetProcessor.preprocess_dataset`` add its seconds to the returned cell:
+    LLaMA-Factory's SFT stage alone (templates, tokenization, masks, truncation), without reading,
+    converting and Arrow writes."""
+    from llamafactory.data.processor.supervised import SupervisedDatasetProcessor
+
+    total = [0.0]
+    original = SupervisedDatasetProcessor.preprocess_dataset
+
+    def preprocess_dataset(self: Any, examples: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return original(self, examples)
+        finally:
+            total[0] += time.perf_counter() - start
+
+    SupervisedDatasetProcessor.preprocess_dataset = preprocess_dataset
+    return total
+
+
 def run_llamafactory(
     dataset_dir: Path,
     dataset: str,
@@ -90,6 +110,7 @@ def run_llamafactory(
         model_args.block_diag_attn = data_args.neat_packing
 
         tokenizer_module = load_tokenizer(model_args)
+        processor_seconds = _time_supervised_processor()
         fixed_template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
         start = time.perf_counter()
         with redirect_stdout(open(os.devnull, "w")):  # get_dataset prints a decoded example
@@ -105,6 +126,7 @@ def run_llamafactory(
             "rows": table.num_rows,
             "tokens": len(table.column("input_ids").combine_chunks().flatten()),
             "seconds": seconds,
+            "processor_seconds": processor_seconds[0],
             "digest": token_digest(table),
         }
 

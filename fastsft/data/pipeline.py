@@ -156,8 +156,10 @@ def _build_split(
     """Every stage for one split: its record batches go to ``sink`` in order; returns the ``Summary``."""
     start = time.perf_counter()
     attrs = source.attrs
-    # Input bytes stand in for the characters to encode (JSON keys and escapes make them an overestimate).
-    encoder = make_encoder(args, tokenizer, expected_chars=input_bytes(attrs, args.dataset_dir))
+    # Input bytes stand in for the characters to encode (JSON keys and escapes make them an
+    # overestimate); with max_samples they say nothing, and the backend decides as it goes.
+    expected = 0 if args.max_samples else input_bytes(attrs, args.dataset_dir)
+    encoder = make_encoder(args, tokenizer, expected_chars=expected)
     summary = Summary(encode_path=encoder.encode_path, tokenizer_backend=encoder.tokenizer_backend.name)
     rows = RowBuilder(
         encoder.kernels,
