@@ -122,10 +122,9 @@ def build_dataset(
         table = pa.Table.from_batches(chunks) if chunks else empty_table(bool(args.packing))
         # A random fingerprint: `datasets` would otherwise hash every token to name an in-memory table.
         return datasets.Dataset(datasets.table.InMemoryTable(table), fingerprint=uuid.uuid4().hex), summary
-    summary = _write_split(
-        args, tokenizer, source, Path(cache_file), Path(cache_file).parent, progress, workers
-    )
-    return datasets.Dataset.from_file(cache_file), summary
+    path = Path(cache_file).absolute()
+    summary = _write_split(args, tokenizer, source, path, path.parent, progress, workers)
+    return datasets.Dataset.from_file(str(path)), summary
 
 
 def _write_split(
