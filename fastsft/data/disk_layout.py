@@ -39,7 +39,6 @@ class ArrowStreamFile:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.rows = 0
         self._sink: pa.NativeFile | None = None
         self._writer: pa.ipc.RecordBatchStreamWriter | None = None
 
@@ -49,7 +48,6 @@ class ArrowStreamFile:
             self._open(batch.schema)
         assert self._writer is not None
         self._writer.write_batch(batch)
-        self.rows += batch.num_rows
 
     def close(self, empty: pa.Schema) -> None:
         """Finish the stream (with schema ``empty`` when nothing was written)."""
