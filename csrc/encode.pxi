@@ -135,3 +135,51 @@ def assemble_supervised(token_ids, message_bounds, sample_bounds, int64_t cutoff
                 labels[label_at] = eos
 
     return input_ids_arr, labels_arr, offsets_arr, label_offsets_arr
+
+
+def gather_segments(text_ids, text_offsets, segment_texts, special_ids):
+    """Every segment's tokens back to back, in segment order.
+
+    ``text_ids`` (int32[T]) holds the tokens of every text, text ``x`` being
+    ``text_ids[text_offsets[x]:text_offsets[x + 1]]`` (``text_offsets``: int64[X+1]).
+    ``segment_texts`` (int64[S]) gives each segment's text, or -1 for a special token; the
+    special tokens take ``special_ids`` (int32[K], K = the count of -1) in order.
+
+    Returns ``(token_ids, segment_lengths)``: int32[N] and int64[S].
+    """
+    cdef const int32_t[::1] ids = _as_flat(text_ids, np.int32, "text_ids")
+    offsets_arr = _as_flat(text_offsets, np.int64, "text_offsets")
+    _check_bounds(offsets_arr, ids.shape[0], "text_offsets")
+    segments_arr = _as_flat(segment_texts, np.int64, "segment_texts")
+    cdef const int32_t[::1] specials = _as_flat(special_ids, np.int32, "special_ids")
+    if segments_arr.shape[0] and (segments_arr.min() < -1 or segments_arr.max() >= offsets_arr.shape[0] - 1):
+        raise ValueError(f"segment_texts must lie within [-1, {offsets_arr.shape[0] - 1})")
+    if np.count_nonzero(segments_arr == -1) != specials.shape[0]:
+        raise ValueError("special_ids must hold one id per segment_texts entry of -1")
+
+    cdef const int64_t[::1] offsets = offsets_arr
+    cdef const int64_t[::1] segments = segments_arr
+    cdef Py_ssize_t n_segments = segments.shape[0]
+    lengths_arr = np.empty(n_segments, dtype=np.int64)
+    cdef int64_t[::1] lengths = lengths_arr
+    cdef Py_ssize_t s
+    cdef int64_t text, total = 0
+    with nogil:
+        for s in range(n_segments):
+            text = segments[s]
+            lengths[s] = 1 if text < 0 else offsets[text + 1] - offsets[text]
+            total += lengths[s]
+
+    out_arr = _pooled_int32(total)
+    cdef int32_t[::1] out = out_arr
+    cdef int64_t at = 0, special = 0
+    with nogil:
+        for s in range(n_segments):
+            text = segments[s]
+            if text < 0:
+                out[at] = specials[special]
+                special += 1
+                at += 1
+            else:
+                at = _copy_tokens(out, at, ids, offsets[text], lengths[s])
+    return out_arr, lengths_arr

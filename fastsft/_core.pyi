@@ -5,6 +5,14 @@ from numpy.typing import ArrayLike
 
 BOUNDS_CHECKED: bool
 
+def gather_segments(
+    text_ids: ArrayLike,  # int32[T]
+    text_offsets: ArrayLike,  # int64[X+1]
+    segment_texts: ArrayLike,  # int64[S], -1 for a special token
+    special_ids: ArrayLike,  # int32[K]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(token_ids int32[N], segment_lengths int64[S])."""
+
 def assemble_supervised(
     token_ids: ArrayLike,  # int32[N]
     message_bounds: ArrayLike,  # int64[M+1]

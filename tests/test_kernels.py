@@ -29,8 +29,10 @@ from fastsft.data.packing import (
     rows_from_order,
 )
 from fastsft.errors import FastSFTError
+from fastsft.kernels import reference
 from fastsft.kernels.compiled import (
     assemble_supervised,
+    gather_segments,
     knapsack_llamafactory,
     materialize_rows,
     pack_bfd,
@@ -142,6 +144,50 @@ def test_assemble_supervised_rejects_bad_bounds(message_bounds, sample_bounds, e
 def test_assemble_supervised_needs_eos_for_efficient_eos():
     with pytest.raises(ValueError, match="eos_token_id"):
         assemble_supervised(np.arange(2, dtype=np.int32), [0, 1, 2], [0, 2], 8, False, False, True, None)
+
+
+@st.composite
+def segmented_texts(draw):
+    """Tokenized texts and segments that each name one of them (any order, repeats) or a special id."""
+    texts = draw(st.lists(st.lists(tokens, max_size=6), max_size=6))
+    choices = st.integers(-1, len(texts) - 1) if texts else st.just(-1)
+    segment_texts = draw(st.lists(choices, max_size=12))
+    special_ids = draw(st.lists(tokens, min_size=segment_texts.count(-1), max_size=segment_texts.count(-1)))
+    return texts, segment_texts, special_ids
+
+
+@pytest.mark.parametrize("kernel", [gather_segments, reference.gather_segments], ids=["compiled", "reference"])
+@settings(max_examples=200, deadline=None)
+@given(segmented_texts())
+def test_gather_segments_lays_out_every_segment(kernel, case):
+    texts, segment_texts, special_ids = case
+    text_ids = np.array([t for text in texts for t in text], dtype=np.int32)
+    text_offsets = np.cumsum([0, *map(len, texts)], dtype=np.int64)
+    specials = iter(special_ids)
+    expected = [texts[x] if x >= 0 else [next(specials)] for x in segment_texts]
+    token_ids, lengths = kernel(
+        text_ids, text_offsets, np.array(segment_texts, dtype=np.int64), np.array(special_ids, dtype=np.int32)
+    )
+    assert token_ids.dtype == np.int32 and lengths.dtype == np.int64
+    assert lengths.tolist() == [len(segment) for segment in expected]
+    assert token_ids.tolist() == [t for segment in expected for t in segment]
+
+
+@pytest.mark.parametrize("kernel", [gather_segments, reference.gather_segments], ids=["compiled", "reference"])
+@pytest.mark.parametrize(
+    ("text_offsets", "segment_texts", "special_ids", "error"),
+    [
+        ([0, 2, 4], [2], [], "segment_texts must lie within"),
+        ([0, 2, 4], [-2], [], "segment_texts must lie within"),
+        ([0, 2, 4], [0, -1], [], "one id per"),
+        ([0, 2, 4], [1], [7], "one id per"),
+        ([0, 2, 9], [1], [], "text_offsets"),
+        ([0, 3, 2], [0], [], "text_offsets"),
+    ],
+)
+def test_gather_segments_rejects_bad_indices(kernel, text_offsets, segment_texts, special_ids, error):
+    with pytest.raises(ValueError, match=error):
+        kernel(np.arange(4, dtype=np.int32), text_offsets, segment_texts, special_ids)
 
 
 dense_capacities = st.integers(0, 64)  # the packers number every length 0..capacity

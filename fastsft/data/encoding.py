@@ -190,7 +190,7 @@ class Encoder:
                         special_ids.append(seg)
 
         text_ids, text_offsets = self.tokenizer_backend.encode_batch_flat(texts)
-        token_ids, seg_lengths = _gather_segments(
+        token_ids, seg_lengths = self.kernels.gather_segments(
             text_ids,
             text_offsets,
             np.asarray(seg_text_index, dtype=np.int64),
@@ -229,22 +229,3 @@ def in_dataset_terms(err: DataError, conv: Conversation) -> DataError:
     field = conv.fields[int(match.group(1))] + err.field[match.end() :]
     return DataError(err.reason, dataset=err.dataset, index=err.index, field=field, line=err.line)
 
-
-def _gather_segments(
-    text_ids: np.ndarray, text_offsets: np.ndarray, seg_text_index: np.ndarray, special_ids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Lay out every segment's tokens in order: tokenized text or a single special id."""
-    is_text = seg_text_index >= 0
-    text_idx = seg_text_index[is_text]
-    seg_lengths = np.ones(len(seg_text_index), dtype=np.int64)
-    seg_lengths[is_text] = text_offsets[text_idx + 1] - text_offsets[text_idx]
-    # Source = text tokens followed by the special ids; each segment reads a contiguous run of it.
-    source = np.concatenate([text_ids.astype(np.int32, copy=False), special_ids])
-    seg_starts = np.empty(len(seg_text_index), dtype=np.int64)
-    seg_starts[is_text] = text_offsets[text_idx]
-    seg_starts[~is_text] = len(text_ids) + np.arange(int((~is_text).sum()), dtype=np.int64)
-    out_starts = offsets_from_lengths(seg_lengths)[:-1]
-    positions = np.repeat(seg_starts - out_starts, seg_lengths) + np.arange(
-        int(seg_lengths.sum()), dtype=np.int64
-    )
-    return source[positions], seg_lengths

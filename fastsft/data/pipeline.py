@@ -12,10 +12,12 @@ cache file, or the ``save_to_disk`` layout published atomically (``build_to_disk
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -181,17 +183,18 @@ def _build_split(
         lengths=source.lengths,
     )
     bar = _progress_bar(progress)
-    try:
-        for encoded in encoded_batches(
-            encoder, batches, summary, workers or args.preprocessing_num_workers or 1
-        ):
-            for batch in rows.add(encoded):
+    with _cyclic_gc_paused():
+        try:
+            for encoded in encoded_batches(
+                encoder, batches, summary, workers or args.preprocessing_num_workers or 1
+            ):
+                for batch in rows.add(encoded):
+                    sink(batch)
+                bar.update(summary.examples_in - bar.n)
+            for batch in rows.finish():
                 sink(batch)
-            bar.update(summary.examples_in - bar.n)
-        for batch in rows.finish():
-            sink(batch)
-    finally:
-        rows.close()
+        finally:
+            rows.close()
     bar.close()
     summary.tokenizer_backend = encoder.tokenizer_backend.name  # "auto" may have switched
     summary.seconds = time.perf_counter() - start
@@ -202,6 +205,24 @@ def _build_split(
             dataset=",".join(a.name for a in attrs),
         )
     return summary
+
+
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a split is built, then back as it was.
+
+    Building makes millions of short-lived containers while the parsed rows of a JSON array file
+    stay alive, and each full collection walks all of them: on 20,000 conversations two full
+    collections took 0.4 s of a 2 s build. The pipeline makes no reference cycles, so reference
+    counting frees everything it drops meanwhile.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def check_output(args: DataArgs, output: Path, *, overwrite: bool, tokenizer_dir: str | None) -> None:

@@ -2,8 +2,8 @@
 
 ``select_kernels(path)`` returns the module for an encode path, ``"compiled"`` (default;
 ``fastsft.kernels.compiled`` over ``fastsft._core``) or ``"python"`` (``fastsft.kernels.reference``).
-Both expose ``assemble_supervised``, ``knapsack_llamafactory``, ``pack_bfd``, ``materialize_rows``
-and ``varlen_flatten`` with the same signatures and the same named results
+Both expose ``gather_segments``, ``assemble_supervised``, ``knapsack_llamafactory``, ``pack_bfd``,
+``materialize_rows`` and ``varlen_flatten`` with the same signatures and the same named results
 (``fastsft.kernels.types``). Callers hold the module and never branch on the path.
 """
 
@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Literal
 
 from fastsft.errors import ConfigError
-from fastsft.kernels.types import Packing, Rows, Supervised, Varlen, offsets_from_lengths
+from fastsft.kernels.types import Packing, Rows, Segments, Supervised, Varlen, offsets_from_lengths
 
 __all__ = [
     "ENCODE_PATHS",
@@ -23,6 +23,7 @@ __all__ = [
     "EncodePath",
     "Packing",
     "Rows",
+    "Segments",
     "Supervised",
     "Varlen",
     "offsets_from_lengths",

@@ -12,12 +12,13 @@ from typing import Any
 import numpy as np
 
 from fastsft.errors import FastSFTError
-from fastsft.kernels.types import Packing, Rows, Supervised, Varlen
+from fastsft.kernels.types import Packing, Rows, Segments, Supervised, Varlen
 
 __all__ = [
     "BOUNDS_CHECKED",
     "KernelsNotBuiltError",
     "assemble_supervised",
+    "gather_segments",
     "knapsack_llamafactory",
     "materialize_rows",
     "pack_bfd",
@@ -38,6 +39,11 @@ except ImportError as error:
     ) from error
 
 BOUNDS_CHECKED: bool = _core.BOUNDS_CHECKED
+
+
+def gather_segments(text_ids: Any, text_offsets: Any, segment_texts: Any, special_ids: Any) -> Segments:
+    """See ``fastsft.kernels.reference.gather_segments``."""
+    return Segments(*_core.gather_segments(text_ids, text_offsets, segment_texts, special_ids))
 
 
 def assemble_supervised(

@@ -17,13 +17,54 @@ import numpy as np
 from fastsft import IGNORE_INDEX
 from fastsft.data.encode import encode_pairs
 from fastsft.data.packing import best_fit_decreasing, llamafactory_order, rows_from_order
-from fastsft.kernels.types import Packing, Rows, Supervised, Varlen, offsets_from_lengths
+from fastsft.kernels.types import Packing, Rows, Segments, Supervised, Varlen, offsets_from_lengths
 
-__all__ = ["assemble_supervised", "knapsack_llamafactory", "materialize_rows", "pack_bfd", "varlen_flatten"]
+__all__ = [
+    "assemble_supervised",
+    "gather_segments",
+    "knapsack_llamafactory",
+    "materialize_rows",
+    "pack_bfd",
+    "varlen_flatten",
+]
 
 
 def _int32(values: list[int]) -> np.ndarray:
     return np.asarray(values, dtype=np.int32).reshape(-1)
+
+
+def gather_segments(text_ids: Any, text_offsets: Any, segment_texts: Any, special_ids: Any) -> Segments:
+    """Every segment's tokens back to back, in segment order (NumPy: not LLaMA-Factory logic, so
+    there is no line-by-line port to call).
+
+    ``text_ids`` (int32[T]) holds the tokens of every text, text ``x`` being
+    ``text_ids[text_offsets[x]:text_offsets[x+1]]`` (``text_offsets``: int64[X+1]).
+    ``segment_texts`` (int64[S]) gives each segment's text, or -1 for a special token; the
+    special tokens take ``special_ids`` (int32[K], K = the count of -1) in order.
+    """
+    text_ids = np.asarray(text_ids, dtype=np.int32).reshape(-1)
+    text_offsets = np.asarray(text_offsets, dtype=np.int64).reshape(-1)
+    segment_texts = np.asarray(segment_texts, dtype=np.int64).reshape(-1)
+    special_ids = np.asarray(special_ids, dtype=np.int32).reshape(-1)
+    n_texts = len(text_offsets) - 1
+    if n_texts < 0 or text_offsets[0] < 0 or text_offsets[-1] > len(text_ids) or (np.diff(text_offsets) < 0).any():
+        raise ValueError(f"text_offsets must be non-decreasing and lie within [0, {len(text_ids)}]")
+    if len(segment_texts) and (segment_texts.min() < -1 or segment_texts.max() >= n_texts):
+        raise ValueError(f"segment_texts must lie within [-1, {n_texts})")
+    is_text = segment_texts >= 0
+    if np.count_nonzero(~is_text) != len(special_ids):
+        raise ValueError("special_ids must hold one id per segment_texts entry of -1")
+    text_index = segment_texts[is_text]
+    lengths = np.ones(len(segment_texts), dtype=np.int64)
+    lengths[is_text] = text_offsets[text_index + 1] - text_offsets[text_index]
+    # Source = text tokens followed by the special ids; each segment reads a contiguous run of it.
+    source = np.concatenate([text_ids, special_ids])
+    starts = np.empty(len(segment_texts), dtype=np.int64)
+    starts[is_text] = text_offsets[text_index]
+    starts[~is_text] = len(text_ids) + np.arange(len(special_ids), dtype=np.int64)
+    out_starts = offsets_from_lengths(lengths)[:-1]
+    positions = np.repeat(starts - out_starts, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+    return Segments(source[positions], lengths)
 
 
 def assemble_supervised(

@@ -10,7 +10,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Packing", "Rows", "Supervised", "Varlen", "offsets_from_lengths"]
+__all__ = ["Packing", "Rows", "Segments", "Supervised", "Varlen", "offsets_from_lengths"]
+
+
+class Segments(NamedTuple):
+    """``gather_segments``: segment ``s`` is ``token_ids[o[s]:o[s+1]]``, ``o = offsets_from_lengths(segment_lengths)``."""
+
+    token_ids: np.ndarray  # int32[N]
+    segment_lengths: np.ndarray  # int64[S]
 
 
 class Supervised(NamedTuple):
