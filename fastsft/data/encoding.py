@@ -228,4 +228,3 @@ def in_dataset_terms(err: DataError, conv: Conversation) -> DataError:
         return err
     field = conv.fields[int(match.group(1))] + err.field[match.end() :]
     return DataError(err.reason, dataset=err.dataset, index=err.index, field=field, line=err.line)
-

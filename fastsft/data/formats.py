@@ -72,16 +72,19 @@ def convert(row: Mapping[str, Any], attr: DatasetAttr) -> Conversation | Dropped
     if len(messages) == 0:
         return Dropped("empty conversation")
 
-    for message in messages:
-        if not isinstance(message.content, str):
-            raise DataError(_not_a_string(message.content), field=message.field)
+    unified, fields = [], []
+    for role, content, where in messages:
+        if not isinstance(content, str):
+            raise DataError(_not_a_string(content), field=where)
+        unified.append({"role": role, "content": content})
+        fields.append(where)
 
     _refuse_media(row, attr)
     return Conversation(
-        messages=[{"role": message.role, "content": message.content} for message in messages],
+        messages=unified,
         system=_optional_text(system, attr.system or "system"),
         tools=_optional_text(tools, attr.tools or "tools"),
-        fields=[message.field for message in messages],
+        fields=fields,
     )
 
 
@@ -240,14 +243,20 @@ def _convert_sharegpt(row: Mapping[str, Any], attr: DatasetAttr) -> _Converted |
     system, offset = leading if leading else (_column(row, attr.system), 0)
 
     aligned: list[_Message] = []
+    role_tag, content_tag = attr.role_tag, attr.content_tag
     for turn_idx, message in enumerate(messages[offset:]):
-        where = f"{attr.messages}[{turn_idx + offset}]"
-        role = _get(message, attr.role_tag, where)
+        index = turn_idx + offset
+        if message.__class__ is dict and role_tag in message and content_tag in message:
+            role, content = message[role_tag], message[content_tag]  # the common case, without _get
+        else:
+            role = _get(message, role_tag, f"{attr.messages}[{index}]")
+            content = None
         if role not in accept_tags[turn_idx % 2]:
-            return _role_error(turn_idx + offset, role, accept_tags[turn_idx % 2], tag_mapping)
+            return _role_error(index, role, accept_tags[turn_idx % 2], tag_mapping)
 
-        content = _get(message, attr.content_tag, where)
-        aligned.append(_Message(tag_mapping[role], content, f"{where}.{attr.content_tag}"))
+        if content is None:
+            content = _get(message, content_tag, f"{attr.messages}[{index}]")
+        aligned.append(_Message(tag_mapping[role], content, f"{attr.messages}[{index}].{content_tag}"))
 
     if len(aligned) % 2 != 0:
         return _odd_count(len(aligned))

@@ -222,6 +222,46 @@ def _slots_to_segments(elements: Sequence[Slot], specials: SpecialTokens) -> lis
     return segments
 
 
+class _CompiledSlots:
+    """A ``StringFormatter``'s or ``EmptyFormatter``'s slots turned into segments once per tokenizer.
+
+    Equal to ``_slots_to_segments(formatter.apply(content=..., idx=...), specials)``: special slots
+    and fixed text are resolved ahead, and only the slots with a ``{{`` are filled per message
+    (``content`` first, then ``idx``, as ``StringFormatter.apply`` replaces them in keyword order).
+    """
+
+    __slots__ = ("formatter", "parts", "specials")
+
+    def __init__(self, formatter: Formatter, specials: SpecialTokens) -> None:
+        self.formatter, self.specials = formatter, specials
+        # Each part is a segment as it is (int, or text without "{{") or a one-element list
+        # holding text with placeholders to fill.
+        self.parts: list[Segment | list[str]] = []
+        for slot in formatter.slots:
+            if isinstance(slot, str) and "{{" in slot:
+                self.parts.append([slot])
+            else:
+                self.parts += _slots_to_segments([slot], specials)
+
+    def segments(self, content: str, idx: str | None = None) -> list[Segment]:
+        segments: list[Segment] = []
+        for part in self.parts:
+            if part.__class__ is list:
+                text = part[0].replace("{{content}}", content, 1)
+                if idx is not None:
+                    text = text.replace("{{idx}}", idx, 1)
+                if text:
+                    segments.append(text)
+            else:
+                segments.append(part)
+        return segments
+
+
+def _compilable(formatter: Formatter) -> bool:
+    """Whether the formatter's output is its slots with placeholders filled (no own ``apply``)."""
+    return type(formatter) in (StringFormatter, EmptyFormatter)
+
+
 def pairs(encoded_messages: Sequence[list[int]]) -> list[tuple[list[int], list[int]]]:
     """(prompt_ids, response_ids) per turn from per-message ids, like ``encode_multiturn``."""
     return [(encoded_messages[i], encoded_messages[i + 1]) for i in range(0, len(encoded_messages), 2)]
@@ -282,10 +322,7 @@ class Template:
         matters for reasoning templates.
         """
         _check_messages(messages)
-        return [
-            _slots_to_segments(elements, specials)
-            for elements in self._message_slots(messages, system, tools)
-        ]
+        return self._message_segments(messages, system, tools, specials)
 
     def encode_messages(
         self,
@@ -329,51 +366,87 @@ class Template:
         )
         return re.sub(pattern, "", content).lstrip("\n")
 
-    def _system_slots(self, system: str | None, tools: str | None) -> list[Slot]:
-        """The system message with the tool definitions appended, or nothing."""
+    def _system_text(self, system: str | None, tools: str | None) -> str | None:
+        """The system message's content with the tool definitions appended, or ``None`` for no system message."""
         system = system or self.default_system
         if not (system or tools):
-            return []
+            return None
 
         tool_text = _apply(self.format_tools, "tools", content=tools)[0] if tools else ""
         if not isinstance(system, str):
             raise DataError(f"expected a string, got {type(system).__name__} {system!r}", field="system")
 
-        return _apply(self.format_system, "system", content=system + tool_text)
+        return system + tool_text
 
-    def _message_slots(
-        self, messages: Sequence[Mapping[str, Any]], system: str | None, tools: str | None
-    ) -> list[list[Slot]]:
+    def _compiled(self, formatter: Formatter, specials: SpecialTokens) -> _CompiledSlots:
+        """``formatter``'s compiled slots for ``specials``, made once and kept on the template."""
+        cache: dict[int, _CompiledSlots] = self.__dict__.setdefault("_compiled_slots", {})
+        compiled = cache.get(id(formatter))
+        if compiled is None or compiled.formatter is not formatter or compiled.specials is not specials:
+            compiled = cache[id(formatter)] = _CompiledSlots(formatter, specials)
+        return compiled
+
+    def _format(
+        self,
+        formatter: Formatter,
+        specials: SpecialTokens,
+        where: str | int,
+        content: str,
+        idx: str | None = None,
+    ) -> list[Segment]:
+        """``_slots_to_segments(_apply(formatter, where, content=content[, idx=idx]), specials)``."""
+        if _compilable(formatter):
+            return self._compiled(formatter, specials).segments(content, idx)
+        kwargs = {"content": content} if idx is None else {"content": content, "idx": idx}
+        return _slots_to_segments(_apply(formatter, where, **kwargs), specials)
+
+    def _prefix(self, specials: SpecialTokens) -> list[Segment]:
+        if type(self.format_prefix) is EmptyFormatter:
+            return list(self._compiled(self.format_prefix, specials).parts)  # type: ignore[arg-type]
+        return _slots_to_segments(self.format_prefix.apply(), specials)
+
+    def _function(self, specials: SpecialTokens, where: int, content: str, **words: Any) -> list[Segment]:
+        return _slots_to_segments(_apply(self.format_function, where, content=content, **words), specials)
+
+    def _message_segments(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        system: str | None,
+        tools: str | None,
+        specials: SpecialTokens,
+    ) -> list[list[Segment]]:
         """LLaMA-Factory's ``Template._encode`` before tokenization.
 
         Turn 0: prefix + system + query, resp; turn t: query, resp.
         """
-        encoded: list[list[Slot]] = []
+        encoded: list[list[Segment]] = []
         for i, message in enumerate(messages):
-            elements: list[Slot] = []
+            segments: list[Segment] = []
             if i == 0:
-                elements += self.format_prefix.apply()
-                elements += self._system_slots(system, tools)
+                segments += self._prefix(specials)
+                system_text = self._system_text(system, tools)
+                if system_text is not None:
+                    segments += self._format(self.format_system, specials, "system", system_text)
 
-            role, content, where = message["role"], message["content"], i
+            role, content = message["role"], message["content"]
             if role == "user":
-                elements += _apply(self.format_user, where, content=content, idx=str(i // 2))
+                segments += self._format(self.format_user, specials, i, content, str(i // 2))
             elif role == "assistant":
-                elements += _apply(self.format_assistant, where, content=content)
+                segments += self._format(self.format_assistant, specials, i, content)
             elif role == "observation":
-                elements += _apply(self.format_observation, where, content=content)
+                segments += self._format(self.format_observation, specials, i, content)
             elif role == "function":
-                elements += _apply(
-                    self.format_function,
-                    where,
-                    content=content,
+                segments += self._function(
+                    specials,
+                    i,
+                    content,
                     thought_words=self.thought_words,
                     tool_call_words=self.tool_call_words,
                 )
             else:
                 raise ValueError(f"Unexpected role: {role}")
 
-            encoded.append(elements)
+            encoded.append(segments)
 
         return encoded
 
@@ -392,32 +465,38 @@ def _apply(formatter: Formatter, where: str | int, **kwargs: Any) -> list[Slot]:
 class Llama2Template(Template):
     """Fuses the system message into the first user message (Llama 2, Mistral)."""
 
-    def _message_slots(
-        self, messages: Sequence[Mapping[str, Any]], system: str | None, tools: str | None
-    ) -> list[list[Slot]]:
-        encoded: list[list[Slot]] = []
+    def _message_segments(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        system: str | None,
+        tools: str | None,
+        specials: SpecialTokens,
+    ) -> list[list[Segment]]:
+        encoded: list[list[Segment]] = []
         for i, message in enumerate(messages):
-            elements: list[Slot] = []
+            segments: list[Segment] = []
             system_text: Any = ""
             if i == 0:
-                elements += self.format_prefix.apply()
-                system_slots = self._system_slots(system, tools)
-                if system_slots:
-                    system_text = system_slots[0]
+                segments += self._prefix(specials)
+                text = self._system_text(system, tools)
+                if text is not None:
+                    system_slots = _apply(self.format_system, "system", content=text)
+                    if system_slots:
+                        system_text = system_slots[0]
 
-            role, content, where = message["role"], message["content"], i
+            role, content = message["role"], message["content"]
             if role == "user":
-                elements += _apply(self.format_user, where, content=system_text + content)
+                segments += self._format(self.format_user, specials, i, system_text + content)
             elif role == "assistant":
-                elements += _apply(self.format_assistant, where, content=content)
+                segments += self._format(self.format_assistant, specials, i, content)
             elif role == "observation":
-                elements += _apply(self.format_observation, where, content=content)
+                segments += self._format(self.format_observation, specials, i, content)
             elif role == "function":
-                elements += _apply(self.format_function, where, content=content)
+                segments += self._function(specials, i, content)
             else:
                 raise ValueError(f"Unexpected role: {role}")
 
-            encoded.append(elements)
+            encoded.append(segments)
 
         return encoded
 

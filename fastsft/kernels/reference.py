@@ -47,7 +47,12 @@ def gather_segments(text_ids: Any, text_offsets: Any, segment_texts: Any, specia
     segment_texts = np.asarray(segment_texts, dtype=np.int64).reshape(-1)
     special_ids = np.asarray(special_ids, dtype=np.int32).reshape(-1)
     n_texts = len(text_offsets) - 1
-    if n_texts < 0 or text_offsets[0] < 0 or text_offsets[-1] > len(text_ids) or (np.diff(text_offsets) < 0).any():
+    if (
+        n_texts < 0
+        or text_offsets[0] < 0
+        or text_offsets[-1] > len(text_ids)
+        or (np.diff(text_offsets) < 0).any()
+    ):
         raise ValueError(f"text_offsets must be non-decreasing and lie within [0, {len(text_ids)}]")
     if len(segment_texts) and (segment_texts.min() < -1 or segment_texts.max() >= n_texts):
         raise ValueError(f"segment_texts must lie within [-1, {n_texts})")
