@@ -34,6 +34,7 @@ LLaMA-Factory's whole run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -44,6 +45,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from data import DATASET_NAME, write_dataset
@@ -82,7 +84,7 @@ class Timed:
     seconds: float
     examples: int
     tokens: int
-    table: pa.Table | None = None
+    rows: Rows | None = None
     note: str = ""
 
     def row(self, name: str, python_seconds: float) -> str:
@@ -140,7 +142,7 @@ def pipeline_contender(tokenizer: Any, args: DataArgs) -> Callable[[], Timed]:
         start = time.perf_counter()
         dataset, summary = build_dataset(args, tokenizer)
         seconds = time.perf_counter() - start
-        return Timed(seconds, summary.examples_in, summary.tokens, dataset.data.table)
+        return Timed(seconds, summary.examples_in, summary.tokens, Rows.of(dataset.data.table))
 
     return run
 
@@ -245,10 +247,10 @@ def run_lf_peer(
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "wall_seconds": wall_seconds}
 
 
-def lf_timed(result: dict[str, Any], fastsft_table: pa.Table, non_padding_tokens: int) -> Timed:
+def lf_timed(result: dict[str, Any], fastsft_rows: Rows, non_padding_tokens: int) -> Timed:
     """LLaMA-Factory's measurements, after checking its rows are fastsft's; tokens/s counts the same
     non-padding tokens as fastsft (equal rows, so equal tokens)."""
-    assert result["digest"] == token_digest(fastsft_table), "LLaMA-Factory's rows differ from fastsft's"
+    assert result["digest"] == fastsft_rows.lf_digest, "LLaMA-Factory's rows differ from fastsft's"
     return Timed(result["seconds"], result["examples"], non_padding_tokens, note="in-process get_dataset")
 
 
@@ -259,8 +261,26 @@ def print_table(title: str, timings: dict[str, Timed], python_seconds: float) ->
         print(timed.row(name, python_seconds))
 
 
-def token_columns(table: pa.Table) -> pa.Table:
-    return table.select([name for name in table.column_names if name in (*TOKEN_COLUMNS, "position_ids")])
+@dataclass(frozen=True)
+class Rows:
+    """What a contender's rows are, by digest: each output is dropped as soon as it is timed, so the
+    next contender runs with the memory a real run has (holding every output slowed the compiled
+    path by a third on the 2-core VM)."""
+
+    digest: str  # sha256 of the token columns: names, Arrow types, row lengths and values
+    lf_digest: str  # lf_peer.token_digest, to compare with LLaMA-Factory's rows
+    count: int
+
+    @classmethod
+    def of(cls, table: pa.Table) -> Rows:
+        digest = hashlib.sha256()
+        for name in table.column_names:
+            if name in (*TOKEN_COLUMNS, "position_ids"):
+                column = table.column(name).combine_chunks()
+                digest.update(f"{name}:{column.type};".encode())
+                digest.update(np.asarray(column.value_lengths(), dtype=np.int64).tobytes())
+                digest.update(np.asarray(column.flatten()).tobytes())
+        return cls(digest.hexdigest(), token_digest(table), table.num_rows)
 
 
 def test_preprocess_throughput(
@@ -279,18 +299,15 @@ def test_preprocess_throughput(
     contenders.update(tokenizer_contenders(tokenizer, dataset_dir, template))
     timings = interleaved(benchmark, contenders, ROUNDS)
 
-    reference = token_columns(timings[PYTHON].table)
     for name in (COMPILED_HF, COMPILED_FAST):
-        assert token_columns(timings[name].table).equals(reference), (
-            f"{name} rows differ from the Python path"
-        )
+        assert timings[name].rows == timings[PYTHON].rows, f"{name} rows differ from the Python path"
     lf_stage = None
     if lf_python is not None:
         result = run_lf_peer(
             lf_python, tokenizer_path, dataset_dir, template, packing=False, max_samples=None
         )
         timings[f"LLaMA-Factory {result['llamafactory']} get_dataset"] = lf_timed(
-            result, timings[PYTHON].table, timings[PYTHON].tokens
+            result, timings[PYTHON].rows, timings[PYTHON].tokens
         )
         lf_stage = Timed(
             result["processor_seconds"],
@@ -402,16 +419,16 @@ def test_packing_throughput(
     }
     timings = interleaved(benchmark, contenders, ROUNDS)
     python, fast = timings[PYTHON], timings[COMPILED_FAST]
-    assert token_columns(fast.table).equals(token_columns(python.table)), "packed rows differ"
+    assert fast.rows == python.rows, "packed rows differ"
     if lf_python is not None and strategy == "llamafactory":
         result = run_lf_peer(
             lf_python, tokenizer_path, dataset_dir, template, packing=True, max_samples=samples
         )
         timings[f"LLaMA-Factory {result['llamafactory']} get_dataset"] = lf_timed(
-            result, python.table, python.tokens
+            result, python.rows, python.tokens
         )
     print_table(
-        f"packing ({strategy}), {samples} conversations into {fast.table.num_rows} rows of {CUTOFF_LEN}",
+        f"packing ({strategy}), {samples} conversations into {fast.rows.count} rows of {CUTOFF_LEN}",
         timings,
         python.seconds,
     )
