@@ -156,7 +156,9 @@ def segmented_texts(draw):
     return texts, segment_texts, special_ids
 
 
-@pytest.mark.parametrize("kernel", [gather_segments, reference.gather_segments], ids=["compiled", "reference"])
+@pytest.mark.parametrize(
+    "kernel", [gather_segments, reference.gather_segments], ids=["compiled", "reference"]
+)
 @settings(max_examples=200, deadline=None)
 @given(segmented_texts())
 def test_gather_segments_lays_out_every_segment(kernel, case):
@@ -173,7 +175,9 @@ def test_gather_segments_lays_out_every_segment(kernel, case):
     assert token_ids.tolist() == [t for segment in expected for t in segment]
 
 
-@pytest.mark.parametrize("kernel", [gather_segments, reference.gather_segments], ids=["compiled", "reference"])
+@pytest.mark.parametrize(
+    "kernel", [gather_segments, reference.gather_segments], ids=["compiled", "reference"]
+)
 @pytest.mark.parametrize(
     ("text_offsets", "segment_texts", "special_ids", "error"),
     [

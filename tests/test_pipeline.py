@@ -437,6 +437,8 @@ def test_building_makes_no_reference_cycles_and_restores_the_collector(build, ba
             gc.enable()
 
     cycles_left([MATH, GOOD] * 5)  # warm-up: first-use caches
-    assert cycles_left([MATH, GOOD, ODD, NOT_A_STRING] * 50) == cycles_left([MATH, GOOD, ODD, NOT_A_STRING] * 5)
+    assert cycles_left([MATH, GOOD, ODD, NOT_A_STRING] * 50) == cycles_left(
+        [MATH, GOOD, ODD, NOT_A_STRING] * 5
+    )
     build([MATH], backend=backend)
     assert gc.isenabled()
