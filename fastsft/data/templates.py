@@ -405,9 +405,6 @@ class Template:
             return list(self._compiled(self.format_prefix, specials).parts)  # type: ignore[arg-type]
         return _slots_to_segments(self.format_prefix.apply(), specials)
 
-    def _function(self, specials: SpecialTokens, where: int, content: str, **words: Any) -> list[Segment]:
-        return _slots_to_segments(_apply(self.format_function, where, content=content, **words), specials)
-
     def _message_segments(
         self,
         messages: Sequence[Mapping[str, Any]],
@@ -428,27 +425,39 @@ class Template:
                 if system_text is not None:
                     segments += self._format(self.format_system, specials, "system", system_text)
 
-            role, content = message["role"], message["content"]
-            if role == "user":
-                segments += self._format(self.format_user, specials, i, content, str(i // 2))
-            elif role == "assistant":
-                segments += self._format(self.format_assistant, specials, i, content)
-            elif role == "observation":
-                segments += self._format(self.format_observation, specials, i, content)
-            elif role == "function":
-                segments += self._function(
-                    specials,
-                    i,
-                    content,
-                    thought_words=self.thought_words,
-                    tool_call_words=self.tool_call_words,
-                )
-            else:
-                raise ValueError(f"Unexpected role: {role}")
-
+            segments += self._role_segments(
+                message["role"], message["content"], i, specials, idx=str(i // 2), function_words=True
+            )
             encoded.append(segments)
 
         return encoded
+
+    def _role_segments(
+        self,
+        role: str,
+        content: str,
+        i: int,
+        specials: SpecialTokens,
+        *,
+        idx: str | None,
+        function_words: bool,
+    ) -> list[Segment]:
+        """Message ``i``'s own segments by its role; ``idx`` fills the user slots' ``{{idx}}``, and
+        ``function_words`` passes the thought and tool-call words to the function formatter."""
+        if role == "user":
+            return self._format(self.format_user, specials, i, content, idx)
+        if role == "assistant":
+            return self._format(self.format_assistant, specials, i, content)
+        if role == "observation":
+            return self._format(self.format_observation, specials, i, content)
+        if role == "function":
+            words = (
+                {"thought_words": self.thought_words, "tool_call_words": self.tool_call_words}
+                if function_words
+                else {}
+            )
+            return _slots_to_segments(_apply(self.format_function, i, content=content, **words), specials)
+        raise ValueError(f"Unexpected role: {role}")
 
 
 def _apply(formatter: Formatter, where: str | int, **kwargs: Any) -> list[Slot]:
@@ -486,16 +495,8 @@ class Llama2Template(Template):
 
             role, content = message["role"], message["content"]
             if role == "user":
-                segments += self._format(self.format_user, specials, i, system_text + content)
-            elif role == "assistant":
-                segments += self._format(self.format_assistant, specials, i, content)
-            elif role == "observation":
-                segments += self._format(self.format_observation, specials, i, content)
-            elif role == "function":
-                segments += self._function(specials, i, content)
-            else:
-                raise ValueError(f"Unexpected role: {role}")
-
+                content = system_text + content
+            segments += self._role_segments(role, content, i, specials, idx=None, function_words=False)
             encoded.append(segments)
 
         return encoded
