@@ -12,6 +12,8 @@ import re
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastsft.data import templates, tools
 from fastsft.data.templates import (
@@ -576,3 +578,38 @@ def test_listing_names_templates_and_tool_formats() -> None:
     listing = templates.list_templates()
     assert listing["templates"] == TEMPLATE_NAMES and "gemma4" in listing["templates"]
     assert listing["tool_formats"] == tuple(sorted(tools.TOOL_FORMAT_NAMES))
+
+
+_slot_texts = st.lists(
+    st.sampled_from(["", "a", "{{content}}", "{{idx}}", "{{other}}", "{{", "}}", " x ", "\n"]), max_size=5
+).map("".join)
+_slots = st.lists(
+    st.one_of(
+        _slot_texts,
+        st.just({"bos_token"}),
+        st.just({"eos_token"}),
+        st.just({"token": "<|im_end|>"}),
+    ),
+    max_size=5,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    slots=_slots,
+    content=_slot_texts,
+    idx=st.one_of(st.none(), st.sampled_from(["0", "3", "{{content}}"])),
+    bos=st.one_of(st.none(), st.just(1)),
+    eos=st.one_of(st.none(), st.just(2)),
+)
+def test_compiled_slots_equal_apply_then_segments(slots, content, idx, bos, eos):
+    specials = templates.SpecialTokens(bos, eos, {"<|im_end|>": 7})
+    if not templates._has_placeholder(slots):
+        formatter: templates.Formatter = templates.EmptyFormatter(slots=slots)
+        kwargs: dict[str, str] = {}
+    else:
+        formatter = templates.StringFormatter(slots=slots)
+        kwargs = {"content": content} if idx is None else {"content": content, "idx": idx}
+    expected = templates._slots_to_segments(formatter.apply(**kwargs), specials)
+    compiled = templates._CompiledSlots(formatter, specials)
+    assert compiled.segments(kwargs.get("content", ""), kwargs.get("idx")) == expected

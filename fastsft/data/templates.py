@@ -401,8 +401,8 @@ class Template:
         return _slots_to_segments(_apply(formatter, where, **kwargs), specials)
 
     def _prefix(self, specials: SpecialTokens) -> list[Segment]:
-        if type(self.format_prefix) is EmptyFormatter:
-            return list(self._compiled(self.format_prefix, specials).parts)  # type: ignore[arg-type]
+        if type(self.format_prefix) is EmptyFormatter:  # no placeholders: nothing is replaced
+            return self._compiled(self.format_prefix, specials).segments("")
         return _slots_to_segments(self.format_prefix.apply(), specials)
 
     def _message_segments(
