@@ -429,7 +429,7 @@ def _verified_fastokens_backend(tokenizer: Any) -> FastokensBackend:
 
 
 def _probe_fastokens_backend(tokenizer: Any, tokenizer_json: str) -> FastokensBackend:
-    backend = FastokensBackend.from_tokenizer(tokenizer, tokenizer_json or None)
+    backend = FastokensBackend.from_tokenizer(tokenizer, tokenizer_json)
     added = [token.content for token in tokenizer.backend_tokenizer.get_added_tokens_decoder().values()]
     texts = probe_texts(added)
     for text, ids in zip(texts, backend.encode_batch(texts)):

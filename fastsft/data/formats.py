@@ -248,14 +248,14 @@ def _convert_sharegpt(row: Mapping[str, Any], attr: DatasetAttr) -> _Converted |
         index = turn_idx + offset
         if message.__class__ is dict and role_tag in message and content_tag in message:
             role, content = message[role_tag], message[content_tag]  # the common case, without _get
-        else:
-            role = _get(message, role_tag, f"{attr.messages}[{index}]")
-            content = None
+        else:  # a located error; a wrong role is reported before a missing content
+            where = f"{attr.messages}[{index}]"
+            role = _get(message, role_tag, where)
+            if role in accept_tags[turn_idx % 2]:
+                content = _get(message, content_tag, where)
         if role not in accept_tags[turn_idx % 2]:
             return _role_error(index, role, accept_tags[turn_idx % 2], tag_mapping)
 
-        if content is None:
-            content = _get(message, content_tag, f"{attr.messages}[{index}]")
         aligned.append(_Message(tag_mapping[role], content, f"{attr.messages}[{index}].{content_tag}"))
 
     if len(aligned) % 2 != 0:

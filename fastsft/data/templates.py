@@ -306,6 +306,10 @@ class Template:
     enable_thinking: bool | None
     preserve_thinking: bool
     mm_plugin: str = "base"
+    # Formatters compiled for a tokenizer's specials, by id(formatter) (see ``_compiled``).
+    _compiled_slots: dict[int, _CompiledSlots] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def render(
         self,
@@ -380,10 +384,9 @@ class Template:
 
     def _compiled(self, formatter: Formatter, specials: SpecialTokens) -> _CompiledSlots:
         """``formatter``'s compiled slots for ``specials``, made once and kept on the template."""
-        cache: dict[int, _CompiledSlots] = self.__dict__.setdefault("_compiled_slots", {})
-        compiled = cache.get(id(formatter))
+        compiled = self._compiled_slots.get(id(formatter))
         if compiled is None or compiled.formatter is not formatter or compiled.specials is not specials:
-            compiled = cache[id(formatter)] = _CompiledSlots(formatter, specials)
+            compiled = self._compiled_slots[id(formatter)] = _CompiledSlots(formatter, specials)
         return compiled
 
     def _format(
