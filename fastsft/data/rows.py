@@ -124,7 +124,9 @@ class RowBuilder:
     def _record(self, columns: dict[str, pa.Array], labels: np.ndarray, sample_tokens: int) -> pa.RecordBatch:
         self.summary.rows_out += len(columns["input_ids"])
         self.summary.tokens += sample_tokens
-        self.summary.padding_tokens += len(columns["input_ids"].flatten()) - sample_tokens
+        # The tokens its rows span (``flatten`` would import pyarrow.compute).
+        offsets = columns["input_ids"].offsets
+        self.summary.padding_tokens += offsets[-1].as_py() - offsets[0].as_py() - sample_tokens
         self.summary.label_tokens += int((labels != IGNORE_INDEX).sum())
         return pa.RecordBatch.from_pydict(columns)
 
@@ -185,8 +187,18 @@ def list_column(values: np.ndarray, offsets: np.ndarray, value_type: pa.DataType
     """An Arrow list column over flat values, without a per-row Python loop.
 
     ``values`` are wrapped without a copy and cast only when their dtype differs from ``value_type``.
+    The list array is laid over the buffers directly (``ListArray.from_arrays`` imports
+    ``pyarrow.compute``, 0.04-0.08 s of start-up) and validated.
     """
-    return pa.ListArray.from_arrays(arrow_array(offsets.astype(np.int32)), arrow_array(values, value_type))
+    offsets = np.ascontiguousarray(offsets, dtype=np.int32)
+    column = pa.Array.from_buffers(
+        pa.list_(value_type),
+        len(offsets) - 1,
+        [None, pa.py_buffer(offsets)],
+        children=[arrow_array(values, value_type)],
+    )
+    column.validate()
+    return column
 
 
 def arrow_array(values: np.ndarray, value_type: pa.DataType | None = None) -> pa.Array:
