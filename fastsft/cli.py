@@ -63,7 +63,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     output = Path(data_args.tokenized_path)
     # Before the tokenizer loads; build_to_disk checks again, and again under the output's lock.
     check_output(data_args, output, overwrite=args.overwrite, tokenizer_dir=tokenizer_path)
-    tokenizer = load_tokenizer(tokenizer_path)
+    tokenizer = load_tokenizer(tokenizer_path, snapshot=True)  # no transformers import once recorded
     summaries = build_to_disk(data_args, tokenizer, output, overwrite=args.overwrite, progress=not args.quiet)
     for name, summary in summaries.items():
         for line in summary.lines():

@@ -40,15 +40,26 @@ def cache_dir() -> Path:
     return Path(base) / "fastsft"
 
 
-def load_tokenizer(path: str) -> Any:
+def load_tokenizer(path: str, *, snapshot: bool = False) -> Any:
     """The tokenizer ``AutoTokenizer.from_pretrained(path, local_files_only=True)`` loads; never downloads.
 
-    A folder that is not a tokenizer is a one-line ``ConfigError``.
+    With ``snapshot``, a ``fastsft.tokenizer_snapshot.TokenizerSnapshot`` of it where one can be
+    recorded: replayed without importing transformers when this folder was loaded before. A folder
+    that is not a tokenizer is a one-line ``ConfigError``.
     """
     folder = Path(path)
     if not folder.is_dir():
         raise ConfigError(f"tokenizer folder not found: {path}")
     key = _folder_key(folder)
+    if snapshot:
+        from importlib.metadata import version
+
+        from fastsft import tokenizer_snapshot
+
+        snapshot_key = json.dumps([key, version("tokenizers"), tokenizer_snapshot.FORMAT])
+        return tokenizer_snapshot.load_snapshot(
+            str(path), snapshot_key, load_tokenizer, cache_dir() / tokenizer_snapshot.FOLDER
+        )
     try:
         remembered = _read_record().get(key)
         cls = _import_class(remembered) if remembered else None

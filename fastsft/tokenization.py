@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fastsft.errors import ConfigError, DataError
+from fastsft.tokenizer_snapshot import TokenizerSnapshot
 
 __all__ = [
     "ENV_VAR",
@@ -47,6 +48,7 @@ __all__ = [
     "HFBackend",
     "TokenizerBackend",
     "UnsupportedTokenizer",
+    "encodes_through_rust",
     "load_backend",
     "probe_texts",
 ]
@@ -97,7 +99,7 @@ class HFBackend:
 
     def __init__(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
-        self._rust = tokenizer.backend_tokenizer if _encodes_through_rust(tokenizer) else None
+        self._rust = tokenizer.backend_tokenizer if encodes_through_rust(tokenizer) else None
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text."""
@@ -153,8 +155,13 @@ class PerStringBackend:
         return self
 
 
-def _encodes_through_rust(tokenizer: Any) -> bool:
-    """Whether ``tokenizer.encode`` is exactly ``encode_batch`` of its Rust backend (no Python-side override)."""
+def encodes_through_rust(tokenizer: Any) -> bool:
+    """Whether ``tokenizer.encode`` is exactly ``encode_batch`` of its Rust backend (no Python-side override).
+
+    True for a ``TokenizerSnapshot``: snapshots are recorded only of such tokenizers.
+    """
+    if isinstance(tokenizer, TokenizerSnapshot):
+        return True
     from transformers import PreTrainedTokenizerFast
 
     if not isinstance(tokenizer, PreTrainedTokenizerFast):
@@ -194,7 +201,7 @@ class FastokensBackend:
         rust = getattr(tokenizer, "backend_tokenizer", None)
         if rust is None:
             raise UnsupportedTokenizer("not a fast (Rust-backed) tokenizer")
-        if not _encodes_through_rust(tokenizer):
+        if not encodes_through_rust(tokenizer):
             raise UnsupportedTokenizer(f"{type(tokenizer).__name__} changes encoding in Python")
         if type(rust.model).__name__ != "BPE":
             raise UnsupportedTokenizer(f"model is {type(rust.model).__name__}, not BPE")
