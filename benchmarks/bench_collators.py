@@ -19,7 +19,7 @@ from llamafactory_mask import prepare_4d_attention_mask
 from transformers import DataCollatorWithFlattening
 
 from fastsft.collators import PaddingCollator, VarlenCollator
-from fastsft.data.packing import pack_llamafactory
+from fastsft.kernels.packing import pack_llamafactory
 
 ROWS = 8
 ROW_TOKENS = 2048

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastsft.data.encode import encode_pairs
-from fastsft.data.packing import best_fit_decreasing, llamafactory_order
 from fastsft.kernels.compiled import assemble_supervised, knapsack_llamafactory, pack_bfd
+from fastsft.kernels.packing import best_fit_decreasing, llamafactory_order
+from fastsft.kernels.supervised import encode_pairs
 
 CUTOFF_LEN = 2048
 PACK_CAPACITY = 4096

@@ -52,11 +52,11 @@ from data import DATASET_NAME, write_dataset
 from lf_peer import token_digest
 
 from fastsft.data.accounting import Summary
-from fastsft.data.options import DataArgs
+from fastsft.data.data_args import DataArgs
 from fastsft.data.pipeline import build_dataset, make_encoder
-from fastsft.data.reading import iter_batches
-from fastsft.data.registry import resolve_datasets
-from fastsft.tokenization import load_backend
+from fastsft.data.sources.parser import resolve_datasets
+from fastsft.data.sources.reading import iter_batches
+from fastsft.tokenizer.backends import load_backend
 
 HERE = Path(__file__).resolve().parent
 CUTOFF_LEN = 2048
@@ -370,7 +370,7 @@ def test_whole_command(
     """Start-up (``fastsft preprocess`` on ``STARTUP_SAMPLES`` conversations), ``fastsft --help``, and
     the whole command on the dataset against LLaMA-Factory's whole run; reported, best of
     ``ROUNDS``, after a first run in a fresh cache, which records the tokenizer's class and its
-    snapshot (``fastsft.hf_tokenizer``, ``fastsft.tokenizer_snapshot``) and is reported too."""
+    snapshot (``fastsft.tokenizer.loader``, ``fastsft.tokenizer.snapshot``) and is reported too."""
 
     small_dir = write_dataset(tmp_path / "small", STARTUP_SAMPLES)
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from data import ChatWriter
 
-from fastsft.tokenization import FastokensBackend, HFBackend, load_backend
+from fastsft.tokenizer.backends import FastokensBackend, HFBackend, load_backend
 
 REPO = Path(__file__).resolve().parents[1]
 LLAMA3_TOKENIZER = REPO / ".cache" / "tokenizers" / "llama3"

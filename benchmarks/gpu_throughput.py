@@ -42,7 +42,7 @@ from llamafactory_mask import prepare_4d_attention_mask
 
 from fastsft import IGNORE_INDEX
 from fastsft.collators import PaddingCollator, VarlenCollator
-from fastsft.data.packing import best_fit_decreasing, pack_llamafactory, rows_from_order
+from fastsft.kernels.packing import best_fit_decreasing, pack_llamafactory, rows_from_order
 from fastsft.train.attention import register_varlen_attention, select_varlen_path
 
 MODEL_SHAPES = {  # Qwen2.5 configurations (config.json of the released models)

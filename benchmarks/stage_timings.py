@@ -21,14 +21,14 @@ from typing import Any
 
 from data import DATASET_NAME
 
-import fastsft.data.encoding as encoding
 import fastsft.data.pipeline as pipeline
-import fastsft.data.reading as reading
-import fastsft.data.rows as rows
+import fastsft.data.rows.builder as rows
+import fastsft.data.rows.encoder as encoding
+import fastsft.data.sources.reading as reading
 import fastsft.kernels.compiled as kernels
-import fastsft.tokenization as tokenization
-from fastsft.data.options import DataArgs
-from fastsft.hf_tokenizer import load_tokenizer
+import fastsft.tokenizer.backends as tokenization
+from fastsft.data.data_args import DataArgs
+from fastsft.tokenizer.loader import load_tokenizer
 
 SECONDS: collections.Counter[str] = collections.Counter()
 

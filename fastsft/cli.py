@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from fastsft import __version__
-from fastsft.data.options import DATA_KEYS, DataArgs, data_args_from_mapping
+from fastsft.data.data_args import DATA_KEYS, DataArgs, data_args_from_mapping
 from fastsft.errors import ConfigError, FastSFTError, Terminated
-from fastsft.hf_tokenizer import load_tokenizer
-from fastsft.options import add_flags, read_yaml
+from fastsft.fields import add_flags, read_yaml
+from fastsft.tokenizer.loader import load_tokenizer
 
-# Data options each command takes as flags (all of them come from fastsft.data.options.DataArgs).
+# Data options each command takes as flags (all of them come from fastsft.data.data_args.DataArgs).
 PREPROCESS_KEYS = DATA_KEYS
 INSPECT_KEYS = tuple(k for k in DATA_KEYS if k not in ("tokenized_path", "preprocessing_num_workers"))
 
@@ -97,7 +97,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_templates(args: argparse.Namespace) -> int:
-    from fastsft.data.templates import list_templates
+    from fastsft.data.chat.registry import list_templates
 
     for kind, names in list_templates().items():
         print(f"{kind.replace('_', ' ')} ({len(names)}): {', '.join(names)}")

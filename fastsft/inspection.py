@@ -12,14 +12,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastsft import IGNORE_INDEX
-from fastsft.data.encode import TurnTrace
-from fastsft.data.encoding import in_dataset_terms
-from fastsft.data.formats import Dropped, convert
-from fastsft.data.options import DataArgs
+from fastsft.data.data_args import DataArgs
 from fastsft.data.pipeline import make_encoder
-from fastsft.data.reading import iter_samples
-from fastsft.data.splitting import TRAIN, plan_splits
+from fastsft.data.rows.encoder import in_dataset_terms
+from fastsft.data.sources.converter import Dropped, convert
+from fastsft.data.sources.reading import iter_samples
+from fastsft.data.sources.splitting import TRAIN, plan_splits
 from fastsft.errors import DataError
+from fastsft.kernels.supervised import TurnTrace
 
 GREEN, DIM, BOLD, RESET = "\x1b[32m", "\x1b[2m", "\x1b[1m", "\x1b[0m"
 

@@ -35,7 +35,7 @@ def load_tokenizer(path: Path) -> Any:
 
 @pytest.fixture(scope="session", autouse=True)
 def fastsft_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """fastsft's cache (``fastsft.hf_tokenizer``) in a temporary folder, for the tests and the
+    """fastsft's cache (``fastsft.tokenizer.loader``) in a temporary folder, for the tests and the
     commands they start, never the user's."""
     folder = tmp_path_factory.mktemp("fastsft-cache")
     os.environ["FASTSFT_CACHE_DIR"] = str(folder)

@@ -28,8 +28,10 @@ def pause(ready: Path) -> None:
 
 
 def install(point: str, ready: Path) -> None:
-    from fastsft.data import output, pipeline, rows
-    from fastsft.data.disk_layout import ArrowStreamFile
+    from fastsft.data import pipeline
+    from fastsft.data.rows import builder as rows
+    from fastsft.data.store import output
+    from fastsft.data.store.disk_layout import ArrowStreamFile
 
     if point == "encode":
         original_add = rows.RowBuilder.add

@@ -13,7 +13,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, Trainer, TrainingArgumen
 
 from fastsft import IGNORE_INDEX
 from fastsft.collators import PaddingCollator, VarlenCollator
-from fastsft.data.packing import pack_llamafactory
+from fastsft.kernels.packing import pack_llamafactory
 from fastsft.train import attention
 from fastsft.train.attention import (
     ATTN_IMPLEMENTATION,

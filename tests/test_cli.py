@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from fastsft.cli import main
-from fastsft.data.options import DataArgs
+from fastsft.data.data_args import DataArgs
 from fastsft.data.pipeline import build_dataset
 
 SAMPLE_DATASETS = "sharegpt_chat,alpaca_mix,sharegpt_tools"
@@ -142,7 +142,7 @@ def test_summary_lines_are_printed(
     assert f"tokens: {summary.tokens}  label tokens: {summary.label_tokens}  padding tokens: 0" in out
     time_line = next(line for line in out.splitlines() if line.startswith("time: "))
     assert " s  " in time_line and " examples/s  " in time_line and " tokens/s" in time_line
-    # A few kB of text: building fastokens would cost more than it saves (fastsft.tokenization.AutoBackend).
+    # A few kB of text: building fastokens would cost more than it saves (fastsft.tokenizer.backends.AutoBackend).
     assert "(encode: compiled, tokenizer: hf)" in time_line
 
 

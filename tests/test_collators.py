@@ -23,9 +23,9 @@ from fastsft.collators import (
     TokenBudgetBatchSampler,
     VarlenCollator,
 )
-from fastsft.data.packing import pack_llamafactory
 from fastsft.errors import ConfigError, DataError
 from fastsft.kernels import select_kernels
+from fastsft.kernels.packing import pack_llamafactory
 from fastsft.kernels.reference import varlen_flatten as varlen_flatten_python
 
 GOLDENS = json.loads((Path(__file__).parent / "data" / "collator_goldens.json").read_text())["cases"]

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from fastsft.data.options import DataArgs
+from fastsft.data.data_args import DataArgs
 from fastsft.data.pipeline import build_dataset, build_to_disk
-from fastsft.data.splitting import plan_splits
+from fastsft.data.sources.splitting import plan_splits
 
 SAMPLE_DATASETS = "sharegpt_chat,alpaca_mix,sharegpt_tools"
 
@@ -77,6 +77,6 @@ def test_preprocess_imports_neither_torch_nor_datasets(
         return run.stdout.strip().splitlines()[-1]
 
     # The first load of a tokenizer folder goes through AutoTokenizer, which imports torch, and
-    # remembers the class (fastsft.hf_tokenizer); later runs import neither.
+    # remembers the class (fastsft.tokenizer.loader); later runs import neither.
     assert "datasets" not in imported("first")
     assert imported("second") == "[]"

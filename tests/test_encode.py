@@ -2,7 +2,7 @@
 
 import pytest
 
-from fastsft.data.encode import TurnTrace, encode_pairs, infer_seqlen
+from fastsft.kernels.supervised import TurnTrace, encode_pairs, infer_seqlen
 
 X = -100
 # Two turns: prompt 1 = [1, 2, 3], response 1 = [4, 5]; prompt 2 = [6, 7, 8], response 2 = [9, 10].

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from fastsft.data.formats import Conversation, Dropped, convert
-from fastsft.data.registry import DatasetAttr
+from fastsft.data.sources.converter import Conversation, Dropped, convert
+from fastsft.data.sources.parser import DatasetAttr
 from fastsft.errors import ConfigError, DataError
 
 ALPACA = DatasetAttr("file", "alpaca.json", system="system", history="history", tools="tools", name="alpaca")

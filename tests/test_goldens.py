@@ -106,7 +106,7 @@ _NON_TOKEN_OUTPUTS: dict[tuple[Path, str], tuple[dict[str, Any], dict[str, Any]]
 def golden_data_args(golden: dict[str, Any], backend: str, dataset: str | None = None) -> Any:
     """The ``DataArgs`` of a golden's case, LLaMA-Factory's rows (``packing_strategy: llamafactory``);
     ``dataset`` replaces its datasets."""
-    from fastsft.data.options import DataArgs
+    from fastsft.data.data_args import DataArgs
 
     case = golden["args"]
     return DataArgs(
@@ -142,7 +142,7 @@ def build_with_fastsft(
 
     from transformers import AutoTokenizer
 
-    from fastsft.data import tools
+    from fastsft.data.chat import tool_utils as tools
     from fastsft.data.pipeline import build_dataset
 
     monkeypatch.setattr(tools, "datetime", frozen_datetime(golden["llama3_tool_date"]))
@@ -253,7 +253,7 @@ def test_golden_columns_and_features(
 
 def efficient_eos(template: str) -> bool:
     """Whether ``template`` uses efficient_eos (read from fastsft's table, which mirrors LF's)."""
-    from fastsft.data.templates import get_template
+    from fastsft.data.chat.registry import get_template
 
     return get_template(template).efficient_eos
 
@@ -370,7 +370,7 @@ def test_goldens_match_the_local_real_tokenizers(name: str, request: pytest.Fixt
 
 def test_every_template_has_goldens() -> None:
     """Each registered template has LLaMA-Factory goldens, or the manifest says LF fails on it."""
-    from fastsft.data.templates import TEMPLATE_NAMES
+    from fastsft.data.chat.registry import TEMPLATE_NAMES
 
     with_goldens = {load_golden(path)["args"]["template"] for path in GOLDEN_FILES}
     lf_fails = {case.split("/")[1].split("__")[0] for case in load_manifest().get("lf_fails", {})}
@@ -470,7 +470,7 @@ def test_golden_splits_build_alike(
     from transformers import AutoTokenizer
 
     from fastsft.data.pipeline import build_dataset
-    from fastsft.data.splitting import split_names
+    from fastsft.data.sources.splitting import split_names
 
     if backend == "compiled":
         pytest.importorskip("fastsft._core")

@@ -1,4 +1,4 @@
-"""``fastsft.hf_tokenizer.load_tokenizer``: the tokenizer ``AutoTokenizer`` loads, with the class remembered."""
+"""``fastsft.tokenizer.loader.load_tokenizer``: the tokenizer ``AutoTokenizer`` loads, with the class remembered."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from fastsft.errors import ConfigError
-from fastsft.hf_tokenizer import CACHE_ENV_VAR, cache_dir, load_tokenizer
+from fastsft.tokenizer.loader import CACHE_ENV_VAR, cache_dir, load_tokenizer
 
 TEXTS = ["Hello, world!", "数据 <|im_start|>user\n hi<|im_end|>\n", "  \r\n\tx 😀👍🏽", ""]
 
@@ -113,7 +113,7 @@ def test_bad_folder_is_one_line(tmp_path: Path, cache: Path) -> None:
 
 def test_remembered_load_does_not_import_torch(fixture_tokenizer_path: Path, cache: Path) -> None:
     code = (
-        "import sys\nfrom fastsft.hf_tokenizer import load_tokenizer\n"
+        "import sys\nfrom fastsft.tokenizer.loader import load_tokenizer\n"
         f"load_tokenizer({str(fixture_tokenizer_path)!r})\n"
         "print('torch' in sys.modules)\n"
     )

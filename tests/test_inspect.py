@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from fastsft.cli import main
-from fastsft.data.options import DataArgs
+from fastsft.data.data_args import DataArgs
 from fastsft.inspection import BOLD, DIM, GREEN, RESET, highlight, inspect_dataset
 
 PROMPT_1 = (

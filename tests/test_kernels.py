@@ -20,14 +20,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastsft import IGNORE_INDEX
-from fastsft.data.encode import encode_pairs
-from fastsft.data.packing import (
-    best_fit_decreasing,
-    greedy_knapsack,
-    llamafactory_order,
-    pack_llamafactory,
-    rows_from_order,
-)
 from fastsft.errors import FastSFTError
 from fastsft.kernels import reference
 from fastsft.kernels.compiled import (
@@ -38,6 +30,14 @@ from fastsft.kernels.compiled import (
     pack_bfd,
     varlen_flatten,
 )
+from fastsft.kernels.packing import (
+    best_fit_decreasing,
+    greedy_knapsack,
+    llamafactory_order,
+    pack_llamafactory,
+    rows_from_order,
+)
+from fastsft.kernels.supervised import encode_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -26,7 +26,7 @@ WORDS = [f"w{i}" for i in range(300)]
 PEAK_RSS = """
 import resource, sys
 from transformers import AutoTokenizer
-from fastsft.data.options import DataArgs
+from fastsft.data.data_args import DataArgs
 from fastsft.data.pipeline import build_dataset
 
 folder, tokenizer, packing, cached = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "cached"

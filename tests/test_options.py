@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from fastsft.cli import PREPROCESS_KEYS, _data_options, build_parser, main
-from fastsft.data.options import DATA_KEYS, DataArgs
+from fastsft.data.data_args import DATA_KEYS, DataArgs
 from fastsft.errors import ConfigError
 from fastsft.train.config import load_config
 

@@ -5,7 +5,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastsft.data.packing import (
+from fastsft.kernels.packing import (
     best_fit_decreasing,
     greedy_knapsack,
     llamafactory_order,

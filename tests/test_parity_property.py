@@ -22,13 +22,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastsft import tokenization
 from fastsft.data import pipeline
-from fastsft.data import rows as row_stage
-from fastsft.data.options import DataArgs
+from fastsft.data.chat.registry import TEMPLATE_NAMES
+from fastsft.data.data_args import DataArgs
 from fastsft.data.pipeline import build_dataset
-from fastsft.data.templates import TEMPLATE_NAMES
+from fastsft.data.rows import builder as row_stage
 from fastsft.errors import FastSFTError
+from fastsft.tokenizer import backends as tokenization
 
 SPECIAL_STRINGS = [
     "<|im_start|>",

@@ -16,7 +16,7 @@ import pytest
 
 from fastsft import IGNORE_INDEX
 from fastsft.data.accounting import Summary
-from fastsft.data.options import DataArgs
+from fastsft.data.data_args import DataArgs
 from fastsft.data.pipeline import build_dataset, make_encoder
 from fastsft.errors import ConfigError, DataError
 
@@ -344,7 +344,7 @@ def test_packed_rows_in_small_chunks_and_spilled_samples_give_the_same_dataset(
     options = {"backend": backend, "packing": True, "neat_packing": neat, "packing_strategy": strategy}
     options.update(cutoff_len=64, preprocessing_batch_size=25)
     whole, whole_summary = build(rows, **options)
-    monkeypatch.setattr("fastsft.data.rows.ROW_CHUNK_TOKENS", 100)  # about one row per record batch
+    monkeypatch.setattr("fastsft.data.rows.builder.ROW_CHUNK_TOKENS", 100)  # about one row per record batch
     cache_dir = tmp_path / "out"
     cache_dir.mkdir()
     chunked, chunked_summary = build(rows, str(cache_dir / "rows.arrow"), **options)

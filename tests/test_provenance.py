@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastsft.data import provenance
-from fastsft.data.provenance import FORMAT, fingerprint_version, tokenizer_fingerprint
+from fastsft.data.store import provenance
+from fastsft.data.store.provenance import FORMAT, fingerprint_version, tokenizer_fingerprint
 
 
 def test_version_1_is_the_fingerprint_format_1_records_hold(fixture_tokenizer: Any) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from fastsft.data.formats import convert
-from fastsft.data.registry import DatasetAttr, iter_rows, resolve_datasets
+from fastsft.data.sources.converter import convert
+from fastsft.data.sources.parser import DatasetAttr, iter_rows, resolve_datasets
 from fastsft.errors import ConfigError, DataError
 
 SHAREGPT_ROW = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}

@@ -1,6 +1,6 @@
 """Mixing and validation splits: the sample orders equal those of ``datasets`` (which LLaMA-Factory calls).
 
-``fastsft.data.mixing`` and ``fastsft.data.splitting`` compute LLaMA-Factory 0.9.5's orders from
+``fastsft.data.sources.mixing`` and ``fastsft.data.sources.splitting`` compute LLaMA-Factory 0.9.5's orders from
 the dataset lengths alone; here they are checked against ``datasets.interleave_datasets`` and
 ``Dataset.train_test_split`` on index columns, over many lengths, probabilities and seeds (the
 goldens in ``tests/goldens/fixture/{mix,split}__*`` check whole runs against LLaMA-Factory itself).
@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastsft.data.mixing import interleave_indices, mixed_order
-from fastsft.data.options import DataArgs
-from fastsft.data.splitting import plan_splits, split_names, train_test_indices
+from fastsft.data.data_args import DataArgs
+from fastsft.data.sources.mixing import interleave_indices, mixed_order
+from fastsft.data.sources.splitting import plan_splits, split_names, train_test_indices
 from fastsft.errors import ConfigError
 
 LENGTHS = [[3, 4, 5], [7, 2], [1, 9, 4], [30, 30], [5]]
@@ -97,7 +97,7 @@ def write_datasets(root: Path) -> str:
 
 def read_split(args: DataArgs, name: str) -> list[str]:
     from fastsft.data.accounting import SamplePolicy, Summary
-    from fastsft.data.reading import iter_batches
+    from fastsft.data.sources.reading import iter_batches
 
     source = plan_splits(args)[name]
     batches = iter_batches(

@@ -15,18 +15,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastsft.data import templates, tools
-from fastsft.data.templates import (
-    TEMPLATE_NAMES,
-    EmptyFormatter,
-    SpecialTokens,
-    StringFormatter,
-    Template,
-    fix_tokenizer,
-    get_template,
-    pairs,
-)
+from fastsft.data.chat import formatter as formatters
+from fastsft.data.chat import registry
+from fastsft.data.chat import template as templates
+from fastsft.data.chat import tool_utils as tools
+from fastsft.data.chat.formatter import EmptyFormatter, StringFormatter
+from fastsft.data.chat.registry import TEMPLATE_NAMES, get_template
+from fastsft.data.chat.template import SpecialTokens, Template, fix_tokenizer
 from fastsft.errors import ConfigError, DataError
+from fastsft.kernels.supervised import pairs
 
 BOS, EOS = 1, 2
 SPECIALS = SpecialTokens(bos_token_id=BOS, eos_token_id=EOS)
@@ -388,7 +385,7 @@ def test_unknown_template_lists_valid_names() -> None:
 def test_train_on_prompt_rejected_with_efficient_eos(monkeypatch: pytest.MonkeyPatch) -> None:
     efficient = get_template("empty")
     efficient.efficient_eos = True
-    monkeypatch.setitem(templates.TEMPLATES, "efficient", efficient)
+    monkeypatch.setitem(registry.TEMPLATES, "efficient", efficient)
     with pytest.raises(ConfigError, match="does not support train_on_prompt"):
         get_template("efficient", train_on_prompt=True)
     assert get_template("efficient").efficient_eos
@@ -575,7 +572,7 @@ def test_template_unset_without_chat_template_is_empty(caplog: pytest.LogCapture
 
 
 def test_listing_names_templates_and_tool_formats() -> None:
-    listing = templates.list_templates()
+    listing = registry.list_templates()
     assert listing["templates"] == TEMPLATE_NAMES and "gemma4" in listing["templates"]
     assert listing["tool_formats"] == tuple(sorted(tools.TOOL_FORMAT_NAMES))
 
@@ -604,11 +601,11 @@ _slots = st.lists(
 )
 def test_compiled_slots_equal_apply_then_segments(slots, content, idx, bos, eos):
     specials = templates.SpecialTokens(bos, eos, {"<|im_end|>": 7})
-    if not templates._has_placeholder(slots):
-        formatter: templates.Formatter = templates.EmptyFormatter(slots=slots)
+    if not formatters._has_placeholder(slots):
+        formatter: formatters.Formatter = formatters.EmptyFormatter(slots=slots)
         kwargs: dict[str, str] = {}
     else:
-        formatter = templates.StringFormatter(slots=slots)
+        formatter = formatters.StringFormatter(slots=slots)
         kwargs = {"content": content} if idx is None else {"content": content, "idx": idx}
     expected = templates._slots_to_segments(formatter.apply(**kwargs), specials)
     compiled = templates._CompiledSlots(formatter, specials)

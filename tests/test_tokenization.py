@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers
 
 from fastsft.errors import ConfigError, DataError
-from fastsft.tokenization import (
+from fastsft.tokenizer.backends import (
     ENV_VAR,
     AutoBackend,
     FastokensBackend,
@@ -312,7 +312,7 @@ def test_auto_logs_its_choice(
     fixture_pair: tuple[Any, FastokensBackend], caplog: pytest.LogCaptureFixture
 ) -> None:
     tokenizer, _ = fixture_pair
-    with caplog.at_level(logging.INFO, logger="fastsft.tokenization"):
+    with caplog.at_level(logging.INFO, logger="fastsft.tokenizer.backends"):
         assert auto(tokenizer).name == "fastokens"
     assert "tokenizer backend: fastokens" in caplog.text
 
@@ -323,7 +323,7 @@ def test_auto_switches_to_fastokens_once_the_text_pays_for_it(
     tokenizer, _ = fixture_pair
     batch = probe_texts(added_contents(tokenizer))
     chars = sum(map(len, batch))
-    monkeypatch.setattr("fastsft.tokenization.BREAK_EVEN_CHARS_PER_TOKEN", 5.5 * chars / len(tokenizer))
+    monkeypatch.setattr("fastsft.tokenizer.backends.BREAK_EVEN_CHARS_PER_TOKEN", 5.5 * chars / len(tokenizer))
     assert load_backend(tokenizer, "auto", expected_chars=6 * chars).name == "fastokens"
     backend = load_backend(tokenizer, "auto", expected_chars=2 * chars)
     assert isinstance(backend, AutoBackend) and backend.name == "hf"
@@ -340,9 +340,9 @@ def test_auto_stays_on_hf_when_fastokens_is_not_exact(
     fixture_pair: tuple[Any, FastokensBackend], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tokenizer, _ = fixture_pair
-    monkeypatch.setattr("fastsft.tokenization.BREAK_EVEN_CHARS_PER_TOKEN", 0.001)
+    monkeypatch.setattr("fastsft.tokenizer.backends.BREAK_EVEN_CHARS_PER_TOKEN", 0.001)
     monkeypatch.setitem(sys.modules, "fastokens", None)
-    monkeypatch.setattr("fastsft.tokenization._VERIFIED", {})
+    monkeypatch.setattr("fastsft.tokenizer.backends._VERIFIED", {})
     backend = load_backend(tokenizer, "auto")
     for _ in range(2):
         assert_backend_matches(backend, tokenizer, ["long enough to pass the break-even point"])
@@ -373,8 +373,8 @@ def test_probe_mismatch_falls_back_to_hf(
         return [ids[:-1] if "😀" in text else ids for text, ids in zip(batch, original(self, batch))]
 
     monkeypatch.setattr(FastokensBackend, "encode_batch", off_by_one_on_emoji)
-    monkeypatch.setattr("fastsft.tokenization._VERIFIED", {})  # verify again with the broken encoder
-    with caplog.at_level(logging.INFO, logger="fastsft.tokenization"):
+    monkeypatch.setattr("fastsft.tokenizer.backends._VERIFIED", {})  # verify again with the broken encoder
+    with caplog.at_level(logging.INFO, logger="fastsft.tokenizer.backends"):
         assert auto(tokenizer).name == "hf"
     assert "other ids than HF on the probe text" in caplog.text
     with pytest.raises(ConfigError, match="other ids than HF on the probe text"):

@@ -1,4 +1,4 @@
-"""``fastsft.tokenizer_snapshot``: a replayed tokenizer answers as the real one, in every state the
+"""``fastsft.tokenizer.snapshot``: a replayed tokenizer answers as the real one, in every state the
 pipeline takes it to, and falls back to the real one for anything it did not record."""
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 
-from fastsft.data.output import MARKER
-from fastsft.data.provenance import tokenizer_fingerprint
-from fastsft.data.templates import SLOT_TOKENS, fix_tokenizer, get_template
-from fastsft.hf_tokenizer import CACHE_ENV_VAR, load_tokenizer
-from fastsft.tokenization import probe_texts
-from fastsft.tokenizer_snapshot import FOLDER, RECORDED, TokenizerSnapshot, _state_id
+from fastsft.data.chat.registry import SLOT_TOKENS, get_template
+from fastsft.data.chat.template import fix_tokenizer
+from fastsft.data.store.output import MARKER
+from fastsft.data.store.provenance import tokenizer_fingerprint
+from fastsft.tokenizer.backends import probe_texts
+from fastsft.tokenizer.loader import CACHE_ENV_VAR, load_tokenizer
+from fastsft.tokenizer.snapshot import FOLDER, RECORDED, TokenizerSnapshot, _state_id
 
 # Templates that leave the tokenizer as it is, replace eos, add stop words (one or several calls),
 # set pad, or set a jinja chat template.
@@ -100,9 +101,9 @@ def test_an_unrecorded_call_loads_the_real_tokenizer_in_the_same_state(
 
 def test_replay_imports_neither_transformers_nor_torch(fixture_tokenizer_path: Path, cache: Path) -> None:
     code = (
-        "import sys\nfrom fastsft.hf_tokenizer import load_tokenizer\n"
-        "from fastsft.data.templates import fix_tokenizer, get_template\n"
-        "from fastsft.data.provenance import tokenizer_fingerprint\n"
+        "import sys\nfrom fastsft.tokenizer.loader import load_tokenizer\n"
+        "from fastsft.data.chat import fix_tokenizer, get_template\n"
+        "from fastsft.data.store.provenance import tokenizer_fingerprint\n"
         f"tokenizer = load_tokenizer({str(fixture_tokenizer_path)!r}, snapshot=True)\n"
         "fingerprint = tokenizer_fingerprint(tokenizer)\n"
         "fix_tokenizer(get_template('llama3', tokenizer=tokenizer), tokenizer)\n"
@@ -207,7 +208,7 @@ def test_a_tokenizer_replay_cannot_reproduce_is_returned_as_it_is(
         def convert_tokens_to_ids(self, tokens: Any) -> Any:
             return super().convert_tokens_to_ids(tokens)
 
-    from fastsft.tokenizer_snapshot import load_snapshot
+    from fastsft.tokenizer.snapshot import load_snapshot
 
     def load(path: str) -> Any:
         return Lowercasing.from_pretrained(path)
@@ -222,7 +223,7 @@ def test_preprocess_output_is_the_same_replayed(
 ) -> None:
     from datasets import load_from_disk
 
-    from fastsft.data.options import DataArgs
+    from fastsft.data.data_args import DataArgs
     from fastsft.data.pipeline import build_to_disk
 
     args = DataArgs(

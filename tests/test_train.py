@@ -412,7 +412,7 @@ def test_tokenized_path_from_another_tokenizer_is_refused(tmp_path: Path) -> Non
 
 def test_tokenized_path_of_format_1_is_checked_with_its_own_fingerprint(tmp_path: Path) -> None:
     from fastsft.data.pipeline import build_to_disk
-    from fastsft.data.provenance import tokenizer_fingerprint
+    from fastsft.data.store.provenance import tokenizer_fingerprint
 
     tokenizer_dir = REPO_ROOT / "examples" / "tiny" / "tokenizer"
     tokenized = tmp_path / "tokenized"

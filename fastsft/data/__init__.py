@@ -1,5 +1,10 @@
 """The data pipeline: raw rows → conversations → segments → token ids → rows (see ``pipeline``).
 
+Packages, in the order data flows: ``sources`` (dataset_info, reading, conversion, mixing,
+splitting) → ``chat`` (templates) → ``rows`` (encoding, row building, packing) → ``store``
+(the saved layout, safe output, provenance); ``data_args`` declares every option and
+``accounting`` counts what every stage did.
+
 Names are imported on first use, so reading the option spec (``fastsft --help``) stays cheap.
 """
 
@@ -9,16 +14,16 @@ import importlib
 from typing import Any
 
 _HOMES = {
-    "DATA_KEYS": "options",
-    "DataArgs": "options",
+    "DATA_KEYS": "data_args",
+    "DataArgs": "data_args",
     "SamplePolicy": "accounting",
     "SampleRef": "accounting",
     "Summary": "accounting",
     "build_dataset": "pipeline",
     "build_to_disk": "pipeline",
     "make_encoder": "pipeline",
-    "plan_splits": "splitting",
-    "split_names": "splitting",
+    "plan_splits": "sources.splitting",
+    "split_names": "sources.splitting",
 }
 __all__ = sorted(_HOMES)
 

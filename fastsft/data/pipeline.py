@@ -24,23 +24,29 @@ from typing import Any
 import pyarrow as pa
 
 from fastsft.data.accounting import SamplePolicy, Summary
-from fastsft.data.disk_layout import DATA_FILE, ArrowStreamFile, write_dataset_dict, write_split_metadata
-from fastsft.data.encoding import Encoder
-from fastsft.data.options import DataArgs
-from fastsft.data.output import (
+from fastsft.data.chat.registry import get_template
+from fastsft.data.chat.template import Template, fix_tokenizer
+from fastsft.data.data_args import DataArgs
+from fastsft.data.rows.builder import RowBuilder, empty_table
+from fastsft.data.rows.encoder import Encoder
+from fastsft.data.rows.workers import encoded_batches
+from fastsft.data.sources.parser import input_bytes, input_paths, resolve_datasets
+from fastsft.data.sources.reading import iter_batches
+from fastsft.data.sources.splitting import TRAIN, SplitSource, plan_splits
+from fastsft.data.store.disk_layout import (
+    DATA_FILE,
+    ArrowStreamFile,
+    write_dataset_dict,
+    write_split_metadata,
+)
+from fastsft.data.store.output import (
     OutputError,
     check_output_path,
     check_replaceable,
     os_error_line,
     staged_output,
 )
-from fastsft.data.provenance import describe, tokenizer_fingerprint
-from fastsft.data.reading import iter_batches
-from fastsft.data.registry import input_bytes, input_paths, resolve_datasets
-from fastsft.data.rows import RowBuilder, empty_table
-from fastsft.data.splitting import TRAIN, SplitSource, plan_splits
-from fastsft.data.templates import Template, fix_tokenizer, get_template
-from fastsft.data.workers import encoded_batches
+from fastsft.data.store.provenance import describe, tokenizer_fingerprint
 from fastsft.errors import ConfigError, DataError
 from fastsft.kernels import resolve_encode_path
 
@@ -65,10 +71,10 @@ def make_encoder(args: DataArgs, tokenizer: Any, *, expected_chars: int = 0) -> 
     """The encoder for ``args``; fixes ``tokenizer`` in place exactly as LLaMA-Factory does (eos, pad, stop words).
 
     The compiled encode path tokenizes with the fastest exact implementation for about
-    ``expected_chars`` of text (``fastsft.tokenization.load_backend``); the python path calls the
+    ``expected_chars`` of text (``fastsft.tokenizer.backends.load_backend``); the python path calls the
     tokenizer once per string, as LLaMA-Factory does.
     """
-    from fastsft.tokenization import PerStringBackend, load_backend
+    from fastsft.tokenizer.backends import PerStringBackend, load_backend
 
     encode_path = resolve_encode_path(args.backend)
     template = make_template(args, tokenizer)
@@ -108,7 +114,7 @@ def build_dataset(
     bytes a sample and spills the tokens to a temporary folder beside ``cache_file``).
     ``workers`` (default ``args.preprocessing_num_workers`` or 1) encodes batches in that many
     processes, in order, with a bounded queue. ``split`` names the split of ``args`` to build
-    (``fastsft.data.splitting.split_names``); ``source``, when given, is its planned samples.
+    (``fastsft.data.sources.splitting.split_names``); ``source``, when given, is its planned samples.
     """
     import datasets
 
@@ -253,9 +259,9 @@ def build_to_disk(
     split's ``Summary``.
 
     ``output`` may not be an input or hold one (``check_output_path``). Rows stream into the
-    ``save_to_disk`` layout (``fastsft.data.disk_layout``) in a locked temporary folder beside
+    ``save_to_disk`` layout (``fastsft.data.store.disk_layout``) in a locked temporary folder beside
     ``output`` (memory stays flat), the provenance marker is added, and a no-replace rename
-    publishes the result (``fastsft.data.output``): a crash, a signal or a bad sample leaves
+    publishes the result (``fastsft.data.store.output``): a crash, a signal or a bad sample leaves
     ``output`` as it was, and an existing ``output`` is replaced only with ``overwrite`` and only
     if fastsft wrote it. Notices (a killed run's folder removed) go to ``notice``, by default stderr.
     """

@@ -2,26 +2,31 @@
 
 ``select_kernels(path)`` returns the module for an encode path, ``"compiled"`` (default;
 ``fastsft.kernels.compiled`` over ``fastsft._core``) or ``"python"`` (``fastsft.kernels.reference``).
-Both expose ``gather_segments``, ``assemble_supervised``, ``knapsack_llamafactory``, ``pack_bfd``,
-``materialize_rows`` and ``varlen_flatten`` with the same signatures and the same named results
-(``fastsft.kernels.types``). Callers hold the module and never branch on the path.
+Both satisfy one typed interface, ``Kernels`` (``gather_segments``, ``assemble_supervised``,
+``pack`` for every strategy of ``fastsft.kernels.packing.STRATEGIES``, ``materialize_rows``,
+``varlen_flatten``), with the same named results (``fastsft.kernels.types``). Callers hold the
+module and never branch on the path.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from types import ModuleType
-from typing import Literal
+from typing import Literal, cast
 
 from fastsft.errors import ConfigError
+from fastsft.kernels.interface import Kernels
+from fastsft.kernels.packing import STRATEGIES, PackingStrategy
 from fastsft.kernels.types import Packing, Rows, Segments, Supervised, Varlen, offsets_from_lengths
 
 __all__ = [
     "ENCODE_PATHS",
     "ENCODE_PATH_ENV",
+    "STRATEGIES",
     "EncodePath",
+    "Kernels",
     "Packing",
+    "PackingStrategy",
     "Rows",
     "Segments",
     "Supervised",
@@ -45,11 +50,11 @@ def resolve_encode_path(path: str | None = None) -> EncodePath:
     return chosen  # type: ignore[return-value]
 
 
-def select_kernels(path: str | None = None) -> ModuleType:
+def select_kernels(path: str | None = None) -> Kernels:
     """The kernel module for ``path`` (see ``resolve_encode_path``).
 
     ``"compiled"`` imports ``fastsft._core``, so a missing extension fails here with the command
     that builds it (``KernelsNotBuiltError``); there is no silent fallback to the slower path.
     """
     name = "reference" if resolve_encode_path(path) == "python" else "compiled"
-    return importlib.import_module(f"fastsft.kernels.{name}")
+    return cast(Kernels, importlib.import_module(f"fastsft.kernels.{name}"))

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from fastsft.errors import FastSFTError
+from fastsft.kernels.packing import BFD, LLAMAFACTORY, STRATEGIES, PackingStrategy
 from fastsft.kernels.types import Packing, Rows, Segments, Supervised, Varlen
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "gather_segments",
     "knapsack_llamafactory",
     "materialize_rows",
+    "pack",
     "pack_bfd",
     "varlen_flatten",
 ]
@@ -39,6 +41,8 @@ except ImportError as error:
     ) from error
 
 BOUNDS_CHECKED: bool = _core.BOUNDS_CHECKED
+
+_PACKERS = {name: getattr(_core, strategy.kernel) for name, strategy in STRATEGIES.items()}
 
 
 def gather_segments(text_ids: Any, text_offsets: Any, segment_texts: Any, special_ids: Any) -> Segments:
@@ -71,14 +75,19 @@ def assemble_supervised(
     )
 
 
+def pack(strategy: PackingStrategy, lengths: Any, capacity: int) -> Packing:
+    """See ``fastsft.kernels.reference.pack``: ``strategy``'s compiled packer (``strategy.kernel``)."""
+    return Packing(*_PACKERS[strategy.name](lengths, capacity))
+
+
 def knapsack_llamafactory(lengths: Any, capacity: int) -> Packing:
     """See ``fastsft.kernels.reference.knapsack_llamafactory``."""
-    return Packing(*_core.knapsack_llamafactory(lengths, capacity))
+    return pack(LLAMAFACTORY, lengths, capacity)
 
 
 def pack_bfd(lengths: Any, capacity: int) -> Packing:
     """See ``fastsft.kernels.reference.pack_bfd``."""
-    return Packing(*_core.pack_bfd(lengths, capacity))
+    return pack(BFD, lengths, capacity)
 
 
 def materialize_rows(

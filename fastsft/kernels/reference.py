@@ -2,7 +2,7 @@
 
 Each function has the compiled kernel's flat-buffer signature and returns the same named tuple
 with the same dtypes (``fastsft.kernels.types``); it converts the buffers to lists, calls the
-line-for-line port of LLaMA-Factory (``fastsft.data.encode`` / ``fastsft.data.packing``) and
+line-for-line port of LLaMA-Factory (``fastsft.kernels.supervised`` / ``fastsft.kernels.packing``) and
 converts back. The parity tests swap this module for ``fastsft.kernels.compiled`` and nothing
 else.
 """
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from fastsft import IGNORE_INDEX
-from fastsft.data.encode import encode_pairs
-from fastsft.data.packing import best_fit_decreasing, llamafactory_order, rows_from_order
+from fastsft.kernels.packing import BFD, LLAMAFACTORY, PackingStrategy, rows_from_order
+from fastsft.kernels.supervised import encode_pairs, pairs
 from fastsft.kernels.types import Packing, Rows, Segments, Supervised, Varlen, offsets_from_lengths
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "gather_segments",
     "knapsack_llamafactory",
     "materialize_rows",
+    "pack",
     "pack_bfd",
     "varlen_flatten",
 ]
@@ -99,7 +100,7 @@ def assemble_supervised(
     for first, last in itertools.pairwise(np.asarray(sample_bounds).tolist()):
         messages = [tokens[bounds[m] : bounds[m + 1]] for m in range(first, last)]
         ids, labs = encode_pairs(
-            [(messages[i], messages[i + 1]) for i in range(0, len(messages), 2)],
+            pairs(messages),
             cutoff_len=cutoff_len,
             train_on_prompt=train_on_prompt,
             mask_history=mask_history,
@@ -122,14 +123,19 @@ def _packing(order: list[int], row_bounds: list[int]) -> Packing:
     return Packing(np.asarray(order, dtype=np.int64), np.asarray(row_bounds, dtype=np.int64))
 
 
+def pack(strategy: PackingStrategy, lengths: Any, capacity: int) -> Packing:
+    """``strategy``'s rows over ``lengths`` (int64[n]) of at most ``capacity`` tokens, by its reference packer."""
+    return _packing(*strategy.reference(np.asarray(lengths).tolist(), capacity))
+
+
 def knapsack_llamafactory(lengths: Any, capacity: int) -> Packing:
     """LLaMA-Factory 0.9.5's ``greedy_knapsack`` rows over ``lengths`` (int64[n]); see ``llamafactory_order``."""
-    return _packing(*llamafactory_order(np.asarray(lengths).tolist(), capacity))
+    return pack(LLAMAFACTORY, lengths, capacity)
 
 
 def pack_bfd(lengths: Any, capacity: int) -> Packing:
     """Best-fit-decreasing rows of at most ``capacity`` tokens over ``lengths`` (int64[n])."""
-    return _packing(*best_fit_decreasing(np.asarray(lengths).tolist(), capacity))
+    return pack(BFD, lengths, capacity)
 
 
 def materialize_rows(

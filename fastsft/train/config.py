@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from fastsft.data.options import DATA_KEYS, DataArgs, data_args_from_mapping
+from fastsft.data.data_args import DATA_KEYS, DataArgs, data_args_from_mapping
 from fastsft.errors import ConfigError
-from fastsft.options import OverrideText, coerce, read_yaml, show, unknown_key_message
+from fastsft.fields import OverrideText, coerce, read_yaml, show, unknown_key_message
 
 AttnChoice = Literal["auto", "sdpa", "eager", "varlen", "flash_attention_2"]
 
@@ -62,7 +62,7 @@ class TrainConfig:
     tokenizer_name_or_path: str | None = None  # default: model_name_or_path
     trust_remote_code: bool = False
     attn: AttnChoice = "auto"  # auto: fastsft varlen when packing / padding_free, else sdpa
-    # --- data: every key of DataArgs (fastsft.data.options), read from the same flat YAML
+    # --- data: every key of DataArgs (fastsft.data.data_args), read from the same flat YAML
     data: DataArgs = field(default_factory=DataArgs)
     # --- batching (fastsft)
     padding_free: bool = False  # unpacked samples, each batch flattened into one varlen row

@@ -35,8 +35,8 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from fastsft import IGNORE_INDEX
-from fastsft.data.options import DataArgs
-from fastsft.data.splitting import TRAIN, VALIDATION
+from fastsft.data.data_args import DataArgs
+from fastsft.data.sources.splitting import TRAIN, VALIDATION
 from fastsft.errors import ConfigError, Terminated
 from fastsft.train.config import TrainConfig, add_train_arguments, load_config
 
@@ -354,20 +354,20 @@ def model_vocab_size(config: TrainConfig) -> int:
 def load_datasets(
     config: TrainConfig, tokenizer: Any, training_args: TrainingArguments, vocab_size: int
 ) -> dict[str, Any]:
-    """Every split: ``train`` and any ``validation`` / ``validation_NAME`` (``fastsft.data.splitting``).
+    """Every split: ``train`` and any ``validation`` / ``validation_NAME`` (``fastsft.data.sources.splitting``).
 
     ``load_from_disk(tokenized_path)`` when it exists; else ``build_dataset`` per split. With a
     ``tokenized_path`` the first process streams the rows to it (``build_to_disk``: flat memory,
     written safely) and every process then memory-maps it; the main process goes first, so the
     others load what it saved. Without one each process builds the rows in memory. Either way the
     tokenizer is fixed as LLaMA-Factory does (eos, pad, stop words). A saved dataset is checked
-    against its provenance (``fastsft.data.provenance``): another tokenizer or a token id at or
+    against its provenance (``fastsft.data.store.provenance``): another tokenizer or a token id at or
     above ``vocab_size`` is refused, ignored data options are named.
     """
+    from fastsft.data.chat.template import fix_tokenizer
     from fastsft.data.pipeline import build_dataset, build_to_disk, make_template
-    from fastsft.data.provenance import fingerprint_version, read_provenance, tokenizer_fingerprint
-    from fastsft.data.splitting import plan_splits
-    from fastsft.data.templates import fix_tokenizer
+    from fastsft.data.sources.splitting import plan_splits
+    from fastsft.data.store.provenance import fingerprint_version, read_provenance, tokenizer_fingerprint
 
     data_args = config.data
     if data_args.packing and data_args.packing_strategy is None:
@@ -420,7 +420,12 @@ def _load_tokenized(
     """
     from datasets import DatasetDict, load_from_disk
 
-    from fastsft.data.provenance import check_token_ids, check_tokenizer, ignored_options, read_provenance
+    from fastsft.data.store.provenance import (
+        check_token_ids,
+        check_tokenizer,
+        ignored_options,
+        read_provenance,
+    )
 
     record = read_provenance(path)
     if fingerprint is not None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastsft.data.encoding import EncodedBatch
+from fastsft.data.rows.encoder import EncodedBatch
 from fastsft.kernels import offsets_from_lengths
 
 __all__ = ["HeldSamples", "SpilledSamples"]

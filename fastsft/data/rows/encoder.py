@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from fastsft.data.accounting import SamplePolicy, SampleRef, Summary
-from fastsft.data.encode import TurnTrace, encode_pairs
-from fastsft.data.formats import Conversation
-from fastsft.data.templates import SpecialTokens, Template
+from fastsft.data.chat.template import SpecialTokens, Template
+from fastsft.data.sources.converter import Conversation
 from fastsft.errors import DataError
 from fastsft.kernels import offsets_from_lengths, select_kernels
+from fastsft.kernels.supervised import TurnTrace, encode_pairs, pairs
 
 __all__ = ["LABELS_LONGER_THAN_INPUTS", "EncodedBatch", "Encoder", "in_dataset_terms"]
 
@@ -70,7 +70,7 @@ class Encoder:
     """Turns conversations into ``input_ids``/``labels`` with one template, tokenizer and option set.
 
     ``tokenizer`` is the HF tokenizer (already fixed by ``fix_tokenizer``) that provides the
-    special tokens; ``tokenizer_backend`` encodes the text (``fastsft.tokenization``);
+    special tokens; ``tokenizer_backend`` encodes the text (``fastsft.tokenizer.backends``);
     ``encode_path`` picks the kernels (``fastsft.kernels.select_kernels``).
     """
 
@@ -95,7 +95,7 @@ class Encoder:
         self.train_on_prompt = train_on_prompt
         self.mask_history = mask_history
         self.policy = policy
-        self.specials = SpecialTokens.from_tokenizer(tokenizer)
+        self.specials = SpecialTokens.from_tokenizer(tokenizer, template.slot_tokens())
         self.discarding_history_cot = mask_history and not template.preserve_thinking
         self.eos_token_id = -1 if tokenizer.eos_token_id is None else tokenizer.eos_token_id
 
@@ -140,7 +140,7 @@ class Encoder:
             specials=self.specials,
         )
         input_ids, labels = encode_pairs(
-            [(messages[i], messages[i + 1]) for i in range(0, len(messages), 2)],
+            pairs(messages),
             cutoff_len=self.cutoff_len,
             train_on_prompt=self.train_on_prompt,
             mask_history=self.mask_history,

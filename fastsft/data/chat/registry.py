@@ -4,23 +4,160 @@ Each entry is LLaMA-Factory's ``data/template.py`` registration with the same na
 formatters and options, so the two files can be read side by side. The only change is
 ``mm_plugin``: LLaMA-Factory's ``get_mm_plugin(name=..., image_token=...)`` is kept as the plugin
 name alone, since fastsft is text-only (samples with media are refused upstream; without media a
-plugin leaves the tokens unchanged). Importing this module fills ``templates.TEMPLATES``.
+plugin leaves the tokens unchanged). ``register_template``, the table and the lookups
+(``get_template``, ``list_templates``) come first; the calls follow, in LLaMA-Factory's order.
 """
 
 from __future__ import annotations
 
-from fastsft.data.templates import (
+import copy
+import logging
+from typing import Any
+
+from fastsft.data.chat.formatter import (
     EmptyFormatter,
+    Formatter,
     FunctionFormatter,
+    Slot,
+    StringFormatter,
+    ToolFormatter,
+)
+from fastsft.data.chat.template import (
     Glm47ReasoningTemplate,
     Llama2Template,
     ReasoningTemplate,
-    StringFormatter,
-    ToolFormatter,
-    register_template,
+    Template,
+    parse_template,
 )
+from fastsft.data.chat.tool_utils import TOOL_FORMAT_NAMES, get_tool_utils
+from fastsft.errors import ConfigError
 
-__all__: list[str] = []
+__all__ = [
+    "SLOT_TOKENS",
+    "TEMPLATES",
+    "TEMPLATE_NAMES",
+    "get_template",
+    "list_templates",
+    "register_template",
+]
+
+logger = logging.getLogger(__name__)
+
+TEMPLATES: dict[str, Template] = {}
+"""Every registered template by name; ``fastsft.data.chat.registry`` fills it (see ``_registered``)."""
+
+
+def register_template(
+    name: str,
+    format_user: Formatter | None = None,
+    format_assistant: Formatter | None = None,
+    format_system: Formatter | None = None,
+    format_function: Formatter | None = None,
+    format_observation: Formatter | None = None,
+    format_tools: Formatter | None = None,
+    format_prefix: Formatter | None = None,
+    default_system: str = "",
+    stop_words: list[str] | None = None,
+    thought_words: tuple[str, str] | None = None,
+    tool_call_words: tuple[str, str] | None = None,
+    efficient_eos: bool = False,
+    replace_eos: bool = False,
+    replace_jinja_template: bool = False,
+    enable_thinking: bool | None = True,
+    preserve_thinking: bool = False,
+    mm_plugin: str = "base",
+    template_class: type[Template] = Template,
+) -> None:
+    """LLaMA-Factory's ``register_template``, with the same defaults for every omitted formatter.
+
+    ``mm_plugin`` is only the name of LLaMA-Factory's multimodal plugin: fastsft is text-only, and
+    on samples without media every plugin leaves the tokens as they are.
+    """
+    if name in TEMPLATES:
+        raise ValueError(f"Template {name} already exists.")
+
+    default_slots: list[Slot] = ["{{content}}"] if efficient_eos else ["{{content}}", {"eos_token"}]
+    default_user_formatter = StringFormatter(slots=["{{content}}"])
+    default_assistant_formatter = StringFormatter(slots=default_slots)
+    function_slots = format_assistant.slots if format_assistant is not None else default_slots
+    TEMPLATES[name] = template_class(
+        name=name,
+        format_user=format_user or default_user_formatter,
+        format_assistant=format_assistant or default_assistant_formatter,
+        format_system=format_system or default_user_formatter,
+        format_function=format_function or FunctionFormatter(slots=function_slots, tool_format="default"),
+        format_observation=format_observation or format_user or default_user_formatter,
+        format_tools=format_tools or ToolFormatter(tool_format="default"),
+        format_prefix=format_prefix or EmptyFormatter(),
+        default_system=default_system,
+        stop_words=stop_words or [],
+        thought_words=thought_words or ("<think>\n", "\n</think>\n\n"),
+        tool_call_words=tool_call_words or ("<tool_call>", "</tool_call>"),
+        efficient_eos=efficient_eos,
+        replace_eos=replace_eos,
+        replace_jinja_template=replace_jinja_template,
+        enable_thinking=enable_thinking,
+        preserve_thinking=preserve_thinking,
+        mm_plugin=mm_plugin,
+    )
+
+
+def list_templates() -> dict[str, tuple[str, ...]]:
+    """The sorted template names and tool format names, for ``fastsft templates``."""
+    return {"templates": tuple(sorted(TEMPLATES)), "tool_formats": tuple(sorted(TOOL_FORMAT_NAMES))}
+
+
+def get_template(
+    name: str | None,
+    *,
+    tool_format: str | None = None,
+    default_system: str | None = None,
+    enable_thinking: bool | None = True,
+    preserve_thinking: bool = False,
+    train_on_prompt: bool = False,
+    tokenizer: Any = None,
+) -> Template:
+    """A fresh copy of template ``name`` with LLaMA-Factory's ``get_template_and_fix_tokenizer`` options applied.
+
+    ``name=None`` follows LLaMA-Factory's unset ``template``: the template parsed from
+    ``tokenizer``'s jinja chat template when it has one, else ``empty`` (both with its warning).
+    """
+    if name is None:
+        if tokenizer is not None and isinstance(getattr(tokenizer, "chat_template", None), str):
+            logger.warning("`template` was not specified, try parsing the chat template from the tokenizer.")
+            template = parse_template(tokenizer)
+        else:
+            logger.warning("`template` was not specified, use `empty` template.")
+            template = copy.deepcopy(TEMPLATES["empty"])
+    else:
+        templates = TEMPLATES
+        if name not in templates:
+            raise ConfigError(f"unknown template '{name}' (valid: {', '.join(sorted(templates))})")
+
+        template = copy.deepcopy(templates[name])
+
+    if train_on_prompt and template.efficient_eos:
+        raise ConfigError(
+            f"template '{template.name}' does not support train_on_prompt (it uses efficient_eos)"
+        )
+
+    if tool_format is not None:
+        get_tool_utils(tool_format)  # unknown names fail here, before any sample
+        default_slots: list[Slot] = (
+            ["{{content}}"] if template.efficient_eos else ["{{content}}", {"eos_token"}]
+        )
+        template.format_function = FunctionFormatter(slots=default_slots, tool_format=tool_format)
+        template.format_tools = ToolFormatter(tool_format=tool_format)
+
+    if default_system is not None:
+        template.default_system = default_system
+
+    if isinstance(template, ReasoningTemplate):
+        template.enable_thinking = enable_thinking
+        template.preserve_thinking = preserve_thinking
+
+    return template
+
 
 register_template(
     name="alpaca",
@@ -1801,3 +1938,12 @@ register_template(
     efficient_eos=True,
     template_class=Glm47ReasoningTemplate,
 )
+
+
+TEMPLATE_NAMES: tuple[str, ...] = tuple(sorted(TEMPLATES))
+"""Every template name, sorted."""
+
+SLOT_TOKENS: tuple[str, ...] = tuple(
+    sorted({token for template in TEMPLATES.values() for token in template.slot_tokens()})
+)
+"""Every ``{"token": ...}`` any template uses."""

@@ -6,7 +6,7 @@ Beside ``OUTPUT`` a run keeps::
     .OUTPUT.tmp-XXXXXXXX/   the run's work: owner.json (pid, host), rows.arrow, spill/, dataset/,
                             and previous/ for the moment the old output is swapped out
     OUTPUT/                 the result, moved into place only when complete
-    OUTPUT/fastsft_output.json   the marker: what made the folder (fastsft.data.provenance)
+    OUTPUT/fastsft_output.json   the marker: what made the folder (fastsft.data.store.provenance)
 
 What it guarantees:
 

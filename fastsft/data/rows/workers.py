@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from fastsft.data.accounting import Summary
-from fastsft.data.encoding import EncodedBatch, Encoder
-from fastsft.data.reading import Batch
+from fastsft.data.rows.encoder import EncodedBatch, Encoder
+from fastsft.data.sources.reading import Batch
 from fastsft.errors import FastSFTError
 
 if TYPE_CHECKING:

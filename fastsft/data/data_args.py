@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastsft.errors import ConfigError
-from fastsft.options import coerce, option
+from fastsft.fields import coerce, option
+from fastsft.kernels.packing import STRATEGIES
 
 __all__ = ["DATA_KEYS", "DataArgs", "MixStrategy", "PackingStrategy", "data_args_from_mapping"]
 
-PackingStrategy = Literal["llamafactory", "bfd"]
+PackingStrategy = Literal[tuple(STRATEGIES)]  # type: ignore[valid-type]  # the names in the one table
 MixStrategy = Literal["concat", "interleave_under", "interleave_over", "interleave_once"]
 
 

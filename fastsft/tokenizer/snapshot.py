@@ -26,7 +26,7 @@ calls from the same files.
 Replay computes ``encode(text, add_special_tokens=False)``, ``convert_tokens_to_ids``,
 ``get_vocab`` and ``len`` from the Rust tokenizer as the transformers base class does, so
 snapshots are recorded only for classes that leave those to it (``_replayable``). Records are
-keyed like ``fastsft.hf_tokenizer``'s class record (every file's name, size and mtime, the
+keyed like ``fastsft.tokenizer.loader``'s class record (every file's name, size and mtime, the
 transformers version) plus the tokenizers version and ``FORMAT``; they live in
 ``$FASTSFT_CACHE_DIR/tokenizer_snapshots``, are written atomically, and their JSON files are
 checked against their digest when read. An unreadable record is ignored and written again.
@@ -45,7 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FOLDER", "FORMAT", "RECORDED", "TokenizerSnapshot", "load_snapshot"]
+__all__ = ["FOLDER", "FORMAT", "RECORDED", "TokenizerSnapshot", "encodes_through_rust", "load_snapshot"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,20 +66,23 @@ RECORDED = (
     "split_special_tokens",
 )
 
-# Methods that change the tokenizer; setting a public attribute is a change too.
-_CHANGES = ("add_special_tokens", "add_tokens")
+# Setting a public attribute is a change, recorded under this name.
 _SET = "__setattr__"
 
 # Methods of transformers' fast-tokenizer base class that replay computes from the Rust tokenizer;
 # a class overriding any of them is not recorded.
+# Methods through which transformers' fast tokenizers encode; a class overriding any of them does
+# not encode as its Rust backend does.
+_ENCODE_METHODS = ("__call__", "encode", "encode_plus", "_encode_plus", "_batch_encode_plus", "tokenize")
+
 _REPLAYED_METHODS = ("convert_tokens_to_ids", "_convert_token_to_id_with_added_voc", "get_vocab", "__len__")
 
-FOLDER = "tokenizer_snapshots"  # under fastsft.hf_tokenizer.cache_dir()
+FOLDER = "tokenizer_snapshots"  # under fastsft.tokenizer.loader.cache_dir()
 _RECORD = "record.json"
 _MAX_FOLDERS = 16
 
 # TokenizerSnapshot's own attributes (never delegated, never recorded).
-_OWN = frozenset({"_path", "_record", "_real", "_state", "_made", "_rust"})
+_OWN = frozenset({"_path", "_record", "_real", "_state", "_made", "_rust", "_load_real"})
 
 
 class _Record:
@@ -224,12 +227,20 @@ class TokenizerSnapshot:
     """Behaves as the HF tokenizer loaded from ``path``: replayed from a record, or the real one, recorded.
 
     Build it with ``load_snapshot``. ``isinstance`` checks against transformers' classes do not
-    hold for it; ``fastsft.tokenization`` knows it.
+    hold for it; ``fastsft.tokenizer.backends`` knows it.
     """
 
-    def __init__(self, path: str, record: _Record, real: Any | None, state: str | None) -> None:
+    def __init__(
+        self,
+        path: str,
+        record: _Record,
+        real: Any | None,
+        state: str | None,
+        load_real: Callable[[str], Any],
+    ) -> None:
         own = object.__setattr__
         own(self, "_path", path)
+        own(self, "_load_real", load_real)  # loads the real tokenizer from path when replay cannot answer
         own(self, "_record", record)
         own(self, "_real", real)
         own(self, "_state", state)
@@ -375,9 +386,7 @@ class TokenizerSnapshot:
     def _live(self) -> Any:
         """The real tokenizer, loaded now if it is not yet, with the changes made so far repeated on it."""
         if self._real is None:
-            from fastsft.hf_tokenizer import load_tokenizer
-
-            real = load_tokenizer(self._path)
+            real = self._load_real(self._path)
             _repeat(real, self._made)
             state = self._record.add_state(real) if _replayable(real) else None
             if state != self._state:
@@ -396,7 +405,10 @@ class TokenizerSnapshot:
     def __reduce__(self) -> tuple[Any, ...]:
         if self._real is not None:
             return (_same, (self._real,))
-        return (_replayed, (self._path, self._record.folder, self._record.key, self._state, self._made))
+        return (
+            _replayed,
+            (self._path, self._record.folder, self._record.key, self._state, self._made, self._load_real),
+        )
 
     def __repr__(self) -> str:
         mode = "replayed" if self._real is None else "live"
@@ -407,26 +419,41 @@ def _same(tokenizer: Any) -> Any:
     return tokenizer
 
 
-def _replayed(path: str, folder: Path, key: str, state: str, made: list) -> Any:
+def _replayed(
+    path: str, folder: Path, key: str, state: str, made: list, load_real: Callable[[str], Any]
+) -> Any:
     """The snapshot in another process (a worker): replaying from the record on disk, or, when the
     record no longer holds its state, the real tokenizer with the same changes made."""
     record = _Record.open(folder.parent, key)
     if state in record.states:
-        snapshot = TokenizerSnapshot(path, record, None, state)
+        snapshot = TokenizerSnapshot(path, record, None, state, load_real)
         snapshot._made.extend(made)
         return snapshot
-    from fastsft.hf_tokenizer import load_tokenizer
-
-    real = load_tokenizer(path)
+    real = load_real(path)
     _repeat(real, made)
     return real
+
+
+def encodes_through_rust(tokenizer: Any) -> bool:
+    """Whether ``tokenizer.encode`` is exactly ``encode_batch`` of its Rust backend (no Python-side override).
+
+    True for a ``TokenizerSnapshot``: snapshots are recorded only of such tokenizers.
+    """
+    if isinstance(tokenizer, TokenizerSnapshot):
+        return True
+    from transformers import PreTrainedTokenizerFast
+
+    if not isinstance(tokenizer, PreTrainedTokenizerFast):
+        return False
+    cls = type(tokenizer)
+    return all(
+        getattr(cls, name, None) is getattr(PreTrainedTokenizerFast, name, None) for name in _ENCODE_METHODS
+    )
 
 
 def _replayable(real: Any) -> bool:
     """Whether replay reproduces ``real``: its class leaves encoding, lookups and length to its Rust backend."""
     from transformers import PreTrainedTokenizerFast
-
-    from fastsft.tokenization import encodes_through_rust
 
     cls = type(real)
     return encodes_through_rust(real) and all(
@@ -439,7 +466,7 @@ def load_snapshot(path: str, key: str, load_real: Callable[[str], Any], root: Pa
     from ``load_real(path)``: wrapped in a recording snapshot when replay can reproduce it, as it is when not."""
     record = _Record.open(root, key)
     if record.initial is not None:
-        return TokenizerSnapshot(path, record, None, record.initial)
+        return TokenizerSnapshot(path, record, None, record.initial, load_real)
     real = load_real(path)
     if not _replayable(real):
         return real
@@ -447,4 +474,4 @@ def load_snapshot(path: str, key: str, load_real: Callable[[str], Any], root: Pa
     if record.initial is None:
         return real
     record.save()
-    return TokenizerSnapshot(path, record, real, record.initial)
+    return TokenizerSnapshot(path, record, real, record.initial, load_real)

@@ -19,10 +19,10 @@ from typing import Any
 
 import orjson
 
-from fastsft.data.options import DataArgs
-from fastsft.data.output import MARKER
+from fastsft.data.data_args import DataArgs
+from fastsft.data.store.output import MARKER
 from fastsft.errors import ConfigError
-from fastsft.tokenizer_snapshot import TokenizerSnapshot
+from fastsft.tokenizer.snapshot import TokenizerSnapshot
 
 __all__ = [
     "FORMAT",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fastsft.errors import ConfigError
+from fastsft.tokenizer import snapshot as tokenizer_snapshot
 
 __all__ = ["CACHE_ENV_VAR", "cache_dir", "load_tokenizer"]
 
@@ -43,7 +44,7 @@ def cache_dir() -> Path:
 def load_tokenizer(path: str, *, snapshot: bool = False) -> Any:
     """The tokenizer ``AutoTokenizer.from_pretrained(path, local_files_only=True)`` loads; never downloads.
 
-    With ``snapshot``, a ``fastsft.tokenizer_snapshot.TokenizerSnapshot`` of it where one can be
+    With ``snapshot``, a ``fastsft.tokenizer.snapshot.TokenizerSnapshot`` of it where one can be
     recorded: replayed without importing transformers when this folder was loaded before. A folder
     that is not a tokenizer is a one-line ``ConfigError``.
     """
@@ -53,8 +54,6 @@ def load_tokenizer(path: str, *, snapshot: bool = False) -> Any:
     key = _folder_key(folder)
     if snapshot:
         from importlib.metadata import version
-
-        from fastsft import tokenizer_snapshot
 
         snapshot_key = json.dumps([key, version("tokenizers"), tokenizer_snapshot.FORMAT])
         return tokenizer_snapshot.load_snapshot(

@@ -1,6 +1,6 @@
 """The splits of a run and the raw samples each holds, in order, as LLaMA-Factory 0.9.5's ``get_dataset``.
 
-LLaMA-Factory merges the datasets (``fastsft.data.mixing``), then splits the merged raw rows,
+LLaMA-Factory merges the datasets (``fastsft.data.sources.mixing``), then splits the merged raw rows,
 before tokenizing: ``val_size`` is ``Dataset.train_test_split(test_size, seed=seed)`` (an int
 above 1 is a row count, else a fraction), whose ``train`` split keeps the shuffled order; an
 ``eval_dataset`` list is merged like ``dataset`` (``validation``), or kept one split per dataset
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastsft.data.mixing import mixed_order
-from fastsft.data.options import DataArgs
-from fastsft.data.registry import DatasetAttr, count_rows, resolve_datasets
+from fastsft.data.data_args import DataArgs
+from fastsft.data.sources.mixing import mixed_order
+from fastsft.data.sources.parser import DatasetAttr, count_rows, resolve_datasets
 from fastsft.errors import ConfigError
 
 __all__ = ["TRAIN", "VALIDATION", "SplitSource", "plan_splits", "split_names", "train_test_indices"]

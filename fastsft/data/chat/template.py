@@ -1,6 +1,7 @@
 """Chat templates: messages → segments, exactly as LLaMA-Factory 0.9.5 lays them out.
 
-A port of LLaMA-Factory's ``data/formatter.py`` and the text-only part of ``data/template.py``.
+A port of the text-only part of LLaMA-Factory's ``data/template.py`` (the classes,
+``parse_template`` and the tokenizer fixes; the registrations are in ``registry``).
 ``Template.render`` returns, per message, the *segments* LLaMA-Factory tokenizes one at a
 time: a non-empty ``str`` (encoded on its own with ``add_special_tokens=False``) or an ``int``
 (a special-token id). Concatenating the encoded segments of a message gives LLaMA-Factory's
@@ -12,167 +13,26 @@ Malformed content (non-string text, bad tools JSON, bad function-call JSON) rais
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import re
-from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastsft.data.tools import TOOL_FORMAT_NAMES, FunctionCall, get_tool_utils
+from fastsft.data.chat.formatter import (
+    EmptyFormatter,
+    Formatter,
+    FunctionFormatter,
+    Slot,
+    StringFormatter,
+    ToolFormatter,
+)
 from fastsft.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-Slot = str | set[str] | dict[str, str]
-"""One element of LLaMA-Factory's ``SLOTS``: text, ``{"bos_token"}``/``{"eos_token"}``, or ``{"token": ...}``."""
-
 Segment = str | int
 """A piece of a rendered message: text to tokenize on its own, or a special-token id."""
-
-_PLACEHOLDER = re.compile(r"\{\{[a-zA-Z_][a-zA-Z0-9_]*\}\}")
-
-
-def _has_placeholder(slots: Sequence[Slot]) -> bool:
-    return any(isinstance(slot, str) and _PLACEHOLDER.search(slot) for slot in slots)
-
-
-@dataclass
-class Formatter(ABC):
-    """Turns keyword values into slots (LLaMA-Factory's ``Formatter``)."""
-
-    slots: list[Slot] = field(default_factory=list)
-    tool_format: str | None = None
-
-    @abstractmethod
-    def apply(self, **kwargs: Any) -> list[Slot]:
-        """The slots with the ``{{name}}`` placeholders filled in."""
-
-
-@dataclass
-class EmptyFormatter(Formatter):
-    """Fixed slots without placeholders (prefixes such as ``{"bos_token"}``)."""
-
-    def __post_init__(self) -> None:
-        if _has_placeholder(self.slots):
-            raise ValueError("Empty formatter should not contain any placeholder.")
-
-    def apply(self, **kwargs: Any) -> list[Slot]:
-        return self.slots
-
-
-@dataclass
-class StringFormatter(Formatter):
-    """Slots with ``{{content}}`` (and for user turns ``{{idx}}``) placeholders."""
-
-    def __post_init__(self) -> None:
-        if not _has_placeholder(self.slots):
-            raise ValueError("A placeholder is required in the string formatter.")
-
-    def apply(self, **kwargs: Any) -> list[Slot]:
-        # Like LLaMA-Factory: each value replaces its placeholder once per slot, in keyword order,
-        # so a later keyword's placeholder inside an earlier value is replaced too.
-        # A slot without "{{" can gain no placeholder, so it is left as it is.
-        elements: list[Slot] = []
-        checked = False
-        for slot in self.slots:
-            if isinstance(slot, str):
-                if not checked:
-                    for value in kwargs.values():
-                        if not isinstance(value, str):
-                            raise DataError(f"expected a string, got {type(value).__name__} {value!r}")
-                    checked = True
-                if "{{" in slot:
-                    for name, value in kwargs.items():
-                        slot = slot.replace("{{" + name + "}}", value, 1)
-                elements.append(slot)
-            elif isinstance(slot, (dict, set)):
-                elements.append(slot)
-            else:
-                raise TypeError(f"Input must be string, set[str] or dict[str, str], got {type(slot)}.")
-
-        return elements
-
-
-@dataclass
-class FunctionFormatter(StringFormatter):
-    """An assistant function-call message: JSON calls rewritten in the tool format's text."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.tool_utils = get_tool_utils(self.tool_format or "default")
-
-    def apply(self, **kwargs: Any) -> list[Slot]:
-        content: str = kwargs.pop("content")
-        thought_words: tuple[str, str] | None = kwargs.pop("thought_words", None)
-        tool_call_words: tuple[str, str] | None = kwargs.pop("tool_call_words", None)
-
-        tool_call_match = None
-        if tool_call_words and len(tool_call_words) == 2:
-            tool_call_regex = re.compile(
-                rf"{re.escape(tool_call_words[0])}(.*?){re.escape(tool_call_words[1])}", re.DOTALL
-            )
-            tool_call_match = re.search(tool_call_regex, content)
-
-        if tool_call_match is None:
-            thought_match = None
-            if thought_words and len(thought_words) == 2:
-                regex = re.compile(
-                    rf"{re.escape(thought_words[0])}(.*?){re.escape(thought_words[1])}", re.DOTALL
-                )
-                thought_match = re.search(regex, content)
-
-            json_part = content.replace(thought_match.group(0), "") if thought_match else content
-            function_str = self._format_functions(json_part, content)
-            if thought_match:
-                function_str = thought_match.group(0) + function_str
-        else:
-            thought_content = content.replace(tool_call_match.group(0), "")
-            function_str = thought_content + self._format_functions(tool_call_match.group(1), content)
-
-        return super().apply(content=function_str)
-
-    def _format_functions(self, json_content: str, content: str) -> str:
-        """Parse ``{"name", "arguments"}`` call(s) and write them in the tool format."""
-        try:
-            tool_calls = json.loads(json_content)
-            if not isinstance(tool_calls, list):  # parallel function call
-                tool_calls = [tool_calls]
-
-            functions = [
-                FunctionCall(tc["name"], json.dumps(tc["arguments"], ensure_ascii=False)) for tc in tool_calls
-            ]
-            return self.tool_utils.function_formatter(functions)
-        except json.JSONDecodeError as err:
-            raise DataError(f"invalid JSON in function message: {err} in {content!r}") from None
-        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as err:
-            raise DataError(
-                f"invalid function call ({type(err).__name__}: {err}); expected JSON "
-                f'{{"name": ..., "arguments": ...}} or a list of them, got {content!r}'
-            ) from None
-
-
-@dataclass
-class ToolFormatter(Formatter):
-    """The tool definitions appended to the system message."""
-
-    def __post_init__(self) -> None:
-        self.tool_utils = get_tool_utils(self.tool_format or "default")
-
-    def apply(self, **kwargs: Any) -> list[Slot]:
-        content = kwargs.pop("content")
-        try:
-            tools = json.loads(content)
-            return [self.tool_utils.tool_formatter(tools) if len(tools) != 0 else ""]
-        except json.JSONDecodeError as err:
-            raise DataError(f"invalid JSON in tool description: {err} in {content!r}") from None
-        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as err:
-            raise DataError(
-                f"invalid tool description ({type(err).__name__}: {err}); expected a JSON list of "
-                f"function schemas, got {content!r}"
-            ) from None
 
 
 @dataclass(frozen=True)
@@ -184,9 +44,9 @@ class SpecialTokens:
     token_ids: Mapping[str, int | None] = field(default_factory=dict)
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Any, tokens: Iterable[str] | None = None) -> SpecialTokens:
-        """Read bos/eos ids and the ids of ``tokens`` (default: every ``{"token": ...}`` slot of every template)."""
-        names = _slot_tokens(_registered().values()) if tokens is None else tuple(tokens)
+    def from_tokenizer(cls, tokenizer: Any, tokens: Iterable[str] = ()) -> SpecialTokens:
+        """Read bos/eos ids and the ids of ``tokens`` (a template's ``slot_tokens()``)."""
+        names = tuple(tokens)
         return cls(
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
@@ -262,11 +122,6 @@ def _compilable(formatter: Formatter) -> bool:
     return type(formatter) in (StringFormatter, EmptyFormatter)
 
 
-def pairs(encoded_messages: Sequence[list[int]]) -> list[tuple[list[int], list[int]]]:
-    """(prompt_ids, response_ids) per turn from per-message ids, like ``encode_multiturn``."""
-    return [(encoded_messages[i], encoded_messages[i + 1]) for i in range(0, len(encoded_messages), 2)]
-
-
 def _content_field(index: int) -> str:
     return f"messages[{index}].content"
 
@@ -328,6 +183,27 @@ class Template:
         _check_messages(messages)
         return self._message_segments(messages, system, tools, specials)
 
+    def slot_tokens(self) -> tuple[str, ...]:
+        """Every ``{"token": ...}`` slot this template's formatters hold; ``SpecialTokens`` resolves them."""
+        formatters = (
+            self.format_user,
+            self.format_assistant,
+            self.format_system,
+            self.format_function,
+            self.format_observation,
+            self.format_prefix,
+        )
+        return tuple(
+            sorted(
+                {
+                    slot["token"]
+                    for formatter in formatters
+                    for slot in formatter.slots
+                    if isinstance(slot, dict)
+                }
+            )
+        )
+
     def encode_messages(
         self,
         tokenizer: Any,
@@ -342,7 +218,7 @@ class Template:
 
         Pass ``specials`` when encoding many conversations with one tokenizer, to read them once.
         """
-        specials = specials or SpecialTokens.from_tokenizer(tokenizer)
+        specials = specials or SpecialTokens.from_tokenizer(tokenizer, self.slot_tokens())
         rendered = self.render(
             messages, system, tools, specials, discarding_history_cot=discarding_history_cot
         )
@@ -555,112 +431,6 @@ class Glm47ReasoningTemplate(ReasoningTemplate):
         return self.thought_words[0] + content + self.thought_words[1]
 
 
-TEMPLATES: dict[str, Template] = {}
-"""Every registered template by name; ``fastsft.data.template_registry`` fills it (see ``_registered``)."""
-
-
-def register_template(
-    name: str,
-    format_user: Formatter | None = None,
-    format_assistant: Formatter | None = None,
-    format_system: Formatter | None = None,
-    format_function: Formatter | None = None,
-    format_observation: Formatter | None = None,
-    format_tools: Formatter | None = None,
-    format_prefix: Formatter | None = None,
-    default_system: str = "",
-    stop_words: list[str] | None = None,
-    thought_words: tuple[str, str] | None = None,
-    tool_call_words: tuple[str, str] | None = None,
-    efficient_eos: bool = False,
-    replace_eos: bool = False,
-    replace_jinja_template: bool = False,
-    enable_thinking: bool | None = True,
-    preserve_thinking: bool = False,
-    mm_plugin: str = "base",
-    template_class: type[Template] = Template,
-) -> None:
-    """LLaMA-Factory's ``register_template``, with the same defaults for every omitted formatter.
-
-    ``mm_plugin`` is only the name of LLaMA-Factory's multimodal plugin: fastsft is text-only, and
-    on samples without media every plugin leaves the tokens as they are.
-    """
-    if name in TEMPLATES:
-        raise ValueError(f"Template {name} already exists.")
-
-    default_slots: list[Slot] = ["{{content}}"] if efficient_eos else ["{{content}}", {"eos_token"}]
-    default_user_formatter = StringFormatter(slots=["{{content}}"])
-    default_assistant_formatter = StringFormatter(slots=default_slots)
-    function_slots = format_assistant.slots if format_assistant is not None else default_slots
-    TEMPLATES[name] = template_class(
-        name=name,
-        format_user=format_user or default_user_formatter,
-        format_assistant=format_assistant or default_assistant_formatter,
-        format_system=format_system or default_user_formatter,
-        format_function=format_function or FunctionFormatter(slots=function_slots, tool_format="default"),
-        format_observation=format_observation or format_user or default_user_formatter,
-        format_tools=format_tools or ToolFormatter(tool_format="default"),
-        format_prefix=format_prefix or EmptyFormatter(),
-        default_system=default_system,
-        stop_words=stop_words or [],
-        thought_words=thought_words or ("<think>\n", "\n</think>\n\n"),
-        tool_call_words=tool_call_words or ("<tool_call>", "</tool_call>"),
-        efficient_eos=efficient_eos,
-        replace_eos=replace_eos,
-        replace_jinja_template=replace_jinja_template,
-        enable_thinking=enable_thinking,
-        preserve_thinking=preserve_thinking,
-        mm_plugin=mm_plugin,
-    )
-
-
-def _registered() -> dict[str, Template]:
-    """``TEMPLATES`` once the table module, which imports this one, has filled it."""
-    import fastsft.data.template_registry  # noqa: F401  (a cycle at module level)
-
-    return TEMPLATES
-
-
-def _slot_tokens(templates: Iterable[Template]) -> tuple[str, ...]:
-    """Every ``{"token": ...}`` the templates use; ``SpecialTokens`` resolves them."""
-    return tuple(
-        sorted(
-            {
-                slot["token"]
-                for template in templates
-                for formatter in (
-                    template.format_user,
-                    template.format_assistant,
-                    template.format_system,
-                    template.format_function,
-                    template.format_observation,
-                    template.format_prefix,
-                )
-                for slot in formatter.slots
-                if isinstance(slot, dict)
-            }
-        )
-    )
-
-
-def __getattr__(name: str) -> Any:
-    """``TEMPLATE_NAMES`` (sorted) and ``SLOT_TOKENS``, computed from the filled table on first use."""
-    if name == "TEMPLATE_NAMES":
-        value: Any = tuple(sorted(_registered()))
-    elif name == "SLOT_TOKENS":
-        value = _slot_tokens(_registered().values())
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-    globals()[name] = value
-    return value
-
-
-def list_templates() -> dict[str, tuple[str, ...]]:
-    """The sorted template names and tool format names, for ``fastsft templates``."""
-    return {"templates": tuple(sorted(_registered())), "tool_formats": tuple(sorted(TOOL_FORMAT_NAMES))}
-
-
 def parse_template(tokenizer: Any) -> Template:
     """A template read off the tokenizer's jinja ``chat_template``, as LLaMA-Factory's ``parse_template``.
 
@@ -735,58 +505,6 @@ def parse_template(tokenizer: Any) -> Template:
         raise ConfigError(
             f"template unset and the tokenizer's chat_template cannot be parsed: {err}"
         ) from None
-
-
-def get_template(
-    name: str | None,
-    *,
-    tool_format: str | None = None,
-    default_system: str | None = None,
-    enable_thinking: bool | None = True,
-    preserve_thinking: bool = False,
-    train_on_prompt: bool = False,
-    tokenizer: Any = None,
-) -> Template:
-    """A fresh copy of template ``name`` with LLaMA-Factory's ``get_template_and_fix_tokenizer`` options applied.
-
-    ``name=None`` follows LLaMA-Factory's unset ``template``: the template parsed from
-    ``tokenizer``'s jinja chat template when it has one, else ``empty`` (both with its warning).
-    """
-    if name is None:
-        if tokenizer is not None and isinstance(getattr(tokenizer, "chat_template", None), str):
-            logger.warning("`template` was not specified, try parsing the chat template from the tokenizer.")
-            template = parse_template(tokenizer)
-        else:
-            logger.warning("`template` was not specified, use `empty` template.")
-            template = copy.deepcopy(_registered()["empty"])
-    else:
-        templates = _registered()
-        if name not in templates:
-            raise ConfigError(f"unknown template '{name}' (valid: {', '.join(sorted(templates))})")
-
-        template = copy.deepcopy(templates[name])
-
-    if train_on_prompt and template.efficient_eos:
-        raise ConfigError(
-            f"template '{template.name}' does not support train_on_prompt (it uses efficient_eos)"
-        )
-
-    if tool_format is not None:
-        get_tool_utils(tool_format)  # unknown names fail here, before any sample
-        default_slots: list[Slot] = (
-            ["{{content}}"] if template.efficient_eos else ["{{content}}", {"eos_token"}]
-        )
-        template.format_function = FunctionFormatter(slots=default_slots, tool_format=tool_format)
-        template.format_tools = ToolFormatter(tool_format=tool_format)
-
-    if default_system is not None:
-        template.default_system = default_system
-
-    if isinstance(template, ReasoningTemplate):
-        template.enable_thinking = enable_thinking
-        template.preserve_thinking = preserve_thinking
-
-    return template
 
 
 def _add_or_replace_eos_token(tokenizer: Any, eos_token: str) -> None:

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from fastsft.data.accounting import SamplePolicy, SampleRef, Summary
-from fastsft.data.formats import Conversation, Dropped, convert
-from fastsft.data.registry import DatasetAttr, iter_rows
+from fastsft.data.sources.converter import Conversation, Dropped, convert
+from fastsft.data.sources.parser import DatasetAttr, iter_rows
 from fastsft.errors import DataError
 
 __all__ = ["Batch", "iter_batches", "iter_samples"]

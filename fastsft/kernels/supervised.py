@@ -12,6 +12,13 @@ from typing import NamedTuple
 
 from fastsft import IGNORE_INDEX
 
+__all__ = ["TurnTrace", "encode_pairs", "infer_seqlen", "pairs"]
+
+
+def pairs(messages: Sequence[Sequence[int]]) -> list[tuple[Sequence[int], Sequence[int]]]:
+    """(prompt_ids, response_ids) per turn from per-message ids (messages 2k, 2k+1), like ``encode_multiturn``."""
+    return [(messages[i], messages[i + 1]) for i in range(0, len(messages), 2)]
+
 
 class TurnTrace(NamedTuple):
     """How one (prompt, response) turn fared under ``cutoff_len``; turns cut entirely are absent."""

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fastsft.errors import ConfigError, DataError
-from fastsft.tokenizer_snapshot import TokenizerSnapshot
+from fastsft.tokenizer.snapshot import encodes_through_rust
 
 __all__ = [
     "ENV_VAR",
@@ -46,9 +46,9 @@ __all__ = [
     "AutoBackend",
     "FastokensBackend",
     "HFBackend",
+    "PerStringBackend",
     "TokenizerBackend",
     "UnsupportedTokenizer",
-    "encodes_through_rust",
     "load_backend",
     "probe_texts",
 ]
@@ -60,10 +60,6 @@ KINDS = ("auto", "hf", "fast")
 
 # fastokens reads its encoder thread count from this variable when it first encodes in a process.
 _THREADS_VAR = "FASTOKENS_BPE_THREADS"
-
-# Methods of the transformers fast tokenizer that lead to ``encode_batch`` of its Rust backend;
-# a subclass overriding any of them is encoded through ``tokenizer.encode`` itself.
-_ENCODE_METHODS = ("__call__", "encode", "encode_plus", "_encode_plus", "_batch_encode_plus", "tokenize")
 
 
 class TokenizerBackend(Protocol):
@@ -153,23 +149,6 @@ class PerStringBackend:
 
     def single_threaded(self) -> PerStringBackend:
         return self
-
-
-def encodes_through_rust(tokenizer: Any) -> bool:
-    """Whether ``tokenizer.encode`` is exactly ``encode_batch`` of its Rust backend (no Python-side override).
-
-    True for a ``TokenizerSnapshot``: snapshots are recorded only of such tokenizers.
-    """
-    if isinstance(tokenizer, TokenizerSnapshot):
-        return True
-    from transformers import PreTrainedTokenizerFast
-
-    if not isinstance(tokenizer, PreTrainedTokenizerFast):
-        return False
-    cls = type(tokenizer)
-    return all(
-        getattr(cls, name, None) is getattr(PreTrainedTokenizerFast, name, None) for name in _ENCODE_METHODS
-    )
 
 
 # --------------------------------------------------------------------------------------------------

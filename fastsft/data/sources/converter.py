@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from fastsft.data.registry import DatasetAttr
+from fastsft.data.sources.parser import DatasetAttr
 from fastsft.errors import ConfigError, DataError
 
 USER, ASSISTANT, OBSERVATION, FUNCTION, SYSTEM = "user", "assistant", "observation", "function", "system"

@@ -1,12 +1,9 @@
 """Rows in LLaMA-Factory's saved layout: Arrow columns, their types, record-batch chunks, packing.
 
-Unpacked, every sample is a row. Packed, a strategy decides which samples share a row:
-
-    llamafactory   per preprocessing batch, LLaMA-Factory's knapsack; rows padded to cutoff_len
-                   (+1, as LLaMA-Factory pads), plus its media columns and, with neat_packing,
-                   its ``packing_params``
-    bfd            over the whole dataset (samples held in ``HeldSamples``), best-fit-decreasing;
-                   rows unpadded, for varlen attention
+Unpacked, every sample is a row. Packed, a strategy of ``fastsft.kernels.packing.STRATEGIES``
+decides which samples share a row: per preprocessing batch, or over the whole dataset (samples
+held in ``HeldSamples``); padded strategies (LLaMA-Factory's) pad rows to cutoff_len + 1 and add
+its media columns and, with neat_packing, its ``packing_params``.
 
 A packed row (``position_ids`` restart at every sequence; neat_packing numbers the sequences
 in ``attention_mask``; ``P`` is padding)::
@@ -20,18 +17,15 @@ in ``attention_mask``; ``P`` is padding)::
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from types import ModuleType
 
 import numpy as np
 import pyarrow as pa
 
 from fastsft import IGNORE_INDEX
 from fastsft.data.accounting import Summary
-from fastsft.data.encoding import EncodedBatch
-from fastsft.data.options import PackingStrategy
-from fastsft.data.spill import HeldSamples, SpilledSamples
-from fastsft.kernels import offsets_from_lengths
+from fastsft.data.rows.encoder import EncodedBatch
+from fastsft.data.rows.spill import HeldSamples, SpilledSamples
+from fastsft.kernels import STRATEGIES, Kernels, offsets_from_lengths
 
 __all__ = ["ROW_CHUNK_TOKENS", "RowBuilder", "empty_table"]
 
@@ -44,31 +38,16 @@ NO_MEDIA = 2**32  # LLaMA-Factory's MAX_SU_SEQ_IDX placeholder for "no media in 
 MEDIA_COLUMNS = ("images", "videos", "audios")
 
 
-@dataclass(frozen=True)
-class Strategy:
-    """How a packing strategy runs: its kernel, whether it packs per batch, and LLaMA-Factory's extras."""
-
-    kernel: str  # name of the packer in the kernel module
-    per_batch: bool  # pack each preprocessing batch (else the whole dataset at the end)
-    padded: bool  # rows padded to cutoff_len + 1, with LLaMA-Factory's media columns
-
-
-STRATEGIES: dict[PackingStrategy, Strategy] = {
-    "llamafactory": Strategy("knapsack_llamafactory", per_batch=True, padded=True),
-    "bfd": Strategy("pack_bfd", per_batch=False, padded=False),
-}
-
-
 class RowBuilder:
     """Turns encoded batches into record batches of output rows, and counts what it emits."""
 
     def __init__(
         self,
-        kernels: ModuleType,
+        kernels: Kernels,
         summary: Summary,
         *,
         packing: bool,
-        strategy: PackingStrategy,
+        strategy: str,
         neat_packing: bool,
         cutoff_len: int,
         pad_token_id: int,
@@ -145,7 +124,7 @@ class RowBuilder:
         assert self.strategy is not None
         lengths = samples.lengths
         row_length = self.cutoff_len + 1 if self.strategy.padded else 0
-        order, row_bounds = getattr(self.kernels, self.strategy.kernel)(lengths, self.cutoff_len)
+        order, row_bounds = self.kernels.pack(self.strategy, lengths, self.cutoff_len)
         for first, last in _row_chunks(lengths, order, row_bounds, row_length):
             chunk_bounds = row_bounds[first : last + 1] - row_bounds[first]
             yield self._packed_chunk(

@@ -1,0 +1,32 @@
+"""Tokenizers: loading a HF tokenizer (``loader``), its recorded stand-in (``snapshot``), and the
+backends that encode with it (``backends``), imported in that one direction.
+
+``load_tokenizer`` serves every command; ``load_backend`` picks the encoder the compiled path uses.
+Names are imported on first use, so ``fastsft --help`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {
+    "CACHE_ENV_VAR": "loader",
+    "cache_dir": "loader",
+    "load_tokenizer": "loader",
+    "TokenizerSnapshot": "snapshot",
+    "encodes_through_rust": "snapshot",
+    "AutoBackend": "backends",
+    "FastokensBackend": "backends",
+    "HFBackend": "backends",
+    "PerStringBackend": "backends",
+    "TokenizerBackend": "backends",
+    "load_backend": "backends",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'fastsft.tokenizer' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"fastsft.tokenizer.{_HOMES[name]}"), name)
