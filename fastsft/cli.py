@@ -105,7 +105,7 @@ def cmd_templates(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fastsft.train.trainer import run_train
+    from fastsft.train.command import run_train
 
     return run_train(args)
 

@@ -28,13 +28,28 @@ __all__ = [
 ]
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", flag: str | None = None, **kw: Any) -> Any:
-    """A dataclass field with its help line (and, optionally, its command-line flag name)."""
-    metadata = {"help": help}
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    flag: str | None = None,
+    *,
+    group: str | None = None,
+    training_arg: bool = False,
+    default_factory: Any = dataclasses.MISSING,
+) -> Any:
+    """A dataclass field with its help line and where it belongs, the one declaration of an option.
+
+    ``flag`` names its command-line flag; ``group`` is the heading it is listed under in
+    ``--help``; ``training_arg`` marks a field passed on, by the same name, to
+    ``transformers.TrainingArguments``.
+    """
+    metadata: dict[str, Any] = {"help": help, "training_arg": training_arg}
     if flag is not None:
         metadata["flag"] = flag
-    if "default_factory" in kw:
-        return dataclasses.field(default_factory=kw["default_factory"], metadata=metadata)
+    if group is not None:
+        metadata["group"] = group
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 

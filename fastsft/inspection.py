@@ -6,20 +6,20 @@ per-turn token counts show where ``cutoff_len`` cut; packed rows show their sequ
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Sequence
 from typing import Any
 
 from fastsft import IGNORE_INDEX
 from fastsft.data.data_args import DataArgs
-from fastsft.data.pipeline import make_encoder
+from fastsft.data.pipeline import prepare_run
 from fastsft.data.rows.encoder import in_dataset_terms
-from fastsft.data.sources.converter import Dropped, convert
-from fastsft.data.sources.reading import iter_samples
-from fastsft.data.sources.splitting import TRAIN, plan_splits
+from fastsft.data.sources.converter import Dropped
+from fastsft.data.sources.splitting import TRAIN
 from fastsft.errors import DataError
 from fastsft.kernels.supervised import TurnTrace
+
+__all__ = ["inspect_dataset", "inspect_saved"]
 
 GREEN, DIM, BOLD, RESET = "\x1b[32m", "\x1b[2m", "\x1b[1m", "\x1b[0m"
 
@@ -61,27 +61,23 @@ def inspect_dataset(
 ) -> str:
     """Encode ``count`` training samples from ``start`` on (in training order) with the reference
     path and describe each."""
-    encoder = make_encoder(dataclasses.replace(args, backend="python"), tokenizer)
-    args.require_dataset()
-    train = plan_splits(args)[TRAIN]  # the training samples in training order (mixing, val_size)
+    run = prepare_run(args, tokenizer, fingerprint=False)
+    encoder = run.encoder(encode_path="python")
     out = [
         f"template {args.template}, cutoff_len {encoder.cutoff_len}, train_on_prompt {args.train_on_prompt}, "
         f"mask_history {args.mask_history}"
         + (" (per-sample view; packed rows: inspect --data)" if args.packing else "")
     ]
-    for position, (attr, ref, row) in enumerate(
-        iter_samples(train.attrs, args.dataset_dir, args.max_samples, train.order, train.lengths)
-    ):
+    # The training samples in training order (mixing, val_size).
+    for position, (ref, conv) in enumerate(run.samples(TRAIN)):
         if position < start:
             continue
         if position >= start + count:
             break
         out.append("")
         trace: list[TurnTrace] = []
-        try:  # the heading says where; a malformed sample's error adds the field and reason
-            conv = convert(row, attr)
-        except DataError as err:
-            out.append(_heading(f"== {ref}: malformed: {err}", color))
+        if isinstance(conv, DataError):  # the heading says where; the error adds the field and reason
+            out.append(_heading(f"== {ref}: malformed: {conv}", color))
             continue
         if isinstance(conv, Dropped):
             out.append(_heading(f"== {ref}: dropped ({conv.reason})", color))

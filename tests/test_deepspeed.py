@@ -60,7 +60,7 @@ def test_zero3_two_processes_match_one_process_and_the_saved_model_reloads(
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from fastsft.train.config import load_config
-    from fastsft.train.trainer import train
+    from fastsft.train.workflow import train
 
     monkeypatch.chdir(REPO_ROOT)
     # One initial model for both runs (ZeRO-3 init and plain init need not draw the same numbers).

@@ -530,7 +530,8 @@ def test_golden_splits_through_fastsft_train(
     from transformers import AutoTokenizer, TrainingArguments
 
     from fastsft.train.config import config_from_mapping
-    from fastsft.train.trainer import load_datasets, model_vocab_size
+    from fastsft.train.model import model_vocab_size
+    from fastsft.train.workflow import load_datasets
 
     golden = load_golden(path)
     case = {key: value for key, value in golden["args"].items() if value is not None}

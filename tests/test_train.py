@@ -17,8 +17,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from fastsft.errors import ConfigError, DataError
+from fastsft.train.command import run_train
 from fastsft.train.config import load_config
-from fastsft.train.trainer import build_trainer, run_train, train
+from fastsft.train.workflow import build_trainer, train
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_YAML = REPO_ROOT / "examples" / "tiny_sft.yaml"
@@ -207,7 +208,7 @@ def test_eval_on_each_dataset_logs_and_plots_every_eval_split(tmp_path: Path) ->
 def test_plot_draws_train_and_eval_curves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import matplotlib.axes
 
-    from fastsft.train.trainer import plot_loss
+    from fastsft.train.logs import plot_loss
 
     labels: list[str] = []
     original = matplotlib.axes.Axes.plot

@@ -52,7 +52,7 @@ def test_sigint_names_the_last_checkpoint_and_exits_130(tmp_path: Path) -> None:
 
 
 def test_interrupted_message_without_a_checkpoint(tmp_path: Path) -> None:
-    from fastsft.train.trainer import interrupted_message
+    from fastsft.train.command import interrupted_message
 
     assert (
         interrupted_message(tmp_path / "missing")

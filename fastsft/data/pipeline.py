@@ -12,26 +12,29 @@ cache file, or the ``save_to_disk`` layout published atomically (``build_to_disk
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from fastsft.data.accounting import SamplePolicy, Summary
+from fastsft.data.accounting import SamplePolicy, SampleRef, Summary
 from fastsft.data.chat.registry import get_template
 from fastsft.data.chat.template import Template, fix_tokenizer
 from fastsft.data.data_args import DataArgs
 from fastsft.data.rows.builder import RowBuilder, empty_table
 from fastsft.data.rows.encoder import Encoder
 from fastsft.data.rows.workers import encoded_batches
+from fastsft.data.sources.converter import Conversation, Dropped
 from fastsft.data.sources.parser import input_bytes, input_paths, resolve_datasets
-from fastsft.data.sources.reading import iter_batches
+from fastsft.data.sources.reading import iter_batches, iter_converted
 from fastsft.data.sources.splitting import TRAIN, SplitSource, plan_splits
 from fastsft.data.store.disk_layout import (
     DATA_FILE,
@@ -46,11 +49,29 @@ from fastsft.data.store.output import (
     os_error_line,
     staged_output,
 )
-from fastsft.data.store.provenance import describe, tokenizer_fingerprint
+from fastsft.data.store.provenance import FORMAT as FINGERPRINT_FORMAT
+from fastsft.data.store.provenance import (
+    check_token_ids,
+    check_tokenizer,
+    describe,
+    fingerprint_version,
+    ignored_options,
+    read_provenance,
+    tokenizer_fingerprint,
+)
 from fastsft.errors import ConfigError, DataError
 from fastsft.kernels import resolve_encode_path
 
-__all__ = ["build_dataset", "build_to_disk", "check_output", "make_encoder", "make_template"]
+__all__ = [
+    "PreparedRun",
+    "build_dataset",
+    "build_to_disk",
+    "check_output",
+    "load_or_build",
+    "make_encoder",
+    "make_template",
+    "prepare_run",
+]
 
 
 def make_template(args: DataArgs, tokenizer: Any) -> Template:
@@ -70,30 +91,89 @@ def make_template(args: DataArgs, tokenizer: Any) -> Template:
 def make_encoder(args: DataArgs, tokenizer: Any, *, expected_chars: int = 0) -> Encoder:
     """The encoder for ``args``; fixes ``tokenizer`` in place exactly as LLaMA-Factory does (eos, pad, stop words).
 
-    The compiled encode path tokenizes with the fastest exact implementation for about
-    ``expected_chars`` of text (``fastsft.tokenizer.backends.load_backend``); the python path calls the
-    tokenizer once per string, as LLaMA-Factory does.
+    A shortcut for ``prepare_run(args, tokenizer, fingerprint=False).encoder(...)``.
     """
-    from fastsft.tokenizer.backends import PerStringBackend, load_backend
+    return prepare_run(args, tokenizer, fingerprint=False).encoder(expected_chars=expected_chars)
 
-    encode_path = resolve_encode_path(args.backend)
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """A run's data set-up, made once by ``prepare_run`` and passed to every stage that needs it.
+
+    ``tokenizer`` is already fixed as LLaMA-Factory fixes it for ``template`` (eos, pad, stop
+    words, chat template); ``fingerprints`` are the tokenizer's as loaded, before those fixes, by
+    fingerprint format: what a saved dataset's provenance records and is checked against.
+    """
+
+    args: DataArgs
+    tokenizer: Any
+    template: Template
+    fingerprints: dict[int, str]
+
+    @property
+    def fingerprint(self) -> str:
+        """The tokenizer's fingerprint in the current format (what a new output records)."""
+        return self.fingerprints[FINGERPRINT_FORMAT]
+
+    def fingerprint_for(self, record: dict[str, Any] | None) -> str:
+        """The tokenizer's fingerprint in the format of a saved dataset's provenance ``record``."""
+        return self.fingerprints[fingerprint_version(record)]
+
+    def splits(self) -> dict[str, SplitSource]:
+        """The run's splits (``train``, ``validation``, ``validation_NAME``) and their samples, in order."""
+        self.args.require_dataset()
+        return plan_splits(self.args)
+
+    def encoder(self, *, expected_chars: int = 0, encode_path: str | None = None) -> Encoder:
+        """An encoder over the fixed tokenizer.
+
+        The compiled encode path tokenizes with the fastest exact implementation for about
+        ``expected_chars`` of text (``fastsft.tokenizer.backends.load_backend``); the python path
+        calls the tokenizer once per string, as LLaMA-Factory does. ``encode_path`` overrides
+        ``args.backend``.
+        """
+        from fastsft.tokenizer.backends import PerStringBackend, load_backend
+
+        path = resolve_encode_path(encode_path or self.args.backend)
+        tokenizer_backend = (
+            PerStringBackend(self.tokenizer)
+            if path == "python"
+            else load_backend(self.tokenizer, self.args.tokenizer_backend, expected_chars=expected_chars)
+        )
+        return Encoder(
+            self.template,
+            self.tokenizer,
+            tokenizer_backend,
+            encode_path=path,
+            cutoff_len=self.args.effective_cutoff_len,
+            train_on_prompt=self.args.train_on_prompt,
+            mask_history=self.args.mask_history,
+            policy=SamplePolicy(strict=self.args.strict, skip_malformed=self.args.skip_malformed),
+        )
+
+    def samples(self, split: str = TRAIN) -> Iterator[tuple[SampleRef, Conversation | Dropped | DataError]]:
+        """Every sample of ``split`` in training order, converted: a ``Conversation``, or why it is not one."""
+        source = self.splits()[split]
+        return iter_converted(
+            source.attrs, self.args.dataset_dir, self.args.max_samples, source.order, source.lengths
+        )
+
+
+def prepare_run(args: DataArgs, tokenizer: Any, *, fingerprint: bool = True) -> PreparedRun:
+    """The one data set-up of every command: the tokenizer's fingerprint, then the template, then
+    the tokenizer fixed for it, in that order (the fingerprint describes the tokenizer as loaded).
+    ``fingerprint=False`` skips it, for builds that record no provenance.
+
+    When ``args.tokenized_path`` holds a saved dataset recorded with an older fingerprint format,
+    the fingerprint is taken in that format too, so the two compare.
+    """
+    versions = {FINGERPRINT_FORMAT} if fingerprint else set()
+    if fingerprint and args.tokenized_path and Path(args.tokenized_path).exists():
+        versions.add(fingerprint_version(read_provenance(args.tokenized_path)))
+    fingerprints = {version: tokenizer_fingerprint(tokenizer, version) for version in versions}
     template = make_template(args, tokenizer)
     fix_tokenizer(template, tokenizer)
-    tokenizer_backend = (
-        PerStringBackend(tokenizer)
-        if encode_path == "python"
-        else load_backend(tokenizer, args.tokenizer_backend, expected_chars=expected_chars)
-    )
-    return Encoder(
-        template,
-        tokenizer,
-        tokenizer_backend,
-        encode_path=encode_path,
-        cutoff_len=args.effective_cutoff_len,
-        train_on_prompt=args.train_on_prompt,
-        mask_history=args.mask_history,
-        policy=SamplePolicy(strict=args.strict, skip_malformed=args.skip_malformed),
-    )
+    return PreparedRun(args, tokenizer, template, fingerprints)
 
 
 def build_dataset(
@@ -105,6 +185,7 @@ def build_dataset(
     cache_file: str | None = None,
     progress: bool = False,
     workers: int | None = None,
+    run: PreparedRun | None = None,
 ) -> tuple[Any, Summary]:
     """Run the pipeline; returns a ``datasets.Dataset`` with LLaMA-Factory's columns and a ``Summary``.
 
@@ -115,29 +196,29 @@ def build_dataset(
     ``workers`` (default ``args.preprocessing_num_workers`` or 1) encodes batches in that many
     processes, in order, with a bounded queue. ``split`` names the split of ``args`` to build
     (``fastsft.data.sources.splitting.split_names``); ``source``, when given, is its planned samples.
+    ``run``, when given, is ``prepare_run(args, tokenizer)`` already made (the tokenizer fixed).
     """
     import datasets
 
+    run = run or prepare_run(args, tokenizer, fingerprint=False)
     if source is None:
-        args.require_dataset()
-        plan = plan_splits(args)
+        plan = run.splits()
         if split not in plan:
             raise ConfigError(f"no split {split!r} (the splits are {', '.join(plan)})")
         source = plan[split]
     if cache_file is None:
         chunks: list[pa.RecordBatch] = []
-        summary = _build_split(args, tokenizer, source, chunks.append, None, progress, workers)
+        summary = _build_split(run, source, chunks.append, None, progress, workers)
         table = pa.Table.from_batches(chunks) if chunks else empty_table(bool(args.packing))
         # A random fingerprint: `datasets` would otherwise hash every token to name an in-memory table.
         return datasets.Dataset(datasets.table.InMemoryTable(table), fingerprint=uuid.uuid4().hex), summary
     path = Path(cache_file).absolute()
-    summary = _write_split(args, tokenizer, source, path, path.parent, progress, workers)
+    summary = _write_split(run, source, path, path.parent, progress, workers)
     return datasets.Dataset.from_file(str(path)), summary
 
 
 def _write_split(
-    args: DataArgs,
-    tokenizer: Any,
+    run: PreparedRun,
     source: SplitSource,
     path: Path,
     spill_dir: Path,
@@ -146,14 +227,13 @@ def _write_split(
 ) -> Summary:
     """Stream one split's rows into the Arrow file ``path`` (BFD spills beside it, in ``spill_dir``)."""
     with ArrowStreamFile(path) as file:
-        summary = _build_split(args, tokenizer, source, file.write, str(spill_dir), progress, workers)
-        file.close(empty_table(bool(args.packing)).schema)
+        summary = _build_split(run, source, file.write, str(spill_dir), progress, workers)
+        file.close(empty_table(bool(run.args.packing)).schema)
     return summary
 
 
 def _build_split(
-    args: DataArgs,
-    tokenizer: Any,
+    run: PreparedRun,
     source: SplitSource,
     sink: Callable[[pa.RecordBatch], None],
     spill_dir: str | None,
@@ -162,11 +242,12 @@ def _build_split(
 ) -> Summary:
     """Every stage for one split: its record batches go to ``sink`` in order; returns the ``Summary``."""
     start = time.perf_counter()
+    args = run.args
     attrs = source.attrs
     # Input bytes stand in for the characters to encode (JSON keys and escapes make them an
     # overestimate); with max_samples they say nothing, and the backend decides as it goes.
     expected = 0 if args.max_samples else input_bytes(attrs, args.dataset_dir)
-    encoder = make_encoder(args, tokenizer, expected_chars=expected)
+    encoder = run.encoder(expected_chars=expected)
     summary = Summary(encode_path=encoder.encode_path, tokenizer_backend=encoder.tokenizer_backend.name)
     rows = RowBuilder(
         encoder.kernels,
@@ -175,7 +256,7 @@ def _build_split(
         strategy=args.strategy,
         neat_packing=args.neat_packing,
         cutoff_len=args.effective_cutoff_len,
-        pad_token_id=tokenizer.pad_token_id,
+        pad_token_id=run.tokenizer.pad_token_id,
         spill_dir=spill_dir,
     )
     batches = iter_batches(
@@ -253,6 +334,7 @@ def build_to_disk(
     progress: bool = False,
     workers: int | None = None,
     notice: Callable[[str], None] | None = None,
+    run: PreparedRun | None = None,
 ) -> dict[str, Summary]:
     """Every split of ``args`` saved as ``DatasetDict({"train": ..., "validation": ...})`` at
     ``output`` (LLaMA-Factory's ``tokenized_path`` layout), without risking data; returns each
@@ -264,26 +346,115 @@ def build_to_disk(
     publishes the result (``fastsft.data.store.output``): a crash, a signal or a bad sample leaves
     ``output`` as it was, and an existing ``output`` is replaced only with ``overwrite`` and only
     if fastsft wrote it. Notices (a killed run's folder removed) go to ``notice``, by default stderr.
+    ``run``, when given, is ``prepare_run(args, tokenizer)`` already made.
     """
     output = Path(output)
     check_output(args, output, overwrite=overwrite, tokenizer_dir=str(getattr(tokenizer, "name_or_path", "")))
-    fingerprint = tokenizer_fingerprint(tokenizer)  # before build_dataset fixes the tokenizer
+    # The fingerprint of a new output is in the current format, whatever an output it replaces used.
+    run = run or prepare_run(dataclasses.replace(args, tokenized_path=None), tokenizer)
     try:
         with staged_output(output, overwrite=overwrite, notice=notice) as staged:
             summaries = {}
-            for name, source in plan_splits(args).items():
+            for name, source in run.splits().items():
                 split_dir = staged.dataset / name
                 split_dir.mkdir(parents=True)
                 summaries[name] = _write_split(
-                    args, tokenizer, source, split_dir / DATA_FILE, staged.workdir, progress, workers
+                    run, source, split_dir / DATA_FILE, staged.workdir, progress, workers
                 )
                 write_split_metadata(split_dir)
             write_dataset_dict(staged.dataset, list(summaries))
-            staged.commit(describe(args, fingerprint=fingerprint, tokenizer=tokenizer))
+            staged.commit(describe(args, fingerprint=run.fingerprint, tokenizer=tokenizer))
     except OSError as err:
         action = f"write {output}" if _is_output_side(err.filename, output) else "read an input"
         raise OutputError(os_error_line(err, action)) from None
     return summaries
+
+
+def load_or_build(
+    run: PreparedRun,
+    *,
+    vocab_size: int,
+    is_main: bool = True,
+    should_save: bool = True,
+    notice: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Every split of ``run`` as a ``datasets.Dataset``: ``train`` and any ``validation`` / ``validation_NAME``.
+
+    A saved ``tokenized_path`` is memory-mapped after its checks (``fastsft.data.store.provenance``):
+    another tokenizer or a token id at or above ``vocab_size`` is refused, ignored data options are
+    named. A ``tokenized_path`` not yet there is built first by the process that ``should_save``
+    (``build_to_disk``: flat memory, written safely), then loaded; without one each split is built in
+    memory. Distributed callers let the main process go first, so the others load what it saved.
+    ``notice`` gets the summary lines; only the ``is_main`` process speaks.
+    """
+    args = run.args
+    path = args.tokenized_path
+    say = notice if is_main else _silent
+    if path and Path(path).exists():
+        return _load_tokenized(path, say, record_checks=(run, vocab_size))
+    if path and should_save:
+        summaries = build_to_disk(args, run.tokenizer, path, notice=notice, run=run)
+        for name, summary in summaries.items():
+            _report(name, summary, say)
+        _require_labels(summaries[TRAIN])
+        say(f"saved the tokenized dataset to {path}")
+        return _load_tokenized(path, say)
+    splits = {}
+    for name, source in run.splits().items():
+        splits[name], summary = build_dataset(args, run.tokenizer, source=source, run=run)
+        _report(name, summary, say)
+        if name == TRAIN:
+            _require_labels(summary)
+    return splits
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+def _report(name: str, summary: Summary, say: Callable[[str], None]) -> None:
+    for line in summary.lines():
+        say(line if name == TRAIN else f"{name}: {line}")
+
+
+def _require_labels(summary: Summary) -> None:
+    if summary.label_tokens == 0:
+        raise ConfigError(
+            "the training data has no label tokens, so there is nothing to learn (is cutoff_len too small?)"
+        )
+
+
+def _load_tokenized(
+    path: str, say: Callable[[str], None], record_checks: tuple[PreparedRun, int] | None = None
+) -> dict[str, Any]:
+    """The splits saved at ``path`` (a ``DatasetDict``, or a ``Dataset``: the train split), memory-mapped.
+
+    With ``record_checks`` (a dataset this run did not just build: its run and the model's vocab
+    size) it is checked first: the tokenizer fingerprint, the token ids, the data options it ignores.
+    """
+    from datasets import DatasetDict, load_from_disk
+
+    record = read_provenance(path)
+    if record_checks is not None:
+        check_tokenizer(record, record_checks[0].fingerprint_for(record), path)
+    try:
+        loaded = load_from_disk(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load tokenized_path {path}: {str(err).splitlines()[0]}") from None
+    splits = dict(loaded) if isinstance(loaded, DatasetDict) else {TRAIN: loaded}
+    if TRAIN not in splits:
+        raise ConfigError(f"tokenized_path {path} has no train split (it has {', '.join(splits)})")
+    if record_checks is not None:
+        check_token_ids(splits, record_checks[1], path)
+    say(f"loaded {len(splits[TRAIN])} rows from {path}")
+    if record_checks is not None:
+        if record is None:
+            say(
+                "it was not made by fastsft: the data options in the config are ignored (as in LLaMA-Factory)"
+            )
+        elif differing := ignored_options(record, record_checks[0].args):
+            say(f"data options ignored, as tokenized_path exists: {'; '.join(differing)}")
+    return splits
 
 
 def _is_output_side(filename: Any, output: Path) -> bool:

@@ -41,18 +41,23 @@ def cache_dir() -> Path:
     return Path(base) / "fastsft"
 
 
-def load_tokenizer(path: str, *, snapshot: bool = False) -> Any:
-    """The tokenizer ``AutoTokenizer.from_pretrained(path, local_files_only=True)`` loads; never downloads.
+def load_tokenizer(
+    path: str, *, snapshot: bool = False, trust_remote_code: bool = False, hub: bool = False
+) -> Any:
+    """The tokenizer ``AutoTokenizer.from_pretrained(path)`` loads, for every command.
 
-    With ``snapshot``, a ``fastsft.tokenizer.snapshot.TokenizerSnapshot`` of it where one can be
-    recorded: replayed without importing transformers when this folder was loaded before. A folder
-    that is not a tokenizer is a one-line ``ConfigError``.
+    A local folder is loaded with ``local_files_only`` (never a download); with ``snapshot``, as a
+    ``fastsft.tokenizer.snapshot.TokenizerSnapshot`` where one can be recorded, replayed without
+    importing transformers when this folder was loaded before. ``hub`` lets a path that is not a
+    folder through to ``AutoTokenizer`` as a Hub id (``fastsft train``'s ``model_name_or_path``);
+    ``trust_remote_code`` is passed on (such classes are never remembered). A folder that is not a
+    tokenizer is a one-line ``ConfigError``.
     """
     folder = Path(path)
-    if not folder.is_dir():
+    if not folder.is_dir() and not hub:
         raise ConfigError(f"tokenizer folder not found: {path}")
-    key = _folder_key(folder)
-    if snapshot:
+    key = _folder_key(folder) if folder.is_dir() and not trust_remote_code else None
+    if snapshot and key is not None:
         from importlib.metadata import version
 
         snapshot_key = json.dumps([key, version("tokenizers"), tokenizer_snapshot.FORMAT])
@@ -60,20 +65,23 @@ def load_tokenizer(path: str, *, snapshot: bool = False) -> Any:
             str(path), snapshot_key, load_tokenizer, cache_dir() / tokenizer_snapshot.FOLDER
         )
     try:
-        remembered = _read_record().get(key)
+        remembered = _read_record().get(key) if key is not None else None
         cls = _import_class(remembered) if remembered else None
         if cls is not None:
             return cls.from_pretrained(path, local_files_only=True)
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, local_files_only=folder.is_dir(), trust_remote_code=trust_remote_code
+        )
     except Exception as err:  # transformers raises OSError, ValueError, TypeError, ... for a bad folder
         first_line = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
         raise ConfigError(
             f"cannot load a tokenizer from {path} (it needs tokenizer.json or the files of a slow "
             f"tokenizer, as saved by save_pretrained): {first_line.strip()}"
         ) from None
-    _remember(key, type(tokenizer))
+    if key is not None:
+        _remember(key, type(tokenizer))
     return tokenizer
 
 

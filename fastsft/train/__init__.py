@@ -1,1 +1,21 @@
-"""``fastsft train``: configuration (``config``), varlen attention (``attention``), the trainer (``trainer``)."""
+"""``fastsft train``, split by job: ``config`` (the options), ``command`` (the CLI entry and exit
+status), ``workflow`` (one run, as LLaMA-Factory's ``run_sft``), ``environment`` (CPU threads,
+process groups), ``model`` (tokenizer, model, attention, loss), ``trainer`` (the ``Trainer``
+subclass), ``logs`` (progress lines, logs, plots), plus ``attention`` and ``loss``.
+
+``train(config)`` and ``load_config(path, overrides)`` are the Python entry points.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {"TrainConfig": "config", "load_config": "config", "train": "workflow", "run_train": "command"}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'fastsft.train' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"fastsft.train.{_HOMES[name]}"), name)

@@ -17,31 +17,15 @@ import importlib.util
 import os
 import textwrap
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from fastsft.data.data_args import DATA_KEYS, DataArgs, data_args_from_mapping
 from fastsft.errors import ConfigError
-from fastsft.fields import OverrideText, coerce, read_yaml, show, unknown_key_message
+from fastsft.fields import OverrideText, coerce, option, read_yaml, show, unknown_key_message
 
 AttnChoice = Literal["auto", "sdpa", "eager", "varlen", "flash_attention_2"]
-
-CONFIG_EPILOG = f"""\
-CONFIG.yaml uses LLaMA-Factory's key names (a LLaMA-Factory full-SFT YAML runs as is). Main keys:
-  model:    model_name_or_path | model_config (random init), tokenizer_name_or_path, attn
-  data:     {textwrap.fill(", ".join(DATA_KEYS), 96, subsequent_indent=" " * 12)}
-  batching: padding_free, max_tokens_per_batch
-  training: output_dir, per_device_train_batch_size, gradient_accumulation_steps, learning_rate,
-            lr_scheduler_type, warmup_ratio, num_train_epochs, max_steps, bf16, fp16,
-            gradient_checkpointing, logging_steps, save_steps, save_total_limit,
-            resume_from_checkpoint, deepspeed (path | z2 | z3 | z3_offload), seed, report_to,
-            chunked_loss, loss_chunk_tokens, cpu_threads
-  eval:     val_size | eval_dataset (eval_on_each_dataset), eval_strategy, eval_steps,
-            per_device_eval_batch_size, do_eval, load_best_model_at_end, metric_for_best_model
-Any other transformers TrainingArguments field (weight_decay, ddp_timeout, ...) is passed through.
-Multi-GPU: torchrun --nproc_per_node N -m fastsft train CONFIG.yaml  (see docs/training.md)
-"""
 
 # `deepspeed: z3` and friends resolve to the configs shipped in examples/deepspeed/.
 DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "examples" / "deepspeed"
@@ -51,49 +35,85 @@ DEEPSPEED_SHORTHANDS = {
     "z3_offload": "ds_z3_offload_config.json",
 }
 
+MODEL, BATCHING, TRAINING, EVAL, FASTSFT = "model", "batching", "training", "eval", "fastsft"
+
 
 @dataclass
 class TrainConfig:
-    """Every ``fastsft train`` option. Names follow LLaMA-Factory / ``transformers.TrainingArguments``."""
+    """Every ``fastsft train`` option, declared once: ``--help``, the YAML keys and the keys passed to
+    ``TrainingArguments`` (``training_arg``) all derive from these fields. Names follow
+    LLaMA-Factory / ``transformers.TrainingArguments``."""
 
-    # --- model
-    model_name_or_path: str | None = None
-    model_config: str | None = None  # a config.json: random-init model instead of loading weights
-    tokenizer_name_or_path: str | None = None  # default: model_name_or_path
-    trust_remote_code: bool = False
-    attn: AttnChoice = "auto"  # auto: fastsft varlen when packing / padding_free, else sdpa
-    # --- data: every key of DataArgs (fastsft.data.data_args), read from the same flat YAML
-    data: DataArgs = field(default_factory=DataArgs)
-    # --- batching (fastsft)
-    padding_free: bool = False  # unpacked samples, each batch flattened into one varlen row
-    max_tokens_per_batch: int | None = None  # token-budget batches instead of per_device_train_batch_size
-    # --- training (transformers' TrainingArguments)
-    output_dir: str | None = None
-    overwrite_output_dir: bool = False
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 5e-5
-    lr_scheduler_type: str = "linear"
-    warmup_ratio: float = 0.0
-    num_train_epochs: float = 3.0
-    max_steps: int = -1
-    bf16: bool = False
-    fp16: bool = False
-    gradient_checkpointing: bool = True  # on by default, as in LLaMA-Factory
-    logging_steps: int | float = 500
-    save_steps: int | float = 500
-    save_total_limit: int | None = None
-    resume_from_checkpoint: bool | str | None = None  # true: last checkpoint in output_dir
-    deepspeed: str | None = None  # a JSON path, or z2 / z3 / z3_offload
-    report_to: str | list[str] = "none"
-    plot_loss: bool = True  # write training_loss.png
-    chunked_loss: bool = True  # cross-entropy without the full logits where exact (fastsft.train.loss)
-    loss_chunk_tokens: int = 1024  # logits rows computed at once by the chunked loss
-    cpu_threads: int | None = None  # torch threads on CPU; None: OMP_NUM_THREADS, else the idle cores
+    model_name_or_path: str | None = option(
+        None, "model weights to fine-tune (a folder or Hub id)", group=MODEL
+    )
+    model_config: str | None = option(
+        None, "a config.json: random-init model instead of weights", group=MODEL
+    )
+    tokenizer_name_or_path: str | None = option(None, "tokenizer folder (default: the model's)", group=MODEL)
+    trust_remote_code: bool = option(False, "allow the model's and tokenizer's own code", group=MODEL)
+    attn: AttnChoice = option(
+        "auto", "auto: fastsft varlen when packing / padding_free, else sdpa", group=MODEL
+    )
+    # Every key of DataArgs (fastsft.data.data_args), read from the same flat YAML.
+    data: DataArgs = option(default_factory=DataArgs)
+    padding_free: bool = option(
+        False, "unpacked samples, each batch flattened into one varlen row", group=BATCHING
+    )
+    max_tokens_per_batch: int | None = option(
+        None, "token-budget batches instead of per_device_train_batch_size", group=BATCHING
+    )
+    output_dir: str | None = option(
+        None, "where checkpoints and the model go", group=TRAINING, training_arg=True
+    )
+    overwrite_output_dir: bool = option(
+        False, "start over instead of resuming from output_dir's last checkpoint", group=TRAINING
+    )
+    per_device_train_batch_size: int = option(
+        8, "rows per batch and process", group=TRAINING, training_arg=True
+    )
+    gradient_accumulation_steps: int = option(
+        1, "batches per optimizer step", group=TRAINING, training_arg=True
+    )
+    learning_rate: float = option(5e-5, "peak learning rate", group=TRAINING, training_arg=True)
+    lr_scheduler_type: str = option("linear", "learning-rate schedule", group=TRAINING, training_arg=True)
+    warmup_ratio: float = option(0.0, "share of the steps spent warming up", group=TRAINING)
+    num_train_epochs: float = option(3.0, "epochs (unless max_steps)", group=TRAINING, training_arg=True)
+    max_steps: int = option(
+        -1, "optimizer steps (-1: from num_train_epochs)", group=TRAINING, training_arg=True
+    )
+    bf16: bool = option(False, "bf16 mixed precision", group=TRAINING, training_arg=True)
+    fp16: bool = option(False, "fp16 mixed precision", group=TRAINING, training_arg=True)
+    gradient_checkpointing: bool = option(
+        True,
+        "recompute activations in the backward pass (on, as in LLaMA-Factory)",
+        group=TRAINING,
+        training_arg=True,
+    )
+    logging_steps: int | float = option(500, "steps between logs", group=TRAINING, training_arg=True)
+    save_steps: int | float = option(500, "steps between checkpoints", group=TRAINING, training_arg=True)
+    save_total_limit: int | None = option(None, "checkpoints kept", group=TRAINING, training_arg=True)
+    resume_from_checkpoint: bool | str | None = option(
+        None, "true: the last checkpoint in output_dir; or a checkpoint folder", group=TRAINING
+    )
+    deepspeed: str | None = option(
+        None, "a DeepSpeed JSON path, or z2 | z3 | z3_offload", group=TRAINING, training_arg=True
+    )
+    report_to: str | list[str] = option(
+        "none", "loggers (none, tensorboard, wandb, ...)", group=TRAINING, training_arg=True
+    )
+    plot_loss: bool = option(True, "write training_loss.png", group=TRAINING)
+    chunked_loss: bool = option(
+        True, "cross-entropy without the full logits where exact (fastsft.train.loss)", group=FASTSFT
+    )
+    loss_chunk_tokens: int = option(1024, "logits rows computed at once by the chunked loss", group=FASTSFT)
+    cpu_threads: int | None = option(
+        None, "torch threads on CPU (default: OMP_NUM_THREADS, else the idle cores)", group=FASTSFT
+    )
     # Other TrainingArguments fields given in the YAML (weight_decay, ddp_timeout, ...).
-    extra_training_args: dict[str, Any] = field(default_factory=dict)
+    extra_training_args: dict[str, Any] = option(default_factory=dict)
     # One-line notices about accepted-but-ignored LLaMA-Factory keys, printed by the trainer.
-    notices: list[str] = field(default_factory=list)
+    notices: list[str] = option(default_factory=list)
 
     @property
     def uses_varlen_batches(self) -> bool:
@@ -103,6 +123,38 @@ class TrainConfig:
     @property
     def tokenizer_path(self) -> str:
         return self.tokenizer_name_or_path or self.model_name_or_path or ""
+
+
+def config_epilog() -> str:
+    """``fastsft train --help``'s key list, from the fields' groups (data: every ``DataArgs`` key)."""
+    grouped: dict[str, list[str]] = {
+        MODEL: [],
+        "data": list(DATA_KEYS),
+        BATCHING: [],
+        TRAINING: [],
+        FASTSFT: [],
+    }
+    for spec in dataclasses.fields(TrainConfig):
+        if "group" in spec.metadata:
+            grouped[spec.metadata["group"]].append(spec.name)
+    lines = ["CONFIG.yaml uses LLaMA-Factory's key names (a LLaMA-Factory full-SFT YAML runs as is). Keys:"]
+    for group, names in grouped.items():
+        text = textwrap.fill(
+            ", ".join(names), 96, initial_indent=f"  {group + ':':<10}", subsequent_indent=" " * 12
+        )
+        lines.append(text)
+    lines += [
+        f"  {EVAL + ':':<10}val_size | eval_dataset (eval_on_each_dataset), eval_strategy, eval_steps,",
+        "            per_device_eval_batch_size, do_eval, load_best_model_at_end, metric_for_best_model",
+        "Any other transformers TrainingArguments field (weight_decay, ddp_timeout, ...) is passed through.",
+        "Multi-GPU: torchrun --nproc_per_node N -m fastsft train CONFIG.yaml  (see docs/training.md)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def training_arg_names() -> tuple[str, ...]:
+    """The ``TrainConfig`` fields passed to ``TrainingArguments`` by the same name."""
+    return tuple(spec.name for spec in dataclasses.fields(TrainConfig) if spec.metadata.get("training_arg"))
 
 
 # Keys a user never sets: filled in by load_config.
@@ -163,7 +215,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="override config keys, e.g. max_steps=20 bf16=true"
     )
-    parser.epilog = CONFIG_EPILOG
+    parser.epilog = config_epilog()
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
@@ -368,3 +420,24 @@ def _validate(config: TrainConfig) -> None:
             )
     if isinstance(config.resume_from_checkpoint, str) and not Path(config.resume_from_checkpoint).is_dir():
         raise ConfigError(f"resume_from_checkpoint folder not found: {config.resume_from_checkpoint}")
+
+
+def build_training_args(config: TrainConfig, uses_configured_state: bool = False) -> Any:
+    """``TrainingArguments`` from the config (fastsft decides ``remove_unused_columns`` and the state)."""
+    from transformers import TrainingArguments
+
+    kwargs: dict[str, Any] = {name: getattr(config, name) for name in training_arg_names()}
+    kwargs["seed"] = config.data.seed
+    field_names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    if "activation_checkpointing" in field_names:  # transformers 5 renamed it
+        kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
+    if config.warmup_ratio:  # transformers 5 reads a warmup_steps float < 1 as the ratio
+        kwargs["warmup_ratio" if "warmup_ratio" in field_names else "warmup_steps"] = config.warmup_ratio
+    kwargs["remove_unused_columns"] = False  # the collators pick their columns
+    kwargs.update(config.extra_training_args)
+    if uses_configured_state:
+        kwargs["accelerator_config"] = {"use_configured_state": True}
+    try:
+        return TrainingArguments(**kwargs)
+    except ValueError as err:
+        raise ConfigError(f"invalid training arguments: {str(err).splitlines()[0]}") from None

@@ -19,7 +19,7 @@ from fastsft.data.sources.converter import Conversation, Dropped, convert
 from fastsft.data.sources.parser import DatasetAttr, iter_rows
 from fastsft.errors import DataError
 
-__all__ = ["Batch", "iter_batches", "iter_samples"]
+__all__ = ["Batch", "iter_batches", "iter_converted", "iter_samples"]
 
 Batch = tuple[list[Conversation], list[SampleRef]]
 
@@ -79,6 +79,22 @@ class _RowReader:
         return next(self.rows)
 
 
+def iter_converted(
+    attrs: list[DatasetAttr],
+    dataset_dir: str,
+    max_samples: int | None,
+    order: np.ndarray | None = None,
+    lengths: list[int] | None = None,
+) -> Iterator[tuple[SampleRef, Conversation | Dropped | DataError]]:
+    """Every sample (see ``iter_samples``) converted: a ``Conversation``, a ``Dropped`` (a row
+    LLaMA-Factory drops), or the ``DataError`` of a malformed row."""
+    for attr, ref, row in iter_samples(attrs, dataset_dir, max_samples, order, lengths):
+        try:
+            yield ref, convert(row, attr)
+        except DataError as err:
+            yield ref, err
+
+
 def iter_batches(
     attrs: list[DatasetAttr],
     dataset_dir: str,
@@ -95,17 +111,14 @@ def iter_batches(
     convs: list[Conversation] = []
     refs: list[SampleRef] = []
     raw_in_batch = 0
-    for attr, ref, row in iter_samples(attrs, dataset_dir, max_samples, order, lengths):
+    for ref, result in iter_converted(attrs, dataset_dir, max_samples, order, lengths):
         summary.examples_in += 1
         raw_in_batch += 1
-        try:
-            result = convert(row, attr)
-        except DataError as err:
-            policy.malformed(err, ref, summary)
-            result = None
-        if isinstance(result, Dropped):
+        if isinstance(result, DataError):
+            policy.malformed(result, ref, summary)
+        elif isinstance(result, Dropped):
             policy.dropped(result.reason, ref, summary)
-        elif result is not None:
+        else:
             convs.append(result)
             refs.append(ref)
         if raw_in_batch == batch_size:

@@ -17,7 +17,12 @@ packer in ``csrc/pack.pxi`` (declared in ``fastsft/_core.pyi``), and one line in
 from __future__ import annotations
 
 from fastsft.kernels.packing.bfd import BFD, best_fit_decreasing
-from fastsft.kernels.packing.llamafactory import LLAMAFACTORY, greedy_knapsack, llamafactory_order, pack_llamafactory
+from fastsft.kernels.packing.llamafactory import (
+    LLAMAFACTORY,
+    greedy_knapsack,
+    llamafactory_order,
+    pack_llamafactory,
+)
 from fastsft.kernels.packing.rows import rows_from_order
 from fastsft.kernels.packing.strategy import PackingStrategy, ReferencePacker
 

@@ -1,0 +1,56 @@
+"""``fastsft train CONFIG [key=value ...]``: the config read, the run, and the exit status."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from fastsft.errors import Terminated
+from fastsft.train.config import add_train_arguments, load_config
+from fastsft.train.workflow import train
+
+__all__ = ["interrupted_message", "run_train"]
+
+
+def run_train(args: argparse.Namespace | Sequence[str]) -> int:
+    """Entry point of ``fastsft train``: parsed arguments (from the CLI) or an argv list."""
+    if not isinstance(args, argparse.Namespace):
+        parser = argparse.ArgumentParser(prog="fastsft train")
+        add_train_arguments(parser)
+        args = parser.parse_args(list(args))
+    config = load_config(args.config, args.overrides)
+    try:
+        train(config)
+    except KeyboardInterrupt as interrupt:
+        terminated = isinstance(interrupt, Terminated)
+        if int(os.environ.get("RANK", "0")) == 0:
+            message = interrupted_message(Path(config.output_dir), "SIGTERM" if terminated else "interrupted")
+            print(
+                f"\nfastsft train: {message}", file=sys.stderr, flush=True
+            )  # the progress bar has no newline
+        return Terminated.exit_code if terminated else 130
+    finally:
+        _close_process_group()
+    return 0
+
+
+def _close_process_group() -> None:
+    """Tear down torch.distributed before exit: a gloo group left to the interpreter's shutdown
+    can abort the process ("terminate called without an active exception") after a good run."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def interrupted_message(output_dir: Path, what: str = "interrupted") -> str:
+    """The one line ``fastsft train`` prints on Ctrl-C or SIGTERM: the last checkpoint to resume from."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if last is None:
+        return f"{what}; no checkpoint was saved in {output_dir}"
+    return f"{what}; last checkpoint: {last} (rerun with resume_from_checkpoint=true to continue)"

@@ -1,0 +1,97 @@
+"""The model side of ``fastsft train``: tokenizer, model config and weights, attention and loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fastsft.errors import ConfigError
+from fastsft.train.config import TrainConfig
+
+__all__ = [
+    "choose_attention",
+    "configure_loss",
+    "count_parameters",
+    "load_model",
+    "load_tokenizer",
+    "model_vocab_size",
+]
+
+
+def load_tokenizer(config: TrainConfig) -> Any:
+    """The tokenizer at ``tokenizer_name_or_path`` (default: the model's), through the one loader."""
+    from fastsft.tokenizer.loader import load_tokenizer as load
+
+    return load(config.tokenizer_path, trust_remote_code=config.trust_remote_code, hub=True)
+
+
+def model_vocab_size(config: TrainConfig) -> int:
+    """The model's ``vocab_size`` from its config: a missing or broken model fails here, in one
+    line, before any data is built."""
+    from transformers import AutoConfig
+
+    source = config.model_config or config.model_name_or_path
+    try:
+        model_config = AutoConfig.from_pretrained(source, trust_remote_code=config.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load the model config from {source}: {str(err).splitlines()[0]}") from None
+    return int(model_config.get_text_config().vocab_size)
+
+
+def choose_attention(config: TrainConfig, packed: bool) -> str:
+    """The ``attn_implementation``: fastsft's varlen attention for flattened batches unless told otherwise."""
+    if packed and config.attn in ("sdpa", "eager"):
+        raise ConfigError(
+            f"the dataset is packed, which needs attn: varlen or flash_attention_2 (not {config.attn})"
+        )
+    if config.attn == "varlen" or (config.attn == "auto" and packed):
+        from fastsft.train.attention import register_varlen_attention
+
+        return register_varlen_attention()
+    return "sdpa" if config.attn == "auto" else config.attn
+
+
+def load_model(config: TrainConfig, attn_implementation: str) -> Any:
+    """The model in fp32 (mixed precision comes from Trainer / DeepSpeed), without the KV cache.
+
+    Under ZeRO-3 transformers builds it inside ``deepspeed.zero.Init`` (partitioned) because
+    ``TrainingArguments`` already exists.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    common = {"attn_implementation": attn_implementation, "trust_remote_code": config.trust_remote_code}
+    if config.model_config:
+        model_config = AutoConfig.from_pretrained(
+            config.model_config, trust_remote_code=config.trust_remote_code
+        )
+        model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32, **common)
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                config.model_name_or_path, dtype=torch.float32, **common
+            )
+        except OSError as err:
+            raise ConfigError(
+                f"cannot load the model from {config.model_name_or_path}: {str(err).splitlines()[0]}"
+            ) from None
+    model.config.use_cache = False
+    return model
+
+
+def configure_loss(config: TrainConfig, model: Any) -> str:
+    """Turn on the chunked cross-entropy where it is exact; returns the loss for the summary line."""
+    from fastsft.train.loss import chunked_loss_unsupported, enable_chunked_loss
+
+    if not config.chunked_loss:
+        return "plain loss"
+    reason = chunked_loss_unsupported(model)
+    if reason is not None:
+        return f"plain loss (not chunked: {reason})"
+    enable_chunked_loss(model, config.loss_chunk_tokens)
+    return f"chunked loss ({config.loss_chunk_tokens} tokens per chunk)"
+
+
+def count_parameters(model: Any) -> int:
+    """Parameters of the whole model, also when ZeRO-3 holds only a shard on this rank."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())

@@ -1,0 +1,220 @@
+"""``train``: one SFT run as LLaMA-Factory's ``run_sft`` lays it out (its ``train/sft/workflow.py``).
+
+The pieces are fastsft's own: the data from ``fastsft.data.pipeline`` (``prepare_run`` then
+``load_or_build``: a saved ``tokenized_path`` or the rows built now), ``VarlenCollator``
+(packing / padding-free, with fastsft's varlen attention) or ``PaddingCollator``, and
+``TokenBudgetBatchSampler`` for ``max_tokens_per_batch``.
+
+Order matters under ZeRO-3: ``TrainingArguments`` (which activates ``HfDeepSpeedConfig``) is
+built before the model, so ``from_pretrained`` / ``from_config`` create it partitioned.
+
+Outputs in ``output_dir``: ``checkpoint-*`` folders, ``trainer_log.jsonl`` (one line per log),
+``metrics.json``, ``training_loss.png`` (train and eval losses) and the final model + tokenizer
+(``save_pretrained``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback, TrainingArguments
+
+from fastsft.data.pipeline import load_or_build, prepare_run
+from fastsft.data.sources.splitting import TRAIN, VALIDATION
+from fastsft.errors import ConfigError
+from fastsft.train.config import TrainConfig, build_training_args
+from fastsft.train.environment import configure_cpu_distributed, configure_cpu_threads, threads_reason
+from fastsft.train.logs import LOSS_PLOT, METRICS_FILE, TRAINER_LOG, JsonlLogCallback, plot_loss, say
+from fastsft.train.model import (
+    choose_attention,
+    configure_loss,
+    count_parameters,
+    load_model,
+    load_tokenizer,
+    model_vocab_size,
+)
+from fastsft.train.trainer import SFTTrainer
+
+__all__ = ["build_trainer", "load_datasets", "train"]
+
+
+def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, float]:
+    """Train as ``config`` says, save everything to ``output_dir`` and return the final metrics."""
+    trainer = build_trainer(config, callbacks)
+    output_dir = Path(config.output_dir)
+    result = trainer.train(resume_from_checkpoint=trainer.resume_checkpoint)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model.config.use_cache = True  # trained without the KV cache; the saved model generates with it
+    trainer.save_model()  # under ZeRO-3 gathers the 16-bit weights (stage3_gather_16bit_weights_on_model_save)
+    trainer.save_state()
+    metrics = dict(result.metrics)
+    metrics["num_input_tokens_seen"] = trainer.state.num_input_tokens_seen
+    session_tokens = trainer.state.num_input_tokens_seen - trainer.initial_tokens_seen
+    metrics["train_tokens_per_second"] = session_tokens / max(metrics.get("train_runtime", 0.0), 1e-9)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    if losses:
+        metrics["final_loss"] = losses[-1]
+    metrics["global_step"] = trainer.state.global_step
+    if trainer.eval_dataset is not None and trainer.args.do_eval:  # as LLaMA-Factory's run_sft
+        metrics.update(trainer.evaluate(metric_key_prefix="eval"))
+    if trainer.is_world_process_zero():
+        (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        if config.plot_loss:
+            plot_loss(trainer.state.log_history, output_dir / LOSS_PLOT)
+        say(f"saved the model, {METRICS_FILE} and {TRAINER_LOG} to {output_dir}")
+    return metrics
+
+
+TOKEN_COLUMNS = ("input_ids", "attention_mask", "position_ids", "labels")
+
+
+def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> SFTTrainer:
+    """Everything ``train`` sets up before ``trainer.train()``: arguments, data, model, collator."""
+    uses_configured_state = configure_cpu_distributed(config)
+    threads = configure_cpu_threads(config)
+    training_args = build_training_args(config, uses_configured_state)  # before the model (ZeRO-3 init)
+    if training_args.process_index == 0:
+        for notice in config.notices:
+            say(notice)
+        if threads is not None:
+            say(
+                f"CPU training with {threads} torch thread{'s' if threads > 1 else ''} ({threads_reason(config)})"
+            )
+    resume = resolve_resume(config, training_args)
+    vocab_size = model_vocab_size(config)  # the model is checked before the data is built
+    tokenizer = load_tokenizer(config)
+    if len(tokenizer) > vocab_size:
+        raise ConfigError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab_size}"
+        )
+    splits = load_datasets(config, tokenizer, training_args, vocab_size)
+    dataset = splits.pop(TRAIN)
+    eval_dataset = eval_datasets(splits, training_args)
+    packed = config.uses_varlen_batches or "position_ids" in dataset.column_names
+    attn_implementation = choose_attention(config, packed)
+
+    from transformers import set_seed
+
+    set_seed(config.data.seed)  # the same random init on every run and rank
+    model = load_model(config, attn_implementation)
+    loss_line = configure_loss(config, model)
+    collator = make_collator(packed, tokenizer)
+    # Token columns as numpy arrays: the compiled collators then copy buffers, not Python lists.
+    dataset = token_format(dataset)
+    if isinstance(eval_dataset, dict):
+        eval_dataset = {name: token_format(split) for name, split in eval_dataset.items()}
+    elif eval_dataset is not None:
+        eval_dataset = token_format(eval_dataset)
+    if training_args.process_index == 0:
+        batching = f"token budget {config.max_tokens_per_batch}" if config.max_tokens_per_batch else "rows"
+        say(
+            f"{len(dataset)} {'packed ' if 'position_ids' in dataset.column_names else ''}rows, "
+            f"{type(collator).__name__} ({batching}), attention {attn_implementation}, "
+            f"{count_parameters(model):,} parameters, {loss_line}"
+        )
+        for name, split in splits.items():
+            use = "evaluated" if eval_dataset is not None else "not evaluated (set eval_strategy or do_eval)"
+            say(f"{name}: {len(split)} rows, {use}")
+    return SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[JsonlLogCallback(Path(config.output_dir) / TRAINER_LOG), *callbacks],
+        max_tokens_per_batch=config.max_tokens_per_batch,
+        resume_checkpoint=resume,
+    )
+
+
+def resolve_resume(config: TrainConfig, training_args: TrainingArguments) -> str | None:
+    """The checkpoint to resume from, as LLaMA-Factory decides it.
+
+    ``resume_from_checkpoint: true`` means the last ``checkpoint-*`` in ``output_dir``. Unset, a
+    non-empty ``output_dir`` resumes from its last checkpoint (or is an error without one)
+    unless ``overwrite_output_dir``, which removes stale ``checkpoint-*`` folders instead.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    output_dir = Path(config.output_dir)
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if config.resume_from_checkpoint is True:
+        if last is None:
+            raise ConfigError(f"resume_from_checkpoint is true but {output_dir} has no checkpoint-* folder")
+        return last
+    if isinstance(config.resume_from_checkpoint, str):
+        return config.resume_from_checkpoint
+    if config.overwrite_output_dir:
+        with training_args.main_process_first(desc="clean output_dir"):
+            if training_args.process_index == 0 and output_dir.is_dir():
+                for stale in output_dir.glob("checkpoint-*"):
+                    shutil.rmtree(stale, ignore_errors=True)
+        return None
+    if config.resume_from_checkpoint is False or not output_dir.is_dir():
+        return None
+    if last is not None:
+        if training_args.process_index == 0:
+            say(f"resuming from {last} (set overwrite_output_dir: true to start over)")
+        return last
+    if any(output_dir.iterdir()):
+        raise ConfigError(
+            f"output_dir {output_dir} is not empty and has no checkpoint; set overwrite_output_dir: true"
+        )
+    return None
+
+
+def load_datasets(
+    config: TrainConfig, tokenizer: Any, training_args: TrainingArguments, vocab_size: int
+) -> dict[str, Any]:
+    """Every split: ``train`` and any ``validation`` / ``validation_NAME``, through the data pipeline's
+    one entry (``prepare_run`` then ``load_or_build``); the main process goes first, so the others
+    load what it saved."""
+    data_args = config.data
+    if data_args.packing and data_args.packing_strategy is None:
+        # Unpadded rows for VarlenCollator; the same samples as LLaMA-Factory's packed rows.
+        data_args = dataclasses.replace(data_args, packing_strategy="bfd")
+    with training_args.main_process_first(desc="dataset"):
+        run = prepare_run(data_args, tokenizer)
+        return load_or_build(
+            run,
+            vocab_size=vocab_size,
+            is_main=training_args.process_index == 0,
+            should_save=training_args.should_save,
+            notice=say,
+        )
+
+
+def eval_datasets(splits: dict[str, Any], training_args: TrainingArguments) -> Any:
+    """The eval dataset as LLaMA-Factory's ``get_dataset_module`` gives it to ``Trainer``:
+    ``validation``, else ``{NAME: validation_NAME}``; ``None`` when training does not evaluate."""
+    if not (training_args.do_eval or training_args.eval_strategy != "no"):
+        return None
+    if VALIDATION in splits:
+        return splits[VALIDATION]
+    named = {key.removeprefix(f"{VALIDATION}_"): split for key, split in splits.items()}
+    if not named:
+        raise ConfigError(
+            "evaluation (do_eval / eval_strategy) needs val_size or eval_dataset; the data has none"
+        )
+    return named
+
+
+def token_format(dataset: Any) -> Any:
+    """The token columns as numpy arrays (the compiled collators then copy buffers, not Python lists)."""
+    return dataset.with_format("numpy", columns=[c for c in TOKEN_COLUMNS if c in dataset.column_names])
+
+
+def make_collator(packed: bool, tokenizer: Any) -> Any:
+    from fastsft.collators import PaddingCollator, VarlenCollator
+
+    if packed:
+        return VarlenCollator()
+    return PaddingCollator(
+        pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=8
+    )  # as LLaMA-Factory trains
