@@ -4,7 +4,7 @@
 Every kernel takes and returns flat NumPy buffers (int32 tokens, int64 offsets) and runs its
 loops without the GIL. Kernels raise ``ValueError`` for structurally invalid input; callers
 that know the dataset and sample turn that into a located ``fastsft.errors.DataError``.
-``fastsft._kernels`` is the only module that imports this one.
+``fastsft.kernels.compiled`` is the only module that imports this one.
 """
 
 from libc.stdint cimport int32_t, int64_t

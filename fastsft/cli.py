@@ -15,6 +15,10 @@ from fastsft.errors import ConfigError, FastSFTError, Terminated
 from fastsft.fields import add_flags, read_yaml
 from fastsft.tokenizer.loader import load_tokenizer
 
+__all__ = [
+    "main",
+]
+
 # Data options each command takes as flags (all of them come from fastsft.data.data_args.DataArgs).
 PREPROCESS_KEYS = DATA_KEYS
 INSPECT_KEYS = tuple(k for k in DATA_KEYS if k not in ("tokenized_path", "preprocessing_num_workers"))

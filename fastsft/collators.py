@@ -21,6 +21,12 @@ from fastsft import IGNORE_INDEX
 from fastsft.errors import ConfigError, DataError
 from fastsft.kernels import resolve_encode_path, select_kernels
 
+__all__ = [
+    "PaddingCollator",
+    "TokenBudgetBatchSampler",
+    "VarlenCollator",
+]
+
 Feature = Mapping[str, Any]
 
 

@@ -6,6 +6,14 @@ import types
 import typing
 from typing import Any, Literal
 
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "FastSFTError",
+    "Terminated",
+    "describe_type",
+]
+
 
 class FastSFTError(Exception):
     """Base class for errors the CLI reports as one line, without a traceback."""

@@ -16,7 +16,14 @@ from fastsft.errors import ConfigError
 from fastsft.fields import coerce, option
 from fastsft.kernels.packing import STRATEGIES
 
-__all__ = ["DATA_KEYS", "DataArgs", "MixStrategy", "PackingStrategy", "data_args_from_mapping"]
+__all__ = [
+    "DATA_KEYS",
+    "DataArgs",
+    "MixStrategy",
+    "PackingStrategy",
+    "data_args_from_mapping",
+    "dataset_names",
+]
 
 PackingStrategy = Literal[tuple(STRATEGIES)]  # type: ignore[valid-type]  # the names in the one table
 MixStrategy = Literal["concat", "interleave_under", "interleave_over", "interleave_once"]
@@ -120,7 +127,7 @@ class DataArgs:
                 ) from None
         for key in ("dataset", "eval_dataset"):
             names = getattr(self, key)
-            count = len(names.split(",") if isinstance(names, str) else names) if names else None
+            count = len(dataset_names(names)) if names else None
             if count is not None and count != len(self.interleave_probs):
                 raise ConfigError(
                     f"`interleave_probs` has {len(self.interleave_probs)} values for {count} `{key}` entries"
@@ -149,3 +156,8 @@ def data_args_from_mapping(values: dict[str, Any]) -> DataArgs:
     """``DataArgs`` from already-read data keys (YAML values or ``key=value`` override text)."""
     hints = typing.get_type_hints(DataArgs)
     return DataArgs(**{key: coerce(key, value, hints[key]) for key, value in values.items()})
+
+
+def dataset_names(names: str | list[str]) -> list[str]:
+    """The names of a ``dataset`` / ``eval_dataset`` value: a list, or comma-separated text; stripped."""
+    return [name.strip() for name in (names.split(",") if isinstance(names, str) else names)]

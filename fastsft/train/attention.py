@@ -32,6 +32,17 @@ from transformers import AttentionInterface, PretrainedConfig, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+__all__ = [
+    "TorchVarlenAdapter",
+    "enable_varlen_attention",
+    "register_varlen_attention",
+    "sdpa_per_sequence",
+    "select_varlen_path",
+    "varlen_attention",
+    "varlen_attention_forward",
+    "varlen_mask",
+]
+
 ATTN_IMPLEMENTATION = "fastsft_varlen"
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 

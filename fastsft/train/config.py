@@ -25,6 +25,25 @@ from fastsft.data.data_args import DATA_KEYS, DataArgs, data_args_from_mapping
 from fastsft.errors import ConfigError
 from fastsft.fields import OverrideText, coerce, option, read_yaml, show, unknown_key_message
 
+__all__ = [
+    "CONTROLLED_TRAINING_ARGS",
+    "DEEPSPEED_SHORTHANDS",
+    "IGNORED_KEYS",
+    "LLAMAFACTORY_UNSUPPORTED",
+    "LLAMAFACTORY_UNSUPPORTED_PREFIXES",
+    "REQUIRED_VALUES",
+    "TrainConfig",
+    "add_train_arguments",
+    "build_training_args",
+    "classify_keys",
+    "config_epilog",
+    "config_from_mapping",
+    "evaluates",
+    "load_config",
+    "resolve_deepspeed",
+    "training_arg_names",
+]
+
 AttnChoice = Literal["auto", "sdpa", "eager", "varlen", "flash_attention_2"]
 
 # `deepspeed: z3` and friends resolve to the configs shipped in examples/deepspeed/.

@@ -29,6 +29,17 @@ from fastsft.data.chat.formatter import (
 )
 from fastsft.errors import ConfigError, DataError
 
+__all__ = [
+    "Glm47ReasoningTemplate",
+    "Llama2Template",
+    "ReasoningTemplate",
+    "Segment",
+    "SpecialTokens",
+    "Template",
+    "fix_tokenizer",
+    "parse_template",
+]
+
 logger = logging.getLogger(__name__)
 
 Segment = str | int

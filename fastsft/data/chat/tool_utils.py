@@ -15,6 +15,13 @@ from typing import Any, NamedTuple
 
 from fastsft.errors import ConfigError
 
+__all__ = [
+    "TOOL_FORMAT_NAMES",
+    "FunctionCall",
+    "ToolUtils",
+    "get_tool_utils",
+]
+
 
 class FunctionCall(NamedTuple):
     """One call in an assistant's function message: the name and its JSON-encoded arguments."""

@@ -18,6 +18,12 @@ from typing import Any, NamedTuple
 from fastsft.data.sources.parser import DatasetAttr
 from fastsft.errors import ConfigError, DataError
 
+__all__ = [
+    "Conversation",
+    "Dropped",
+    "convert",
+]
+
 USER, ASSISTANT, OBSERVATION, FUNCTION, SYSTEM = "user", "assistant", "observation", "function", "system"
 
 THINKING_OFF = "detailed thinking off"

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import orjson
 
+from fastsft.data.data_args import dataset_names
 from fastsft.errors import ConfigError, DataError
 
 __all__ = ["DatasetAttr", "input_bytes", "input_paths", "iter_rows", "resolve_datasets"]
@@ -125,10 +126,7 @@ class DatasetAttr:
 
 
 def _split_names(names: str | list[str]) -> list[str]:
-    if isinstance(names, str):
-        names = names.split(",")
-
-    stripped = [name.strip() for name in names]
+    stripped = dataset_names(names)
     if not stripped or "" in stripped:
         raise ConfigError(f"empty dataset name in {names!r}")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastsft.data.data_args import DataArgs
+from fastsft.data.data_args import DataArgs, dataset_names
 from fastsft.data.sources.mixing import mixed_order
 from fastsft.data.sources.parser import DatasetAttr, count_rows, resolve_datasets
 from fastsft.errors import ConfigError
@@ -44,7 +44,7 @@ def split_names(args: DataArgs) -> list[str]:
     if args.val_size > 1e-6:
         names.append(VALIDATION)
     elif args.eval_dataset and args.eval_on_each_dataset:
-        names += [f"{VALIDATION}_{attr}" for attr in _names(args.eval_dataset)]
+        names += [f"{VALIDATION}_{attr}" for attr in dataset_names(args.eval_dataset)]
     elif args.eval_dataset:
         names.append(VALIDATION)
     return names
@@ -107,7 +107,3 @@ def _merged(args: DataArgs, attrs: list[DatasetAttr]) -> SplitSource:
 
 def _lengths(args: DataArgs, attrs: list[DatasetAttr]) -> list[int]:
     return [count_rows(attr, args.dataset_dir, max_samples=args.max_samples) for attr in attrs]
-
-
-def _names(names: str | list[str]) -> list[str]:
-    return [name.strip() for name in (names.split(",") if isinstance(names, str) else names)]
