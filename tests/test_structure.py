@@ -18,7 +18,10 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_layers_and_no_cycles() -> None:
     """pyproject.toml's import-linter contracts: no lower layer imports a higher one, no package has a cycle."""
-    result = _run("-c", "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())")
+    result = _run(
+        "-c",
+        "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 broken" in result.stdout
 
@@ -40,7 +43,9 @@ def test_both_kernel_modules_satisfy_the_kernels_protocol() -> None:
 @pytest.mark.slow
 def test_core_stub_matches_the_built_module() -> None:
     """``fastsft/_core.pyi`` names every kernel of the built ``fastsft._core`` with its parameters."""
-    result = _run("-m", "mypy.stubtest", "fastsft._core", "--allowlist", str(TYPING / "stubtest_allowlist.txt"))
+    result = _run(
+        "-m", "mypy.stubtest", "fastsft._core", "--allowlist", str(TYPING / "stubtest_allowlist.txt")
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
