@@ -14,7 +14,9 @@ from typing import Any, Literal
 
 from fastsft.errors import ConfigError
 from fastsft.fields import coerce, option
+from fastsft.kernels import ENCODE_PATHS
 from fastsft.kernels.packing import STRATEGIES
+from fastsft.tokenizer.backends import KINDS as TOKENIZER_BACKEND_KINDS
 
 __all__ = [
     "DATA_KEYS",
@@ -25,6 +27,9 @@ __all__ = [
     "dataset_names",
 ]
 
+# Choices derived from where each is defined (the packing table, the kernel paths, the tokenizer backends).
+EncodePath = Literal[ENCODE_PATHS]  # type: ignore[valid-type]
+TokenizerBackendKind = Literal[TOKENIZER_BACKEND_KINDS]  # type: ignore[valid-type]
 PackingStrategy = Literal[tuple(STRATEGIES)]  # type: ignore[valid-type]  # the names in the one table
 MixStrategy = Literal["concat", "interleave_under", "interleave_over", "interleave_once"]
 
@@ -81,11 +86,11 @@ class DataArgs:
         None,
         "llamafactory: LLaMA-Factory's rows (preprocess default); bfd: whole-dataset best fit (train default)",
     )
-    backend: Literal["compiled", "python"] | None = option(
+    backend: EncodePath | None = option(
         None,
         "encode path: compiled kernels or the pure-Python reference (default: $FASTSFT_BACKEND or compiled)",
     )
-    tokenizer_backend: Literal["auto", "hf", "fast"] | None = option(
+    tokenizer_backend: TokenizerBackendKind | None = option(
         None, "tokenizer implementation (default: $FASTSFT_TOKENIZER or auto)"
     )
     strict: bool = option(False, "fail on the first sample LLaMA-Factory would drop")
