@@ -19,9 +19,12 @@ _HOMES = {
     "SamplePolicy": "accounting",
     "SampleRef": "accounting",
     "Summary": "accounting",
+    "PreparedRun": "pipeline",
     "build_dataset": "pipeline",
     "build_to_disk": "pipeline",
+    "load_or_build": "pipeline",
     "make_encoder": "pipeline",
+    "prepare_run": "pipeline",
     "plan_splits": "sources.splitting",
     "split_names": "sources.splitting",
 }
