@@ -442,3 +442,16 @@ def test_building_makes_no_reference_cycles_and_restores_the_collector(build, ba
     )
     build([MATH], backend=backend)
     assert gc.isenabled()
+
+
+def test_prepare_run_fingerprints_the_tokenizer_as_loaded_then_fixes_it(new_fixture_tokenizer: Any) -> None:
+    """The one data set-up: the fingerprint is the loaded tokenizer's, although the fixes add a token."""
+    from fastsft.data.pipeline import prepare_run
+    from fastsft.data.store.provenance import tokenizer_fingerprint
+
+    loaded = tokenizer_fingerprint(new_fixture_tokenizer())
+    tokenizer = new_fixture_tokenizer()
+    size = len(tokenizer)
+    run = prepare_run(DataArgs(template="glm4v"), tokenizer)  # its fixes add a token to this vocabulary
+    assert len(tokenizer) == size + 1 and run.tokenizer is tokenizer
+    assert run.fingerprint == loaded != tokenizer_fingerprint(tokenizer)
