@@ -6,7 +6,10 @@ Unpacked, every sample is a row. Packed, a strategy decides which samples share 
                    (+1, as LLaMA-Factory pads), plus its media columns and, with neat_packing,
                    its ``packing_params``
     bfd            over the whole dataset (samples held in ``HeldSamples``), best-fit-decreasing;
-                   rows unpadded, for varlen attention
+                   rows in LLaMA-Factory's layout (padded to the same length, so its collator,
+                   which pads input_ids but not position_ids, takes them at any batch size; its
+                   media columns, so TRL refuses them raw instead of dropping their boundaries),
+                   except that plain-packing padding has attention_mask 0 (varlen collation drops it)
 
 A packed row (``position_ids`` restart at every sequence; neat_packing numbers the sequences
 in ``attention_mask``; ``P`` is padding)::
@@ -46,16 +49,16 @@ MEDIA_COLUMNS = ("images", "videos", "audios")
 
 @dataclass(frozen=True)
 class Strategy:
-    """How a packing strategy runs: its kernel, whether it packs per batch, and LLaMA-Factory's extras."""
+    """How a packing strategy runs: its kernel, whether it packs per batch, how its padding is masked."""
 
     kernel: str  # name of the packer in the kernel module
     per_batch: bool  # pack each preprocessing batch (else the whole dataset at the end)
-    padded: bool  # rows padded to cutoff_len + 1, with LLaMA-Factory's media columns
+    mask_padding: bool  # plain packing's padding gets attention_mask 0 (LLaMA-Factory's has 1)
 
 
 STRATEGIES: dict[PackingStrategy, Strategy] = {
-    "llamafactory": Strategy("knapsack_llamafactory", per_batch=True, padded=True),
-    "bfd": Strategy("pack_bfd", per_batch=False, padded=False),
+    "llamafactory": Strategy("knapsack_llamafactory", per_batch=True, mask_padding=False),
+    "bfd": Strategy("pack_bfd", per_batch=False, mask_padding=True),
 }
 
 
@@ -81,7 +84,7 @@ class RowBuilder:
         self.cutoff_len = cutoff_len
         self.pad_token_id = pad_token_id
         if self.strategy is not None:  # LLaMA-Factory pads its rows to one token more
-            summary.packing_capacity = cutoff_len + self.strategy.padded
+            summary.packing_capacity = cutoff_len + 1
         self._held = HeldSamples(spill_dir)
 
     def add(self, batch: EncodedBatch) -> Iterator[pa.RecordBatch]:
@@ -144,7 +147,7 @@ class RowBuilder:
         """Packed rows, a record batch per chunk of about ``ROW_CHUNK_TOKENS`` tokens."""
         assert self.strategy is not None
         lengths = samples.lengths
-        row_length = self.cutoff_len + 1 if self.strategy.padded else 0
+        row_length = self.cutoff_len + 1
         order, row_bounds = getattr(self.kernels, self.strategy.kernel)(lengths, self.cutoff_len)
         for first, last in _row_chunks(lengths, order, row_bounds, row_length):
             chunk_bounds = row_bounds[first : last + 1] - row_bounds[first]
@@ -173,13 +176,15 @@ class RowBuilder:
             self.neat_packing,
         )
         columns = {"input_ids": self._column(rows.input_ids, rows.row_offsets, "input_ids")}
-        if self.strategy.padded and self.neat_packing:
+        if self.neat_packing:
             columns["packing_params"] = _packing_params(rows.seq_lens, row_bounds, row_length)
-        columns["attention_mask"] = self._column(rows.attention_mask, rows.row_offsets, "attention_mask")
+        attention_mask = rows.attention_mask
+        if self.strategy.mask_padding and not self.neat_packing:
+            attention_mask = _padding_masked(attention_mask, rows.seq_lens, row_bounds, row_length)
+        columns["attention_mask"] = self._column(attention_mask, rows.row_offsets, "attention_mask")
         columns["position_ids"] = self._column(rows.position_ids, rows.row_offsets, "position_ids")
         columns["labels"] = self._column(rows.labels, rows.row_offsets, "labels")
-        if self.strategy.padded:
-            columns.update(_media_columns(len(row_bounds) - 1))
+        columns.update(_media_columns(len(row_bounds) - 1))
         return self._record(columns, rows.labels, int(rows.seq_lens.sum()))
 
 
@@ -231,6 +236,17 @@ def _row_chunks(
         last = max(int(np.searchsorted(ends, done + ROW_CHUNK_TOKENS, side="right")), first + 1)
         yield first, last
         first = last
+
+
+def _padding_masked(
+    attention_mask: np.ndarray, seq_lens: np.ndarray, row_bounds: np.ndarray, row_length: int
+) -> np.ndarray:
+    """``attention_mask`` of plain-packed rows with 0 on each row's padding (LLaMA-Factory's has 1 there)."""
+    used = np.add.reduceat(seq_lens, row_bounds[:-1])  # rows are never empty
+    position_in_row = np.tile(np.arange(row_length), len(used))
+    masked = attention_mask.copy()
+    masked[position_in_row >= np.repeat(used, row_length)] = 0
+    return masked
 
 
 def _media_columns(n: int) -> dict[str, pa.Array]:
