@@ -371,7 +371,7 @@ def load_datasets(
 
     data_args = config.data
     if data_args.packing and data_args.packing_strategy is None:
-        # Unpadded rows for VarlenCollator; the same samples as LLaMA-Factory's packed rows.
+        # BFD rows for VarlenCollator (it drops their masked padding); the samples of LLaMA-Factory's rows.
         data_args = dataclasses.replace(data_args, packing_strategy="bfd")
     path = data_args.tokenized_path
     with training_args.main_process_first(desc="dataset"):
