@@ -290,6 +290,24 @@ def test_trl_sft_trainer_recipe(
     check_every_sequence(seen_sequences(recorder.batches), rows, unpacked_samples)
 
 
+def test_trl_own_padding_free_collator_reads_seq_lengths(
+    outputs: dict[str, Path], unpacked_samples: Counter, tmp_path: Path
+) -> None:
+    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    rows = train_rows(outputs, "packing")
+    model = tiny_model(register_varlen_attention())
+    model.config.use_cache = False
+    recorder = Recorder(model)
+    collator = DataCollatorForLanguageModeling(pad_token_id=PAD_ID, padding_free=True)
+    inputs = trl_inputs(rows, AutoTokenizer.from_pretrained(TOKENIZER), template="qwen", collator=collator)
+    SFTTrainer(
+        model=model, args=SFTConfig(**trainer_args(tmp_path), **inputs.config_kwargs), **inputs.trainer_kwargs
+    ).train()
+    check_every_sequence(seen_sequences(recorder.batches), rows, unpacked_samples)
+
+
 def test_trl_refuses_raw_packed_rows_loudly(outputs: dict[str, Path], tmp_path: Path) -> None:
     """Without ``trl_inputs``, packed rows never train silently without their boundaries."""
     from trl import SFTConfig, SFTTrainer
