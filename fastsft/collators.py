@@ -21,7 +21,13 @@ from fastsft import IGNORE_INDEX
 from fastsft.errors import ConfigError, DataError
 from fastsft.kernels import resolve_encode_path, select_kernels
 
-__all__ = ["BOUNDARY_COLUMNS", "PaddingCollator", "TokenBudgetBatchSampler", "VarlenCollator"]
+__all__ = [
+    "BOUNDARY_COLUMNS",
+    "PaddingCollator",
+    "TokenBudgetBatchSampler",
+    "VarlenCollator",
+    "merge_padding_runs",
+]
 
 Feature = Mapping[str, Any]
 
@@ -157,7 +163,7 @@ def _check_boundaries_kept(feature: Feature, position: int) -> None:
         )
 
 
-def _merge_padding_runs(positions: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def merge_padding_runs(positions: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Consecutive one-token sequences (LLaMA-Factory's plain-packing padding) as one unlabelled sequence.
 
     LLaMA-Factory pads plain-packed rows with ``attention_mask`` 1 and position 0 on every padding
@@ -226,7 +232,7 @@ def _varlen_rows(
         if len(input_ids) == 0:
             continue
         if positions is not None:
-            positions, labels = _merge_padding_runs(positions, labels)
+            positions, labels = merge_padding_runs(positions, labels)
         rows_ids.append(input_ids)
         rows_labels.append(labels)
         if rows_positions is not None:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader
 
-from fastsft.collators import TokenBudgetBatchSampler, VarlenCollator
+from fastsft.collators import TokenBudgetBatchSampler, VarlenCollator, merge_padding_runs
 from fastsft.data.rows import MEDIA_COLUMNS
 from fastsft.errors import DataError
 
@@ -44,17 +44,13 @@ def sequence_lengths(
     plain-packing padding) counts as one sequence, as ``VarlenCollator`` collates it.
     """
     keep = np.ones(len(input_ids), dtype=bool) if attention_mask is None else np.asarray(attention_mask) != 0
-    positions = np.asarray(position_ids)[keep]
+    positions = np.asarray(position_ids, dtype=np.int64)[keep]
     if positions.size == 0:
         return []
+    positions, _ = merge_padding_runs(positions, np.zeros_like(positions))
     starts = positions == 0
     starts[0] = True
-    singles = starts.copy()
-    singles[:-1] &= starts[1:]
-    run_inner = singles.copy()
-    run_inner[1:] &= singles[:-1]
-    run_inner[0] = False
-    bounds = np.append(np.flatnonzero(starts & ~run_inner), positions.size)
+    bounds = np.append(np.flatnonzero(starts), positions.size)
     return np.diff(bounds).tolist()
 
 
