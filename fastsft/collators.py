@@ -27,6 +27,7 @@ __all__ = [
     "TokenBudgetBatchSampler",
     "VarlenCollator",
     "merge_padding_runs",
+    "split_largest",
 ]
 
 Feature = Mapping[str, Any]
@@ -331,7 +332,7 @@ def _fill_budget(indices: np.ndarray, lengths: np.ndarray, max_tokens: int) -> l
     return batches
 
 
-def _split_largest(batches: list[list[int]], count: int) -> tuple[list[list[int]], int]:
+def split_largest(batches: list[list[int]], count: int) -> tuple[list[list[int]], int]:
     """Split up to ``count`` of the batches holding most samples in two; returns the batches and splits made."""
     splittable = sorted(
         (i for i, batch in enumerate(batches) if len(batch) > 1), key=lambda i: -len(batches[i])
@@ -425,7 +426,7 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         elif surplus:
             missing = replicas - surplus
             while missing:
-                batches, made = _split_largest(batches, missing)
+                batches, made = split_largest(batches, missing)
                 if made == 0:
                     break
                 missing -= made
@@ -451,6 +452,10 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         """Batches this rank gets in the current epoch (the count varies a little between epochs)."""
         return len(self._batches())
+
+    def batches_in_epoch(self, epoch: int) -> int:
+        """Batches this rank gets in ``epoch``, without changing the current epoch."""
+        return len(self._batches()) if epoch == self.epoch else len(self._rank_batches(epoch))
 
     def set_epoch(self, epoch: int) -> None:
         """Use the order of ``epoch``; a new epoch starts from its first batch."""

@@ -12,17 +12,19 @@ from a ``TokenBudgetBatchSampler``.
 from __future__ import annotations
 
 import copy
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
-from fastsft.collators import TokenBudgetBatchSampler, VarlenCollator, merge_padding_runs
+from fastsft.collators import TokenBudgetBatchSampler, VarlenCollator, merge_padding_runs, split_largest
 from fastsft.data.rows import MEDIA_COLUMNS
 from fastsft.errors import DataError
 
-__all__ = ["TrlInputs", "sequence_lengths", "trl_dataset", "trl_inputs", "use_token_budget"]
+__all__ = ["EpochBatches", "TrlInputs", "sequence_lengths", "trl_dataset", "trl_inputs", "use_token_budget"]
 
 TRL_COLUMNS = ("input_ids", "labels", "seq_lengths")
 
@@ -116,6 +118,41 @@ def trl_inputs(
     )
 
 
+class EpochBatches(Sampler[list[int]]):
+    """A ``TokenBudgetBatchSampler`` with the same number of batches in every epoch, for ``Trainer``.
+
+    ``Trainer`` reads the batch count once and runs that many batches in every epoch, but the
+    sampler's count varies a little between epochs: a longer epoch would lose its last batches.
+    Every epoch here has ``count`` batches (the most any of the first ``epochs`` epochs has),
+    reached by splitting the batches holding most samples in two, so every sample is still seen
+    once per epoch within the budget. An epoch that cannot be brought to ``count`` is refused.
+    """
+
+    def __init__(self, sampler: TokenBudgetBatchSampler, epochs: int) -> None:
+        self.sampler = sampler
+        self.count = max(sampler.batches_in_epoch(epoch) for epoch in range(max(1, epochs)))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = list(self.sampler)
+        while len(batches) < self.count:
+            batches, made = split_largest(batches, self.count - len(batches))
+            if made == 0:
+                break
+        if len(batches) != self.count:
+            raise DataError(
+                f"epoch {self.sampler.epoch} has {len(batches)} token-budget batches, the trainer expects "
+                f"{self.count}: set num_train_epochs (not only max_steps) so every epoch is planned",
+                field="max_tokens",
+            )
+        yield from batches
+
+    def __len__(self) -> int:
+        return self.count
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+
 def use_token_budget(trainer: Any, sampler: TokenBudgetBatchSampler) -> Any:
     """Make ``trainer`` (HF ``Trainer`` or a subclass such as TRL's ``SFTTrainer``) batch by ``sampler``.
 
@@ -124,7 +161,10 @@ def use_token_budget(trainer: Any, sampler: TokenBudgetBatchSampler) -> Any:
     settings and hands ``sampler`` to the ``DataLoader`` as its ``batch_sampler``. A sampler
     built with ``num_replicas > 1`` already deals each rank its batches, so Accelerate's
     sharding is turned off for it; with ``num_replicas=1`` Accelerate deals the batches.
-    Returns ``trainer``.
+
+    ``Trainer`` runs the same number of batches in every epoch, so the sampler is handed over
+    in ``EpochBatches``, which gives every planned epoch (``num_train_epochs``, or as many as
+    ``max_steps`` needs) the same count. Returns ``trainer``.
     """
     if len(sampler.lengths) != len(trainer.train_dataset):
         raise DataError(
@@ -143,16 +183,21 @@ def use_token_budget(trainer: Any, sampler: TokenBudgetBatchSampler) -> Any:
         args = trainer.args
         loader = DataLoader(
             dataset,
-            batch_sampler=sampler,
+            batch_sampler=EpochBatches(sampler, planned_epochs),
             collate_fn=collate,
             num_workers=args.dataloader_num_workers,
             pin_memory=args.dataloader_pin_memory,
         )
         prepared = trainer.accelerator.prepare(loader)
         shard = getattr(prepared, "batch_sampler", None)
-        if sampler.num_replicas > 1 and getattr(shard, "batch_sampler", None) is sampler:
+        if sampler.num_replicas > 1 and isinstance(getattr(shard, "batch_sampler", None), EpochBatches):
             shard.num_processes, shard.process_index = 1, 0
         return prepared
 
+    args = trainer.args
+    planned_epochs = math.ceil(args.num_train_epochs)
+    if args.max_steps > 0:  # a step count: plan the epochs it can reach, plus one
+        batches = max(1, sampler.batches_in_epoch(0))
+        planned_epochs = math.ceil(args.max_steps * args.gradient_accumulation_steps / batches) + 1
     trainer.get_train_dataloader = get_train_dataloader
     return trainer

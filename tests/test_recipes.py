@@ -234,14 +234,15 @@ def test_token_budget_sampler_drives_trainers(
 ) -> None:
     rows = load_from_disk(str(outputs["unpacked"]))["train"].select(range(24))
     lengths = [len(ids) for ids in rows["input_ids"]]
-    sampler = TokenBudgetBatchSampler(lengths, max_tokens=1024, seed=3)
+    # 7 batches in epoch 0, 8 in epoch 1: Trainer runs one count per epoch, so epoch 0's is split to 8
+    sampler = TokenBudgetBatchSampler(lengths, max_tokens=600, seed=0, megabatch_size=8)
     model = tiny_model(register_varlen_attention())
     model.config.use_cache = False
     recorder = Recorder(model)
     if trainer_kind == "hf":
         trainer = Trainer(
             model=model,
-            args=TrainingArguments(**trainer_args(tmp_path)),
+            args=TrainingArguments(**trainer_args(tmp_path, num_train_epochs=2)),
             train_dataset=rows,
             data_collator=VarlenCollator(),
         )
@@ -251,15 +252,20 @@ def test_token_budget_sampler_drives_trainers(
         inputs = trl_inputs(rows, AutoTokenizer.from_pretrained(TOKENIZER), template="qwen")
         trainer = SFTTrainer(
             model=model,
-            args=SFTConfig(**trainer_args(tmp_path), **inputs.config_kwargs),
+            args=SFTConfig(**trainer_args(tmp_path, num_train_epochs=2), **inputs.config_kwargs),
             **inputs.trainer_kwargs,
         )
     use_token_budget(trainer, sampler)
     trainer.train()
-    assert len(recorder.batches) == len(sampler) > 2
+    assert [sampler.batches_in_epoch(0), sampler.batches_in_epoch(1)] == [7, 8]
+    assert len(recorder.batches) == 16 == trainer.state.global_step
     for batch in recorder.batches:
-        assert batch["input_ids"].numel() <= 1024 or len(batch["cu_seq_lens_q"]) == 2
-    check_every_sequence(seen_sequences(recorder.batches), rows, unpacked_samples)
+        assert batch["input_ids"].numel() <= 600 or len(batch["cu_seq_lens_q"]) == 2
+    epochs = [recorder.batches[:8], recorder.batches[8:]]
+    for epoch in epochs:
+        check_every_sequence(seen_sequences(epoch), rows, unpacked_samples)
+    orders = [[tuple(batch["input_ids"][0, :4].tolist()) for batch in epoch] for epoch in epochs]
+    assert orders[0] != orders[1]  # set_epoch reached the sampler: a new order each epoch
 
 
 # ---------------------------------------------------------------- TRL SFTTrainer
