@@ -22,9 +22,12 @@ from fastsft.errors import ConfigError, DataError
 from fastsft.kernels import resolve_encode_path, select_kernels
 
 __all__ = [
+    "BOUNDARY_COLUMNS",
     "PaddingCollator",
     "TokenBudgetBatchSampler",
     "VarlenCollator",
+    "merge_padding_runs",
+    "split_largest",
 ]
 
 Feature = Mapping[str, Any]
@@ -130,18 +133,73 @@ class PaddingCollator:
         return batch
 
 
+BOUNDARY_COLUMNS = ("position_ids", "seq_lengths")
+BOUNDARIES_REMOVED = (
+    "packed rows reached the collator without their sequence boundaries ({missing} missing): the trainer's "
+    "remove_unused_columns dropped them (TRL's SFTTrainer keeps only input_ids, labels and seq_lengths); "
+    "pass the dataset through fastsft.integrations.trl_dataset() or set remove_unused_columns=False"
+)
+
+
+def _positions_from_seq_lengths(feature: Feature, length: int, position: int) -> np.ndarray:
+    """Position ids restarting at every sequence of TRL's ``seq_lengths`` (lengths summing to the row)."""
+    seq_lengths = _int_row(feature, "seq_lengths", position)
+    if seq_lengths.size == 0 or seq_lengths.min() < 1 or int(seq_lengths.sum()) != length:
+        raise DataError(
+            f"seq_lengths {seq_lengths.tolist()} must be positive and sum to the {length} input_ids "
+            f"(batch position {position})",
+            field="seq_lengths",
+        )
+    starts = np.repeat(np.cumsum(seq_lengths) - seq_lengths, seq_lengths)
+    return np.arange(length, dtype=np.int64) - starts
+
+
+def _check_boundaries_kept(feature: Feature, position: int) -> None:
+    """Refuse a packed row whose boundary columns were removed (its neat-packing mask or params remain)."""
+    mask = feature.get("attention_mask")
+    packed_mask = mask is not None and len(mask) > 0 and int(np.max(np.asarray(mask))) > 1
+    if packed_mask or _has(feature, "packing_params"):
+        raise DataError(
+            BOUNDARIES_REMOVED.format(missing=" and ".join(BOUNDARY_COLUMNS)), field="position_ids"
+        )
+
+
+def merge_padding_runs(positions: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Consecutive one-token sequences (LLaMA-Factory's plain-packing padding) as one unlabelled sequence.
+
+    LLaMA-Factory pads plain-packed rows with ``attention_mask`` 1 and position 0 on every padding
+    token, so each would otherwise become a sequence of its own. A one-token sequence trains no
+    label (its first label is always -100), so merging a run of them changes no loss.
+    """
+    singles = positions == 0
+    singles[:-1] &= positions[1:] == 0
+    run_inner = singles.copy()
+    run_inner[1:] &= singles[:-1]
+    run_inner[0] = False
+    if not run_inner.any():
+        return positions, labels
+    index = np.arange(len(positions))
+    run_start = np.maximum.accumulate(np.where(singles & ~run_inner, index, 0))
+    positions = positions.copy()
+    positions[singles] = (index - run_start)[singles]
+    labels = labels.copy()
+    labels[singles] = IGNORE_INDEX
+    return positions, labels
+
+
 def _varlen_rows(
     features: Sequence[Feature],
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None]:
     """Per-feature ``input_ids``, ``labels``, ``position_ids`` with ``attention_mask == 0`` tokens dropped.
 
-    Labels default to the input ids (as transformers' ``DataCollatorWithFlattening``); position
-    ids are returned only when the batch has them, and empty rows are left out.
+    Labels default to the input ids (as transformers' ``DataCollatorWithFlattening``). Boundaries
+    come from ``position_ids`` or TRL's ``seq_lengths``; position ids are returned only when the
+    batch has one of them, and empty rows are left out.
     """
     if len(features) == 0:
         raise DataError("cannot collate an empty batch")
     with_labels = _has(features[0], "labels")
-    with_positions = _has(features[0], "position_ids")
+    with_positions = _has(features[0], "position_ids") or _has(features[0], "seq_lengths")
     rows_ids: list[np.ndarray] = []
     rows_labels: list[np.ndarray] = []
     rows_positions: list[np.ndarray] | None = [] if with_positions else None
@@ -152,9 +210,19 @@ def _varlen_rows(
             labels = _int_row(feature, "labels", position)
             _check_length(labels, len(input_ids), "labels", position)
         positions = None
-        if with_positions:
+        if _has(feature, "position_ids"):
             positions = _int_row(feature, "position_ids", position)
             _check_length(positions, len(input_ids), "position_ids", position)
+        elif _has(feature, "seq_lengths"):
+            positions = _positions_from_seq_lengths(feature, len(input_ids), position)
+        else:
+            _check_boundaries_kept(feature, position)
+            if with_positions:
+                raise DataError(
+                    f"feature at batch position {position} has neither position_ids nor seq_lengths, "
+                    "the first feature has them",
+                    field="position_ids",
+                )
         if _has(feature, "attention_mask"):
             mask = _int_row(feature, "attention_mask", position)
             _check_length(mask, len(input_ids), "attention_mask", position)
@@ -164,6 +232,8 @@ def _varlen_rows(
                 positions = positions[keep] if positions is not None else None
         if len(input_ids) == 0:
             continue
+        if positions is not None:
+            positions, labels = merge_padding_runs(positions, labels)
         rows_ids.append(input_ids)
         rows_labels.append(labels)
         if rows_positions is not None:
@@ -177,12 +247,19 @@ class VarlenCollator:
     """Padding-free collation: the whole batch as one row of concatenated sequences.
 
     Features are samples or pre-packed rows whose sequences are delimited by ``position_ids``
-    restarting at 0 (LLaMA-Factory's packed rows are accepted; tokens with ``attention_mask``
-    0, its padding, are dropped). Returns ``input_ids``, ``labels`` and ``position_ids`` of
-    shape ``[1, T]`` (int64) with the first label of every sequence set to -100 and, with
+    restarting at 0 or by TRL's ``seq_lengths`` (LLaMA-Factory's packed rows are accepted;
+    tokens with ``attention_mask`` 0, its padding, are dropped, and a run of its plain-packing
+    padding becomes one unlabelled sequence). Returns ``input_ids``, ``labels`` and
+    ``position_ids`` of shape ``[1, T]`` (int64) with the first label of every sequence set to
+    ``separator_id`` and positions counting from ``position_ids_start``; with
     ``return_flash_kwargs``, ``cu_seq_lens_q``/``cu_seq_lens_k`` (int32, ``S + 1``) and
-    ``max_length_q``/``max_length_k`` (ints): the keyword arguments transformers' flash
-    attention and ``fastsft.train.attention`` read. There is no ``attention_mask``.
+    ``max_length_q``/``max_length_k`` (ints), the keyword arguments transformers' flash attention
+    and ``fastsft.train.attention`` read; with ``return_seq_idx``, ``seq_idx`` (int32 ``[1, T]``,
+    the sequence of every token, for linear-attention layers). There is no ``attention_mask``.
+    The options mean what they mean in transformers' ``DataCollatorWithFlattening``.
+
+    A packed row that lost its boundary columns (``remove_unused_columns``) while its
+    neat-packing mask or ``packing_params`` remain is refused with a one-line ``DataError``.
 
     ``backend``: ``"compiled"`` or ``"python"`` kernels (``fastsft.kernels.select_kernels``);
     ``None`` reads ``$FASTSFT_BACKEND``, default compiled.
@@ -192,18 +269,36 @@ class VarlenCollator:
         self,
         return_flash_kwargs: bool = True,
         backend: Literal["compiled", "python"] | None = None,
+        *,
+        return_seq_idx: bool = False,
+        separator_id: int = IGNORE_INDEX,
+        position_ids_start: int = 0,
     ) -> None:
+        for name, value in (("separator_id", separator_id), ("position_ids_start", position_ids_start)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
         self.return_flash_kwargs = return_flash_kwargs
+        self.return_seq_idx = return_seq_idx
+        self.separator_id = int(separator_id)
+        self.position_ids_start = int(position_ids_start)
         self.backend = resolve_encode_path(backend)
         self._varlen_flatten = select_kernels(self.backend).varlen_flatten
 
     def __call__(self, features: Sequence[Feature]) -> dict[str, torch.Tensor | int]:
         flat = self._varlen_flatten(*_varlen_rows(features))
+        starts = flat.cu_seqlens[:-1]
+        if self.separator_id != IGNORE_INDEX:
+            flat.labels[starts] = self.separator_id
+        if self.position_ids_start:
+            np.add(flat.position_ids, self.position_ids_start, out=flat.position_ids)
         batch: dict[str, torch.Tensor | int] = {
             "input_ids": torch.from_numpy(flat.input_ids).view(1, -1),
             "labels": torch.from_numpy(flat.labels).view(1, -1),
             "position_ids": torch.from_numpy(flat.position_ids).view(1, -1),
         }
+        if self.return_seq_idx:
+            sequence_of_token = np.repeat(np.arange(len(starts), dtype=np.int32), np.diff(flat.cu_seqlens))
+            batch["seq_idx"] = torch.from_numpy(sequence_of_token).view(1, -1)
         if self.return_flash_kwargs:
             batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = torch.from_numpy(flat.cu_seqlens)
             batch["max_length_q"] = batch["max_length_k"] = int(flat.max_seqlen)
@@ -237,7 +332,7 @@ def _fill_budget(indices: np.ndarray, lengths: np.ndarray, max_tokens: int) -> l
     return batches
 
 
-def _split_largest(batches: list[list[int]], count: int) -> tuple[list[list[int]], int]:
+def split_largest(batches: list[list[int]], count: int) -> tuple[list[list[int]], int]:
     """Split up to ``count`` of the batches holding most samples in two; returns the batches and splits made."""
     splittable = sorted(
         (i for i, batch in enumerate(batches) if len(batch) > 1), key=lambda i: -len(batches[i])
@@ -331,7 +426,7 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         elif surplus:
             missing = replicas - surplus
             while missing:
-                batches, made = _split_largest(batches, missing)
+                batches, made = split_largest(batches, missing)
                 if made == 0:
                     break
                 missing -= made
@@ -357,6 +452,10 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         """Batches this rank gets in the current epoch (the count varies a little between epochs)."""
         return len(self._batches())
+
+    def batches_in_epoch(self, epoch: int) -> int:
+        """Batches this rank gets in ``epoch``, without changing the current epoch."""
+        return len(self._batches()) if epoch == self.epoch else len(self._rank_batches(epoch))
 
     def set_epoch(self, epoch: int) -> None:
         """Use the order of ``epoch``; a new epoch starts from its first batch."""

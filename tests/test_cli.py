@@ -293,15 +293,17 @@ def test_packed_rows_hold_every_sample_once(
     for row in packed:
         ids, labels, positions = row["input_ids"], row["labels"], row["position_ids"]
         assert len(ids) <= cutoff_len
-        if strategy == "llamafactory":
-            assert len(ids) == cutoff_len
+        assert len(ids) == cutoff_len  # bfd rows have LLaMA-Factory's row length too
+        if strategy == "bfd":  # padding has attention_mask 0 (LLaMA-Factory's plain padding has 1)
+            real = sum(row["attention_mask"])
+            assert row["attention_mask"] == [1] * real + [0] * (len(ids) - real)
         starts = [i for i, p in enumerate(positions) if p == 0]
         for start, end in zip(starts, [*starts[1:], len(ids)]):
             assert positions[start:end] == list(range(end - start))
             found.append((tuple(ids[start:end]), tuple(labels[start:end])))
-    if strategy == "llamafactory":  # padding: single pad tokens at position 0, unlabelled
-        pad = new_fixture_tokenizer().convert_tokens_to_ids("<|im_end|>")
-        found = [seq for seq in found if seq != ((pad,), (-100,))]
+    # padding: single pad tokens at position 0, unlabelled
+    pad = new_fixture_tokenizer().convert_tokens_to_ids("<|im_end|>")
+    found = [seq for seq in found if seq != ((pad,), (-100,))]
     assert sorted(found) == expected
 
 

@@ -156,12 +156,24 @@ def hypothesis_features(drawn: list) -> list[dict]:
 
 
 @settings(max_examples=60, deadline=None)
-@given(feature_lists)
-def test_varlen_collator_matches_transformers_flattening(drawn: list) -> None:
+@given(
+    feature_lists,
+    st.booleans(),
+    st.sampled_from([IGNORE_INDEX, 0, 151_643]),
+    st.sampled_from([0, 0, 2]),
+    st.booleans(),
+)
+def test_varlen_collator_matches_transformers_flattening(
+    drawn: list, return_seq_idx: bool, separator_id: int, position_ids_start: int, flash_kwargs: bool
+) -> None:
     features = hypothesis_features(drawn)
-    expected = DataCollatorWithFlattening(return_flash_attn_kwargs=True, return_position_ids=True)(features)
+    options = {"return_seq_idx": return_seq_idx, "separator_id": separator_id}
+    options["position_ids_start"] = position_ids_start
+    expected = DataCollatorWithFlattening(
+        return_flash_attn_kwargs=flash_kwargs, return_position_ids=True, **options
+    )(features)
     for backend in ["python", "compiled"] if compiled_available() else ["python"]:
-        batch = VarlenCollator(backend=backend)(features)
+        batch = VarlenCollator(return_flash_kwargs=flash_kwargs, backend=backend, **options)(features)
         assert set(batch) == set(expected)
         for key, value in expected.items():
             if torch.is_tensor(value):
@@ -169,6 +181,47 @@ def test_varlen_collator_matches_transformers_flattening(drawn: list) -> None:
                 assert torch.equal(batch[key], value), key
             else:
                 assert type(batch[key]) is int and batch[key] == value, key
+
+
+@pytest.mark.parametrize("backend", ["python", pytest.param("compiled", marks=needs_kernels)])
+def test_varlen_collator_reads_trl_seq_lengths(backend: str) -> None:
+    with_positions = {
+        "input_ids": [5, 6, 7, 8, 9],
+        "labels": [5, 6, 7, 8, 9],
+        "position_ids": [0, 1, 0, 1, 2],
+    }
+    with_lengths = {"input_ids": [5, 6, 7, 8, 9], "labels": [5, 6, 7, 8, 9], "seq_lengths": [2, 3]}
+    collator = VarlenCollator(backend=backend, return_seq_idx=True)
+    expected = collator([with_positions])
+    batch = collator([with_lengths])
+    assert batch["cu_seq_lens_q"].tolist() == [0, 2, 5]
+    assert batch["seq_idx"].tolist() == [[0, 0, 1, 1, 1]]
+    for key in ("input_ids", "labels", "position_ids"):
+        assert torch.equal(batch[key], expected[key]), key
+    with pytest.raises(DataError, match="sum to the 5 input_ids") as error:
+        collator([{**with_lengths, "seq_lengths": [2, 2]}])
+    assert error.value.field == "seq_lengths"
+
+
+@pytest.mark.parametrize(
+    "feature",
+    [
+        {"input_ids": [1, 2, 3], "labels": [1, 2, 3], "attention_mask": [1, 2, 2]},
+        {"input_ids": [1, 2, 3], "labels": [1, 2, 3], "packing_params": {"sequence_boundaries": [0, 1, 3]}},
+    ],
+    ids=["neat-mask", "packing-params"],
+)
+def test_varlen_collator_refuses_packed_rows_without_boundaries(feature: dict) -> None:
+    with pytest.raises(DataError, match="remove_unused_columns") as error:
+        VarlenCollator(backend="python")([feature])
+    assert "\n" not in str(error.value)
+
+
+def test_varlen_collator_rejects_bad_options() -> None:
+    with pytest.raises(ConfigError, match="separator_id"):
+        VarlenCollator(separator_id=None)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="position_ids_start"):
+        VarlenCollator(position_ids_start=1.5)  # type: ignore[arg-type]
 
 
 packed_rows = st.lists(
@@ -211,7 +264,7 @@ def test_varlen_python_equals_compiled_on_packed_rows(rows: list, rng: random.Ra
 @pytest.mark.parametrize("backend", ["python", pytest.param("compiled", marks=needs_kernels)])
 @pytest.mark.parametrize("neat_packing", [True, False])
 def test_varlen_collator_unpacks_llamafactory_rows(backend: str, neat_packing: bool) -> None:
-    samples = random_samples(random.Random(7), 12, max_len=20)
+    samples = [s for s in random_samples(random.Random(7), 14, max_len=20) if len(s["input_ids"]) > 1]
     packed = pack_llamafactory(
         [s["input_ids"] for s in samples],
         [s["labels"] for s in samples],
@@ -227,10 +280,12 @@ def test_varlen_collator_unpacks_llamafactory_rows(backend: str, neat_packing: b
     )
     if neat_packing:  # padding (attention_mask 0) is dropped
         assert sorted(sequences) == expected
-    else:  # padding has attention_mask 1 and position 0: unlabelled one-token sequences
-        pad_count = len(rows) * 48 - sum(len(s["input_ids"]) for s in samples)
-        assert sorted(sequences) == sorted(expected + [([0], [IGNORE_INDEX], [0])] * pad_count)
-    assert batch["max_length_q"] == max(len(s["input_ids"]) for s in samples)
+    else:  # padding has attention_mask 1 and position 0: one unlabelled sequence per row's padding
+        padding = [len(row["position_ids"]) - len(np.trim_zeros(row["position_ids"], "b")) for row in rows]
+        runs = [([0] * n, [IGNORE_INDEX] * n, list(range(n))) for n in padding if n]
+        assert sum(padding) == len(rows) * 48 - sum(len(s["input_ids"]) for s in samples)
+        assert sorted(sequences) == sorted(expected + runs)
+    assert batch["max_length_q"] == max(len(ids) for ids, _, _ in sequences)
 
 
 def test_varlen_collator_drops_masked_tokens_and_defaults_labels() -> None:

@@ -96,7 +96,7 @@ def test_dropped_and_malformed_samples_say_why(capsys, data_dir, fixture_tokeniz
 
 @pytest.mark.parametrize(
     ("flags", "padding"),
-    [(["--packing"], 12), (["--neat-packing"], 12), (["--packing", "--packing-strategy", "bfd"], 0)],
+    [(["--packing"], 12), (["--neat-packing"], 12), (["--packing", "--packing-strategy", "bfd"], 12)],
     ids=["llamafactory", "neat", "bfd"],
 )
 def test_saved_packed_rows_show_sequences_and_padding(

@@ -177,7 +177,7 @@ def load_datasets(
     load what it saved."""
     data_args = config.data
     if data_args.packing and data_args.packing_strategy is None:
-        # Unpadded rows for VarlenCollator; the same samples as LLaMA-Factory's packed rows.
+        # BFD rows for VarlenCollator (it drops their masked padding); the samples of LLaMA-Factory's rows.
         data_args = dataclasses.replace(data_args, packing_strategy="bfd")
     with training_args.main_process_first(desc="dataset"):
         run = prepare_run(data_args, tokenizer)

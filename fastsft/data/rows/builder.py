@@ -2,8 +2,11 @@
 
 Unpacked, every sample is a row. Packed, a strategy of ``fastsft.kernels.packing.STRATEGIES``
 decides which samples share a row: per preprocessing batch, or over the whole dataset (samples
-held in ``HeldSamples``); padded strategies (LLaMA-Factory's) pad rows to cutoff_len + 1 and add
-its media columns and, with neat_packing, its ``packing_params``.
+held in ``HeldSamples``). Every packed row has LLaMA-Factory's layout: padded to cutoff_len + 1
+(its collator pads ``input_ids`` but not ``position_ids``, so its rows must share a length), its
+media columns (so TRL refuses the rows raw instead of dropping their boundaries) and, with
+neat_packing, its ``packing_params``; a strategy that ``mask_padding`` gives plain-packing padding
+``attention_mask`` 0, so varlen collation drops it.
 
 A packed row (``position_ids`` restart at every sequence; neat_packing numbers the sequences
 in ``attention_mask``; ``P`` is padding)::
@@ -60,7 +63,7 @@ class RowBuilder:
         self.cutoff_len = cutoff_len
         self.pad_token_id = pad_token_id
         if self.strategy is not None:  # LLaMA-Factory pads its rows to one token more
-            summary.packing_capacity = cutoff_len + self.strategy.padded
+            summary.packing_capacity = cutoff_len + 1
         self._held = HeldSamples(spill_dir)
 
     def add(self, batch: EncodedBatch) -> Iterator[pa.RecordBatch]:
@@ -123,7 +126,7 @@ class RowBuilder:
         """Packed rows, a record batch per chunk of about ``ROW_CHUNK_TOKENS`` tokens."""
         assert self.strategy is not None
         lengths = samples.lengths
-        row_length = self.cutoff_len + 1 if self.strategy.padded else 0
+        row_length = self.cutoff_len + 1
         order, row_bounds = self.kernels.pack(self.strategy, lengths, self.cutoff_len)
         for first, last in _row_chunks(lengths, order, row_bounds, row_length):
             chunk_bounds = row_bounds[first : last + 1] - row_bounds[first]
@@ -152,13 +155,15 @@ class RowBuilder:
             self.neat_packing,
         )
         columns = {"input_ids": self._column(rows.input_ids, rows.row_offsets, "input_ids")}
-        if self.strategy.padded and self.neat_packing:
+        if self.neat_packing:
             columns["packing_params"] = _packing_params(rows.seq_lens, row_bounds, row_length)
-        columns["attention_mask"] = self._column(rows.attention_mask, rows.row_offsets, "attention_mask")
+        attention_mask = rows.attention_mask
+        if self.strategy.mask_padding and not self.neat_packing:
+            attention_mask = _padding_masked(attention_mask, rows.seq_lens, row_bounds, row_length)
+        columns["attention_mask"] = self._column(attention_mask, rows.row_offsets, "attention_mask")
         columns["position_ids"] = self._column(rows.position_ids, rows.row_offsets, "position_ids")
         columns["labels"] = self._column(rows.labels, rows.row_offsets, "labels")
-        if self.strategy.padded:
-            columns.update(_media_columns(len(row_bounds) - 1))
+        columns.update(_media_columns(len(row_bounds) - 1))
         return self._record(columns, rows.labels, int(rows.seq_lens.sum()))
 
 
@@ -210,6 +215,17 @@ def _row_chunks(
         last = max(int(np.searchsorted(ends, done + ROW_CHUNK_TOKENS, side="right")), first + 1)
         yield first, last
         first = last
+
+
+def _padding_masked(
+    attention_mask: np.ndarray, seq_lens: np.ndarray, row_bounds: np.ndarray, row_length: int
+) -> np.ndarray:
+    """``attention_mask`` of plain-packed rows with 0 on each row's padding (LLaMA-Factory's has 1 there)."""
+    used = np.add.reduceat(seq_lens, row_bounds[:-1])  # rows are never empty
+    position_in_row = np.tile(np.arange(row_length), len(used))
+    masked = attention_mask.copy()
+    masked[position_in_row >= np.repeat(used, row_length)] = 0
+    return masked
 
 
 def _media_columns(n: int) -> dict[str, pa.Array]:

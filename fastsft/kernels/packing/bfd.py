@@ -1,4 +1,4 @@
-"""Best-fit-decreasing packing over the whole dataset, into unpadded rows for varlen attention.
+"""Best-fit-decreasing packing over the whole dataset: denser rows, their padding masked for varlen collation.
 
 ``fastsft._core.pack_bfd`` is the compiled packer.
 """
@@ -43,7 +43,7 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> tuple[list[int
 BFD = PackingStrategy(
     name="bfd",
     per_batch=False,
-    padded=False,
+    mask_padding=True,
     reference=best_fit_decreasing,
     kernel="pack_bfd",
 )

@@ -77,7 +77,7 @@ def pack_llamafactory(
 LLAMAFACTORY = PackingStrategy(
     name="llamafactory",
     per_batch=True,
-    padded=True,
+    mask_padding=False,
     reference=llamafactory_order,
     kernel="knapsack_llamafactory",
 )

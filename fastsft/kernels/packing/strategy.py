@@ -22,6 +22,6 @@ class PackingStrategy:
 
     name: str  # the value of the `packing_strategy` option
     per_batch: bool  # packs each preprocessing batch; else the whole dataset once every length is known
-    padded: bool  # rows padded to cutoff_len + 1 with LLaMA-Factory's media columns; else unpadded
+    mask_padding: bool  # plain packing's padding gets attention_mask 0 (LLaMA-Factory's has 1)
     reference: ReferencePacker
     kernel: str
