@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from fastsft.train.config import load_config
@@ -32,6 +34,9 @@ from fastsft.train.workflow import train
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GOLDEN_DIR = REPO_ROOT / "tests" / "goldens" / "train"
 BASE_DIR = GOLDEN_DIR / "tiny_base"
+# Adapters fastsft trained, with LLaMA-Factory's logits for them (scripts/make_adapter_load_goldens.py).
+ADAPTER_DIR = GOLDEN_DIR / "fastsft_adapters"
+COMMITTED_ADAPTERS = ("lora_all", "lora_dora")
 CASES = ("full", "lora_all", "lora_qv_alpha32", "lora_rslora", "lora_dora", "freeze_last1")
 TOLERANCE = 1e-5
 
@@ -124,11 +129,32 @@ def test_training_matches_llamafactory(case: str, tmp_path: Path) -> None:
                 assert sorted(saved[key]) == sorted(value)
             else:
                 assert saved[key] == value, key
-        from safetensors import safe_open
-
         with safe_open(output_dir / "adapter_model.safetensors", "pt") as handle:
             assert sorted(handle.keys()) == sorted(expected["adapter_tensor_names"])
         assert not (output_dir / "model.safetensors").exists()  # the adapter only, as LLaMA-Factory saves
+        if case in COMMITTED_ADAPTERS:  # the adapter LLaMA-Factory was shown to load is today's
+            trained, committed = (
+                load_file(folder / "adapter_model.safetensors") for folder in (output_dir, ADAPTER_DIR / case)
+            )
+            assert trained.keys() == committed.keys()
+            for name, tensor in trained.items():
+                torch.testing.assert_close(tensor, committed[name], atol=TOLERANCE, rtol=0, msg=name)
     else:
         assert (output_dir / "model.safetensors").is_file()
         assert not (output_dir / "adapter_config.json").exists()
+
+
+@pytest.mark.parametrize("case", COMMITTED_ADAPTERS)
+def test_a_fastsft_adapter_loads_in_peft_as_in_llamafactory(case: str) -> None:
+    """peft's ``PeftModel.from_pretrained`` on the base gives the logits LLaMA-Factory's own loader
+    gave for the same fastsft-trained adapter (merged into the base by ``load_model``)."""
+    from peft import PeftModel
+
+    llamafactory = np.load(ADAPTER_DIR / f"{case}_lf_logits.npz")
+    base = AutoModelForCausalLM.from_pretrained(BASE_DIR, dtype=torch.float32)
+    base_logits = probe_logits(base, llamafactory["input_ids"])
+    model = PeftModel.from_pretrained(base, ADAPTER_DIR / case)
+    logits = probe_logits(model, llamafactory["input_ids"])
+    np.testing.assert_allclose(logits, llamafactory["logits"], atol=TOLERANCE, rtol=0)
+    # The adapter changes the model: the comparison is not one of two bare bases.
+    assert np.abs(base_logits - logits).max() > 1e-3
