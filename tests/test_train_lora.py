@@ -28,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
+from fastsft.errors import ConfigError
 from fastsft.train.config import load_config
 from fastsft.train.workflow import train
 
@@ -158,3 +159,171 @@ def test_a_fastsft_adapter_loads_in_peft_as_in_llamafactory(case: str) -> None:
     np.testing.assert_allclose(logits, llamafactory["logits"], atol=TOLERANCE, rtol=0)
     # The adapter changes the model: the comparison is not one of two bare bases.
     assert np.abs(base_logits - logits).max() > 1e-3
+
+
+def lora_yaml(tmp_path: Path, case: str = "lora_all", **changes: Any) -> Path:
+    """A golden's YAML (``lora_all`` by default) with ``changes``, written to ``tmp_path``."""
+    values = {**golden(case)["yaml"], "plot_loss": False, "cpu_threads": 1, **changes}
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    return path
+
+
+def initial_adapter(tmp_path: Path) -> Path:
+    """A fresh ``lora_target: all`` adapter on the base, saved: runs that must start from the same
+    weights load it (``adapter_name_or_path``) instead of drawing their own init."""
+    from peft import LoraConfig, get_peft_model
+
+    from fastsft.train.adapter import find_all_linear_modules
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(BASE_DIR, dtype=torch.float32)
+    config = LoraConfig(
+        task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules=find_all_linear_modules(base)
+    )
+    model = get_peft_model(base, config)
+    with torch.no_grad():  # lora_B starts at zero; make it matter from the first step
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+    model.save_pretrained(tmp_path / "initial_adapter")
+    return tmp_path / "initial_adapter"
+
+
+@pytest.mark.slow
+@pytest.mark.deepspeed
+def test_zero3_lora_two_processes_match_one_process(tmp_path: Path) -> None:
+    """ZeRO-3 over 2 processes (gloo, CPU) trains the same LoRA adapter as one process, and the
+    adapter it saves (gathered from the shards) gives the same logits."""
+    pytest.importorskip("deepspeed")
+    import os
+    import subprocess
+    import sys
+
+    from peft import PeftModel
+
+    from fastsft.train.config import DEEPSPEED_DIR
+
+    ds_config = json.loads((DEEPSPEED_DIR / "ds_z3_config.json").read_text(encoding="utf-8"))
+    ds_config["zero_optimization"]["stage3_param_persistence_threshold"] = 0  # shard even tiny tensors
+    (tmp_path / "ds_z3.json").write_text(json.dumps(ds_config), encoding="utf-8")
+    config_path = lora_yaml(tmp_path, max_steps=4, gradient_accumulation_steps=1)
+    initial = initial_adapter(tmp_path)
+    common = [f"adapter_name_or_path={initial}", "save_steps=4"]
+    zero3_dir, single_dir = tmp_path / "zero3", tmp_path / "single"
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"),
+        *("--master_port", str(29500 + os.getpid() % 1000)),
+        *("-m", "fastsft", "train", str(config_path), *common),
+        f"deepspeed={tmp_path / 'ds_z3.json'}",
+        "per_device_train_batch_size=1",  # global batch 2 = 2 processes x 1
+        f"output_dir={zero3_dir}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=420)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    train(load_config(config_path, [*common, "per_device_train_batch_size=2", f"output_dir={single_dir}"]))
+
+    zero3_steps, single_steps = logged_steps(zero3_dir), logged_steps(single_dir)
+    assert len(zero3_steps) == 4
+    for ours, theirs in zip(zero3_steps, single_steps, strict=True):
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
+    shards = sorted(p.name for p in (zero3_dir / "checkpoint-4").glob("global_step*/*model_states.pt"))
+    assert shards == [
+        "zero_pp_rank_0_mp_rank_00_model_states.pt",
+        "zero_pp_rank_1_mp_rank_00_model_states.pt",
+    ]
+    probe = np.load(GOLDEN_DIR / "lora_all_logits.npz")["input_ids"]
+    logits = []
+    for folder in (zero3_dir, single_dir, initial):
+        base = AutoModelForCausalLM.from_pretrained(BASE_DIR, dtype=torch.float32)
+        logits.append(probe_logits(PeftModel.from_pretrained(base, folder), probe))
+    np.testing.assert_allclose(logits[0], logits[1], atol=2e-5, rtol=0)
+    assert np.abs(logits[0] - logits[2]).max() > 1e-3  # trained: not the adapter it started from
+
+
+class StopAt(TrainerCallback):
+    """Ends training after ``step`` as an interruption would (the checkpoint at ``step`` is kept)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+        return control
+
+
+@pytest.mark.parametrize("case", ["lora_all", "freeze_last1"])
+def test_resume_continues_lora_and_freeze_runs_exactly(case: str, tmp_path: Path) -> None:
+    config_path = lora_yaml(tmp_path, case, max_steps=6, save_steps=3, overwrite_output_dir=False)
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    train(load_config(config_path, [f"output_dir={reference}"]))
+    train(load_config(config_path, [f"output_dir={interrupted}"]), callbacks=[StopAt(3)])
+    assert [entry["step"] for entry in logged_steps(interrupted)] == [1, 2, 3]
+    # What a checkpoint holds: the adapter alone for LoRA, the whole model for freeze.
+    kept = "adapter_model.safetensors" if case.startswith("lora") else "model.safetensors"
+    assert (interrupted / "checkpoint-3" / kept).is_file()
+    train(load_config(config_path, [f"output_dir={interrupted}", "resume_from_checkpoint=true"]))
+
+    resumed, expected = logged_steps(interrupted), logged_steps(reference)
+    assert [entry["step"] for entry in resumed] == list(range(1, 7))
+    for ours, theirs in zip(resumed, expected, strict=True):
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5), ours["step"]
+    probe = np.load(GOLDEN_DIR / "lora_all_logits.npz")["input_ids"]
+    np.testing.assert_allclose(
+        probe_logits(reload_trained(case, interrupted), probe),
+        probe_logits(reload_trained(case, reference), probe),
+        atol=1e-5,
+        rtol=0,
+    )
+
+
+def test_adapter_name_or_path_trains_that_adapter_or_a_new_one(tmp_path: Path) -> None:
+    """As LLaMA-Factory: the last adapter is trained further with its own rank (``lora_rank`` does
+    not apply to it); with ``create_new_adapter`` it is merged and a new one is created."""
+    from safetensors.torch import load_file
+
+    initial = initial_adapter(tmp_path)
+    saved = load_file(initial / "adapter_model.safetensors")
+    config_path = lora_yaml(tmp_path, max_steps=1, lora_rank=4)
+
+    recorder = SetupRecorder()
+    overrides = [f"adapter_name_or_path={initial}", f"output_dir={tmp_path / 'continued'}"]
+    train(load_config(config_path, overrides), callbacks=[recorder])
+    assert len(recorder.trainable) == len(saved)
+    for entry in recorder.trainable:
+        tensor = saved[entry["name"].replace(".default.", ".")]
+        assert entry["shape"] == list(tensor.shape)  # rank 8, the adapter's own
+        assert entry["initial_sha256"] == hashlib.sha256(tensor.numpy().tobytes()).hexdigest()
+
+    recorder = SetupRecorder()
+    overrides = [*overrides[:1], "create_new_adapter=true", f"output_dir={tmp_path / 'new'}"]
+    train(load_config(config_path, overrides), callbacks=[recorder])
+    lora_a = [entry for entry in recorder.trainable if "lora_A" in entry["name"]]
+    assert lora_a and all(entry["shape"][0] == 4 for entry in lora_a)  # a new rank-4 adapter
+
+
+def test_freeze_keys_follow_llamafactory_and_name_bad_modules(tmp_path: Path) -> None:
+    recorder = SetupRecorder()
+    config_path = lora_yaml(
+        tmp_path,
+        "freeze_last1",
+        max_steps=1,
+        freeze_trainable_layers=-1,
+        freeze_trainable_modules="mlp",
+        freeze_extra_modules="norm",
+    )
+    train(load_config(config_path, [f"output_dir={tmp_path / 'out'}"]), callbacks=[recorder])
+    names = [entry["name"] for entry in recorder.trainable]
+    # Layer 0's mlp, and every name holding "norm" (LLaMA-Factory's substring rule takes the layer norms too).
+    assert {name for name in names if ".0.mlp." in name} == {
+        f"model.layers.0.mlp.{part}_proj.weight" for part in ("gate", "up", "down")
+    }
+    assert "model.norm.weight" in names and "model.layers.1.input_layernorm.weight" in names
+    assert not any("self_attn" in name or ".1.mlp." in name for name in names)
+
+    with pytest.raises(
+        ConfigError, match="freeze_trainable_modules: attn is not a module of the model's layers"
+    ):
+        train(load_config(config_path, [f"output_dir={tmp_path / 'bad'}", "freeze_trainable_modules=attn"]))
