@@ -327,3 +327,74 @@ def test_freeze_keys_follow_llamafactory_and_name_bad_modules(tmp_path: Path) ->
         ConfigError, match="freeze_trainable_modules: attn is not a module of the model's layers"
     ):
         train(load_config(config_path, [f"output_dir={tmp_path / 'bad'}", "freeze_trainable_modules=attn"]))
+
+
+def export_yaml(tmp_path: Path, export_dir: Path) -> Path:
+    """LLaMA-Factory's merge YAML (examples/merge_lora) for the committed fastsft adapter."""
+    values = {
+        "model_name_or_path": str(BASE_DIR),
+        "adapter_name_or_path": str(ADAPTER_DIR / "lora_all"),
+        "template": "qwen",
+        "finetuning_type": "lora",
+        "export_dir": str(export_dir),
+        "export_size": 5,
+        "export_device": "cpu",
+        "export_legacy_format": False,
+    }
+    path = tmp_path / "merge.yaml"
+    path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    return path
+
+
+def test_export_merges_the_adapter_into_a_full_model_atomically(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fastsft.cli import main
+
+    merged = tmp_path / "merged"
+    config_path = export_yaml(tmp_path, merged)
+    assert main(["export", str(config_path)]) == 0
+    # The merged model alone gives the logits LLaMA-Factory's loader gives base + adapter.
+    llamafactory = np.load(ADAPTER_DIR / "lora_all_lf_logits.npz")
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    assert model.dtype == torch.float32  # auto: the base's dtype (fp32 stays fp32 on a CPU)
+    np.testing.assert_allclose(
+        probe_logits(model, llamafactory["input_ids"]), llamafactory["logits"], atol=TOLERANCE, rtol=0
+    )
+    assert not (merged / "adapter_config.json").exists()
+    assert (merged / "tokenizer_config.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".merged.tmp-")]  # nothing staged is left
+
+    # An existing export_dir is replaced only when asked, and only when fastsft wrote it.
+    before = (merged / "model.safetensors").stat().st_mtime_ns
+    assert main(["export", str(config_path)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (merged / "model.safetensors").stat().st_mtime_ns == before
+    assert main(["export", str(config_path), "infer_dtype=bfloat16", "--overwrite"]) == 0
+    assert AutoModelForCausalLM.from_pretrained(merged).dtype == torch.bfloat16
+    someone = tmp_path / "someone"
+    someone.mkdir()
+    (someone / "notes.txt").write_text("keep", encoding="utf-8")
+    assert main(["export", str(config_path), f"export_dir={someone}", "--overwrite"]) == 2
+    assert "is not a fastsft output" in capsys.readouterr().err
+    assert (someone / "notes.txt").read_text(encoding="utf-8") == "keep"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("export_quantization_bit=4", "`export_quantization_bit` is not supported by fastsft export"),
+        ("finetuning_type=full", "fastsft export merges LoRA adapters"),
+        ("adapter_name_or_path=null", "no `adapter_name_or_path` given"),
+        ("export_sise=5", "did you mean export_size"),
+    ],
+)
+def test_export_refuses_what_it_cannot_do_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, message: str
+) -> None:
+    from fastsft.cli import main
+
+    assert main(["export", str(export_yaml(tmp_path, tmp_path / "merged")), override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "merged").exists()

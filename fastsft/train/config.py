@@ -36,7 +36,7 @@ DEEPSPEED_SHORTHANDS = {
 }
 
 MODEL, BATCHING, TRAINING, EVAL, FASTSFT = "model", "batching", "training", "eval", "fastsft"
-FINETUNING = "finetuning"
+FINETUNING = "method"  # as LLaMA-Factory's YAMLs head these keys
 FinetuningType = Literal["full", "lora", "freeze"]
 
 

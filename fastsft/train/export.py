@@ -45,6 +45,11 @@ class ExportConfig:
 
 # LLaMA-Factory export keys that change nothing here, accepted as they are.
 ACCEPTED_KEYS = {"template", "finetuning_type", "export_device", "export_legacy_format", "stage"}
+# LLaMA-Factory export keys fastsft export does not implement (GPTQ quantization, Hub upload).
+UNSUPPORTED_KEYS = {
+    "export_quantization_bit", "export_quantization_dataset", "export_quantization_nsamples",
+    "export_quantization_maxlen", "export_hub_model_id", "adapter_folder",
+}  # fmt: skip
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +82,7 @@ def load_export_config(path: str | Path | None, overrides: typing.Sequence[str] 
         elif key == "export_legacy_format" and coerce(key, value, bool):
             raise ConfigError("`export_legacy_format: true` is not supported (safetensors only)")
         elif key not in ACCEPTED_KEYS:
-            if key.startswith("export_"):
+            if key in UNSUPPORTED_KEYS:
                 raise ConfigError(f"LLaMA-Factory option `{key}` is not supported by fastsft export")
             raise ConfigError(unknown_key_message(key, [*hints, *ACCEPTED_KEYS], see="fastsft export --help"))
     config = ExportConfig(**known)
