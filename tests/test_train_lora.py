@@ -398,3 +398,28 @@ def test_export_refuses_what_it_cannot_do_in_one_line(
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / "merged").exists()
+
+
+def test_lora_on_the_random_init_example_saves_its_base_and_exports(tmp_path: Path) -> None:
+    """The README's variant (``examples/tiny_sft.yaml finetuning_type=lora``) on a random-init
+    ``model_config``: the base is saved beside the adapter, peft finds it, export merges both."""
+    from peft import AutoPeftModelForCausalLM
+
+    from fastsft.cli import main
+
+    out = tmp_path / "out"
+    tiny = REPO_ROOT / "examples" / "tiny_sft.yaml"
+    overrides = ["finetuning_type=lora", f"output_dir={out}", "max_steps=2", "val_size=0", "eval_strategy=no"]
+    train(load_config(tiny, [*overrides, "plot_loss=false", "max_samples=40"]))
+    config = json.loads((out / "adapter_config.json").read_text(encoding="utf-8"))
+    assert config["base_model_name_or_path"] == str(out / "base_model")
+    model = AutoPeftModelForCausalLM.from_pretrained(out)  # loads the base named in the adapter config
+    probe = np.load(GOLDEN_DIR / "lora_all_logits.npz")["input_ids"]
+    logits = probe_logits(model, probe)
+
+    merge = tmp_path / "merge.yaml"
+    values = {"model_name_or_path": str(out / "base_model"), "adapter_name_or_path": str(out)}
+    merge.write_text(yaml.safe_dump({**values, "export_dir": str(tmp_path / "merged")}), encoding="utf-8")
+    assert main(["export", str(merge)]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    np.testing.assert_allclose(probe_logits(merged, probe), logits, atol=1e-5, rtol=0)

@@ -49,14 +49,48 @@ def load_dtype(config: TrainConfig, zero3: bool) -> Any:
     return "auto"
 
 
-def init_adapter(config: TrainConfig, model: Any, zero3: bool) -> Any:
-    """``model`` set up for ``config.finetuning_type``: frozen parameters, or a peft ``PeftModel``."""
+RANDOM_BASE_DIR = "base_model"
+
+
+def init_adapter(config: TrainConfig, model: Any, zero3: bool, is_main: bool = True) -> Any:
+    """``model`` set up for ``config.finetuning_type``: frozen parameters, or a peft ``PeftModel``.
+
+    LoRA on a random-init ``model_config`` first saves that base to ``output_dir/base_model`` (the
+    adapter's ``base_model_name_or_path``): an adapter is of no use without the weights under it.
+    """
     upcast = not zero3  # LLaMA-Factory: "DeepSpeed ZeRO3 detected, remaining trainable params in float32"
     if config.finetuning_type == "freeze":
         _setup_freeze_tuning(config, model, upcast)
     elif config.finetuning_type == "lora":
+        if config.model_config:
+            _save_random_base(config, model, zero3, is_main)
         model = _setup_lora_tuning(config, model, zero3, upcast)
     return model
+
+
+def _save_random_base(config: TrainConfig, model: Any, zero3: bool, is_main: bool) -> None:
+    """Save the random-init base beside the adapter (staged, then renamed into place)."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    if zero3:
+        raise ConfigError(
+            "finetuning_type: lora on a random-init model_config is not supported under ZeRO-3; "
+            "save the model first and give it as model_name_or_path"
+        )
+    target = Path(config.output_dir) / RANDOM_BASE_DIR
+    model.name_or_path = str(target)  # peft records it as the adapter's base_model_name_or_path
+    if not is_main:
+        return
+    staged = target.with_name(f".{RANDOM_BASE_DIR}.tmp-{os.getpid()}")
+    shutil.rmtree(staged, ignore_errors=True)
+    model.config.use_cache = True  # as the final model is saved (training runs without the cache)
+    model.save_pretrained(staged)
+    model.config.use_cache = False
+    if target.exists():  # a resumed run: the same seed made the same weights
+        shutil.rmtree(target)
+    os.rename(staged, target)
 
 
 def _num_layers(model: Any) -> int:

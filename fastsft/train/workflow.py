@@ -105,7 +105,9 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()
     set_seed(config.data.seed)  # the same random init on every run and rank
     model = load_model(config, attn_implementation)
     loss_line = configure_loss(config, model)
-    model = init_adapter(config, model, zero3=is_deepspeed_zero3_enabled())  # LoRA / freeze
+    model = init_adapter(  # LoRA / freeze
+        config, model, zero3=is_deepspeed_zero3_enabled(), is_main=training_args.process_index == 0
+    )
     collator = make_collator(packed, tokenizer)
     # Token columns as numpy arrays: the compiled collators then copy buffers, not Python lists.
     dataset = token_format(dataset)
