@@ -423,3 +423,29 @@ def test_lora_on_the_random_init_example_saves_its_base_and_exports(tmp_path: Pa
     assert main(["export", str(merge)]) == 0
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     np.testing.assert_allclose(probe_logits(merged, probe), logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("case", ["lora_all", "freeze_last1"])
+def test_a_bf16_checkpoint_keeps_its_frozen_weights_in_bf16_and_trains_fp32(
+    case: str, tmp_path: Path
+) -> None:
+    """As LLaMA-Factory: LoRA / freeze load the checkpoint's dtype and upcast only what trains."""
+    base = AutoModelForCausalLM.from_pretrained(BASE_DIR, dtype=torch.bfloat16)
+    base.save_pretrained(tmp_path / "bf16_base")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "bf16_base" / name).write_bytes((BASE_DIR / name).read_bytes())
+    dtypes: dict[str, set[str]] = {"trainable": set(), "frozen": set()}
+
+    class DtypeRecorder(TrainerCallback):
+        def on_train_begin(
+            self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+        ) -> None:
+            for param in model.parameters():
+                dtypes["trainable" if param.requires_grad else "frozen"].add(str(param.dtype))
+
+    config_path = lora_yaml(tmp_path, case, model_name_or_path=str(tmp_path / "bf16_base"), max_steps=2)
+    overrides = [f"output_dir={tmp_path / 'out'}", "bf16=true", "use_cpu=true"]  # CPU bf16 autocast
+    train(load_config(config_path, overrides), callbacks=[DtypeRecorder()])
+    assert dtypes == {"trainable": {"torch.float32"}, "frozen": {"torch.bfloat16"}}
+    losses = [entry["loss"] for entry in logged_steps(tmp_path / "out")]
+    assert len(losses) == 2 and all(np.isfinite(losses))
