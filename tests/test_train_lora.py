@@ -449,3 +449,24 @@ def test_a_bf16_checkpoint_keeps_its_frozen_weights_in_bf16_and_trains_fp32(
     assert dtypes == {"trainable": {"torch.float32"}, "frozen": {"torch.bfloat16"}}
     losses = [entry["loss"] for entry in logged_steps(tmp_path / "out")]
     assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["lora_target=qkv"], "lora_target ['qkv']: Target modules {'qkv'} not found in the base model"),
+        (["adapter_name_or_path=nowhere"], "cannot load the adapter nowhere: "),
+        (["finetuning_type=freeze", "freeze_trainable_layers=0"], "leaves no parameter to train"),
+        (
+            ["finetuning_type=freeze", "freeze_extra_modules=head"],
+            "freeze_extra_modules: head is not a module",
+        ),
+    ],
+)
+def test_bad_lora_and_freeze_settings_fail_in_one_line(
+    tmp_path: Path, overrides: list[str], message: str
+) -> None:
+    config_path = lora_yaml(tmp_path, max_steps=1)
+    with pytest.raises(ConfigError) as info:
+        train(load_config(config_path, [f"output_dir={tmp_path / 'out'}", *overrides]))
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)

@@ -541,6 +541,8 @@ def build_training_args(config: TrainConfig, uses_configured_state: bool = False
     if config.warmup_ratio:  # transformers 5 reads a warmup_steps float < 1 as the ratio
         kwargs["warmup_ratio" if "warmup_ratio" in field_names else "warmup_steps"] = config.warmup_ratio
     kwargs["remove_unused_columns"] = False  # the collators pick their columns
+    if config.finetuning_type == "lora":  # LLaMA-Factory's parser, for DDP: the frozen base gets no gradient
+        kwargs["ddp_find_unused_parameters"] = False
     kwargs.update(config.extra_training_args)
     if uses_configured_state:
         kwargs["accelerator_config"] = {"use_configured_state": True}
