@@ -455,7 +455,10 @@ def test_a_bf16_checkpoint_keeps_its_frozen_weights_in_bf16_and_trains_fp32(
     ("overrides", "message"),
     [
         (["lora_target=qkv"], "lora_target ['qkv']: Target modules {'qkv'} not found in the base model"),
-        (["adapter_name_or_path=nowhere"], "cannot load the adapter nowhere: "),
+        (
+            ["adapter_name_or_path=examples"],
+            "adapter_name_or_path examples is a folder without adapter_config.json",
+        ),
         (["finetuning_type=freeze", "freeze_trainable_layers=0"], "leaves no parameter to train"),
         (
             ["finetuning_type=freeze", "freeze_extra_modules=head"],

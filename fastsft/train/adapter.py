@@ -213,6 +213,12 @@ def _setup_lora_tuning(config: TrainConfig, model: Any, zero3: bool, upcast: boo
 
 
 def _load_adapter(peft_model: Any, model: Any, path: str, is_trainable: bool) -> Any:
+    from pathlib import Path
+
+    if Path(path).is_dir() and not (Path(path) / "adapter_config.json").is_file():
+        raise ConfigError(
+            f"adapter_name_or_path {path} is a folder without adapter_config.json (not a peft adapter)"
+        )
     try:
         return peft_model.from_pretrained(model, path, is_trainable=is_trainable)
     except (OSError, ValueError) as err:
