@@ -1,4 +1,4 @@
-"""``fastsft`` command line: ``preprocess``, ``inspect`` and ``train``."""
+"""``fastsft`` command line: ``preprocess``, ``inspect``, ``train`` and ``export``."""
 
 from __future__ import annotations
 
@@ -114,6 +114,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return run_train(args)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from fastsft.train.export import run_export
+
+    return run_export(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastsft",
@@ -155,12 +161,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser(
         "train",
-        help="full-parameter SFT from a YAML config (HF Trainer, DeepSpeed ZeRO-3)",
+        help="SFT (full, LoRA or freeze) from a YAML config (HF Trainer, DeepSpeed ZeRO-3)",
         description="Train from CONFIG.yaml with optional key=value overrides, e.g. "
         "`fastsft train examples/tiny_sft.yaml max_steps=20`.",
     )
     add_train_arguments(train)
     train.set_defaults(func=cmd_train)
+
+    from fastsft.train.export import add_export_arguments
+
+    export = sub.add_parser(
+        "export",
+        help="merge LoRA adapters into the base model and save it (LLaMA-Factory's export YAML)",
+        description="Merge adapter_name_or_path into model_name_or_path and save the full model to export_dir.",
+    )
+    add_export_arguments(export)
+    export.set_defaults(func=cmd_export)
     return parser
 
 

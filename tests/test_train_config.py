@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from fastsft.errors import ConfigError
+from fastsft.train.adapter import split_names
 from fastsft.train.config import (
     DEEPSPEED_DIR,
     IGNORED_KEYS,
@@ -201,7 +203,7 @@ def test_llamafactory_full_sft_yaml_loads_with_notices() -> None:
     config = load_config(LF_YAML)
     assert config.model_name_or_path == "Qwen/Qwen2.5-0.5B-Instruct"
     assert any("stage: sft" in notice for notice in config.notices)
-    assert any("finetuning_type: full" in notice for notice in config.notices)
+    assert config.finetuning_type == "full"
     assert any("overwrite_cache" in notice for notice in config.notices)
     # HF TrainingArguments fields pass through, typed by TrainingArguments.
     assert config.extra_training_args == {
@@ -218,10 +220,15 @@ def test_llamafactory_full_sft_yaml_loads_with_notices() -> None:
     ("values", "expected"),
     [
         ({"stage": "dpo"}, "`stage: dpo` is not supported: fastsft train does supervised fine-tuning only"),
-        ({"finetuning_type": "lora"}, "`finetuning_type: lora` is not supported"),
-        ({"lora_rank": 8}, "LLaMA-Factory option `lora_rank` is not supported by fastsft train"),
-        ({"quantization_bit": 4}, "LLaMA-Factory option `quantization_bit` is not supported"),
-        ({"use_dora": True}, "LLaMA-Factory option `use_dora` is not supported"),
+        ({"finetuning_type": "oft"}, "`finetuning_type` expects one of full, lora, freeze"),
+        ({"lora_rank": 8}, "`lora_rank` is a LoRA key but no finetuning_type is set"),
+        ({"finetuning_type": "full", "use_dora": True}, "`use_dora` is only valid for LoRA training"),
+        ({"finetuning_type": "freeze", "adapter_name_or_path": "a"}, "only valid for LoRA training"),
+        ({"quantization_bit": 4}, "`quantization_bit` (QLoRA) "),
+        ({"pissa_init": True}, "LLaMA-Factory option `pissa_init` is not supported by fastsft train"),
+        ({"loraplus_lr_ratio": 16.0}, "LLaMA-Factory option `loraplus_lr_ratio` is not supported"),
+        ({"freeze_vision_tower": False}, "`freeze_vision_tower: false` is not supported: fastsft train"),
+        ({"finetuning_type": "lora", "lora_rank": 0}, "`lora_rank` must be at least 1"),
         ({"do_train": False}, "`do_train: false` is not supported"),
         ({"predict_with_generate": True}, "`predict_with_generate: true` is not supported"),
         (
@@ -315,7 +322,8 @@ def test_harmless_llamafactory_keys() -> None:
     assert config.attn == "flash_attention_2"
     assert config.gradient_checkpointing is False
     assert config.plot_loss is False and config.data.preprocessing_num_workers == 8
-    assert len(config.notices) == 3  # stage, finetuning_type, overwrite_cache
+    assert config.finetuning_type == "full"
+    assert len(config.notices) == 2  # stage, overwrite_cache
 
 
 def test_llamafactory_values_given_as_overrides() -> None:
@@ -369,3 +377,32 @@ def test_deepspeed_without_deepspeed_installed_says_how_to_install(monkeypatch: 
         ConfigError, match=r'needs DeepSpeed, which is not installed: pip install -e "\.\[deepspeed\]"'
     ):
         load_config(TINY_YAML, ["deepspeed=z3"])
+
+
+def test_lora_and_freeze_keys_with_llamafactory_defaults() -> None:
+    config = config_from_mapping(minimal(finetuning_type="lora"))
+    assert (config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_target) == (
+        8,
+        None,
+        0.0,
+        "all",
+    )
+    assert (config.use_rslora, config.use_dora, config.additional_target) == (False, False, None)
+    assert (config.freeze_trainable_layers, config.freeze_trainable_modules) == (2, "all")
+    config = load_config(TINY_YAML, ["finetuning_type=lora", "lora_target=q_proj,v_proj", "lora_alpha=32"])
+    assert (split_names(config.lora_target), config.lora_alpha) == (["q_proj", "v_proj"], 32)
+    assert split_names(["q_proj ", "v_proj"]) == split_names("q_proj, v_proj") == ["q_proj", "v_proj"]
+    # Keys of the other method change nothing, as in LLaMA-Factory, and are named.
+    config = config_from_mapping(minimal(finetuning_type="freeze", lora_rank=16))
+    assert "ignoring `lora_rank` (finetuning_type is freeze)" in config.notices
+    # Multimodal keys at LLaMA-Factory's defaults are accepted.
+    config_from_mapping(minimal(freeze_vision_tower=True, freeze_multi_modal_projector=True))
+
+
+def test_quantization_bit_null_is_accepted_and_a_value_refused_in_one_line() -> None:
+    config_from_mapping(minimal(quantization_bit=None))
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(minimal(finetuning_type="lora", quantization_bit=4))
+    assert "\n" not in str(info.value)
+    if not torch.cuda.is_available():
+        assert "lacks a CUDA GPU" in str(info.value)

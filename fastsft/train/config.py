@@ -2,9 +2,9 @@
 
 ``load_config(path, overrides)`` returns a validated ``TrainConfig``. Values are typed by the
 dataclass (YAML values and override strings alike), misspelt keys fail with the closest valid
-names, and a LLaMA-Factory full-SFT YAML runs as is: ``stage: sft`` / ``finetuning_type: full``
-are accepted with a notice, LLaMA-Factory options fastsft does not implement (LoRA, DPO,
-quantization, generation, ...) fail clearly, and any other Hugging Face ``TrainingArguments``
+names, and a LLaMA-Factory SFT YAML (full, LoRA or freeze) runs as is: ``stage: sft`` is
+accepted with a notice, LLaMA-Factory options fastsft does not implement (DPO, QLoRA,
+generation, ...) fail clearly, and any other Hugging Face ``TrainingArguments``
 field (``weight_decay``, ``ddp_timeout``, ``save_only_model``, ...) is passed through.
 """
 
@@ -55,6 +55,8 @@ DEEPSPEED_SHORTHANDS = {
 }
 
 MODEL, BATCHING, TRAINING, EVAL, FASTSFT = "model", "batching", "training", "eval", "fastsft"
+FINETUNING = "method"  # as LLaMA-Factory's YAMLs head these keys
+FinetuningType = Literal["full", "lora", "freeze"]
 
 
 @dataclass
@@ -73,6 +75,40 @@ class TrainConfig:
     trust_remote_code: bool = option(False, "allow the model's and tokenizer's own code", group=MODEL)
     attn: AttnChoice = option(
         "auto", "auto: fastsft varlen when packing / padding_free, else sdpa", group=MODEL
+    )
+    # LLaMA-Factory's FinetuningArguments (LoRA / freeze keys and defaults), applied by fastsft.train.adapter.
+    finetuning_type: FinetuningType = option(
+        "full", "full | lora | freeze (LLaMA-Factory defaults to lora; fastsft to full)", group=FINETUNING
+    )
+    lora_rank: int = option(8, "LoRA rank r", group=FINETUNING)
+    lora_alpha: int | None = option(None, "LoRA alpha (default: lora_rank * 2)", group=FINETUNING)
+    lora_dropout: float = option(0.0, "dropout on the LoRA input", group=FINETUNING)
+    lora_target: str | list[str] = option(
+        "all", "modules given LoRA adapters: all linear layers but lm_head, or names", group=FINETUNING
+    )
+    additional_target: str | list[str] | None = option(
+        None,
+        "modules trained in full and saved with the adapter (e.g. embed_tokens,lm_head)",
+        group=FINETUNING,
+    )
+    use_rslora: bool = option(False, "rank-stabilised LoRA scaling alpha/sqrt(r)", group=FINETUNING)
+    use_dora: bool = option(False, "weight-decomposed LoRA (DoRA)", group=FINETUNING)
+    adapter_name_or_path: str | list[str] | None = option(
+        None, "adapters to load: all but the last merged, the last trained on", group=FINETUNING
+    )
+    create_new_adapter: bool = option(
+        False, "merge every adapter_name_or_path and train a new adapter", group=FINETUNING
+    )
+    freeze_trainable_layers: int = option(
+        2, "freeze tuning: train the last n layers (negative: the first n)", group=FINETUNING
+    )
+    freeze_trainable_modules: str | list[str] = option(
+        "all", "freeze tuning: modules of those layers to train (all, mlp, self_attn, ...)", group=FINETUNING
+    )
+    freeze_extra_modules: str | list[str] | None = option(
+        None,
+        "freeze tuning: modules outside the layers to train too (embed_tokens, norm, ...)",
+        group=FINETUNING,
     )
     # Every key of DataArgs (fastsft.data.data_args), read from the same flat YAML.
     data: DataArgs = option(default_factory=DataArgs)
@@ -148,6 +184,7 @@ def config_epilog() -> str:
     """``fastsft train --help``'s key list, from the fields' groups (data: every ``DataArgs`` key)."""
     grouped: dict[str, list[str]] = {
         MODEL: [],
+        FINETUNING: [],
         "data": list(DATA_KEYS),
         BATCHING: [],
         TRAINING: [],
@@ -156,7 +193,7 @@ def config_epilog() -> str:
     for spec in dataclasses.fields(TrainConfig):
         if "group" in spec.metadata:
             grouped[spec.metadata["group"]].append(spec.name)
-    lines = ["CONFIG.yaml uses LLaMA-Factory's key names (a LLaMA-Factory full-SFT YAML runs as is). Keys:"]
+    lines = ["CONFIG.yaml uses LLaMA-Factory's key names (a LLaMA-Factory SFT YAML runs as is). Keys:"]
     for group, names in grouped.items():
         text = textwrap.fill(
             ", ".join(names), 96, initial_indent=f"  {group + ':':<10}", subsequent_indent=" " * 12
@@ -191,7 +228,6 @@ IGNORED_KEYS = {
 # Keys accepted only with the value that means "off" (anything else fails clearly).
 REQUIRED_VALUES: dict[str, tuple[Any, str]] = {
     "stage": ("sft", "fastsft train does supervised fine-tuning only"),
-    "finetuning_type": ("full", "fastsft train does full-parameter fine-tuning only"),
     "do_train": (True, "fastsft train always trains"),
     "do_predict": (False, "fastsft train does not predict"),
     "predict_with_generate": (False, "fastsft train does not predict"),
@@ -205,12 +241,15 @@ REQUIRED_VALUES: dict[str, tuple[Any, str]] = {
     "resize_vocab": (False, "not supported"),
     "shift_attn": (False, "not supported"),
     "train_from_scratch": (False, "use model_config for a random-init model"),
+    "freeze_vision_tower": (True, "fastsft train fine-tunes text-only models"),
+    "freeze_multi_modal_projector": (True, "fastsft train fine-tunes text-only models"),
+    "freeze_language_model": (False, "fastsft train fine-tunes text-only models"),
 }
 # LLaMA-Factory keys with a fastsft equivalent.
 FLASH_ATTN_TO_ATTN = {"auto": "auto", "sdpa": "sdpa", "disabled": "eager", "fa2": "flash_attention_2"}
 # LLaMA-Factory options fastsft does not implement: named as such instead of "unknown key".
 LLAMAFACTORY_UNSUPPORTED = frozenset(
-    """adapter_name_or_path adapter_folder additional_target create_new_adapter module_dropout ld_alpha
+    """adapter_folder module_dropout ld_alpha
     cache_dir split_special_tokens add_tokens add_special_tokens new_special_tokens_config init_special_tokens
     model_revision rope_scaling mixture_of_depths moe_aux_loss_coef upcast_layernorm upcast_lmhead_output
     infer_backend offload_folder infer_dtype hf_hub_token ms_hub_token om_hub_token double_quantization
@@ -218,7 +257,7 @@ LLAMAFACTORY_UNSUPPORTED = frozenset(
     early_stopping_steps ray_num_workers ray_init_kwargs enable_torch_profiler hyper_parallel_args""".split()  # noqa: SIM905
 )
 LLAMAFACTORY_UNSUPPORTED_PREFIXES = (
-    "use_", "lora_", "loraplus_", "pissa_", "oft_", "freeze_", "pref_", "dpo_", "kto_", "simpo_", "ppo_",
+    "use_", "loraplus_", "pissa_", "oft_", "pref_", "dpo_", "kto_", "simpo_", "ppo_",
     "ref_model", "reward_model", "galore_", "apollo_", "badam_", "swanlab_", "quantization_", "export_",
     "image_", "video_", "audio_", "vllm_", "sglang_", "kt_", "profiler_", "fp8", "asft_", "eaft_",
 )  # fmt: skip
@@ -301,9 +340,13 @@ def _translate_llamafactory_keys(values: dict[str, Any], notices: list[str]) -> 
             value = coerce(key, value, type(expected) | None if expected is not None else str | None)
         if not _means(value, expected):
             raise ConfigError(f"`{key}: {show(value)}` is not supported: {reason}")
-        if key in ("stage", "finetuning_type"):
+        if key == "stage":
             notices.append(f"ignoring `{key}: {expected}` ({reason})")
         del values[key]
+    _check_method_keys(values, notices)
+    quantization_bit = values.pop("quantization_bit", None)
+    if coerce("quantization_bit", quantization_bit, int | None) is not None:
+        raise ConfigError(quantization_message())
     for key, reason in IGNORED_KEYS.items():
         if key in values:
             notices.append(f"ignoring `{key}` ({reason})")
@@ -323,6 +366,66 @@ def _translate_llamafactory_keys(values: dict[str, Any], notices: list[str]) -> 
         values.setdefault("gradient_checkpointing", not disabled)
 
 
+# Keys of one fine-tuning method (LLaMA-Factory ignores them under another; fastsft says so).
+LORA_KEYS = (
+    "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "additional_target", "use_rslora", "use_dora",
+    "create_new_adapter",
+)  # fmt: skip
+FREEZE_KEYS = ("freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules")
+# LLaMA-Factory refuses these outside LoRA (finetuning_args.py, parser.py); the rest it ignores.
+LORA_ONLY_KEYS = {
+    "use_rslora": "`use_rslora` is only valid for LoRA training",
+    "use_dora": "`use_dora` is only valid for LoRA training",
+    "adapter_name_or_path": "an adapter (`adapter_name_or_path`) is only valid for LoRA training",
+}
+
+
+def _check_method_keys(values: dict[str, Any], notices: list[str]) -> None:
+    """Keys of the method not chosen: LLaMA-Factory's errors, and a notice for those it ignores.
+
+    fastsft's default method is ``full`` and LLaMA-Factory's is ``lora``, so a LoRA key in a
+    YAML that names no ``finetuning_type`` fails rather than silently training in full.
+    """
+    method = values.get("finetuning_type")
+    if isinstance(method, OverrideText):
+        method = method.strip()
+    if method is None:
+        given = [key for key in (*LORA_KEYS, "adapter_name_or_path") if key in values]
+        if given:
+            raise ConfigError(
+                f"`{given[0]}` is a LoRA key but no finetuning_type is set (fastsft's default is full, "
+                "LLaMA-Factory's is lora): set finetuning_type: lora (or full)"
+            )
+        method = "full"
+    for key, message in LORA_ONLY_KEYS.items():
+        if method != "lora" and values.get(key) not in (None, False, ""):
+            raise ConfigError(f"{message}, not `finetuning_type: {method}`")
+    other = [key for key in LORA_KEYS if method != "lora" and key in values]
+    other += [key for key in FREEZE_KEYS if method != "freeze" and key in values]
+    for key in other:
+        notices.append(f"ignoring `{key}` (finetuning_type is {method})")
+
+
+def quantization_message() -> str:
+    """Why ``quantization_bit`` (QLoRA) is refused on this machine, in one line."""
+    import torch
+
+    missing = [
+        what
+        for what, present in (
+            ("a CUDA GPU", torch.cuda.is_available()),
+            ("bitsandbytes", importlib.util.find_spec("bitsandbytes") is not None),
+        )
+        if not present
+    ]
+    if missing:
+        return (
+            f"`quantization_bit` (QLoRA) needs a CUDA GPU and bitsandbytes; this machine lacks "
+            f"{' and '.join(missing)}: drop the key to train LoRA on the unquantized model"
+        )
+    return "`quantization_bit` (QLoRA) is not implemented by fastsft train: drop the key to train plain LoRA"
+
+
 def _means(value: Any, expected: Any) -> bool:
     """Whether a LLaMA-Factory value is the one fastsft accepts (``0`` and ``0.0`` alike, ``None``/``""``)."""
     if expected is None:
@@ -338,7 +441,7 @@ def _means(value: Any, expected: Any) -> bool:
 
 def _unknown_key_message(key: str) -> str:
     if key in LLAMAFACTORY_UNSUPPORTED or key.startswith(LLAMAFACTORY_UNSUPPORTED_PREFIXES):
-        return f"LLaMA-Factory option `{key}` is not supported by fastsft train (full-parameter SFT only)"
+        return f"LLaMA-Factory option `{key}` is not supported by fastsft train"
     if key in CONTROLLED_TRAINING_ARGS:
         return f"`{key}` is set by fastsft train itself and cannot be configured"
     candidates = [*DATA_KEYS, *(k for k in _type_hints() if k not in INTERNAL_FIELDS)]
@@ -424,6 +527,10 @@ def _validate(config: TrainConfig) -> None:
             raise ConfigError(f"`{key}` must be at least 1, got {getattr(config, key)}")
     if config.cpu_threads is not None and config.cpu_threads < 1:
         raise ConfigError(f"`cpu_threads` must be at least 1, got {config.cpu_threads}")
+    if config.lora_rank < 1:
+        raise ConfigError(f"`lora_rank` must be at least 1, got {config.lora_rank}")
+    if not 0.0 <= config.lora_dropout < 1.0:
+        raise ConfigError(f"`lora_dropout` must be in [0, 1), got {config.lora_dropout}")
     if config.max_tokens_per_batch is not None and config.max_tokens_per_batch < 1:
         raise ConfigError(f"`max_tokens_per_batch` must be at least 1, got {config.max_tokens_per_batch}")
     if not 0.0 <= config.warmup_ratio < 1.0:
@@ -453,6 +560,8 @@ def build_training_args(config: TrainConfig, uses_configured_state: bool = False
     if config.warmup_ratio:  # transformers 5 reads a warmup_steps float < 1 as the ratio
         kwargs["warmup_ratio" if "warmup_ratio" in field_names else "warmup_steps"] = config.warmup_ratio
     kwargs["remove_unused_columns"] = False  # the collators pick their columns
+    if config.finetuning_type == "lora":  # LLaMA-Factory's parser, for DDP: the frozen base gets no gradient
+        kwargs["ddp_find_unused_parameters"] = False
     kwargs.update(config.extra_training_args)
     if uses_configured_state:
         kwargs["accelerator_config"] = {"use_configured_state": True}

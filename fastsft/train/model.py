@@ -53,12 +53,16 @@ def choose_attention(config: TrainConfig, packed: bool) -> str:
 
 
 def load_model(config: TrainConfig, attn_implementation: str) -> Any:
-    """The model in fp32 (mixed precision comes from Trainer / DeepSpeed), without the KV cache.
+    """The model in fp32 (mixed precision comes from Trainer / DeepSpeed), without the KV cache;
+    for LoRA / freeze in the checkpoint's dtype (``fastsft.train.adapter.load_dtype``).
 
     Under ZeRO-3 transformers builds it inside ``deepspeed.zero.Init`` (partitioned) because
     ``TrainingArguments`` already exists.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from fastsft.train.adapter import load_dtype
 
     common = {"attn_implementation": attn_implementation, "trust_remote_code": config.trust_remote_code}
     if config.model_config:
@@ -69,7 +73,7 @@ def load_model(config: TrainConfig, attn_implementation: str) -> Any:
     else:
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                config.model_name_or_path, dtype=torch.float32, **common
+                config.model_name_or_path, dtype=load_dtype(config, is_deepspeed_zero3_enabled()), **common
             )
         except OSError as err:
             raise ConfigError(

@@ -10,7 +10,7 @@ built before the model, so ``from_pretrained`` / ``from_config`` create it parti
 
 Outputs in ``output_dir``: ``checkpoint-*`` folders, ``trainer_log.jsonl`` (one line per log),
 ``metrics.json``, ``training_loss.png`` (train and eval losses) and the final model + tokenizer
-(``save_pretrained``).
+(``save_pretrained``; for ``finetuning_type: lora`` the peft adapter only).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from transformers import TrainerCallback, TrainingArguments
 from fastsft.data.pipeline import load_or_build, prepare_run
 from fastsft.data.sources.splitting import TRAIN, VALIDATION
 from fastsft.errors import ConfigError
+from fastsft.train.adapter import describe_trainable, init_adapter
 from fastsft.train.config import TrainConfig, build_training_args
 from fastsft.train.environment import configure_cpu_distributed, configure_cpu_threads, threads_reason
 from fastsft.train.logs import LOSS_PLOT, METRICS_FILE, TRAINER_LOG, JsonlLogCallback, plot_loss, say
@@ -99,10 +100,14 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()
     attn_implementation = choose_attention(config, packed)
 
     from transformers import set_seed
+    from transformers.integrations import is_deepspeed_zero3_enabled
 
     set_seed(config.data.seed)  # the same random init on every run and rank
     model = load_model(config, attn_implementation)
     loss_line = configure_loss(config, model)
+    model = init_adapter(  # LoRA / freeze
+        config, model, zero3=is_deepspeed_zero3_enabled(), is_main=training_args.process_index == 0
+    )
     collator = make_collator(packed, tokenizer)
     # Token columns as numpy arrays: the compiled collators then copy buffers, not Python lists.
     dataset = token_format(dataset)
@@ -117,6 +122,8 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()
             f"{type(collator).__name__} ({batching}), attention {attn_implementation}, "
             f"{count_parameters(model):,} parameters, {loss_line}"
         )
+        if config.finetuning_type != "full":
+            say(f"finetuning_type {config.finetuning_type}: {describe_trainable(model)}")
         for name, split in splits.items():
             use = "evaluated" if eval_dataset is not None else "not evaluated (set eval_strategy or do_eval)"
             say(f"{name}: {len(split)} rows, {use}")
