@@ -150,10 +150,14 @@ def build_tiny_base(rebuild: bool) -> None:
         stored = load_file(BASE_DIR / "model.safetensors")
         fresh = model.state_dict()
         different = [
-            name for name, tensor in stored.items() if name not in fresh or not torch.equal(tensor, fresh[name])
+            name
+            for name, tensor in stored.items()
+            if name not in fresh or not torch.equal(tensor, fresh[name])
         ]
         if different or len(stored) != len([n for n in fresh if n != "lm_head.weight"]):
-            sys.exit(f"{BASE_DIR}: stored weights differ from a fresh build ({different[:3]}); use --rebuild-base")
+            sys.exit(
+                f"{BASE_DIR}: stored weights differ from a fresh build ({different[:3]}); use --rebuild-base"
+            )
         return
     with tempfile.TemporaryDirectory(dir=GOLDEN_DIR) as staging:
         model.save_pretrained(staging)
@@ -238,7 +242,9 @@ def run_worker(args_path: Path, report_path: Path) -> None:
     class Recorder(TrainerCallback):
         """Records the model as LLaMA-Factory set it up, and its logits when training ends."""
 
-        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        def on_train_begin(
+            self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+        ) -> None:
             report["setup"] = _param_report(model)
             report["trainer_args"] = {
                 "gradient_checkpointing": args.gradient_checkpointing,
@@ -289,9 +295,13 @@ def run_case(name: str, work_dir: Path) -> None:
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(args_path), str(report_path)]
     log_path = work_dir / "train.log"
     with log_path.open("w") as log:
-        status = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        status = subprocess.run(
+            command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        ).returncode
     if status != 0:
-        sys.exit(f"case {name}: LLaMA-Factory run failed (exit {status}); log tail:\n{log_path.read_text()[-3000:]}")
+        sys.exit(
+            f"case {name}: LLaMA-Factory run failed (exit {status}); log tail:\n{log_path.read_text()[-3000:]}"
+        )
 
     report = json.loads(report_path.read_text())
     history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]

@@ -28,9 +28,9 @@ def pause(ready: Path) -> None:
 
 
 def install(point: str, ready: Path) -> None:
+    from fastsft import safe_output as output
     from fastsft.data import pipeline
     from fastsft.data.rows import builder as rows
-    from fastsft.data.store import output
     from fastsft.data.store.disk_layout import ArrowStreamFile
 
     if point == "encode":

@@ -15,8 +15,8 @@ import pytest
 
 from fastsft.data.chat.registry import SLOT_TOKENS, get_template
 from fastsft.data.chat.template import fix_tokenizer
-from fastsft.data.store.output import MARKER
 from fastsft.data.store.provenance import tokenizer_fingerprint
+from fastsft.safe_output import MARKER
 from fastsft.tokenizer.backends import probe_texts
 from fastsft.tokenizer.loader import CACHE_ENV_VAR, load_tokenizer
 from fastsft.tokenizer.snapshot import FOLDER, RECORDED, TokenizerSnapshot, _state_id

@@ -42,13 +42,6 @@ from fastsft.data.store.disk_layout import (
     write_dataset_dict,
     write_split_metadata,
 )
-from fastsft.data.store.output import (
-    OutputError,
-    check_output_path,
-    check_replaceable,
-    os_error_line,
-    staged_output,
-)
 from fastsft.data.store.provenance import FORMAT as FINGERPRINT_FORMAT
 from fastsft.data.store.provenance import (
     check_token_ids,
@@ -61,6 +54,13 @@ from fastsft.data.store.provenance import (
 )
 from fastsft.errors import ConfigError, DataError
 from fastsft.kernels import resolve_encode_path
+from fastsft.safe_output import (
+    OutputError,
+    check_output_path,
+    check_replaceable,
+    os_error_line,
+    staged_output,
+)
 
 __all__ = [
     "PreparedRun",
@@ -343,7 +343,7 @@ def build_to_disk(
     ``output`` may not be an input or hold one (``check_output_path``). Rows stream into the
     ``save_to_disk`` layout (``fastsft.data.store.disk_layout``) in a locked temporary folder beside
     ``output`` (memory stays flat), the provenance marker is added, and a no-replace rename
-    publishes the result (``fastsft.data.store.output``): a crash, a signal or a bad sample leaves
+    publishes the result (``fastsft.safe_output``): a crash, a signal or a bad sample leaves
     ``output`` as it was, and an existing ``output`` is replaced only with ``overwrite`` and only
     if fastsft wrote it. Notices (a killed run's folder removed) go to ``notice``, by default stderr.
     ``run``, when given, is ``prepare_run(args, tokenizer)`` already made.

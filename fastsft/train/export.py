@@ -7,7 +7,7 @@ is saved in ``infer_dtype`` (``auto``: the checkpoint's dtype, fp32 becoming bf1
 that has them) with the tokenizer (padding side left). The tokenizer is the one training saved
 beside the last adapter, else the base model's.
 
-The output is written as ``fastsft preprocess`` writes datasets (``fastsft.data.store.output``):
+The output is written as ``fastsft preprocess`` writes datasets (``fastsft.safe_output``):
 staged beside ``export_dir`` and renamed into place when complete; an existing ``export_dir`` is
 replaced only with ``--overwrite`` and only when it is a previous fastsft output.
 """
@@ -112,7 +112,7 @@ def run_export(args: argparse.Namespace) -> int:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from fastsft.data.store.output import check_output_path, staged_output
+    from fastsft.safe_output import check_output_path, staged_output
     from fastsft.tokenizer.loader import load_tokenizer
     from fastsft.train.adapter import split_names
 

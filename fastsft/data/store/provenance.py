@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 
 from fastsft.data.data_args import DataArgs
-from fastsft.data.store.output import MARKER
 from fastsft.errors import ConfigError
+from fastsft.safe_output import MARKER
 from fastsft.tokenizer.snapshot import TokenizerSnapshot
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Writing a dataset folder without ever losing data: one run per path, a staged result, a safe swap.
+"""Writing an output folder without ever losing data: one run per path, a staged result, a safe swap.
 
 Beside ``OUTPUT`` a run keeps::
 
