@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from fastsft.errors import Terminated
+from fastsft.errors import FastSFTError, Terminated
 from fastsft.train.config import add_train_arguments, load_config
 from fastsft.train.workflow import train
 
@@ -27,6 +27,11 @@ def run_train(args: argparse.Namespace | Sequence[str]) -> int:
     config = load_config(args.config, args.overrides)
     try:
         train(config)
+    except FastSFTError:
+        print(
+            file=sys.stderr, flush=True
+        )  # the progress bar has no newline: the error gets a line of its own
+        raise
     except KeyboardInterrupt as interrupt:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the message short
             signal.signal(sig, signal.SIG_IGN)

@@ -125,6 +125,8 @@ def finished_run(output_dir: Path, config: TrainConfig) -> dict[str, Any] | None
     marker = read_marker(output_dir)
     if not marker or not marker.get("finished"):
         return None
+    if int(marker.get("global_step", 0)) < int(marker.get("planned_steps", 0) or 1 << 62):
+        return None  # stopped early (a callback): the rerun trains on
     if config.max_steps > 0 and config.max_steps != marker.get("max_steps"):
         return None
     if config.max_steps <= 0 and config.num_train_epochs != marker.get("num_train_epochs"):

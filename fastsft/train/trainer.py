@@ -189,8 +189,17 @@ class SFTTrainer(Trainer):
         self._check_weights_finite(model)
         run_dir = Path(self._get_output_dir(trial=trial))
         step = self.state.global_step
-        name = f"{checkpoints.PREFIX}-{step}"
         partial = checkpoints.partial_folder(run_dir, step)
+        try:
+            self._save_partial_and_publish(model, trial, run_dir, partial, f"{checkpoints.PREFIX}-{step}")
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: nothing half-written stays behind
+            if self.args.should_save:
+                shutil.rmtree(partial, ignore_errors=True)
+            raise
+
+    def _save_partial_and_publish(
+        self, model: Any, trial: Any, run_dir: Path, partial: Path, name: str
+    ) -> None:
         if self.args.should_save:
             shutil.rmtree(partial, ignore_errors=True)  # a killed save of this step; the output is locked
             partial.mkdir(parents=True)
@@ -207,17 +216,15 @@ class SFTTrainer(Trainer):
             raise checkpoints.CheckpointError(
                 checkpoints.save_error_line(err, run_dir / name, partial)
             ) from None
-        except KeyboardInterrupt:
-            if self.args.should_save:
-                shutil.rmtree(partial, ignore_errors=True)
-            raise
         finally:
             del self._get_output_dir
             self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()  # every rank's files are complete
         if self.args.should_save:
             self._point_best_at(run_dir, partial / name)
-            checkpoints.mark_checkpoint(partial / name, step, model_only=self.args.save_only_model)
+            checkpoints.mark_checkpoint(
+                partial / name, self.state.global_step, model_only=self.args.save_only_model
+            )
             checkpoints.publish_checkpoint(partial / name, run_dir / name)
             shutil.rmtree(partial, ignore_errors=True)
             checkpoints.rotate_checkpoints(run_dir, limit, self.state.best_model_checkpoint)

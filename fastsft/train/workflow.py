@@ -80,10 +80,15 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
         if trainer.is_world_process_zero():
             mark_run(output_dir, **record, finished=False)
         resume = trainer.resume_checkpoint
-        if resume is not None and _is_final(Path(resume), config):
-            return _publish_from_checkpoint(trainer, config, Path(resume), record)
-        result = trainer.train(resume_from_checkpoint=resume)
-        return _publish(trainer, config, result.metrics, record)
+        try:
+            if resume is not None and _is_final(Path(resume), config):
+                return _publish_from_checkpoint(trainer, config, Path(resume), record)
+            result = trainer.train(resume_from_checkpoint=resume)
+            return _publish(trainer, config, result.metrics, record)
+        except KeyboardInterrupt:  # the run is not finished; the next one publishes again
+            if is_main:
+                shutil.rmtree(output_dir / FINAL_PARTIAL, ignore_errors=True)
+            raise
 
 
 def _is_final(checkpoint: Path, config: TrainConfig) -> bool:
@@ -123,7 +128,7 @@ def _publish(
         metrics.update(trainer.evaluate(metric_key_prefix="eval"))
     if trainer.is_world_process_zero():
         trainer.state.save_to_json(str(staging / checkpoints.TRAINER_STATE))
-        _finish(trainer.state.log_history, metrics, config, staging, record)
+        _finish(trainer.state.log_history, metrics, config, staging, record, trainer.state.max_steps)
     trainer.accelerator.wait_for_everyone()
     return metrics
 
@@ -155,7 +160,7 @@ def _publish_from_checkpoint(
         model_config.use_cache = True
         model_config.save_pretrained(str(staging))
         shutil.copy2(checkpoint / checkpoints.TRAINER_STATE, staging / checkpoints.TRAINER_STATE)
-        _finish(state.get("log_history", []), metrics, config, staging, record)
+        _finish(state.get("log_history", []), metrics, config, staging, record, state["max_steps"])
     trainer.accelerator.wait_for_everyone()
     return metrics
 
@@ -175,12 +180,16 @@ def _finish(
     config: TrainConfig,
     staging: Path,
     record: dict[str, Any],
+    planned_steps: int,
 ) -> None:
+    """Write the metrics and plot into ``staging`` and publish it; the marker records the steps
+    trained and planned (a run a callback stopped early is not finished)."""
     output_dir = Path(str(config.output_dir))
     (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     if config.plot_loss:
         plot_loss(log_history, staging / LOSS_PLOT)
-    publish_final(staging, output_dir, {**record, "global_step": metrics["global_step"]})
+    record = {**record, "global_step": metrics["global_step"], "planned_steps": planned_steps}
+    publish_final(staging, output_dir, record)
     say(f"saved the model, {METRICS_FILE} and {TRAINER_LOG} to {output_dir}")
 
 
