@@ -262,7 +262,10 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_complete_checkpoint
 ) -> None:
     """Finding 6: ENOSPC during a checkpoint save is one line with the hint; what was saved is kept."""
     folder = tmp_path / "disk"
-    checkpoint_bytes = sum(p.stat().st_size for p in (reference / "checkpoint-4").rglob("*") if p.is_file())
+    checkpoint_bytes = sum(
+        p.stat().st_size for p in (reference / f"checkpoint-{STEPS}").rglob("*") if p.is_file()
+    )
+    assert checkpoint_bytes > 0
     with small_filesystem(folder, f"{int(checkpoint_bytes * 1.6) // 1024}k") as mounted:
         if not mounted:
             pytest.skip("cannot mount a tmpfs here (needs root)")
