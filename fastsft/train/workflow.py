@@ -137,7 +137,8 @@ def _publish_from_checkpoint(
     trainer: SFTTrainer, config: TrainConfig, checkpoint: Path, record: dict[str, Any]
 ) -> dict[str, float]:
     """Publish the final model from the run's last checkpoint (its final save was interrupted): the
-    same files the final save writes, with ``use_cache`` restored, and no step trained again."""
+    same files the final save writes (the best checkpoint's weights with ``load_best_model_at_end``),
+    with ``use_cache`` restored, and no step trained again."""
     output_dir = Path(str(config.output_dir))
     state = checkpoints.checkpoint_state(checkpoint)
     losses = [entry["loss"] for entry in state.get("log_history", []) if "loss" in entry]
@@ -151,12 +152,16 @@ def _publish_from_checkpoint(
         staging = output_dir / FINAL_PARTIAL
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
-        for source in checkpoint.iterdir():
+        best = state.get("best_model_checkpoint")
+        weights = (
+            Path(best) if trainer.args.load_best_model_at_end and best and Path(best).is_dir() else checkpoint
+        )
+        for source in weights.iterdir():
             if source.is_file() and not _training_state_file(source.name):
                 shutil.copy2(source, staging / source.name)
         from transformers import AutoConfig
 
-        model_config = AutoConfig.from_pretrained(str(checkpoint))
+        model_config = AutoConfig.from_pretrained(str(weights))
         model_config.use_cache = True
         model_config.save_pretrained(str(staging))
         shutil.copy2(checkpoint / checkpoints.TRAINER_STATE, staging / checkpoints.TRAINER_STATE)
