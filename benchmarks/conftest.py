@@ -42,6 +42,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="LLaMA-Factory 0.9.5 interpreter for bench_preprocess.py's peer runs, skipped when absent "
         "(default: ../venv-lf/bin/python beside the repo)",
     )
+    # bench_cpu_threads.py
+    parser.addoption(
+        "--thread-steps", type=int, default=40, help="training steps per run in bench_cpu_threads.py"
+    )
+    parser.addoption(
+        "--thread-rounds", type=int, default=3, help="rounds of both runs in bench_cpu_threads.py"
+    )
 
 
 @pytest.fixture(scope="session")

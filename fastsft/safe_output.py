@@ -53,7 +53,10 @@ __all__ = [
     "check_replaceable",
     "is_fastsft_output",
     "os_error_line",
+    "output_lock",
+    "rename_noreplace",
     "staged_output",
+    "write_json_atomically",
 ]
 
 MARKER = "fastsft_output.json"
@@ -90,14 +93,18 @@ def check_output_path(output: Path, inputs: Iterable[Path], *, what: str = "--ou
             )
 
 
-def os_error_line(err: OSError, action: str) -> str:
-    """An ``OSError`` as one line: what was being done, the path, the cause, and a hint where there is one."""
+SPACE_HINT = "a run needs about the output's size free beside the output, twice with --overwrite"
+
+
+def os_error_line(err: OSError, action: str, *, what: str = "--output", space_hint: str = SPACE_HINT) -> str:
+    """An ``OSError`` as one line: what was being done, the path, the cause, and a hint where there is one
+    (``what`` names the output option, ``space_hint`` says what space a run needs)."""
     path = f" {os.fsdecode(err.filename)}:" if err.filename else ""
     cause = err.strerror or str(err)
     hint = {
-        errno.ENOSPC: " (a run needs about the output's size free beside the output, twice with --overwrite)",
-        errno.EDQUOT: " (a run needs about the output's size free beside the output, twice with --overwrite)",
-        errno.EROFS: " (choose an --output on a writable file system)",
+        errno.ENOSPC: f" ({space_hint})",
+        errno.EDQUOT: f" ({space_hint})",
+        errno.EROFS: f" (choose an {what} on a writable file system)",
         errno.EACCES: " (check the folder's permissions)",
         errno.EPERM: " (check the folder's permissions)",
     }.get(err.errno or 0, "")
@@ -189,7 +196,7 @@ def staged_output(
     output = Path(output)
     replaces = check_replaceable(output, overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with _output_lock(output):
+    with output_lock(output):
         _remove_stale_workdirs(output, notice)
         replaces = check_replaceable(output, overwrite)  # again, under the lock
         workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
@@ -226,8 +233,9 @@ def check_replaceable(output: Path, overwrite: bool) -> os.stat_result | None:
 
 
 @contextlib.contextmanager
-def _output_lock(output: Path) -> Iterator[None]:
-    """An exclusive, non-blocking ``flock`` on ``.OUTPUT.lock``; fails at once if another run holds it."""
+def output_lock(output: Path, *, what: str = "--output") -> Iterator[None]:
+    """An exclusive, non-blocking ``flock`` on ``.OUTPUT.lock``; fails at once, naming the holder's pid,
+    if another run holds it (``what`` names the output option in that message)."""
     lock_path = output.parent / f".{output.name}.lock"
     for _ in range(3):
         handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole block
@@ -238,7 +246,7 @@ def _output_lock(output: Path) -> Iterator[None]:
             holder = handle.read().strip() or "unknown"
             handle.close()
             raise OutputError(
-                f"another run (pid {holder}) is writing {output}; wait for it or choose another --output"
+                f"another run (pid {holder}) is writing {output}; wait for it or choose another {what}"
             ) from None
         try:
             same_file = os.path.samestat(os.fstat(handle.fileno()), lock_path.stat())

@@ -74,10 +74,10 @@ def install(point: str, ready: Path) -> None:
         ArrowStreamFile.write = write
     elif point == "erofs":
 
-        def output_lock(path: Path) -> Any:
+        def output_lock(path: Path, **kwargs: Any) -> Any:
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path.parent / f".{path.name}.lock"))
 
-        output._output_lock = output_lock
+        output.output_lock = output_lock
     else:
         raise SystemExit(f"unknown point {point}")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastsft.train.checkpoints import checkpoint_problem
 from fastsft.train.config import DEEPSPEED_DIR
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -116,6 +117,12 @@ def test_zero3_two_processes_match_one_process_and_the_saved_model_reloads(
         "zero_pp_rank_0_mp_rank_00_model_states.pt",
         "zero_pp_rank_1_mp_rank_00_model_states.pt",
     ]
+    # Published atomically after every rank's files were written: the marker lists both ranks'
+    # shards, the checkpoint passes the resume check, and no unfinished save is left.
+    marker = json.loads((zero3_dir / "checkpoint-4" / "fastsft_checkpoint.json").read_text(encoding="utf-8"))
+    assert sum(name.endswith("model_states.pt") for name in marker["files"]) == 2
+    assert checkpoint_problem(zero3_dir / "checkpoint-4") is None
+    assert not list(zero3_dir.glob(".checkpoint-*"))
     # The final save gathered full weights: from_pretrained loads them, equal to the 1-process model.
     zero3_model = AutoModelForCausalLM.from_pretrained(zero3_dir)
     reference_model = AutoModelForCausalLM.from_pretrained(reference_dir)

@@ -58,5 +58,15 @@ def test_interrupted_message_without_a_checkpoint(tmp_path: Path) -> None:
         interrupted_message(tmp_path / "missing")
         == f"interrupted; no checkpoint was saved in {tmp_path / 'missing'}"
     )
-    (tmp_path / "checkpoint-4").mkdir()
-    assert str(tmp_path / "checkpoint-4") in interrupted_message(tmp_path)
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()  # incomplete: never named as the one to resume from
+    assert interrupted_message(tmp_path) == f"interrupted; no checkpoint was saved in {tmp_path}"
+    import torch
+    from safetensors.torch import save_file
+
+    from fastsft.train.checkpoints import mark_checkpoint
+
+    save_file({"weight": torch.zeros(2)}, str(checkpoint / "model.safetensors"))
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 4}', encoding="utf-8")
+    mark_checkpoint(checkpoint, 4, model_only=True)
+    assert str(checkpoint) in interrupted_message(tmp_path)

@@ -67,6 +67,7 @@ __all__ = [
     "build_dataset",
     "build_to_disk",
     "check_output",
+    "data_inputs",
     "load_or_build",
     "make_encoder",
     "make_template",
@@ -312,13 +313,19 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def data_inputs(args: DataArgs) -> list[Path]:
+    """The files and folders the run's data is read from (``dataset`` and ``eval_dataset``, with
+    ``dataset_dir``): what no output may be, hold or lie inside."""
+    names = [names for names in (args.dataset, args.eval_dataset) if names]
+    attrs = [attr for group in names for attr in resolve_datasets(group, args.dataset_dir)]
+    return [Path(path) for path in input_paths(attrs, args.dataset_dir)]
+
+
 def check_output(args: DataArgs, output: Path, *, overwrite: bool, tokenizer_dir: str | None) -> None:
     """Refuse ``output`` when it is, holds or lies inside an input (dataset files, ``dataset_dir``,
     ``tokenizer_dir``, the eval datasets too) or the working directory, or when it exists and may
     not be replaced."""
-    names = [names for names in (args.dataset, args.eval_dataset) if names]
-    attrs = [attr for group in names for attr in resolve_datasets(group, args.dataset_dir)]
-    inputs = [Path(path) for path in input_paths(attrs, args.dataset_dir)]
+    inputs = data_inputs(args)
     if tokenizer_dir and Path(tokenizer_dir).is_dir():
         inputs.append(Path(tokenizer_dir))
     check_output_path(output, inputs)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from fastsft.errors import Terminated
+from fastsft.errors import FastSFTError, Terminated
 from fastsft.train.config import add_train_arguments, load_config
 from fastsft.train.workflow import train
 
@@ -26,7 +27,14 @@ def run_train(args: argparse.Namespace | Sequence[str]) -> int:
     config = load_config(args.config, args.overrides)
     try:
         train(config)
+    except FastSFTError:
+        print(
+            file=sys.stderr, flush=True
+        )  # the progress bar has no newline: the error gets a line of its own
+        raise
     except KeyboardInterrupt as interrupt:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the message short
+            signal.signal(sig, signal.SIG_IGN)
         terminated = isinstance(interrupt, Terminated)
         if int(os.environ.get("RANK", "0")) == 0:
             message = interrupted_message(Path(config.output_dir), "SIGTERM" if terminated else "interrupted")
@@ -47,10 +55,10 @@ def _close_process_group() -> None:
 
 
 def interrupted_message(output_dir: Path, what: str = "interrupted") -> str:
-    """The one line ``fastsft train`` prints on Ctrl-C or SIGTERM: the last checkpoint to resume from."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The one line ``fastsft train`` prints on Ctrl-C or SIGTERM: the last complete checkpoint to resume from."""
+    from fastsft.train.checkpoints import newest_intact
 
-    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    last = newest_intact(output_dir)
     if last is None:
         return f"{what}; no checkpoint was saved in {output_dir}"
     return f"{what}; last checkpoint: {last} (rerun with resume_from_checkpoint=true to continue)"

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import functools
 import importlib.util
+import math
 import os
 import textwrap
 import typing
@@ -522,6 +523,14 @@ def _validate(config: TrainConfig) -> None:
             f"{mode} needs attn: varlen or flash_attention_2 (with attn: {config.attn} the sequences "
             "of a flattened row would attend to each other)"
         )
+    if not math.isfinite(config.learning_rate) or config.learning_rate <= 0:
+        raise ConfigError(f"`learning_rate` must be a positive finite number, got {config.learning_rate}")
+    if config.max_steps == 0 or config.max_steps < -1:
+        raise ConfigError(
+            f"`max_steps` must be at least 1 (or -1: from num_train_epochs), got {config.max_steps}"
+        )
+    if config.data.seed < 0:
+        raise ConfigError(f"`seed` must be at least 0, got {config.data.seed}")
     for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "loss_chunk_tokens"):
         if getattr(config, key) < 1:
             raise ConfigError(f"`{key}` must be at least 1, got {getattr(config, key)}")

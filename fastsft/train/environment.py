@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
 from fastsft.train.config import TrainConfig
 
-__all__ = ["configure_cpu_distributed", "configure_cpu_threads", "idle_cores", "threads_reason"]
+__all__ = ["busy_cores", "configure_cpu_distributed", "configure_cpu_threads", "idle_cores", "threads_reason"]
 
 
 def configure_cpu_distributed(config: TrainConfig) -> bool:
@@ -42,9 +43,10 @@ def configure_cpu_threads(config: TrainConfig) -> int | None:
     """Set torch's intra-op threads on CPU; returns the count it set (``None``: left as it was).
 
     ``cpu_threads`` wins, then ``OMP_NUM_THREADS`` (torch already follows it). Otherwise the cores
-    this process may use that are not busy (affinity minus the 1-minute load average, shared by
-    the local processes), at least 1: torch's default of one spinning thread per core is many
-    times slower when another process holds a core (docs/training.md has the numbers).
+    this process may use that are not busy right now (measured over a quarter second, so a run
+    that just ended does not count), shared by the local processes, at least 1. On a quiet
+    machine that is torch's own default (every core); torch's one spinning thread per core is
+    many times slower when another process holds a core (docs/training.md has the numbers).
     """
     if torch.cuda.is_available():
         return None
@@ -56,14 +58,49 @@ def configure_cpu_threads(config: TrainConfig) -> int | None:
 
 
 def idle_cores() -> int:
-    """Cores of this process's affinity not busy with other work, per local training process."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    """Cores of this process's affinity not busy with other work now, per local training process."""
+    cores = (
+        sorted(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else list(range(os.cpu_count() or 1))
+    )
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, (cores - round(load)) // local_processes)
+    return max(1, (len(cores) - busy_cores(cores)) // local_processes)
+
+
+def busy_cores(cores: list[int], interval: float = 0.25) -> int:
+    """How many of ``cores`` other work keeps busy: their non-idle share over ``interval`` seconds
+    (``/proc/stat``), rounded; 0 where ``/proc/stat`` cannot be read."""
+    before = _cpu_times(cores)
+    time.sleep(interval)
+    after = _cpu_times(cores)
+    if not before or not after:
+        return 0
+    busy = total = 0
+    for core in before.keys() & after.keys():
+        (idle0, all0), (idle1, all1) = before[core], after[core]
+        total += all1 - all0
+        busy += (all1 - all0) - (idle1 - idle0)
+    return round(len(cores) * busy / total) if total else 0
+
+
+def _cpu_times(cores: list[int]) -> dict[int, tuple[int, int]]:
+    """``{core: (idle + iowait jiffies, all jiffies)}`` from ``/proc/stat``; empty where it is missing."""
+    wanted = {f"cpu{core}": core for core in cores}
+    times = {}
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            for line in stat:
+                name, *fields = line.split()
+                if name in wanted:
+                    values = [int(value) for value in fields[:8]]
+                    times[wanted[name]] = (values[3] + values[4], sum(values))
+    except OSError:
+        return {}
+    return times
 
 
 def threads_reason(config: TrainConfig) -> str:
     if config.cpu_threads is not None:
         return "cpu_threads"
-    return "the idle cores; set cpu_threads or OMP_NUM_THREADS to choose"
+    return "the cores idle now; set cpu_threads or OMP_NUM_THREADS to choose"

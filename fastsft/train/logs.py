@@ -11,6 +11,8 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainingArguments
 
+from fastsft.errors import ConfigError
+
 __all__ = ["LOSS_PLOT", "METRICS_FILE", "TRAINER_LOG", "JsonlLogCallback", "plot_loss", "say", "smooth"]
 
 TRAINER_LOG = "trainer_log.jsonl"
@@ -41,10 +43,29 @@ class JsonlLogCallback(TrainerCallback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
         if state.global_step > 0 and self.path.exists():  # resumed
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                if line.strip() and json.loads(line).get("step", 0) <= state.global_step:
-                    kept.append(line + "\n")
+            kept = [line + "\n" for line in self.entries_up_to(state.global_step)]
         self.path.write_text("".join(kept), encoding="utf-8")
+
+    def entries_up_to(self, step: int) -> list[str]:
+        """The log's lines up to ``step``; a torn last line (a run killed mid-write) is dropped with a
+        notice, any other unreadable line is an error naming the file and line."""
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        kept = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError as err:
+                if number == len(lines):
+                    say(f"dropped the torn last line of {self.path} (a run was stopped while writing it)")
+                    continue
+                raise ConfigError(
+                    f"{self.path} line {number} is not JSON ({err}); move the file aside"
+                ) from None
+            if isinstance(entry, dict) and entry.get("step", 0) <= step:
+                kept.append(line)
+        return kept
 
     def on_log(
         self, args: TrainingArguments, state: Any, control: Any, logs: Any = None, **kwargs: Any

@@ -7,18 +7,40 @@ Evaluation uses the same collator and loss path and is token-level over the whol
 
 from __future__ import annotations
 
+import math
+import shutil
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from transformers import Trainer
 
 from fastsft import IGNORE_INDEX
-from fastsft.errors import ConfigError
+from fastsft.errors import ConfigError, FastSFTError
+from fastsft.train import checkpoints
 
-__all__ = ["EVAL_WEIGHT", "SFTTrainer", "WeightedCollator", "WeightedRows", "eval_batches", "sample_lengths"]
+__all__ = [
+    "EVAL_WEIGHT",
+    "NonFiniteError",
+    "SFTTrainer",
+    "WeightedCollator",
+    "WeightedRows",
+    "eval_batches",
+    "sample_lengths",
+]
+
+NON_FINITE_CAUSE = (
+    "likely cause: a learning rate too high for this model, fp16 overflow, or a sample that breaks the "
+    "model; the checkpoints so far are kept"
+)
+
+
+class NonFiniteError(FastSFTError):
+    """Training produced a non-finite loss, gradient norm or weight; the run stops there."""
 
 
 class SFTTrainer(Trainer):
@@ -135,11 +157,96 @@ class SFTTrainer(Trainer):
     def training_step(
         self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None
     ) -> torch.Tensor:
+        """``Trainer.training_step``; a non-finite loss stops the run at this step (one process: with
+        several, each sees only its share, and the gradient norm check, global, catches it)."""
         if self._window_start is None:
             self._window_start = time.perf_counter()
             self.initial_tokens_seen = self.state.num_input_tokens_seen
         self._pending_tokens += count_tokens(inputs)
-        return super().training_step(model, inputs, num_items_in_batch)
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.args.world_size == 1 and not torch.isfinite(loss).all():
+            raise NonFiniteError(
+                f"step {self.state.global_step + 1}: the loss is {loss.item()}; {NON_FINITE_CAUSE}"
+            )
+        return loss
+
+    def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
+        """The gradient norm; a non-finite one stops the run at this step (before the optimizer uses it).
+        fp16 is exempt: its loss scaler skips such steps by design."""
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if grad_norm is not None and not self.args.fp16 and not math.isfinite(float(grad_norm)):
+            raise NonFiniteError(
+                f"step {self.state.global_step + 1}: the gradient norm is {float(grad_norm)}; {NON_FINITE_CAUSE}"
+            )
+        return grad_norm
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """``Trainer._save_checkpoint`` made atomic: every rank writes into
+        ``.checkpoint-N.partial/checkpoint-N``, a barrier waits for all of them (ZeRO-3 shards
+        included), the marker is written, and one rename publishes ``checkpoint-N``. Rotation
+        (``save_total_limit``) then sees complete checkpoints only, and only fastsft's.
+        Weights that are no longer finite are never saved."""
+        self._check_weights_finite(model)
+        run_dir = Path(self._get_output_dir(trial=trial))
+        step = self.state.global_step
+        partial = checkpoints.partial_folder(run_dir, step)
+        try:
+            self._save_partial_and_publish(model, trial, run_dir, partial, f"{checkpoints.PREFIX}-{step}")
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: nothing half-written stays behind
+            if self.args.should_save:
+                shutil.rmtree(partial, ignore_errors=True)
+            raise
+
+    def _save_partial_and_publish(
+        self, model: Any, trial: Any, run_dir: Path, partial: Path, name: str
+    ) -> None:
+        if self.args.should_save:
+            shutil.rmtree(partial, ignore_errors=True)  # a killed save of this step; the output is locked
+            partial.mkdir(parents=True)
+            checkpoints.mark_partial(partial)
+        self.accelerator.wait_for_everyone()
+        limit = self.args.save_total_limit
+        self._get_output_dir = lambda trial=None: str(partial)  # super() saves into the partial folder
+        self.args.save_total_limit = None  # rotation happens here, over published checkpoints
+        try:
+            super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError, SafetensorError) as err:
+            if self.args.should_save:
+                shutil.rmtree(partial, ignore_errors=True)
+            raise checkpoints.CheckpointError(
+                checkpoints.save_error_line(err, run_dir / name, partial)
+            ) from None
+        finally:
+            del self._get_output_dir
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()  # every rank's files are complete
+        if self.args.should_save:
+            self._point_best_at(run_dir, partial / name)
+            checkpoints.mark_checkpoint(
+                partial / name, self.state.global_step, model_only=self.args.save_only_model
+            )
+            checkpoints.publish_checkpoint(partial / name, run_dir / name)
+            shutil.rmtree(partial, ignore_errors=True)
+            checkpoints.rotate_checkpoints(run_dir, limit, self.state.best_model_checkpoint)
+        self.accelerator.wait_for_everyone()
+
+    def _point_best_at(self, run_dir: Path, saved: Path) -> None:
+        """``Trainer`` looked for the best checkpoint in the partial folder; point it at the published one."""
+        if not self.state.best_global_step:
+            return
+        best = run_dir / f"{checkpoints.PREFIX}-{self.state.best_global_step}"
+        if best.is_dir() or self.state.best_global_step == self.state.global_step:
+            self.state.best_model_checkpoint = str(best)
+            self.state.save_to_json(str(saved / checkpoints.TRAINER_STATE))
+
+    def _check_weights_finite(self, model: Any) -> None:
+        """Refuse to save weights holding NaN or inf (ZeRO-3 partitions hold no local values here)."""
+        flags = [torch.isfinite(p).all() for p in model.parameters() if p.numel()]
+        if flags and not bool(torch.stack(flags).all()):
+            raise NonFiniteError(
+                f"step {self.state.global_step}: the weights are no longer finite after this step's update; "
+                f"{NON_FINITE_CAUSE}"
+            )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add ``num_input_tokens_seen`` and ``tokens_per_second`` (non-padding, all ranks) to training logs."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from transformers import TrainerCallback, TrainingArguments
 from fastsft.data.pipeline import load_or_build, prepare_run
 from fastsft.data.sources.splitting import TRAIN, VALIDATION
 from fastsft.errors import ConfigError
+from fastsft.train import checkpoints
 from fastsft.train.adapter import describe_trainable, init_adapter
 from fastsft.train.config import TrainConfig, build_training_args
 from fastsft.train.environment import configure_cpu_distributed, configure_cpu_threads, threads_reason
@@ -39,21 +41,83 @@ from fastsft.train.model import (
     load_tokenizer,
     model_vocab_size,
 )
+from fastsft.train.output_dir import (
+    FINAL_PARTIAL,
+    check_output_dir,
+    check_overwritable,
+    clear_previous_run,
+    finished_run,
+    locked_output_dir,
+    mark_run,
+    publish_final,
+    read_marker,
+)
 from fastsft.train.trainer import SFTTrainer
 
 __all__ = ["build_trainer", "load_datasets", "train"]
 
 
 def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, float]:
-    """Train as ``config`` says, save everything to ``output_dir`` and return the final metrics."""
-    trainer = build_trainer(config, callbacks)
-    output_dir = Path(config.output_dir)
-    result = trainer.train(resume_from_checkpoint=trainer.resume_checkpoint)
+    """Train as ``config`` says, save everything to ``output_dir`` and return the final metrics.
+
+    ``output_dir`` is checked (never an input) and locked for the run; a run that already finished
+    trains nothing; one whose final checkpoint is complete but whose final save was interrupted
+    publishes the final model from that checkpoint instead of training again.
+    """
+    output_dir = Path(str(config.output_dir))
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    check_output_dir(config)
+    with locked_output_dir(output_dir, is_main=is_main):
+        finished = None if config.overwrite_output_dir else finished_run(output_dir, config)
+        if finished is not None:
+            if is_main:
+                say(
+                    f"{output_dir} already holds this run, finished at step {finished['global_step']}; nothing to "
+                    "train (overwrite_output_dir: true would start over, deleting its checkpoints and replacing its model)"
+                )
+            return {"global_step": finished["global_step"]}
+        trainer = build_trainer(config, callbacks)
+        record = {"max_steps": config.max_steps, "num_train_epochs": config.num_train_epochs}
+        if trainer.is_world_process_zero():
+            mark_run(output_dir, **record, finished=False)
+        resume = trainer.resume_checkpoint
+        try:
+            if resume is not None and _is_final(Path(resume), config):
+                return _publish_from_checkpoint(trainer, config, Path(resume), record)
+            result = trainer.train(resume_from_checkpoint=resume)
+            return _publish(trainer, config, result.metrics, record)
+        except KeyboardInterrupt:  # the run is not finished; the next one publishes again
+            if is_main:
+                shutil.rmtree(output_dir / FINAL_PARTIAL, ignore_errors=True)
+            raise
+
+
+def _is_final(checkpoint: Path, config: TrainConfig) -> bool:
+    """Whether ``checkpoint`` is the last step of this schedule (resuming from it would train past it)."""
+    state = checkpoints.checkpoint_state(checkpoint)
+    if state.get("global_step", 0) < state.get("max_steps", 0) or not state.get("max_steps"):
+        return False
+    if config.max_steps > 0:
+        return config.max_steps == state["max_steps"]
+    return config.num_train_epochs == state.get("num_train_epochs")
+
+
+def _publish(
+    trainer: SFTTrainer, config: TrainConfig, train_metrics: dict[str, Any], record: dict[str, Any]
+) -> dict[str, float]:
+    """The final model, tokenizer, state, metrics and plot, staged in ``.final.partial`` and moved
+    into ``output_dir`` once all are written; the run marker then says the run finished."""
+    output_dir = Path(str(config.output_dir))
+    staging = output_dir / FINAL_PARTIAL
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.config.use_cache = True  # trained without the KV cache; the saved model generates with it
-    trainer.save_model()  # under ZeRO-3 gathers the 16-bit weights (stage3_gather_16bit_weights_on_model_save)
-    trainer.save_state()
-    metrics = dict(result.metrics)
+    trainer.save_model(
+        str(staging)
+    )  # under ZeRO-3 gathers the 16-bit weights (stage3_gather_16bit_weights_on_model_save)
+    metrics = dict(train_metrics)
     metrics["num_input_tokens_seen"] = trainer.state.num_input_tokens_seen
     session_tokens = trainer.state.num_input_tokens_seen - trainer.initial_tokens_seen
     metrics["train_tokens_per_second"] = session_tokens / max(metrics.get("train_runtime", 0.0), 1e-9)
@@ -64,11 +128,75 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
     if trainer.eval_dataset is not None and trainer.args.do_eval:  # as LLaMA-Factory's run_sft
         metrics.update(trainer.evaluate(metric_key_prefix="eval"))
     if trainer.is_world_process_zero():
-        (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-        if config.plot_loss:
-            plot_loss(trainer.state.log_history, output_dir / LOSS_PLOT)
-        say(f"saved the model, {METRICS_FILE} and {TRAINER_LOG} to {output_dir}")
+        trainer.state.save_to_json(str(staging / checkpoints.TRAINER_STATE))
+        _finish(trainer.state.log_history, metrics, config, staging, record, trainer.state.max_steps)
+    trainer.accelerator.wait_for_everyone()
     return metrics
+
+
+def _publish_from_checkpoint(
+    trainer: SFTTrainer, config: TrainConfig, checkpoint: Path, record: dict[str, Any]
+) -> dict[str, float]:
+    """Publish the final model from the run's last checkpoint (its final save was interrupted): the
+    same files the final save writes (the best checkpoint's weights with ``load_best_model_at_end``),
+    with ``use_cache`` restored, and no step trained again."""
+    output_dir = Path(str(config.output_dir))
+    state = checkpoints.checkpoint_state(checkpoint)
+    losses = [entry["loss"] for entry in state.get("log_history", []) if "loss" in entry]
+    metrics: dict[str, Any] = {
+        "global_step": state["global_step"],
+        "num_input_tokens_seen": state.get("num_input_tokens_seen", 0),
+        **({"final_loss": losses[-1]} if losses else {}),
+    }
+    if trainer.is_world_process_zero():
+        say(f"{checkpoint} is this run's last step; publishing the final model from it (nothing to train)")
+        staging = output_dir / FINAL_PARTIAL
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        best = state.get("best_model_checkpoint")
+        weights = (
+            Path(best) if trainer.args.load_best_model_at_end and best and Path(best).is_dir() else checkpoint
+        )
+        for source in weights.iterdir():
+            if source.is_file() and not _training_state_file(source.name):
+                shutil.copy2(source, staging / source.name)
+        from transformers import AutoConfig
+
+        model_config = AutoConfig.from_pretrained(str(weights))
+        model_config.use_cache = True
+        model_config.save_pretrained(str(staging))
+        shutil.copy2(checkpoint / checkpoints.TRAINER_STATE, staging / checkpoints.TRAINER_STATE)
+        _finish(state.get("log_history", []), metrics, config, staging, record, state["max_steps"])
+    trainer.accelerator.wait_for_everyone()
+    return metrics
+
+
+def _training_state_file(name: str) -> bool:
+    """Files of a checkpoint that are not part of the saved model (optimizer, RNG, markers, ...)."""
+    return (
+        name in ("optimizer.pt", "scheduler.pt", "scaler.pt", "latest", "zero_to_fp32.py")
+        or name in (checkpoints.TRAINER_STATE, checkpoints.CHECKPOINT_MARKER)
+        or (name.startswith("rng_state") and name.endswith(".pth"))
+    )
+
+
+def _finish(
+    log_history: list[dict[str, Any]],
+    metrics: dict[str, Any],
+    config: TrainConfig,
+    staging: Path,
+    record: dict[str, Any],
+    planned_steps: int,
+) -> None:
+    """Write the metrics and plot into ``staging`` and publish it; the marker records the steps
+    trained and planned (a run a callback stopped early is not finished)."""
+    output_dir = Path(str(config.output_dir))
+    (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    if config.plot_loss:
+        plot_loss(log_history, staging / LOSS_PLOT)
+    record = {**record, "global_step": metrics["global_step"], "planned_steps": planned_steps}
+    publish_final(staging, output_dir, record)
+    say(f"saved the model, {METRICS_FILE} and {TRAINER_LOG} to {output_dir}")
 
 
 TOKEN_COLUMNS = ("input_ids", "attention_mask", "position_ids", "labels")
@@ -141,37 +269,42 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()
 
 
 def resolve_resume(config: TrainConfig, training_args: TrainingArguments) -> str | None:
-    """The checkpoint to resume from, as LLaMA-Factory decides it.
+    """The checkpoint to resume from, as LLaMA-Factory decides it, among complete checkpoints only.
 
-    ``resume_from_checkpoint: true`` means the last ``checkpoint-*`` in ``output_dir``. Unset, a
-    non-empty ``output_dir`` resumes from its last checkpoint (or is an error without one)
-    unless ``overwrite_output_dir``, which removes stale ``checkpoint-*`` folders instead.
+    ``resume_from_checkpoint: true`` means the newest ``checkpoint-N`` in ``output_dir``. Unset, a
+    non-empty ``output_dir`` resumes from its newest checkpoint (or is an error without one)
+    unless ``overwrite_output_dir``, which deletes what a previous fastsft run wrote there (and
+    refuses a folder fastsft did not train into). A checkpoint with a missing or damaged file is
+    refused in one line naming the file and the newest intact checkpoint.
     """
-    from transformers.trainer_utils import get_last_checkpoint
-
-    output_dir = Path(config.output_dir)
-    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    if config.resume_from_checkpoint is True:
-        if last is None:
-            raise ConfigError(f"resume_from_checkpoint is true but {output_dir} has no checkpoint-* folder")
-        return last
+    output_dir = Path(str(config.output_dir))
+    is_main = training_args.process_index == 0
     if isinstance(config.resume_from_checkpoint, str):
-        return config.resume_from_checkpoint
-    if config.overwrite_output_dir:
+        return str(checkpoints.select_resume(output_dir, Path(config.resume_from_checkpoint)))
+    if config.overwrite_output_dir and config.resume_from_checkpoint is not True:
+        check_overwritable(output_dir)
         with training_args.main_process_first(desc="clean output_dir"):
-            if training_args.process_index == 0 and output_dir.is_dir():
-                for stale in output_dir.glob("checkpoint-*"):
-                    shutil.rmtree(stale, ignore_errors=True)
+            if is_main:
+                clear_previous_run(output_dir, say)
         return None
+    with training_args.main_process_first(desc="unfinished saves"):
+        if is_main:
+            checkpoints.remove_partials(output_dir, say)
     if config.resume_from_checkpoint is False or not output_dir.is_dir():
         return None
+    last = checkpoints.select_resume(output_dir)
     if last is not None:
-        if training_args.process_index == 0:
-            say(f"resuming from {last} (set overwrite_output_dir: true to start over)")
-        return last
-    if any(output_dir.iterdir()):
+        if is_main:
+            say(
+                f"resuming from {last} (overwrite_output_dir: true would start over, deleting its checkpoints)"
+            )
+        return str(last)
+    if config.resume_from_checkpoint is True:
+        raise ConfigError(f"resume_from_checkpoint is true but {output_dir} has no checkpoint-* folder")
+    if any(output_dir.iterdir()) and read_marker(output_dir) is None:
         raise ConfigError(
-            f"output_dir {output_dir} is not empty and has no checkpoint; set overwrite_output_dir: true"
+            f"output_dir {output_dir} is not empty, has no checkpoint and was not written by fastsft; "
+            "choose an empty or new output_dir"
         )
     return None
 

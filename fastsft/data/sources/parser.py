@@ -368,6 +368,8 @@ def _iter_json_file(path: str, label: str) -> Iterator[dict[str, Any]]:
 
 
 _BOM = b"\xef\xbb\xbf"
+# Python's json recurses once per nesting level; orjson refuses more than 1024 levels.
+TOO_DEEP = "invalid JSON: nested too deeply (more levels than the parser's recursion limit)"
 # Text-mode reading ends lines at \r too; the binary lines above end at \n only.
 _LONE_CR = re.compile(r"\r(?!\n)")
 
@@ -387,6 +389,8 @@ def _rows_of_refused_line(line: bytes, label: str, lineno: int) -> Iterator[dict
             row = json.loads(part)
         except json.JSONDecodeError as err:
             raise DataError(f"invalid JSON: {err}", dataset=label, line=lineno) from None
+        except RecursionError:
+            raise DataError(TOO_DEEP, dataset=label, line=lineno) from None
 
         if not isinstance(row, dict):
             raise DataError(f"expected a JSON object, got {type(row).__name__}", dataset=label, line=lineno)
@@ -405,6 +409,8 @@ def _json_array_rows(data: bytes, label: str) -> Iterator[dict[str, Any]]:
             raise DataError(f"not UTF-8 text: {err}", dataset=label, line=line) from None
         except json.JSONDecodeError as err:
             raise DataError(f"invalid JSON: {err}", dataset=label, line=err.lineno) from None
+        except RecursionError:
+            raise DataError(TOO_DEEP, dataset=label) from None
 
     for index, row in enumerate(rows):
         if not isinstance(row, dict):
