@@ -53,7 +53,14 @@ TRAINER_STATE = "trainer_state.json"
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 PARTIAL_NAME = re.compile(r"^\.checkpoint-(\d+)\.partial$")
 SPACE_HINT = "a checkpoint needs the space of the model and optimizer states free in output_dir"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+# A full model's weights, or a LoRA adapter's (finetuning_type: lora saves only the adapter).
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+)
 
 
 class CheckpointError(FastSFTError):
