@@ -213,6 +213,36 @@ def test_a_finished_run_is_not_trained_again(tmp_path: Path, reference: Path) ->
     assert snapshot(output) == before
 
 
+def test_a_finished_run_rerun_with_other_settings_is_refused_not_skipped(
+    tmp_path: Path, reference: Path
+) -> None:
+    """A finished run rerun with another method is neither skipped as done nor republished as its model."""
+    output = tmp_path / "out"
+    shutil.copytree(reference, output)
+    before = snapshot(output)
+    other = run(*argv(output, "finetuning_type=lora"))
+    assert other.returncode == 2, other.stderr[-3000:]
+    assert "holds a finished run made with other settings (finetuning_type: full -> lora)" in last_line(
+        other.stderr
+    )
+    assert snapshot(output) == before
+
+
+def test_overwrite_with_lora_removes_the_previous_full_model(tmp_path: Path, reference: Path) -> None:
+    """overwrite_output_dir deletes the final files the previous run published: no full model is left
+    beside the new adapter, and the marker lists what this run published."""
+    output = tmp_path / "out"
+    shutil.copytree(reference, output)
+    lora = run(
+        *argv(output, "finetuning_type=lora", "overwrite_output_dir=true", "max_steps=2", "save_steps=2")
+    )
+    assert lora.returncode == 0, lora.stderr[-3000:]
+    assert (output / "adapter_model.safetensors").is_file()
+    assert not (output / "model.safetensors").exists()
+    marker = json.loads((output / "fastsft_train.json").read_text(encoding="utf-8"))
+    assert "adapter_model.safetensors" in marker["published"] and marker["finished"] is True
+
+
 @pytest.mark.slow
 def test_two_runs_into_one_output_dir_never_both_proceed(tmp_path: Path, reference: Path) -> None:
     """Finding 3: the second run fails at once naming the first's pid; the first is unharmed."""

@@ -13,6 +13,7 @@ The lock, the path checks and the one-line OS errors are preprocess's (``fastsft
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ from fastsft.train.config import TrainConfig
 
 __all__ = [
     "FINAL_PARTIAL",
+    "NOT_SETTINGS",
     "RUN_MARKER",
     "check_output_dir",
     "check_overwritable",
@@ -37,6 +39,7 @@ __all__ = [
     "mark_run",
     "publish_final",
     "read_marker",
+    "run_settings",
 ]
 
 RUN_MARKER = "fastsft_train.json"
@@ -106,10 +109,17 @@ def check_overwritable(output_dir: Path) -> None:
 
 def clear_previous_run(output_dir: Path, notice: Callable[[str], None]) -> None:
     """For ``overwrite_output_dir``: delete what a previous fastsft run wrote here (its checkpoints,
-    unfinished saves and run marker) and nothing else, after ``check_overwritable``."""
+    unfinished saves, the final files its marker lists, and the marker) and nothing else, after
+    ``check_overwritable``. A LoRA run after a full one must not leave the full model beside its adapter."""
     check_overwritable(output_dir)
     if not output_dir.is_dir():
         return
+    for name in (read_marker(output_dir) or {}).get("published", []):
+        path = output_dir / Path(name).name  # names of entries directly in output_dir, nothing else
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
     remove_partials(output_dir, notice)
     shutil.rmtree(output_dir / FINAL_PARTIAL, ignore_errors=True)
     for _, path in checkpoints(output_dir):
@@ -117,12 +127,55 @@ def clear_previous_run(output_dir: Path, notice: Callable[[str], None]) -> None:
     (output_dir / RUN_MARKER).unlink(missing_ok=True)
 
 
+# Keys that change neither the weights nor what is saved; every other one is compared with the
+# settings a finished run recorded. The schedule (max_steps, num_train_epochs) is compared apart:
+# a longer one resumes, as in LLaMA-Factory.
+NOT_SETTINGS = frozenset(
+    {
+        "output_dir",
+        "overwrite_output_dir",
+        "resume_from_checkpoint",
+        "max_steps",
+        "num_train_epochs",
+        "cpu_threads",
+        "plot_loss",
+        "report_to",
+        "logging_steps",
+        "save_steps",
+        "save_total_limit",
+        "notices",
+    }
+)
+
+
+def run_settings(config: TrainConfig) -> dict[str, Any]:
+    """The keys that make a run what it is (model, data, method, optimisation), as JSON values."""
+    values = {spec.name: getattr(config, spec.name) for spec in dataclasses.fields(config)}
+    values.update({f"data.{key}": value for key, value in dataclasses.asdict(config.data).items()})
+    del values["data"]
+    settings = {key: value for key, value in values.items() if key not in NOT_SETTINGS}
+    return json.loads(json.dumps(settings, default=str, sort_keys=True))
+
+
 def finished_run(output_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
     """The marker of a finished run in ``output_dir`` with the same schedule and no newer checkpoint,
-    or ``None``: then there is something to train or publish."""
+    or ``None``: then there is something to train or publish. A finished run made with other
+    settings is refused in one line naming them: training nothing, or publishing its last
+    checkpoint as this run's model, would both be silently wrong."""
     marker = read_marker(output_dir)
     if not marker or not marker.get("finished"):
         return None
+    recorded = marker.get("settings")
+    if recorded is not None:
+        current = run_settings(config)
+        changed = sorted(key for key in {*recorded, *current} if recorded.get(key) != current.get(key))
+        if changed:
+            shown = ", ".join(f"{key}: {recorded.get(key)} -> {current.get(key)}" for key in changed[:4])
+            raise ConfigError(
+                f"output_dir {output_dir} holds a finished run made with other settings ({shown}"
+                f"{', ...' if len(changed) > 4 else ''}); set overwrite_output_dir: true to replace it "
+                "(deleting its checkpoints and model), or choose another output_dir"
+            )
     if int(marker.get("global_step", 0)) < int(marker.get("planned_steps", 0) or 1 << 62):
         return None  # stopped early (a callback): the rerun trains on
     if config.max_steps > 0 and config.max_steps != marker.get("max_steps"):
@@ -138,6 +191,8 @@ def finished_run(output_dir: Path, config: TrainConfig) -> dict[str, Any] | None
 def publish_final(staging: Path, output_dir: Path, record: dict[str, Any]) -> None:
     """Move every file of ``staging`` into ``output_dir`` (each by an atomic rename), then mark the
     run finished. A run stopped in between is not finished: the next one publishes again."""
+    published = sorted({*record.get("published", []), *(source.name for source in staging.iterdir())})
+    record = {**record, "published": published}
     mark_run(output_dir, **{**record, "finished": False})
     for source in sorted(staging.iterdir()):
         target = output_dir / source.name

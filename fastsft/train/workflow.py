@@ -29,7 +29,7 @@ from fastsft.data.pipeline import load_or_build, prepare_run
 from fastsft.data.sources.splitting import TRAIN, VALIDATION
 from fastsft.errors import ConfigError
 from fastsft.train import checkpoints
-from fastsft.train.adapter import describe_trainable, init_adapter
+from fastsft.train.adapter import RANDOM_BASE_DIR, describe_trainable, init_adapter
 from fastsft.train.config import TrainConfig, build_training_args
 from fastsft.train.environment import configure_cpu_distributed, configure_cpu_threads, threads_reason
 from fastsft.train.logs import LOSS_PLOT, METRICS_FILE, TRAINER_LOG, JsonlLogCallback, plot_loss, say
@@ -51,6 +51,7 @@ from fastsft.train.output_dir import (
     mark_run,
     publish_final,
     read_marker,
+    run_settings,
 )
 from fastsft.train.trainer import SFTTrainer
 
@@ -77,7 +78,12 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
                 )
             return {"global_step": finished["global_step"]}
         trainer = build_trainer(config, callbacks)
-        record = {"max_steps": config.max_steps, "num_train_epochs": config.num_train_epochs}
+        record = {
+            "max_steps": config.max_steps,
+            "num_train_epochs": config.num_train_epochs,
+            "settings": run_settings(config),
+            "published": [RANDOM_BASE_DIR] if (output_dir / RANDOM_BASE_DIR).is_dir() else [],
+        }
         if trainer.is_world_process_zero():
             mark_run(output_dir, **record, finished=False)
         resume = trainer.resume_checkpoint
