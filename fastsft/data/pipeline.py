@@ -36,9 +36,9 @@ from fastsft.data.output import (
 )
 from fastsft.data.provenance import describe, tokenizer_fingerprint
 from fastsft.data.reading import iter_batches
-from fastsft.data.registry import input_bytes, input_paths, resolve_datasets
+from fastsft.data.registry import input_bytes, input_paths
 from fastsft.data.rows import RowBuilder, empty_table
-from fastsft.data.splitting import TRAIN, SplitSource, plan_splits
+from fastsft.data.splitting import TRAIN, RunDatasets, SplitSource, plan_splits, resolve_run_datasets
 from fastsft.data.templates import Template, fix_tokenizer, get_template
 from fastsft.data.workers import encoded_batches
 from fastsft.errors import ConfigError, DataError
@@ -225,12 +225,18 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def check_output(args: DataArgs, output: Path, *, overwrite: bool, tokenizer_dir: str | None) -> None:
+def check_output(
+    args: DataArgs,
+    output: Path,
+    *,
+    overwrite: bool,
+    tokenizer_dir: str | None,
+    datasets: RunDatasets | None = None,
+) -> None:
     """Refuse ``output`` when it is, holds or lies inside an input (dataset files, ``dataset_dir``,
     ``tokenizer_dir``, the eval datasets too) or the working directory, or when it exists and may
-    not be replaced."""
-    names = [names for names in (args.dataset, args.eval_dataset) if names]
-    attrs = [attr for group in names for attr in resolve_datasets(group, args.dataset_dir)]
+    not be replaced. ``datasets``: the run's datasets if already resolved (else resolved here)."""
+    attrs = (datasets or resolve_run_datasets(args)).all
     inputs = [Path(path) for path in input_paths(attrs, args.dataset_dir)]
     if tokenizer_dir and Path(tokenizer_dir).is_dir():
         inputs.append(Path(tokenizer_dir))
@@ -247,6 +253,7 @@ def build_to_disk(
     progress: bool = False,
     workers: int | None = None,
     notice: Callable[[str], None] | None = None,
+    datasets: RunDatasets | None = None,
 ) -> dict[str, Summary]:
     """Every split of ``args`` saved as ``DatasetDict({"train": ..., "validation": ...})`` at
     ``output`` (LLaMA-Factory's ``tokenized_path`` layout), without risking data; returns each
@@ -258,14 +265,17 @@ def build_to_disk(
     publishes the result (``fastsft.data.output``): a crash, a signal or a bad sample leaves
     ``output`` as it was, and an existing ``output`` is replaced only with ``overwrite`` and only
     if fastsft wrote it. Notices (a killed run's folder removed) go to ``notice``, by default stderr.
+    ``datasets``: the run's datasets if the caller resolved them already.
     """
     output = Path(output)
-    check_output(args, output, overwrite=overwrite, tokenizer_dir=str(getattr(tokenizer, "name_or_path", "")))
+    datasets = datasets or resolve_run_datasets(args)  # once for the run (the caller's, if given)
+    tokenizer_dir = str(getattr(tokenizer, "name_or_path", ""))
+    check_output(args, output, overwrite=overwrite, tokenizer_dir=tokenizer_dir, datasets=datasets)
     fingerprint = tokenizer_fingerprint(tokenizer)  # before build_dataset fixes the tokenizer
     try:
         with staged_output(output, overwrite=overwrite, notice=notice) as staged:
             summaries = {}
-            for name, source in plan_splits(args).items():
+            for name, source in plan_splits(args, datasets).items():
                 split_dir = staged.dataset / name
                 split_dir.mkdir(parents=True)
                 summaries[name] = _write_split(
