@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from fastsft.errors import FastSFTError
-from fastsft.kernels.types import Packing, Rows, Segments, Supervised, Varlen
+from fastsft.kernels.types import ArrayScan, Packing, Rows, Segments, Supervised, Varlen
 
 __all__ = [
     "BOUNDS_CHECKED",
@@ -22,6 +22,7 @@ __all__ = [
     "knapsack_llamafactory",
     "materialize_rows",
     "pack_bfd",
+    "scan_json_array",
     "varlen_flatten",
 ]
 
@@ -106,3 +107,8 @@ def varlen_flatten(
 ) -> Varlen:
     """See ``fastsft.kernels.reference.varlen_flatten``."""
     return Varlen(*_core.varlen_flatten(rows_input_ids, rows_labels, rows_position_ids))
+
+
+def scan_json_array(buf: Any, pos: int, state: int) -> ArrayScan:
+    """See ``fastsft.kernels.reference.scan_json_array``."""
+    return ArrayScan(*_core.scan_json_array(buf, pos, state))
