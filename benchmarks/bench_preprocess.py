@@ -30,6 +30,16 @@ its own strategy) run on the first ``PACKING_SAMPLES`` conversations, print thei
 check rows only. ``test_whole_command`` reports (asserts nothing on times) ``fastsft --help``,
 start-up (the command on ``STARTUP_SAMPLES`` conversations), and the whole command against
 LLaMA-Factory's whole run.
+
+What the user runs (issue 26): ``test_command_against_llamafactory`` times the whole
+``fastsft preprocess`` command in a fresh process with a warm tokenizer snapshot, against
+LLaMA-Factory's ``SupervisedDatasetProcessor`` stage and its whole ``lf_peer.py`` process, the two
+alternating, and fails under ``COMMAND_LF_STAGE_FLOOR`` / ``COMMAND_LF_WHOLE_FLOOR`` (checked at
+``FLOOR_SAMPLES`` conversations or more, where the issue sets them).
+``test_json_array_against_json_lines`` runs the command on ``--bench-large-samples`` (100,000)
+conversations written as one JSON array and as JSON Lines, alternating, with each run's peak RSS,
+and fails when the array run costs more than ``ARRAY_WALL_CEILING`` x the JSON Lines run in wall
+time, ``ARRAY_RSS_CEILING`` x in peak RSS, or ``ARRAY_RSS_LIMIT`` bytes.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -64,6 +75,12 @@ HF_FLOOR = 2.0
 FAST_FLOOR = 8.0
 LF_FLOOR = 20.0  # compiled + fastokens vs LLaMA-Factory's SupervisedDatasetProcessor stage
 STARTUP_SAMPLES = 20
+COMMAND_LF_STAGE_FLOOR = 20.0  # the whole command vs LLaMA-Factory's SupervisedDatasetProcessor stage
+COMMAND_LF_WHOLE_FLOOR = 15.0  # the whole command vs LLaMA-Factory's whole process
+FLOOR_SAMPLES = 20_000  # the command floors are set for this many conversations (start-up weighs more below)
+ARRAY_WALL_CEILING = 1.15  # JSON array run / JSON Lines run, wall time
+ARRAY_RSS_CEILING = 1.5  # JSON array run / JSON Lines run, peak RSS
+ARRAY_RSS_LIMIT = 2**30  # the JSON array run's peak RSS, bytes
 PACKING_SAMPLES = 2000
 ROUNDS = 2
 WARMUP_SAMPLES = 100
@@ -435,3 +452,143 @@ def test_packing_throughput(
         python.seconds,
     )
     benchmark.extra_info.update({f"{name} examples/s": t.examples / t.seconds for name, t in timings.items()})
+
+
+@dataclass(frozen=True)
+class Command:
+    """One whole command in a fresh process: wall seconds and the process's peak RSS (bytes)."""
+
+    seconds: float
+    peak_rss: int
+
+
+def run_measured(argv: list[str], cache_dir: Path) -> Command:
+    """``fastsft ARGV`` in a fresh interpreter: its wall time and its own peak RSS (``wait4``'s rusage
+    is the child's alone)."""
+    env = {**os.environ, "FASTSFT_CACHE_DIR": str(cache_dir)}
+    with tempfile.TemporaryFile() as stderr:
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fastsft", *argv], env=env, stdout=subprocess.DEVNULL, stderr=stderr
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            stderr.seek(0)
+            message = stderr.read().decode(errors="replace").strip()[-2000:]
+            pytest.fail(f"fastsft {argv[0]} failed ({process.returncode}): {message}")
+    return Command(seconds, usage.ru_maxrss * 1024)  # ru_maxrss is in KiB on Linux
+
+
+def preprocess_argv(dataset_dir: Path, tokenizer_path: Path, template: str, output: Path) -> list[str]:
+    return [
+        "preprocess",
+        *("--dataset", DATASET_NAME, "--dataset-dir", str(dataset_dir)),
+        *("--tokenizer", str(tokenizer_path), "--template", template),
+        *("--cutoff-len", str(CUTOFF_LEN), "--quiet", "--overwrite", "--output", str(output)),
+    ]
+
+
+def warm_snapshot(tmp_path: Path, tokenizer_path: Path, template: str) -> Path:
+    """A tokenizer cache holding the snapshot of ``tokenizer_path`` (one small run records it)."""
+    cache = tmp_path / "cache"
+    small = write_dataset(tmp_path / "warm-up", STARTUP_SAMPLES)
+    run_measured(preprocess_argv(small, tokenizer_path, template, tmp_path / "warm-up-out"), cache)
+    return cache
+
+
+def test_command_against_llamafactory(
+    tmp_path: Path,
+    tokenizer_path: Path,
+    dataset_dir: Path,
+    template: str,
+    bench_samples: int,
+    lf_python: Path | None,
+) -> None:
+    """The whole ``fastsft preprocess`` command (fresh process, warm snapshot) against LLaMA-Factory's
+    processor stage and its whole process, alternating for ``ROUNDS`` rounds, best of each."""
+    if lf_python is None:
+        pytest.skip("no --lf-python interpreter: nothing to compare the command with")
+    cache = warm_snapshot(tmp_path, tokenizer_path, template)
+    argv = preprocess_argv(dataset_dir, tokenizer_path, template, tmp_path / "out")
+    commands, lf_runs = [], []
+    for _ in range(ROUNDS):
+        commands.append(run_measured(argv, cache))
+        lf_runs.append(
+            run_lf_peer(lf_python, tokenizer_path, dataset_dir, template, packing=False, max_samples=None)
+        )
+    fastsft_s = min(command.seconds for command in commands)
+    stage_s = min(run["processor_seconds"] for run in lf_runs)
+    whole_s = min(run["wall_seconds"] for run in lf_runs)
+    version = lf_runs[0]["llamafactory"]
+    print(
+        f"\nthe whole command, {bench_samples} conversations, {tokenizer_path.name} tokenizer, template "
+        f"{template} (best of {ROUNDS} alternating rounds; load average {os.getloadavg()[0]:.2f})"
+    )
+    print(
+        f"  fastsft preprocess (fresh process, warm snapshot)  {fastsft_s:8.2f} s  "
+        f"peak RSS {max(c.peak_rss for c in commands) / 2**20:,.0f} MiB"
+    )
+    print(
+        f"  LLaMA-Factory {version} SupervisedDatasetProcessor     {stage_s:8.2f} s  ({stage_s / fastsft_s:.2f}x)"
+    )
+    print(
+        f"  LLaMA-Factory {version} whole process (lf_peer.py)    {whole_s:8.2f} s  ({whole_s / fastsft_s:.2f}x)"
+    )
+    if bench_samples < FLOOR_SAMPLES:
+        print(f"  floors not checked below {FLOOR_SAMPLES} conversations")
+        return
+    below = [
+        f"the whole command is {lf_s / fastsft_s:.2f}x LLaMA-Factory's {what} (floor {floor}x)"
+        for what, lf_s, floor in (
+            ("SupervisedDatasetProcessor stage", stage_s, COMMAND_LF_STAGE_FLOOR),
+            ("whole process", whole_s, COMMAND_LF_WHOLE_FLOOR),
+        )
+        if lf_s / fastsft_s < floor
+    ]
+    assert not below, "; ".join(below)
+
+
+def test_json_array_against_json_lines(
+    tmp_path: Path, request: pytest.FixtureRequest, tokenizer_path: Path, template: str
+) -> None:
+    """The whole command on the same conversations as one JSON array and as JSON Lines, alternating
+    for ``ROUNDS`` rounds: best wall time and largest peak RSS of each."""
+    samples = int(request.config.getoption("--bench-large-samples"))
+    layouts = {
+        "JSON array": write_dataset(tmp_path / "array", samples),
+        "JSON Lines": write_dataset(tmp_path / "lines", samples, jsonl=True),
+    }
+    cache = warm_snapshot(tmp_path, tokenizer_path, template)
+    runs: dict[str, list[Command]] = {layout: [] for layout in layouts}
+    for _ in range(ROUNDS):
+        for layout, folder in layouts.items():
+            argv = preprocess_argv(folder, tokenizer_path, template, tmp_path / "out")
+            runs[layout].append(run_measured(argv, cache))
+    best = {layout: min(c.seconds for c in commands) for layout, commands in runs.items()}
+    peak = {layout: max(c.peak_rss for c in commands) for layout, commands in runs.items()}
+    print(
+        f"\n{samples} conversations, {tokenizer_path.name} tokenizer, template {template} (best time, "
+        f"largest peak RSS of {ROUNDS} alternating rounds; load average {os.getloadavg()[0]:.2f})"
+    )
+    for layout, folder in layouts.items():
+        size = sum(path.stat().st_size for path in folder.iterdir())
+        print(
+            f"  {layout:<10} {size / 2**20:6,.0f} MiB of input  {best[layout]:7.2f} s  "
+            f"peak RSS {peak[layout] / 2**20:6,.0f} MiB"
+        )
+    wall = best["JSON array"] / best["JSON Lines"]
+    rss = peak["JSON array"] / peak["JSON Lines"]
+    print(f"  JSON array / JSON Lines: {wall:.2f}x wall time, {rss:.2f}x peak RSS")
+    over = [
+        f"{what} is {value:.2f}x the JSON Lines run (ceiling {ceiling}x)"
+        for what, value, ceiling in (
+            ("wall time", wall, ARRAY_WALL_CEILING),
+            ("peak RSS", rss, ARRAY_RSS_CEILING),
+        )
+        if value > ceiling
+    ]
+    if peak["JSON array"] >= ARRAY_RSS_LIMIT:
+        over.append(f"the JSON array run's peak RSS is {peak['JSON array'] / 2**20:,.0f} MiB (limit 1 GiB)")
+    assert not over, "; ".join(over)

@@ -32,6 +32,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="conversations in bench_preprocess.py's synthetic dataset (docs/benchmarks.md uses 20000)",
     )
     parser.addoption(
+        "--bench-large-samples",
+        type=int,
+        default=100_000,
+        help="conversations in bench_preprocess.py's JSON array vs JSON Lines comparison (the issue: 100000)",
+    )
+    parser.addoption(
         "--bench-template",
         default="qwen",
         help="chat template for bench_preprocess.py (llama3 with Meta's Llama 3 tokenizer)",

@@ -68,3 +68,4 @@ def _check_bounds(bounds, int64_t limit, str name):
 include "encode.pxi"
 include "pack.pxi"
 include "collate.pxi"
+include "scan.pxi"

@@ -49,3 +49,8 @@ def varlen_flatten(
     rows_position_ids: list[np.ndarray] | list[list[int]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """(input_ids int64[T], labels int64[T], position_ids int64[T], cu_seqlens int32[S+1], max_seqlen)."""
+
+def scan_json_array(
+    buf: bytes | bytearray | memoryview, pos: int, state: int
+) -> tuple[list[tuple[int, int]], int, int, int]:
+    """(spans [(start, end), ...], pos, state, status)."""

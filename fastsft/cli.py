@@ -60,15 +60,19 @@ def _data_options(args: argparse.Namespace, keys: tuple[str, ...]) -> tuple[Data
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from fastsft.data.pipeline import build_to_disk, check_output
+    from fastsft.data.sources.splitting import resolve_run_datasets
 
     data_args, tokenizer_path = _data_options(args, PREPROCESS_KEYS)
     if not data_args.tokenized_path:
         raise ConfigError("no output folder given (use --output DIR or `tokenized_path:` in --config)")
     output = Path(data_args.tokenized_path)
+    datasets = resolve_run_datasets(data_args)  # once: build_to_disk reuses them
     # Before the tokenizer loads; build_to_disk checks again, and again under the output's lock.
-    check_output(data_args, output, overwrite=args.overwrite, tokenizer_dir=tokenizer_path)
+    check_output(data_args, output, overwrite=args.overwrite, tokenizer_dir=tokenizer_path, datasets=datasets)
     tokenizer = load_tokenizer(tokenizer_path, snapshot=True)  # no transformers import once recorded
-    summaries = build_to_disk(data_args, tokenizer, output, overwrite=args.overwrite, progress=not args.quiet)
+    summaries = build_to_disk(
+        data_args, tokenizer, output, overwrite=args.overwrite, progress=not args.quiet, datasets=datasets
+    )
     for name, summary in summaries.items():
         for line in summary.lines():
             print(line if len(summaries) == 1 else f"{name}: {line}")

@@ -123,6 +123,32 @@ def test_preprocess_saves_what_build_dataset_builds(
     assert leftovers(tmp_path, output) == []
 
 
+def test_each_input_file_is_opened_once_for_its_format_and_once_for_its_rows(
+    capsys, tmp_path, fixture_tokenizer_path, monkeypatch
+):
+    """Datasets are resolved once per run: a plain-path file is read for its format once (its first
+    row), then once for its rows, not again by each stage that needs the dataset list."""
+    from fastsft.data import registry
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in ("train.json", "eval.json"):
+        (folder / name).write_text(json.dumps([GOOD, sharegpt("2+2=?", "4")]), encoding="utf-8")
+    opened: list[str] = []
+    original = registry._iter_json_file
+
+    def counting(path: str, label: str) -> Any:
+        opened.append(Path(path).name)
+        return original(path, label)
+
+    monkeypatch.setattr(registry, "_iter_json_file", counting)
+    code, _, err = preprocess(
+        capsys, fixture_tokenizer_path, "train.json", folder, tmp_path / "out", "--eval-dataset", "eval.json"
+    )
+    assert code == 0, err
+    assert sorted(opened) == ["eval.json", "eval.json", "train.json", "train.json"]
+
+
 def test_summary_lines_are_printed(
     capsys, tmp_path, test_data_dir, fixture_tokenizer_path, new_fixture_tokenizer
 ):

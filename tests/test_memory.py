@@ -53,19 +53,23 @@ print(summary.tokens, peak)
 """
 
 
-def write_chat(folder: Path, samples: int) -> Path:
-    """``samples`` seeded ShareGPT conversations of 2-4 turns, about 1,700 fixture-tokenizer tokens each."""
+def write_chat(folder: Path, samples: int, *, array: bool = False) -> Path:
+    """``samples`` seeded ShareGPT conversations of 2-4 turns, about 1,700 fixture-tokenizer tokens
+    each, as JSON Lines or (``array``) as one indented JSON array."""
     folder.mkdir()
     rng = random.Random(0)
-    with open(folder / "chat.jsonl", "w", encoding="utf-8") as handle:
-        for _ in range(samples):
-            texts = [
-                " ".join(rng.choices(WORDS, k=rng.randint(50, 300))) for _ in range(2 * rng.randint(2, 4))
-            ]
-            roles = ("human", "gpt")
-            row = {"conversations": [{"from": roles[i % 2], "value": t} for i, t in enumerate(texts)]}
-            handle.write(json.dumps(row) + "\n")
-    info = {"chat": {"file_name": "chat.jsonl", "formatting": "sharegpt"}}
+    rows = []
+    for _ in range(samples):
+        texts = [" ".join(rng.choices(WORDS, k=rng.randint(50, 300))) for _ in range(2 * rng.randint(2, 4))]
+        roles = ("human", "gpt")
+        rows.append({"conversations": [{"from": roles[i % 2], "value": t} for i, t in enumerate(texts)]})
+    file_name = "chat.json" if array else "chat.jsonl"
+    with open(folder / file_name, "w", encoding="utf-8") as handle:
+        if array:
+            json.dump(rows, handle, indent=1)
+        else:
+            handle.writelines(json.dumps(row) + "\n" for row in rows)
+    info = {"chat": {"file_name": file_name, "formatting": "sharegpt"}}
     (folder / "dataset_info.json").write_text(json.dumps(info))
     return folder
 
@@ -111,3 +115,41 @@ def test_in_memory_build_grows_with_the_dataset(datasets, fixture_tokenizer_path
     large_tokens, large_rss = peak_rss(datasets[LARGE], fixture_tokenizer_path, "bfd", cached=False)
     print(f"\nin memory, control: peak RSS +{(large_rss - small_rss) / 2**20:.0f} MiB")
     assert large_rss - small_rss > 8 * (large_tokens - small_tokens)
+
+
+WHOLE_FILE_GROWTH = """
+import sys, orjson
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+start = status("VmRSS:")
+rows = orjson.loads(open(sys.argv[1], "rb").read())
+print(status("VmHWM:") - start)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_a_json_array_is_read_in_the_memory_of_json_lines(tmp_path, datasets, fixture_tokenizer_path):
+    """The same conversations as one JSON array and as JSON Lines: the array is streamed, so its
+    peak RSS stays within 1.5x of the JSON Lines run, and above it by far less than reading the
+    file whole costs (the control, measured on its own: what the reader used to add)."""
+    array = write_chat(tmp_path / "array", LARGE, array=True)
+    lines_tokens, lines_rss = peak_rss(datasets[LARGE], fixture_tokenizer_path, "none", cached=True)
+    array_tokens, array_rss = peak_rss(array, fixture_tokenizer_path, "none", cached=True)
+    whole = subprocess.run(
+        [sys.executable, "-c", WHOLE_FILE_GROWTH, str(array / "chat.json")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    whole_file_growth = int(whole.stdout.split()[-1])
+    print(
+        f"\nJSON Lines {lines_rss / 2**20:.0f} MiB, JSON array {array_rss / 2**20:.0f} MiB; "
+        f"parsing the array whole takes {whole_file_growth / 2**20:.0f} MiB"
+    )
+    assert array_tokens == lines_tokens
+    assert whole_file_growth > 64 * 2**20  # the control: large enough to be seen
+    assert array_rss - lines_rss < whole_file_growth / 4
+    assert array_rss < 1.5 * lines_rss

@@ -33,9 +33,9 @@ from fastsft.data.rows.builder import RowBuilder, empty_table
 from fastsft.data.rows.encoder import Encoder
 from fastsft.data.rows.workers import encoded_batches
 from fastsft.data.sources.converter import Conversation, Dropped
-from fastsft.data.sources.parser import input_bytes, input_paths, resolve_datasets
+from fastsft.data.sources.parser import input_bytes, input_paths
 from fastsft.data.sources.reading import iter_batches, iter_converted
-from fastsft.data.sources.splitting import TRAIN, SplitSource, plan_splits
+from fastsft.data.sources.splitting import TRAIN, RunDatasets, SplitSource, plan_splits, resolve_run_datasets
 from fastsft.data.store.disk_layout import (
     DATA_FILE,
     ArrowStreamFile,
@@ -110,6 +110,7 @@ class PreparedRun:
     tokenizer: Any
     template: Template
     fingerprints: dict[int, str]
+    datasets: RunDatasets | None = None  # resolved once for the run; None: when first needed
 
     @property
     def fingerprint(self) -> str:
@@ -123,7 +124,7 @@ class PreparedRun:
     def splits(self) -> dict[str, SplitSource]:
         """The run's splits (``train``, ``validation``, ``validation_NAME``) and their samples, in order."""
         self.args.require_dataset()
-        return plan_splits(self.args)
+        return plan_splits(self.args, self.datasets)
 
     def encoder(self, *, expected_chars: int = 0, encode_path: str | None = None) -> Encoder:
         """An encoder over the fixed tokenizer.
@@ -160,10 +161,13 @@ class PreparedRun:
         )
 
 
-def prepare_run(args: DataArgs, tokenizer: Any, *, fingerprint: bool = True) -> PreparedRun:
+def prepare_run(
+    args: DataArgs, tokenizer: Any, *, fingerprint: bool = True, datasets: RunDatasets | None = None
+) -> PreparedRun:
     """The one data set-up of every command: the tokenizer's fingerprint, then the template, then
     the tokenizer fixed for it, in that order (the fingerprint describes the tokenizer as loaded).
-    ``fingerprint=False`` skips it, for builds that record no provenance.
+    ``fingerprint=False`` skips it, for builds that record no provenance; ``datasets`` are the
+    run's datasets if the caller resolved them already.
 
     When ``args.tokenized_path`` holds a saved dataset recorded with an older fingerprint format,
     the fingerprint is taken in that format too, so the two compare.
@@ -174,7 +178,7 @@ def prepare_run(args: DataArgs, tokenizer: Any, *, fingerprint: bool = True) -> 
     fingerprints = {version: tokenizer_fingerprint(tokenizer, version) for version in versions}
     template = make_template(args, tokenizer)
     fix_tokenizer(template, tokenizer)
-    return PreparedRun(args, tokenizer, template, fingerprints)
+    return PreparedRun(args, tokenizer, template, fingerprints, datasets)
 
 
 def build_dataset(
@@ -313,19 +317,26 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def data_inputs(args: DataArgs) -> list[Path]:
+def data_inputs(args: DataArgs, datasets: RunDatasets | None = None) -> list[Path]:
     """The files and folders the run's data is read from (``dataset`` and ``eval_dataset``, with
-    ``dataset_dir``): what no output may be, hold or lie inside."""
-    names = [names for names in (args.dataset, args.eval_dataset) if names]
-    attrs = [attr for group in names for attr in resolve_datasets(group, args.dataset_dir)]
+    ``dataset_dir``): what no output may be, hold or lie inside. ``datasets``: the run's datasets if
+    already resolved (else resolved here)."""
+    attrs = (datasets or resolve_run_datasets(args)).all
     return [Path(path) for path in input_paths(attrs, args.dataset_dir)]
 
 
-def check_output(args: DataArgs, output: Path, *, overwrite: bool, tokenizer_dir: str | None) -> None:
+def check_output(
+    args: DataArgs,
+    output: Path,
+    *,
+    overwrite: bool,
+    tokenizer_dir: str | None,
+    datasets: RunDatasets | None = None,
+) -> None:
     """Refuse ``output`` when it is, holds or lies inside an input (dataset files, ``dataset_dir``,
     ``tokenizer_dir``, the eval datasets too) or the working directory, or when it exists and may
-    not be replaced."""
-    inputs = data_inputs(args)
+    not be replaced. ``datasets``: the run's datasets if already resolved (else resolved here)."""
+    inputs = data_inputs(args, datasets)
     if tokenizer_dir and Path(tokenizer_dir).is_dir():
         inputs.append(Path(tokenizer_dir))
     check_output_path(output, inputs)
@@ -342,6 +353,7 @@ def build_to_disk(
     workers: int | None = None,
     notice: Callable[[str], None] | None = None,
     run: PreparedRun | None = None,
+    datasets: RunDatasets | None = None,
 ) -> dict[str, Summary]:
     """Every split of ``args`` saved as ``DatasetDict({"train": ..., "validation": ...})`` at
     ``output`` (LLaMA-Factory's ``tokenized_path`` layout), without risking data; returns each
@@ -353,12 +365,18 @@ def build_to_disk(
     publishes the result (``fastsft.safe_output``): a crash, a signal or a bad sample leaves
     ``output`` as it was, and an existing ``output`` is replaced only with ``overwrite`` and only
     if fastsft wrote it. Notices (a killed run's folder removed) go to ``notice``, by default stderr.
-    ``run``, when given, is ``prepare_run(args, tokenizer)`` already made.
+    ``run``, when given, is ``prepare_run(args, tokenizer)`` already made; ``datasets``, the run's
+    datasets if the caller resolved them already (each is resolved once per run).
     """
     output = Path(output)
-    check_output(args, output, overwrite=overwrite, tokenizer_dir=str(getattr(tokenizer, "name_or_path", "")))
-    # The fingerprint of a new output is in the current format, whatever an output it replaces used.
-    run = run or prepare_run(dataclasses.replace(args, tokenized_path=None), tokenizer)
+    datasets = datasets or (run.datasets if run is not None else None) or resolve_run_datasets(args)
+    tokenizer_dir = str(getattr(tokenizer, "name_or_path", ""))
+    check_output(args, output, overwrite=overwrite, tokenizer_dir=tokenizer_dir, datasets=datasets)
+    if run is None:
+        # The fingerprint of a new output is in the current format, whatever an output it replaces used.
+        run = prepare_run(dataclasses.replace(args, tokenized_path=None), tokenizer, datasets=datasets)
+    else:
+        run = dataclasses.replace(run, datasets=datasets)
     try:
         with staged_output(output, overwrite=overwrite, notice=notice) as staged:
             summaries = {}

@@ -13,7 +13,7 @@ import numpy as np
 
 from fastsft.errors import FastSFTError
 from fastsft.kernels.packing import BFD, LLAMAFACTORY, STRATEGIES, PackingStrategy
-from fastsft.kernels.types import Packing, Rows, Segments, Supervised, Varlen
+from fastsft.kernels.types import ArrayScan, Packing, Rows, Segments, Supervised, Varlen
 
 __all__ = [
     "BOUNDS_CHECKED",
@@ -24,6 +24,7 @@ __all__ = [
     "materialize_rows",
     "pack",
     "pack_bfd",
+    "scan_json_array",
     "varlen_flatten",
 ]
 
@@ -115,3 +116,8 @@ def varlen_flatten(
 ) -> Varlen:
     """See ``fastsft.kernels.reference.varlen_flatten``."""
     return Varlen(*_core.varlen_flatten(rows_input_ids, rows_labels, rows_position_ids))
+
+
+def scan_json_array(buf: Any, pos: int, state: int) -> ArrayScan:
+    """See ``fastsft.kernels.reference.scan_json_array``."""
+    return ArrayScan(*_core.scan_json_array(buf, pos, state))

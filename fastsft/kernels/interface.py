@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fastsft.kernels.packing import PackingStrategy
-from fastsft.kernels.types import Packing, Rows, Segments, Supervised, Varlen
+from fastsft.kernels.types import ArrayScan, Packing, Rows, Segments, Supervised, Varlen
 
 __all__ = ["Kernels"]
 
@@ -56,3 +56,5 @@ class Kernels(Protocol):
         rows_labels: list[np.ndarray],
         rows_position_ids: list[np.ndarray] | None = None,
     ) -> Varlen: ...
+
+    def scan_json_array(self, buf: Any, pos: int, state: int) -> ArrayScan: ...

@@ -17,7 +17,18 @@ import numpy as np
 from fastsft import IGNORE_INDEX
 from fastsft.kernels.packing import BFD, LLAMAFACTORY, PackingStrategy, rows_from_order
 from fastsft.kernels.supervised import encode_pairs, pairs
-from fastsft.kernels.types import Packing, Rows, Segments, Supervised, Varlen, offsets_from_lengths
+from fastsft.kernels.types import (
+    SCAN_CLOSED,
+    SCAN_INVALID,
+    SCAN_MORE,
+    ArrayScan,
+    Packing,
+    Rows,
+    Segments,
+    Supervised,
+    Varlen,
+    offsets_from_lengths,
+)
 
 __all__ = [
     "assemble_supervised",
@@ -26,6 +37,7 @@ __all__ = [
     "materialize_rows",
     "pack",
     "pack_bfd",
+    "scan_json_array",
     "varlen_flatten",
 ]
 
@@ -219,3 +231,78 @@ def varlen_flatten(
         np.asarray(cu_seqlens, dtype=np.int32),
         int(max_seqlen),
     )
+
+
+# scan_json_array's states after SCAN_OPEN (before '['): after '[', after ',', after an element.
+_FIRST, _ELEMENT, _SEPARATOR = 1, 2, 3
+_JSON_SPACE = b" \t\n\r"
+
+
+def _object_end(buf: bytes, i: int) -> int:
+    """End (exclusive) of the object starting at ``buf[i] == ord("{")``, or -1 when ``buf`` ends first.
+
+    Counts ``{[`` against ``}]`` outside strings, skipping the byte after each backslash inside
+    them; whether the object is valid JSON is left to the parser it goes to.
+    """
+    depth = 0
+    n = len(buf)
+    while i < n:
+        c = buf[i : i + 1]
+        if c == b'"':
+            i += 1
+            while i < n and buf[i : i + 1] != b'"':
+                i += 2 if buf[i : i + 1] == b"\\" else 1
+            if i >= n:
+                return -1
+        elif c in (b"{", b"["):
+            depth += 1
+        elif c in (b"}", b"]"):
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return -1
+
+
+def scan_json_array(buf: Any, pos: int, state: int) -> ArrayScan:
+    """The complete elements of a JSON array found in ``buf`` from ``pos``, in scanner ``state``
+    (``SCAN_OPEN`` at the start of a file, else the ``state`` a previous scan returned).
+
+    Elements must be objects: ``spans`` holds each one's ``(start, end)`` byte range, not yet checked
+    by a parser. ``status`` says why the scan stopped: ``SCAN_MORE`` (the buffer ended; append
+    bytes after ``buf[pos:]`` and scan again from there in ``state``: ``pos`` is an incomplete
+    element's start, or the end), ``SCAN_CLOSED`` (the closing ``]`` ends just before ``pos``) or
+    ``SCAN_INVALID`` (``buf[pos]`` is not JSON whitespace or what the grammar allows there:
+    ``[``, an object, ``,`` or ``]``). The streaming JSON array reader is built on it.
+    """
+    buf = bytes(buf)
+    if not 0 <= pos <= len(buf) or not 0 <= state <= _SEPARATOR:
+        raise ValueError(f"scan_json_array: pos {pos} or state {state} out of range")
+    spans: list[tuple[int, int]] = []
+    i = pos
+    while i < len(buf):
+        c = buf[i : i + 1]
+        if c in _JSON_SPACE:
+            i += 1
+        elif state == 0:
+            if c != b"[":
+                return ArrayScan(spans, i, state, SCAN_INVALID)
+            state, i = _FIRST, i + 1
+        elif state == _SEPARATOR:
+            if c == b",":
+                state, i = _ELEMENT, i + 1
+            elif c == b"]":
+                return ArrayScan(spans, i + 1, state, SCAN_CLOSED)
+            else:
+                return ArrayScan(spans, i, state, SCAN_INVALID)
+        elif c == b"{":
+            end = _object_end(buf, i)
+            if end < 0:
+                break
+            spans.append((i, end))
+            state, i = _SEPARATOR, end
+        elif c == b"]" and state == _FIRST:
+            return ArrayScan(spans, i + 1, state, SCAN_CLOSED)
+        else:
+            return ArrayScan(spans, i, state, SCAN_INVALID)
+    return ArrayScan(spans, i, state, SCAN_MORE)

@@ -10,7 +10,19 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Packing", "Rows", "Segments", "Supervised", "Varlen", "offsets_from_lengths"]
+__all__ = [
+    "SCAN_CLOSED",
+    "SCAN_INVALID",
+    "SCAN_MORE",
+    "SCAN_OPEN",
+    "ArrayScan",
+    "Packing",
+    "Rows",
+    "Segments",
+    "Supervised",
+    "Varlen",
+    "offsets_from_lengths",
+]
 
 
 class Segments(NamedTuple):
@@ -63,6 +75,22 @@ class Varlen(NamedTuple):
     position_ids: np.ndarray  # int64[T]
     cu_seqlens: np.ndarray  # int32[S+1]
     max_seqlen: int
+
+
+# scan_json_array: the state a scan starts in (before the array's '['), and its results.
+SCAN_OPEN = 0
+SCAN_MORE = 0  # the buffer ended: resume at pos, in state, once more bytes are appended after it
+SCAN_CLOSED = 1  # the array's ']' ends just before pos
+SCAN_INVALID = 2  # the byte at pos breaks the array's grammar, or starts an element that is not an object
+
+
+class ArrayScan(NamedTuple):
+    """``scan_json_array``: the objects found, each ``buf[start:end]``, and where to go on from."""
+
+    spans: list[tuple[int, int]]
+    pos: int
+    state: int
+    status: int
 
 
 def offsets_from_lengths(lengths: np.ndarray) -> np.ndarray:

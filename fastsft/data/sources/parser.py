@@ -20,12 +20,13 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import orjson
 
 from fastsft.data.data_args import dataset_names
 from fastsft.errors import ConfigError, DataError
+from fastsft.kernels.types import SCAN_CLOSED, SCAN_MORE, SCAN_OPEN
 
 __all__ = ["DatasetAttr", "input_bytes", "input_paths", "iter_rows", "resolve_datasets"]
 
@@ -349,7 +350,7 @@ def _iter_json_file(path: str, label: str) -> Iterator[dict[str, Any]]:
         is_array = f.read(4096).lstrip().startswith(b"[")
         f.seek(start)
         if is_array:
-            yield from _json_array_rows(f.read(), label)
+            yield from _streamed_json_array_rows(f, label)
             return
 
         for lineno, line in enumerate(f, start=1):
@@ -396,6 +397,74 @@ def _rows_of_refused_line(line: bytes, label: str, lineno: int) -> Iterator[dict
             raise DataError(f"expected a JSON object, got {type(row).__name__}", dataset=label, line=lineno)
 
         yield row
+
+
+# Bytes read at a time from a JSON array file; an element longer than this is read whole.
+_ARRAY_CHUNK = 1 << 20
+
+
+def _streamed_json_array_rows(f: BinaryIO, label: str) -> Iterator[dict[str, Any]]:
+    """The objects of the JSON array in ``f`` (positioned at its start), one at a time, in bounded memory.
+
+    ``scan_json_array`` (compiled) finds each element's bytes in a chunk of the file and orjson
+    parses them (``json`` where orjson refuses, as for a JSON Lines line); memory holds a chunk and
+    the element in hand, not the file. Whatever the scan or both parsers refuse (a syntax error, an
+    element that is not an object, a truncated file, trailing garbage) is handed to
+    ``_json_array_rows`` on the whole file, which gives the error exactly as it always has (line,
+    or sample index); the rows before it have been yielded already.
+    """
+    from fastsft.kernels.compiled import scan_json_array
+
+    start = f.tell()
+    index = 0
+
+    def whole_file_from_here() -> Iterator[dict[str, Any]]:
+        f.seek(start)
+        return itertools.islice(_json_array_rows(f.read(), label), index, None)
+
+    buf, pos, state = f.read(_ARRAY_CHUNK), 0, SCAN_OPEN
+    while True:
+        scan = scan_json_array(buf, pos, state)
+        view = memoryview(buf)
+        for begin, end in scan.spans:
+            row = _array_element(view[begin:end])
+            if row is None:
+                yield from whole_file_from_here()
+                return
+            yield row
+            index += 1
+        if scan.status == SCAN_CLOSED and _only_json_space(buf[scan.pos :]) and _rest_is_json_space(f):
+            return
+        more = f.read(max(_ARRAY_CHUNK, len(buf) - scan.pos)) if scan.status == SCAN_MORE else b""
+        if not more:  # invalid, truncated or followed by more than whitespace
+            yield from whole_file_from_here()
+            return
+        buf, pos, state = buf[scan.pos :] + more, 0, scan.state
+
+
+def _array_element(data: memoryview) -> dict[str, Any] | None:
+    """One element's object, as orjson or else ``json`` reads it; None when both refuse it."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        row = json.loads(data.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return row if isinstance(row, dict) else None
+
+
+def _only_json_space(data: bytes) -> bool:
+    return not data.translate(None, b" \t\n\r")
+
+
+def _rest_is_json_space(f: BinaryIO) -> bool:
+    """Whether the rest of ``f`` is JSON whitespace (read a chunk at a time)."""
+    while chunk := f.read(_ARRAY_CHUNK):
+        if not _only_json_space(chunk):
+            return False
+    return True
 
 
 def _json_array_rows(data: bytes, label: str) -> Iterator[dict[str, Any]]:

@@ -9,6 +9,8 @@ on its own, so a split's preprocessing batches are its own rows in its own order
 
 A ``SplitSource`` names the datasets of a split and the order of their rows as indices into
 their concatenation (``None``: all rows, in order, streamed without counting them first).
+``RunDatasets`` holds the datasets of a run, resolved once (``resolve_run_datasets``) and passed
+on, so a plain-path dataset is opened for its format only once per run.
 """
 
 from __future__ import annotations
@@ -23,7 +25,16 @@ from fastsft.data.sources.mixing import mixed_order
 from fastsft.data.sources.parser import DatasetAttr, count_rows, resolve_datasets
 from fastsft.errors import ConfigError
 
-__all__ = ["TRAIN", "VALIDATION", "SplitSource", "plan_splits", "split_names", "train_test_indices"]
+__all__ = [
+    "TRAIN",
+    "VALIDATION",
+    "RunDatasets",
+    "SplitSource",
+    "plan_splits",
+    "resolve_run_datasets",
+    "split_names",
+    "train_test_indices",
+]
 
 TRAIN = "train"
 VALIDATION = "validation"
@@ -36,6 +47,26 @@ class SplitSource:
     attrs: list[DatasetAttr]
     order: np.ndarray | None = None
     lengths: list[int] | None = None  # rows of each dataset (after max_samples), given with an order
+
+
+@dataclass(frozen=True)
+class RunDatasets:
+    """The datasets of a run, resolved: ``dataset`` (training) and ``eval_dataset``, each in order."""
+
+    train: list[DatasetAttr]
+    eval: list[DatasetAttr]
+
+    @property
+    def all(self) -> list[DatasetAttr]:
+        """Every dataset the run reads."""
+        return [*self.train, *self.eval]
+
+
+def resolve_run_datasets(args: DataArgs) -> RunDatasets:
+    """``args.dataset`` and ``args.eval_dataset`` resolved (``resolve_datasets``), once for the run."""
+    train = resolve_datasets(args.dataset, args.dataset_dir) if args.dataset else []
+    evaluation = resolve_datasets(args.eval_dataset, args.dataset_dir) if args.eval_dataset else []
+    return RunDatasets(train, evaluation)
 
 
 def split_names(args: DataArgs) -> list[str]:
@@ -70,15 +101,17 @@ def train_test_indices(n: int, val_size: float, seed: int) -> tuple[np.ndarray, 
     return permutation[n_test : n_test + n_train], permutation[:n_test]
 
 
-def plan_splits(args: DataArgs) -> dict[str, SplitSource]:
+def plan_splits(args: DataArgs, datasets: RunDatasets | None = None) -> dict[str, SplitSource]:
     """Every split of ``args`` (``split_names``) with its raw samples in LLaMA-Factory's order.
 
-    Rows are counted (one read of each dataset) only where an order depends on the counts:
-    interleaving or ``val_size``.
+    ``datasets``: the run's datasets if already resolved (else resolved here). Rows are counted
+    (one read of each dataset) only where an order depends on the counts: interleaving or ``val_size``.
     """
+    if datasets is None:
+        datasets = resolve_run_datasets(args)
     splits: dict[str, SplitSource] = {}
     if args.dataset:
-        merged = _merged(args, resolve_datasets(args.require_dataset(), args.dataset_dir))
+        merged = _merged(args, datasets.train)
         if args.val_size > 1e-6:
             lengths = merged.lengths or _lengths(args, merged.attrs)
             order = np.arange(sum(lengths)) if merged.order is None else merged.order
@@ -88,7 +121,7 @@ def plan_splits(args: DataArgs) -> dict[str, SplitSource]:
         else:
             splits[TRAIN] = merged
     if args.eval_dataset:
-        attrs = resolve_datasets(args.eval_dataset, args.dataset_dir)
+        attrs = datasets.eval
         if args.eval_on_each_dataset:
             for attr in attrs:
                 splits[f"{VALIDATION}_{attr.name}"] = SplitSource([attr])
