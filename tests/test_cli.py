@@ -128,7 +128,7 @@ def test_each_input_file_is_opened_once_for_its_format_and_once_for_its_rows(
 ):
     """Datasets are resolved once per run: a plain-path file is read for its format once (its first
     row), then once for its rows, not again by each stage that needs the dataset list."""
-    from fastsft.data import registry
+    from fastsft.data.sources import parser as registry
 
     folder = tmp_path / "data"
     folder.mkdir()

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastsft.data import registry
+from fastsft.data.sources import parser as registry
 from fastsft.data.sources.parser import DatasetAttr, iter_rows
 from fastsft.errors import DataError
 from fastsft.kernels import compiled, reference
