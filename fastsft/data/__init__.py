@@ -10,8 +10,7 @@ Names are imported on first use, so reading the option spec (``fastsft --help``)
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fastsft.lazy import lazy_getattr
 
 _HOMES = {
     "DATA_KEYS": "data_args",
@@ -30,8 +29,4 @@ _HOMES = {
 }
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'fastsft.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"fastsft.data.{_HOMES[name]}"), name)
+__getattr__ = lazy_getattr(__name__, _HOMES)

@@ -7,8 +7,7 @@ Names are imported on first use, so ``fastsft --help`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fastsft.lazy import lazy_getattr
 
 _HOMES = {
     "CACHE_ENV_VAR": "loader",
@@ -25,8 +24,4 @@ _HOMES = {
 }
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'fastsft.tokenizer' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"fastsft.tokenizer.{_HOMES[name]}"), name)
+__getattr__ = lazy_getattr(__name__, _HOMES)

@@ -11,14 +11,9 @@ base), plus ``attention`` and ``loss``.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fastsft.lazy import lazy_getattr
 
 _HOMES = {"TrainConfig": "config", "load_config": "config", "train": "workflow", "run_train": "command"}
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'fastsft.train' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"fastsft.train.{_HOMES[name]}"), name)
+__getattr__ = lazy_getattr(__name__, _HOMES)
