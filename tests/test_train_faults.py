@@ -202,6 +202,23 @@ def test_a_run_killed_during_the_final_save_publishes_without_training_again(
 
 
 @pytest.mark.slow
+def test_a_lora_run_killed_during_the_final_save_publishes_its_adapter(tmp_path: Path) -> None:
+    """The same for LoRA: the last checkpoint holds the adapter (no config.json); it is published."""
+    output = tmp_path / "out"
+    lora = ("finetuning_type=lora", "max_steps=4", "save_steps=4")
+    paused = Paused("final-write", tmp_path, argv(output, *lora))
+    paused.process.send_signal(signal.SIGTERM)
+    code, _ = paused.finish()
+    assert code == EXIT_CODES[signal.SIGTERM]
+    again = run(*argv(output, *lora))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "publishing the final model from it (nothing to train)" in again.stdout
+    published = (output / "adapter_model.safetensors").read_bytes()
+    assert published == (output / "checkpoint-4" / "adapter_model.safetensors").read_bytes()
+    assert not (output / "model.safetensors").exists()
+
+
+@pytest.mark.slow
 def test_a_finished_run_is_not_trained_again(tmp_path: Path, reference: Path) -> None:
     """Finding 2: rerunning a finished run trains nothing, says so, exits 0, changes nothing."""
     output = tmp_path / "out"

@@ -166,11 +166,12 @@ def _publish_from_checkpoint(
         for source in weights.iterdir():
             if source.is_file() and not _training_state_file(source.name):
                 shutil.copy2(source, staging / source.name)
-        from transformers import AutoConfig
+        if (weights / "config.json").is_file():  # a full model's (a LoRA checkpoint holds the adapter only)
+            from transformers import AutoConfig
 
-        model_config = AutoConfig.from_pretrained(str(weights))
-        model_config.use_cache = True
-        model_config.save_pretrained(str(staging))
+            model_config = AutoConfig.from_pretrained(str(weights))
+            model_config.use_cache = True
+            model_config.save_pretrained(str(staging))
         shutil.copy2(checkpoint / checkpoints.TRAINER_STATE, staging / checkpoints.TRAINER_STATE)
         _finish(state.get("log_history", []), metrics, config, staging, record, state["max_steps"])
     trainer.accelerator.wait_for_everyone()
