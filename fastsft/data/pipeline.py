@@ -2,12 +2,14 @@
 
 Each stage is its own module and gets only what it needs::
 
-    reading.iter_batches ──▶ encoding.Encoder ──▶ rows.RowBuilder ──▶ Arrow record batches
-      (registry, formats)     (templates, tokenizer,   (kernels; spill.HeldSamples for BFD)
-                               kernels; workers.py)
+    sources.reading.iter_batches ──▶ rows.encoder.Encoder ──▶ rows.builder.RowBuilder ──▶ Arrow batches
+      (sources.parser, converter)     (chat templates, tokenizer    (kernels.pack; rows.spill for
+                                       backend, kernels; workers)     whole-dataset strategies)
 
-This module turns ``DataArgs`` into those stages and streams the record batches into a table, a
-cache file, or the ``save_to_disk`` layout published atomically (``build_to_disk``).
+Every command enters here: ``prepare_run`` (the tokenizer's fingerprint, the template, the
+tokenizer's fixes, once and in that order) and ``load_or_build`` (a saved ``tokenized_path``
+checked against its provenance, or the rows built now). This module streams the record batches
+into a table, a cache file, or the ``save_to_disk`` layout published atomically (``build_to_disk``).
 """
 
 from __future__ import annotations
