@@ -6,8 +6,11 @@ place (EOS replacement, pad = eos, stop words), exactly as LLaMA-Factory does.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +109,26 @@ def qwen2_tokenizer(qwen2_tokenizer_path: Path) -> Any:
 def new_fixture_tokenizer(fixture_tokenizer_path: Path) -> Callable[[], Any]:
     """A factory of fresh fixture tokenizers, for tests that run the pipeline more than once."""
     return lambda: load_tokenizer(fixture_tokenizer_path)
+
+
+@contextlib.contextmanager
+def _small_filesystem(folder: Path, options: str | None) -> Iterator[bool]:
+    """``folder``, with a tmpfs mounted on it when ``options`` are given and this process may mount
+    one (root); yields whether it mounted."""
+    folder.mkdir()
+    mounted = False
+    if options is not None and os.geteuid() == 0 and shutil.which("mount"):
+        command = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)]
+        mounted = subprocess.run(command, capture_output=True).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.fixture
+def small_filesystem() -> Callable[[Path, str | None], contextlib.AbstractContextManager[bool]]:
+    """``small_filesystem(folder, options)``: a tmpfs of those mount options on ``folder`` for the
+    block (a full or read-only disk), where this process may mount one; yields whether it did."""
+    return _small_filesystem

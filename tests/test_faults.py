@@ -7,7 +7,6 @@ loadable, and that no temporary folder or lock is left once a later run has been
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
@@ -15,8 +14,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -213,22 +212,6 @@ def test_an_output_replaced_during_the_run_is_left_alone(tmp_path: Path, output:
     assert debris(output) == []
 
 
-@contextlib.contextmanager
-def small_filesystem(folder: Path, options: str | None) -> Iterator[bool]:
-    """``folder``, with a tmpfs mounted on it when ``options`` are given and this process may mount
-    one (root); yields whether it mounted."""
-    folder.mkdir()
-    mounted = False
-    if options is not None and os.geteuid() == 0 and shutil.which("mount"):
-        command = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)]
-        mounted = subprocess.run(command, capture_output=True).returncode == 0
-    try:
-        yield mounted
-    finally:
-        if mounted:
-            subprocess.run(["umount", str(folder)], check=True)
-
-
 @pytest.mark.parametrize("how", ["tmpfs", "injected"])
 @pytest.mark.parametrize(
     ("error", "options", "cause"),
@@ -238,7 +221,7 @@ def small_filesystem(folder: Path, options: str | None) -> Iterator[bool]:
     ],
 )
 def test_a_full_or_read_only_disk_is_one_line_and_leaves_nothing(
-    tmp_path: Path, how: str, error: str, options: str, cause: str
+    tmp_path: Path, how: str, error: str, options: str, cause: str, small_filesystem: Any
 ) -> None:
     folder = tmp_path / "disk"
     with small_filesystem(folder, options if how == "tmpfs" else None) as mounted:

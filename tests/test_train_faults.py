@@ -9,7 +9,6 @@ of the README model, one thread).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -18,8 +17,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -289,23 +288,9 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     assert json.loads((output / "fastsft_train.json").read_text())["finished"] is False
 
 
-@contextlib.contextmanager
-def small_filesystem(folder: Path, size: str) -> Iterator[bool]:
-    folder.mkdir()
-    mounted = False
-    if os.geteuid() == 0 and shutil.which("mount"):
-        command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
-        mounted = subprocess.run(command, capture_output=True).returncode == 0
-    try:
-        yield mounted
-    finally:
-        if mounted:
-            subprocess.run(["umount", str(folder)], check=True)
-
-
 @pytest.mark.slow
 def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_complete_checkpoints(
-    tmp_path: Path, reference: Path
+    tmp_path: Path, reference: Path, small_filesystem: Any
 ) -> None:
     """Finding 6: ENOSPC during a checkpoint save is one line with the hint; what was saved is kept."""
     folder = tmp_path / "disk"
@@ -313,7 +298,7 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_complete_checkpoint
         p.stat().st_size for p in (reference / f"checkpoint-{STEPS}").rglob("*") if p.is_file()
     )
     assert checkpoint_bytes > 0
-    with small_filesystem(folder, f"{int(checkpoint_bytes * 1.6) // 1024}k") as mounted:
+    with small_filesystem(folder, f"size={int(checkpoint_bytes * 1.6) // 1024}k") as mounted:
         if not mounted:
             pytest.skip("cannot mount a tmpfs here (needs root)")
         output = folder / "out"
