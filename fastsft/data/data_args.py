@@ -16,7 +16,7 @@ from fastsft.errors import ConfigError
 from fastsft.fields import coerce, option
 from fastsft.kernels import ENCODE_PATHS
 from fastsft.kernels.packing import STRATEGIES
-from fastsft.tokenizer.backends import KINDS as TOKENIZER_BACKEND_KINDS
+from fastsft.tokenizer import KINDS as TOKENIZER_BACKEND_KINDS
 
 __all__ = [
     "DATA_KEYS",

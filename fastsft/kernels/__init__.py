@@ -12,12 +12,23 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 from fastsft.errors import ConfigError
-from fastsft.kernels.interface import Kernels
-from fastsft.kernels.packing import STRATEGIES, PackingStrategy
-from fastsft.kernels.types import Packing, Rows, Segments, Supervised, Varlen, offsets_from_lengths
+from fastsft.lazy import lazy_getattr
+
+if TYPE_CHECKING:
+    from fastsft.kernels.interface import Kernels
+
+# Imported on first use: the interface and the result types import numpy, which the option
+# declarations (`backend`, `packing_strategy` choices, and so `fastsft --help`) need not pay for.
+_HOMES = {
+    "Kernels": "interface",
+    "STRATEGIES": "packing",
+    "PackingStrategy": "packing",
+    **dict.fromkeys(("Packing", "Rows", "Segments", "Supervised", "Varlen", "offsets_from_lengths"), "types"),
+}
+__getattr__ = lazy_getattr(__name__, _HOMES)
 
 __all__ = [
     "ENCODE_PATHS",
@@ -57,4 +68,4 @@ def select_kernels(path: str | None = None) -> Kernels:
     that builds it (``KernelsNotBuiltError``); there is no silent fallback to the slower path.
     """
     name = "reference" if resolve_encode_path(path) == "python" else "compiled"
-    return cast(Kernels, importlib.import_module(f"fastsft.kernels.{name}"))
+    return cast("Kernels", importlib.import_module(f"fastsft.kernels.{name}"))

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from fastsft.lazy import lazy_getattr
 
+KINDS = ("auto", "hf", "fast")
+"""The tokenizer backends ``backends.load_backend`` builds (``--tokenizer-backend``); declared here,
+without the backends' imports, so the option's choices cost nothing to read."""
+
 _HOMES = {
     "CACHE_ENV_VAR": "loader",
     "cache_dir": "loader",
@@ -22,6 +26,6 @@ _HOMES = {
     "TokenizerBackend": "backends",
     "load_backend": "backends",
 }
-__all__ = sorted(_HOMES)
+__all__ = sorted([*_HOMES, "KINDS"])
 
 __getattr__ = lazy_getattr(__name__, _HOMES)

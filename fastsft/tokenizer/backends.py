@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fastsft.errors import ConfigError, DataError
+from fastsft.tokenizer import KINDS
 from fastsft.tokenizer.snapshot import encodes_through_rust
 
 __all__ = [
@@ -56,7 +57,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ENV_VAR = "FASTSFT_TOKENIZER"
-KINDS = ("auto", "hf", "fast")
 
 # fastokens reads its encoder thread count from this variable when it first encodes in a process.
 _THREADS_VAR = "FASTOKENS_BPE_THREADS"
