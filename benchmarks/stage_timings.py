@@ -33,7 +33,7 @@ from fastsft.tokenizer.loader import load_tokenizer
 SECONDS: collections.Counter[str] = collections.Counter()
 
 STAGES: list[tuple[Any, str, str]] = [
-    (pipeline, "make_encoder", "make_encoder (backend check)"),
+    (pipeline.PreparedRun, "encoder", "PreparedRun.encoder (backend check)"),
     (reading, "convert", "convert (row -> messages)"),
     (encoding.Encoder, "render", "render (template)"),
     (encoding.Encoder, "_encode_rendered", "encode_rendered (all below)"),
