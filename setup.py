@@ -30,7 +30,14 @@ core = Extension(
     "fastsft._core",
     sources=["csrc/_core.pyx"],
     # The included kernel files: rebuild when they change, and ship them in the sdist.
-    depends=["csrc/_core.pyx", "csrc/encode.pxi", "csrc/pack.pxi", "csrc/collate.pxi", "csrc/scan.pxi"],
+    depends=[
+        "csrc/_core.pyx",
+        "csrc/encode.pxi",
+        "csrc/pack.pxi",
+        "csrc/collate.pxi",
+        "csrc/scan.pxi",
+        "csrc/render.pxi",
+    ],
     include_dirs=[np.get_include()],
     define_macros=[*macros, ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     extra_compile_args=compile_args,

@@ -191,20 +191,12 @@ def rendered_texts(tokenizer: Any, dataset_dir: Path, template: str) -> tuple[li
         args.dataset_dir,
         max_samples=args.max_samples,
         batch_size=args.preprocessing_batch_size,
-        policy=encoder.policy,
         summary=Summary(),
     )
-    for convs, _ in reading:
-        examples += len(convs)
-        batches.append(
-            [
-                seg
-                for conv in convs
-                for message in encoder.render(conv)
-                for seg in message
-                if isinstance(seg, str)
-            ]
-        )
+    for batch in reading:
+        rendered = encoder.render_batch(batch, Summary())
+        examples += len(rendered.segments)
+        batches.append(rendered.segments.texts)
     return batches, examples
 
 

@@ -24,7 +24,6 @@ from data import DATASET_NAME
 import fastsft.data.pipeline as pipeline
 import fastsft.data.rows.builder as rows
 import fastsft.data.rows.encoder as encoding
-import fastsft.data.sources.reading as reading
 import fastsft.kernels.compiled as kernels
 import fastsft.tokenizer.backends as tokenization
 from fastsft.data.data_args import DataArgs
@@ -34,9 +33,9 @@ SECONDS: collections.Counter[str] = collections.Counter()
 
 STAGES: list[tuple[Any, str, str]] = [
     (pipeline.PreparedRun, "encoder", "PreparedRun.encoder (backend check)"),
-    (reading, "convert", "convert (row -> messages)"),
-    (encoding.Encoder, "render", "render (template)"),
-    (encoding.Encoder, "_encode_rendered", "encode_rendered (all below)"),
+    (encoding.Encoder, "render_batch", "render_batch (row -> segments)"),
+    (encoding.Encoder, "_render_readably", "  convert + render (rows without the compiled step)"),
+    (encoding.Encoder, "_encode_segments", "encode segments (all below)"),
     (tokenization.FastokensBackend, "encode_batch_flat", "  fastokens"),
     (kernels, "gather_segments", "  gather_segments"),
     (kernels, "assemble_supervised", "  assemble_supervised"),

@@ -1,9 +1,10 @@
 # cython: language_level=3
 """fastsft's compiled kernels: flat-buffer loops for encoding, packing and collation.
 
-Every kernel takes and returns flat NumPy buffers (int32 tokens, int64 offsets) and runs its
-loops without the GIL. Kernels raise ``ValueError`` for structurally invalid input; callers
-that know the dataset and sample turn that into a located ``fastsft.errors.DataError``.
+Every kernel but one takes and returns flat NumPy buffers (int32 tokens, int64 offsets) and runs
+its loops without the GIL; ``render_row`` (``render.pxi``) reads a row's dicts and strings, with
+the GIL. Kernels raise ``ValueError`` for structurally invalid input; callers that know the
+dataset and sample turn that into a located ``fastsft.errors.DataError``.
 ``fastsft.kernels.compiled`` is the only module that imports this one.
 """
 
@@ -69,3 +70,4 @@ include "encode.pxi"
 include "pack.pxi"
 include "collate.pxi"
 include "scan.pxi"
+include "render.pxi"

@@ -54,3 +54,6 @@ def scan_json_array(
     buf: bytes | bytearray | memoryview, pos: int, state: int
 ) -> tuple[list[tuple[int, int]], int, int, int]:
     """(spans [(start, end), ...], pos, state, status)."""
+
+def render_row(row: object, plan_tuple: tuple[object, ...], out: object) -> bool:
+    """Whether ``row`` was rendered into ``out`` (a ``SegmentBatch``) under ``plan`` (a ``RenderPlan``)."""

@@ -96,7 +96,7 @@ def write_datasets(root: Path) -> str:
 
 
 def read_split(args: DataArgs, name: str) -> list[str]:
-    from fastsft.data.accounting import SamplePolicy, Summary
+    from fastsft.data.accounting import Summary
     from fastsft.data.sources.reading import iter_batches
 
     source = plan_splits(args)[name]
@@ -105,12 +105,11 @@ def read_split(args: DataArgs, name: str) -> list[str]:
         args.dataset_dir,
         max_samples=args.max_samples,
         batch_size=4,
-        policy=SamplePolicy(),
         summary=Summary(),
         order=source.order,
         lengths=source.lengths,
     )
-    return [conv.messages[0]["content"] for convs, _refs in batches for conv in convs]
+    return [row["conversations"][0]["value"] for batch in batches for row in batch.rows]
 
 
 def test_splits_read_the_planned_rows(tmp_path: Path) -> None:

@@ -271,7 +271,6 @@ def _build_split(
         args.dataset_dir,
         max_samples=args.max_samples,
         batch_size=args.preprocessing_batch_size,
-        policy=encoder.policy,
         summary=summary,
         order=source.order,
         lengths=source.lengths,

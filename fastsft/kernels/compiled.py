@@ -13,7 +13,16 @@ import numpy as np
 
 from fastsft.errors import FastSFTError
 from fastsft.kernels.packing import BFD, LLAMAFACTORY, STRATEGIES, PackingStrategy
-from fastsft.kernels.types import ArrayScan, Packing, Rows, Segments, Supervised, Varlen
+from fastsft.kernels.types import (
+    ArrayScan,
+    Packing,
+    RenderPlan,
+    Rows,
+    SegmentBatch,
+    Segments,
+    Supervised,
+    Varlen,
+)
 
 __all__ = [
     "BOUNDS_CHECKED",
@@ -24,6 +33,7 @@ __all__ = [
     "materialize_rows",
     "pack",
     "pack_bfd",
+    "render_row",
     "scan_json_array",
     "varlen_flatten",
 ]
@@ -121,3 +131,8 @@ def varlen_flatten(
 def scan_json_array(buf: Any, pos: int, state: int) -> ArrayScan:
     """See ``fastsft.kernels.reference.scan_json_array``."""
     return ArrayScan(*_core.scan_json_array(buf, pos, state))
+
+
+def render_row(row: Any, plan: RenderPlan, out: SegmentBatch) -> bool:
+    """See ``fastsft.kernels.reference.render_row``."""
+    return bool(_core.render_row(row, plan, out))

@@ -12,7 +12,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from fastsft.kernels.packing import PackingStrategy
-from fastsft.kernels.types import ArrayScan, Packing, Rows, Segments, Supervised, Varlen
+from fastsft.kernels.types import (
+    ArrayScan,
+    Packing,
+    RenderPlan,
+    Rows,
+    SegmentBatch,
+    Segments,
+    Supervised,
+    Varlen,
+)
 
 __all__ = ["Kernels"]
 
@@ -58,3 +67,5 @@ class Kernels(Protocol):
     ) -> Varlen: ...
 
     def scan_json_array(self, buf: Any, pos: int, state: int) -> ArrayScan: ...
+
+    def render_row(self, row: Any, plan: RenderPlan, out: SegmentBatch) -> bool: ...

@@ -21,9 +21,12 @@ from fastsft.kernels.types import (
     SCAN_CLOSED,
     SCAN_INVALID,
     SCAN_MORE,
+    SLOT_ROLES,
     ArrayScan,
     Packing,
+    RenderPlan,
     Rows,
+    SegmentBatch,
     Segments,
     Supervised,
     Varlen,
@@ -37,6 +40,7 @@ __all__ = [
     "materialize_rows",
     "pack",
     "pack_bfd",
+    "render_row",
     "scan_json_array",
     "varlen_flatten",
 ]
@@ -306,3 +310,97 @@ def scan_json_array(buf: Any, pos: int, state: int) -> ArrayScan:
         else:
             return ArrayScan(spans, i, state, SCAN_INVALID)
     return ArrayScan(spans, i, state, SCAN_MORE)
+
+
+_USER = SLOT_ROLES.index("user")
+
+
+def render_row(row: Any, plan: RenderPlan, out: SegmentBatch) -> bool:
+    """Append ``row``'s segments to ``out`` and return True, or append nothing and return False.
+
+    The result equals ``convert(row, attr)`` then ``Template.render`` (laid out by
+    ``SegmentBatch.add``) for every row it takes; it takes a ShareGPT row only when that path
+    would give a conversation without tools whose every role and the system text have plain
+    slots in ``plan``, and leaves every other row (anything dropped, malformed, with tools or
+    media, of a type it does not expect) to that path, which says why.
+    """
+    if row.__class__ is not dict:
+        return False
+    messages = row.get(plan.messages)
+    if messages.__class__ is not list:
+        return False
+    offset, system = 0, None
+    if plan.system_tag is not None and messages:
+        first = messages[0]
+        if first.__class__ is not dict or plan.role_tag not in first:
+            return False
+        if first[plan.role_tag] == plan.system_tag:
+            if plan.content_tag not in first:
+                return False
+            offset, system = 1, first[plan.content_tag]
+    if offset == 0 and plan.system_column is not None:
+        system = row.get(plan.system_column)
+    count = len(messages) - offset
+    if count == 0 or count % 2:
+        return False
+    if plan.kto_tag is not None and row.get(plan.kto_tag).__class__ is bool:
+        return False
+    if any(row.get(column) for column in plan.media_columns):
+        return False
+    if plan.tools_column is not None and row.get(plan.tools_column):
+        return False
+    if not system:
+        system = plan.default_system
+    elif system.__class__ is not str:
+        return False
+    if system and plan.system_parts is None:
+        return False
+
+    sizes = (len(out.texts), len(out.segment_texts), len(out.special_ids), len(out.message_segments))
+    for turn in range(count):
+        message = messages[offset + turn]
+        if message.__class__ is not dict:
+            break
+        role = message.get(plan.role_tag)
+        content = message.get(plan.content_tag)
+        if role.__class__ is not str or content.__class__ is not str:
+            break
+        code = (plan.response_roles if turn % 2 else plan.prompt_roles).get(role)
+        if code is None:
+            break
+        parts = plan.role_parts[code]
+        if parts is None:
+            break
+        before = len(out.segment_texts)
+        if turn == 0:
+            _emit(plan.prefix, "", None, out)
+            if system:
+                assert plan.system_parts is not None
+                _emit(plan.system_parts, system, None, out)
+        _emit(parts, content, str(turn // 2) if code == _USER else None, out)
+        out.message_segments.append(len(out.segment_texts) - before)
+    else:
+        out.sample_messages.append(count)
+        return True
+    texts, segment_texts, special_ids, message_segments = sizes
+    del out.texts[texts:], out.segment_texts[segment_texts:], out.special_ids[special_ids:]
+    del out.message_segments[message_segments:]
+    return False
+
+
+def _emit(parts: tuple[Any, ...], content: str, idx: str | None, out: SegmentBatch) -> None:
+    """``parts`` with ``{{content}}`` (then ``{{idx}}``) filled, as ``_CompiledSlots.segments``; empty text is left out."""
+    for part in parts:
+        if part.__class__ is tuple:
+            text = part[0].replace("{{content}}", content, 1)
+            if idx is not None:
+                text = text.replace("{{idx}}", idx, 1)
+            if not text:
+                continue
+            part = text
+        if part.__class__ is str:
+            out.segment_texts.append(len(out.texts))
+            out.texts.append(part)
+        else:
+            out.segment_texts.append(-1)
+            out.special_ids.append(part)

@@ -15,9 +15,12 @@ __all__ = [
     "SCAN_INVALID",
     "SCAN_MORE",
     "SCAN_OPEN",
+    "SLOT_ROLES",
     "ArrayScan",
     "Packing",
+    "RenderPlan",
     "Rows",
+    "SegmentBatch",
     "Segments",
     "Supervised",
     "Varlen",
@@ -98,3 +101,69 @@ def offsets_from_lengths(lengths: np.ndarray) -> np.ndarray:
     out = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=out[1:])
     return out
+
+
+SLOT_ROLES = ("user", "assistant", "observation", "function")
+"""The message roles, in the order of ``RenderPlan.role_parts``."""
+
+Part = int | str | tuple[str]
+"""A slot of a compiled formatter: a special-token id, fixed text, or ``(text,)`` with placeholders."""
+
+
+class RenderPlan(NamedTuple):
+    """What ``render_row`` needs to turn a raw ShareGPT row straight into segments: the dataset's
+    columns and tags (``DatasetAttr``) and a plain template's slots resolved for one tokenizer.
+
+    Built by ``fastsft.data.rows.rendering.render_plan``, which documents the rows it covers; any
+    other row is left to the readable path (``convert`` then ``Template.render``).
+    """
+
+    messages: str  # the messages column
+    role_tag: str
+    content_tag: str
+    system_tag: str | None  # a first message with this role is the system prompt
+    system_column: str | None
+    tools_column: str | None
+    kto_tag: str | None
+    media_columns: tuple[str, ...]
+    prompt_roles: dict[str, int]  # role tag allowed at a prompt position -> index into role_parts
+    response_roles: dict[str, int]  # the same at a response position
+    role_parts: tuple[tuple[Part, ...] | None, ...]  # per SLOT_ROLES; None: such rows are left out
+    prefix: tuple[int | str, ...]  # the first message's leading segments
+    system_parts: tuple[Part, ...] | None  # None: rows with a system text are left out
+    default_system: str
+
+
+class SegmentBatch:
+    """A batch's rendered samples, flat: the texts to tokenize in one call and how the segments,
+    messages and samples are laid out over them (``gather_segments``' inputs).
+
+    Segment ``s`` is ``texts[segment_texts[s]]`` or, where that index is -1, the next entry of
+    ``special_ids``; messages own ``message_segments`` segments each, samples
+    ``sample_messages`` messages each, in order.
+    """
+
+    __slots__ = ("message_segments", "sample_messages", "segment_texts", "special_ids", "texts")
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.segment_texts: list[int] = []
+        self.special_ids: list[int] = []
+        self.message_segments: list[int] = []
+        self.sample_messages: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.sample_messages)
+
+    def add(self, rendered: list[list[int | str]]) -> None:
+        """Append one sample rendered as segments per message (``Template.render``'s output)."""
+        self.sample_messages.append(len(rendered))
+        for segments in rendered:
+            self.message_segments.append(len(segments))
+            for segment in segments:
+                if isinstance(segment, str):
+                    self.segment_texts.append(len(self.texts))
+                    self.texts.append(segment)
+                else:
+                    self.segment_texts.append(-1)
+                    self.special_ids.append(segment)

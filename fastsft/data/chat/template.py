@@ -28,6 +28,7 @@ from fastsft.data.chat.formatter import (
     ToolFormatter,
 )
 from fastsft.errors import ConfigError, DataError
+from fastsft.kernels.types import SLOT_ROLES, Part
 
 __all__ = [
     "Glm47ReasoningTemplate",
@@ -214,6 +215,38 @@ class Template:
                 }
             )
         )
+
+    def plain_slots(
+        self, specials: SpecialTokens
+    ) -> tuple[tuple[Segment, ...], tuple[Part, ...] | None, tuple[tuple[Part, ...] | None, ...]] | None:
+        """The slots ``fastsft.kernels`` ``render_row`` fills, resolved for ``specials``: the prefix's
+        segments, the system formatter's parts and each role's (``SLOT_ROLES`` order), as
+        ``_CompiledSlots`` holds them with placeholder text as ``(text,)``. A formatter that applies
+        itself, or names a token the tokenizer lacks, gets ``None`` (its messages are rendered
+        here); a template class that renders its own way gets ``None`` as a whole."""
+        if type(self) is not Template:
+            return None
+
+        def parts(formatter: Formatter) -> tuple[Part, ...] | None:
+            if not _compilable(formatter):
+                return None
+            try:
+                compiled = self._compiled(formatter, specials)
+            except ConfigError:
+                return None
+            return tuple(tuple(part) if isinstance(part, list) else part for part in compiled.parts)
+
+        try:
+            prefix = tuple(self._prefix(specials))
+        except ConfigError:
+            return None
+        by_role = {
+            "user": self.format_user,
+            "assistant": self.format_assistant,
+            "observation": self.format_observation,
+            "function": self.format_function,
+        }
+        return prefix, parts(self.format_system), tuple(parts(by_role[role]) for role in SLOT_ROLES)
 
     def encode_messages(
         self,

@@ -1,10 +1,12 @@
-"""Encoding: conversations → flat ``input_ids``/``labels`` of a preprocessing batch.
+"""Encoding: raw rows → flat ``input_ids``/``labels`` of a preprocessing batch.
 
-One path for both encode paths: the template renders every conversation into segments, the
-tokenizer implementation encodes all text segments of the batch in one call, the segments are
-laid out per message, and the kernels' ``assemble_supervised`` applies LLaMA-Factory's
-truncation and loss mask to the whole batch. Only the kernel module and the tokenizer
-implementation differ between ``compiled`` and ``python``.
+One path for both encode paths, in two halves. ``render_batch``: each row becomes segments, by
+the kernels' ``render_row`` where the dataset and template have a plan
+(``fastsft.data.rows.rendering``), else by ``convert`` and ``Template.render`` (which also name
+what is wrong with a row). ``encode_rendered``: the tokenizer implementation encodes all text
+segments of the batch in one call, the segments are laid out per message, and the kernels'
+``assemble_supervised`` applies LLaMA-Factory's truncation and loss mask to the whole batch.
+Only the kernel module and the tokenizer implementation differ between ``compiled`` and ``python``.
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ import numpy as np
 
 from fastsft.data.accounting import SamplePolicy, SampleRef, Summary
 from fastsft.data.chat.template import SpecialTokens, Template
-from fastsft.data.sources.converter import Conversation
+from fastsft.data.rows.rendering import render_plan
+from fastsft.data.sources.converter import Conversation, Dropped, convert
+from fastsft.data.sources.parser import DatasetAttr
+from fastsft.data.sources.reading import Batch
 from fastsft.errors import DataError
 from fastsft.kernels import offsets_from_lengths, select_kernels
 from fastsft.kernels.supervised import TurnTrace, encode_pairs, pairs
+from fastsft.kernels.types import RenderPlan, SegmentBatch
 
-__all__ = ["LABELS_LONGER_THAN_INPUTS", "EncodedBatch", "Encoder", "in_dataset_terms"]
+__all__ = ["LABELS_LONGER_THAN_INPUTS", "EncodedBatch", "Encoder", "RenderedBatch", "in_dataset_terms"]
 
 # LLaMA-Factory labels an empty later-turn prompt with one eos under efficient_eos, which makes
 # `labels` longer than `input_ids`; no collator can use such a sample, so it is reported instead.
@@ -66,8 +72,17 @@ class EncodedBatch:
         )
 
 
+@dataclass
+class RenderedBatch:
+    """A batch after ``Encoder.render_batch``: its kept samples' segments, and, where errors can
+    still be found once they are tokenized (``efficient_eos``), the kept samples themselves."""
+
+    segments: SegmentBatch
+    kept: Batch | None
+
+
 class Encoder:
-    """Turns conversations into ``input_ids``/``labels`` with one template, tokenizer and option set.
+    """Turns raw rows (or conversations) into ``input_ids``/``labels`` with one template, tokenizer and option set.
 
     ``tokenizer`` is the HF tokenizer (already fixed by ``fix_tokenizer``) that provides the
     special tokens; ``tokenizer_backend`` encodes the text (``fastsft.tokenizer.backends``);
@@ -98,6 +113,7 @@ class Encoder:
         self.specials = SpecialTokens.from_tokenizer(tokenizer, template.slot_tokens())
         self.discarding_history_cot = mask_history and not template.preserve_thinking
         self.eos_token_id = -1 if tokenizer.eos_token_id is None else tokenizer.eos_token_id
+        self._plans: dict[int, tuple[DatasetAttr, RenderPlan | None]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable for worker processes: the kernel module is selected again there."""
@@ -151,55 +167,76 @@ class Encoder:
         full = sum(len(m) for m in messages) + (1 if self.template.efficient_eos else 0)
         return input_ids, labels, full
 
-    def encode(self, convs: list[Conversation], refs: list[SampleRef], summary: Summary) -> EncodedBatch:
-        """Encode a batch; a sample the template rejects goes to the policy (raised, or counted and skipped)."""
-        rendered, kept = [], []
-        for conv, ref in zip(convs, refs):
-            try:
-                rendered.append(self.render(conv))
-                kept.append(ref)
-            except DataError as err:
-                self.policy.malformed(in_dataset_terms(err, conv), ref, summary)
-        encoded, label_offsets = self._encode_rendered(rendered)
+    def encode(self, batch: Batch, summary: Summary) -> EncodedBatch:
+        """Encode a batch of raw rows; a row dropped or malformed goes to the policy (raised, or counted and skipped)."""
+        return self.encode_rendered(self.render_batch(batch, summary), summary)
+
+    def render_batch(self, batch: Batch, summary: Summary) -> RenderedBatch:
+        """The first half of ``encode``: every row's segments (dropped and malformed rows to the policy)."""
+        segments = SegmentBatch()
+        kept: list[int] = []
+        render_row = self.kernels.render_row
+        for position, (row, attr, ref) in enumerate(zip(*batch)):
+            plan = self._plan(attr)
+            if (plan is not None and render_row(row, plan, segments)) or self._render_readably(
+                row, attr, ref, segments, summary
+            ):
+                kept.append(position)
+        if not self.template.efficient_eos:
+            return RenderedBatch(segments, None)
+        return RenderedBatch(segments, Batch(*([column[p] for p in kept] for column in batch)))
+
+    def encode_rendered(self, rendered: RenderedBatch, summary: Summary) -> EncodedBatch:
+        """The second half of ``encode``: tokenize, then assemble ids and labels."""
+        encoded, label_offsets = self._encode_segments(rendered.segments)
         if np.array_equal(label_offsets, encoded.offsets):
             return encoded
+        assert rendered.kept is not None  # only efficient_eos makes labels longer than input_ids
         bad = set(np.flatnonzero(np.diff(label_offsets) != encoded.lengths).tolist())
         for index in sorted(bad):
-            self.policy.malformed(DataError(LABELS_LONGER_THAN_INPUTS), kept[index], summary)
-        return self._encode_rendered([r for i, r in enumerate(rendered) if i not in bad])[0]
+            self.policy.malformed(DataError(LABELS_LONGER_THAN_INPUTS), rendered.kept.refs[index], summary)
+        good = Batch(*([value for i, value in enumerate(column) if i not in bad] for column in rendered.kept))
+        return self._encode_segments(self.render_batch(good, summary).segments)[0]
 
-    def _encode_rendered(
-        self, rendered_batch: list[list[list[int | str]]]
-    ) -> tuple[EncodedBatch, np.ndarray]:
+    def _plan(self, attr: DatasetAttr) -> RenderPlan | None:
+        """The ``render_row`` plan of ``attr``'s rows, made once per dataset."""
+        known = self._plans.get(id(attr))
+        if known is None or known[0] is not attr:
+            known = self._plans[id(attr)] = (attr, render_plan(attr, self.template, self.specials))
+        return known[1]
+
+    def _render_readably(
+        self, row: dict[str, Any], attr: DatasetAttr, ref: SampleRef, segments: SegmentBatch, summary: Summary
+    ) -> bool:
+        """``convert`` then ``Template.render`` into ``segments``; False when the policy got the row instead."""
+        try:
+            conv = convert(row, attr)
+        except DataError as err:
+            self.policy.malformed(err, ref, summary)
+            return False
+        if isinstance(conv, Dropped):
+            self.policy.dropped(conv.reason, ref, summary)
+            return False
+        try:
+            segments.add(self.render(conv))
+        except DataError as err:
+            self.policy.malformed(in_dataset_terms(err, conv), ref, summary)
+            return False
+        return True
+
+    def _encode_segments(self, segments: SegmentBatch) -> tuple[EncodedBatch, np.ndarray]:
         """One tokenizer call for every text segment of the batch, then one kernel call."""
-        texts: list[str] = []
-        seg_text_index: list[int] = []  # index into texts, or -1 for a special id
-        special_ids: list[int] = []
-        message_seg_counts: list[int] = []
-        sample_message_counts: list[int] = []
-        for rendered in rendered_batch:
-            sample_message_counts.append(len(rendered))
-            for segments in rendered:
-                message_seg_counts.append(len(segments))
-                for seg in segments:
-                    if isinstance(seg, str):
-                        seg_text_index.append(len(texts))
-                        texts.append(seg)
-                    else:
-                        seg_text_index.append(-1)
-                        special_ids.append(seg)
-
-        text_ids, text_offsets = self.tokenizer_backend.encode_batch_flat(texts)
+        text_ids, text_offsets = self.tokenizer_backend.encode_batch_flat(segments.texts)
         token_ids, seg_lengths = self.kernels.gather_segments(
             text_ids,
             text_offsets,
-            np.asarray(seg_text_index, dtype=np.int64),
-            np.asarray(special_ids, np.int32),
+            np.asarray(segments.segment_texts, dtype=np.int64),
+            np.asarray(segments.special_ids, np.int32),
         )
         message_bounds = offsets_from_lengths(seg_lengths)[
-            offsets_from_lengths(np.asarray(message_seg_counts, dtype=np.int64))
+            offsets_from_lengths(np.asarray(segments.message_segments, dtype=np.int64))
         ]
-        sample_bounds = offsets_from_lengths(np.asarray(sample_message_counts, dtype=np.int64))
+        sample_bounds = offsets_from_lengths(np.asarray(segments.sample_messages, dtype=np.int64))
         out = self.kernels.assemble_supervised(
             token_ids,
             message_bounds,

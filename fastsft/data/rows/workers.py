@@ -28,10 +28,10 @@ def _init_worker(encoder: Encoder) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _encode_in_worker(convs: list, refs: list) -> tuple[EncodedBatch, Summary]:
+def _encode_in_worker(batch: Batch) -> tuple[EncodedBatch, Summary]:
     assert _worker_encoder is not None
     part = Summary()
-    return _worker_encoder.encode(convs, refs, part), part
+    return _worker_encoder.encode(batch, part), part
 
 
 def encoded_batches(
@@ -42,8 +42,8 @@ def encoded_batches(
     A worker's counters come back with its batch and are merged into ``summary`` whole.
     """
     if workers <= 1:
-        for convs, refs in batches:
-            yield encoder.encode(convs, refs, summary)
+        for batch in batches:
+            yield encoder.encode(batch, summary)
         return
 
     import multiprocessing as mp
@@ -57,8 +57,8 @@ def encoded_batches(
             summary.merge(result[1])
             return result[0]
 
-        for convs, refs in _waiting_on_error(batches, pending):
-            pending.append(pool.apply_async(_encode_in_worker, (convs, refs)))
+        for batch in _waiting_on_error(batches, pending):
+            pending.append(pool.apply_async(_encode_in_worker, (batch,)))
             if len(pending) >= 2 * workers:
                 yield merged(pending.popleft().get())
         while pending:

@@ -22,6 +22,7 @@ __all__ = [
     "Conversation",
     "Dropped",
     "convert",
+    "tag_mapping",
 ]
 
 USER, ASSISTANT, OBSERVATION, FUNCTION, SYSTEM = "user", "assistant", "observation", "function", "system"
@@ -184,8 +185,8 @@ def _convert_alpaca(row: Mapping[str, Any], attr: DatasetAttr) -> _Converted | D
     return messages, _column(row, attr.system), _column(row, attr.tools)
 
 
-def _tag_mapping(attr: DatasetAttr) -> dict[Any, str]:
-    """Tag → role, built in LLaMA-Factory's order (a later duplicate tag wins)."""
+def tag_mapping(attr: DatasetAttr) -> dict[Any, str]:
+    """ShareGPT/OpenAI role tag → role, built in LLaMA-Factory's order (a later duplicate tag wins)."""
     return {
         attr.user_tag: USER,
         attr.assistant_tag: ASSISTANT,
@@ -240,7 +241,7 @@ def _odd_count(count: int) -> Dropped:
 
 
 def _convert_sharegpt(row: Mapping[str, Any], attr: DatasetAttr) -> _Converted | Dropped:
-    tag_mapping = _tag_mapping(attr)
+    roles = tag_mapping(attr)
     odd_tags = (attr.user_tag, attr.observation_tag)
     even_tags = (attr.assistant_tag, attr.function_tag)
     accept_tags = (odd_tags, even_tags)
@@ -260,9 +261,9 @@ def _convert_sharegpt(row: Mapping[str, Any], attr: DatasetAttr) -> _Converted |
             if role in accept_tags[turn_idx % 2]:
                 content = _get(message, content_tag, where)
         if role not in accept_tags[turn_idx % 2]:
-            return _role_error(index, role, accept_tags[turn_idx % 2], tag_mapping)
+            return _role_error(index, role, accept_tags[turn_idx % 2], roles)
 
-        aligned.append(_Message(tag_mapping[role], content, f"{attr.messages}[{index}].{content_tag}"))
+        aligned.append(_Message(roles[role], content, f"{attr.messages}[{index}].{content_tag}"))
 
     if len(aligned) % 2 != 0:
         return _odd_count(len(aligned))
@@ -275,7 +276,7 @@ def _convert_sharegpt(row: Mapping[str, Any], attr: DatasetAttr) -> _Converted |
 
 
 def _convert_openai(row: Mapping[str, Any], attr: DatasetAttr) -> _Converted | Dropped:
-    tag_mapping = _tag_mapping(attr)
+    roles = tag_mapping(attr)
     messages = _message_list(row, attr)
     leading = _leading_system(messages, attr)
     if leading:
@@ -310,11 +311,11 @@ def _convert_openai(row: Mapping[str, Any], attr: DatasetAttr) -> _Converted | D
             sources.append((first_tool_index, attr.observation_tag))
             tool_responses = []
 
-        if role not in list(tag_mapping):
-            known = ", ".join(str(tag) for tag in tag_mapping if tag is not None)
+        if role not in list(roles):
+            known = ", ".join(str(tag) for tag in roles if tag is not None)
             raise DataError(f"unknown role {role!r} (known: {known})", field=f"{where}.{attr.role_tag}")
 
-        aligned.append(_Message(tag_mapping[role], content, content_field))
+        aligned.append(_Message(roles[role], content, content_field))
         sources.append((index, source_role))
 
     # LLaMA-Factory builds the system prompt before it skips a broken row, so its errors come first.
@@ -329,7 +330,7 @@ def _convert_openai(row: Mapping[str, Any], attr: DatasetAttr) -> _Converted | D
     for turn_idx, message in enumerate(aligned):
         if message.role not in accept_tags[turn_idx % 2]:
             index, source_role = sources[turn_idx]
-            return _role_error(index, source_role, expected_tags[turn_idx % 2], tag_mapping)
+            return _role_error(index, source_role, expected_tags[turn_idx % 2], roles)
 
     if len(aligned) % 2 != 0:
         return _odd_count(len(aligned))

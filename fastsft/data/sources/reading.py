@@ -1,8 +1,9 @@
-"""Reading: raw rows of every dataset, converted to conversations, in preprocessing batches.
+"""Reading: raw rows of every dataset, in preprocessing batches, or one by one converted to conversations.
 
 Batches hold ``batch_size`` raw samples, the batches LLaMA-Factory's ``dataset.map(batched=True)``
-sees, so its per-batch packing can be reproduced. Rows LLaMA-Factory drops and malformed rows
-are handed to the ``SamplePolicy`` (counted, or raised) and left out of the batch.
+sees, so its per-batch packing can be reproduced. They are converted (or rendered straight from
+the raw rows) by ``fastsft.data.rows.encoder``, which hands rows LLaMA-Factory drops and
+malformed rows to the ``SamplePolicy``.
 """
 
 from __future__ import annotations
@@ -10,18 +11,24 @@ from __future__ import annotations
 import itertools
 import pickle
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from fastsft.data.accounting import SamplePolicy, SampleRef, Summary
+from fastsft.data.accounting import SampleRef, Summary
 from fastsft.data.sources.converter import Conversation, Dropped, convert
 from fastsft.data.sources.parser import DatasetAttr, iter_rows
 from fastsft.errors import DataError
 
 __all__ = ["Batch", "iter_batches", "iter_converted", "iter_samples"]
 
-Batch = tuple[list[Conversation], list[SampleRef]]
+
+class Batch(NamedTuple):
+    """One preprocessing batch of raw samples: row ``i`` came from dataset ``attrs[i]`` at ``refs[i]``."""
+
+    rows: list[dict[str, Any]]
+    attrs: list[DatasetAttr]
+    refs: list[SampleRef]
 
 
 def iter_samples(
@@ -101,28 +108,20 @@ def iter_batches(
     *,
     max_samples: int | None,
     batch_size: int,
-    policy: SamplePolicy,
     summary: Summary,
     order: np.ndarray | None = None,
     lengths: list[int] | None = None,
 ) -> Iterator[Batch]:
-    """Preprocessing batches of valid conversations (rows in ``order``, see ``iter_samples``);
-    invalid rows go to ``policy``."""
-    convs: list[Conversation] = []
-    refs: list[SampleRef] = []
-    raw_in_batch = 0
-    for ref, result in iter_converted(attrs, dataset_dir, max_samples, order, lengths):
+    """Preprocessing batches of ``batch_size`` raw samples (rows in ``order``, see ``iter_samples``),
+    each counted in ``summary.examples_in``."""
+    batch = Batch([], [], [])
+    for attr, ref, row in iter_samples(attrs, dataset_dir, max_samples, order, lengths):
         summary.examples_in += 1
-        raw_in_batch += 1
-        if isinstance(result, DataError):
-            policy.malformed(result, ref, summary)
-        elif isinstance(result, Dropped):
-            policy.dropped(result.reason, ref, summary)
-        else:
-            convs.append(result)
-            refs.append(ref)
-        if raw_in_batch == batch_size:
-            yield convs, refs
-            convs, refs, raw_in_batch = [], [], 0
-    if raw_in_batch:
-        yield convs, refs
+        batch.rows.append(row)
+        batch.attrs.append(attr)
+        batch.refs.append(ref)
+        if len(batch.rows) == batch_size:
+            yield batch
+            batch = Batch([], [], [])
+    if batch.rows:
+        yield batch
