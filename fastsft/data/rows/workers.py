@@ -1,4 +1,5 @@
-"""The worker pool: preprocessing batches encoded in spawned processes, in order, bounded in flight."""
+"""Encoding the batches in order: here, rendering ahead while the tokenizer backend is still being
+built, or in a pool of spawned processes, bounded in flight."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from fastsft.data.accounting import Summary
-from fastsft.data.rows.encoder import EncodedBatch, Encoder
+from fastsft.data.rows.encoder import EncodedBatch, Encoder, RenderedBatch
 from fastsft.data.sources.reading import Batch
 from fastsft.errors import FastSFTError
 
@@ -37,13 +38,13 @@ def _encode_in_worker(batch: Batch) -> tuple[EncodedBatch, Summary]:
 def encoded_batches(
     encoder: Encoder, batches: Iterator[Batch], summary: Summary, workers: int
 ) -> Iterator[EncodedBatch]:
-    """Encode batches here, or in ``workers`` processes keeping at most ``2 * workers`` in flight.
+    """Encode batches here (``_encoded_here``), or in ``workers`` processes keeping at most
+    ``2 * workers`` in flight.
 
     A worker's counters come back with its batch and are merged into ``summary`` whole.
     """
     if workers <= 1:
-        for batch in batches:
-            yield encoder.encode(batch, summary)
+        yield from _encoded_here(encoder, batches, summary)
         return
 
     import multiprocessing as mp
@@ -63,6 +64,56 @@ def encoded_batches(
                 yield merged(pending.popleft().get())
         while pending:
             yield merged(pending.popleft().get())
+
+
+# Text rendered ahead at most while the tokenizer backend is being built: about a second of reading
+# and rendering on the 2-core VM, which the build (1.4-1.9 s) takes anyway.
+RENDER_AHEAD_CHARS = 128 * 2**20
+
+
+def _encoded_here(encoder: Encoder, batches: Iterator[Batch], summary: Summary) -> Iterator[EncodedBatch]:
+    """Batches encoded in this process, in order.
+
+    While the tokenizer backend is still being built on its own thread (``ready`` is False),
+    batches are read and rendered ahead, up to ``RENDER_AHEAD_CHARS`` of text, so that reading and
+    rendering overlap the build instead of waiting for it. An error met ahead is raised in its
+    turn, after the batches before it are encoded, as it would be without reading ahead. Templates
+    with ``efficient_eos`` find some malformed samples only once tokenized, so they do not render
+    ahead (their errors would come out of order).
+    """
+    ahead: deque[tuple[RenderedBatch, int]] = deque()  # with its characters of text
+    ahead_chars = 0
+    error: Exception | None = None  # met while rendering ahead: raised once ``ahead`` is spent
+    can_render_ahead = not encoder.template.efficient_eos
+    while True:
+        while (
+            can_render_ahead
+            and error is None
+            and ahead_chars < RENDER_AHEAD_CHARS
+            and not encoder.tokenizer_backend.ready
+        ):
+            try:
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                rendered = encoder.render_batch(batch, summary)
+            except Exception as met:  # any error: raised in its turn, below
+                error = met
+                break
+            chars = sum(map(len, rendered.segments.texts))
+            ahead.append((rendered, chars))
+            ahead_chars += chars
+        if ahead:
+            rendered, chars = ahead.popleft()
+            ahead_chars -= chars
+        elif error is not None:
+            raise error
+        else:
+            batch = next(batches, None)
+            if batch is None:
+                return
+            rendered = encoder.render_batch(batch, summary)
+        yield encoder.encode_rendered(rendered, summary)
 
 
 def _waiting_on_error(batches: Iterator[Batch], pending: deque[AsyncResult]) -> Iterator[Batch]:
