@@ -18,6 +18,12 @@ where it is known to be exact:
 
 Anything else gets the HF tokenizer, with the reason logged; ``kind="fast"`` raises it instead.
 
+A ``TokenizerSnapshot`` (``fastsft preprocess``'s tokenizer) records the verdict, pass or fail with
+the reason, with its state, per fastokens version, ``split_special_tokens`` and probe texts. A warm
+run replaying a pass verdict neither rebuilds the HF Rust tokenizer nor probes: it starts building
+fastokens from the recorded ``tokenizer.json`` on a background thread and returns (``ready`` says
+when the build is done; the first encode waits for it).
+
 Building fastokens' encoder and probing it takes 1.5-2 s for a 128k-150k vocabulary, as long as HF
 takes for about 50 characters per vocabulary entry (6-7 M characters: a few thousand
 conversations). So ``"auto"`` (``AutoBackend``) starts with fastokens only when the input is
@@ -447,7 +453,7 @@ class AutoBackend:
     @property
     def ready(self) -> bool:
         """Whether the backend the next batch goes to is built (HF always is)."""
-        return self._fast.ready if self._uses_fast() else True
+        return self._fast.ready if self._fast is not None and self._uses_fast() else True
 
     def _uses_fast(self) -> bool:
         """fastokens takes the next batch: chosen from the start, or built by the time HF has been used."""
@@ -455,6 +461,12 @@ class AutoBackend:
 
     def _current_name(self) -> str:
         return FastokensBackend.name if self._uses_fast() else HFBackend.name
+
+    def _next_backend(self) -> TokenizerBackend:
+        """The backend the next batch goes to (HF made now if it is that one)."""
+        if self._fast is not None and self._uses_fast():
+            return self._fast
+        return self._hf_backend()
 
     def _hf_backend(self) -> HFBackend:
         if self._hf is None:
@@ -475,7 +487,7 @@ class AutoBackend:
         """Encode the batch with the current backend; counts its text towards the break-even point."""
         if not self._decided:
             self._chars += sum(map(len, texts))
-        backend: TokenizerBackend = self._fast if self._uses_fast() else self._hf_backend()  # type: ignore[assignment]
+        backend = self._next_backend()
         try:
             result = backend.encode_batch_flat(texts) if flat else backend.encode_batch(texts)
         except UnsupportedTokenizer as error:  # only a fastokens build that failed (in the background)
@@ -499,9 +511,7 @@ class AutoBackend:
 
     def single_threaded(self) -> TokenizerBackend:
         """The backend it uses now, single-threaded, for worker processes (which do not switch)."""
-        if self._uses_fast():
-            return self._fast.single_threaded()  # type: ignore[union-attr]
-        return self._hf_backend().single_threaded()
+        return self._next_backend().single_threaded()
 
 
 # Verified backends by what decides their ids (tokenizer class, tokenizer.json, split_special_tokens):
