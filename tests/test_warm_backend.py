@@ -292,3 +292,31 @@ def test_auto_keeps_hf_until_a_background_build_is_ready(
     backend._fast._build._thread.join()
     assert backend.encode_batch(["hello"]) == [reference.encode("hello", add_special_tokens=False)]
     assert backend.name == "hf, then fastokens"
+
+
+def test_auto_is_ready_once_its_background_build_is(
+    fixture_tokenizer_path: Path, cache: Path, held_build: threading.Event
+) -> None:
+    backend = load_backend(recorded(fixture_tokenizer_path), "auto", expected_chars=10**12)
+    assert backend.name == "fastokens" and not backend.ready
+    held_build.set()
+    assert backend.encode_batch(["hello"]) == [
+        real(fixture_tokenizer_path).encode("hello", add_special_tokens=False)
+    ]
+    assert backend.ready
+
+
+def test_a_pass_verdict_without_its_json_file_probes_as_before(
+    fixture_tokenizer_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warm = recorded(fixture_tokenizer_path)
+    for backend_json in (cache / FOLDER).glob("*/[0-9a-f]*.json"):
+        backend_json.unlink()
+    probes: list[Any] = []
+    probe = backends._probe_fastokens_backend
+    monkeypatch.setattr(backends, "_probe_fastokens_backend", lambda *args: probes.append(1) or probe(*args))
+    backend = load_backend(warm, "fast")
+    assert probes == [1] and not warm.replaying  # the real tokenizer, probed
+    reference = real(fixture_tokenizer_path)
+    texts = probe_texts(["<|eot_id|>"])
+    assert backend.encode_batch(texts) == [reference.encode(text, add_special_tokens=False) for text in texts]
