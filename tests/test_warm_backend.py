@@ -320,3 +320,15 @@ def test_a_pass_verdict_without_its_json_file_probes_as_before(
     reference = real(fixture_tokenizer_path)
     texts = probe_texts(["<|eot_id|>"])
     assert backend.encode_batch(texts) == [reference.encode(text, add_special_tokens=False) for text in texts]
+
+
+def test_a_large_lookup_is_answered_but_not_recorded(fixture_tokenizer_path: Path, cache: Path) -> None:
+    from fastsft.tokenizer import snapshot as snapshot_module
+
+    reference = real(fixture_tokenizer_path)
+    tokens = [reference.convert_ids_to_tokens(index) for index in range(len(reference))]
+    assert len(tokens) > snapshot_module._MAX_TOKEN_IDS
+    cold = snapshot(fixture_tokenizer_path)
+    assert cold.convert_tokens_to_ids(tokens) == reference.convert_tokens_to_ids(tokens)
+    [record] = (cache / FOLDER).glob("*/record.json")
+    assert "convert_tokens_to_ids" not in json.dumps(json.loads(record.read_text())["derived"])

@@ -80,8 +80,10 @@ _ENCODE_METHODS = ("__call__", "encode", "encode_plus", "_encode_plus", "_batch_
 
 _REPLAYED_METHODS = ("convert_tokens_to_ids", "_convert_token_to_id_with_added_voc", "get_vocab", "__len__")
 
-# The derived value of a state that holds its ``convert_tokens_to_ids`` answers, token -> id.
+# The derived value of a state that holds its ``convert_tokens_to_ids`` answers, token -> id: at most
+# _MAX_TOKEN_IDS of them (the special tokens a template looks up), so the record stays small.
 _TOKEN_IDS = "convert_tokens_to_ids"
+_MAX_TOKEN_IDS = 1024
 
 FOLDER = "tokenizer_snapshots"  # under fastsft.tokenizer.loader.cache_dir()
 _RECORD = "record.json"
@@ -308,6 +310,8 @@ class TokenizerSnapshot:
             return self._looked_up(tokens)
         known = self._record.derived.setdefault(self._state, {}).setdefault(_TOKEN_IDS, {})
         missing = [name for name in dict.fromkeys(names) if name not in known]
+        if len(known) + len(missing) > _MAX_TOKEN_IDS:
+            return self._looked_up(tokens)
         if missing:
             known.update(zip(missing, self._looked_up(missing)))
             self._record.save()
