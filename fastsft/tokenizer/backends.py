@@ -18,6 +18,12 @@ where it is known to be exact:
 
 Anything else gets the HF tokenizer, with the reason logged; ``kind="fast"`` raises it instead.
 
+A ``TokenizerSnapshot`` (``fastsft preprocess``'s tokenizer) records the verdict, pass or fail with
+the reason, with its state, per fastokens version, ``split_special_tokens`` and probe texts. A warm
+run replaying a pass verdict neither rebuilds the HF Rust tokenizer nor probes: it starts building
+fastokens from the recorded ``tokenizer.json`` on a background thread and returns (``ready`` says
+when the build is done; the first encode waits for it).
+
 Building fastokens' encoder and probing it takes 1.5-2 s for a 128k-150k vocabulary, as long as HF
 takes for about 50 characters per vocabulary entry (6-7 M characters: a few thousand
 conversations). So ``"auto"`` (``AutoBackend``) starts with fastokens only when the input is
@@ -28,18 +34,20 @@ most inputs as fast.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import os
+import threading
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from fastsft.errors import ConfigError, DataError
 from fastsft.tokenizer import KINDS
-from fastsft.tokenizer.snapshot import encodes_through_rust
+from fastsft.tokenizer.snapshot import TokenizerSnapshot, encodes_through_rust
 
 __all__ = [
     "ENV_VAR",
@@ -67,6 +75,11 @@ class TokenizerBackend(Protocol):
 
     name: str
 
+    @property
+    def ready(self) -> bool:
+        """Whether encoding starts without waiting for a build under way (``FastokensBackend.start_build``)."""
+        ...
+
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text."""
         ...
@@ -92,6 +105,7 @@ class HFBackend:
     """The HF tokenizer itself: one batched call into its Rust backend (multi-threaded there)."""
 
     name = "hf"
+    ready = True  # nothing to build
 
     def __init__(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
@@ -135,6 +149,7 @@ class PerStringBackend:
     """
 
     name = "hf (per string)"
+    ready = True  # nothing to build
 
     def __init__(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
@@ -159,8 +174,10 @@ class FastokensBackend:
     """fastokens over the tokenizer's own ``tokenizer.json``, id-for-id equal to the HF tokenizer.
 
     Build it with ``FastokensBackend.from_tokenizer`` (checks the structure, not the probe) or
-    ``load_backend`` (also runs the probe). Pickles as the JSON text and rebuilds the encoder on
-    first use, so a worker process can make it single-threaded before fastokens starts its threads.
+    ``load_backend`` (also runs the probe). The encoder is built on first use, or on a background
+    thread from ``start_build`` (fastokens releases the GIL while it builds). Pickles as the JSON
+    text, also mid-build, so a worker process can make it single-threaded before fastokens starts
+    its threads.
     """
 
     name = "fastokens"
@@ -169,7 +186,9 @@ class FastokensBackend:
         self._json = tokenizer_json
         self._split_special_tokens = split_special_tokens
         self._single_thread = single_thread
-        self._encoder: Any = None
+        self._build = _EncoderBuild(tokenizer_json, single_thread)
+        self._requested = False  # kind "fast": a failed build is the ConfigError load_backend raises
+        self._requested_twin: FastokensBackend | None = None
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, tokenizer_json: str | None = None) -> FastokensBackend:
@@ -192,23 +211,34 @@ class FastokensBackend:
         backend._load()  # fastokens refuses components it does not implement
         return backend
 
+    def start_build(self) -> FastokensBackend:
+        """Start building the encoder on a background thread and return at once (itself); the first
+        encode waits for the build and raises what building it in the calling thread would raise."""
+        self._build.start()
+        return self
+
+    @property
+    def ready(self) -> bool:
+        """True once the encoder is built, or when no build is under way (the first encode builds it)."""
+        return self._build.ready
+
     def _load(self) -> Any:
-        """The fastokens tokenizer, built on first use."""
-        if self._encoder is None:
-            try:
-                import fastokens
-            except ImportError:
-                raise UnsupportedTokenizer("fastokens is not installed (pip install fastokens)") from None
-            if self._single_thread:
-                os.environ[_THREADS_VAR] = "1"
-            try:
-                encoder = fastokens.Tokenizer.from_json_str(self._json)
-            except ValueError as error:
-                raise UnsupportedTokenizer(f"fastokens cannot load it: {error}") from None
-            encoder.no_truncation()
-            encoder.no_padding()
-            self._encoder = encoder
-        return self._encoder
+        """The fastokens tokenizer, built on first use (or waited for, when ``start_build`` started it)."""
+        try:
+            return self._build.encoder()
+        except UnsupportedTokenizer as error:
+            if self._requested:
+                raise _refused_fast(error) from None
+            raise
+
+    def _as_requested(self) -> FastokensBackend:
+        """This backend, sharing its build, for ``kind="fast"``: a failed build raises ``ConfigError``
+        (one twin per backend, so that a verified backend is the same object every time)."""
+        if self._requested_twin is None:
+            twin = FastokensBackend.__new__(FastokensBackend)
+            twin.__dict__.update(self.__dict__, _requested=True)
+            twin._requested_twin = self._requested_twin = twin
+        return self._requested_twin
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text."""
@@ -235,6 +265,67 @@ class FastokensBackend:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (FastokensBackend, (self._json, self._split_special_tokens, self._single_thread))
+
+
+class _EncoderBuild:
+    """One build of fastokens' encoder from a ``tokenizer.json`` text, in the calling thread or on a
+    background one; backends sharing it wait for the same build. A failure is kept and raised to
+    every caller."""
+
+    def __init__(self, tokenizer_json: str, single_thread: bool) -> None:
+        self._json = tokenizer_json
+        self._single_thread = single_thread
+        self._encoder: Any = None
+        self._error: Exception | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Build on a background thread, unless built or started already."""
+        with self._lock:
+            if self._encoder is None and self._error is None and self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="fastokens-build", daemon=True)
+                self._thread.start()
+
+    @property
+    def ready(self) -> bool:
+        thread = self._thread
+        return thread is None or not thread.is_alive()
+
+    def encoder(self) -> Any:
+        """The encoder: waits for a background build, else builds it here."""
+        thread = self._thread
+        if thread is not None:
+            thread.join()
+        with self._lock:
+            if self._encoder is None and self._error is None:
+                self._run()
+        if self._error is not None:
+            raise self._error
+        return self._encoder
+
+    def _run(self) -> None:
+        try:
+            self._encoder = _fastokens_encoder(self._json, self._single_thread)
+        except Exception as error:  # raised to the caller of encoder(), in whichever thread built it
+            self._error = error
+
+
+def _fastokens_encoder(tokenizer_json: str, single_thread: bool) -> Any:
+    """fastokens' tokenizer for the JSON text, without truncation or padding."""
+    try:
+        import fastokens
+    except ImportError:
+        raise UnsupportedTokenizer("fastokens is not installed (pip install fastokens)") from None
+    if single_thread:
+        os.environ[_THREADS_VAR] = "1"
+    try:
+        encoder = fastokens.Tokenizer.from_json_str(tokenizer_json)
+    except ValueError as error:
+        raise UnsupportedTokenizer(f"fastokens cannot load it: {error}") from None
+    encoder.no_truncation()
+    encoder.no_padding()
+    return encoder
 
 
 def _raise_if_invalid_unicode(texts: Sequence[str]) -> None:
@@ -302,7 +393,9 @@ def load_backend(tokenizer: Any, kind: str | None = None, *, expected_chars: int
     is long enough to pay for building it, else HF).
 
     ``kind`` defaults to the ``FASTSFT_TOKENIZER`` environment variable, then ``"auto"``;
-    ``expected_chars`` is how much text the caller expects to encode (0: unknown).
+    ``expected_chars`` is how much text the caller expects to encode (0: unknown). For a replayed
+    ``TokenizerSnapshot`` whose state has a recorded pass verdict, fastokens is built on a
+    background thread and this returns at once (the backend's ``ready`` says when it is built).
     """
     kind = kind or os.environ.get(ENV_VAR) or "auto"
     if kind not in KINDS:
@@ -317,11 +410,13 @@ def load_backend(tokenizer: Any, kind: str | None = None, *, expected_chars: int
     try:
         backend = _verified_fastokens_backend(tokenizer)
     except UnsupportedTokenizer as error:
-        raise ConfigError(
-            f"tokenizer backend 'fast' (fastokens) cannot reproduce this tokenizer: {error}"
-        ) from None
+        raise _refused_fast(error) from None
     logger.info("tokenizer backend: fastokens (requested; matches HF on the probe texts)")
-    return backend
+    return backend._as_requested()
+
+
+def _refused_fast(error: UnsupportedTokenizer) -> ConfigError:
+    return ConfigError(f"tokenizer backend 'fast' (fastokens) cannot reproduce this tokenizer: {error}")
 
 
 # fastokens pays for its build once the text encoded reaches this many characters per vocabulary
@@ -334,15 +429,17 @@ class AutoBackend:
     """HF until the text encoded (or expected) pays for building fastokens, then fastokens if it is exact.
 
     Ski rental: with ``expected_chars`` below the break-even point, batches go to HF until their
-    text reaches it, and the batches after that to fastokens. ``name`` says what encoded:
-    ``"hf"``, ``"fastokens"`` or ``"hf, then fastokens"``. Both give the same ids (fastokens only
-    after passing the probe), so switching between batches changes nothing but speed.
+    text reaches it, and the batches after that to fastokens (once built, when it builds in the
+    background). ``name`` says what encoded: ``"hf"``, ``"fastokens"`` or ``"hf, then fastokens"``.
+    Both give the same ids (fastokens only after passing the probe), so switching between batches
+    changes nothing but speed. The HF backend is made only when a batch goes to it.
     """
 
     def __init__(self, tokenizer: Any, expected_chars: int = 0) -> None:
         self._tokenizer = tokenizer
         self._break_even = BREAK_EVEN_CHARS_PER_TOKEN * len(tokenizer)
-        self._current: TokenizerBackend = HFBackend(tokenizer)
+        self._hf: HFBackend | None = None
+        self._fast: FastokensBackend | None = None  # verified; its build may still be under way
         self._chars = 0
         self._decided = False
         self._used: list[str] = []
@@ -351,42 +448,70 @@ class AutoBackend:
 
     @property
     def name(self) -> str:
-        return ", then ".join(self._used) or self._current.name
+        return ", then ".join(self._used) or self._current_name()
+
+    @property
+    def ready(self) -> bool:
+        """Whether the backend the next batch goes to is built (HF always is)."""
+        return self._fast.ready if self._fast is not None and self._uses_fast() else True
+
+    def _uses_fast(self) -> bool:
+        """fastokens takes the next batch: chosen from the start, or built by the time HF has been used."""
+        return self._fast is not None and (self._hf is None or self._fast.ready)
+
+    def _current_name(self) -> str:
+        return FastokensBackend.name if self._uses_fast() else HFBackend.name
+
+    def _next_backend(self) -> TokenizerBackend:
+        """The backend the next batch goes to (HF made now if it is that one)."""
+        if self._fast is not None and self._uses_fast():
+            return self._fast
+        return self._hf_backend()
+
+    def _hf_backend(self) -> HFBackend:
+        if self._hf is None:
+            self._hf = HFBackend(self._tokenizer)
+        return self._hf
 
     def _decide(self) -> None:
         """Switch to fastokens if it reproduces the tokenizer, else stay on HF for good."""
         self._decided = True
         try:
-            self._current = _verified_fastokens_backend(self._tokenizer)
+            self._fast = _verified_fastokens_backend(self._tokenizer)
         except UnsupportedTokenizer as error:
             logger.info("tokenizer backend: hf (fastokens cannot be used: %s)", error)
             return
         logger.info("tokenizer backend: fastokens (auto; matches HF on the probe texts)")
 
-    def _backend_for(self, texts: Sequence[str]) -> TokenizerBackend:
-        """The backend for this batch; counts its text towards the break-even point."""
-        backend = self._current
-        if not self._used or self._used[-1] != backend.name:
-            self._used.append(backend.name)
+    def _encode(self, texts: list[str], flat: bool) -> Any:
+        """Encode the batch with the current backend; counts its text towards the break-even point."""
         if not self._decided:
             self._chars += sum(map(len, texts))
-            if self._chars >= self._break_even:
-                self._decide()
-        return backend
+        backend = self._next_backend()
+        try:
+            result = backend.encode_batch_flat(texts) if flat else backend.encode_batch(texts)
+        except UnsupportedTokenizer as error:  # only a fastokens build that failed (in the background)
+            logger.info("tokenizer backend: hf (fastokens cannot be used: %s)", error)
+            self._fast = None
+            backend = self._hf_backend()
+            result = backend.encode_batch_flat(texts) if flat else backend.encode_batch(texts)
+        if not self._used or self._used[-1] != backend.name:
+            self._used.append(backend.name)
+        if not self._decided and self._chars >= self._break_even:
+            self._decide()
+        return result
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text."""
-        texts = list(texts)
-        return self._backend_for(texts).encode_batch(texts)
+        return self._encode(list(texts), flat=False)
 
     def encode_batch_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """All ids as ``int32[T]`` plus ``int64[len(texts) + 1]`` offsets."""
-        texts = list(texts)
-        return self._backend_for(texts).encode_batch_flat(texts)
+        return self._encode(list(texts), flat=True)
 
     def single_threaded(self) -> TokenizerBackend:
         """The backend it uses now, single-threaded, for worker processes (which do not switch)."""
-        return self._current.single_threaded()
+        return self._next_backend().single_threaded()
 
 
 # Verified backends by what decides their ids (tokenizer class, tokenizer.json, split_special_tokens):
@@ -397,13 +522,21 @@ _VERIFIED_MAX = 4
 
 
 def _verified_fastokens_backend(tokenizer: Any) -> FastokensBackend:
-    """A ``FastokensBackend`` that gave HF's ids on every probe text (built once per tokenizer state)."""
-    rust = getattr(tokenizer, "backend_tokenizer", None)
-    tokenizer_json = rust.to_str() if rust is not None else ""  # 0.1 s for a 150k vocabulary
-    key = (type(tokenizer), tokenizer_json, bool(getattr(tokenizer, "split_special_tokens", False)))
+    """A ``FastokensBackend`` that gave HF's ids on every probe text (built once per tokenizer state).
+
+    A ``TokenizerSnapshot`` records the verdict with its state; replayed with a pass verdict, the
+    backend is built from the recorded JSON on a background thread, with neither the Rust tokenizer
+    nor the probe."""
+    if isinstance(tokenizer, TokenizerSnapshot):
+        return _snapshot_fastokens_backend(tokenizer)
+    return _verified_by_probe(tokenizer)
+
+
+def _remembered(key: tuple[type, str, bool], make: Callable[[], FastokensBackend]) -> FastokensBackend:
+    """``_VERIFIED[key]``, made by ``make`` (a failure remembered too) when it is not there."""
     if key not in _VERIFIED:
         try:
-            _VERIFIED[key] = _probe_fastokens_backend(tokenizer, tokenizer_json)
+            _VERIFIED[key] = make()
         except UnsupportedTokenizer as error:
             _VERIFIED[key] = error
         while len(_VERIFIED) > _VERIFIED_MAX:
@@ -412,6 +545,59 @@ def _verified_fastokens_backend(tokenizer: Any) -> FastokensBackend:
     if isinstance(result, UnsupportedTokenizer):
         raise result
     return result
+
+
+def _snapshot_fastokens_backend(snapshot: TokenizerSnapshot) -> FastokensBackend:
+    """The verified backend of a snapshot's state: probed once and the verdict recorded, then built
+    straight from the recorded JSON (in the background) while the verdict is a pass."""
+    split_special_tokens = bool(getattr(snapshot, "split_special_tokens", False))
+    verdict_name = _verdict_name(split_special_tokens)
+    if verdict_name is None:  # fastokens cannot be imported: say so, and record nothing
+        return _verified_by_probe(snapshot)
+    probed: list[FastokensBackend] = []
+
+    def probe() -> dict[str, Any]:
+        try:
+            probed.append(_verified_by_probe(snapshot))
+        except UnsupportedTokenizer as error:
+            return {"exact": False, "reason": str(error)}
+        return {"exact": True, "reason": None}
+
+    verdict = snapshot.recorded(verdict_name, probe)
+    if probed:
+        return probed[0]
+    if not verdict["exact"]:
+        raise UnsupportedTokenizer(f"{verdict['reason']} (recorded with the tokenizer snapshot)")
+    tokenizer_json = snapshot.recorded_backend_json()
+    if tokenizer_json is None:  # live, or its JSON file is missing or damaged: as a real tokenizer
+        return _verified_by_probe(snapshot)
+    key = (TokenizerSnapshot, tokenizer_json, split_special_tokens)
+    return _remembered(key, lambda: FastokensBackend(tokenizer_json, split_special_tokens).start_build())
+
+
+def _verified_by_probe(tokenizer: Any) -> FastokensBackend:
+    """The backend verified by building and probing it (once per tokenizer state in this process)."""
+    rust = getattr(tokenizer, "backend_tokenizer", None)
+    tokenizer_json = rust.to_str() if rust is not None else ""  # 0.1 s for a 150k vocabulary
+    key = (type(tokenizer), tokenizer_json, bool(getattr(tokenizer, "split_special_tokens", False)))
+    return _remembered(key, lambda: _probe_fastokens_backend(tokenizer, tokenizer_json))
+
+
+def _verdict_name(split_special_tokens: bool) -> str | None:
+    """The name a fastokens verdict is recorded under: it holds for this fastokens version, this
+    ``split_special_tokens`` and these probe texts only. ``None`` when fastokens cannot be imported."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        import fastokens  # noqa: F401  (a failed import is no verdict on the tokenizer)
+
+        fastokens_version = version("fastokens")
+    except (ImportError, PackageNotFoundError):
+        return None
+    probes = hashlib.sha256("\0".join(probe_texts(["<t>"])).encode("utf-8")).hexdigest()[:16]
+    return (
+        f"fastokens verdict {fastokens_version} split_special_tokens={split_special_tokens} probes {probes}"
+    )
 
 
 def _probe_fastokens_backend(tokenizer: Any, tokenizer_json: str) -> FastokensBackend:

@@ -23,8 +23,11 @@ tokenizer, repeats on it the changes made so far, and from then on delegates to 
 before. So every answer is one the real tokenizer gave, in the same state, reached by the same
 calls from the same files.
 
-Replay computes ``encode(text, add_special_tokens=False)``, ``convert_tokens_to_ids``,
-``get_vocab`` and ``len`` from the Rust tokenizer as the transformers base class does, so
+Values a state decides are recorded with it (``recorded``: fingerprints, the fastokens verdict of
+``fastsft.tokenizer.backends``; ``convert_tokens_to_ids`` answers), so that a warm run need not
+rebuild the Rust tokenizer for them. Otherwise replay computes ``encode(text,
+add_special_tokens=False)``, ``convert_tokens_to_ids``, ``get_vocab`` and ``len`` from the Rust
+tokenizer as the transformers base class does, so
 snapshots are recorded only for classes that leave those to it (``_replayable``). Records are
 keyed like ``fastsft.tokenizer.loader``'s class record (every file's name, size and mtime, the
 transformers version) plus the tokenizers version and ``FORMAT``; they live in
@@ -76,6 +79,11 @@ _SET = "__setattr__"
 _ENCODE_METHODS = ("__call__", "encode", "encode_plus", "_encode_plus", "_batch_encode_plus", "tokenize")
 
 _REPLAYED_METHODS = ("convert_tokens_to_ids", "_convert_token_to_id_with_added_voc", "get_vocab", "__len__")
+
+# The derived value of a state that holds its ``convert_tokens_to_ids`` answers, token -> id: at most
+# _MAX_TOKEN_IDS of them (the special tokens a template looks up), so the record stays small.
+_TOKEN_IDS = "convert_tokens_to_ids"
+_MAX_TOKEN_IDS = 1024
 
 FOLDER = "tokenizer_snapshots"  # under fastsft.tokenizer.loader.cache_dir()
 _RECORD = "record.json"
@@ -295,6 +303,22 @@ class TokenizerSnapshot:
         return self._live().encode(text, *args, **kwargs)
 
     def convert_tokens_to_ids(self, tokens: str | list[str]) -> int | list[int] | None:
+        """The real tokenizer's answer; each token's id is recorded with the state, so that replay
+        answers lookups seen before without rebuilding the Rust tokenizer."""
+        names = [tokens] if isinstance(tokens, str) else tokens
+        if self._state is None or not isinstance(names, list) or not all(isinstance(t, str) for t in names):
+            return self._looked_up(tokens)
+        known = self._record.derived.setdefault(self._state, {}).setdefault(_TOKEN_IDS, {})
+        missing = [name for name in dict.fromkeys(names) if name not in known]
+        if len(known) + len(missing) > _MAX_TOKEN_IDS:
+            return self._looked_up(tokens)
+        if missing:
+            known.update(zip(missing, self._looked_up(missing)))
+            self._record.save()
+        return known[tokens] if isinstance(tokens, str) else [known[name] for name in names]
+
+    def _looked_up(self, tokens: Any) -> Any:
+        """``convert_tokens_to_ids`` from the Rust tokenizer as the base class computes it, or the real one."""
         if self._real is None:
             rust = self._replayed_backend()
             if rust is not None:
@@ -311,6 +335,13 @@ class TokenizerSnapshot:
             if rust is not None:
                 return rust.get_vocab(with_added_tokens=True)
         return self._live().get_vocab()
+
+    def recorded_backend_json(self) -> str | None:
+        """While replaying, the current state's ``backend_tokenizer.to_str()`` text, read from the record
+        without building the Rust tokenizer; ``None`` when live or when its file is missing or damaged."""
+        if self._real is not None or self._state is None:
+            return None
+        return self._record.backend_json(self._state)
 
     def recorded(self, name: str, compute: Callable[[], Any]) -> Any:
         """``compute()``, a value the tokenizer's state decides (a fingerprint), recorded with that state
