@@ -124,6 +124,25 @@ def test_a_warm_replay_builds_no_rust_tokenizer_and_writes_the_same_rows(
     assert "tokenizer backend: fastokens" in caplog.text
 
 
+def test_a_verdict_holds_for_every_state_with_the_same_json(
+    fixture_tokenizer_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A verdict taken as loaded is found after a change that leaves the Rust JSON alone (``pad_token``,
+    as LLaMA-Factory's fixes set it): ``fastsft preprocess`` starts the build before the template's
+    fixes, and the encoder asks again after them."""
+    live = snapshot(fixture_tokenizer_path)
+    live.pad_token = live.eos_token  # recorded: the change and the state it leads to
+    load_backend(snapshot(fixture_tokenizer_path), "fast")  # the verdict, taken in the first state
+    backends._VERIFIED.clear()
+    no_rust_tokenizer(monkeypatch)
+    warm = snapshot(fixture_tokenizer_path)
+    warm.pad_token = warm.eos_token
+    assert warm.replaying
+    expected = real(fixture_tokenizer_path).encode("Hello world", add_special_tokens=False)
+    assert load_backend(warm, "fast").encode_batch(["Hello world"]) == [expected]
+    assert len(verdicts(cache)) == 1
+
+
 def test_slot_token_lookups_are_replayed_from_the_record(fixture_tokenizer_path: Path, cache: Path) -> None:
     tokens = ["<|eot_id|>", "<|start_header_id|>", "no such token"]
     reference = real(fixture_tokenizer_path)

@@ -33,11 +33,19 @@ from fastsft.data.chat.template import Template, fix_tokenizer
 from fastsft.data.data_args import DataArgs
 from fastsft.data.rows.builder import RowBuilder, empty_table
 from fastsft.data.rows.encoder import Encoder
+from fastsft.data.rows.tokenizing import expected_chars, tokenizer_backend
 from fastsft.data.rows.workers import encoded_batches
 from fastsft.data.sources.converter import Conversation, Dropped
-from fastsft.data.sources.parser import input_bytes, input_paths
 from fastsft.data.sources.reading import iter_batches, iter_converted
-from fastsft.data.sources.splitting import TRAIN, RunDatasets, SplitSource, plan_splits, resolve_run_datasets
+from fastsft.data.sources.splitting import (
+    TRAIN,
+    RunDatasets,
+    SplitSource,
+    check_output,
+    data_inputs,
+    plan_splits,
+    resolve_run_datasets,
+)
 from fastsft.data.store.disk_layout import (
     DATA_FILE,
     ArrowStreamFile,
@@ -58,8 +66,6 @@ from fastsft.errors import ConfigError, DataError
 from fastsft.kernels import resolve_encode_path
 from fastsft.safe_output import (
     OutputError,
-    check_output_path,
-    check_replaceable,
     os_error_line,
     staged_output,
 )
@@ -129,25 +135,16 @@ class PreparedRun:
         return plan_splits(self.args, self.datasets)
 
     def encoder(self, *, expected_chars: int = 0, encode_path: str | None = None) -> Encoder:
-        """An encoder over the fixed tokenizer.
-
-        The compiled encode path tokenizes with the fastest exact implementation for about
-        ``expected_chars`` of text (``fastsft.tokenizer.backends.load_backend``); the python path
-        calls the tokenizer once per string, as LLaMA-Factory does. ``encode_path`` overrides
-        ``args.backend``.
-        """
-        from fastsft.tokenizer.backends import PerStringBackend, load_backend
-
+        """An encoder over the fixed tokenizer, with ``fastsft.data.rows.encoder.tokenizer_backend``
+        for about ``expected_chars`` of text; ``encode_path`` overrides ``args.backend``."""
         path = resolve_encode_path(encode_path or self.args.backend)
-        tokenizer_backend = (
-            PerStringBackend(self.tokenizer)
-            if path == "python"
-            else load_backend(self.tokenizer, self.args.tokenizer_backend, expected_chars=expected_chars)
+        backend = tokenizer_backend(
+            self.tokenizer, self.args, expected_chars=expected_chars, encode_path=path
         )
         return Encoder(
             self.template,
             self.tokenizer,
-            tokenizer_backend,
+            backend,
             encode_path=path,
             cutoff_len=self.args.effective_cutoff_len,
             train_on_prompt=self.args.train_on_prompt,
@@ -251,10 +248,7 @@ def _build_split(
     start = time.perf_counter()
     args = run.args
     attrs = source.attrs
-    # Input bytes stand in for the characters to encode (JSON keys and escapes make them an
-    # overestimate); with max_samples they say nothing, and the backend decides as it goes.
-    expected = 0 if args.max_samples else input_bytes(attrs, args.dataset_dir)
-    encoder = run.encoder(expected_chars=expected)
+    encoder = run.encoder(expected_chars=expected_chars(args, attrs))
     summary = Summary(encode_path=encoder.encode_path, tokenizer_backend=encoder.tokenizer_backend.name)
     rows = RowBuilder(
         encoder.kernels,
@@ -316,32 +310,6 @@ def _cyclic_gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-def data_inputs(args: DataArgs, datasets: RunDatasets | None = None) -> list[Path]:
-    """The files and folders the run's data is read from (``dataset`` and ``eval_dataset``, with
-    ``dataset_dir``): what no output may be, hold or lie inside. ``datasets``: the run's datasets if
-    already resolved (else resolved here)."""
-    attrs = (datasets or resolve_run_datasets(args)).all
-    return [Path(path) for path in input_paths(attrs, args.dataset_dir)]
-
-
-def check_output(
-    args: DataArgs,
-    output: Path,
-    *,
-    overwrite: bool,
-    tokenizer_dir: str | None,
-    datasets: RunDatasets | None = None,
-) -> None:
-    """Refuse ``output`` when it is, holds or lies inside an input (dataset files, ``dataset_dir``,
-    ``tokenizer_dir``, the eval datasets too) or the working directory, or when it exists and may
-    not be replaced. ``datasets``: the run's datasets if already resolved (else resolved here)."""
-    inputs = data_inputs(args, datasets)
-    if tokenizer_dir and Path(tokenizer_dir).is_dir():
-        inputs.append(Path(tokenizer_dir))
-    check_output_path(output, inputs)
-    check_replaceable(output, overwrite)
 
 
 def build_to_disk(

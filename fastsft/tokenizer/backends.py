@@ -19,7 +19,8 @@ where it is known to be exact:
 Anything else gets the HF tokenizer, with the reason logged; ``kind="fast"`` raises it instead.
 
 A ``TokenizerSnapshot`` (``fastsft preprocess``'s tokenizer) records the verdict, pass or fail with
-the reason, with its state, per fastokens version, ``split_special_tokens`` and probe texts. A warm
+the reason, with its Rust tokenizer's JSON (so every state sharing that JSON shares it), per
+fastokens version, ``split_special_tokens`` and probe texts. A warm
 run replaying a pass verdict neither rebuilds the HF Rust tokenizer nor probes: it starts building
 fastokens from the recorded ``tokenizer.json`` on a background thread and returns (``ready`` says
 when the build is done; the first encode waits for it).
@@ -284,7 +285,10 @@ class _EncoderBuild:
         """Build on a background thread, unless built or started already."""
         with self._lock:
             if self._encoder is None and self._error is None and self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="fastokens-build", daemon=True)
+                # Not a daemon: the interpreter waits for it at exit. A daemon thread still inside
+                # fastokens when the interpreter finalizes is ended mid-Rust, and the process aborts
+                # ("FATAL: exception not rethrown") instead of exiting with its own status.
+                self._thread = threading.Thread(target=self._run, name="fastokens-build", daemon=False)
                 self._thread.start()
 
     @property
@@ -394,7 +398,7 @@ def load_backend(tokenizer: Any, kind: str | None = None, *, expected_chars: int
 
     ``kind`` defaults to the ``FASTSFT_TOKENIZER`` environment variable, then ``"auto"``;
     ``expected_chars`` is how much text the caller expects to encode (0: unknown). For a replayed
-    ``TokenizerSnapshot`` whose state has a recorded pass verdict, fastokens is built on a
+    ``TokenizerSnapshot`` whose JSON has a recorded pass verdict, fastokens is built on a
     background thread and this returns at once (the backend's ``ready`` says when it is built).
     """
     kind = kind or os.environ.get(ENV_VAR) or "auto"
@@ -524,7 +528,7 @@ _VERIFIED_MAX = 4
 def _verified_fastokens_backend(tokenizer: Any) -> FastokensBackend:
     """A ``FastokensBackend`` that gave HF's ids on every probe text (built once per tokenizer state).
 
-    A ``TokenizerSnapshot`` records the verdict with its state; replayed with a pass verdict, the
+    A ``TokenizerSnapshot`` records the verdict with its JSON; replayed with a pass verdict, the
     backend is built from the recorded JSON on a background thread, with neither the Rust tokenizer
     nor the probe."""
     if isinstance(tokenizer, TokenizerSnapshot):
@@ -563,7 +567,7 @@ def _snapshot_fastokens_backend(snapshot: TokenizerSnapshot) -> FastokensBackend
             return {"exact": False, "reason": str(error)}
         return {"exact": True, "reason": None}
 
-    verdict = snapshot.recorded(verdict_name, probe)
+    verdict = snapshot.recorded_for_backend(verdict_name, probe)
     if probed:
         return probed[0]
     if not verdict["exact"]:

@@ -101,7 +101,8 @@ class _Record:
         self.initial: str | None = None
         self.states: dict[str, dict[str, Any]] = {}
         self.changes: dict[str, list[Any]] = {}
-        self.derived: dict[str, dict[str, Any]] = {}  # state id -> values computed from that state
+        # State id (or "backend DIGEST", for values its Rust JSON alone decides) -> values computed from it.
+        self.derived: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def open(cls, root: Path, key: str) -> _Record:
@@ -349,6 +350,18 @@ class TokenizerSnapshot:
         if self._state is None:
             return compute()
         values = self._record.derived.setdefault(self._state, {})
+        if name not in values:
+            values[name] = compute()
+            self._record.save()
+        return values[name]
+
+    def recorded_for_backend(self, name: str, compute: Callable[[], Any]) -> Any:
+        """``recorded``, for a value the Rust tokenizer's JSON alone decides (a fastokens verdict): one
+        record for every state with that JSON, so that a state reached by a change leaving the JSON
+        as it was (``pad_token``, ``chat_template``) finds the value recorded from the first."""
+        if self._state is None:
+            return compute()
+        values = self._record.derived.setdefault(f"backend {self._record.states[self._state]['backend']}", {})
         if name not in values:
             values[name] = compute()
             self._record.save()

@@ -28,7 +28,13 @@ from fastsft.kernels import offsets_from_lengths, select_kernels
 from fastsft.kernels.supervised import TurnTrace, encode_pairs, pairs
 from fastsft.kernels.types import RenderPlan, SegmentBatch
 
-__all__ = ["LABELS_LONGER_THAN_INPUTS", "EncodedBatch", "Encoder", "RenderedBatch", "in_dataset_terms"]
+__all__ = [
+    "LABELS_LONGER_THAN_INPUTS",
+    "EncodedBatch",
+    "Encoder",
+    "RenderedBatch",
+    "in_dataset_terms",
+]
 
 # LLaMA-Factory labels an empty later-turn prompt with one eos under efficient_eos, which makes
 # `labels` longer than `input_ids`; no collator can use such a sample, so it is reported instead.

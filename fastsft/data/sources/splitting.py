@@ -17,19 +17,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from fastsft.data.data_args import DataArgs, dataset_names
 from fastsft.data.sources.mixing import mixed_order
-from fastsft.data.sources.parser import DatasetAttr, count_rows, resolve_datasets
+from fastsft.data.sources.parser import DatasetAttr, count_rows, input_paths, resolve_datasets
 from fastsft.errors import ConfigError
+from fastsft.safe_output import check_output_path, check_replaceable
 
 __all__ = [
     "TRAIN",
     "VALIDATION",
     "RunDatasets",
     "SplitSource",
+    "check_output",
+    "data_inputs",
     "plan_splits",
     "resolve_run_datasets",
     "split_names",
@@ -140,3 +144,29 @@ def _merged(args: DataArgs, attrs: list[DatasetAttr]) -> SplitSource:
 
 def _lengths(args: DataArgs, attrs: list[DatasetAttr]) -> list[int]:
     return [count_rows(attr, args.dataset_dir, max_samples=args.max_samples) for attr in attrs]
+
+
+def data_inputs(args: DataArgs, datasets: RunDatasets | None = None) -> list[Path]:
+    """The files and folders the run's data is read from (``dataset`` and ``eval_dataset``, with
+    ``dataset_dir``): what no output may be, hold or lie inside. ``datasets``: the run's datasets if
+    already resolved (else resolved here)."""
+    attrs = (datasets or resolve_run_datasets(args)).all
+    return [Path(path) for path in input_paths(attrs, args.dataset_dir)]
+
+
+def check_output(
+    args: DataArgs,
+    output: Path,
+    *,
+    overwrite: bool,
+    tokenizer_dir: str | None,
+    datasets: RunDatasets | None = None,
+) -> None:
+    """Refuse ``output`` when it is, holds or lies inside an input (dataset files, ``dataset_dir``,
+    ``tokenizer_dir``, the eval datasets too) or the working directory, or when it exists and may
+    not be replaced. ``datasets``: the run's datasets if already resolved (else resolved here)."""
+    inputs = data_inputs(args, datasets)
+    if tokenizer_dir and Path(tokenizer_dir).is_dir():
+        inputs.append(Path(tokenizer_dir))
+    check_output_path(output, inputs)
+    check_replaceable(output, overwrite)
