@@ -80,3 +80,49 @@ def test_preprocess_imports_neither_torch_nor_datasets(
     # remembers the class (fastsft.tokenizer.loader); later runs import neither.
     assert "datasets" not in imported("first")
     assert imported("second") == "[]"
+
+
+class FailingWriter:
+    """A stream writer whose ``fail_at``-th ``write_batch`` fails as a full disk does."""
+
+    def __init__(self, writer: Any, fail_at: int) -> None:
+        self.writer, self.fail_at, self.calls = writer, fail_at, 0
+
+    def write_batch(self, batch: Any) -> None:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise OSError(28, "No space left on device")
+        self.writer.write_batch(batch)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@pytest.mark.parametrize("batches", [2, 6])
+def test_a_background_write_error_is_raised_to_the_caller(tmp_path: Path, batches: int) -> None:
+    """Batches are written on a thread; its error comes back by a later ``write`` or by ``close``, and
+    the batches before it are in the file in order."""
+    import pyarrow as pa
+
+    from fastsft.data.store.disk_layout import ArrowStreamFile
+
+    class Failing(ArrowStreamFile):
+        def _open(self, schema: pa.Schema) -> None:
+            super()._open(schema)
+            self._writer = FailingWriter(self._writer, fail_at=2)  # type: ignore[assignment]
+
+    file = Failing(tmp_path / "data.arrow")
+    written = [pa.RecordBatch.from_pydict({"x": [i]}) for i in range(batches)]
+    with pytest.raises(OSError, match="No space left"), file:
+        for batch in written:
+            file.write(batch)
+        file.close(written[0].schema)
+    assert file._thread is None and file._sink is None  # waited for and closed
+
+    ok = ArrowStreamFile(tmp_path / "ok.arrow")
+    with ok:
+        for batch in written:
+            ok.write(batch)
+        ok.close(written[0].schema)
+    with pa.ipc.open_stream(tmp_path / "ok.arrow") as reader:
+        assert reader.read_all().column("x").to_pylist() == list(range(batches))
