@@ -587,3 +587,67 @@ def test_json_array_against_json_lines(
     if peak["JSON array"] >= ARRAY_RSS_LIMIT:
         over.append(f"the JSON array run's peak RSS is {peak['JSON array'] / 2**20:,.0f} MiB (limit 1 GiB)")
     assert not over, "; ".join(over)
+
+
+STEADY_STATE_FLOOR = 0.5  # issue 26's stretch: the command's steady state / the tokenizer backend alone
+
+
+def text_tokens_and_encode_seconds(tokenizer: Any, dataset_dir: Path, template: str) -> tuple[int, float]:
+    """The text tokens of every segment the pipeline tokenizes, and the seconds fastokens alone
+    takes on them (in-process, built and warm, one call per preprocessing batch as the command makes)."""
+    args = data_args(dataset_dir, template, backend="compiled", tokenizer_backend="fast")
+    encoder = make_encoder(args, tokenizer)
+    backend = encoder.tokenizer_backend
+    backend.encode_batch_flat(["warm-up"])
+    attrs = resolve_datasets(args.require_dataset(), args.dataset_dir)
+    tokens, seconds = 0, 0.0
+    for batch in iter_batches(
+        attrs, args.dataset_dir, max_samples=None, batch_size=args.preprocessing_batch_size, summary=Summary()
+    ):
+        texts = encoder.render_batch(batch, Summary()).segments.texts
+        start = time.perf_counter()
+        ids, _ = backend.encode_batch_flat(texts)
+        seconds += time.perf_counter() - start
+        tokens += len(ids)
+    return tokens, seconds
+
+
+def test_steady_state_against_the_tokenizer(
+    tmp_path: Path, request: pytest.FixtureRequest, tokenizer: Any, tokenizer_path: Path, template: str
+) -> None:
+    """Issue 26's stretch: at ``--bench-large-samples`` conversations, the whole command's
+    steady-state throughput, in text tokens a second over the conversations past the first
+    ``FLOOR_SAMPLES`` ((tokens(large) - tokens(small)) / (seconds(large) - seconds(small)), best
+    of ``ROUNDS`` alternating runs of each), against fastokens' own speed on the same text
+    (encoding alone, in-process, warm). Fails under ``STEADY_STATE_FLOOR``."""
+    large = int(request.config.getoption("--bench-large-samples"))
+    sizes = {"small": FLOOR_SAMPLES, "large": large}
+    folders = {name: write_dataset(tmp_path / name, samples) for name, samples in sizes.items()}
+    cache = warm_snapshot(tmp_path, tokenizer_path, template, folders["small"])
+    runs: dict[str, list[float]] = {name: [] for name in sizes}
+    for _ in range(ROUNDS):
+        for name, folder in folders.items():
+            argv = preprocess_argv(folder, tokenizer_path, template, tmp_path / "out")
+            runs[name].append(run_measured(argv, cache).seconds)
+    seconds = {name: min(times) for name, times in runs.items()}
+    counted = {
+        name: text_tokens_and_encode_seconds(tokenizer, folder, template) for name, folder in folders.items()
+    }
+    steady = (counted["large"][0] - counted["small"][0]) / (seconds["large"] - seconds["small"])
+    alone = counted["large"][0] / counted["large"][1]
+    print(
+        f"\nsteady state, {tokenizer_path.name} tokenizer, template {template} (best of {ROUNDS} "
+        f"alternating runs; load average {os.getloadavg()[0]:.2f})"
+    )
+    for name, samples in sizes.items():
+        print(
+            f"  fastsft preprocess, {samples:>7,} conversations  {seconds[name]:7.2f} s  {counted[name][0]:>12,} text tokens"
+        )
+    print(
+        f"  the command's steady state (conversations past {FLOOR_SAMPLES:,})  {steady:14,.0f} text tokens/s"
+    )
+    print(f"  fastokens alone on the same text (in-process, warm)        {alone:14,.0f} text tokens/s")
+    print(f"  ratio {steady / alone:.2f} (floor {STEADY_STATE_FLOOR})")
+    assert steady / alone >= STEADY_STATE_FLOOR, (
+        f"the command's steady state is {steady / alone:.2f}x fastokens' own speed (floor {STEADY_STATE_FLOOR}x)"
+    )
