@@ -78,6 +78,9 @@ class EncodedBatch:
         )
 
 
+_PLANS_KEPT = 64  # render plans an encoder keeps (by dataset object)
+
+
 @dataclass
 class RenderedBatch:
     """A batch after ``Encoder.render_batch``: its kept samples' segments, and, where errors can
@@ -205,9 +208,12 @@ class Encoder:
         return self._encode_segments(self.render_batch(good, summary).segments)[0]
 
     def _plan(self, attr: DatasetAttr) -> RenderPlan | None:
-        """The ``render_row`` plan of ``attr``'s rows, made once per dataset."""
+        """The ``render_row`` plan of ``attr``'s rows, made once per dataset object. A worker process
+        gets new objects with every batch, so the cache is emptied once it holds ``_PLANS_KEPT``."""
         known = self._plans.get(id(attr))
         if known is None or known[0] is not attr:
+            if len(self._plans) >= _PLANS_KEPT:
+                self._plans.clear()
             known = self._plans[id(attr)] = (attr, render_plan(attr, self.template, self.specials))
         return known[1]
 

@@ -19,8 +19,6 @@ can hold its types (``List`` and ``Sequence`` features are spelt differently in 
 from __future__ import annotations
 
 import json
-import queue
-import threading
 import uuid
 from pathlib import Path
 from types import TracebackType
@@ -36,64 +34,34 @@ class ArrowStreamFile:
     """An Arrow IPC stream file (the format of ``datasets``' cache and saved files), written batch by batch.
 
     Every batch must have the first one's schema. Closing a file that got no batch writes
-    ``empty``'s schema and no rows. Batches are written in order on a background thread (pyarrow
-    releases the GIL while it writes), so the caller encodes the next batch meanwhile; at most
-    ``IN_FLIGHT`` wait their turn. An error writing one is raised by the next ``write``, or by
-    ``close``.
+    ``empty``'s schema and no rows.
     """
-
-    IN_FLIGHT = 2
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._sink: pa.NativeFile | None = None
         self._writer: pa.ipc.RecordBatchStreamWriter | None = None
-        self._queue: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=self.IN_FLIGHT)
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
 
     def write(self, batch: pa.RecordBatch) -> None:
-        """Append ``batch`` (written on the background thread)."""
-        self._raise_error()
+        """Append ``batch``."""
         if self._writer is None:
             self._open(batch.schema)
-            self._thread = threading.Thread(target=self._write_queued, name="arrow-writer", daemon=True)
-            self._thread.start()
-        self._queue.put(batch)
+        assert self._writer is not None
+        self._writer.write_batch(batch)
 
     def close(self, empty: pa.Schema) -> None:
-        """Finish the stream (with schema ``empty`` when nothing was written); raises a write's error."""
+        """Finish the stream (with schema ``empty`` when nothing was written)."""
         if self._writer is None:
             self._open(empty)
         self._finish()
-        self._raise_error()
-
-    def _write_queued(self) -> None:
-        """The background thread: write the queued batches until ``None``; after an error, drop them."""
-        while (batch := self._queue.get()) is not None:
-            if self._error is None:
-                assert self._writer is not None
-                try:
-                    self._writer.write_batch(batch)
-                except BaseException as error:  # raised in the caller's thread, by write or close
-                    self._error = error
-
-    def _raise_error(self) -> None:
-        if self._error is not None:
-            raise self._error
 
     def _open(self, schema: pa.Schema) -> None:
         self._sink = pa.OSFile(str(self.path), "wb")
         self._writer = pa.ipc.new_stream(self._sink, schema)
 
     def _finish(self) -> None:
-        """Wait for the queued batches, then close the writer (unless a write failed) and the file."""
         try:
-            if self._thread is not None:
-                self._queue.put(None)
-                self._thread.join()
-                self._thread = None
-            if self._writer is not None and self._error is None:
+            if self._writer is not None:
                 self._writer.close()
         finally:
             if self._sink is not None:
