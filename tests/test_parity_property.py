@@ -22,11 +22,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastsft.data import pipeline
 from fastsft.data.chat.registry import TEMPLATE_NAMES
 from fastsft.data.data_args import DataArgs
 from fastsft.data.pipeline import build_dataset
 from fastsft.data.rows import builder as row_stage
+from fastsft.data.rows import tokenizing
 from fastsft.errors import FastSFTError
 from fastsft.tokenizer import backends as tokenization
 
@@ -251,7 +251,7 @@ def test_compiled_path_equals_python_path(fixture_tokenizer_path, template, data
         with (
             mock.patch.object(row_stage, "ROW_CHUNK_TOKENS", layout["row_chunk_tokens"]),
             mock.patch.object(tokenization, "BREAK_EVEN_CHARS_PER_TOKEN", 0 if from_start else 1e-9),
-            mock.patch.object(pipeline, "input_bytes", lambda *_: 0),
+            mock.patch.object(tokenizing, "input_bytes", lambda *_: 0),
         ):
             compiled, tokenizer_used = outcome(
                 data_args(template, drawn, folder, "compiled"), fixture_tokenizer_path, cache_file
