@@ -46,13 +46,14 @@ time, ``ARRAY_RSS_CEILING`` x in peak RSS, or ``ARRAY_RSS_LIMIT`` bytes.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ from fastsft.data.data_args import DataArgs
 from fastsft.data.pipeline import build_dataset, make_encoder
 from fastsft.data.sources.parser import resolve_datasets
 from fastsft.data.sources.reading import iter_batches
+from fastsft.kernels.types import SegmentBatch
 from fastsft.tokenizer.backends import load_backend
 
 HERE = Path(__file__).resolve().parent
@@ -181,12 +183,10 @@ def interleaved(benchmark, contenders: dict[str, Callable[[], Timed]], rounds: i
     return best
 
 
-def rendered_texts(tokenizer: Any, dataset_dir: Path, template: str) -> tuple[list[list[str]], int]:
-    """Every text segment the pipeline tokenizes, in its preprocessing batches, and the number of
-    conversations."""
+def rendered_batches(tokenizer: Any, dataset_dir: Path, template: str) -> Iterator[SegmentBatch]:
+    """Each preprocessing batch of the dataset rendered as the pipeline renders it, one at a time."""
     args = data_args(dataset_dir, template, backend="compiled", tokenizer_backend="hf")
     encoder = make_encoder(args, tokenizer)
-    batches, examples = [], 0
     attrs = resolve_datasets(args.require_dataset(), args.dataset_dir)
     reading = iter_batches(
         attrs,
@@ -196,10 +196,14 @@ def rendered_texts(tokenizer: Any, dataset_dir: Path, template: str) -> tuple[li
         summary=Summary(),
     )
     for batch in reading:
-        rendered = encoder.render_batch(batch, Summary())
-        examples += len(rendered.segments)
-        batches.append(rendered.segments.texts)
-    return batches, examples
+        yield encoder.render_batch(batch, Summary()).segments
+
+
+def rendered_texts(tokenizer: Any, dataset_dir: Path, template: str) -> tuple[list[list[str]], int]:
+    """Every text segment the pipeline tokenizes, in its preprocessing batches, and the number of
+    conversations."""
+    batches = list(rendered_batches(tokenizer, dataset_dir, template))
+    return [batch.texts for batch in batches], sum(map(len, batches))
 
 
 def tokenizer_contenders(tokenizer: Any, dataset_dir: Path, template: str) -> dict[str, Callable[[], Timed]]:
@@ -595,18 +599,14 @@ STEADY_STATE_FLOOR = 0.5  # issue 26's stretch: the command's steady state / the
 def text_tokens_and_encode_seconds(tokenizer: Any, dataset_dir: Path, template: str) -> tuple[int, float]:
     """The text tokens of every segment the pipeline tokenizes, and the seconds fastokens alone
     takes on them (in-process, built and warm, one call per preprocessing batch as the command makes)."""
-    args = data_args(dataset_dir, template, backend="compiled", tokenizer_backend="fast")
-    encoder = make_encoder(args, tokenizer)
-    backend = encoder.tokenizer_backend
+    batches = rendered_batches(tokenizer, dataset_dir, template)
+    first = next(batches)  # made the encoder, which fixed the tokenizer for the template
+    backend = load_backend(tokenizer, "fast")  # so fastokens is built from the fixed tokenizer
     backend.encode_batch_flat(["warm-up"])
-    attrs = resolve_datasets(args.require_dataset(), args.dataset_dir)
     tokens, seconds = 0, 0.0
-    for batch in iter_batches(
-        attrs, args.dataset_dir, max_samples=None, batch_size=args.preprocessing_batch_size, summary=Summary()
-    ):
-        texts = encoder.render_batch(batch, Summary()).segments.texts
+    for batch in itertools.chain([first], batches):
         start = time.perf_counter()
-        ids, _ = backend.encode_batch_flat(texts)
+        ids, _ = backend.encode_batch_flat(batch.texts)
         seconds += time.perf_counter() - start
         tokens += len(ids)
     return tokens, seconds

@@ -135,7 +135,7 @@ class PreparedRun:
         return plan_splits(self.args, self.datasets)
 
     def encoder(self, *, expected_chars: int = 0, encode_path: str | None = None) -> Encoder:
-        """An encoder over the fixed tokenizer, with ``fastsft.data.rows.encoder.tokenizer_backend``
+        """An encoder over the fixed tokenizer, with ``fastsft.data.rows.tokenizing.tokenizer_backend``
         for about ``expected_chars`` of text; ``encode_path`` overrides ``args.backend``."""
         path = resolve_encode_path(encode_path or self.args.backend)
         backend = tokenizer_backend(

@@ -103,6 +103,7 @@ class _Record:
         self.changes: dict[str, list[Any]] = {}
         # State id (or "backend DIGEST", for values its Rust JSON alone decides) -> values computed from it.
         self.derived: dict[str, dict[str, Any]] = {}
+        self._backend_texts: dict[str, str] = {}  # digest -> its JSON, read and checked once
 
     @classmethod
     def open(cls, root: Path, key: str) -> _Record:
@@ -142,13 +143,18 @@ class _Record:
         self.save()
 
     def backend_json(self, state: str) -> str | None:
-        """The Rust JSON of ``state``, or ``None`` when its file is missing or does not match its digest."""
+        """The Rust JSON of ``state``, or ``None`` when its file is missing or does not match its digest.
+        Read once per record (``fastsft preprocess`` asks for it twice: the early backend, the encoder)."""
         digest = self.states[state]["backend"]
-        try:
-            text = (self.folder / f"{digest}.json").read_text(encoding="utf-8")
-        except OSError:
-            return None
-        return text if hashlib.sha256(text.encode("utf-8")).hexdigest()[:32] == digest else None
+        if digest not in self._backend_texts:
+            try:
+                text = (self.folder / f"{digest}.json").read_text(encoding="utf-8")
+            except OSError:
+                return None
+            if hashlib.sha256(text.encode("utf-8")).hexdigest()[:32] != digest:
+                return None
+            self._backend_texts[digest] = text
+        return self._backend_texts[digest]
 
     def save(self) -> None:
         if self.initial is None:
@@ -347,13 +353,7 @@ class TokenizerSnapshot:
     def recorded(self, name: str, compute: Callable[[], Any]) -> Any:
         """``compute()``, a value the tokenizer's state decides (a fingerprint), recorded with that state
         so that replay does not compute it again. It must be plain data."""
-        if self._state is None:
-            return compute()
-        values = self._record.derived.setdefault(self._state, {})
-        if name not in values:
-            values[name] = compute()
-            self._record.save()
-        return values[name]
+        return self._recorded_under(self._state, name, compute)
 
     def recorded_for_backend(self, name: str, compute: Callable[[], Any]) -> Any:
         """``recorded``, for a value the Rust tokenizer's JSON alone decides (a fastokens verdict): one
@@ -361,7 +361,13 @@ class TokenizerSnapshot:
         as it was (``pad_token``, ``chat_template``) finds the value recorded from the first."""
         if self._state is None:
             return compute()
-        values = self._record.derived.setdefault(f"backend {self._record.states[self._state]['backend']}", {})
+        return self._recorded_under(f"backend {self._record.states[self._state]['backend']}", name, compute)
+
+    def _recorded_under(self, key: str | None, name: str, compute: Callable[[], Any]) -> Any:
+        """``compute()``, recorded as ``name`` in the derived values under ``key`` (None: not recorded)."""
+        if key is None:
+            return compute()
+        values = self._record.derived.setdefault(key, {})
         if name not in values:
             values[name] = compute()
             self._record.save()
