@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastsft.lazy import lazy_getattr
 
-KINDS = ("auto", "hf", "fast")
+KINDS = ("auto", "hf", "bpe", "fast")
 """The tokenizer backends ``backends.load_backend`` builds (``--tokenizer-backend``); declared here,
 without the backends' imports, so the option's choices cost nothing to read."""
 
@@ -20,6 +20,7 @@ _HOMES = {
     "TokenizerSnapshot": "snapshot",
     "encodes_through_rust": "snapshot",
     "AutoBackend": "backends",
+    "ByteLevelBPEBackend": "bpe",
     "FastokensBackend": "backends",
     "HFBackend": "backends",
     "PerStringBackend": "backends",

@@ -42,18 +42,27 @@ import os
 import threading
 import unicodedata
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 
 from fastsft.errors import ConfigError, DataError
 from fastsft.tokenizer import KINDS
+from fastsft.tokenizer.bpe import (
+    BPE_FORMAT,
+    ByteLevelBPEBackend,
+    ByteLevelTables,
+    NotByteLevelBPE,
+    tokenizer_tables,
+)
 from fastsft.tokenizer.snapshot import TokenizerSnapshot, encodes_through_rust
+from fastsft.tokenizer.unicode_classes import TOKENIZERS_VERSION
 
 __all__ = [
     "ENV_VAR",
     "KINDS",
     "AutoBackend",
+    "ByteLevelBPEBackend",
     "FastokensBackend",
     "HFBackend",
     "PerStringBackend",
@@ -392,9 +401,10 @@ def probe_texts(added_tokens: Sequence[str]) -> list[str]:
 
 
 def load_backend(tokenizer: Any, kind: str | None = None, *, expected_chars: int = 0) -> TokenizerBackend:
-    """The backend to tokenize with: ``"hf"``, ``"fast"`` (fastokens, or a ``ConfigError`` saying why not)
-    or ``"auto"`` (``AutoBackend``: fastokens where it reproduces the tokenizer exactly and the text
-    is long enough to pay for building it, else HF).
+    """The backend to tokenize with: ``"hf"``, ``"bpe"`` (fastsft's byte-level BPE), ``"fast"``
+    (fastokens), each of the last two or a ``ConfigError`` saying why not, or ``"auto"``
+    (``AutoBackend``: the first of fastsft's BPE and fastokens that reproduces the tokenizer exactly,
+    where the text is long enough to pay for building it, else HF).
 
     ``kind`` defaults to the ``FASTSFT_TOKENIZER`` environment variable, then ``"auto"``;
     ``expected_chars`` is how much text the caller expects to encode (0: unknown). For a replayed
@@ -411,6 +421,15 @@ def load_backend(tokenizer: Any, kind: str | None = None, *, expected_chars: int
         return HFBackend(tokenizer)
     if kind == "auto":
         return AutoBackend(tokenizer, expected_chars)
+    if kind == "bpe":
+        try:
+            bpe = _verified_bpe_backend(tokenizer)
+        except UnsupportedTokenizer as error:
+            raise ConfigError(
+                f"tokenizer backend 'bpe' (fastsft's byte-level BPE) cannot reproduce this tokenizer: {error}"
+            ) from None
+        logger.info("tokenizer backend: fastsft-bpe (requested; matches HF on the probe texts)")
+        return bpe
     try:
         backend = _verified_fastokens_backend(tokenizer)
     except UnsupportedTokenizer as error:
@@ -430,7 +449,8 @@ BREAK_EVEN_CHARS_PER_TOKEN = 50
 
 
 class AutoBackend:
-    """HF until the text encoded (or expected) pays for building fastokens, then fastokens if it is exact.
+    """HF until the text encoded (or expected) pays for building an exact compiled encoder, then that
+    encoder: fastsft's byte-level BPE, else fastokens.
 
     Ski rental: with ``expected_chars`` below the break-even point, batches go to HF until their
     text reaches it, and the batches after that to fastokens (once built, when it builds in the
@@ -443,7 +463,8 @@ class AutoBackend:
         self._tokenizer = tokenizer
         self._break_even = BREAK_EVEN_CHARS_PER_TOKEN * len(tokenizer)
         self._hf: HFBackend | None = None
-        self._fast: FastokensBackend | None = None  # verified; its build may still be under way
+        # fastsft's BPE or fastokens, verified; a fastokens build may still be under way
+        self._fast: ByteLevelBPEBackend | FastokensBackend | None = None
         self._chars = 0
         self._decided = False
         self._used: list[str] = []
@@ -464,7 +485,7 @@ class AutoBackend:
         return self._fast is not None and (self._hf is None or self._fast.ready)
 
     def _current_name(self) -> str:
-        return FastokensBackend.name if self._uses_fast() else HFBackend.name
+        return self._fast.name if self._fast is not None and self._uses_fast() else HFBackend.name
 
     def _next_backend(self) -> TokenizerBackend:
         """The backend the next batch goes to (HF made now if it is that one)."""
@@ -478,8 +499,16 @@ class AutoBackend:
         return self._hf
 
     def _decide(self) -> None:
-        """Switch to fastokens if it reproduces the tokenizer, else stay on HF for good."""
+        """Switch to fastsft's BPE or else fastokens, the first that reproduces the tokenizer; else
+        stay on HF for good."""
         self._decided = True
+        try:
+            self._fast = _verified_bpe_backend(self._tokenizer)
+        except UnsupportedTokenizer as error:
+            logger.info("tokenizer backend: fastsft-bpe cannot be used: %s", error)
+        else:
+            logger.info("tokenizer backend: fastsft-bpe (auto; matches HF on the probe texts)")
+            return
         try:
             self._fast = _verified_fastokens_backend(self._tokenizer)
         except UnsupportedTokenizer as error:
@@ -518,10 +547,12 @@ class AutoBackend:
         return self._next_backend().single_threaded()
 
 
+_Backend = TypeVar("_Backend", "FastokensBackend", ByteLevelBPEBackend)
+
 # Verified backends by what decides their ids (tokenizer class, tokenizer.json, split_special_tokens):
 # building and probing one takes about a second, and a process often encodes with one tokenizer many
 # times (train and eval, benchmarks, several builds). A failure is remembered as well.
-_VERIFIED: dict[tuple[type, str, bool], FastokensBackend | UnsupportedTokenizer] = {}
+_VERIFIED: dict[tuple[Any, ...], Any] = {}
 _VERIFIED_MAX = 4
 
 
@@ -536,7 +567,7 @@ def _verified_fastokens_backend(tokenizer: Any) -> FastokensBackend:
     return _verified_by_probe(tokenizer)
 
 
-def _remembered(key: tuple[type, str, bool], make: Callable[[], FastokensBackend]) -> FastokensBackend:
+def _remembered(key: tuple[Any, ...], make: Callable[[], _Backend]) -> _Backend:
     """``_VERIFIED[key]``, made by ``make`` (a failure remembered too) when it is not there."""
     if key not in _VERIFIED:
         try:
@@ -548,7 +579,7 @@ def _remembered(key: tuple[type, str, bool], make: Callable[[], FastokensBackend
     result = _VERIFIED[key]
     if isinstance(result, UnsupportedTokenizer):
         raise result
-    return result
+    return cast(_Backend, result)
 
 
 def _snapshot_fastokens_backend(snapshot: TokenizerSnapshot) -> FastokensBackend:
@@ -611,4 +642,105 @@ def _probe_fastokens_backend(tokenizer: Any, tokenizer_json: str) -> FastokensBa
     for text, ids in zip(texts, backend.encode_batch(texts)):
         if ids != tokenizer.encode(text, add_special_tokens=False):
             raise UnsupportedTokenizer(f"fastokens gives other ids than HF on the probe text {text[:60]!r}")
+    return backend
+
+
+# --------------------------------------------------------------------------------------------------
+# fastsft's byte-level BPE: verified like fastokens; its tables kept with a tokenizer snapshot
+
+_TABLES_FILE = f"bpe-tables-{BPE_FORMAT}"
+
+
+def _bpe_verdict_name(split_special_tokens: bool) -> str:
+    """The name a fastsft-bpe verdict is recorded under: it holds for this encoder's format, its
+    character classes, this ``split_special_tokens`` and these probe texts only."""
+    probes = hashlib.sha256("\0".join(probe_texts(["<t>"])).encode("utf-8")).hexdigest()[:16]
+    return (
+        f"fastsft-bpe verdict {BPE_FORMAT} classes {TOKENIZERS_VERSION} "
+        f"split_special_tokens={split_special_tokens} probes {probes}"
+    )
+
+
+def _verified_bpe_backend(tokenizer: Any) -> ByteLevelBPEBackend:
+    """A ``ByteLevelBPEBackend`` that gave HF's ids on every probe text (once per tokenizer state).
+
+    For a ``TokenizerSnapshot`` the verdict is recorded with its Rust JSON and the tables kept in a
+    file beside it: replayed with a pass verdict, the backend is built from that file, without the
+    Rust tokenizer, the JSON or the probe."""
+    split_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
+    if not isinstance(tokenizer, TokenizerSnapshot) or tokenizer.backend_digest() is None:
+        return _bpe_by_probe(tokenizer, split_special_tokens)
+    snapshot = tokenizer
+    probed: list[ByteLevelBPEBackend] = []
+
+    def probe() -> dict[str, Any]:
+        try:
+            probed.append(_bpe_by_probe(snapshot, split_special_tokens))
+        except UnsupportedTokenizer as error:
+            return {"exact": False, "reason": str(error)}
+        return {"exact": True, "reason": None}
+
+    verdict = snapshot.recorded_for_backend(_bpe_verdict_name(split_special_tokens), probe)
+    if probed:
+        return probed[0]
+    if not verdict["exact"]:
+        raise UnsupportedTokenizer(f"{verdict['reason']} (recorded with the tokenizer snapshot)")
+    key = ("bpe", TokenizerSnapshot, snapshot.backend_digest(), split_special_tokens)
+    return _remembered(key, lambda: _snapshot_bpe_tables_backend(snapshot, split_special_tokens))
+
+
+def _snapshot_bpe_tables_backend(
+    snapshot: TokenizerSnapshot, split_special_tokens: bool
+) -> ByteLevelBPEBackend:
+    """The backend of a snapshot whose verdict is a pass, from the tables kept with it (probed again
+    when they cannot be read, as for a real tokenizer)."""
+    try:
+        return ByteLevelBPEBackend(_bpe_tables(snapshot, None, split_special_tokens))
+    except (ValueError, NotByteLevelBPE):
+        return _probe_bpe_backend(snapshot, split_special_tokens)
+
+
+def _bpe_tables(tokenizer: Any, tokenizer_json: str | None, split_special_tokens: bool) -> ByteLevelTables:
+    """The encoder's tables: read from (or kept in) a snapshot's record, else from the JSON.
+    ``NotByteLevelBPE`` when the tokenizer is not one it reproduces; ``ValueError`` when a
+    snapshot's tables cannot be read or made."""
+
+    def make() -> bytes:
+        text = tokenizer_json or tokenizer.recorded_backend_json()
+        if text is None:
+            raise ValueError("the snapshot's tokenizer JSON is missing")
+        return tokenizer_tables(text, split_special_tokens).to_bytes()
+
+    if isinstance(tokenizer, TokenizerSnapshot):
+        name = f"{_TABLES_FILE}-{int(split_special_tokens)}.npz"
+        return ByteLevelTables.from_bytes(tokenizer.recorded_backend_file(name, make))
+    return tokenizer_tables(tokenizer_json or "", split_special_tokens)
+
+
+def _bpe_by_probe(tokenizer: Any, split_special_tokens: bool) -> ByteLevelBPEBackend:
+    """The backend verified by building and probing it (once per tokenizer state in this process)."""
+    rust = getattr(tokenizer, "backend_tokenizer", None)
+    tokenizer_json = rust.to_str() if rust is not None else ""
+    key = ("bpe", type(tokenizer), tokenizer_json, split_special_tokens)
+    return _remembered(key, lambda: _probe_bpe_backend(tokenizer, split_special_tokens, tokenizer_json))
+
+
+def _probe_bpe_backend(
+    tokenizer: Any, split_special_tokens: bool, tokenizer_json: str | None = None
+) -> ByteLevelBPEBackend:
+    rust = getattr(tokenizer, "backend_tokenizer", None)
+    if rust is None:
+        raise UnsupportedTokenizer("not a fast (Rust-backed) tokenizer")
+    if not encodes_through_rust(tokenizer):
+        raise UnsupportedTokenizer(f"{type(tokenizer).__name__} changes encoding in Python")
+    try:
+        tables = _bpe_tables(tokenizer, tokenizer_json or rust.to_str(), split_special_tokens)
+    except (NotByteLevelBPE, ValueError) as error:
+        raise UnsupportedTokenizer(f"fastsft-bpe does not reproduce it: {error}") from None
+    backend = ByteLevelBPEBackend(tables)
+    added = [token.content for token in rust.get_added_tokens_decoder().values()]
+    texts = probe_texts(added)
+    for text, ids in zip(texts, backend.encode_batch(texts)):
+        if ids != tokenizer.encode(text, add_special_tokens=False):
+            raise UnsupportedTokenizer(f"fastsft-bpe gives other ids than HF on the probe text {text[:60]!r}")
     return backend

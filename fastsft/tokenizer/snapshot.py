@@ -23,9 +23,9 @@ tokenizer, repeats on it the changes made so far, and from then on delegates to 
 before. So every answer is one the real tokenizer gave, in the same state, reached by the same
 calls from the same files.
 
-Values a state decides are recorded with it (``recorded``: fingerprints, the fastokens verdict of
-``fastsft.tokenizer.backends``; ``convert_tokens_to_ids`` answers), so that a warm run need not
-rebuild the Rust tokenizer for them. Otherwise replay computes ``encode(text,
+Values a state decides are recorded with it (``recorded``: fingerprints, the backend verdicts of
+``fastsft.tokenizer.backends``; ``convert_tokens_to_ids`` answers; ``recorded_backend_file``: the
+byte-level BPE encoder's tables), so that a warm run need not rebuild the Rust tokenizer for them. Otherwise replay computes ``encode(text,
 add_special_tokens=False)``, ``convert_tokens_to_ids``, ``get_vocab`` and ``len`` from the Rust
 tokenizer as the transformers base class does, so
 snapshots are recorded only for classes that leave those to it (``_replayable``). Records are
@@ -156,6 +156,20 @@ class _Record:
             self._backend_texts[digest] = text
         return self._backend_texts[digest]
 
+    def backend_file(self, digest: str, name: str, compute: Callable[[], bytes]) -> bytes:
+        """The bytes kept as ``name`` beside the Rust JSON of ``digest``: read when the file is there
+        and matches its checksum, else ``compute()``, written, and returned."""
+        path = self.folder / f"{digest}.{name}"
+        try:
+            data = path.read_bytes()
+            if hashlib.sha256(data[32:]).digest() == data[:32]:
+                return data[32:]
+        except OSError:
+            pass
+        payload = compute()
+        self._write(path, hashlib.sha256(payload).digest() + payload)
+        return payload
+
     def save(self) -> None:
         if self.initial is None:
             return
@@ -171,14 +185,14 @@ class _Record:
         if fresh:
             _prune(self.folder.parent)
 
-    def _write(self, path: Path, text: str) -> None:
-        """``text`` at ``path`` via a temporary file and a rename; a cache that cannot be written is skipped."""
+    def _write(self, path: Path, content: str | bytes) -> None:
+        """``content`` at ``path`` via a temporary file and a rename; a cache that cannot be written is skipped."""
         temporary = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
+            with os.fdopen(fd, "wb") as f:
+                f.write(content.encode("utf-8") if isinstance(content, str) else content)
             os.replace(temporary, path)
         except OSError as err:
             logger.info("cannot write the tokenizer snapshot %s: %s", path, err)
@@ -362,6 +376,17 @@ class TokenizerSnapshot:
         if self._state is None:
             return compute()
         return self._recorded_under(f"backend {self._record.states[self._state]['backend']}", name, compute)
+
+    def backend_digest(self) -> str | None:
+        """The digest naming the current state's Rust JSON, or ``None`` when the state is not recorded."""
+        return None if self._state is None else self._record.states[self._state]["backend"]
+
+    def recorded_backend_file(self, name: str, compute: Callable[[], bytes]) -> bytes:
+        """``compute()``, bytes the Rust tokenizer's JSON alone decides (a compiled encoder's tables),
+        kept in a file ``name`` beside that JSON so that replay reads them back instead."""
+        if self._state is None:
+            return compute()
+        return self._record.backend_file(self._record.states[self._state]["backend"], name, compute)
 
     def _recorded_under(self, key: str | None, name: str, compute: Callable[[], Any]) -> Any:
         """``compute()``, recorded as ``name`` in the derived values under ``key`` (None: not recorded)."""
