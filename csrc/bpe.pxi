@@ -16,6 +16,7 @@
 #   Instances share nothing mutable: one per thread encodes in parallel (``encode_texts`` runs
 #   without the GIL once it has the texts' UTF-8 buffers).
 
+cimport cython
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
 from libcpp.algorithm cimport make_heap, pop_heap, push_heap
@@ -43,7 +44,8 @@ cdef enum:
     CLASS_FOLD_L = 128        # (?i:l)
 
 #: Words cached per instance before the cache is cleared (bounds its memory at about 100 MB).
-cdef int64_t _CACHE_MAX_WORDS = 1 << 21
+cdef enum:
+    _CACHE_MAX_WORDS = 1 << 21
 CACHE_MAX_WORDS = _CACHE_MAX_WORDS
 
 cdef uint64_t NO_MERGE = <uint64_t>-1
@@ -181,6 +183,7 @@ cdef void _table_insert(
         _table_grow(table)
 
 
+@cython.auto_pickle(False)  # holds C++ tables and a cache: ``ByteLevelBPEBackend`` pickles its tables
 cdef class ByteLevelBPE:
     """Byte-level BPE over one tokenizer's tables; see the top of ``csrc/bpe.pxi``.
 
@@ -188,7 +191,8 @@ cdef class ByteLevelBPE:
     rows ``(left id, right id, merged id)`` in rank order (a later duplicate pair wins, as in HF).
     ``byte_ids``: ``int32[256]``, the id of each byte's ByteLevel character. ``whole_words``:
     ``(bytes blob, int64[W + 1] offsets, int32[W] ids)`` of the vocabulary, for ``ignore_merges``,
-    or ``None``.
+    or ``None``. ``added``: ``{content: id}`` of the added tokens split out of ``str`` texts.
+    ``cache_max_words``: the piece cache is cleared when it holds this many.
     """
 
     cdef object _char_classes_array
@@ -202,14 +206,19 @@ cdef class ByteLevelBPE:
     cdef bint _ignore_merges
     cdef _WordTable _whole_words
     cdef _WordTable _cache
+    cdef int64_t _cache_max_words
     cdef vector[int32_t] _symbols           # BPE scratch: current ids, ranks of adjacent pairs,
     cdef vector[uint64_t] _ranks            # and for long pieces, links and the heap
     cdef vector[int32_t] _links
     cdef vector[uint64_t] _heap
-    cdef vector[uint8_t] _added_bytes       # added tokens' UTF-8, by first byte then longest first
-    cdef vector[int64_t] _added_offsets
-    cdef vector[int32_t] _added_ids
-    cdef int64_t _added_from[257]           # tokens starting with byte b: _added_from[b] .. [b + 1]
+    # Added tokens as a byte trie: node k's children are _trie_bytes / _trie_children[_trie_first[k]
+    # .. _trie_first[k + 1]]; _trie_token[k] is the id of the token ending there, or -1. Node 0 is
+    # the root; _added_first[b]: some token starts with byte b.
+    cdef vector[int32_t] _trie_first
+    cdef vector[uint8_t] _trie_bytes
+    cdef vector[int32_t] _trie_children
+    cdef vector[int32_t] _trie_token
+    cdef bint _added_first[256]
 
     def __init__(
         self,
@@ -219,6 +228,7 @@ cdef class ByteLevelBPE:
         int max_digits,
         whole_words=None,
         added=None,
+        int64_t cache_max_words=_CACHE_MAX_WORDS,
     ):
         if char_classes.shape[0] != 0x110000:
             raise ValueError(f"char_classes must have 0x110000 entries, got {char_classes.shape[0]}")
@@ -228,6 +238,9 @@ cdef class ByteLevelBPE:
             raise ValueError(f"byte_ids must have 256 entries, got {byte_ids.shape[0]}")
         if max_digits < 1:
             raise ValueError(f"max_digits must be at least 1, got {max_digits}")
+        if cache_max_words < 1:
+            raise ValueError(f"cache_max_words must be at least 1, got {cache_max_words}")
+        self._cache_max_words = cache_max_words
         self._char_classes_array = char_classes.base if char_classes.base is not None else char_classes
         self._char_classes = &char_classes[0]
         cdef Py_ssize_t row, i
@@ -270,44 +283,58 @@ cdef class ByteLevelBPE:
 
     cdef _load_added(self, dict added):
         """Added tokens (content -> id), split out of ``str`` texts leftmost-longest as HF does."""
-        cdef list order = sorted(
-            ((content.encode("utf-8"), token_id) for content, token_id in added.items() if content),
-            key=lambda item: (item[0][0], -len(item[0])),
-        )
-        cdef bytes content
-        cdef int b, at = 0
-        self._added_offsets.push_back(0)
-        for content, token_id in order:
+        cdef list children = [{}]  # per node: byte -> child node
+        cdef list tokens = [-1]
+        cdef int node, b
+        for content, token_id in added.items():
             if not 0 <= token_id < MAX_ID:
                 raise ValueError(f"added token {content!r} has id {token_id} outside 0..{MAX_ID - 1}")
-            for b in content:
-                self._added_bytes.push_back(b)
-            self._added_offsets.push_back(self._added_bytes.size())
-            self._added_ids.push_back(token_id)
-        for b in range(257):
-            while at < len(order) and b < 256 and order[at][0][0] < b:
-                at += 1
-            self._added_from[b] = at if b < 256 else len(order)
+            node = 0
+            for b in content.encode("utf-8"):
+                if b not in children[node]:
+                    children[node][b] = len(children)
+                    children.append({})
+                    tokens.append(-1)
+                node = children[node][b]
+            if node:
+                tokens[node] = token_id
+        for b in range(256):
+            self._added_first[b] = b in children[0]
+        for node in range(len(children)):
+            self._trie_first.push_back(self._trie_bytes.size())
+            self._trie_token.push_back(tokens[node])
+            for b, child in sorted(children[node].items()):
+                self._trie_bytes.push_back(b)
+                self._trie_children.push_back(child)
+        self._trie_first.push_back(self._trie_bytes.size())
 
     cdef Py_ssize_t _added_at(self, const uint8_t* s, Py_ssize_t i, Py_ssize_t n, int32_t* token_id) noexcept nogil:
         """Length of the longest added token at ``s[i:]`` (its id in ``token_id``), or 0."""
-        cdef int64_t k, length
-        for k in range(self._added_from[s[i]], self._added_from[s[i] + 1]):
-            length = self._added_offsets[k + 1] - self._added_offsets[k]
-            if length <= n - i and memcmp(s + i, &self._added_bytes[self._added_offsets[k]], length) == 0:
-                token_id[0] = self._added_ids[k]
-                return length
-        return 0
+        cdef int32_t node = 0, k, end
+        cdef Py_ssize_t j = i, found = 0
+        while j < n:
+            k = self._trie_first[node]
+            end = self._trie_first[node + 1]
+            while k < end and self._trie_bytes[k] != s[j]:
+                k += 1
+            if k == end:
+                break
+            node = self._trie_children[k]
+            j += 1
+            if self._trie_token[node] >= 0:
+                found = j - i
+                token_id[0] = self._trie_token[node]
+        return found
 
     cdef void _encode_with_added(self, const uint8_t* s, Py_ssize_t n, vector[int32_t]& out) noexcept nogil:
         """Split ``s[:n]`` at added tokens (leftmost, then longest) and encode the text between."""
         cdef Py_ssize_t start = 0, i = 0, length
         cdef int32_t token_id
-        if self._added_ids.empty():
+        if self._trie_children.empty():
             self._encode_text(s, n, out)
             return
         while i < n:
-            if self._added_from[s[i]] != self._added_from[s[i] + 1]:
+            if self._added_first[s[i]]:
                 length = self._added_at(s, i, n, &token_id)
                 if length:
                     if i > start:
@@ -467,7 +494,7 @@ cdef class ByteLevelBPE:
             out.push_back(_entry_ids(&self._whole_words, self._whole_words.slots[whole].entry, &count)[0])
         else:
             self._bpe(p, n, out)
-        if self._cache.count >= _CACHE_MAX_WORDS:
+        if self._cache.count >= self._cache_max_words:
             _table_reset(&self._cache, 1 << 16)
             slot = _table_find(&self._cache, p, n, h)
         _table_insert(&self._cache, slot, p, n, h, &out[start], out.size() - start)

@@ -15,6 +15,10 @@ from fastsft.data.rows.encoder import RenderedBatch
 from fastsft.errors import DataError
 from fastsft.kernels.types import SegmentBatch
 
+# These tests are about fastokens (its background build, its place in auto); fastsft's own BPE,
+# which auto tries first, has its own in tests/test_bpe_backend.py.
+pytestmark = pytest.mark.usefixtures("fastokens_only")
+
 TEXT = "x" * 100  # the text each stub batch renders to
 
 
@@ -41,11 +45,21 @@ class StubEncoder:
         segments.add([[TEXT, name]])
         return RenderedBatch(segments, None)
 
-    def encode_rendered(self, rendered: RenderedBatch, summary: Summary) -> str:
+    def encode_rendered(self, rendered: RenderedBatch, summary: Summary, tokens: Any = None) -> str:
         name = rendered.segments.texts[1]
+        if tokens is None:  # not tokenized ahead: tokenized here
+            self.tokenize(rendered.segments)
+        else:
+            assert tokens == f"tokens of {name}"
         self.calls.append(f"encode {name}")
-        self.encodes += 1
         return name
+
+    def tokenize(self, segments: SegmentBatch) -> str:
+        name = segments.texts[1]
+        if name == "bad text":
+            raise DataError("text is not valid Unicode", dataset="d", index=0)
+        self.encodes += 1
+        return f"tokens of {name}"
 
 
 def batches(names: list[str], fail_at: int | None = None) -> Iterator[Any]:
@@ -56,7 +70,10 @@ def batches(names: list[str], fail_at: int | None = None) -> Iterator[Any]:
 
 
 def encoded(encoder: StubEncoder, source: Iterator[Any]) -> list[str]:
-    return list(workers._encoded_here(encoder, source, Summary()))  # type: ignore[arg-type]
+    """Batches rendered in order, each encoded as it comes (the render-ahead half of ``_encoded_here``)."""
+    summary = Summary()
+    rendered = workers._rendered_in_order(encoder, source, summary)  # type: ignore[arg-type]
+    return [encoder.encode_rendered(batch, summary) for batch in rendered]
 
 
 def test_batches_are_rendered_ahead_while_the_backend_builds() -> None:
@@ -97,11 +114,49 @@ def test_an_error_met_ahead_is_raised_in_its_turn(where: str) -> None:
     names = ["b0", "b1", "bad template" if where == "rendering" else "b2", "b3"]
     out = []
     with pytest.raises(DataError, match="template" if where == "rendering" else "invalid JSON"):
-        for item in workers._encoded_here(
+        for item in workers._rendered_in_order(
             encoder,  # type: ignore[arg-type]
             batches(names, fail_at=2 if where == "reading" else None),
             Summary(),
         ):
-            out.append(item)
+            out.append(encoder.encode_rendered(item, Summary()))
     assert out == ["b0", "b1"]  # the batches before the error, then the error
     assert "render b3" not in encoder.calls  # nothing read after it
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenizing the next batch on a thread while this one is assembled (``_encoded_here``)
+
+
+def overlapped(encoder: StubEncoder, source: Iterator[Any]) -> Iterator[str]:
+    return workers._encoded_here(encoder, source, Summary())  # type: ignore[arg-type]
+
+
+def test_the_next_batch_is_rendered_and_tokenized_before_this_one_is_assembled() -> None:
+    encoder = StubEncoder(ready_after=0)
+    names = [f"b{i}" for i in range(5)]
+    assert list(overlapped(encoder, batches(names))) == names
+    assert encoder.calls.index("render b1") < encoder.calls.index("encode b0")
+    assert encoder.calls.index("render b2") > encoder.calls.index("encode b0")  # at most two in flight
+
+
+@pytest.mark.parametrize("where", ["reading", "rendering", "tokenizing"])
+def test_an_error_in_the_next_batch_comes_after_this_one(where: str) -> None:
+    encoder = StubEncoder(ready_after=0)
+    bad = {"rendering": "bad template", "tokenizing": "bad text"}.get(where, "b2")
+    out = []
+    with pytest.raises(DataError):
+        for item in overlapped(
+            encoder, batches(["b0", "b1", bad, "b3"], fail_at=2 if where == "reading" else None)
+        ):
+            out.append(item)
+    assert out == ["b0", "b1"]
+    assert "encode b3" not in encoder.calls
+    if where != "tokenizing":  # a tokenizer error is met on the thread, once the batch after it is rendered
+        assert "render b3" not in encoder.calls
+
+
+def test_efficient_eos_does_not_overlap() -> None:
+    encoder = StubEncoder(ready_after=0, efficient_eos=True)
+    assert list(overlapped(encoder, batches(["a", "b"]))) == ["a", "b"]
+    assert encoder.calls == ["render a", "encode a", "render b", "encode b"]

@@ -33,6 +33,10 @@ from fastsft.tokenizer.backends import (
     probe_texts,
 )
 
+# These tests are about fastokens (its background build, its place in auto); fastsft's own BPE,
+# which auto tries first, has its own in tests/test_bpe_backend.py.
+pytestmark = pytest.mark.usefixtures("fastokens_only")
+
 # The split patterns of Qwen2's and Meta's Llama 3 tokenizer.json.
 QWEN2_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"

@@ -29,6 +29,10 @@ from fastsft.tokenizer.backends import (
 from fastsft.tokenizer.loader import CACHE_ENV_VAR, load_tokenizer
 from fastsft.tokenizer.snapshot import FOLDER, TokenizerSnapshot
 
+# These tests are about fastokens (its background build, its place in auto); fastsft's own BPE,
+# which auto tries first, has its own in tests/test_bpe_backend.py.
+pytestmark = pytest.mark.usefixtures("fastokens_only")
+
 DATASETS = "sharegpt_chat,alpaca_mix,sharegpt_tools"
 
 

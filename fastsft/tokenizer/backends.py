@@ -46,13 +46,14 @@ from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 
-from fastsft.errors import ConfigError, DataError
+from fastsft.errors import ConfigError
 from fastsft.tokenizer import KINDS
 from fastsft.tokenizer.bpe import (
     BPE_FORMAT,
     ByteLevelBPEBackend,
     ByteLevelTables,
     NotByteLevelBPE,
+    raise_if_invalid_unicode,
     tokenizer_tables,
 )
 from fastsft.tokenizer.snapshot import TokenizerSnapshot, encodes_through_rust
@@ -135,7 +136,7 @@ class HFBackend:
         try:
             encodings = self._rust.encode_batch_fast(texts, add_special_tokens=False)
         except TypeError:
-            _raise_if_invalid_unicode(texts)
+            raise_if_invalid_unicode(texts)
             raise
         return [encoding.ids for encoding in encodings]
 
@@ -263,7 +264,7 @@ class FastokensBackend:
         try:
             ids, offsets = self._load().encode_batch_flat(texts, False, self._split_special_tokens)
         except UnicodeEncodeError:
-            _raise_if_invalid_unicode(texts)
+            raise_if_invalid_unicode(texts)
             raise
         # uint32 ids below 2**31 and uint64 offsets below 2**63 read the same as int32 / int64.
         return np.frombuffer(ids, dtype=np.int32), np.frombuffer(offsets, dtype=np.int64)
@@ -339,17 +340,6 @@ def _fastokens_encoder(tokenizer_json: str, single_thread: bool) -> Any:
     encoder.no_truncation()
     encoder.no_padding()
     return encoder
-
-
-def _raise_if_invalid_unicode(texts: Sequence[str]) -> None:
-    """Raise a ``DataError`` for the first text that is not valid Unicode (a lone surrogate)."""
-    for text in texts:
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as error:
-            raise DataError(
-                f"text is not valid Unicode: {error.reason} {text[error.start]!r} at character {error.start}"
-            ) from None
 
 
 def _flatten(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:

@@ -28,6 +28,7 @@ import io
 import os
 import re
 import threading
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from fastsft.errors import DataError
 from fastsft.tokenizer import unicode_classes
 
 __all__ = [
@@ -45,6 +47,8 @@ __all__ = [
     "ByteLevelTables",
     "NotByteLevelBPE",
     "char_classes",
+    "nfc_sensitive",
+    "raise_if_invalid_unicode",
     "tokenizer_tables",
 ]
 
@@ -161,7 +165,7 @@ class ByteLevelTables:
                     added=dict(meta["added"]),
                     nfc=bool(meta["nfc"]),
                 )
-        except (OSError, KeyError, TypeError, EOFError, orjson.JSONDecodeError) as error:
+        except (OSError, KeyError, TypeError, EOFError, zipfile.BadZipFile, orjson.JSONDecodeError) as error:
             raise ValueError(f"not byte-level BPE tables: {error}") from None
 
 
@@ -315,7 +319,15 @@ class ByteLevelBPEBackend:
         return [self._normalized(text)]
 
     def encode_batch_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """All ids as ``int32[T]`` plus ``int64[len(texts) + 1]`` offsets."""
+        """All ids as ``int32[T]`` plus ``int64[len(texts) + 1]`` offsets; ``DataError`` for a text
+        that is not valid Unicode."""
+        try:
+            return self._encode_batch_flat(texts)
+        except UnicodeEncodeError:
+            raise_if_invalid_unicode(texts)
+            raise
+
+    def _encode_batch_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         units = [self._unit(text) for text in texts]
         chars = sum(map(len, texts))
         threads = max(1, min(self._threads, chars // _CHARS_PER_THREAD, len(units)))
@@ -381,6 +393,17 @@ class ByteLevelBPEBackend:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (ByteLevelBPEBackend, (self._tables, self._threads))
+
+
+def raise_if_invalid_unicode(texts: Sequence[str]) -> None:
+    """Raise a ``DataError`` for the first text that is not valid Unicode (a lone surrogate)."""
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise DataError(
+                f"text is not valid Unicode: {error.reason} {text[error.start]!r} at character {error.start}"
+            ) from None
 
 
 def _balanced_bounds(lengths: list[int], parts: int) -> list[int]:

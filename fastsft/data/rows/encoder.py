@@ -195,9 +195,17 @@ class Encoder:
             return RenderedBatch(segments, None)
         return RenderedBatch(segments, Batch(*([column[p] for p in kept] for column in batch)))
 
-    def encode_rendered(self, rendered: RenderedBatch, summary: Summary) -> EncodedBatch:
-        """The second half of ``encode``: tokenize, then assemble ids and labels."""
-        encoded, label_offsets = self._encode_segments(rendered.segments)
+    def tokenize(self, segments: SegmentBatch) -> tuple[np.ndarray, np.ndarray]:
+        """Every text segment's ids in one tokenizer call: ``int32[T]`` and ``int64[texts + 1]``
+        offsets (thread-safe: ``workers`` runs it on a thread while this one assembles)."""
+        return self.tokenizer_backend.encode_batch_flat(segments.texts)
+
+    def encode_rendered(
+        self, rendered: RenderedBatch, summary: Summary, tokens: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> EncodedBatch:
+        """The second half of ``encode``: tokenize (unless ``tokens`` is ``tokenize``'s result for
+        these segments), then assemble ids and labels."""
+        encoded, label_offsets = self._encode_segments(rendered.segments, tokens)
         if np.array_equal(label_offsets, encoded.offsets):
             return encoded
         assert rendered.kept is not None  # only efficient_eos makes labels longer than input_ids
@@ -236,9 +244,11 @@ class Encoder:
             return False
         return True
 
-    def _encode_segments(self, segments: SegmentBatch) -> tuple[EncodedBatch, np.ndarray]:
-        """One tokenizer call for every text segment of the batch, then one kernel call."""
-        text_ids, text_offsets = self.tokenizer_backend.encode_batch_flat(segments.texts)
+    def _encode_segments(
+        self, segments: SegmentBatch, tokens: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> tuple[EncodedBatch, np.ndarray]:
+        """One tokenizer call for every text segment of the batch (unless given), then one kernel call."""
+        text_ids, text_offsets = tokens if tokens is not None else self.tokenize(segments)
         token_ids, seg_lengths = self.kernels.gather_segments(
             text_ids,
             text_offsets,

@@ -1,5 +1,6 @@
-"""Encoding the batches in order: here, rendering ahead while the tokenizer backend is still being
-built, or in a pool of spawned processes, bounded in flight."""
+"""Encoding the batches in order: here (rendering ahead while the tokenizer backend is still being
+built, and tokenizing the next batch on a thread while this one is assembled and written), or in a
+pool of spawned processes, bounded in flight."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import os
 import signal
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from fastsft.data.accounting import Summary
 from fastsft.data.rows.encoder import EncodedBatch, Encoder, RenderedBatch
@@ -74,6 +78,43 @@ RENDER_AHEAD_CHARS = 128 * 2**20
 def _encoded_here(encoder: Encoder, batches: Iterator[Batch], summary: Summary) -> Iterator[EncodedBatch]:
     """Batches encoded in this process, in order.
 
+    Each batch is tokenized on a thread while the one before it is assembled here and written by
+    the caller, and the one after it read and rendered: the compiled tokenizers run without the
+    GIL, so on two cores that work overlaps. At most two batches are in flight. An error rendering
+    a batch is raised after the batch before it is yielded, as it would be without the overlap.
+    Templates with ``efficient_eos`` re-render a batch from its tokens, so they do not overlap.
+    """
+    rendered_batches = _rendered_in_order(encoder, batches, summary)
+    if encoder.template.efficient_eos:
+        for rendered in rendered_batches:
+            yield encoder.encode_rendered(rendered, summary)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="fastsft-tokenize") as tokenizing:
+        pending: tuple[RenderedBatch, Future[tuple[np.ndarray, np.ndarray]]] | None = None
+        while True:
+            try:
+                rendered = next(rendered_batches, None)
+            except Exception:
+                if pending is not None:
+                    yield encoder.encode_rendered(pending[0], summary, pending[1].result())
+                raise
+            started = (
+                None
+                if rendered is None
+                else (rendered, tokenizing.submit(encoder.tokenize, rendered.segments))
+            )
+            if pending is not None:
+                yield encoder.encode_rendered(pending[0], summary, pending[1].result())
+            if started is None:
+                return
+            pending = started
+
+
+def _rendered_in_order(
+    encoder: Encoder, batches: Iterator[Batch], summary: Summary
+) -> Iterator[RenderedBatch]:
+    """Batches rendered in order.
+
     While the tokenizer backend is still being built on its own thread (``ready`` is False),
     batches are read and rendered ahead, up to ``RENDER_AHEAD_CHARS`` of text, so that reading and
     rendering overlap the build instead of waiting for it. An error met ahead is raised in its
@@ -113,7 +154,7 @@ def _encoded_here(encoder: Encoder, batches: Iterator[Batch], summary: Summary) 
             if batch is None:
                 return
             rendered = encoder.render_batch(batch, summary)
-        yield encoder.encode_rendered(rendered, summary)
+        yield rendered
 
 
 def _waiting_on_error(batches: Iterator[Batch], pending: deque[AsyncResult]) -> Iterator[Batch]:
