@@ -302,3 +302,103 @@ def test_load_backend_bpe_kind(fixture_tokenizer: Any) -> None:
     assert backend.encode_batch(["hello world"]) == [
         fixture_tokenizer.encode("hello world", add_special_tokens=False)
     ]
+
+
+# --------------------------------------------------------------------------------------------------
+# With a tokenizer snapshot: the verdict and the tables are recorded, and a warm run reads them
+
+
+@pytest.fixture
+def snapshot_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from fastsft.tokenizer import backends
+    from fastsft.tokenizer.loader import CACHE_ENV_VAR
+
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV_VAR, str(folder))
+    monkeypatch.setattr(backends, "_VERIFIED", {})  # each load as in a new process
+    return folder
+
+
+def _snapshot(path: Path) -> Any:
+    from fastsft.tokenizer.loader import load_tokenizer as load
+    from fastsft.tokenizer.snapshot import TokenizerSnapshot
+
+    loaded = load(str(path), snapshot=True)
+    assert isinstance(loaded, TokenizerSnapshot)
+    return loaded
+
+
+def test_a_warm_replay_reads_the_recorded_tables_and_verdict(
+    fixture_tokenizer_path: Path, snapshot_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tokenizers
+
+    from fastsft.tokenizer import backends
+
+    texts = ["Hello, world! it's 数据 <|im_start|>x", "e\u0301 café"]
+    expected = _hf_ids(load_tokenizer(fixture_tokenizer_path), texts)
+    assert load_backend(_snapshot(fixture_tokenizer_path), "bpe").encode_batch(texts) == expected
+    tables = list(snapshot_cache.rglob("*.bpe-tables-*"))
+    assert len(tables) == 1
+    backends._VERIFIED.clear()
+
+    def refuse(*args: Any) -> Any:
+        raise AssertionError("the warm run built the HF Rust tokenizer, read the JSON or probed")
+
+    monkeypatch.setattr(tokenizers.Tokenizer, "from_str", refuse)
+    monkeypatch.setattr(backends, "_probe_bpe_backend", refuse)
+    monkeypatch.setattr(bpe, "tokenizer_tables", refuse)
+    warm = _snapshot(fixture_tokenizer_path)
+    backend = load_backend(warm, "auto", expected_chars=10**12)
+    assert warm.replaying and backend.name == "fastsft-bpe"
+    assert backend.encode_batch(texts) == expected
+
+
+def test_damaged_recorded_tables_are_made_again(fixture_tokenizer_path: Path, snapshot_cache: Path) -> None:
+    from fastsft.tokenizer import backends
+
+    load_backend(_snapshot(fixture_tokenizer_path), "bpe")
+    (tables,) = snapshot_cache.rglob("*.bpe-tables-*")
+    tables.write_bytes(tables.read_bytes()[:-100])  # its checksum no longer matches
+    backends._VERIFIED.clear()
+    texts = ["damaged tables: rebuilt 12345"]
+    expected = _hf_ids(load_tokenizer(fixture_tokenizer_path), texts)
+    assert load_backend(_snapshot(fixture_tokenizer_path), "bpe").encode_batch(texts) == expected
+    assert ByteLevelTables.from_bytes(tables.read_bytes()[32:])  # written again, whole
+
+
+def test_a_recorded_refusal_is_replayed(
+    fixture_tokenizer_path: Path, snapshot_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastsft.errors import ConfigError
+    from fastsft.tokenizer import backends
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise NotByteLevelBPE("normalizer 'NFKC'")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(backends, "tokenizer_tables", refused)
+        with pytest.raises(ConfigError, match="normalizer 'NFKC'"):
+            load_backend(_snapshot(fixture_tokenizer_path), "bpe")
+    backends._VERIFIED.clear()
+    with pytest.raises(ConfigError, match=r"normalizer 'NFKC' \(recorded with the tokenizer snapshot\)"):
+        load_backend(_snapshot(fixture_tokenizer_path), "bpe")
+
+
+# --------------------------------------------------------------------------------------------------
+# Auto: fastsft's BPE first, then fastokens, then HF
+
+
+def test_auto_picks_the_bpe_and_falls_back_to_fastokens(fixture_tokenizer: Any) -> None:
+    from fastsft.tokenizer import backends
+
+    backends._VERIFIED.clear()
+    assert load_backend(fixture_tokenizer, "auto", expected_chars=10**12).name == "fastsft-bpe"
+    # GPT-2's ByteLevel regex: fastokens implements it, fastsft's BPE does not
+    from tokenizers import pre_tokenizers
+
+    fixture_tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend = load_backend(fixture_tokenizer, "auto", expected_chars=10**12)
+    assert backend.name == "fastokens"
+    texts = ["GPT-2's pre-tokenizer, 123 数据"]
+    assert backend.encode_batch(texts) == _hf_ids(fixture_tokenizer, texts)
