@@ -559,8 +559,10 @@ def test_from_tokenizer_reports_the_reason() -> None:
 @pytest.fixture(scope="module")
 def qwen2_pair(qwen2_tokenizer_path: Path) -> tuple[Any, FastokensBackend]:
     tokenizer = load_tokenizer(qwen2_tokenizer_path)
-    backend = auto(tokenizer)
-    assert backend.name == "fastokens", "auto must pick fastokens for Qwen2"
+    backend = load_backend(
+        tokenizer, "fast"
+    )  # module-scoped: before fastokens_only; auto picks fastsft's BPE
+    assert isinstance(backend, FastokensBackend), "fastokens must reproduce Qwen2"
     return tokenizer, backend
 
 
@@ -608,8 +610,10 @@ def test_qwen2_probe_and_long_realistic_text(qwen2_pair: tuple[Any, FastokensBac
 @pytest.fixture(scope="module")
 def llama3_pair(llama3_tokenizer_path: Path) -> tuple[Any, FastokensBackend]:
     tokenizer = load_tokenizer(llama3_tokenizer_path)
-    backend = auto(tokenizer)
-    assert backend.name == "fastokens", "auto must pick fastokens for Llama 3"
+    backend = load_backend(
+        tokenizer, "fast"
+    )  # module-scoped: before fastokens_only; auto picks fastsft's BPE
+    assert isinstance(backend, FastokensBackend), "fastokens must reproduce Llama 3"
     return tokenizer, backend
 
 

@@ -1,10 +1,14 @@
-"""Tokenizer backends: the HF tokenizer itself, or fastokens, an exact and much faster encoder of it.
+"""Tokenizer backends: the HF tokenizer itself, or an exact and much faster encoder of it: fastsft's
+own byte-level BPE (``fastsft.tokenizer.bpe``) or fastokens.
 
 The pipeline tokenizes every text segment on its own, exactly like
 ``tokenizer.encode(segment, add_special_tokens=False)``. That call dominates preprocessing time, so
-for BPE tokenizers ``FastokensBackend`` hands the same ``tokenizer.json`` to fastokens (a Rust BPE
-encoder for HF tokenizer files, multi-threaded, one flat id buffer per batch). It is chosen only
-where it is known to be exact:
+for Qwen2- and Llama 3-style tokenizers ``ByteLevelBPEBackend`` encodes with fastsft's compiled
+byte-level BPE (its tables built in milliseconds, recorded with a tokenizer snapshot), and for
+other BPE tokenizers ``FastokensBackend`` hands the same ``tokenizer.json`` to fastokens (a Rust
+BPE encoder for HF tokenizer files, multi-threaded, one flat id buffer per batch, 1.2-2 s to build).
+Either is chosen only where it is known to be exact (for fastsft's BPE, the structure check is
+``bpe.tokenizer_tables``; the self-check is the same):
 
 * **Structure.** The tokenizer must be a Rust-backed HF tokenizer whose Python class does not change
   encoding, with a BPE model without dropout, and fastokens must accept every component of its
@@ -16,16 +20,19 @@ where it is known to be exact:
   and every added token alone, inside words, doubled, next to combining marks and whitespace (so
   ``lstrip``/``rstrip``/``normalized`` and ``split_special_tokens`` are exercised).
 
-Anything else gets the HF tokenizer, with the reason logged; ``kind="fast"`` raises it instead.
+Anything else gets the HF tokenizer, with the reason logged; ``kind="bpe"`` or ``"fast"`` raises it
+instead.
 
-A ``TokenizerSnapshot`` (``fastsft preprocess``'s tokenizer) records the verdict, pass or fail with
+A ``TokenizerSnapshot`` (``fastsft preprocess``'s tokenizer) records each verdict, pass or fail with
 the reason, with its Rust tokenizer's JSON (so every state sharing that JSON shares it), per
-fastokens version, ``split_special_tokens`` and probe texts. A warm
+encoder version, ``split_special_tokens`` and probe texts; fastsft's BPE also keeps its tables in
+a file beside that JSON, so a warm run builds it from the file (milliseconds). For fastokens, a warm
 run replaying a pass verdict neither rebuilds the HF Rust tokenizer nor probes: it starts building
 fastokens from the recorded ``tokenizer.json`` on a background thread and returns (``ready`` says
 when the build is done; the first encode waits for it).
 
-Building fastokens' encoder and probing it takes 1.5-2 s for a 128k-150k vocabulary, as long as HF
+Building fastokens' encoder and probing it takes 1.5-2 s for a 128k-150k vocabulary (fastsft's BPE,
+0.4-0.7 s the first time, from the JSON), as long as HF
 takes for about 50 characters per vocabulary entry (6-7 M characters: a few thousand
 conversations). So ``"auto"`` (``AutoBackend``) starts with fastokens only when the input is
 expected to be at least that long, and otherwise encodes with HF until the text it has encoded
