@@ -402,3 +402,43 @@ def test_auto_picks_the_bpe_and_falls_back_to_fastokens(fixture_tokenizer: Any) 
     assert backend.name == "fastokens"
     texts = ["GPT-2's pre-tokenizer, 123 数据"]
     assert backend.encode_batch(texts) == _hf_ids(fixture_tokenizer, texts)
+
+
+def test_fastokens_takes_over_a_large_input(fixture_tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past ``TAKEOVER_CHARS_PER_TOKEN``, fastokens is built on a thread while fastsft's BPE encodes,
+    and takes the batches after it is ready; the ids stay HF's throughout."""
+    import threading
+
+    from fastsft.tokenizer import backends
+
+    backends._VERIFIED.clear()
+    monkeypatch.setattr(backends, "TAKEOVER_CHARS_PER_TOKEN", 0)
+    release = threading.Event()
+    verified = backends._verified_fastokens_backend
+
+    def held(tokenizer: Any) -> Any:
+        release.wait()
+        return verified(tokenizer)
+
+    monkeypatch.setattr(backends, "_verified_fastokens_backend", held)
+    backend = load_backend(fixture_tokenizer, "auto", expected_chars=10**12)
+    texts = ["a large input, 数据 it's <|im_start|>", "second text 12345"]
+    expected = _hf_ids(fixture_tokenizer, texts)
+    assert backend.encode_batch(texts) == expected
+    assert backend.name == "fastsft-bpe"
+    release.set()
+    backend._takeover._thread.join()
+    assert backend.encode_batch(texts) == expected
+    assert backend.name == "fastsft-bpe, then fastokens"
+
+
+def test_no_takeover_below_the_threshold(fixture_tokenizer: Any) -> None:
+    from fastsft.tokenizer import backends
+
+    backend = load_backend(
+        fixture_tokenizer,
+        "auto",
+        expected_chars=backends.TAKEOVER_CHARS_PER_TOKEN * len(fixture_tokenizer) - 1,
+    )
+    backend.encode_batch(["small input"])
+    assert backend._takeover is None and backend.name == "fastsft-bpe"
