@@ -3,12 +3,12 @@ pre-tokenizers' split regex, as HF tokenizers' own regex engine (Oniguruma) matc
 
 ``fastsft._core.ByteLevelBPE`` splits text with a hand-written scanner for the GPT-4-style patterns
 Qwen2 and Llama 3 use. The scanner asks, for every character, whether it is ``\\p{L}``, ``\\p{N}``
-or ``\\s``, and which characters ``(?i:'s|'t|'re|'ve|'m|'ll|'d)`` accepts for each letter; and which characters NFC may change
-(``nfc_sensitive``), so that text without them skips the normaliser. The regex classes
+or ``\\s``, and which characters ``(?i:'s|'t|'re|'ve|'m|'ll|'d)`` accepts for each letter. Those
 answers come from the regex engine itself, not from Python's ``unicodedata`` (whose Unicode
 version may differ): every code point is run through ``tokenizers.pre_tokenizers.Split`` with each
-class as the pattern. ``tests/test_bpe_backend.py`` checks the result against the installed
-tokenizers, so a tokenizers release with another Unicode version fails it.
+class as the pattern. It also lists the characters NFC may change (``nfc_sensitive``), so that
+text without them skips the normaliser. ``tests/test_bpe_backend.py`` checks both against the
+installed tokenizers, so a tokenizers release with another Unicode version fails it.
 
 Usage: ``python scripts/make_unicode_classes.py`` (about 25 s).
 """
@@ -92,16 +92,18 @@ def main() -> int:
     for name, pattern in CLASSES.items():
         runs = ranges(members(pattern, points, text))
         lines.append(f"{name} = (")
-        lines += [f"    ({first:#x}, {last:#x})," for first, last in runs]
+        lines += [f"    (0x{first:X}, 0x{last:X})," for first, last in runs]
         lines += [")", ""]
     runs = ranges(nfc_sensitive(points))
-    lines.append(f"# NFC may change these (Unicode {unicodedata.unidata_version}); see scripts/make_unicode_classes.py")
+    lines.append(
+        f"# NFC may change these (Unicode {unicodedata.unidata_version}); see scripts/make_unicode_classes.py"
+    )
     lines.append("NFC_SENSITIVE = (")
-    lines += [f"    ({first:#x}, {last:#x})," for first, last in runs]
+    lines += [f"    (0x{first:X}, 0x{last:X})," for first, last in runs]
     lines += [")", ""]
     folds = {letter: members(f"(?i:{letter})", points, text) for letter in CONTRACTION_LETTERS}
     lines.append("CONTRACTION_FOLDS = {")
-    lines += [f"    {letter!r}: {tuple(found)!r}," for letter, found in folds.items()]
+    lines += [f'    "{letter}": {tuple(found)!r},' for letter, found in folds.items()]
     lines += ["}", ""]
     OUT.write_text("\n".join(lines))
     print(f"wrote {OUT}")
