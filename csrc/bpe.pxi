@@ -43,7 +43,7 @@ cdef enum:
     CLASS_FOLD_E = 64         # (?i:e)
     CLASS_FOLD_L = 128        # (?i:l)
 
-#: Words cached per instance before the cache is cleared (bounds its memory at about 100 MB).
+#: Words cached per instance before the cache is cleared (bounds its memory on endless new words).
 cdef enum:
     _CACHE_MAX_WORDS = 1 << 21
 CACHE_MAX_WORDS = _CACHE_MAX_WORDS
