@@ -559,9 +559,9 @@ def test_from_tokenizer_reports_the_reason() -> None:
 @pytest.fixture(scope="module")
 def qwen2_pair(qwen2_tokenizer_path: Path) -> tuple[Any, FastokensBackend]:
     tokenizer = load_tokenizer(qwen2_tokenizer_path)
-    backend = load_backend(
-        tokenizer, "fast"
-    )  # module-scoped: before fastokens_only; auto picks fastsft's BPE
+    # "fast", not auto: this module-scoped fixture runs before fastokens_only, and auto would
+    # pick fastsft's BPE
+    backend = load_backend(tokenizer, "fast")
     assert isinstance(backend, FastokensBackend), "fastokens must reproduce Qwen2"
     return tokenizer, backend
 
@@ -610,9 +610,9 @@ def test_qwen2_probe_and_long_realistic_text(qwen2_pair: tuple[Any, FastokensBac
 @pytest.fixture(scope="module")
 def llama3_pair(llama3_tokenizer_path: Path) -> tuple[Any, FastokensBackend]:
     tokenizer = load_tokenizer(llama3_tokenizer_path)
-    backend = load_backend(
-        tokenizer, "fast"
-    )  # module-scoped: before fastokens_only; auto picks fastsft's BPE
+    # "fast", not auto: this module-scoped fixture runs before fastokens_only, and auto would
+    # pick fastsft's BPE
+    backend = load_backend(tokenizer, "fast")
     assert isinstance(backend, FastokensBackend), "fastokens must reproduce Llama 3"
     return tokenizer, backend
 
