@@ -214,11 +214,7 @@ class FastokensBackend:
 
         ``tokenizer_json``: its ``backend_tokenizer.to_str()``, when the caller has it already.
         """
-        rust = getattr(tokenizer, "backend_tokenizer", None)
-        if rust is None:
-            raise UnsupportedTokenizer("not a fast (Rust-backed) tokenizer")
-        if not encodes_through_rust(tokenizer):
-            raise UnsupportedTokenizer(f"{type(tokenizer).__name__} changes encoding in Python")
+        rust = _rust_encoder(tokenizer)
         if type(rust.model).__name__ != "BPE":
             raise UnsupportedTokenizer(f"model is {type(rust.model).__name__}, not BPE")
         if rust.model.dropout not in (None, 0.0):
@@ -638,20 +634,9 @@ def _snapshot_fastokens_backend(snapshot: TokenizerSnapshot) -> FastokensBackend
     verdict_name = _verdict_name(split_special_tokens)
     if verdict_name is None:  # fastokens cannot be imported: say so, and record nothing
         return _verified_by_probe(snapshot)
-    probed: list[FastokensBackend] = []
-
-    def probe() -> dict[str, Any]:
-        try:
-            probed.append(_verified_by_probe(snapshot))
-        except UnsupportedTokenizer as error:
-            return {"exact": False, "reason": str(error)}
-        return {"exact": True, "reason": None}
-
-    verdict = snapshot.recorded_for_backend(verdict_name, probe)
-    if probed:
-        return probed[0]
-    if not verdict["exact"]:
-        raise UnsupportedTokenizer(f"{verdict['reason']} (recorded with the tokenizer snapshot)")
+    probed = _recorded_verdict(snapshot, verdict_name, lambda: _verified_by_probe(snapshot))
+    if probed is not None:
+        return probed
     tokenizer_json = snapshot.recorded_backend_json()
     if tokenizer_json is None:  # live, or its JSON file is missing or damaged: as a real tokenizer
         return _verified_by_probe(snapshot)
@@ -678,20 +663,65 @@ def _verdict_name(split_special_tokens: bool) -> str | None:
         fastokens_version = version("fastokens")
     except (ImportError, PackageNotFoundError):
         return None
-    probes = hashlib.sha256("\0".join(probe_texts(["<t>"])).encode("utf-8")).hexdigest()[:16]
     return (
-        f"fastokens verdict {fastokens_version} split_special_tokens={split_special_tokens} probes {probes}"
+        f"fastokens verdict {fastokens_version} split_special_tokens={split_special_tokens} "
+        f"probes {_probes_digest()}"
     )
 
 
 def _probe_fastokens_backend(tokenizer: Any, tokenizer_json: str) -> FastokensBackend:
-    backend = FastokensBackend.from_tokenizer(tokenizer, tokenizer_json)
+    return _probed(FastokensBackend.from_tokenizer(tokenizer, tokenizer_json), tokenizer)
+
+
+def _rust_encoder(tokenizer: Any) -> Any:
+    """The tokenizer's Rust tokenizer, when ``encode`` is that tokenizer's (else ``UnsupportedTokenizer``)."""
+    rust = getattr(tokenizer, "backend_tokenizer", None)
+    if rust is None:
+        raise UnsupportedTokenizer("not a fast (Rust-backed) tokenizer")
+    if not encodes_through_rust(tokenizer):
+        raise UnsupportedTokenizer(f"{type(tokenizer).__name__} changes encoding in Python")
+    return rust
+
+
+def _probed(backend: _Backend, tokenizer: Any) -> _Backend:
+    """``backend`` once it gives ``tokenizer.encode``'s ids on every probe text (else ``UnsupportedTokenizer``)."""
     added = [token.content for token in tokenizer.backend_tokenizer.get_added_tokens_decoder().values()]
     texts = probe_texts(added)
     for text, ids in zip(texts, backend.encode_batch(texts)):
         if ids != tokenizer.encode(text, add_special_tokens=False):
-            raise UnsupportedTokenizer(f"fastokens gives other ids than HF on the probe text {text[:60]!r}")
+            raise UnsupportedTokenizer(
+                f"{backend.name} gives other ids than HF on the probe text {text[:60]!r}"
+            )
     return backend
+
+
+def _probes_digest() -> str:
+    """What names the probe texts in a recorded verdict: a verdict holds for these probes only."""
+    return hashlib.sha256("\0".join(probe_texts(["<t>"])).encode("utf-8")).hexdigest()[:16]
+
+
+def _recorded_verdict(
+    snapshot: TokenizerSnapshot, name: str, verify: Callable[[], _Backend]
+) -> _Backend | None:
+    """``verify()`` the first time, its verdict (pass, or fail with the reason) recorded as ``name``
+    with the snapshot's Rust JSON: what it returned when it ran now, ``None`` when a recorded pass
+    is replayed (the caller builds the backend without probing); ``UnsupportedTokenizer`` for a
+    failure, new or recorded."""
+    verified: list[_Backend] = []
+
+    def probe() -> dict[str, Any]:
+        try:
+            verified.append(verify())
+        except UnsupportedTokenizer as error:
+            return {"exact": False, "reason": str(error)}
+        return {"exact": True, "reason": None}
+
+    verdict = snapshot.recorded_for_backend(name, probe)
+    if verified:
+        return verified[0]
+    if not verdict["exact"]:
+        raise UnsupportedTokenizer(f"{verdict['reason']} (recorded with the tokenizer snapshot)")
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -703,10 +733,9 @@ _TABLES_FILE = f"bpe-tables-{BPE_FORMAT}"
 def _bpe_verdict_name(split_special_tokens: bool) -> str:
     """The name a fastsft-bpe verdict is recorded under: it holds for this encoder's format, its
     character classes, this ``split_special_tokens`` and these probe texts only."""
-    probes = hashlib.sha256("\0".join(probe_texts(["<t>"])).encode("utf-8")).hexdigest()[:16]
     return (
         f"fastsft-bpe verdict {BPE_FORMAT} classes {TOKENIZERS_VERSION} "
-        f"split_special_tokens={split_special_tokens} probes {probes}"
+        f"split_special_tokens={split_special_tokens} probes {_probes_digest()}"
     )
 
 
@@ -720,20 +749,10 @@ def _verified_bpe_backend(tokenizer: Any) -> ByteLevelBPEBackend:
     if not isinstance(tokenizer, TokenizerSnapshot) or tokenizer.backend_digest() is None:
         return _bpe_by_probe(tokenizer, split_special_tokens)
     snapshot = tokenizer
-    probed: list[ByteLevelBPEBackend] = []
-
-    def probe() -> dict[str, Any]:
-        try:
-            probed.append(_bpe_by_probe(snapshot, split_special_tokens))
-        except UnsupportedTokenizer as error:
-            return {"exact": False, "reason": str(error)}
-        return {"exact": True, "reason": None}
-
-    verdict = snapshot.recorded_for_backend(_bpe_verdict_name(split_special_tokens), probe)
-    if probed:
-        return probed[0]
-    if not verdict["exact"]:
-        raise UnsupportedTokenizer(f"{verdict['reason']} (recorded with the tokenizer snapshot)")
+    name = _bpe_verdict_name(split_special_tokens)
+    probed = _recorded_verdict(snapshot, name, lambda: _bpe_by_probe(snapshot, split_special_tokens))
+    if probed is not None:
+        return probed
     key = ("bpe", TokenizerSnapshot, snapshot.backend_digest(), split_special_tokens)
     return _remembered(key, lambda: _snapshot_bpe_tables_backend(snapshot, split_special_tokens))
 
@@ -777,19 +796,9 @@ def _bpe_by_probe(tokenizer: Any, split_special_tokens: bool) -> ByteLevelBPEBac
 def _probe_bpe_backend(
     tokenizer: Any, split_special_tokens: bool, tokenizer_json: str | None = None
 ) -> ByteLevelBPEBackend:
-    rust = getattr(tokenizer, "backend_tokenizer", None)
-    if rust is None:
-        raise UnsupportedTokenizer("not a fast (Rust-backed) tokenizer")
-    if not encodes_through_rust(tokenizer):
-        raise UnsupportedTokenizer(f"{type(tokenizer).__name__} changes encoding in Python")
+    rust = _rust_encoder(tokenizer)
     try:
         tables = _bpe_tables(tokenizer, tokenizer_json or rust.to_str(), split_special_tokens)
     except (NotByteLevelBPE, ValueError) as error:
         raise UnsupportedTokenizer(f"fastsft-bpe does not reproduce it: {error}") from None
-    backend = ByteLevelBPEBackend(tables)
-    added = [token.content for token in rust.get_added_tokens_decoder().values()]
-    texts = probe_texts(added)
-    for text, ids in zip(texts, backend.encode_batch(texts)):
-        if ids != tokenizer.encode(text, add_special_tokens=False):
-            raise UnsupportedTokenizer(f"fastsft-bpe gives other ids than HF on the probe text {text[:60]!r}")
-    return backend
+    return _probed(ByteLevelBPEBackend(tables), tokenizer)
