@@ -27,6 +27,7 @@ cdef extern from *:
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
+    object PyUnicode_DecodeUTF8(const char*, Py_ssize_t, const char*)
     int PyUnicode_KIND(object)
     void* PyUnicode_DATA(object)
     Py_ssize_t PyUnicode_GET_LENGTH(object)
@@ -326,26 +327,51 @@ cdef class ByteLevelBPE:
                 token_id[0] = self._trie_token[node]
         return found
 
+    cdef Py_ssize_t _next_added(
+        self, const uint8_t* s, Py_ssize_t i, Py_ssize_t n, int32_t* token_id, Py_ssize_t* length
+    ) noexcept nogil:
+        """Where the next added token at or after byte ``i`` starts (leftmost, then longest: its id in
+        ``token_id``, its length in ``length``), or ``n`` with ``length`` 0."""
+        while i < n:
+            if self._added_first[s[i]]:
+                length[0] = self._added_at(s, i, n, token_id)
+                if length[0]:
+                    return i
+            i += 1
+        length[0] = 0
+        return n
+
     cdef void _encode_with_added(self, const uint8_t* s, Py_ssize_t n, vector[int32_t]& out) noexcept nogil:
-        """Split ``s[:n]`` at added tokens (leftmost, then longest) and encode the text between."""
-        cdef Py_ssize_t start = 0, i = 0, length
+        """Split ``s[:n]`` at added tokens (``_next_added``) and encode the text between."""
+        cdef Py_ssize_t start = 0, at, length
         cdef int32_t token_id
         if self._trie_children.empty():
             self._encode_text(s, n, out)
             return
-        while i < n:
-            if self._added_first[s[i]]:
-                length = self._added_at(s, i, n, &token_id)
-                if length:
-                    if i > start:
-                        self._encode_text(s + start, i - start, out)
-                    out.push_back(token_id)
-                    i += length
-                    start = i
-                    continue
-            i += 1
-        if n > start:
-            self._encode_text(s + start, n - start, out)
+        while start < n:
+            at = self._next_added(s, start, n, &token_id, &length)
+            if at > start:
+                self._encode_text(s + start, at - start, out)
+            if length:
+                out.push_back(token_id)
+            start = at + length
+
+    def split_added(self, str text not None) -> list:
+        """``text`` split at added tokens as ``encode_texts`` splits a ``str``: the text between them
+        (``str``, never empty) and their ids (``int``), in order. For a caller that must treat the
+        text between them apart (``fastsft.tokenizer.bpe`` normalises it)."""
+        cdef Py_ssize_t n, start = 0, at, length
+        cdef int32_t token_id
+        cdef const uint8_t* s = <const uint8_t*>PyUnicode_AsUTF8AndSize(text, &n)
+        cdef list parts = []
+        while start < n:
+            at = self._next_added(s, start, n, &token_id, &length)
+            if at > start:
+                parts.append(PyUnicode_DecodeUTF8(<const char*>s + start, at - start, NULL))
+            if length:
+                parts.append(token_id)
+            start = at + length
+        return parts
 
     cdef _load_whole_words(self, const uint8_t[::1] blob, const int64_t[::1] offsets, const int32_t[::1] ids):
         if offsets.shape[0] != ids.shape[0] + 1:

@@ -79,5 +79,7 @@ class ByteLevelBPE:
     def cached_words(self) -> int: ...
     def encode_texts(self, texts: list[str | list[str | int]]) -> tuple[np.ndarray, np.ndarray]:
         """(ids int32[T], offsets int64[len(texts)+1])."""
+    def split_added(self, text: str) -> list[str | int]:
+        """The text between added tokens (``str``) and their ids (``int``), in order."""
 
 def nfc_unchanged(text: str, sensitive: ArrayLike) -> bool: ...

@@ -12,9 +12,10 @@ HF's own algorithm::
            (leftmost-longest; ids    (HF's own normaliser, so its      (compiled scanner,  (byte ids, lowest-
             emitted as they are)      Unicode version)                  Oniguruma classes)   rank merge first)
 
-The last two steps are ``fastsft._core.ByteLevelBPE`` (``csrc/bpe.pxi``); this module reads the
-tables from the tokenizer JSON, splits at added tokens, normalises, and spreads a batch over
-threads (one compiled encoder, with its own piece cache, per thread; they run without the GIL).
+``fastsft._core.ByteLevelBPE`` (``csrc/bpe.pxi``) splits at added tokens and runs the last two
+steps; this module reads the tables from the tokenizer JSON, normalises the texts NFC may change
+(split at added tokens first, by the compiled split), and spreads a batch over threads (one
+compiled encoder, with its own piece cache, per thread; they run without the GIL).
 
 It accepts exactly this structure, and ``tokenizer_tables`` raises ``NotByteLevelBPE`` naming the
 first thing that differs: normaliser none or NFC; pre-tokenizer ``Split`` on Qwen2's or Llama 3's
@@ -28,10 +29,10 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import threading
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -277,8 +278,6 @@ class ByteLevelBPEBackend:
 
         self._threads = threads or _default_threads()
         self._tables = tables
-        contents = sorted(tables.added, key=len, reverse=True)  # alternation tried in order: longest first
-        self._added = re.compile("|".join(map(re.escape, contents))) if contents else None
         self._make = lambda: ByteLevelBPE(
             char_classes(),
             tables.merges,
@@ -303,22 +302,13 @@ class ByteLevelBPEBackend:
 
     def _unit(self, text: str) -> str | list[str | int]:
         """The text as the compiled encoder takes it: as it is (it splits at added tokens itself)
-        unless NFC may change it; then split at added tokens here, each piece normalised."""
+        unless NFC may change it; then split at added tokens (by the compiled encoder's own split),
+        the text between them normalised."""
         if not self._tables.nfc or text.isascii() or self._nfc_unchanged(text, nfc_sensitive()):
             return text
-        if self._added is not None and (match := self._added.search(text)) is not None:
-            parts: list[str | int] = []
-            start = 0
-            while match is not None:
-                if match.start() > start:
-                    parts.append(self._normalized(text[start : match.start()]))
-                parts.append(self._tables.added[match.group()])
-                start = match.end()
-                match = self._added.search(text, start)
-            if start < len(text):
-                parts.append(self._normalized(text[start:]))
-            return parts
-        return [self._normalized(text)]
+        with self._core() as core:
+            parts = core.split_added(text)
+        return [part if isinstance(part, int) else self._normalized(part) for part in parts]
 
     def encode_batch_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """All ids as ``int32[T]`` plus ``int64[len(texts) + 1]`` offsets; ``DataError`` for a text
@@ -363,13 +353,18 @@ class ByteLevelBPEBackend:
         return ids, offsets
 
     def _encode(self, units: list[str | list[str | int]]) -> tuple[np.ndarray, np.ndarray]:
-        """Encode with a compiled encoder no other thread is using."""
+        with self._core() as core:
+            return core.encode_texts(units)
+
+    @contextmanager
+    def _core(self) -> Iterator[Any]:
+        """A compiled encoder no other thread is using (made when every one is in use)."""
         with self._lock:
             core = self._idle.pop() if self._idle else None
         if core is None:
             core = self._make()
         try:
-            return core.encode_texts(units)
+            yield core
         finally:
             with self._lock:
                 self._idle.append(core)
