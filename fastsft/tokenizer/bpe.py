@@ -78,30 +78,33 @@ class NotByteLevelBPE(Exception):
 @cache
 def char_classes() -> np.ndarray:
     """``uint8[0x110000]``: the class bits ``csrc/bpe.pxi`` reads per code point."""
-    table = np.zeros(0x110000, dtype=np.uint8)
-    for bit, runs in (
+    folds = unicode_classes.CONTRACTION_FOLDS
+    return _code_point_table(
         (1, unicode_classes.LETTER),
         (2, unicode_classes.NUMBER),
         (4, unicode_classes.WHITESPACE),
-    ):
-        for first, last in runs:
-            table[first : last + 1] |= bit
-    table[[ord("\r"), ord("\n")]] |= 8
-    folds = unicode_classes.CONTRACTION_FOLDS
-    for bit, letters in ((16, "stmd"), (32, "rv"), (64, "e"), (128, "l")):
-        for letter in letters:
-            table[list(folds[letter])] |= bit
-    table.flags.writeable = False
-    return table
+        (8, [(ord("\r"), ord("\r")), (ord("\n"), ord("\n"))]),
+        *((bit, [(c, c) for letter in letters for c in folds[letter]]) for bit, letters in _FOLD_BITS),
+    )
+
+
+# The class bits of the contraction letters (``CLASS_FOLD_*`` in ``csrc/bpe.pxi``).
+_FOLD_BITS = ((16, "stmd"), (32, "rv"), (64, "e"), (128, "l"))
 
 
 @cache
 def nfc_sensitive() -> np.ndarray:
     """``uint8[0x110000]``: 1 for the code points NFC may change or combine (text without them is
     its own NFC)."""
+    return _code_point_table((1, unicode_classes.NFC_SENSITIVE))
+
+
+def _code_point_table(*marks: tuple[int, Sequence[tuple[int, int]]]) -> np.ndarray:
+    """A read-only ``uint8[0x110000]`` with each ``(bit, runs)``'s bit set over its inclusive runs."""
     table = np.zeros(0x110000, dtype=np.uint8)
-    for first, last in unicode_classes.NFC_SENSITIVE:
-        table[first : last + 1] = 1
+    for bit, runs in marks:
+        for first, last in runs:
+            table[first : last + 1] |= bit
     table.flags.writeable = False
     return table
 
