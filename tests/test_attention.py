@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import itertools
 import random
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, Trainer, TrainingArgumen
 
 from fastsft import IGNORE_INDEX
 from fastsft.collators import PaddingCollator, VarlenCollator
+from fastsft.errors import ConfigError
 from fastsft.kernels.packing import pack_llamafactory
 from fastsft.train import attention
 from fastsft.train.attention import (
@@ -26,15 +29,18 @@ from fastsft.train.attention import (
 )
 
 VOCAB = 101
+TINY_YAML = Path(__file__).resolve().parent.parent / "examples" / "tiny_sft.yaml"
 
 
-def tiny_model(kv_heads: int = 2, sliding_window: int | None = None, seed: int = 0) -> Qwen2ForCausalLM:
+def tiny_model(
+    kv_heads: int = 2, sliding_window: int | None = None, seed: int = 0, layers: int = 2
+) -> Qwen2ForCausalLM:
     """A random tiny Qwen2 in fp32 using the varlen attention."""
     register_varlen_attention()
     torch.manual_seed(seed)
     config = Qwen2Config(
         hidden_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=kv_heads,
         intermediate_size=128,
@@ -239,7 +245,8 @@ def fake_varlen(signature: str, calls: list[dict]):
     """A stand-in for each torch release's ``varlen_attn`` keyword set, computing real attention."""
 
     def run(query, key, value, cu_q, cu_k, causal, window_left, scale=None, enable_gqa=False):
-        assert enable_gqa or query.shape[1] == key.shape[1], "GQA without enable_gqa"
+        calls[-1]["kv_heads"] = key.shape[1]
+        calls[-1]["dtypes"] = (query.dtype, key.dtype, value.dtype)
         return sdpa_per_sequence(
             query, key, value, cu_q, cu_k, scale=scale, causal=causal, window_left=window_left
         )
@@ -309,7 +316,8 @@ def test_torch_varlen_adapter_for_each_signature(signature: str, expected_call: 
     calls: list[dict] = []
     adapter = TorchVarlenAdapter.from_function(fake_varlen(signature, calls))
     output = adapter(query, key, value, cu, cu, 8, 8, scale=0.3, causal=True)
-    assert calls == [expected_call]
+    # grouped key/value heads reach the kernel as they are, in every release (flash's kernel reads them)
+    assert calls == [{**expected_call, "kv_heads": 2, "dtypes": (torch.float32,) * 3}]
     expected = sdpa_per_sequence(query, key, value, cu, cu, scale=0.3, causal=True)
     torch.testing.assert_close(output, expected, atol=1e-6, rtol=1e-5)
     assert adapter.supports(causal=True, window_left=2) == (signature != "is_causal")
@@ -387,3 +395,163 @@ def test_trainer_loss_is_token_mean_across_packing_and_accumulation(collator, tm
         torch.testing.assert_close(
             after, before - learning_rate * gradient[name], atol=1e-6, rtol=1e-5, msg=name
         )
+
+
+# ---------------------------------------------------------------- the GPU path, decided on CPU
+
+
+@pytest.fixture
+def as_if_on_cuda(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Kernels chosen as on a CUDA device without flash-attn; torch's ``varlen_attn`` is a CPU
+    stand-in computing the same attention, recording each call (keywords, key/value heads, dtypes)."""
+    calls: list[dict] = []
+    adapter = TorchVarlenAdapter.from_function(fake_varlen("enable_gqa", calls))
+    real_kernel = attention.varlen_kernel
+    monkeypatch.setattr(attention, "_flash_attn_varlen", lambda: None)
+    monkeypatch.setattr(attention, "_torch_varlen", lambda: adapter)
+    monkeypatch.setattr(
+        attention, "varlen_kernel", lambda device_type, dtype, **kwargs: real_kernel("cuda", dtype, **kwargs)
+    )
+    return calls
+
+
+@pytest.fixture
+def announced(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
+    """The kernel announcements of this test (a fresh ``KERNELS`` log)."""
+    messages: list[tuple[str, bool]] = []
+    monkeypatch.setattr(attention, "KERNELS", attention.KernelLog())
+    attention.KERNELS.reset(announce=lambda message, warning: messages.append((message, warning)))
+    return messages
+
+
+# bf16: true in fastsft train (fp32 weights under autocast), pure half weights, and the fp16 variant
+PRECISIONS = {
+    "fp32_weights_bf16_autocast": (torch.float32, torch.bfloat16, torch.bfloat16),
+    "fp32_weights_fp16_autocast": (torch.float32, torch.float16, torch.float16),
+    "bf16_weights": (torch.bfloat16, None, torch.bfloat16),
+    "fp16_weights": (torch.float16, None, torch.float16),
+}
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_mixed_and_half_precision_reach_the_varlen_kernel_on_cuda(
+    precision: str, as_if_on_cuda: list[dict], announced: list[tuple[str, bool]]
+) -> None:
+    """Under ``bf16: true`` RoPE's fp32 cos/sin make q and k fp32 while v is bf16; the kernel must
+    still be chosen (and run) in the autocast dtype, as transformers' flash path does."""
+    weights, autocast, kernel_dtype = PRECISIONS[precision]
+    model = tiny_model()
+    features = samples(10, [9, 1, 14, 5])
+    reference = alone_logits(with_attention(model, "eager"), features)  # fp32
+    model = model.to(weights)
+    batch = VarlenCollator(backend="python")(features)
+    with (
+        torch.no_grad(),
+        torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None),
+    ):
+        logits = model(**batch).logits[0].float()
+    assert [call["dtypes"] for call in as_if_on_cuda] == [(kernel_dtype,) * 3] * 2  # one call per layer
+    assert [call["kv_heads"] for call in as_if_on_cuda] == [2, 2]  # GQA read in place
+    assert [message for message, _ in announced] == [
+        f"attention kernel: torch_varlen (torch.nn.attention.varlen.varlen_attn, {attention._dtype_name(kernel_dtype)})"
+    ]
+    tolerance = 3e-2 if kernel_dtype == torch.bfloat16 else 5e-3  # 8 (bf16) / 11 (fp16) mantissa bits
+    torch.testing.assert_close(logits, reference, atol=tolerance, rtol=tolerance)
+
+
+def test_fp32_training_on_cuda_warns_with_its_reason_and_can_be_refused(
+    as_if_on_cuda: list[dict], announced: list[tuple[str, bool]]
+) -> None:
+    model = tiny_model()
+    batch = VarlenCollator(backend="python")(samples(11, [6, 3]))
+    with torch.no_grad():
+        model(**batch)
+        model(**batch)
+    assert not as_if_on_cuda
+    ((message, warning),) = announced  # once, for two forwards of two layers
+    assert warning and message.startswith("attention kernel: sdpa_per_sequence (fp32 queries, ")
+    assert "train with bf16 or fp16" in message
+
+    attention.KERNELS.reset(require_varlen_kernel=True)
+    with pytest.raises(
+        ConfigError, match=r"sdpa_per_sequence .*require_varlen_kernel: true makes this an error"
+    ):
+        model(**batch)
+
+
+def test_each_kernel_is_announced_once_per_run_and_listed(announced: list[tuple[str, bool]]) -> None:
+    model = tiny_model()
+    features = samples(12, [7, 4, 9])
+    with torch.no_grad():
+        for _ in range(2):
+            model(**VarlenCollator(backend="python")(features))
+            model(**PaddingCollator(0)(features))
+    assert announced == [
+        ("attention kernel: sdpa_per_sequence (no varlen kernel on cpu)", False),
+        ("attention kernel: sdpa (padding mask)", False),
+    ]
+    assert attention.KERNELS.used == {"sdpa_per_sequence": "no varlen kernel on cpu", "sdpa": "padding mask"}
+
+
+def test_fastsft_train_announces_the_kernel_on_the_main_process(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastsft.train.config import load_config
+    from fastsft.train.model import attention_kernels, choose_attention
+
+    monkeypatch.setattr(attention, "KERNELS", attention.KernelLog())
+    config = load_config(TINY_YAML, ["output_dir=unused"])
+    assert choose_attention(config, packed=True) == ATTN_IMPLEMENTATION
+    with torch.no_grad():
+        tiny_model()(**VarlenCollator(backend="python")(samples(13, [5, 8])))
+    assert (
+        "[fastsft] attention kernel: sdpa_per_sequence (no varlen kernel on cpu)\n" in capsys.readouterr().out
+    )
+    assert attention_kernels(ATTN_IMPLEMENTATION) == {"sdpa_per_sequence": "no varlen kernel on cpu"}
+    assert attention_kernels("sdpa") == {"sdpa": "transformers' attn_implementation"}
+
+
+SYNCING_METHODS = ("tolist", "item", "cpu", "numpy", "nonzero", "__bool__", "__int__", "__index__")
+
+
+def host_syncs_per_forward(monkeypatch: pytest.MonkeyPatch, layers: int, batch: dict) -> tuple[int, int]:
+    """Calls that wait for the device on CUDA (host copies, data-dependent shapes, ``.to("cpu")``)
+    in one forward: all of them, and those made by ``fastsft.train.attention``."""
+    model = tiny_model(layers=layers)
+    counts = {"all": 0, "attention": 0}
+
+    def count() -> None:
+        counts["all"] += 1
+        counts["attention"] += sys._getframe(2).f_code.co_filename == attention.__file__
+
+    def counting(real):
+        def method(self, *args, **kwargs):
+            count()
+            return real(self, *args, **kwargs)
+
+        return method
+
+    real_to = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        if str(kwargs.get("device", args[0] if args else None)) == "cpu":
+            count()
+        return real_to(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch, torch.no_grad():
+        for name in SYNCING_METHODS:
+            patch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
+        patch.setattr(torch.Tensor, "to", to)
+        model(**{key: value.clone() if torch.is_tensor(value) else value for key, value in batch.items()})
+    return counts["all"], counts["attention"]
+
+
+@pytest.mark.parametrize("flash_kwargs", [True, False], ids=["cu_seq_lens", "position_ids"])
+def test_sequence_boundaries_are_read_once_per_forward_not_per_layer(
+    monkeypatch: pytest.MonkeyPatch, flash_kwargs: bool
+) -> None:
+    """The per-sequence path needs the boundaries on the host; the first layer copies them once."""
+    batch = VarlenCollator(return_flash_kwargs=flash_kwargs, backend="python")(samples(14, [6, 2, 11]))
+    two, five = (host_syncs_per_forward(monkeypatch, layers, batch) for layers in (2, 5))
+    assert two == five  # nothing per layer
+    assert two[1] >= 1  # the count sees the boundaries' host copy

@@ -163,6 +163,11 @@ class TrainConfig:
         True, "cross-entropy without the full logits where exact (fastsft.train.loss)", group=FASTSFT
     )
     loss_chunk_tokens: int = option(1024, "logits rows computed at once by the chunked loss", group=FASTSFT)
+    require_varlen_kernel: bool = option(
+        False,
+        "on CUDA, stop instead of warning when packed batches fall back to per-sequence SDPA",
+        group=FASTSFT,
+    )
     cpu_threads: int | None = option(
         None, "torch threads on CPU (default: OMP_NUM_THREADS, else the idle cores)", group=FASTSFT
     )

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 
 from fastsft.errors import ConfigError
 from fastsft.train.config import TrainConfig
+from fastsft.train.logs import say
 
 __all__ = [
+    "attention_kernels",
     "choose_attention",
     "configure_loss",
     "count_parameters",
@@ -40,16 +43,36 @@ def model_vocab_size(config: TrainConfig) -> int:
 
 
 def choose_attention(config: TrainConfig, packed: bool) -> str:
-    """The ``attn_implementation``: fastsft's varlen attention for flattened batches unless told otherwise."""
+    """The ``attn_implementation``: fastsft's varlen attention for flattened batches unless told otherwise.
+
+    With it, each kernel it runs is announced once (a warning for per-sequence SDPA on CUDA, an
+    error with ``require_varlen_kernel``) and listed by ``attention_kernels`` for the run's outputs.
+    """
     if packed and config.attn in ("sdpa", "eager"):
         raise ConfigError(
             f"the dataset is packed, which needs attn: varlen or flash_attention_2 (not {config.attn})"
         )
     if config.attn == "varlen" or (config.attn == "auto" and packed):
-        from fastsft.train.attention import register_varlen_attention
+        from fastsft.train.attention import KERNELS, register_varlen_attention
 
+        is_main = int(os.environ.get("RANK", "0")) == 0
+        KERNELS.reset(require_varlen_kernel=config.require_varlen_kernel, announce=_say if is_main else None)
         return register_varlen_attention()
     return "sdpa" if config.attn == "auto" else config.attn
+
+
+def attention_kernels(attn_implementation: str) -> dict[str, str]:
+    """The kernels the run's attention called, each with why it was chosen (``metrics.json``):
+    those fastsft's varlen attention recorded, else the implementation transformers ran."""
+    from fastsft.train.attention import ATTN_IMPLEMENTATION, KERNELS
+
+    if attn_implementation == ATTN_IMPLEMENTATION:
+        return dict(KERNELS.used)
+    return {attn_implementation: "transformers' attn_implementation"}
+
+
+def _say(message: str, warning: bool) -> None:
+    say(f"warning: {message}" if warning else message)
 
 
 def load_model(config: TrainConfig, attn_implementation: str) -> Any:

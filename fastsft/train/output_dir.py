@@ -138,6 +138,7 @@ NOT_SETTINGS = frozenset(
         "max_steps",
         "num_train_epochs",
         "cpu_threads",
+        "require_varlen_kernel",
         "plot_loss",
         "report_to",
         "logging_steps",

@@ -34,6 +34,7 @@ from fastsft.train.config import TrainConfig, build_training_args
 from fastsft.train.environment import configure_cpu_distributed, configure_cpu_threads, threads_reason
 from fastsft.train.logs import LOSS_PLOT, METRICS_FILE, TRAINER_LOG, JsonlLogCallback, plot_loss, say
 from fastsft.train.model import (
+    attention_kernels,
     choose_attention,
     configure_loss,
     count_parameters,
@@ -133,6 +134,7 @@ def _publish(
     metrics["global_step"] = trainer.state.global_step
     if trainer.eval_dataset is not None and trainer.args.do_eval:  # as LLaMA-Factory's run_sft
         metrics.update(trainer.evaluate(metric_key_prefix="eval"))
+    metrics["attention_kernels"] = attention_kernels(model.config._attn_implementation)
     if trainer.is_world_process_zero():
         trainer.state.save_to_json(str(staging / checkpoints.TRAINER_STATE))
         _finish(trainer.state.log_history, metrics, config, staging, record, trainer.state.max_steps)
