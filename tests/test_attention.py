@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import random
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -555,3 +558,72 @@ def test_sequence_boundaries_are_read_once_per_forward_not_per_layer(
     two, five = (host_syncs_per_forward(monkeypatch, layers, batch) for layers in (2, 5))
     assert two == five  # nothing per layer
     assert two[1] >= 1  # the count sees the boundaries' host copy
+
+
+def fake_flash_attn(calls: list[dict]):
+    """A stand-in for flash-attn 2.8's ``flash_attn_varlen_func`` computing real attention (its V
+    must have Q/K's head size, as the real kernel requires)."""
+
+    def flash_attn_varlen_func(
+        q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=None, causal=False,
+        window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
+        return_attn_probs=False, block_table=None,
+    ):  # fmt: skip
+        assert v.shape[-1] == q.shape[-1] == k.shape[-1], "flash-attn takes one head size"
+        calls.append({"deterministic": deterministic, "kv_heads": k.shape[1], "causal": causal})
+        return sdpa_per_sequence(q, k, v, cu_q, cu_k, scale=softmax_scale, causal=causal)
+
+    return flash_attn_varlen_func
+
+
+@pytest.mark.parametrize(("deterministic", "value_dim"), [("1", 6), ("0", 10), (None, 6)])
+def test_flash_attn_call_reads_the_environment_and_pads_to_one_head_size(
+    monkeypatch: pytest.MonkeyPatch,
+    announced: list[tuple[str, bool]],
+    deterministic: str | None,
+    value_dim: int,
+) -> None:
+    calls: list[dict] = []
+    monkeypatch.setattr(attention, "_flash_attn_varlen", lambda: fake_flash_attn(calls))
+    real_kernel = attention.varlen_kernel
+    monkeypatch.setattr(
+        attention, "varlen_kernel", lambda device_type, dtype, **kwargs: real_kernel("cuda", dtype, **kwargs)
+    )
+    if deterministic is None:
+        monkeypatch.delenv("FLASH_ATTENTION_DETERMINISTIC", raising=False)
+    else:
+        monkeypatch.setenv("FLASH_ATTENTION_DETERMINISTIC", deterministic)
+    torch.manual_seed(2)
+    cu = torch.tensor([0, 5, 6, 14], dtype=torch.int32)
+    query, key = torch.randn(14, 4, 8, dtype=torch.bfloat16), torch.randn(14, 2, 8, dtype=torch.bfloat16)
+    value = torch.randn(14, 2, value_dim, dtype=torch.bfloat16)  # MLA-style: V's head size differs
+    output = attention.varlen_attention(query, key, value, cu, cu, 8, 8)
+    assert calls == [{"deterministic": deterministic == "1", "kv_heads": 2, "causal": True}]
+    assert announced == [("attention kernel: flash_attn (flash-attn, bf16)", False)]
+    expected = sdpa_per_sequence(query, key, value, cu, cu, scale=None, causal=True)  # any V size
+    assert output.shape == (14, 4, value_dim)
+    torch.testing.assert_close(output, expected, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.slow
+@pytest.mark.deepspeed
+def test_zero3_bf16_reaches_the_varlen_kernel_on_cuda() -> None:
+    """ZeRO-3 with bf16 holds bf16 shards and runs without autocast: q, k and v arrive in bf16."""
+    pytest.importorskip("deepspeed")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    driver = Path(__file__).resolve().parent / "zero3_attention_driver.py"
+    run = subprocess.run(
+        [sys.executable, str(driver), str(port)], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["zero3"] and result["weights"] == "torch.bfloat16"
+    assert result["dtypes"] == [["torch.bfloat16"] * 3] * 2  # both layers on the varlen kernel
+    assert result["announced"] == [
+        "attention kernel: torch_varlen (torch.nn.attention.varlen.varlen_attn, bf16)"
+    ]
+    torch.testing.assert_close(
+        torch.tensor(result["packed"]), torch.tensor(result["alone"]), atol=3e-2, rtol=3e-2
+    )

@@ -135,9 +135,9 @@ def _flash_attn_varlen() -> Callable[..., torch.Tensor] | None:
 
 
 @functools.cache
-def _flash_attn_takes_deterministic() -> bool:
+def _takes_deterministic(function: Callable[..., torch.Tensor]) -> bool:
     """flash-attn >= 2.4.1 has ``deterministic`` (a deterministic, slower backward)."""
-    return "deterministic" in inspect.signature(_flash_attn_varlen()).parameters
+    return "deterministic" in inspect.signature(function).parameters
 
 
 @dataclass(frozen=True)
@@ -436,10 +436,11 @@ def _run_varlen(
         scale = scale if scale is not None else head_dim**-0.5
         query, key = F.pad(query, [0, value_dim - head_dim]), F.pad(key, [0, value_dim - head_dim])
     if kernel == FLASH_ATTN:
+        flash_attn_varlen_func = _flash_attn_varlen()
         extra = {}
-        if _flash_attn_takes_deterministic():
+        if _takes_deterministic(flash_attn_varlen_func):  # as transformers' flash path reads it
             extra["deterministic"] = os.environ.get("FLASH_ATTENTION_DETERMINISTIC", "0") == "1"
-        output = _flash_attn_varlen()(
+        output = flash_attn_varlen_func(
             query,
             key,
             value,
