@@ -41,10 +41,12 @@ EVAL = ["val_size=9", "eval_strategy=steps", "eval_steps=2", "per_device_eval_ba
 
 
 @pytest.mark.slow
-def test_tiny_default_trains_and_saves_everything(tmp_path: Path) -> None:
+def test_tiny_default_trains_and_saves_everything(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     argv = [str(TINY_YAML), f"output_dir={out}", "max_steps=16", "logging_steps=1", "save_steps=8"]
     assert run_train(argv) == 0
+    # The attention kernel is announced once and recorded (packed training and evaluation on CPU).
+    assert capsys.readouterr().out.count("[fastsft] attention kernel: ") == 1
 
     log = [entry for entry in read_log(out) if "loss" in entry]
     assert [entry["step"] for entry in log] == list(range(1, 17))
@@ -59,6 +61,7 @@ def test_tiny_default_trains_and_saves_everything(tmp_path: Path) -> None:
     assert metrics["num_input_tokens_seen"] == log[-1]["num_input_tokens_seen"] > 16
     assert metrics["final_loss"] == pytest.approx(losses[-1])
     assert metrics["train_tokens_per_second"] > 0
+    assert metrics["attention_kernels"] == {"sdpa_per_sequence": "no varlen kernel on cpu"}
     assert (out / "training_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "checkpoint-8").is_dir() and (out / "checkpoint-16").is_dir()
     # The example holds out 5% and evaluates every eval_steps and at the end (as LLaMA-Factory's do_eval).
