@@ -244,6 +244,24 @@ def test_kernel_selection_order(monkeypatch: pytest.MonkeyPatch) -> None:
     assert select_varlen_path("cuda", torch.float16, window_left=3) == "sdpa_per_sequence"
 
 
+def test_every_cuda_fallback_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    windowless = TorchVarlenAdapter.from_function(lambda q, k, v, a, b, c, d, *, is_causal=False: q)
+    monkeypatch.setattr(attention, "_flash_attn_varlen", lambda: None)
+    monkeypatch.setattr(attention, "_torch_varlen", lambda: windowless)
+    cases = {
+        "fp32 queries, and the varlen kernels take fp16/bf16": {"dtype": torch.float32},
+        "attention dropout 0.1 needs flash-attn": {"dropout": 0.1},
+        "this torch's varlen_attn has no sliding window": {"window_left": 3},
+    }
+    for reason, kwargs in cases.items():
+        choice = attention.varlen_kernel("cuda", kwargs.pop("dtype", torch.bfloat16), **kwargs)
+        assert choice.kernel == "sdpa_per_sequence" and choice.fallback and reason in choice.reason
+    monkeypatch.setattr(attention, "_torch_varlen", lambda: None)
+    choice = attention.varlen_kernel("cuda", torch.bfloat16)
+    assert choice.fallback and "this torch has no varlen_attn" in choice.reason
+    assert not attention.varlen_kernel("cpu", torch.bfloat16).fallback  # CPU has nothing faster
+
+
 def fake_varlen(signature: str, calls: list[dict]):
     """A stand-in for each torch release's ``varlen_attn`` keyword set, computing real attention."""
 

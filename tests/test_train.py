@@ -6,9 +6,7 @@ the fixture tokenizer and the bundled ShareGPT sample, so nothing is downloaded.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -313,28 +311,6 @@ def test_llamafactory_full_sft_yaml_runs(tmp_path: Path) -> None:
     assert metrics["global_step"] == 2 and len(step_losses(out)) == 2
     assert (out / "training_loss.png").is_file()
     AutoModelForCausalLM.from_pretrained(out)
-
-
-def test_gpu_throughput_benchmark_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``benchmarks/gpu_throughput.py`` runs its three modes on CPU with tiny sizes."""
-    spec = importlib.util.spec_from_file_location(
-        "gpu_throughput", REPO_ROOT / "benchmarks" / "gpu_throughput.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "gpu_throughput", module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    out = tmp_path / "bench.json"
-    module.main(["--device", "cpu", "--tiny", "--steps", "2", "--warmup", "1", "--json", str(out)])
-    results = json.loads(out.read_text(encoding="utf-8"))
-    assert [r["mode"] for r in results["results"]] == [
-        "padded_sdpa",
-        "lf_neat_packing_dense_mask",
-        "fastsft_varlen",
-    ]
-    for result in results["results"]:
-        assert result["tokens_per_second"] > 0 and result["non_pad_tokens"] > 0
-    # Padding costs tokens: the padded batches hold more positions for the same real tokens.
-    assert results["results"][0]["positions"] > results["results"][2]["positions"]
 
 
 def test_cli_reports_config_errors_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:

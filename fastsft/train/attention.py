@@ -524,7 +524,8 @@ def _sequence_bounds(
             bounds.max_k = int(given_k) if given_k is not None else max(map(int.__sub__, host_k[1:], host_k))
             return bounds
 
-        return _BOUNDS.get((cu_q, cu_k), (device, given_q, given_k), from_kwargs)
+        limits = tuple(id(g) if isinstance(g, torch.Tensor) else g for g in (given_q, given_k))
+        return _BOUNDS.get((cu_q, cu_k), (device, *limits), from_kwargs)
 
     batch, _, length, _ = query.shape
     if attention_mask is not None or length == 1 or key.shape[2] != length:
