@@ -17,17 +17,24 @@ itself), so a bf16 checkpoint trains fp32 adapters over a bf16 frozen base, as i
 from __future__ import annotations
 
 import re
+import warnings
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from fastsft.errors import ConfigError
 from fastsft.train.config import TrainConfig
+from fastsft.train.logs import say
 
 __all__ = [
+    "check_model_path",
     "describe_trainable",
     "find_all_linear_modules",
     "init_adapter",
+    "load_adapter_whole",
     "load_dtype",
     "split_names",
 ]
@@ -64,8 +71,13 @@ def init_adapter(config: TrainConfig, model: Any, zero3: bool, is_main: bool = T
     elif config.finetuning_type == "lora":
         if config.model_config:
             _save_random_base(config, model, zero3, is_main)
-        model = _setup_lora_tuning(config, model, zero3, upcast)
+        warn = say if is_main else _silent
+        model = _setup_lora_tuning(config, model, zero3, upcast, warn)
     return model
+
+
+def _silent(message: str) -> None:
+    """Other ranks print nothing (the main process says it once)."""
 
 
 def _save_random_base(config: TrainConfig, model: Any, zero3: bool, is_main: bool) -> None:
@@ -168,9 +180,11 @@ def find_all_linear_modules(model: Any) -> list[str]:
     return sorted(names)
 
 
-def _setup_lora_tuning(config: TrainConfig, model: Any, zero3: bool, upcast: bool) -> Any:
+def _setup_lora_tuning(
+    config: TrainConfig, model: Any, zero3: bool, upcast: bool, warn: Callable[[str], None]
+) -> Any:
     """Load / merge ``adapter_name_or_path`` and add or resume a LoRA adapter (LLaMA-Factory ``_setup_lora_tuning``)."""
-    from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+    from peft import LoraConfig, TaskType, get_peft_model
 
     adapters = split_names(config.adapter_name_or_path)
     to_resume = None
@@ -183,9 +197,9 @@ def _setup_lora_tuning(config: TrainConfig, model: Any, zero3: bool, upcast: boo
         else:
             to_merge = adapters
         for adapter in to_merge:
-            model = _load_adapter(PeftModel, model, adapter, is_trainable=False).merge_and_unload()
+            model = load_adapter_whole(model, adapter, is_trainable=False, warn=warn).merge_and_unload()
         if to_resume is not None:  # its own rank, alpha and targets; the lora_* keys do not apply
-            model = _load_adapter(PeftModel, model, to_resume, is_trainable=True)
+            model = load_adapter_whole(model, to_resume, is_trainable=True, warn=warn)
     if to_resume is None:
         targets = split_names(config.lora_target)
         target_modules = find_all_linear_modules(model) if targets == ["all"] else targets
@@ -212,17 +226,115 @@ def _setup_lora_tuning(config: TrainConfig, model: Any, zero3: bool, upcast: boo
     return model
 
 
-def _load_adapter(peft_model: Any, model: Any, path: str, is_trainable: bool) -> Any:
-    from pathlib import Path
+def check_model_path(path: str, key: str) -> None:
+    """Refuse a ``key`` that names a local path (absolute, ``./``, ``~`` or a folder chain) that is not
+    there, in one line, before transformers takes it for a Hub repo id ("Repo id must be in the form")."""
+    if Path(path).expanduser().exists():
+        return
+    looks_local = path.startswith(("/", ".", "~")) or path.count("/") > 1 or "\\" in path
+    if looks_local:
+        raise ConfigError(f"{key} {path}: no such file or folder")
 
+
+def load_adapter_whole(model: Any, path: str, *, is_trainable: bool, warn: Callable[[str], None]) -> Any:
+    """``model`` with the peft adapter at ``path`` loaded whole, or ``ConfigError`` naming the adapter,
+    the first bad key and the cause.
+
+    peft only warns about LoRA weights the file lacks, ignores weights no module of the model takes
+    (another layer naming, ``target_modules`` listing fewer modules than were trained) and raises a
+    many-line error on a shape mismatch; merged or trained further, such an adapter would silently
+    be a part of itself. A base other than the adapter's ``base_model_name_or_path`` gets ``warn``.
+    """
+    from peft import PeftConfig, PeftModel
+    from peft.utils import get_peft_model_state_dict, load_peft_weights
+
+    check_model_path(path, "adapter_name_or_path")
     if Path(path).is_dir() and not (Path(path) / "adapter_config.json").is_file():
         raise ConfigError(
             f"adapter_name_or_path {path} is a folder without adapter_config.json (not a peft adapter)"
         )
+    refuse = f"cannot load the adapter {path}"
     try:
-        return peft_model.from_pretrained(model, path, is_trainable=is_trainable)
+        adapter_config = PeftConfig.from_pretrained(path)
+        saved = load_peft_weights(path, device="cpu")
+    except SafetensorError as err:
+        raise ConfigError(
+            f"{refuse}: {Path(path) / SAFE_ADAPTER_FILE} is damaged or truncated ({_first_line(err)})"
+        ) from None
+    except (OSError, ValueError, TypeError) as err:
+        raise ConfigError(f"{refuse}: {_first_line(err)}") from None
+    if not saved:
+        raise ConfigError(f"{refuse}: its weights file holds no tensors")
+    base = str(getattr(model, "name_or_path", "") or "")
+    try:
+        with warnings.catch_warnings():  # the missing keys are reported below, in one line
+            warnings.filterwarnings("ignore", message="Found missing adapter keys")
+            peft_model = PeftModel.from_pretrained(model, path, is_trainable=is_trainable)
+    except RuntimeError as err:
+        raise ConfigError(f"{refuse}: {_size_mismatch(err) or _first_line(err)}") from None
     except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot load the adapter {path}: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"{refuse}: {_first_line(err)}") from None
+    expected = get_peft_model_state_dict(peft_model, save_embedding_layers=False)
+    model_keys = set(peft_model.state_dict())
+    missing = [key for key in expected if key not in saved]
+    unexpected = [key for key in saved if key not in expected and key not in model_keys]
+    if unexpected:
+        raise ConfigError(
+            f"{refuse}: {len(unexpected)} of its {len(saved)} weights fit no module of the model "
+            f"(first: {unexpected[0]}); an adapter for another model, or an adapter_config.json whose "
+            "target_modules do not list every trained module"
+        )
+    if missing:
+        raise ConfigError(
+            f"{refuse}: {len(missing)} LoRA weights of the modules its adapter_config.json targets are "
+            f"not in its weights file (first: {missing[0]})"
+        )
+    for key, tensor in expected.items():
+        if tensor.numel() and tuple(saved[key].shape) != tuple(tensor.shape):  # ZeRO-3 shards are empty
+            raise ConfigError(
+                f"{refuse}: {key} has shape {list(saved[key].shape)} in the file and "
+                f"{list(tensor.shape)} in the model"
+            )
+    expected_base = adapter_config.base_model_name_or_path
+    if expected_base and base and not _same_model(base, expected_base):
+        warn(
+            f"adapter {path} was trained on {expected_base} (its base_model_name_or_path) and is loaded "
+            f"onto {base}: right if that is the same model elsewhere, wrong results otherwise"
+        )
+    return peft_model
+
+
+SAFE_ADAPTER_FILE = "adapter_model.safetensors"  # peft's SAFETENSORS_WEIGHTS_NAME
+
+
+def _same_model(base: str, expected: str) -> bool:
+    if base == expected:
+        return True
+    here, there = Path(base).expanduser(), Path(expected).expanduser()
+    return here.exists() and there.exists() and here.resolve() == there.resolve()
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+_SIZE_MISMATCH = re.compile(
+    r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from checkpoint, "
+    r"the shape in current model is torch\.Size\((\[[^\]]*\])\)"
+)
+
+
+def _size_mismatch(err: BaseException) -> str | None:
+    """torch's many-line ``size mismatch`` error as one line: the first key and both shapes."""
+    found = _SIZE_MISMATCH.search(str(err))
+    if found is None:
+        return None
+    key, saved, model = found.groups()
+    return (
+        f"{key.replace('.default.', '.')} has shape {saved} in the file and {model} in the model "
+        "(an adapter for another base model, or an adapter_config.json whose r does not match the weights)"
+    )
 
 
 def describe_trainable(model: Any) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,9 +87,15 @@ def load_export_config(path: str | Path | None, overrides: typing.Sequence[str] 
                 raise ConfigError(f"LLaMA-Factory option `{key}` is not supported by fastsft export")
             raise ConfigError(unknown_key_message(key, [*hints, *ACCEPTED_KEYS], see="fastsft export --help"))
     config = ExportConfig(**known)
-    for key in ("model_name_or_path", "adapter_name_or_path", "export_dir"):
+    for key in ("model_name_or_path", "export_dir"):
         if not getattr(config, key):
             raise ConfigError(f"no `{key}` given")
+    if not config.adapter_name_or_path:
+        raise ConfigError(
+            "no `adapter_name_or_path` given: fastsft export merges LoRA adapters into "
+            "model_name_or_path; a full model needs no export (use its folder, or the output_dir of "
+            "its training run, as it is)"
+        )
     if config.export_size < 1:
         raise ConfigError(f"`export_size` must be at least 1 (GB), got {config.export_size}")
     return config
@@ -109,31 +116,43 @@ def _output_dtype(config: ExportConfig, model_dtype: Any) -> Any:
 
 def run_export(args: argparse.Namespace) -> int:
     """Merge the adapters into the base and save the model and tokenizer to ``export_dir``, atomically."""
-    from peft import PeftModel
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
-    from fastsft.safe_output import check_output_path, staged_output
+    from fastsft.safe_output import (
+        OutputError,
+        check_output_path,
+        check_replaceable,
+        os_error_line,
+        staged_output,
+    )
     from fastsft.tokenizer.loader import load_tokenizer
-    from fastsft.train.adapter import split_names
+    from fastsft.train.adapter import check_model_path, load_adapter_whole, split_names
 
     config = load_export_config(args.config, args.overrides)
     adapters = split_names(config.adapter_name_or_path)
     output = Path(config.export_dir)
     local_inputs = [Path(p) for p in (config.model_name_or_path, *adapters) if Path(p).exists()]
     check_output_path(output, local_inputs, what="export_dir")
+    check_replaceable(output, args.overwrite)  # before minutes of loading and merging
+    check_model_path(config.model_name_or_path, "model_name_or_path")
+    for adapter in adapters:
+        check_model_path(adapter, "adapter_name_or_path")
     try:
         model = AutoModelForCausalLM.from_pretrained(
             config.model_name_or_path, dtype="auto", trust_remote_code=config.trust_remote_code
         )
-    except OSError as err:
+    except SafetensorError as err:
+        raise ConfigError(
+            f"cannot load the model from {config.model_name_or_path}: {_damaged_file(config.model_name_or_path)} "
+            f"is damaged or truncated ({str(err).splitlines()[0]})"
+        ) from None
+    except (OSError, ValueError) as err:
         raise ConfigError(
             f"cannot load the model from {config.model_name_or_path}: {str(err).splitlines()[0]}"
         ) from None
     for adapter in adapters:
-        try:
-            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"cannot load the adapter {adapter}: {str(err).splitlines()[0]}") from None
+        model = load_adapter_whole(model, adapter, is_trainable=False, warn=_warn).merge_and_unload()
     dtype = _output_dtype(config, next(model.parameters()).dtype)
     model = model.to(dtype)
     model.config.use_cache = True
@@ -142,22 +161,61 @@ def run_export(args: argparse.Namespace) -> int:
         tokenizer_dir or config.model_name_or_path, trust_remote_code=config.trust_remote_code, hub=True
     )
     tokenizer.padding_side = "left"  # as LLaMA-Factory exports it, for batched generation
-    with staged_output(output, overwrite=args.overwrite) as staged:
-        model.save_pretrained(staged.dataset, max_shard_size=f"{config.export_size}GB")
-        tokenizer.save_pretrained(staged.dataset)
-        staged.commit(
-            {
-                "created_by": "fastsft export",
-                "model_name_or_path": config.model_name_or_path,
-                "adapter_name_or_path": adapters,
-                "dtype": str(dtype).removeprefix("torch."),
-            }
-        )
+    try:
+        with staged_output(output, overwrite=args.overwrite) as staged:
+            try:
+                model.save_pretrained(staged.dataset, max_shard_size=f"{config.export_size}GB")
+            except SafetensorError as err:  # safetensors' own I/O error: "... (os error 28)"
+                raise _os_error(err, staged.dataset) from None
+            tokenizer.save_pretrained(staged.dataset)
+            staged.commit(
+                {
+                    "created_by": "fastsft export",
+                    "model_name_or_path": config.model_name_or_path,
+                    "adapter_name_or_path": adapters,
+                    "dtype": str(dtype).removeprefix("torch."),
+                }
+            )
+    except OSError as err:
+        raise OutputError(
+            os_error_line(err, f"write {output}", what="export_dir", space_hint=SPACE_HINT)
+        ) from None
     print(
         f"merged {len(adapters)} adapter(s) into {config.model_name_or_path} and saved it "
         f"({str(dtype).removeprefix('torch.')}) to {output}"
     )
     return 0
+
+
+SPACE_HINT = "an export needs the merged model's size free beside export_dir, twice with --overwrite"
+
+
+def _os_error(err: Exception, path: Path) -> OSError:
+    """safetensors' ``SafetensorError`` for a failed write as the ``OSError`` it wraps (errno from its text)."""
+    import errno
+    import os
+    import re
+
+    found = re.search(r"os error (\d+)", str(err))
+    code = int(found.group(1)) if found else errno.EIO
+    return OSError(code, os.strerror(code), str(path))
+
+
+def _damaged_file(model: str) -> str:
+    """The first ``*.safetensors`` file of a local model folder whose header does not read, else "a weights file"."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(Path(model).glob("*.safetensors")):
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except SafetensorError:
+            return str(path)
+    return "a weights file"
+
+
+def _warn(message: str) -> None:
+    print(f"fastsft export: warning: {message}", file=sys.stderr, flush=True)
 
 
 def export_epilog() -> str:
