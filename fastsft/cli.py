@@ -13,6 +13,7 @@ from fastsft import __version__
 from fastsft.data.data_args import DATA_KEYS, DataArgs, data_args_from_mapping
 from fastsft.errors import ConfigError, FastSFTError, Terminated
 from fastsft.fields import add_flags, read_yaml
+from fastsft.safe_output import interrupted_outcome
 from fastsft.tokenizer.loader import load_tokenizer
 
 __all__ = [
@@ -205,10 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as interrupt:
         signal_name = "SIGTERM" if isinstance(interrupt, Terminated) else "interrupted"
-        print(
-            f"\nfastsft {args.command}: {signal_name}; temporary files removed, existing outputs left as they were",
-            file=sys.stderr,
-        )
+        print(f"\nfastsft {args.command}: {signal_name}; {interrupted_outcome()}", file=sys.stderr)
         return Terminated.exit_code if isinstance(interrupt, Terminated) else 130
 
 

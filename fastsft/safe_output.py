@@ -19,9 +19,13 @@ What it guarantees:
   on Linux), so a folder that appears at OUTPUT during the run is never replaced; the previous
   output is moved aside first and put back if the swap cannot finish.
 * On any error or signal the temporary folder is removed (the caller turns SIGTERM into an
-  exception); the two renames of the swap run with SIGINT and SIGTERM held. A run killed
-  outright (SIGKILL) leaves its folder with its pid in ``owner.json``; the next run on OUTPUT
-  removes it, with a notice, after putting back a previous output it finds moved aside there.
+  exception), ``owner.json`` last; the swap (old output to ``previous/``, ``dataset/`` to OUTPUT,
+  ``previous/`` to ``obsolete/``) runs with SIGINT and SIGTERM held, so a signal lands before it
+  or after it, and ``interrupted_outcome`` says which. A run killed outright (SIGKILL), or a
+  second signal during the cleanup, leaves its folder with its pid in ``owner.json``; the next
+  run on OUTPUT removes it, with a notice, after putting back a previous output only when the
+  kill came between the swap's first two renames (``previous/`` beside a ``dataset/`` not yet
+  moved); a ``previous/`` without ``dataset/``, or an ``obsolete/``, was replaced for good.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ __all__ = [
     "StagedOutput",
     "check_output_path",
     "check_replaceable",
+    "interrupted_outcome",
     "is_fastsft_output",
     "os_error_line",
     "output_lock",
@@ -61,7 +66,9 @@ __all__ = [
 
 MARKER = "fastsft_output.json"
 OWNER_FILE = "owner.json"
+STAGED = "dataset"  # the new output, until the swap renames it into place
 PREVIOUS = "previous"  # where a replaced output waits during the swap
+OBSOLETE = "obsolete"  # the replaced output once the new one is in place, to be deleted
 DEFERRED = (signal.SIGINT, signal.SIGTERM)  # held during the swap
 
 
@@ -117,7 +124,7 @@ class StagedOutput:
     def __init__(self, output: Path, workdir: Path, replaces: os.stat_result | None) -> None:
         self.output = output
         self.workdir = workdir
-        self.dataset = workdir / "dataset"
+        self.dataset = workdir / STAGED
         self._replaces = replaces  # the previous output found at the start (with overwrite), if any
         self.keep = False  # set when the temporary folder holds the previous output and must stay
 
@@ -125,8 +132,10 @@ class StagedOutput:
         """Write ``marker`` into the staged dataset, then swap it in; never replaces what was not expected.
 
         SIGINT and SIGTERM wait until the swap is over, so a signal never leaves the previous
-        output moved aside; a run killed outright there leaves it in ``previous``, which the next
-        run puts back (``_remove_stale_workdirs``).
+        output moved aside; a run killed outright there leaves it in ``previous`` beside the
+        staged ``dataset``, which the next run puts back (``_remove_stale_workdirs``). Once the
+        new output is in place the previous one is renamed ``obsolete`` (a ``previous`` without a
+        ``dataset`` beside it is obsolete too: killed between the two renames).
         """
         write_json_atomically(self.dataset / MARKER, marker)
         previous = self.workdir / PREVIOUS
@@ -145,6 +154,9 @@ class StagedOutput:
                 raise OutputError(
                     f"{self.output} appeared during the run; it was left untouched and this run's result discarded"
                 ) from None
+            _published.append(self.output)
+            if previous.exists():  # replaced for good: never to be put back
+                os.rename(previous, self.workdir / OBSOLETE)
 
     def _move_previous_aside(self, previous: Path) -> None:
         try:
@@ -206,7 +218,44 @@ def staged_output(
             yield staged
         finally:
             if not staged.keep:
-                shutil.rmtree(workdir, ignore_errors=True)
+                try:
+                    _remove_workdir(workdir)
+                except KeyboardInterrupt:  # a signal during the cleanup: the next run removes the rest
+                    _left_over.append(workdir)
+                    raise
+
+
+def _remove_workdir(workdir: Path) -> None:
+    """Remove a temporary folder, ``owner.json`` last (with signals held), so that whatever a
+    signal leaves is still a folder the next run knows to be a dead run's."""
+    for entry in workdir.iterdir():
+        if entry.name != OWNER_FILE:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+    with _signals_deferred():
+        (workdir / OWNER_FILE).unlink(missing_ok=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# What this process published and left behind, for the line printed after a signal.
+_published: list[Path] = []
+_left_over: list[Path] = []
+
+
+def interrupted_outcome() -> str:
+    """What is on disk after a signal ended the run: the outputs it had already put in place (their
+    previous versions discarded), the temporary folders it could not remove, or that nothing changed."""
+    if not _published:
+        outcome = "temporary files removed, existing outputs left as they were"
+    else:
+        done = ", ".join(str(path) for path in _published)
+        outcome = f"the signal came after the new output was in place: {done} is complete (what it replaced is discarded)"
+    if _left_over:
+        left = ", ".join(str(path) for path in _left_over)
+        outcome += f"; {left} is left over, removed by the next run on the same output"
+    return outcome
 
 
 def check_replaceable(output: Path, overwrite: bool) -> os.stat_result | None:
@@ -276,21 +325,26 @@ def _remove_stale_workdirs(output: Path, notice: Callable[[str], None]) -> None:
             owner = json.loads((workdir / OWNER_FILE).read_text(encoding="utf-8"))
             pid, owner_host = int(owner["pid"]), owner["host"]
         except (OSError, ValueError, KeyError, TypeError):
+            if workdir.is_dir() and not any(workdir.iterdir()):  # killed as it began or ended
+                workdir.rmdir()
+                continue
             notice(f"left {workdir} in place: it records no owner (remove it if no run is using it)")
             continue
         if owner_host != host or _process_alive(pid):
             continue
         previous = workdir / PREVIOUS
-        if previous.is_dir() and not os.path.lexists(output) and _put_back(previous, output):
-            notice(
-                f"restored the previous {output}, which a run (pid {pid}) killed while replacing it had moved aside"
-            )
-        if previous.exists():
-            notice(
-                f"left {workdir} in place: it holds a previous output ({previous}) that could not be put back"
-            )
-            continue
-        shutil.rmtree(workdir, ignore_errors=True)
+        if previous.is_dir() and (workdir / STAGED).is_dir():  # killed between the swap's renames
+            if not os.path.lexists(output) and _put_back(previous, output):
+                notice(
+                    f"restored the previous {output}, which a run (pid {pid}) killed while replacing it had moved aside"
+                )
+            else:
+                notice(
+                    f"left {workdir} in place: it holds a previous output ({previous}) that could not be put back"
+                )
+                continue
+        # Any other previous/ or obsolete/ was replaced by an output the killed run put in place.
+        _remove_workdir(workdir)
         notice(f"removed {workdir}, left by an interrupted run (pid {pid})")
 
 

@@ -7,6 +7,9 @@ it meanwhile). Points:
 * ``encode``: after the first batch's rows are written, before the second batch;
 * ``save``: after the staged dataset was written whole, before the swap;
 * ``swap``: inside the swap, after a previous output was moved aside (signals are held there);
+* ``swapped``: inside the swap, after the new output was renamed into place, before the previous
+  one is marked obsolete (signals are held there);
+* ``cleanup``: after the swap, as the temporary folder (holding the replaced output) is removed;
 * ``enospc`` / ``erofs``: no pause; the second row batch write / the lock file fails with that error.
 """
 
@@ -61,6 +64,23 @@ def install(point: str, ready: Path) -> None:
             original_rename(source, target)
 
         output.rename_noreplace = rename_noreplace
+    elif point == "swapped":
+        original_rename = output.rename_noreplace
+
+        def rename_noreplace(source: Path, target: Path) -> None:
+            original_rename(source, target)
+            if source.name == "dataset":
+                pause(ready)
+
+        output.rename_noreplace = rename_noreplace
+    elif point == "cleanup":
+        original_remove = output._remove_workdir
+
+        def remove_workdir(workdir: Path) -> None:
+            pause(ready)
+            original_remove(workdir)
+
+        output._remove_workdir = remove_workdir
     elif point == "enospc":
         original_write = ArrowStreamFile.write
         calls = {"n": 0}

@@ -148,6 +148,43 @@ def test_a_signal_during_the_swap_waits_for_it(tmp_path: Path, output: Path, sig
     assert code == EXIT_CODES[sig], err
     assert loadable(output) == 400  # the swap finished, then the signal was handled
     assert debris(output) == []
+    name = "SIGTERM" if sig == signal.SIGTERM else "interrupted"
+    assert_one_line(  # what is on disk: the new output, not "left as they were"
+        err,
+        f"fastsft preprocess: {name}; the signal came after the new output was in place: {output} is complete",
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
+@pytest.mark.parametrize("point", ["swapped", "cleanup"])
+def test_a_signal_or_kill_after_the_swap_keeps_the_new_output_and_the_next_run_clears_the_old(
+    tmp_path: Path, output: Path, point: str, sig: signal.Signals
+) -> None:
+    """The new output is in place and the one it replaced sits in the temporary folder: whatever
+    stops the run there, the message says so, and the next run deletes the old copy and never
+    puts it back, even when the user has removed the new output meanwhile."""
+    paused = Paused(point, tmp_path, argv(output, "--overwrite"))
+    paused.process.send_signal(sig)
+    paused.resume()
+    code, err = paused.finish()
+    assert code == EXIT_CODES[sig], err
+    assert loadable(output) == 400
+    if sig != signal.SIGKILL:
+        name = "SIGTERM" if sig == signal.SIGTERM else "interrupted"
+        assert_one_line(
+            err,
+            f"fastsft preprocess: {name}; the signal came after the new output was in place: {output} is complete",
+        )
+    left = [name for name in debris(output) if ".tmp-" in name]
+    assert bool(left) == (sig == signal.SIGKILL or point == "cleanup"), (left, err)
+    shutil.rmtree(output)  # the user removes the new output: the old one must not come back
+    again = run(*argv(output, "--max-samples", "10"))
+    assert again.returncode == 0, again.stderr
+    assert "could not be put back" not in again.stderr and "restored" not in again.stderr, again.stderr
+    assert ("left by an interrupted run" in again.stderr) == bool(left), again.stderr
+    assert loadable(output) == 10
+    assert debris(output) == []
 
 
 @pytest.mark.slow
