@@ -29,10 +29,12 @@ from fastsft.train.config import TrainConfig
 
 __all__ = [
     "FINAL_PARTIAL",
-    "NOT_SETTINGS",
+    "HARMLESS_CHANGES",
     "RUN_MARKER",
+    "changed_settings",
     "check_output_dir",
     "check_overwritable",
+    "check_resumable",
     "clear_previous_run",
     "finished_run",
     "locked_output_dir",
@@ -127,35 +129,77 @@ def clear_previous_run(output_dir: Path, notice: Callable[[str], None]) -> None:
     (output_dir / RUN_MARKER).unlink(missing_ok=True)
 
 
-# Keys that change neither the weights nor what is saved; every other one is compared with the
-# settings a finished run recorded. The schedule (max_steps, num_train_epochs) is compared apart:
-# a longer one resumes, as in LLaMA-Factory.
-NOT_SETTINGS = frozenset(
+# The keys a rerun or a resume may change: they cannot change the trained weights (worker counts,
+# threads, the tokenizing backend, which fastsft keeps token-identical, logging, reporting, eval
+# cadence, checkpoint cadence and rotation) or are the run's bookkeeping. Every other key, in
+# ``data.`` for the data keys and ``training_args.`` for other TrainingArguments fields, is
+# compared with the settings the run recorded. The schedule (max_steps, num_train_epochs) is
+# compared apart: a longer one resumes, as in LLaMA-Factory.
+HARMLESS_CHANGES = frozenset(
     {
-        "output_dir",
-        "overwrite_output_dir",
-        "resume_from_checkpoint",
-        "max_steps",
-        "num_train_epochs",
-        "cpu_threads",
-        "require_varlen_kernel",
-        "plot_loss",
-        "report_to",
-        "logging_steps",
-        "save_steps",
-        "save_total_limit",
-        "notices",
+        "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "notices",
+        "max_steps", "num_train_epochs",
+        "cpu_threads", "require_varlen_kernel",
+        "data.preprocessing_num_workers", "data.backend", "data.tokenizer_backend",
+        "plot_loss", "report_to", "logging_steps", "save_steps", "save_total_limit",
+        "data.eval_on_each_dataset",
+        *(
+            f"training_args.{key}"
+            for key in (
+                "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
+                "dataloader_prefetch_factor", "logging_strategy", "logging_first_step",
+                "logging_nan_inf_filter", "run_name", "disable_tqdm", "report_to",
+                "include_num_input_tokens_seen", "eval_strategy",
+                "eval_steps", "eval_delay", "per_device_eval_batch_size", "eval_accumulation_steps",
+                "do_eval", "save_strategy", "save_steps", "save_total_limit", "save_only_model",
+                "ddp_timeout",
+            )
+        ),
     }
-)
+)  # fmt: skip
 
 
 def run_settings(config: TrainConfig) -> dict[str, Any]:
     """The keys that make a run what it is (model, data, method, optimisation), as JSON values."""
     values = {spec.name: getattr(config, spec.name) for spec in dataclasses.fields(config)}
     values.update({f"data.{key}": value for key, value in dataclasses.asdict(config.data).items()})
-    del values["data"]
-    settings = {key: value for key, value in values.items() if key not in NOT_SETTINGS}
+    values.update({f"training_args.{key}": value for key, value in config.extra_training_args.items()})
+    del values["data"], values["extra_training_args"]
+    settings = {key: value for key, value in values.items() if key not in HARMLESS_CHANGES}
     return json.loads(json.dumps(settings, default=str, sort_keys=True))
+
+
+def changed_settings(recorded: dict[str, Any], config: TrainConfig) -> str | None:
+    """The settings ``config`` changes against ``recorded`` (a run marker's), as ``key: old -> new``
+    for the first four, or ``None``. Keys only one side has are compared for TrainingArguments
+    (absent means the default); other keys only one fastsft version knows are not."""
+    current = run_settings(config)
+    keys = {key for key in recorded.keys() & current.keys() if key not in HARMLESS_CHANGES}
+    keys |= {key for key in recorded.keys() ^ current.keys() if key.startswith("training_args.")}
+    changed = sorted(key for key in keys - HARMLESS_CHANGES if recorded.get(key) != current.get(key))
+    if not changed:
+        return None
+    shown = ", ".join(f"{key}: {recorded.get(key)} -> {current.get(key)}" for key in changed[:4])
+    return shown + (", ..." if len(changed) > 4 else "")
+
+
+def check_resumable(checkpoint: Path, config: TrainConfig) -> None:
+    """Refuse to resume ``checkpoint`` with settings other than those its run recorded (the marker in
+    its folder), in one line naming them: a resume would apply them to the remaining steps only, or
+    not at all (the optimizer's saved learning rate wins), and a changed model shape cannot load."""
+    marker = read_marker(checkpoint.parent)
+    recorded = (marker or {}).get("settings")
+    if recorded is None:
+        return
+    changed = changed_settings(recorded, config)
+    if changed is None:
+        return
+    start = "adapter_name_or_path" if recorded.get("finetuning_type") == "lora" else "model_name_or_path"
+    raise ConfigError(
+        f"cannot resume from {checkpoint}: its run was made with other settings ({changed}), which a "
+        "resume would apply to the remaining steps only; rerun with that run's settings to continue it, "
+        f"or choose a new output_dir to train with these ({start}={checkpoint} there starts from its weights)"
+    )
 
 
 def finished_run(output_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
@@ -167,16 +211,13 @@ def finished_run(output_dir: Path, config: TrainConfig) -> dict[str, Any] | None
     if not marker or not marker.get("finished"):
         return None
     recorded = marker.get("settings")
-    if recorded is not None:
-        current = run_settings(config)
-        changed = sorted(key for key in {*recorded, *current} if recorded.get(key) != current.get(key))
-        if changed:
-            shown = ", ".join(f"{key}: {recorded.get(key)} -> {current.get(key)}" for key in changed[:4])
-            raise ConfigError(
-                f"output_dir {output_dir} holds a finished run made with other settings ({shown}"
-                f"{', ...' if len(changed) > 4 else ''}); set overwrite_output_dir: true to replace it "
-                "(deleting its checkpoints and model), or choose another output_dir"
-            )
+    changed = None if recorded is None else changed_settings(recorded, config)
+    if changed is not None:
+        raise ConfigError(
+            f"output_dir {output_dir} holds a finished run made with other settings ({changed}); "
+            "choose a new output_dir to train with these, or set overwrite_output_dir: true to replace "
+            "it (deleting its checkpoints and model)"
+        )
     if int(marker.get("global_step", 0)) < int(marker.get("planned_steps", 0) or 1 << 62):
         return None  # stopped early (a callback): the rerun trains on
     if config.max_steps > 0 and config.max_steps != marker.get("max_steps"):

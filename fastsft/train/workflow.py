@@ -46,6 +46,7 @@ from fastsft.train.output_dir import (
     FINAL_PARTIAL,
     check_output_dir,
     check_overwritable,
+    check_resumable,
     clear_previous_run,
     finished_run,
     locked_output_dir,
@@ -289,7 +290,9 @@ def resolve_resume(config: TrainConfig, training_args: TrainingArguments) -> str
     output_dir = Path(str(config.output_dir))
     is_main = training_args.process_index == 0
     if isinstance(config.resume_from_checkpoint, str):
-        return str(checkpoints.select_resume(output_dir, Path(config.resume_from_checkpoint)))
+        chosen = checkpoints.select_resume(output_dir, Path(config.resume_from_checkpoint))
+        check_resumable(chosen, config)
+        return str(chosen)
     if config.overwrite_output_dir and config.resume_from_checkpoint is not True:
         check_overwritable(output_dir)
         with training_args.main_process_first(desc="clean output_dir"):
@@ -303,6 +306,7 @@ def resolve_resume(config: TrainConfig, training_args: TrainingArguments) -> str
         return None
     last = checkpoints.select_resume(output_dir)
     if last is not None:
+        check_resumable(last, config)
         if is_main:
             say(
                 f"resuming from {last} (overwrite_output_dir: true would start over, deleting its checkpoints)"
