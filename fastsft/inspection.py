@@ -13,7 +13,7 @@ from typing import Any
 from fastsft import IGNORE_INDEX
 from fastsft.data.data_args import DataArgs
 from fastsft.data.pipeline import prepare_run
-from fastsft.data.rows.encoder import in_dataset_terms
+from fastsft.data.rows.encoder import in_dataset_terms, invalid_text
 from fastsft.data.sources.converter import Dropped
 from fastsft.data.sources.splitting import TRAIN
 from fastsft.errors import DataError
@@ -81,6 +81,10 @@ def inspect_dataset(
             continue
         if isinstance(conv, Dropped):
             out.append(_heading(f"== {ref}: dropped ({conv.reason})", color))
+            continue
+        invalid = invalid_text(conv)
+        if invalid is not None:  # no tokenizer encodes it
+            out.append(_heading(f"== {ref}: malformed: {invalid}", color))
             continue
         try:
             input_ids, labels, full_length = encoder.encode_one(conv, trace)

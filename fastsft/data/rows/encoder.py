@@ -34,7 +34,21 @@ __all__ = [
     "Encoder",
     "RenderedBatch",
     "in_dataset_terms",
+    "invalid_text",
+    "invalid_unicode",
 ]
+
+
+def invalid_unicode(text: str) -> str | None:
+    """Why ``text`` cannot be encoded as UTF-8 (a lone surrogate, named), or ``None``."""
+    if text.isascii():  # O(1) in CPython
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return f"{text[error.start]!r} ({error.reason})"
+    return None
+
 
 # LLaMA-Factory labels an empty later-turn prompt with one eos under efficient_eos, which makes
 # `labels` longer than `input_ids`; no collator can use such a sample, so it is reported instead.
@@ -83,11 +97,12 @@ _PLANS_KEPT = 64  # render plans an encoder keeps (by dataset object)
 
 @dataclass
 class RenderedBatch:
-    """A batch after ``Encoder.render_batch``: its kept samples' segments, and, where errors can
-    still be found once they are tokenized (``efficient_eos``), the kept samples themselves."""
+    """A batch after ``Encoder.render_batch``: its kept samples' segments, and the kept samples
+    themselves, for the errors found only once they are tokenized (text that is not valid Unicode,
+    and under ``efficient_eos`` labels longer than the inputs)."""
 
     segments: SegmentBatch
-    kept: Batch | None
+    kept: Batch
 
 
 class Encoder:
@@ -191,29 +206,56 @@ class Encoder:
                 row, attr, ref, segments, summary
             ):
                 kept.append(position)
-        if not self.template.efficient_eos:
-            return RenderedBatch(segments, None)
         return RenderedBatch(segments, Batch(*([column[p] for p in kept] for column in batch)))
 
-    def tokenize(self, segments: SegmentBatch) -> tuple[np.ndarray, np.ndarray]:
+    def tokenize(self, segments: SegmentBatch) -> tuple[np.ndarray, np.ndarray] | None:
         """Every text segment's ids in one tokenizer call: ``int32[T]`` and ``int64[texts + 1]``
-        offsets (thread-safe: ``workers`` runs it on a thread while this one assembles)."""
-        return self.tokenizer_backend.encode_batch_flat(segments.texts)
+        offsets (thread-safe: ``workers`` runs it on a thread while this one assembles); ``None``
+        when a text is not valid Unicode (a lone surrogate, which JSON's ``\\ud800`` escape gives
+        and no tokenizer encodes): ``encode_rendered`` then finds its sample."""
+        try:
+            return self.tokenizer_backend.encode_batch_flat(segments.texts)
+        except Exception:
+            if not any(invalid_unicode(text) for text in segments.texts):
+                raise
+            return None
 
     def encode_rendered(
         self, rendered: RenderedBatch, summary: Summary, tokens: tuple[np.ndarray, np.ndarray] | None = None
     ) -> EncodedBatch:
         """The second half of ``encode``: tokenize (unless ``tokens`` is ``tokenize``'s result for
         these segments), then assemble ids and labels."""
+        if tokens is None:
+            tokens = self.tokenize(rendered.segments)
+            if tokens is None:
+                return self._encode_valid_unicode(rendered, summary)
         encoded, label_offsets = self._encode_segments(rendered.segments, tokens)
         if np.array_equal(label_offsets, encoded.offsets):
             return encoded
-        assert rendered.kept is not None  # only efficient_eos makes labels longer than input_ids
         bad = set(np.flatnonzero(np.diff(label_offsets) != encoded.lengths).tolist())
         for index in sorted(bad):
             self.policy.malformed(DataError(LABELS_LONGER_THAN_INPUTS), rendered.kept.refs[index], summary)
         good = Batch(*([value for i, value in enumerate(column) if i not in bad] for column in rendered.kept))
         return self._encode_segments(self.render_batch(good, summary).segments)[0]
+
+    def _encode_valid_unicode(self, rendered: RenderedBatch, summary: Summary) -> EncodedBatch:
+        """The batch without its samples holding a text that is not valid Unicode, each of them
+        given to the policy (raised, naming the dataset, sample and message, or counted and skipped)."""
+        segments, kept = rendered.segments, rendered.kept
+        segment_message = np.repeat(np.arange(len(segments.message_segments)), segments.message_segments)
+        message_sample = np.repeat(np.arange(len(segments)), segments.sample_messages)
+        text_message = segment_message[np.asarray(segments.segment_texts) >= 0]
+        bad: dict[int, DataError] = {}
+        for index, text in enumerate(segments.texts):
+            sample = int(message_sample[int(text_message[index])])
+            if sample not in bad and invalid_unicode(text) is not None:
+                conv = convert(kept.rows[sample], kept.attrs[sample])
+                found = invalid_text(conv) if isinstance(conv, Conversation) else None
+                bad[sample] = found or DataError(f"a text is not valid Unicode: {invalid_unicode(text)}")
+        for sample, error in bad.items():
+            self.policy.malformed(error, kept.refs[sample], summary)
+        good = Batch(*([value for i, value in enumerate(column) if i not in bad] for column in kept))
+        return self.encode_rendered(self.render_batch(good, summary), summary)
 
     def _plan(self, attr: DatasetAttr) -> RenderPlan | None:
         """The ``render_row`` plan of ``attr``'s rows, made once per dataset object. A worker process
@@ -274,6 +316,17 @@ class Encoder:
 
 
 _TEMPLATE_FIELD = re.compile(r"^messages\[(\d+)\]\.content")
+
+
+def invalid_text(conv: Conversation) -> DataError | None:
+    """The first text of ``conv`` that is not valid Unicode, as an error naming its field."""
+    texts = [(content["content"], field) for content, field in zip(conv.messages, conv.fields, strict=False)]
+    texts += [(conv.system or "", "system"), (conv.tools or "", "tools")]
+    for text, field in texts:
+        reason = invalid_unicode(text)
+        if reason is not None:
+            return DataError(f"not valid Unicode: {reason}", field=field)
+    return None
 
 
 def in_dataset_terms(err: DataError, conv: Conversation) -> DataError:
