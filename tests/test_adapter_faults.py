@@ -195,3 +195,21 @@ def test_a_full_disk_while_saving_the_export_is_one_line(
         assert line.startswith(f"fastsft export: error: cannot write {folder / 'merged'}: "), line
         assert "No space left on device (an export needs the merged model's size free" in line
         assert list(folder.iterdir()) == []
+
+
+def test_a_failed_lora_run_on_model_config_leaves_its_base_marked_for_the_rerun(tmp_path: Path) -> None:
+    """The random-init base is saved before the LoRA set-up can fail: the run marker lists it first,
+    so the rerun neither refuses "files fastsft did not write" nor keeps a stale base beside it."""
+    output = tmp_path / "out"
+    overrides = [
+        "finetuning_type=lora", f"output_dir={output}", "max_steps=1", "val_size=0",
+        "eval_strategy=no", "plot_loss=false", "max_samples=8", "overwrite_output_dir=false",
+    ]  # fmt: skip
+    tiny = REPO_ROOT / "examples" / "tiny_sft.yaml"
+    with pytest.raises(ConfigError, match="lora_target"):
+        train(load_config(tiny, [*overrides, "lora_target=no_such_module"]))
+    assert (output / "base_model").is_dir()
+    marker = json.loads((output / "fastsft_train.json").read_text(encoding="utf-8"))
+    assert marker["published"] == ["base_model"] and marker["finished"] is False
+    assert train(load_config(tiny, overrides))["global_step"] == 1  # resumable without a checkpoint
+    assert train(load_config(tiny, [*overrides, "overwrite_output_dir=true"]))["global_step"] == 1

@@ -281,3 +281,16 @@ def test_a_full_or_read_only_disk_is_one_line_and_leaves_nothing(
         assert_one_line(err, f"fastsft preprocess: error: cannot write {output}:")
         assert cause in err
         assert list(folder.iterdir()) == []
+
+
+def test_a_json_array_after_much_leading_whitespace_is_read_as_an_array(tmp_path: Path) -> None:
+    """The format is told by the first byte that is not whitespace, however far it is."""
+    import json
+
+    rows = json.loads(TINY_DATA.read_text(encoding="utf-8"))[:5]
+    data = tmp_path / "spaced.json"
+    data.write_text(" " * 5000 + "\n" * 100 + json.dumps(rows), encoding="utf-8")
+    output = tmp_path / "out"
+    done = run(*[str(data) if arg == str(TINY_DATA) else arg for arg in argv(output)])
+    assert done.returncode == 0, done.stderr
+    assert loadable(output) == 5

@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from fastsft.errors import ConfigError
 from fastsft.train.config import TrainConfig
 from fastsft.train.logs import say
+from fastsft.train.output_dir import record_published
 
 __all__ = [
     "check_model_path",
@@ -95,6 +96,7 @@ def _save_random_base(config: TrainConfig, model: Any, zero3: bool, is_main: boo
     model.name_or_path = str(target)  # peft records it as the adapter's base_model_name_or_path
     if not is_main:
         return
+    record_published(target.parent, RANDOM_BASE_DIR)  # before it exists: a failed run leaves it marked
     staged = target.with_name(f".{RANDOM_BASE_DIR}.tmp-{os.getpid()}")
     shutil.rmtree(staged, ignore_errors=True)
     model.config.use_cache = True  # as the final model is saved (training runs without the cache)

@@ -41,6 +41,7 @@ __all__ = [
     "mark_run",
     "publish_final",
     "read_marker",
+    "record_published",
     "run_settings",
 ]
 
@@ -89,6 +90,16 @@ def mark_run(output_dir: Path, **record: Any) -> None:
     """Write the run marker (atomically): fastsft trains here, and whether the run finished."""
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomically(output_dir / RUN_MARKER, record)
+
+
+def record_published(output_dir: Path, name: str) -> None:
+    """Add ``name`` (an entry of ``output_dir``) to the run marker's ``published`` list before it is
+    written, creating an unfinished-run marker if there is none: whatever stops the run after that,
+    a rerun knows the entry is fastsft's (``overwrite_output_dir`` removes it; no refusal)."""
+    marker = read_marker(output_dir) or {"finished": False}
+    published = marker.get("published", [])
+    if name not in published:
+        mark_run(output_dir, **{**marker, "published": [*published, name]})
 
 
 def check_overwritable(output_dir: Path) -> None:

@@ -333,6 +333,16 @@ def _data_files(attr: DatasetAttr, dataset_dir: str | None) -> tuple[str, list[s
     return data_type, data_files, is_folder
 
 
+def _first_non_whitespace(f: Any) -> bytes:
+    """The first byte from ``f``'s position on that is not JSON whitespace (empty if there is none),
+    however much whitespace comes first."""
+    while chunk := f.read(1 << 16):
+        rest = chunk.lstrip(b" \t\r\n")
+        if rest:
+            return rest[:1]
+    return b""
+
+
 def _iter_json_file(path: str, label: str) -> Iterator[dict[str, Any]]:
     """Rows of a JSON array file or a JSON Lines file (either extension, like ``datasets``).
 
@@ -347,7 +357,7 @@ def _iter_json_file(path: str, label: str) -> Iterator[dict[str, Any]]:
         if head != _BOM:  # a leading byte-order mark is skipped, as `datasets` does
             f.seek(0)
         start = f.tell()
-        is_array = f.read(4096).lstrip().startswith(b"[")
+        is_array = _first_non_whitespace(f) == b"["
         f.seek(start)
         if is_array:
             yield from _streamed_json_array_rows(f, label)
