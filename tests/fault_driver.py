@@ -74,13 +74,22 @@ def install(point: str, ready: Path) -> None:
 
         output.rename_noreplace = rename_noreplace
     elif point == "cleanup":
-        original_remove = output._remove_workdir
+        import shutil
 
-        def remove_workdir(workdir: Path) -> None:
-            pause(ready)
-            original_remove(workdir)
+        original_rmtree = shutil.rmtree
 
-        output._remove_workdir = remove_workdir
+        def rmtree(path: Any, *args: Any, **kwargs: Any) -> None:
+            workdir = next((p for p in (Path(path), *Path(path).parents) if ".tmp-" in p.name), None)
+            if (
+                workdir is not None
+                and (workdir / "owner.json").exists()
+                and not (workdir / "dataset").exists()
+            ):
+                shutil.rmtree = original_rmtree  # pause once
+                pause(ready)
+            original_rmtree(path, *args, **kwargs)
+
+        shutil.rmtree = rmtree
     elif point == "enospc":
         original_write = ArrowStreamFile.write
         calls = {"n": 0}
