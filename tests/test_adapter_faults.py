@@ -213,3 +213,18 @@ def test_a_failed_lora_run_on_model_config_leaves_its_base_marked_for_the_rerun(
     assert marker["published"] == ["base_model"] and marker["finished"] is False
     assert train(load_config(tiny, overrides))["global_step"] == 1  # resumable without a checkpoint
     assert train(load_config(tiny, [*overrides, "overwrite_output_dir=true"]))["global_step"] == 1
+
+
+def test_train_on_a_damaged_or_missing_base_model_is_one_line(tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    shutil.copytree(BASE_DIR, base)
+    data = (base / "model.safetensors").read_bytes()
+    (base / "model.safetensors").write_bytes(data[: len(data) // 2])
+    overrides = [
+        f"output_dir={tmp_path / 'out'}", "finetuning_type=lora", f"model_name_or_path={base}",
+        "model_config=null", f"tokenizer_name_or_path={BASE_DIR}", "max_steps=1", "val_size=0",
+        "eval_strategy=no", "max_samples=8",
+    ]  # fmt: skip
+    tiny = REPO_ROOT / "examples" / "tiny_sft.yaml"
+    with pytest.raises(ConfigError, match=f"{base / 'model.safetensors'} is damaged or truncated"):
+        train(load_config(tiny, overrides))

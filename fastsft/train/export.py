@@ -117,7 +117,6 @@ def _output_dtype(config: ExportConfig, model_dtype: Any) -> Any:
 def run_export(args: argparse.Namespace) -> int:
     """Merge the adapters into the base and save the model and tokenizer to ``export_dir``, atomically."""
     from safetensors import SafetensorError
-    from transformers import AutoModelForCausalLM
 
     from fastsft.safe_output import (
         OutputError,
@@ -128,6 +127,7 @@ def run_export(args: argparse.Namespace) -> int:
     )
     from fastsft.tokenizer.loader import load_tokenizer
     from fastsft.train.adapter import check_model_path, load_adapter_whole, split_names
+    from fastsft.train.model import load_pretrained
 
     config = load_export_config(args.config, args.overrides)
     adapters = split_names(config.adapter_name_or_path)
@@ -138,19 +138,9 @@ def run_export(args: argparse.Namespace) -> int:
     check_model_path(config.model_name_or_path, "model_name_or_path")
     for adapter in adapters:
         check_model_path(adapter, "adapter_name_or_path")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            config.model_name_or_path, dtype="auto", trust_remote_code=config.trust_remote_code
-        )
-    except SafetensorError as err:
-        raise ConfigError(
-            f"cannot load the model from {config.model_name_or_path}: {_damaged_file(config.model_name_or_path)} "
-            f"is damaged or truncated ({str(err).splitlines()[0]})"
-        ) from None
-    except (OSError, ValueError) as err:
-        raise ConfigError(
-            f"cannot load the model from {config.model_name_or_path}: {str(err).splitlines()[0]}"
-        ) from None
+    model = load_pretrained(
+        config.model_name_or_path, dtype="auto", trust_remote_code=config.trust_remote_code
+    )
     for adapter in adapters:
         model = load_adapter_whole(model, adapter, is_trainable=False, warn=_warn).merge_and_unload()
     dtype = _output_dtype(config, next(model.parameters()).dtype)
@@ -199,19 +189,6 @@ def _os_error(err: Exception, path: Path) -> OSError:
     found = re.search(r"os error (\d+)", str(err))
     code = int(found.group(1)) if found else errno.EIO
     return OSError(code, os.strerror(code), str(path))
-
-
-def _damaged_file(model: str) -> str:
-    """The first ``*.safetensors`` file of a local model folder whose header does not read, else "a weights file"."""
-    from safetensors import SafetensorError, safe_open
-
-    for path in sorted(Path(model).glob("*.safetensors")):
-        try:
-            with safe_open(path, framework="pt"):
-                pass
-        except SafetensorError:
-            return str(path)
-    return "a weights file"
 
 
 def _warn(message: str) -> None:

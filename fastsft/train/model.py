@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -94,16 +95,45 @@ def load_model(config: TrainConfig, attn_implementation: str) -> Any:
         )
         model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32, **common)
     else:
-        try:
-            model = AutoModelForCausalLM.from_pretrained(
-                config.model_name_or_path, dtype=load_dtype(config, is_deepspeed_zero3_enabled()), **common
-            )
-        except OSError as err:
-            raise ConfigError(
-                f"cannot load the model from {config.model_name_or_path}: {str(err).splitlines()[0]}"
-            ) from None
+        model = load_pretrained(
+            config.model_name_or_path, dtype=load_dtype(config, is_deepspeed_zero3_enabled()), **common
+        )
     model.config.use_cache = False
     return model
+
+
+def load_pretrained(path: str, **kwargs: Any) -> Any:
+    """``AutoModelForCausalLM.from_pretrained(path, **kwargs)``, refused in one line naming the path
+    and the cause: a local path that is not there, a model that does not load, a damaged
+    ``*.safetensors`` file (named)."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
+    from fastsft.train.adapter import check_model_path
+
+    check_model_path(path, "model_name_or_path")
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except SafetensorError as err:
+        raise ConfigError(
+            f"cannot load the model from {path}: {_damaged_file(path)} is damaged or truncated "
+            f"({str(err).splitlines()[0]})"
+        ) from None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load the model from {path}: {str(err).splitlines()[0]}") from None
+
+
+def _damaged_file(model: str) -> str:
+    """The first ``*.safetensors`` file of a local model folder whose header does not read, else "a weights file"."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(Path(model).glob("*.safetensors")):
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except SafetensorError:
+            return str(path)
+    return "a weights file"
 
 
 def configure_loss(config: TrainConfig, model: Any) -> str:
