@@ -294,3 +294,33 @@ def test_a_json_array_after_much_leading_whitespace_is_read_as_an_array(tmp_path
     done = run(*[str(data) if arg == str(TINY_DATA) else arg for arg in argv(output)])
     assert done.returncode == 0, done.stderr
     assert loadable(output) == 5
+
+
+@pytest.mark.slow
+def test_export_overwrite_interrupted_after_the_swap_keeps_the_new_model_and_says_so(tmp_path: Path) -> None:
+    """``fastsft export --overwrite`` swaps through the same code: Ctrl-C right after the swap
+    leaves the new model in place, nothing behind, and the line says so."""
+    import yaml
+
+    train_goldens = REPO_ROOT / "tests" / "goldens" / "train"
+    merged = tmp_path / "merged"
+    merged.mkdir()  # a previous export, as far as --overwrite is concerned
+    (merged / "fastsft_output.json").write_text('{"created_by": "fastsft export"}', encoding="utf-8")
+    config = tmp_path / "merge.yaml"
+    values = {
+        "model_name_or_path": str(train_goldens / "tiny_base"),
+        "adapter_name_or_path": str(train_goldens / "fastsft_adapters" / "lora_all"),
+        "export_dir": str(merged),
+    }
+    config.write_text(yaml.safe_dump(values), encoding="utf-8")
+    paused = Paused("swapped", tmp_path, ["export", str(config), "--overwrite"])
+    paused.process.send_signal(signal.SIGINT)
+    paused.resume()
+    code, err = paused.finish()
+    assert code == 130, err
+    assert (merged / "model.safetensors").is_file()  # the new export is in place
+    assert_one_line(
+        err,
+        f"fastsft export: interrupted; the signal came after the new output was in place: {merged} is complete",
+    )
+    assert debris(merged) == []
