@@ -13,7 +13,7 @@ from fastsft import __version__
 from fastsft.data.data_args import DATA_KEYS, DataArgs, data_args_from_mapping
 from fastsft.errors import ConfigError, FastSFTError, Terminated
 from fastsft.fields import add_flags, read_yaml
-from fastsft.safe_output import interrupted_outcome
+from fastsft.safe_output import clear_outcomes, interrupted_outcome
 from fastsft.tokenizer.loader import load_tokenizer
 
 __all__ = [
@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     signal.signal(signal.SIGTERM, _raise_terminated)  # so cleanup runs, as for Ctrl-C
+    clear_outcomes()
     try:
         return args.func(args)
     except FastSFTError as err:

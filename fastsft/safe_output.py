@@ -55,6 +55,7 @@ __all__ = [
     "StagedOutput",
     "check_output_path",
     "check_replaceable",
+    "clear_outcomes",
     "interrupted_outcome",
     "is_fastsft_output",
     "os_error_line",
@@ -242,6 +243,12 @@ def _remove_workdir(workdir: Path) -> None:
 # What this process published and left behind, for the line printed after a signal.
 _published: list[Path] = []
 _left_over: list[Path] = []
+
+
+def clear_outcomes() -> None:
+    """Forget what earlier commands in this process published (each command reports its own)."""
+    _published.clear()
+    _left_over.clear()
 
 
 def interrupted_outcome() -> str:

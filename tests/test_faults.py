@@ -324,3 +324,24 @@ def test_export_overwrite_interrupted_after_the_swap_keeps_the_new_model_and_say
         f"fastsft export: interrupted; the signal came after the new output was in place: {merged} is complete",
     )
     assert debris(merged) == []
+
+
+def test_the_interrupted_line_reports_only_this_commands_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In one process (a notebook, a test), an output an earlier command published is not claimed
+    by a later command interrupted before its own swap."""
+    from fastsft import cli
+    from fastsft.data import pipeline
+
+    assert cli.main(argv(tmp_path / "first", "--max-samples", "5")) == 0
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "write_dataset_dict", interrupted)
+    assert cli.main(argv(tmp_path / "second", "--max-samples", "5")) == 130
+    assert_one_line(
+        capsys.readouterr().err,
+        "fastsft preprocess: interrupted; temporary files removed, existing outputs left as they were",
+    )
