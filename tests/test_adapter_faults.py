@@ -183,13 +183,28 @@ def test_a_damaged_base_model_is_one_line_naming_the_file(
     assert f"cannot load the model from {base}: {base / 'model.safetensors'} is damaged or truncated" in line
 
 
+@pytest.mark.parametrize("how", ["tmpfs", "injected"])
 def test_a_full_disk_while_saving_the_export_is_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], small_filesystem: object
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    small_filesystem: object,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
 ) -> None:
     folder = tmp_path / "disk"
-    with small_filesystem(folder, "size=300k") as mounted:  # type: ignore[operator]
-        if not mounted:
-            pytest.skip("cannot mount a tmpfs here (needs root)")
+    with small_filesystem(folder, "size=300k" if how == "tmpfs" else None) as mounted:  # type: ignore[operator]
+        if how == "tmpfs" and not mounted:
+            pytest.skip("cannot mount a tmpfs here (needs root); the injected case covers the error")
+        if how == "injected":  # safetensors' own error, as a full disk gives it
+            from safetensors import SafetensorError
+            from transformers import modeling_utils
+
+            def full(*args: object, **kwargs: object) -> None:
+                raise SafetensorError(
+                    "Error while serializing: I/O error: No space left on device (os error 28)"
+                )
+
+            monkeypatch.setattr(modeling_utils, "safe_save_file", full)
         assert main(["export", str(export_yaml(tmp_path, export_dir=str(folder / "merged")))]) == 2
         line = error_line(capsys.readouterr().err)
         assert line.startswith(f"fastsft export: error: cannot write {folder / 'merged'}: "), line
