@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 
 from fastsft.errors import ConfigError
+from fastsft.tokenizer.cache import read_checked
 from fastsft.tokenizer.loader import CACHE_ENV_VAR, cache_dir, load_tokenizer
 
 TEXTS = ["Hello, world!", "数据 <|im_start|>user\n hi<|im_end|>\n", "  \r\n\tx 😀👍🏽", ""]
@@ -51,7 +51,7 @@ def test_remembered_class_loads_the_same_tokenizer(
     path = str(request.getfixturevalue(f"{which}_tokenizer_path"))
     reference = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
     first = load_tokenizer(path)  # through AutoTokenizer, records the class
-    assert json.loads((cache / "tokenizer_classes.json").read_text())
+    assert read_checked(cache / "tokenizer_classes.json")
 
     def no_auto(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("AutoTokenizer was used although the class is recorded")
@@ -99,7 +99,7 @@ def test_unusable_cache_still_loads(
     (corrupt / "tokenizer_classes.json").write_text("{not json")
     monkeypatch.setenv(CACHE_ENV_VAR, str(corrupt))
     assert load_tokenizer(str(fixture_tokenizer_path)).encode("hi", add_special_tokens=False)
-    assert json.loads((corrupt / "tokenizer_classes.json").read_text())  # rewritten whole
+    assert read_checked(corrupt / "tokenizer_classes.json")  # rewritten whole
 
 
 def test_bad_folder_is_one_line(tmp_path: Path, cache: Path) -> None:

@@ -18,6 +18,7 @@ from fastsft.data.chat.template import fix_tokenizer
 from fastsft.data.store.provenance import tokenizer_fingerprint
 from fastsft.safe_output import MARKER
 from fastsft.tokenizer.backends import probe_texts
+from fastsft.tokenizer.cache import read_checked, write_checked
 from fastsft.tokenizer.loader import CACHE_ENV_VAR, load_tokenizer
 from fastsft.tokenizer.snapshot import FOLDER, RECORDED, TokenizerSnapshot, _state_id
 
@@ -141,7 +142,7 @@ def test_damaged_files_are_ignored_and_recorded_again(fixture_tokenizer_path: Pa
     snapshot = load_tokenizer(str(fixture_tokenizer_path), snapshot=True)
     assert not snapshot.replaying  # an unreadable record: loaded and recorded again
     assert observed(fixed(snapshot, "llama3")) == expected
-    assert json.loads((folder / "record.json").read_text())["states"]
+    assert read_checked(folder / "record.json")["states"]
 
 
 def test_a_changed_folder_is_not_replayed(fixture_tokenizer_path: Path, tmp_path: Path, cache: Path) -> None:
@@ -164,19 +165,19 @@ def test_a_record_that_disagrees_with_the_tokenizer_is_dropped(
 ) -> None:
     load_tokenizer(str(fixture_tokenizer_path), snapshot=True)
     (folder,) = records(cache)
-    record = json.loads((folder / "record.json").read_text())
+    record = read_checked(folder / "record.json")
     assert not record["changes"]
     state = record["states"].pop(record["initial"])
     state["length"] += 1  # a state the real tokenizer is not in
     record["states"]["0" * 16] = record["states"][record["initial"]] = state
-    (folder / "record.json").write_text(json.dumps(record))
+    write_checked(folder / "record.json", record)
     # Ids that are not their states' digests: the record is not read.
     assert not load_tokenizer(str(fixture_tokenizer_path), snapshot=True).replaying
 
     load_tokenizer(str(fixture_tokenizer_path), snapshot=True)
     record["initial"] = _state_id(state)
     record["states"] = {record["initial"]: state}
-    (folder / "record.json").write_text(json.dumps(record))
+    write_checked(folder / "record.json", record)
     snapshot = load_tokenizer(str(fixture_tokenizer_path), snapshot=True)
     assert snapshot.replaying and len(snapshot) == state["length"]
     snapshot.decode([1])  # loads the real tokenizer, which is in another state

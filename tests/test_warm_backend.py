@@ -26,6 +26,7 @@ from fastsft.tokenizer.backends import (
     load_backend,
     probe_texts,
 )
+from fastsft.tokenizer.cache import read_checked
 from fastsft.tokenizer.loader import CACHE_ENV_VAR, load_tokenizer
 from fastsft.tokenizer.snapshot import FOLDER, TokenizerSnapshot
 
@@ -74,7 +75,7 @@ def verdicts(cache: Path) -> dict[str, Any]:
     """Every recorded fastokens verdict, by name."""
     found: dict[str, Any] = {}
     for record in (cache / FOLDER).glob("*/record.json"):
-        for values in json.loads(record.read_text())["derived"].values():
+        for values in read_checked(record)["derived"].values():
             found.update({name: value for name, value in values.items() if name.startswith("fastokens")})
     return found
 
@@ -354,4 +355,4 @@ def test_a_large_lookup_is_answered_but_not_recorded(fixture_tokenizer_path: Pat
     cold = snapshot(fixture_tokenizer_path)
     assert cold.convert_tokens_to_ids(tokens) == reference.convert_tokens_to_ids(tokens)
     [record] = (cache / FOLDER).glob("*/record.json")
-    assert "convert_tokens_to_ids" not in json.dumps(json.loads(record.read_text())["derived"])
+    assert "convert_tokens_to_ids" not in json.dumps(read_checked(record)["derived"])

@@ -3,42 +3,29 @@
 ``AutoTokenizer.from_pretrained`` decides the tokenizer class from ``tokenizer_config.json``,
 ``config.json`` and a table of exceptions, and ends with ``<class>.from_pretrained(path)``. Importing
 it imports torch (through transformers' configuration code), which is most of ``fastsft
-preprocess``'s start-up. So the class it chose is remembered per folder, keyed by the name, size
-and modification time of every file there and by the transformers version, and later loads call
-that class directly: the same final call, so the same tokenizer. Classes from remote code are never
-remembered. The record lives in ``$FASTSFT_CACHE_DIR`` (default ``~/.cache/fastsft``) and is
-rewritten atomically; when it cannot be read or written, loading goes through ``AutoTokenizer``.
+preprocess``'s start-up. So the class it chose is remembered per folder, keyed by the content of
+every file there (``fastsft.tokenizer.cache.folder_digest``) and by the transformers version, and
+later loads call that class directly: the same final call, so the same tokenizer. Classes from
+remote code are never remembered. The record lives in ``$FASTSFT_CACHE_DIR`` (default
+``~/.cache/fastsft``), checked against its digest when read; when it cannot be read or written,
+loading goes through ``AutoTokenizer``.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from fastsft.errors import ConfigError
 from fastsft.tokenizer import snapshot as tokenizer_snapshot
+from fastsft.tokenizer.cache import CACHE_ENV_VAR, cache_dir, folder_digest, read_checked, write_checked
 
 __all__ = ["CACHE_ENV_VAR", "cache_dir", "load_tokenizer"]
 
-logger = logging.getLogger(__name__)
-
-CACHE_ENV_VAR = "FASTSFT_CACHE_DIR"
 _RECORD = "tokenizer_classes.json"
 _MAX_ENTRIES = 64
-
-
-def cache_dir() -> Path:
-    """Where fastsft keeps what it may recompute: ``$FASTSFT_CACHE_DIR``, else ``$XDG_CACHE_HOME/fastsft``,
-    else ``~/.cache/fastsft``."""
-    if os.environ.get(CACHE_ENV_VAR):
-        return Path(os.environ[CACHE_ENV_VAR])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "fastsft"
 
 
 def load_tokenizer(
@@ -86,32 +73,29 @@ def load_tokenizer(
 
 
 def _folder_key(folder: Path) -> str:
-    """The folder, the transformers version and every file's name, size and mtime."""
+    """The folder, the transformers version and the digest of every file's content."""
     from importlib.metadata import version
 
-    entries = []
-    with os.scandir(folder) as it:
-        for entry in it:
-            if entry.is_file():
-                stat = entry.stat()
-                entries.append(f"{entry.name}:{stat.st_size}:{stat.st_mtime_ns}")
-    return json.dumps([str(folder.resolve()), version("transformers"), sorted(entries)])
+    return json.dumps([str(folder.resolve()), version("transformers"), folder_digest(folder)])
 
 
 def _import_class(qualified: str) -> type | None:
+    """The transformers class named ``qualified``; ``None`` for anything else (only those are recorded)."""
     module, _, name = qualified.rpartition(".")
+    if not module.startswith("transformers."):
+        return None
     try:
-        return getattr(importlib.import_module(module), name)
+        cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
         return None
+    return cls if isinstance(cls, type) and hasattr(cls, "from_pretrained") else None
 
 
 def _read_record() -> dict[str, str]:
-    try:
-        record = json.loads((cache_dir() / _RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    record = read_checked(cache_dir() / _RECORD)
+    if not isinstance(record, dict):
         return {}
-    return record if isinstance(record, dict) else {}
+    return {key: value for key, value in record.items() if isinstance(value, str)}
 
 
 def _remember(key: str, cls: type) -> None:
@@ -124,16 +108,4 @@ def _remember(key: str, cls: type) -> None:
         return
     record.pop(key, None)
     record[key] = qualified
-    record = dict(list(record.items())[-_MAX_ENTRIES:])
-    folder = cache_dir()
-    temporary = None
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{_RECORD}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f)
-        os.replace(temporary, folder / _RECORD)
-    except OSError as err:
-        logger.info("cannot record the tokenizer class in %s: %s", folder, err)
-        if temporary is not None:
-            Path(temporary).unlink(missing_ok=True)
+    write_checked(cache_dir() / _RECORD, dict(list(record.items())[-_MAX_ENTRIES:]))

@@ -29,10 +29,13 @@ byte-level BPE encoder's tables), so that a warm run need not rebuild the Rust t
 add_special_tokens=False)``, ``convert_tokens_to_ids``, ``get_vocab`` and ``len`` from the Rust
 tokenizer as the transformers base class does, so
 snapshots are recorded only for classes that leave those to it (``_replayable``). Records are
-keyed like ``fastsft.tokenizer.loader``'s class record (every file's name, size and mtime, the
-transformers version) plus the tokenizers version and ``FORMAT``; they live in
-``$FASTSFT_CACHE_DIR/tokenizer_snapshots``, are written atomically, and their JSON files are
-checked against their digest when read. An unreadable record is ignored and written again.
+keyed like ``fastsft.tokenizer.loader``'s class record (the content of every file in the folder,
+the transformers version) plus the tokenizers version and ``FORMAT``; they live in
+``$FASTSFT_CACHE_DIR/tokenizer_snapshots`` and are written atomically. Every file of a record is
+checked against its digest when read (``record.json`` with its states, changes and derived values
+as a whole, each Rust JSON and table file on its own), and ``record.json`` must have the shape
+``save`` writes: a record that fails either is ignored and written again. A cache folder that
+cannot be read or written is skipped with one warning (``fastsft.tokenizer.cache``).
 """
 
 from __future__ import annotations
@@ -41,19 +44,19 @@ import builtins
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from fastsft.tokenizer.cache import read_checked, skip_unusable, write_atomic, write_checked
 
 __all__ = ["FOLDER", "FORMAT", "RECORDED", "TokenizerSnapshot", "encodes_through_rust", "load_snapshot"]
 
 logger = logging.getLogger(__name__)
 
 # Version of the record's layout and of what replay computes; part of the key.
-FORMAT = 1
+FORMAT = 2
 
 # The attributes a state records, read by the pipeline (templates, encoder, provenance).
 RECORDED = (
@@ -107,17 +110,13 @@ class _Record:
 
     @classmethod
     def open(cls, root: Path, key: str) -> _Record:
-        """The record for ``key`` under ``root``, empty when there is none or it cannot be read."""
+        """The record for ``key`` under ``root``, empty when there is none or it is not one that
+        ``save`` wrote for this key (missing, unreadable, damaged, of another shape)."""
         record = cls(root / hashlib.sha256(key.encode("utf-8")).hexdigest()[:16], key)
-        try:
-            saved = json.loads((record.folder / _RECORD).read_text(encoding="utf-8"))
-            states = saved["states"]
-            consistent = all(_state_id(state) == state_id for state_id, state in states.items())
-            if saved["key"] == key and saved["initial"] in states and consistent:
-                record.initial, record.states = saved["initial"], saved["states"]
-                record.changes, record.derived = saved["changes"], saved["derived"]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+        saved = read_checked(record.folder / _RECORD)
+        if _well_formed(saved) and saved["key"] == key:
+            record.initial, record.states = saved["initial"], saved["states"]
+            record.changes, record.derived = saved["changes"], saved["derived"]
         return record
 
     def add_state(self, real: Any) -> str | None:
@@ -133,8 +132,8 @@ class _Record:
         if state_id not in self.states:
             self.states[state_id] = state
             path = self.folder / f"{digest}.json"
-            if not path.is_file():
-                self._write(path, backend)
+            if self.backend_json_text(digest) is None:
+                write_atomic(path, backend.encode("utf-8"))
         return state_id
 
     def add_change(self, key: str, outcome: list[Any]) -> None:
@@ -143,13 +142,20 @@ class _Record:
         self.save()
 
     def backend_json(self, state: str) -> str | None:
-        """The Rust JSON of ``state``, or ``None`` when its file is missing or does not match its digest.
-        Read once per record (``fastsft preprocess`` asks for it twice: the early backend, the encoder)."""
-        digest = self.states[state]["backend"]
+        """The Rust JSON of ``state``, or ``None`` when its file is missing or does not match its digest."""
+        return self.backend_json_text(self.states[state]["backend"])
+
+    def backend_json_text(self, digest: str) -> str | None:
+        """The Rust JSON file named ``digest``, when it matches that digest. Read once per record
+        (``fastsft preprocess`` asks for it twice: the early backend, the encoder)."""
         if digest not in self._backend_texts:
             try:
                 text = (self.folder / f"{digest}.json").read_text(encoding="utf-8")
-            except OSError:
+            except FileNotFoundError:
+                return None
+            except (OSError, ValueError) as err:
+                if isinstance(err, OSError):
+                    skip_unusable(self.folder, err)
                 return None
             if hashlib.sha256(text.encode("utf-8")).hexdigest()[:32] != digest:
                 return None
@@ -164,16 +170,21 @@ class _Record:
             data = path.read_bytes()
             if hashlib.sha256(data[32:]).digest() == data[:32]:
                 return data[32:]
-        except OSError:
+        except FileNotFoundError:
             pass
+        except OSError as err:
+            skip_unusable(path, err)
         payload = compute()
-        self._write(path, hashlib.sha256(payload).digest() + payload)
+        write_atomic(path, hashlib.sha256(payload).digest() + payload)
         return payload
 
     def save(self) -> None:
         if self.initial is None:
             return
-        fresh = not self.folder.is_dir()
+        try:
+            fresh = not self.folder.is_dir()
+        except OSError:  # a folder that cannot be searched: writing below reports it
+            fresh = False
         record = {
             "key": self.key,
             "initial": self.initial,
@@ -181,23 +192,40 @@ class _Record:
             "changes": self.changes,
             "derived": self.derived,
         }
-        self._write(self.folder / _RECORD, json.dumps(record, sort_keys=True))
+        write_checked(self.folder / _RECORD, record)
         if fresh:
             _prune(self.folder.parent)
 
-    def _write(self, path: Path, content: str | bytes) -> None:
-        """``content`` at ``path`` via a temporary file and a rename; a cache that cannot be written is skipped."""
-        temporary = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-            with os.fdopen(fd, "wb") as f:
-                f.write(content.encode("utf-8") if isinstance(content, str) else content)
-            os.replace(temporary, path)
-        except OSError as err:
-            logger.info("cannot write the tokenizer snapshot %s: %s", path, err)
-            if temporary is not None:
-                Path(temporary).unlink(missing_ok=True)
+
+def _well_formed(saved: Any) -> bool:
+    """Whether ``saved`` has the shape ``_Record.save`` writes, with every state under its own id."""
+    try:
+        states, changes, derived = saved["states"], saved["changes"], saved["derived"]
+        return (
+            isinstance(saved["key"], str)
+            and isinstance(states, dict)
+            and saved["initial"] in states
+            and all(
+                isinstance(state, dict)
+                and isinstance(state["attributes"], dict)
+                and type(state["length"]) is int
+                and isinstance(state["backend"], str)
+                and _state_id(state) == state_id
+                for state_id, state in states.items()
+            )
+            and isinstance(changes, dict)
+            and all(
+                isinstance(outcome, list)
+                and len(outcome) == 3
+                and outcome[1] in states
+                and (outcome[2] is None or (isinstance(outcome[2], list) and len(outcome[2]) == 2))
+                for outcome in changes.values()
+            )
+            and isinstance(derived, dict)
+            and all(isinstance(values, dict) for values in derived.values())
+        )
+    except (KeyError, TypeError):
+        return False
 
 
 def _state_id(state: dict[str, Any]) -> str:
