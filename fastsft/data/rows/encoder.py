@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from fastsft.errors import DataError
 from fastsft.kernels import offsets_from_lengths, select_kernels
 from fastsft.kernels.supervised import TurnTrace, encode_pairs, pairs
 from fastsft.kernels.types import RenderPlan, SegmentBatch
+
+if TYPE_CHECKING:
+    from fastsft.tokenizer.backends import TokenizerBackend
 
 __all__ = [
     "LABELS_LONGER_THAN_INPUTS",
@@ -117,7 +120,7 @@ class Encoder:
         self,
         template: Template,
         tokenizer: Any,
-        tokenizer_backend: Any,
+        tokenizer_backend: TokenizerBackend,
         *,
         encode_path: str,
         cutoff_len: int,
