@@ -202,6 +202,25 @@ def test_preprocess_after_a_same_size_edit_writes_the_new_ids(
     assert built("after", load_tokenizer(str(folder), snapshot=True)) == expected
 
 
+@pytest.mark.parametrize("way", WAYS, ids=lambda way: way.__name__)
+@pytest.mark.parametrize("name", ["model.safetensors", "tokenizer.json"])
+def test_the_folder_digest_sees_a_same_size_same_mtime_change(
+    tmp_path: Path, way: Callable[..., None], name: str
+) -> None:
+    """Weights enter the digest by identity (inode, ctime, resolved path), other files by content."""
+    from fastsft.tokenizer.cache import folder_digest
+
+    source = tmp_path / "source"
+    source.mkdir()
+    for file in ("model.safetensors", "tokenizer.json"):
+        (source / file).write_bytes(b"a" * 64)
+    folder = tokenizer_folder(source, tmp_path, way)
+    before = folder_digest(folder)
+    assert folder_digest(folder) == before
+    way(folder, name, b"b" * 64)
+    assert folder_digest(folder) != before
+
+
 def record_file(cache: Path) -> Path:
     (folder,) = sorted((cache / FOLDER).iterdir())
     return folder / "record.json"

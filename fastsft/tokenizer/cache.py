@@ -25,9 +25,11 @@ logger = logging.getLogger(__name__)
 
 CACHE_ENV_VAR = "FASTSFT_CACHE_DIR"
 
-# Files of model weights: never read by a tokenizer and too large to hash on every load, so they
-# enter a folder's digest by identity (resolved path, inode, size, mtime and ctime) instead.
+# Files of model weights (never read by a tokenizer) and files larger than any tokenizer file are
+# too large to hash on every load: they enter a folder's digest by identity instead (resolved path,
+# inode, size, mtime and ctime; ``os.utime``, ``cp -p`` and a moved symlink all change one of these).
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx")
+_HASHED_MAX_BYTES = 256 << 20
 
 _warned: set[str] = set()  # cache folders already reported unusable in this process
 
@@ -43,7 +45,7 @@ def cache_dir() -> Path:
 
 def folder_digest(folder: Path) -> str:
     """The SHA-256 of everything under ``folder`` a tokenizer may read: each file's relative path and
-    content, symlinks followed (weights by identity, see ``_WEIGHT_SUFFIXES``)."""
+    content, symlinks followed (weights and very large files by identity, see ``_WEIGHT_SUFFIXES``)."""
     digest = hashlib.sha256()
     for root, dirs, files in os.walk(folder):
         dirs.sort()
@@ -51,17 +53,16 @@ def folder_digest(folder: Path) -> str:
             path = os.path.join(root, name)
             digest.update(os.path.relpath(path, folder).encode("utf-8", "surrogateescape") + b"\0")
             try:
-                if name.endswith(_WEIGHT_SUFFIXES):
-                    real = os.path.realpath(path)
-                    st = os.stat(real)
+                real = os.path.realpath(path)
+                st = os.stat(real)
+                if name.endswith(_WEIGHT_SUFFIXES) or st.st_size > _HASHED_MAX_BYTES:
                     identity = (real, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
                     digest.update(repr(identity).encode("utf-8", "surrogateescape"))
                 else:
                     with open(path, "rb") as f:
                         digest.update(hashlib.file_digest(f, "sha256").digest())
-            except (
-                OSError
-            ) as err:  # a dangling link or an unreadable file: the tokenizer cannot read it either
+            # A dangling link or an unreadable file: the tokenizer cannot read it either.
+            except OSError as err:
                 digest.update(f"unreadable {err.errno}".encode())
             digest.update(b"\0")
     return digest.hexdigest()
