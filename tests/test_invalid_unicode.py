@@ -57,7 +57,7 @@ def preprocess(dataset: Path, output: Path, *extra: str) -> int:
         [],
         ["--backend", "python"],
         ["--tokenizer-backend", "hf"],
-        ["--tokenizer-backend", "bpe"],
+        ["--tokenizer-backend", "fast"],
         ["--workers", "2"],
     ],
     ids=lambda options: " ".join(options) or "default",
