@@ -76,6 +76,10 @@ class DataArgs:
     preprocessing_num_workers: int | None = option(
         None, "encoding processes (default 1; pays off with many cores)", flag="--workers"
     )
+    streaming: bool = option(
+        False, "fastsft train: read, tokenize and pack the data while training (needs max_steps)"
+    )
+    buffer_size: int = option(16384, "streaming: samples in the shuffle buffer")
     tokenized_path: str | None = option(
         None,
         "saved dataset: preprocess writes it, train loads it (or builds and saves it there)",
@@ -102,13 +106,21 @@ class DataArgs:
             setattr(self, name, coerce(name, getattr(self, name), hints[name]))
         if self.mask_history and self.train_on_prompt:
             raise ConfigError("`mask_history` is incompatible with `train_on_prompt` (as in LLaMA-Factory)")
-        for name in ("cutoff_len", "preprocessing_batch_size", "max_samples", "preprocessing_num_workers"):
+        for name in (
+            "cutoff_len",
+            "preprocessing_batch_size",
+            "max_samples",
+            "preprocessing_num_workers",
+            "buffer_size",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"`{name}` must be at least 1, got {value}")
         if self.neat_packing:
             self.packing = True
         self._check_mixing_and_splits()
+        if self.streaming:
+            self._check_streaming()
         if self.packing_strategy == "bfd" and not self.packing:  # llamafactory is the default anyway
             raise ConfigError(f"`packing_strategy: {self.packing_strategy}` needs `packing: true`")
 
@@ -137,6 +149,25 @@ class DataArgs:
                 raise ConfigError(
                     f"`interleave_probs` has {len(self.interleave_probs)} values for {count} `{key}` entries"
                 )
+
+    def _check_streaming(self) -> None:
+        """LLaMA-Factory's rules for ``streaming``, and what fastsft's stream does not do."""
+        if self.val_size > 1e-6 and self.val_size < 1:
+            raise ConfigError(
+                "`streaming: true` needs an integer val_size (a sample count), as in LLaMA-Factory"
+            )
+        if self.max_samples is not None:
+            raise ConfigError("`max_samples` is incompatible with `streaming` (as in LLaMA-Factory)")
+        if self.mix_strategy != "concat" and len(dataset_names(self.dataset or [])) > 1:
+            raise ConfigError(
+                f"`mix_strategy: {self.mix_strategy}` with `streaming: true` is not supported yet "
+                "(fastsft streams concatenated datasets only)"
+            )
+        if self.packing_strategy not in (None, "llamafactory"):
+            raise ConfigError(
+                f"`packing_strategy: {self.packing_strategy}` packs the whole dataset; with `streaming: true` "
+                "rows are packed within each preprocessing batch (packing_strategy: llamafactory)"
+            )
 
     @property
     def effective_cutoff_len(self) -> int:

@@ -39,6 +39,7 @@ from fastsft.data.sources.converter import Conversation, Dropped
 from fastsft.data.sources.reading import iter_batches, iter_converted
 from fastsft.data.sources.splitting import (
     TRAIN,
+    VALIDATION,
     RunDatasets,
     SplitSource,
     check_output,
@@ -83,6 +84,7 @@ __all__ = [
     "make_encoder",
     "make_template",
     "prepare_run",
+    "stream_splits",
 ]
 
 
@@ -340,6 +342,8 @@ def build_to_disk(
     ``run``, when given, is ``prepare_run(args, tokenizer)`` already made; ``datasets``, the run's
     datasets if the caller resolved them already (each is resolved once per run).
     """
+    if args.streaming:
+        raise ConfigError("turn off `streaming` to save a dataset to disk (as in LLaMA-Factory)")
     output = Path(output)
     datasets = datasets or (run.datasets if run is not None else None) or resolve_run_datasets(args)
     tokenizer_dir = str(getattr(tokenizer, "name_or_path", ""))
@@ -403,6 +407,63 @@ def load_or_build(
         if name == TRAIN:
             _require_labels(summary)
     return splits
+
+
+def stream_splits(
+    run: PreparedRun, *, vocab_size: int, is_main: bool = True, notice: Callable[[str], None] = print
+) -> tuple[Any, dict[str, Any]]:
+    """``streaming: true``: the training split as a ``RowStream`` (rows made as training reads them,
+    in LLaMA-Factory's streamed order) and every other split built now, as ``load_or_build`` does.
+
+    ``val_size`` (a count) is the stream's first samples (LLaMA-Factory's ``take``; training
+    ``skip``s them); an ``eval_dataset`` list is streamed shuffled, ``eval_on_each_dataset`` ones
+    in file order. An existing ``tokenized_path`` gives its saved splits, the training one to be
+    read in order (LLaMA-Factory's ``to_iterable_dataset()``); one to be written is refused.
+    """
+    from fastsft.data.streaming import RowStream, StreamSpec
+
+    args = run.args
+    say = notice if is_main else _silent
+    if args.tokenized_path:
+        if not Path(args.tokenized_path).exists():
+            raise ConfigError(
+                f"tokenized_path {args.tokenized_path} does not exist: `streaming: true` reads a saved dataset "
+                "but does not write one (as in LLaMA-Factory; run `fastsft preprocess` first)"
+            )
+        splits = load_or_build(run, vocab_size=vocab_size, is_main=is_main, should_save=False, notice=notice)
+        return splits.pop(TRAIN), splits
+    args.require_dataset()
+    datasets = run.datasets or resolve_run_datasets(args)
+    train_attrs = datasets.train
+    shuffled = {"buffer_size": args.buffer_size, "seed": args.seed, "dataset_dir": args.dataset_dir}
+    holdout = int(args.val_size) if args.val_size > 1e-6 else 0
+    others: dict[str, Any] = {}
+    if holdout:
+        others[VALIDATION] = StreamSpec(train_attrs, take=holdout, **shuffled)
+    elif args.eval_dataset and args.eval_on_each_dataset:
+        for attr in datasets.eval:
+            others[f"{VALIDATION}_{attr.name}"] = StreamSpec(
+                [attr], args.dataset_dir, buffer_size=1, seed=args.seed
+            )
+    elif args.eval_dataset:
+        others[VALIDATION] = StreamSpec(datasets.eval, **shuffled)
+    built = {}
+    for name, spec in others.items():
+        built[name], summary = _stream_to_dataset(RowStream(run, spec))
+        _report(name, summary, say)
+    return RowStream(run, StreamSpec(train_attrs, skip=holdout, **shuffled)), built
+
+
+def _stream_to_dataset(stream: Any) -> tuple[Any, Summary]:
+    """A (finite) streamed split built whole, in memory, as a ``datasets.Dataset``."""
+    import datasets
+
+    columns: dict[str, list[Any]] = {name: [] for name in stream.columns}
+    for _, row in stream.rows(0):
+        for name in columns:
+            columns[name].append(row[name])
+    table = pa.table({name: pa.array([v.tolist() for v in values]) for name, values in columns.items()})
+    return datasets.Dataset(datasets.table.InMemoryTable(table), fingerprint=uuid.uuid4().hex), stream.summary
 
 
 def _silent(message: str) -> None:

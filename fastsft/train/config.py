@@ -237,7 +237,6 @@ REQUIRED_VALUES: dict[str, tuple[Any, str]] = {
     "do_train": (True, "fastsft train always trains"),
     "do_predict": (False, "fastsft train does not predict"),
     "predict_with_generate": (False, "fastsft train does not predict"),
-    "streaming": (False, "fastsft builds map-style datasets"),
     "disable_shuffling": (False, "samples are always shuffled"),
     "compute_accuracy": (False, "fastsft train evaluates the loss only"),
     "ignore_pad_token_for_loss": (True, "padding never counts in the loss"),
@@ -259,7 +258,7 @@ LLAMAFACTORY_UNSUPPORTED = frozenset(
     cache_dir split_special_tokens add_tokens add_special_tokens new_special_tokens_config init_special_tokens
     model_revision rope_scaling mixture_of_depths moe_aux_loss_coef upcast_layernorm upcast_lmhead_output
     infer_backend offload_folder infer_dtype hf_hub_token ms_hub_token om_hub_token double_quantization
-    media_dir buffer_size eval_num_beams
+    media_dir eval_num_beams
     early_stopping_steps ray_num_workers ray_init_kwargs enable_torch_profiler hyper_parallel_args""".split()  # noqa: SIM905
 )
 LLAMAFACTORY_UNSUPPORTED_PREFIXES = (
@@ -534,6 +533,19 @@ def _validate(config: TrainConfig) -> None:
         raise ConfigError(
             f"`max_steps` must be at least 1 (or -1: from num_train_epochs), got {config.max_steps}"
         )
+    if data.streaming and config.max_steps == -1:
+        raise ConfigError("`streaming: true` needs `max_steps` (as in LLaMA-Factory)")
+    workers = config.extra_training_args.get("dataloader_num_workers", 0)
+    if data.streaming and workers > 1:
+        config.notices.append(
+            f"streaming: LLaMA-Factory would split the data into dataloader_num_workers={workers} shards, each "
+            "shuffled in its own DataLoader worker; fastsft streams one shard from this process, so the "
+            "sample order differs from LLaMA-Factory's (it is the same with 0 or 1 workers)"
+        )
+    if data.streaming and config.max_tokens_per_batch is not None:
+        raise ConfigError(
+            "`max_tokens_per_batch` needs every row's length first; it does not work with `streaming: true`"
+        )
     if config.data.seed < 0:
         raise ConfigError(f"`seed` must be at least 0, got {config.data.seed}")
     for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "loss_chunk_tokens"):
@@ -577,8 +589,14 @@ def build_training_args(config: TrainConfig, uses_configured_state: bool = False
     if config.finetuning_type == "lora":  # LLaMA-Factory's parser, for DDP: the frozen base gets no gradient
         kwargs["ddp_find_unused_parameters"] = False
     kwargs.update(config.extra_training_args)
-    if uses_configured_state:
-        kwargs["accelerator_config"] = {"use_configured_state": True}
+    accelerator_config = {"use_configured_state": True} if uses_configured_state else {}
+    if config.data.streaming:  # one producer in this process; a checkpoint records the stream position
+        kwargs["dataloader_num_workers"] = 0
+        kwargs["ignore_data_skip"] = True
+        # accelerate would slice every tensor of a dispatched batch along its first axis (cu_seq_lens too).
+        accelerator_config["dispatch_batches"] = False
+    if accelerator_config:
+        kwargs["accelerator_config"] = accelerator_config
     try:
         return TrainingArguments(**kwargs)
     except ValueError as err:

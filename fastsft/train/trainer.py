@@ -22,6 +22,7 @@ from transformers import Trainer
 from fastsft import IGNORE_INDEX
 from fastsft.errors import ConfigError, FastSFTError
 from fastsft.train import checkpoints
+from fastsft.train.streaming import STREAM_POSITION, StreamedTrainSet, save_position
 
 __all__ = [
     "EVAL_WEIGHT",
@@ -59,6 +60,7 @@ class SFTTrainer(Trainer):
         self.initial_tokens_seen = 0
         self._pending_tokens = torch.zeros((), dtype=torch.int64, device=self.args.device)
         self._window_start: float | None = None
+        self.stream_position: tuple[int, int] | None = None  # streaming: after the rows training used
 
     def get_train_dataloader(self) -> Any:
         if self.max_tokens_per_batch is None:
@@ -159,6 +161,9 @@ class SFTTrainer(Trainer):
     ) -> torch.Tensor:
         """``Trainer.training_step``; a non-finite loss stops the run at this step (one process: with
         several, each sees only its share, and the gradient norm check, global, catches it)."""
+        if STREAM_POSITION in inputs:
+            self.stream_position = inputs.pop(STREAM_POSITION)
+            self.train_dataset.consumed(self.stream_position)
         if self._window_start is None:
             self._window_start = time.perf_counter()
             self.initial_tokens_seen = self.state.num_input_tokens_seen
@@ -219,6 +224,8 @@ class SFTTrainer(Trainer):
         finally:
             del self._get_output_dir
             self.args.save_total_limit = limit
+        if isinstance(self.train_dataset, StreamedTrainSet) and self.args.should_save:
+            save_position(partial / name, self.train_dataset, self.stream_position)
         self.accelerator.wait_for_everyone()  # every rank's files are complete
         if self.args.should_save:
             self._point_best_at(run_dir, partial / name)

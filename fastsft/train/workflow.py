@@ -25,8 +25,9 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainingArguments
 
-from fastsft.data.pipeline import load_or_build, prepare_run
+from fastsft.data.pipeline import load_or_build, prepare_run, stream_splits
 from fastsft.data.sources.splitting import TRAIN, VALIDATION
+from fastsft.data.streaming import RowStream
 from fastsft.errors import ConfigError
 from fastsft.train import checkpoints
 from fastsft.train.adapter import RANDOM_BASE_DIR, describe_trainable, init_adapter
@@ -55,6 +56,7 @@ from fastsft.train.output_dir import (
     read_marker,
     run_settings,
 )
+from fastsft.train.streaming import PositionCollator, StreamedTrainSet, StreamReport
 from fastsft.train.trainer import SFTTrainer
 
 __all__ = ["build_trainer", "load_datasets", "train"]
@@ -247,16 +249,24 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()
         config, model, zero3=is_deepspeed_zero3_enabled(), is_main=training_args.process_index == 0
     )
     collator = make_collator(packed, tokenizer)
-    # Token columns as numpy arrays: the compiled collators then copy buffers, not Python lists.
-    dataset = token_format(dataset)
+    streamed = isinstance(dataset, StreamedTrainSet)
+    if streamed:
+        collator = PositionCollator(collator)
+        if resume is not None:
+            dataset.resume(resume)
+        if isinstance(dataset.source, RowStream):
+            callbacks = [StreamReport(dataset.source, say), *callbacks]
+    else:  # token columns as numpy arrays: the compiled collators then copy buffers, not Python lists
+        dataset = token_format(dataset)
     if isinstance(eval_dataset, dict):
         eval_dataset = {name: token_format(split) for name, split in eval_dataset.items()}
     elif eval_dataset is not None:
         eval_dataset = token_format(eval_dataset)
     if training_args.process_index == 0:
         batching = f"token budget {config.max_tokens_per_batch}" if config.max_tokens_per_batch else "rows"
+        rows = "streamed" if streamed else str(len(dataset))
         say(
-            f"{len(dataset)} {'packed ' if 'position_ids' in dataset.column_names else ''}rows, "
+            f"{rows} {'packed ' if 'position_ids' in dataset.column_names else ''}rows, "
             f"{type(collator).__name__} ({batching}), attention {attn_implementation}, "
             f"{count_parameters(model):,} parameters, {loss_line}"
         )
@@ -327,8 +337,18 @@ def load_datasets(
 ) -> dict[str, Any]:
     """Every split: ``train`` and any ``validation`` / ``validation_NAME``, through the data pipeline's
     one entry (``prepare_run`` then ``load_or_build``); the main process goes first, so the others
-    load what it saved."""
+    load what it saved. With ``streaming``, ``train`` is a ``StreamedTrainSet`` (``stream_splits``)."""
     data_args = config.data
+    if data_args.streaming:
+        with training_args.main_process_first(desc="dataset"):
+            train, splits = stream_splits(
+                prepare_run(data_args, tokenizer),
+                vocab_size=vocab_size,
+                is_main=training_args.process_index == 0,
+                notice=say,
+            )
+        source = train if isinstance(train, RowStream) else token_format(train)
+        return {TRAIN: StreamedTrainSet(source), **splits}
     if data_args.packing and data_args.packing_strategy is None:
         # BFD rows for VarlenCollator (it drops their masked padding); the samples of LLaMA-Factory's rows.
         data_args = dataclasses.replace(data_args, packing_strategy="bfd")

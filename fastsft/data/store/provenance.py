@@ -36,7 +36,14 @@ __all__ = [
 ]
 
 # Options that choose how a run works, not what it writes.
-NOT_RECORDED = ("tokenized_path", "preprocessing_num_workers", "backend", "tokenizer_backend")
+NOT_RECORDED = (
+    "tokenized_path",
+    "preprocessing_num_workers",
+    "backend",
+    "tokenizer_backend",
+    "streaming",  # how training reads the rows, not what they are
+    "buffer_size",
+)
 # Recorded, but not named as ignored: the seed drives training too, so changing it has an effect.
 NOT_COMPARED = (*NOT_RECORDED, "seed")
 

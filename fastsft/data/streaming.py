@@ -1,0 +1,311 @@
+"""``streaming: true``: a split's rows made while training reads them, in LLaMA-Factory 0.9.5's order.
+
+LLaMA-Factory streams a local dataset as ``Dataset.to_iterable_dataset(num_shards=1)`` (one shard
+per DataLoader worker; one worker here), concatenates several datasets, shuffles the stream
+(``IterableDataset.shuffle(buffer_size, seed)``), cuts ``val_size`` samples off its head
+(``take`` / ``skip``) and maps it in batches of ``preprocessing_batch_size`` (packing within each
+batch). ``SampleStream`` reproduces that order from ``datasets`` 4.0.0's algorithm, not from the
+installed ``datasets``: the datasets' order drawn by ``rng.shuffle`` on a copy of the generator,
+then the shuffle buffer (``BufferShuffledExamplesIterable``: indices drawn in blocks of 1000 by
+``rng.integers(0, buffer_size)``, the rest of the buffer shuffled at the end). Each further pass
+(epoch) uses ``datasets``' effective seed; a stream cut by ``take``/``skip`` keeps its first order.
+
+The rows come from the pipeline's own stages (``fastsft.data.pipeline.PreparedRun.encoder``,
+``rows.workers.encoded_batches``, ``rows.builder.RowBuilder``), one preprocessing batch at a
+time, so nothing is read before it is needed. ``RowStream.position`` is the state to resume at
+any row: the sample stream's state at the start of that row's preprocessing batch (rows read from
+the files, the shuffle buffer's samples, the generator's state) and how many of its rows to pass.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from fastsft.data.accounting import SampleRef, Summary
+from fastsft.data.sources.parser import DatasetAttr, iter_rows
+from fastsft.data.sources.reading import Batch
+from fastsft.errors import ConfigError
+
+__all__ = ["STATE_FORMAT", "RowStream", "SampleStream", "StreamSpec", "epoch_generator"]
+
+STATE_FORMAT = 1
+_DRAW_BLOCK = 1000  # datasets draws the buffer's indices in blocks of this many
+TOKEN_COLUMNS = ("input_ids", "attention_mask", "position_ids", "labels")
+
+
+def epoch_generator(seed: int, epoch: int) -> np.random.Generator:
+    """The generator ``datasets`` 4.0.0 shuffles pass ``epoch`` with (``IterableDataset._effective_generator``)."""
+    if epoch == 0:
+        return np.random.default_rng(seed)
+    effective = int(np.random.default_rng(seed).integers(0, 1 << 63)) - epoch
+    return np.random.default_rng((1 << 63) + effective if effective < 0 else effective)
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """One streamed split: its datasets, the shuffle, and the samples cut off its head (``skip``) or kept (``take``)."""
+
+    attrs: list[DatasetAttr]
+    dataset_dir: str
+    buffer_size: int
+    seed: int
+    skip: int = 0
+    take: int | None = None
+
+    @property
+    def reshuffles(self) -> bool:
+        """Whether each pass draws a new order: ``datasets``' ``take``/``skip`` block it."""
+        return self.skip == 0 and self.take is None
+
+
+class SampleStream:
+    """Raw samples in LLaMA-Factory's streamed order, with a state that resumes it exactly (``state``).
+
+    Yields ``(attr, ref, row)``; ``ref.position`` counts the samples of the shuffled stream.
+    """
+
+    def __init__(self, spec: StreamSpec, epoch: int, state: dict[str, Any] | None = None) -> None:
+        self.spec = spec
+        generator = epoch_generator(spec.seed, epoch if spec.reshuffles else 0)
+        self.order = list(range(len(spec.attrs)))
+        if len(self.order) > 1:
+            _copy(generator).shuffle(self.order)
+        self.rng = _copy(generator)
+        self.block: list[int] = []
+        self.drawn = 0  # indices of ``block`` used
+        self.buffer: list[list[Any]] = []  # [dataset number, index in it, row]
+        self.read = 0  # rows read from the datasets, in ``order``
+        self.emitted = 0  # samples of the shuffled stream so far (those ``skip`` passes included)
+        self.tail: int | None = None  # once the datasets are read: the next sample of the shuffled buffer
+        if state is not None:
+            self._restore(state)
+        self.source = itertools.islice(self._rows(), self.read, None)
+
+    def _rows(self) -> Iterator[list[Any]]:
+        for number in self.order:
+            attr = self.spec.attrs[number]
+            for index, row in enumerate(iter_rows(attr, self.spec.dataset_dir)):
+                yield [number, index, row]
+
+    def _next_index(self) -> int:
+        if self.drawn == len(self.block):
+            self.block = self.rng.integers(0, self.spec.buffer_size, size=_DRAW_BLOCK).tolist()
+            self.drawn = 0
+        self.drawn += 1
+        return self.block[self.drawn - 1]
+
+    def _shuffled(self) -> list[Any] | None:
+        """The next sample of the shuffle buffer (``BufferShuffledExamplesIterable.__iter__``), or None at the end."""
+        while self.tail is None:
+            item = next(self.source, None)
+            if item is None:
+                self.rng.shuffle(self.buffer)
+                self.tail = 0
+                break
+            self.read += 1
+            if len(self.buffer) == self.spec.buffer_size:
+                i = self._next_index()
+                out, self.buffer[i] = self.buffer[i], item
+                return out
+            self.buffer.append(item)
+        if self.tail < len(self.buffer):
+            self.tail += 1
+            return self.buffer[self.tail - 1]
+        return None
+
+    def __iter__(self) -> Iterator[tuple[DatasetAttr, SampleRef, dict[str, Any]]]:
+        return self
+
+    def __next__(self) -> tuple[DatasetAttr, SampleRef, dict[str, Any]]:
+        while True:
+            if self.spec.take is not None and self.emitted >= self.spec.take:
+                raise StopIteration
+            item = self._shuffled()
+            if item is None:
+                raise StopIteration
+            self.emitted += 1
+            if self.emitted > self.spec.skip:
+                number, index, row = item
+                attr = self.spec.attrs[number]
+                return attr, SampleRef(attr.label, index, self.emitted - 1), row
+
+    def state(self) -> dict[str, Any]:
+        """Where the stream is: rows read, the buffer's samples, the generator; JSON-ready."""
+        return {
+            "read": self.read,
+            "emitted": self.emitted,
+            "buffer": list(self.buffer),  # the samples themselves are never changed in place
+            "tail": self.tail,
+            "rng": self.rng.bit_generator.state,
+            "block": list(self.block),
+            "drawn": self.drawn,
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.read, self.emitted, self.tail = state["read"], state["emitted"], state["tail"]
+        self.buffer = [list(item) for item in state["buffer"]]
+        self.rng.bit_generator.state = state["rng"]
+        self.block, self.drawn = list(state["block"]), state["drawn"]
+
+
+def _copy(generator: np.random.Generator) -> np.random.Generator:
+    copy = np.random.default_rng()
+    copy.bit_generator.state = generator.bit_generator.state
+    return copy
+
+
+class RowStream:
+    """The rows of a streamed split, made batch by batch as they are read; resumable at any row.
+
+    ``run`` is the run's ``PreparedRun`` (typed loosely: this module sits below the pipeline);
+    ``summary`` counts every sample read, dropped or skipped since this object was made.
+    """
+
+    def __init__(self, run: Any, spec: StreamSpec, *, workers: int = 1) -> None:
+        self.run = run
+        self.spec = spec
+        self.workers = workers
+        self.summary = Summary()
+        self._snapshots: deque[tuple[int, int, dict[str, Any]]] = deque()  # (epoch, first row, stream state)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return TOKEN_COLUMNS if self.run.args.packing else ("input_ids", "attention_mask", "labels")
+
+    def describe(self) -> dict[str, Any]:
+        """What decides the order: a resumed run must have the same."""
+        args = self.run.args
+        return {
+            "datasets": [attr.label for attr in self.spec.attrs],
+            "buffer_size": self.spec.buffer_size,
+            "seed": self.spec.seed,
+            "skip": self.spec.skip,
+            "take": self.spec.take,
+            "preprocessing_batch_size": args.preprocessing_batch_size,
+            "packing": bool(args.packing),
+            "neat_packing": bool(args.neat_packing),
+            "cutoff_len": args.cutoff_len,
+        }
+
+    def rows(
+        self, epoch: int, start: dict[str, Any] | None = None
+    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """Pass ``epoch``'s rows as ``(row number, {column: values})``, from ``start`` (a ``position``) if given."""
+        import time
+
+        from fastsft.data.rows.builder import RowBuilder
+        from fastsft.data.rows.workers import encoded_batches
+
+        args = self.run.args
+        if start is not None:
+            self._check(start)
+            epoch = start["epoch"]
+        stream_state = start["batch"] if start is not None else None
+        first_row = start["batch_first_row"] if start is not None else 0
+        skip_rows = start["row"] - first_row if start is not None else 0
+        samples = SampleStream(self.spec, epoch, stream_state)
+        encoder = self.run.encoder()
+        summary = self.summary
+        summary.encode_path, summary.tokenizer_backend = encoder.encode_path, encoder.tokenizer_backend.name
+        builder = RowBuilder(
+            encoder.kernels,
+            summary,
+            packing=bool(args.packing),
+            strategy=args.strategy,
+            neat_packing=args.neat_packing,
+            cutoff_len=args.effective_cutoff_len,
+            pad_token_id=self.run.tokenizer.pad_token_id,
+        )
+        pending: deque[dict[str, Any]] = deque()
+
+        def batches() -> Iterator[Batch]:
+            while True:
+                state = samples.state()
+                batch = Batch([], [], [])
+                for attr, ref, row in itertools.islice(samples, args.preprocessing_batch_size):
+                    batch.rows.append(row)
+                    batch.attrs.append(attr)
+                    batch.refs.append(ref)
+                if not batch.rows:
+                    return
+                summary.examples_in += len(batch.rows)
+                pending.append(state)
+                yield batch
+
+        row_number = first_row
+        encoded_batches_ = encoded_batches(encoder, batches(), summary, self.workers)
+        try:
+            while True:
+                started = time.perf_counter()  # the producer's own time, not the time training holds it
+                encoded = next(encoded_batches_, None)
+                if encoded is None:
+                    return
+                self._snapshots.append((epoch, row_number, pending.popleft()))
+                records = list(builder.add(encoded))
+                summary.seconds += time.perf_counter() - started
+                for record in records:
+                    for row in _split_rows(record, self.columns):
+                        if skip_rows:
+                            skip_rows -= 1
+                        else:
+                            yield row_number, row
+                        row_number += 1
+        finally:
+            builder.close()
+
+    def consumed(self, epoch: int, next_row: int) -> None:
+        """Training has used every row before ``next_row`` of ``epoch``: forget the states before it."""
+        while len(self._snapshots) > 1 and (self._snapshots[1][0], self._snapshots[1][1]) <= (
+            epoch,
+            next_row,
+        ):
+            self._snapshots.popleft()
+
+    def position(self, epoch: int, next_row: int) -> dict[str, Any]:
+        """The state to resume at row ``next_row`` of pass ``epoch`` (JSON-ready)."""
+        self.consumed(epoch, next_row)
+        for snap_epoch, first_row, state in self._snapshots:
+            if snap_epoch == epoch and first_row <= next_row:
+                return {
+                    "format": STATE_FORMAT,
+                    "order": self.describe(),
+                    "epoch": epoch,
+                    "row": next_row,
+                    "batch_first_row": first_row,
+                    "batch": state,
+                }
+        # Every row of the pass was used: the next pass starts from its beginning.
+        return {"format": STATE_FORMAT, "order": self.describe(), "epoch": epoch + 1, "row": 0,
+                "batch_first_row": 0, "batch": None}  # fmt: skip
+
+    def _check(self, start: dict[str, Any]) -> None:
+        if start.get("format") != STATE_FORMAT:
+            raise ConfigError(
+                f"the checkpoint's stream position has format {start.get('format')}, not {STATE_FORMAT}"
+            )
+        if start["order"] != self.describe():
+            changed = sorted(k for k, v in self.describe().items() if start["order"].get(k) != v)
+            raise ConfigError(
+                "cannot resume the stream: the checkpoint's data options differ in "
+                + ", ".join(
+                    f"{key} ({start['order'].get(key)!r} then, {self.describe()[key]!r} now)"
+                    for key in changed
+                )
+            )
+
+
+def _split_rows(record: pa.RecordBatch, columns: tuple[str, ...]) -> Iterator[dict[str, np.ndarray]]:
+    """The rows of a record batch as numpy arrays (what ``token_format`` gives the collators)."""
+    arrays = {}
+    for name in columns:
+        column = record.column(name)
+        arrays[name] = (column.offsets.to_numpy(), column.values.to_numpy(zero_copy_only=False))
+    for i in range(record.num_rows):
+        yield {name: values[offsets[i] : offsets[i + 1]] for name, (offsets, values) in arrays.items()}
