@@ -13,7 +13,12 @@ so the goldens use one worker, one shard. The run goes through ``run_exp`` in a 
 (``make_train_goldens.run_case``'s environment: one thread, no GPU, fixed seeds), and the golden
 keeps the YAML and every step's loss, grad norm and learning rate from ``trainer_state.json``.
 
-Output: ``tests/goldens/train/streaming_<case>.json``.
+It also records the order ``datasets`` itself streams sample indices in, for the same operations
+LLaMA-Factory applies (``to_iterable_dataset``, ``concatenate_datasets``, ``shuffle``, ``skip`` /
+``take``, ``set_epoch`` as the ``Trainer`` calls it each pass): ``stream_orders.json``, which
+``tests/test_streaming.py`` compares ``fastsft.data.streaming.SampleStream`` with, pass by pass.
+
+Output: ``tests/goldens/train/streaming_<case>.json`` and ``streaming_orders.json``.
 """
 
 from __future__ import annotations
@@ -89,10 +94,49 @@ def run_case(name: str, work_dir: Path) -> None:
     print(f"wrote {path}")
 
 
+ORDER_CASES: dict[str, dict[str, Any]] = {
+    "one_dataset": {"lengths": [50], "buffer_size": 8, "seed": 42},
+    "buffer_larger_than_data": {"lengths": [30], "buffer_size": 64, "seed": 7},
+    "two_datasets": {"lengths": [30, 20], "buffer_size": 16, "seed": 3},
+    "three_datasets": {"lengths": [5, 1200, 7], "buffer_size": 100, "seed": 11},
+    "skip": {"lengths": [40], "buffer_size": 8, "seed": 42, "skip": 5},
+    "take": {"lengths": [40], "buffer_size": 8, "seed": 42, "take": 5},
+}
+PASSES = 3
+
+
+def stream_orders() -> None:
+    """The sample order ``datasets`` streams for each ``ORDER_CASES`` entry, pass by pass."""
+    from datasets import Dataset, concatenate_datasets
+
+    orders = {}
+    for name, case in ORDER_CASES.items():
+        parts, offset = [], 0
+        for length in case["lengths"]:
+            rows = {"dataset": [len(parts)] * length, "index": list(range(length))}
+            parts.append(Dataset.from_dict(rows).to_iterable_dataset(num_shards=1))
+            offset += length
+        stream = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+        stream = stream.shuffle(buffer_size=case["buffer_size"], seed=case["seed"])
+        if "skip" in case:
+            stream = stream.skip(case["skip"])
+        if "take" in case:
+            stream = stream.take(case["take"])
+        passes = []
+        for epoch in range(PASSES):
+            stream.set_epoch(epoch)
+            passes.append([[row["dataset"], row["index"]] for row in stream])
+        orders[name] = {**case, "passes": passes}
+    path = GOLDEN_DIR / "streaming_orders.json"
+    path.write_text(json.dumps(orders) + "\n")
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="*", help="run only the cases matching this glob")
     args = parser.parse_args()
+    stream_orders()
     for name in CASES:
         if fnmatch.fnmatch(name, args.only):
             with tempfile.TemporaryDirectory() as work_dir:

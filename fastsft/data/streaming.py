@@ -8,7 +8,7 @@ batch). ``SampleStream`` reproduces that order from ``datasets`` 4.0.0's algorit
 installed ``datasets``: the datasets' order drawn by ``rng.shuffle`` on a copy of the generator,
 then the shuffle buffer (``BufferShuffledExamplesIterable``: indices drawn in blocks of 1000 by
 ``rng.integers(0, buffer_size)``, the rest of the buffer shuffled at the end). Each further pass
-(epoch) uses ``datasets``' effective seed; a stream cut by ``take``/``skip`` keeps its first order.
+(epoch) uses ``datasets``' effective seed.
 
 The rows come from the pipeline's own stages (``fastsft.data.pipeline.PreparedRun.encoder``,
 ``rows.workers.encoded_batches``, ``rows.builder.RowBuilder``), one preprocessing batch at a
@@ -59,11 +59,6 @@ class StreamSpec:
     skip: int = 0
     take: int | None = None
 
-    @property
-    def reshuffles(self) -> bool:
-        """Whether each pass draws a new order: ``datasets``' ``take``/``skip`` block it."""
-        return self.skip == 0 and self.take is None
-
 
 class SampleStream:
     """Raw samples in LLaMA-Factory's streamed order, with a state that resumes it exactly (``state``).
@@ -73,7 +68,7 @@ class SampleStream:
 
     def __init__(self, spec: StreamSpec, epoch: int, state: dict[str, Any] | None = None) -> None:
         self.spec = spec
-        generator = epoch_generator(spec.seed, epoch if spec.reshuffles else 0)
+        generator = epoch_generator(spec.seed, epoch)
         self.order = list(range(len(spec.attrs)))
         if len(self.order) > 1:
             _copy(generator).shuffle(self.order)
