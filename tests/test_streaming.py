@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 import yaml
+from transformers import TrainerCallback
 
 from fastsft.data.sources.parser import resolve_datasets
 from fastsft.data.streaming import SampleStream, StreamSpec
 from fastsft.train.config import load_config
+from fastsft.train.streaming import STREAM_STATE
 from fastsft.train.workflow import train
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +66,7 @@ def test_sample_order_is_datasets(case: str, tmp_path: Path) -> None:
 
 
 def run_yaml(values: dict[str, Any], tmp_path: Path, *overrides: str, callbacks: list[Any] = ()) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(values), encoding="utf-8")
     output_dir = tmp_path / "output"
@@ -89,3 +92,68 @@ def test_losses_match_llamafactory(case: str, tmp_path: Path) -> None:
     for mine, theirs in zip(steps, reference["steps"]):
         for key in ("loss", "grad_norm", "learning_rate"):
             assert mine[key] == pytest.approx(theirs[key], abs=TOLERANCE), (key, mine["step"])
+
+
+class StopBefore(TrainerCallback):
+    """Interrupts the run as step ``step`` begins (as Ctrl-C would), after the checkpoints before it."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step + 1 == self.step:
+            raise KeyboardInterrupt
+
+
+class StreamCounts(TrainerCallback):
+    """The samples the run's stream read, when training ends."""
+
+    def __init__(self) -> None:
+        self.examples_in: int | None = None
+
+    def on_train_end(
+        self, args: Any, state: Any, control: Any, train_dataloader: Any = None, **kwargs: Any
+    ) -> None:
+        self.examples_in = train_dataloader.dataset.source.summary.examples_in
+
+
+def small_stream_yaml(tmp_path: Path, rows: int = 22) -> dict[str, Any]:
+    """The unpacked golden's YAML over a small file, so a run passes over it more than once."""
+    data = tmp_path / "data.json"
+    text = json.loads((REPO_ROOT / "examples/tiny/data/tiny_sharegpt.json").read_text())
+    data.write_text(json.dumps(text[:rows]))
+    values = dict(golden("streaming_unpacked")["yaml"])
+    values.update(
+        dataset=str(data),
+        buffer_size=8,
+        preprocessing_batch_size=6,
+        max_steps=9,
+        save_steps=3,
+        warmup_steps=1,
+        overwrite_output_dir=False,  # the second run resumes
+    )
+    return values
+
+
+@pytest.mark.parametrize("stop_before", [4, 7])
+def test_resume_continues_the_stream(stop_before: int, tmp_path: Path) -> None:
+    """A run interrupted after a checkpoint and resumed trains the same losses as one that ran
+    through (across passes over the data: 22 rows are 5.5 steps), and its stream starts at the
+    checkpoint's position: it reads only the samples from that preprocessing batch on."""
+    values = small_stream_yaml(tmp_path)
+    whole_counts = StreamCounts()
+    whole = logged_steps(run_yaml(values, tmp_path / "whole", callbacks=[whole_counts]))
+    with pytest.raises(KeyboardInterrupt):
+        run_yaml(values, tmp_path / "cut", callbacks=[StopBefore(stop_before)])
+    checkpoint = tmp_path / "cut" / "output" / f"checkpoint-{stop_before - 1}"
+    state = json.loads((checkpoint / STREAM_STATE).read_text())
+    resumed_counts = StreamCounts()
+    resumed = logged_steps(run_yaml(values, tmp_path / "cut", callbacks=[resumed_counts]))
+    assert [s["step"] for s in resumed] == list(range(1, 10))
+    for mine, theirs in zip(resumed, whole):
+        assert mine["loss"] == pytest.approx(theirs["loss"], abs=1e-6), mine["step"]
+        assert mine["grad_norm"] == pytest.approx(theirs["grad_norm"], abs=1e-6), mine["step"]
+    # No replay: the resumed stream read the samples from its batch's start only (22 per pass).
+    already = state["epoch"] * 22 + state["batch"]["emitted"]
+    assert resumed_counts.examples_in == whole_counts.examples_in - already
+    assert already > 0
