@@ -68,8 +68,11 @@ def inspect_dataset(
         f"mask_history {args.mask_history}"
         + (" (per-sample view; packed rows: inspect --data)" if args.packing else "")
     ]
-    # The training samples in training order (mixing, val_size).
-    for position, (ref, conv) in enumerate(run.samples(TRAIN)):
+    # The training samples in training order (mixing, val_size; streaming: the shuffle buffer's order).
+    samples = run.streamed_samples() if args.streaming else run.samples(TRAIN)
+    if args.streaming:
+        out[0] += f", streamed (buffer_size {args.buffer_size}, seed {args.seed})"
+    for position, (ref, conv) in enumerate(samples):
         if position < start:
             continue
         if position >= start + count:

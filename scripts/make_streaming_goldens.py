@@ -48,6 +48,8 @@ CASES: dict[str, dict[str, Any]] = {
     "unpacked": {},
     # Packing happens within each preprocessing batch of the shuffled stream.
     "neat_packed": {"packing": True, "neat_packing": True, "preprocessing_batch_size": 32},
+    # The stream's first val_size samples are the validation split (take); training skips them.
+    "val_size": {"val_size": 4, "eval_strategy": "steps", "eval_steps": 5, "per_device_eval_batch_size": 2},
 }
 
 
@@ -99,6 +101,7 @@ ORDER_CASES: dict[str, dict[str, Any]] = {
     "buffer_larger_than_data": {"lengths": [30], "buffer_size": 64, "seed": 7},
     "two_datasets": {"lengths": [30, 20], "buffer_size": 16, "seed": 3},
     "three_datasets": {"lengths": [5, 1200, 7], "buffer_size": 100, "seed": 11},
+    "buffer_of_one": {"lengths": [12, 9], "buffer_size": 1, "seed": 5},
     "skip": {"lengths": [40], "buffer_size": 8, "seed": 42, "skip": 5},
     "take": {"lengths": [40], "buffer_size": 8, "seed": 42, "take": 5},
 }

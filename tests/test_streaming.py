@@ -6,7 +6,9 @@ The goldens come from ``scripts/make_streaming_goldens.py`` (LLaMA-Factory's ``r
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from transformers import TrainerCallback
 
 from fastsft.data.sources.parser import resolve_datasets
 from fastsft.data.streaming import SampleStream, StreamSpec
+from fastsft.errors import ConfigError, DataError
 from fastsft.train.config import load_config
 from fastsft.train.streaming import STREAM_STATE
 from fastsft.train.workflow import train
@@ -82,7 +85,7 @@ def logged_steps(output_dir: Path) -> list[dict[str, Any]]:
     return [entry for entry in history if "loss" in entry]
 
 
-@pytest.mark.parametrize("case", ["unpacked", "neat_packed"])
+@pytest.mark.parametrize("case", ["unpacked", "neat_packed", "val_size"])
 def test_losses_match_llamafactory(case: str, tmp_path: Path) -> None:
     """Every step's loss, grad norm and learning rate equal ``llamafactory-cli train``'s with
     ``streaming: true`` on the same YAML: the same samples, in the same order, packed alike."""
@@ -157,3 +160,64 @@ def test_resume_continues_the_stream(stop_before: int, tmp_path: Path) -> None:
     already = state["epoch"] * 22 + state["batch"]["emitted"]
     assert resumed_counts.examples_in == whole_counts.examples_in - already
     assert already > 0
+
+
+def data_with_bad_row(tmp_path: Path, bad_index: int, rows: int = 30) -> Path:
+    """The first ``rows`` tiny_sharegpt conversations with row ``bad_index``'s second message's value an int."""
+    text = json.loads((REPO_ROOT / "examples/tiny/data/tiny_sharegpt.json").read_text())[:rows]
+    text[bad_index]["conversations"][1]["value"] = 5
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(text))
+    return path
+
+
+def test_malformed_row_mid_stream_stops_the_run_keeping_checkpoints(tmp_path: Path) -> None:
+    """A malformed row met mid-stream stops the run with one line naming the dataset, the row and
+    the field; the checkpoints saved before it stay."""
+    values = small_stream_yaml(tmp_path)
+    values.update(dataset=str(data_with_bad_row(tmp_path, 27)), save_steps=2)
+    with pytest.raises(DataError) as caught:
+        run_yaml(values, tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "bad.json" in message and "sample #27" in message and "conversations[1].value" in message
+    assert (tmp_path / "output" / "checkpoint-2").is_dir()
+
+
+def test_malformed_row_mid_stream_is_skipped_and_counted(tmp_path: Path, capsys: Any) -> None:
+    values = small_stream_yaml(tmp_path)
+    values.update(dataset=str(data_with_bad_row(tmp_path, 27)), skip_malformed=True)
+    run_yaml(values, tmp_path)
+    out = capsys.readouterr().out
+    assert "streamed: malformed, skipped: 1 (first: dataset" in out
+    assert "sample #27" in out
+
+
+def test_inspect_streaming_shows_the_streamed_order(capsys: Any) -> None:
+    """``fastsft inspect --streaming`` shows the samples in the order the streamed run reads them."""
+    from fastsft.cli import main
+
+    flags = ["--dataset", "tiny_sharegpt", "--dataset-dir", "examples/tiny/data", "--template", "qwen"]
+    flags += ["--streaming", "--buffer-size", "8", "--seed", "42", "-n", "4"]
+    assert main(["inspect", *flags, "--tokenizer", str(GOLDEN_DIR / "tiny_base")]) == 0
+    headings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("== ")]
+    attrs = resolve_datasets("tiny_sharegpt", "examples/tiny/data")
+    spec = StreamSpec(attrs, "examples/tiny/data", buffer_size=8, seed=42)
+    expected = [ref.index for _, ref, _ in itertools.islice(SampleStream(spec, 0), 4)]
+    assert [int(h.split("sample #")[1].split(":")[0]) for h in headings] == expected
+    assert expected != [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["max_steps=-1"], "`streaming: true` needs `max_steps`"),
+        (["max_samples=10"], "`max_samples` is incompatible with `streaming`"),
+        (["val_size=0.1"], "needs an integer val_size"),
+        (["packing=true", "packing_strategy=bfd"], "packs the whole dataset"),
+        (["max_tokens_per_batch=100"], "does not work with `streaming: true`"),
+    ],
+)
+def test_llamafactory_streaming_rules(overrides: list[str], message: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run_yaml(golden("streaming_unpacked")["yaml"], tmp_path, *overrides)

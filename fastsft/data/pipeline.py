@@ -35,7 +35,7 @@ from fastsft.data.rows.builder import RowBuilder, empty_table
 from fastsft.data.rows.encoder import Encoder
 from fastsft.data.rows.tokenizing import tokenizer_backend
 from fastsft.data.rows.workers import encoded_batches
-from fastsft.data.sources.converter import Conversation, Dropped
+from fastsft.data.sources.converter import Conversation, Dropped, convert
 from fastsft.data.sources.reading import iter_batches, iter_converted
 from fastsft.data.sources.splitting import (
     TRAIN,
@@ -164,6 +164,34 @@ class PreparedRun:
         return iter_converted(
             source.attrs, self.args.dataset_dir, self.args.max_samples, source.order, source.lengths
         )
+
+    def stream_spec(self, *, take: int | None = None) -> Any:
+        """``streaming: true``: the training datasets' ``StreamSpec`` (``val_size`` samples cut off its
+        head; with ``take``, only those)."""
+        from fastsft.data.streaming import StreamSpec
+
+        args = self.args
+        args.require_dataset()
+        datasets = self.datasets or resolve_run_datasets(args)
+        holdout = int(args.val_size) if args.val_size > 1e-6 else 0
+        return StreamSpec(
+            datasets.train,
+            args.dataset_dir,
+            buffer_size=args.buffer_size,
+            seed=args.seed,
+            skip=0 if take is not None else holdout,
+            take=take,
+        )
+
+    def streamed_samples(self) -> Iterator[tuple[SampleRef, Conversation | Dropped | DataError]]:
+        """``streaming: true``: the training samples in the streamed order (first pass), converted."""
+        from fastsft.data.streaming import SampleStream
+
+        for attr, ref, row in SampleStream(self.stream_spec(), 0):
+            try:
+                yield ref, convert(row, attr)
+            except DataError as err:
+                yield ref, err
 
 
 def prepare_run(
@@ -432,26 +460,25 @@ def stream_splits(
             )
         splits = load_or_build(run, vocab_size=vocab_size, is_main=is_main, should_save=False, notice=notice)
         return splits.pop(TRAIN), splits
-    args.require_dataset()
     datasets = run.datasets or resolve_run_datasets(args)
-    train_attrs = datasets.train
-    shuffled = {"buffer_size": args.buffer_size, "seed": args.seed, "dataset_dir": args.dataset_dir}
     holdout = int(args.val_size) if args.val_size > 1e-6 else 0
     others: dict[str, Any] = {}
     if holdout:
-        others[VALIDATION] = StreamSpec(train_attrs, take=holdout, **shuffled)
+        others[VALIDATION] = run.stream_spec(take=holdout)
     elif args.eval_dataset and args.eval_on_each_dataset:
         for attr in datasets.eval:
             others[f"{VALIDATION}_{attr.name}"] = StreamSpec(
                 [attr], args.dataset_dir, buffer_size=1, seed=args.seed
             )
     elif args.eval_dataset:
-        others[VALIDATION] = StreamSpec(datasets.eval, **shuffled)
+        others[VALIDATION] = StreamSpec(
+            datasets.eval, args.dataset_dir, buffer_size=args.buffer_size, seed=args.seed
+        )
     built = {}
     for name, spec in others.items():
         built[name], summary = _stream_to_dataset(RowStream(run, spec))
         _report(name, summary, say)
-    return RowStream(run, StreamSpec(train_attrs, skip=holdout, **shuffled)), built
+    return RowStream(run, run.stream_spec()), built
 
 
 def _stream_to_dataset(stream: Any) -> tuple[Any, Summary]:

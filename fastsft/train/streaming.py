@@ -83,12 +83,15 @@ class StreamedTrainSet(torch.utils.data.IterableDataset):
 
 
 class PositionCollator:
-    """The run's collator over ``StreamedTrainSet`` items; the batch's stream position under ``STREAM_POSITION``."""
+    """The run's collator over ``StreamedTrainSet`` items, the batch's stream position under
+    ``STREAM_POSITION``; evaluation rows (plain) go to the collator as they are."""
 
     def __init__(self, collator: Any) -> None:
         self.collator = collator
 
-    def __call__(self, items: list[tuple[tuple[int, int], dict[str, np.ndarray]]]) -> dict[str, Any]:
+    def __call__(self, items: list[Any]) -> dict[str, Any]:
+        if not isinstance(items[0], tuple):  # evaluation rows: no stream position
+            return self.collator(items)
         batch = self.collator([row for _, row in items])
         batch[STREAM_POSITION] = items[-1][0]
         return batch

@@ -340,6 +340,11 @@ def load_datasets(
     load what it saved. With ``streaming``, ``train`` is a ``StreamedTrainSet`` (``stream_splits``)."""
     data_args = config.data
     if data_args.streaming:
+        if training_args.world_size > 1:
+            raise ConfigError(
+                "`streaming: true` runs in one process for now: each rank's share of the stream, and its "
+                "position in checkpoints, are not implemented"
+            )
         with training_args.main_process_first(desc="dataset"):
             train, splits = stream_splits(
                 prepare_run(data_args, tokenizer),
