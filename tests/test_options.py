@@ -56,6 +56,8 @@ NON_DEFAULT: dict[str, tuple[Any, dict[str, Any]]] = {
     "seed": (7, {}),
     "preprocessing_batch_size": (7, {}),
     "preprocessing_num_workers": (2, {}),
+    "streaming": (True, {"max_steps": 10}),
+    "buffer_size": (64, {}),
     "tokenized_path": ("outputs/tokenized", {}),
     "packing_strategy": ("bfd", {"packing": True}),
     "backend": ("python", {}),
