@@ -158,7 +158,8 @@ class DataArgs:
             )
         if self.max_samples is not None:
             raise ConfigError("`max_samples` is incompatible with `streaming` (as in LLaMA-Factory)")
-        if self.mix_strategy != "concat" and len(dataset_names(self.dataset or [])) > 1:
+        several = any(len(dataset_names(names)) > 1 for names in (self.dataset, self.eval_dataset) if names)
+        if self.mix_strategy != "concat" and several:
             raise ConfigError(
                 f"`mix_strategy: {self.mix_strategy}` with `streaming: true` is not supported yet "
                 "(fastsft streams concatenated datasets only)"

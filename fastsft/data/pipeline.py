@@ -63,6 +63,7 @@ from fastsft.data.store.provenance import (
     read_provenance,
     tokenizer_fingerprint,
 )
+from fastsft.data.streaming import RowStream, SampleStream, StreamSpec
 from fastsft.errors import ConfigError, DataError
 from fastsft.kernels import resolve_encode_path
 from fastsft.safe_output import (
@@ -165,11 +166,9 @@ class PreparedRun:
             source.attrs, self.args.dataset_dir, self.args.max_samples, source.order, source.lengths
         )
 
-    def stream_spec(self, *, take: int | None = None) -> Any:
+    def stream_spec(self, *, take: int | None = None) -> StreamSpec:
         """``streaming: true``: the training datasets' ``StreamSpec`` (``val_size`` samples cut off its
         head; with ``take``, only those)."""
-        from fastsft.data.streaming import StreamSpec
-
         args = self.args
         args.require_dataset()
         datasets = self.datasets or resolve_run_datasets(args)
@@ -185,8 +184,6 @@ class PreparedRun:
 
     def streamed_samples(self) -> Iterator[tuple[SampleRef, Conversation | Dropped | DataError]]:
         """``streaming: true``: the training samples in the streamed order (first pass), converted."""
-        from fastsft.data.streaming import SampleStream
-
         for attr, ref, row in SampleStream(self.stream_spec(), 0):
             try:
                 yield ref, convert(row, attr)
@@ -439,7 +436,7 @@ def load_or_build(
 
 def stream_splits(
     run: PreparedRun, *, vocab_size: int, is_main: bool = True, notice: Callable[[str], None] = print
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[RowStream | Any, dict[str, Any]]:
     """``streaming: true``: the training split as a ``RowStream`` (rows made as training reads them,
     in LLaMA-Factory's streamed order) and every other split built now, as ``load_or_build`` does.
 
@@ -448,8 +445,6 @@ def stream_splits(
     in file order. An existing ``tokenized_path`` gives its saved splits, the training one to be
     read in order (LLaMA-Factory's ``to_iterable_dataset()``); one to be written is refused.
     """
-    from fastsft.data.streaming import RowStream, StreamSpec
-
     args = run.args
     say = notice if is_main else _silent
     if args.tokenized_path:
@@ -481,7 +476,7 @@ def stream_splits(
     return RowStream(run, run.stream_spec()), built
 
 
-def _stream_to_dataset(stream: Any) -> tuple[Any, Summary]:
+def _stream_to_dataset(stream: RowStream) -> tuple[Any, Summary]:
     """A (finite) streamed split built whole, in memory, as a ``datasets.Dataset``."""
     import datasets
 

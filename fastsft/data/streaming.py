@@ -20,6 +20,7 @@ the files, the shuffle buffer's samples, the generator's state) and how many of 
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ import numpy as np
 import pyarrow as pa
 
 from fastsft.data.accounting import SampleRef, Summary
+from fastsft.data.rows.builder import RowBuilder, empty_table
+from fastsft.data.rows.workers import encoded_batches
 from fastsft.data.sources.parser import DatasetAttr, iter_rows
 from fastsft.data.sources.reading import Batch
 from fastsft.errors import ConfigError
@@ -37,7 +40,6 @@ __all__ = ["STATE_FORMAT", "RowStream", "SampleStream", "StreamSpec", "epoch_gen
 
 STATE_FORMAT = 1
 _DRAW_BLOCK = 1000  # datasets draws the buffer's indices in blocks of this many
-TOKEN_COLUMNS = ("input_ids", "attention_mask", "position_ids", "labels")
 
 
 def epoch_generator(seed: int, epoch: int) -> np.random.Generator:
@@ -168,11 +170,13 @@ class RowStream:
         self.spec = spec
         self.workers = workers
         self.summary = Summary()
+        self._encoder: Any = None
         self._snapshots: deque[tuple[int, int, dict[str, Any]]] = deque()  # (epoch, first row, stream state)
 
     @property
     def columns(self) -> tuple[str, ...]:
-        return TOKEN_COLUMNS if self.run.args.packing else ("input_ids", "attention_mask", "labels")
+        """The token columns of the rows (the row builder's)."""
+        return tuple(empty_table(bool(self.run.args.packing)).column_names)
 
     def describe(self) -> dict[str, Any]:
         """What decides the order: a resumed run must have the same."""
@@ -193,11 +197,6 @@ class RowStream:
         self, epoch: int, start: dict[str, Any] | None = None
     ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """Pass ``epoch``'s rows as ``(row number, {column: values})``, from ``start`` (a ``position``) if given."""
-        import time
-
-        from fastsft.data.rows.builder import RowBuilder
-        from fastsft.data.rows.workers import encoded_batches
-
         args = self.run.args
         if start is not None:
             self._check(start)
@@ -206,7 +205,9 @@ class RowStream:
         first_row = start["batch_first_row"] if start is not None else 0
         skip_rows = start["row"] - first_row if start is not None else 0
         samples = SampleStream(self.spec, epoch, stream_state)
-        encoder = self.run.encoder()
+        if self._encoder is None:  # one per run: a compiled tokenizer backend is built once
+            self._encoder = self.run.encoder()
+        encoder = self._encoder
         summary = self.summary
         summary.encode_path, summary.tokenizer_backend = encoder.encode_path, encoder.tokenizer_backend.name
         builder = RowBuilder(
@@ -257,28 +258,25 @@ class RowStream:
 
     def consumed(self, epoch: int, next_row: int) -> None:
         """Training has used every row before ``next_row`` of ``epoch``: forget the states before it."""
-        while len(self._snapshots) > 1 and (self._snapshots[1][0], self._snapshots[1][1]) <= (
-            epoch,
-            next_row,
-        ):
+        while len(self._snapshots) > 1 and self._snapshots[1][:2] <= (epoch, next_row):
             self._snapshots.popleft()
 
     def position(self, epoch: int, next_row: int) -> dict[str, Any]:
         """The state to resume at row ``next_row`` of pass ``epoch`` (JSON-ready)."""
         self.consumed(epoch, next_row)
-        for snap_epoch, first_row, state in self._snapshots:
+        batch_first_row, state = 0, None  # no state: the pass from its start
+        for snap_epoch, first_row, snapshot in self._snapshots:
             if snap_epoch == epoch and first_row <= next_row:
-                return {
-                    "format": STATE_FORMAT,
-                    "order": self.describe(),
-                    "epoch": epoch,
-                    "row": next_row,
-                    "batch_first_row": first_row,
-                    "batch": state,
-                }
-        # Every row of the pass was used: the next pass starts from its beginning.
-        return {"format": STATE_FORMAT, "order": self.describe(), "epoch": epoch + 1, "row": 0,
-                "batch_first_row": 0, "batch": None}  # fmt: skip
+                batch_first_row, state = first_row, snapshot
+                break
+        return {
+            "format": STATE_FORMAT,
+            "order": self.describe(),
+            "epoch": epoch,
+            "row": next_row if state is not None else 0,
+            "batch_first_row": batch_first_row,
+            "batch": state,
+        }
 
     def _check(self, start: dict[str, Any]) -> None:
         if start.get("format") != STATE_FORMAT:
