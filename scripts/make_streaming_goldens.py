@@ -50,6 +50,14 @@ CASES: dict[str, dict[str, Any]] = {
     "neat_packed": {"packing": True, "neat_packing": True, "preprocessing_batch_size": 32},
     # The stream's first val_size samples are the validation split (take); training skips them.
     "val_size": {"val_size": 4, "eval_strategy": "steps", "eval_steps": 5, "per_device_eval_batch_size": 2},
+    # Interleaving of iterable datasets: two names for tiny_sharegpt (LLaMA-Factory keeps one of a
+    # name given twice), told apart by the order.
+    "interleave_probs": {
+        "dataset": "tiny_a,tiny_b",
+        "dataset_dir": "tests/goldens/train/streaming_data",
+        "mix_strategy": "interleave_under",
+        "interleave_probs": "0.3,0.7",
+    },
 }
 
 
@@ -104,13 +112,36 @@ ORDER_CASES: dict[str, dict[str, Any]] = {
     "buffer_of_one": {"lengths": [12, 9], "buffer_size": 1, "seed": 5},
     "skip": {"lengths": [40], "buffer_size": 8, "seed": 42, "skip": 5},
     "take": {"lengths": [40], "buffer_size": 8, "seed": 42, "take": 5},
+    "interleave_under": {"lengths": [7, 12, 5], "buffer_size": 4, "seed": 1, "mix": "first_exhausted"},
+    "interleave_over": {"lengths": [7, 12, 5], "buffer_size": 4, "seed": 1, "mix": "all_exhausted"},
+    "interleave_under_probs": {
+        "lengths": [30, 50, 20],
+        "buffer_size": 8,
+        "seed": 2,
+        "mix": "first_exhausted",
+        "probs": [0.2, 0.5, 0.3],
+    },
+    "interleave_over_probs": {
+        "lengths": [30, 50, 20],
+        "buffer_size": 8,
+        "seed": 2,
+        "mix": "all_exhausted",
+        "probs": [0.2, 0.5, 0.3],
+    },
+    "interleave_long": {
+        "lengths": [1500, 900],
+        "buffer_size": 64,
+        "seed": 9,
+        "mix": "all_exhausted",
+        "probs": [0.4, 0.6],
+    },
 }
 PASSES = 3
 
 
 def stream_orders() -> None:
     """The sample order ``datasets`` streams for each ``ORDER_CASES`` entry, pass by pass."""
-    from datasets import Dataset, concatenate_datasets
+    from datasets import Dataset, concatenate_datasets, interleave_datasets
 
     orders = {}
     for name, case in ORDER_CASES.items():
@@ -119,7 +150,12 @@ def stream_orders() -> None:
             rows = {"dataset": [len(parts)] * length, "index": list(range(length))}
             parts.append(Dataset.from_dict(rows).to_iterable_dataset(num_shards=1))
             offset += length
-        stream = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+        if "mix" in case:
+            stream = interleave_datasets(
+                parts, probabilities=case.get("probs"), seed=case["seed"], stopping_strategy=case["mix"]
+            )
+        else:
+            stream = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
         stream = stream.shuffle(buffer_size=case["buffer_size"], seed=case["seed"])
         if "skip" in case:
             stream = stream.skip(case["skip"])

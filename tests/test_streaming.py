@@ -55,6 +55,8 @@ def test_sample_order_is_datasets(case: str, tmp_path: Path) -> None:
         seed=spec_values["seed"],
         skip=spec_values.get("skip", 0),
         take=spec_values.get("take"),
+        interleave=spec_values.get("mix"),
+        interleave_probs=spec_values.get("probs"),
     )
     names = [attr.label for attr in spec.attrs]
     for epoch, expected in enumerate(spec_values["passes"]):
@@ -85,7 +87,7 @@ def logged_steps(output_dir: Path) -> list[dict[str, Any]]:
     return [entry for entry in history if "loss" in entry]
 
 
-@pytest.mark.parametrize("case", ["unpacked", "neat_packed", "val_size"])
+@pytest.mark.parametrize("case", ["unpacked", "neat_packed", "val_size", "interleave_probs"])
 def test_losses_match_llamafactory(case: str, tmp_path: Path) -> None:
     """Every step's loss, grad norm and learning rate equal ``llamafactory-cli train``'s with
     ``streaming: true`` on the same YAML: the same samples, in the same order, packed alike."""

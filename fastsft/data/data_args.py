@@ -158,11 +158,10 @@ class DataArgs:
             )
         if self.max_samples is not None:
             raise ConfigError("`max_samples` is incompatible with `streaming` (as in LLaMA-Factory)")
-        several = any(len(dataset_names(names)) > 1 for names in (self.dataset, self.eval_dataset) if names)
-        if self.mix_strategy != "concat" and several:
+        if self.mix_strategy == "interleave_once":
             raise ConfigError(
-                f"`mix_strategy: {self.mix_strategy}` with `streaming: true` is not supported yet "
-                "(fastsft streams concatenated datasets only)"
+                "`mix_strategy: interleave_once` is not supported: the datasets<=4.0.0 LLaMA-Factory 0.9.5 runs "
+                "on have no all_exhausted_without_replacement for iterable datasets"
             )
         if self.packing_strategy not in (None, "llamafactory"):
             raise ConfigError(

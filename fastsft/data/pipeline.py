@@ -36,6 +36,7 @@ from fastsft.data.rows.encoder import Encoder
 from fastsft.data.rows.tokenizing import tokenizer_backend
 from fastsft.data.rows.workers import encoded_batches
 from fastsft.data.sources.converter import Conversation, Dropped, convert
+from fastsft.data.sources.mixing import STOPPING_STRATEGIES
 from fastsft.data.sources.reading import iter_batches, iter_converted
 from fastsft.data.sources.splitting import (
     TRAIN,
@@ -173,13 +174,21 @@ class PreparedRun:
         args.require_dataset()
         datasets = self.datasets or resolve_run_datasets(args)
         holdout = int(args.val_size) if args.val_size > 1e-6 else 0
+        return dataclasses.replace(
+            self.mixed_stream_spec(datasets.train), skip=0 if take is not None else holdout, take=take
+        )
+
+    def mixed_stream_spec(self, attrs: list[Any]) -> StreamSpec:
+        """``streaming: true``: ``attrs`` merged as ``mix_strategy`` says, shuffled by the buffer."""
+        args = self.args
+        interleave = None if len(attrs) == 1 or args.mix_strategy == "concat" else args.mix_strategy
         return StreamSpec(
-            datasets.train,
+            attrs,
             args.dataset_dir,
             buffer_size=args.buffer_size,
             seed=args.seed,
-            skip=0 if take is not None else holdout,
-            take=take,
+            interleave=STOPPING_STRATEGIES[interleave] if interleave else None,
+            interleave_probs=list(args.interleave_probs) if interleave and args.interleave_probs else None,
         )
 
     def streamed_samples(self) -> Iterator[tuple[SampleRef, Conversation | Dropped | DataError]]:
@@ -466,9 +475,7 @@ def stream_splits(
                 [attr], args.dataset_dir, buffer_size=1, seed=args.seed
             )
     elif args.eval_dataset:
-        others[VALIDATION] = StreamSpec(
-            datasets.eval, args.dataset_dir, buffer_size=args.buffer_size, seed=args.seed
-        )
+        others[VALIDATION] = run.mixed_stream_spec(datasets.eval)
     built = {}
     for name, spec in others.items():
         built[name], summary = _stream_to_dataset(RowStream(run, spec))

@@ -60,6 +60,10 @@ class StreamSpec:
     seed: int
     skip: int = 0
     take: int | None = None
+    interleave: str | None = (
+        None  # datasets' stopping strategy: first_exhausted | all_exhausted; None: concat
+    )
+    interleave_probs: list[float] | None = None
 
 
 class SampleStream:
@@ -71,25 +75,18 @@ class SampleStream:
     def __init__(self, spec: StreamSpec, epoch: int, state: dict[str, Any] | None = None) -> None:
         self.spec = spec
         generator = epoch_generator(spec.seed, epoch)
-        self.order = list(range(len(spec.attrs)))
-        if len(self.order) > 1:
-            _copy(generator).shuffle(self.order)
+        self.source: _Concatenated | _Interleaved = (
+            _Interleaved(spec, generator) if spec.interleave else _Concatenated(spec, generator)
+        )
         self.rng = _copy(generator)
         self.block: list[int] = []
         self.drawn = 0  # indices of ``block`` used
         self.buffer: list[list[Any]] = []  # [dataset number, index in it, row]
-        self.read = 0  # rows read from the datasets, in ``order``
         self.emitted = 0  # samples of the shuffled stream so far (those ``skip`` passes included)
         self.tail: int | None = None  # once the datasets are read: the next sample of the shuffled buffer
         if state is not None:
             self._restore(state)
-        self.source = itertools.islice(self._rows(), self.read, None)
-
-    def _rows(self) -> Iterator[list[Any]]:
-        for number in self.order:
-            attr = self.spec.attrs[number]
-            for index, row in enumerate(iter_rows(attr, self.spec.dataset_dir)):
-                yield [number, index, row]
+        self.source.start()
 
     def _next_index(self) -> int:
         if self.drawn == len(self.block):
@@ -101,12 +98,11 @@ class SampleStream:
     def _shuffled(self) -> list[Any] | None:
         """The next sample of the shuffle buffer (``BufferShuffledExamplesIterable.__iter__``), or None at the end."""
         while self.tail is None:
-            item = next(self.source, None)
+            item = self.source.next()
             if item is None:
                 self.rng.shuffle(self.buffer)
                 self.tail = 0
                 break
-            self.read += 1
             if len(self.buffer) == self.spec.buffer_size:
                 i = self._next_index()
                 out, self.buffer[i] = self.buffer[i], item
@@ -134,9 +130,9 @@ class SampleStream:
                 return attr, SampleRef(attr.label, index, self.emitted - 1), row
 
     def state(self) -> dict[str, Any]:
-        """Where the stream is: rows read, the buffer's samples, the generator; JSON-ready."""
+        """Where the stream is: the datasets' positions, the buffer's samples, the generator; JSON-ready."""
         return {
-            "read": self.read,
+            "source": self.source.state(),
             "emitted": self.emitted,
             "buffer": list(self.buffer),  # the samples themselves are never changed in place
             "tail": self.tail,
@@ -146,10 +142,123 @@ class SampleStream:
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.read, self.emitted, self.tail = state["read"], state["emitted"], state["tail"]
+        self.source.restore(state["source"])
+        self.emitted, self.tail = state["emitted"], state["tail"]
         self.buffer = [list(item) for item in state["buffer"]]
         self.rng.bit_generator.state = state["rng"]
         self.block, self.drawn = list(state["block"]), state["drawn"]
+
+
+def _dataset_rows(spec: StreamSpec, number: int) -> Iterator[list[Any]]:
+    for index, row in enumerate(iter_rows(spec.attrs[number], spec.dataset_dir)):
+        yield [number, index, row]
+
+
+class _Concatenated:
+    """The datasets one after the other, in an order drawn from the generator (``datasets``'
+    ``VerticallyConcatenatedMultiSourcesExamplesIterable.shuffle_data_sources``)."""
+
+    def __init__(self, spec: StreamSpec, generator: np.random.Generator) -> None:
+        self.spec = spec
+        self.order = list(range(len(spec.attrs)))
+        if len(self.order) > 1:
+            _copy(generator).shuffle(self.order)
+        self.read = 0  # rows read, in ``order``
+        self.rows: Iterator[list[Any]] = iter(())
+
+    def start(self) -> None:
+        rows = itertools.chain.from_iterable(_dataset_rows(self.spec, number) for number in self.order)
+        self.rows = itertools.islice(rows, self.read, None)  # rows before a restored position are parsed only
+
+    def next(self) -> list[Any] | None:
+        item = next(self.rows, None)
+        self.read += item is not None
+        return item
+
+    def state(self) -> Any:
+        return self.read
+
+    def restore(self, state: Any) -> None:
+        self.read = state
+
+
+class _Interleaved:
+    """``interleave_datasets`` of iterable datasets in ``datasets`` 4.0.0: the datasets take turns
+    (``CyclingMultiSourcesExamplesIterable``), or with ``interleave_probs`` each sample's dataset is
+    drawn by ``rng.choice`` in blocks of 1000 (``RandomlyCyclingMultiSourcesExamplesIterable``).
+    A dataset read to its end starts again; the stream stops once one (``interleave_under``) or
+    every (``interleave_over``) dataset has ended, each dataset's next row read one ahead."""
+
+    def __init__(self, spec: StreamSpec, generator: np.random.Generator) -> None:
+        self.spec = spec
+        count = len(spec.attrs)
+        self.rng = _copy(generator)
+        self.block: list[int] = []
+        self.drawn = 0
+        self.turn = 0
+        self.taken = [0] * count  # rows read from each dataset since it (re)started
+        self.ahead: list[Any] = [None] * count  # each dataset's row read ahead (None: none yet)
+        self.exhausted = [False] * count
+        self.iterators: list[Iterator[list[Any]]] = []
+
+    def start(self) -> None:
+        self.iterators = [
+            itertools.islice(_dataset_rows(self.spec, number), taken, None)
+            for number, taken in enumerate(self.taken)
+        ]
+
+    def _pick(self) -> int:
+        if self.spec.interleave_probs is None:
+            number, self.turn = self.turn, (self.turn + 1) % len(self.taken)
+            return number
+        if self.drawn == len(self.block):
+            draws = self.rng.choice(len(self.taken), size=_DRAW_BLOCK, p=self.spec.interleave_probs)
+            self.block, self.drawn = draws.tolist(), 0
+        self.drawn += 1
+        return self.block[self.drawn - 1]
+
+    def _fetch(self, number: int) -> Any:
+        item = next(self.iterators[number], False)
+        self.taken[number] += item is not False
+        return item
+
+    def next(self) -> list[Any] | None:
+        while True:
+            ended = all(self.exhausted) if self.spec.interleave == "all_exhausted" else any(self.exhausted)
+            if ended:
+                return None
+            number = self._pick()
+            if self.ahead[number] is None:
+                self.ahead[number] = self._fetch(number)
+            result = self.ahead[number]
+            self.ahead[number] = self._fetch(number)
+            if self.ahead[number] is False:  # read to its end: it starts again
+                self.exhausted[number] = True
+                self.ahead[number] = None
+                self.taken[number] = 0
+                self.iterators[number] = _dataset_rows(self.spec, number)
+            if result is not False:
+                return result
+
+    def state(self) -> Any:
+        return {
+            "taken": list(self.taken),
+            "ahead": list(self.ahead),
+            "exhausted": list(self.exhausted),
+            "turn": self.turn,
+            "rng": self.rng.bit_generator.state,
+            "block": list(self.block),
+            "drawn": self.drawn,
+        }
+
+    def restore(self, state: Any) -> None:
+        self.taken, self.ahead, self.exhausted = (
+            list(state["taken"]),
+            list(state["ahead"]),
+            list(state["exhausted"]),
+        )
+        self.turn, self.block, self.drawn = state["turn"], list(state["block"]), state["drawn"]
+        self.rng.bit_generator.state = state["rng"]
 
 
 def _copy(generator: np.random.Generator) -> np.random.Generator:
@@ -187,6 +296,8 @@ class RowStream:
             "seed": self.spec.seed,
             "skip": self.spec.skip,
             "take": self.spec.take,
+            "interleave": self.spec.interleave,
+            "interleave_probs": self.spec.interleave_probs,
             "preprocessing_batch_size": args.preprocessing_batch_size,
             "packing": bool(args.packing),
             "neat_packing": bool(args.neat_packing),
