@@ -37,6 +37,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=100_000,
         help="conversations in bench_preprocess.py's JSON array vs JSON Lines comparison (the issue: 100000)",
     )
+    # bench_streaming.py
+    parser.addoption(
+        "--bench-stream-samples",
+        type=int,
+        default=20_000,
+        help="conversations in bench_streaming.py's smaller dataset (the larger has 10x; the issue: 100000)",
+    )
     parser.addoption(
         "--bench-template",
         default="qwen",

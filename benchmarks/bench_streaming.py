@@ -1,0 +1,109 @@
+"""Peak memory of a streamed ``fastsft train`` does not grow with the dataset.
+
+``fastsft train`` with ``streaming: true`` (default ``buffer_size`` 16384) on ``N`` and ``10 * N``
+conversations in one JSON array file, with the same ``max_steps``, each in a fresh process; the
+measure is the command's own peak RSS (``wait4``'s rusage, the child alone). Two corpora: the
+synthetic chat of ``benchmarks/data.py`` and LLaMA-Factory's own ``alpaca_en_demo.json`` (real text)
+repeated to the size. Asserts the larger dataset's peak RSS is within ``RSS_CEILING`` of the
+smaller one's: memory is bounded by the buffer and the batch, not by the dataset.
+
+Run: ``pytest benchmarks/bench_streaming.py --bench-stream-samples 100000 -s`` (the issue's 100k
+and 1M; the default 20000 keeps a run short). The model is the tests' tiny base, so the figure is
+the data path's memory, not a model's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from data import DATASET_NAME, write_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_BASE = REPO / "tests" / "goldens" / "train" / "tiny_base"
+LF_DEMO = REPO.parent / "lf-sdist" / "llamafactory-0.9.5" / "data" / "alpaca_en_demo.json"
+RSS_CEILING = 1.15  # peak RSS on 10 N conversations / on N
+MAX_STEPS = 5
+
+
+@pytest.fixture(scope="module")
+def samples(request: pytest.FixtureRequest) -> int:
+    return int(request.config.getoption("--bench-stream-samples"))
+
+
+def write_alpaca(out_dir: Path, rows: int) -> Path:
+    """LLaMA-Factory's ``alpaca_en_demo`` repeated to ``rows`` rows, as the dataset ``alpaca_demo``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    demo = json.loads(LF_DEMO.read_text(encoding="utf-8"))
+    with open(out_dir / "alpaca_demo.json", "w", encoding="utf-8") as handle:
+        json.dump([demo[i % len(demo)] for i in range(rows)], handle, ensure_ascii=False)
+    info = {"alpaca_demo": {"file_name": "alpaca_demo.json"}}
+    (out_dir / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
+    return out_dir
+
+
+def streamed_train(dataset_dir: Path, dataset: str, work: Path) -> tuple[float, int]:
+    """``fastsft train`` streamed in a fresh process: (wall seconds, peak RSS bytes)."""
+    config = {
+        "model_name_or_path": str(TINY_BASE),
+        "dataset": dataset,
+        "dataset_dir": str(dataset_dir),
+        "template": "qwen",
+        "cutoff_len": 256,
+        "streaming": True,
+        "max_steps": MAX_STEPS,
+        "per_device_train_batch_size": 2,
+        "learning_rate": 1.0e-4,
+        "output_dir": str(work / "output"),
+        "overwrite_output_dir": True,
+        "report_to": "none",
+        "save_strategy": "no",
+        "plot_loss": False,
+        "cpu_threads": 1,
+    }
+    (work / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    env = {**os.environ, "FASTSFT_CACHE_DIR": str(work / "cache")}
+    with tempfile.TemporaryFile() as stderr:
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fastsft", "train", str(work / "config.yaml")],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            stderr.seek(0)
+            pytest.fail(f"fastsft train failed: {stderr.read().decode(errors='replace')[-2000:]}")
+    return seconds, usage.ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
+
+
+@pytest.mark.parametrize("corpus", ["synthetic", "lf_alpaca_demo"])
+def test_peak_rss_does_not_grow_with_the_dataset(corpus: str, samples: int, tmp_path: Path) -> None:
+    if corpus == "lf_alpaca_demo" and not LF_DEMO.is_file():
+        pytest.skip(f"{LF_DEMO} not found")
+    results = {}
+    for rows in (samples, 10 * samples):
+        folder = tmp_path / f"{rows}"
+        if corpus == "synthetic":
+            dataset_dir, dataset = write_dataset(folder / "data", rows), DATASET_NAME
+        else:
+            dataset_dir, dataset = write_alpaca(folder / "data", rows), "alpaca_demo"
+        size = sum(path.stat().st_size for path in dataset_dir.iterdir())
+        seconds, rss = streamed_train(dataset_dir, dataset, folder)
+        results[rows] = rss
+        print(
+            f"\n{corpus}: {rows:,} conversations ({size / 2**20:,.0f} MiB of JSON), streamed "
+            f"fastsft train, {MAX_STEPS} steps: peak RSS {rss / 2**20:,.0f} MiB, {seconds:.1f} s"
+        )
+    ratio = results[10 * samples] / results[samples]
+    print(f"{corpus}: peak RSS ratio (10x the data) {ratio:.3f}")
+    assert ratio <= RSS_CEILING
