@@ -223,3 +223,23 @@ def test_inspect_streaming_shows_the_streamed_order(capsys: Any) -> None:
 def test_llamafactory_streaming_rules(overrides: list[str], message: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         run_yaml(golden("streaming_unpacked")["yaml"], tmp_path, *overrides)
+
+
+def test_saved_tokenized_path_is_streamed_in_order_and_resumes(tmp_path: Path) -> None:
+    """An existing ``tokenized_path`` is read in its saved order (LLaMA-Factory's
+    ``to_iterable_dataset()``), and a run on it resumes at the checkpoint's row."""
+    from fastsft.cli import main
+
+    saved = tmp_path / "tokenized"
+    flags = ["--dataset", "tiny_sharegpt", "--dataset-dir", "examples/tiny/data", "--template", "qwen"]
+    flags += ["--cutoff-len", "128", "--max-samples", "40", "--quiet", "--output", str(saved)]
+    assert main(["preprocess", *flags, "--tokenizer", str(GOLDEN_DIR / "tiny_base")]) == 0
+    values = small_stream_yaml(tmp_path)
+    values.update(tokenized_path=str(saved))
+    whole = logged_steps(run_yaml(values, tmp_path / "whole"))
+    with pytest.raises(KeyboardInterrupt):
+        run_yaml(values, tmp_path / "cut", callbacks=[StopBefore(5)])
+    state = json.loads((tmp_path / "cut" / "output" / "checkpoint-3" / STREAM_STATE).read_text())
+    assert state == {"epoch": 0, "row": 12}
+    resumed = logged_steps(run_yaml(values, tmp_path / "cut"))
+    assert [s["loss"] for s in resumed] == pytest.approx([s["loss"] for s in whole], abs=1e-6)
