@@ -28,9 +28,13 @@ from data import DATASET_NAME, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_BASE = REPO / "tests" / "goldens" / "train" / "tiny_base"
-LF_DEMO = REPO.parent / "lf-sdist" / "llamafactory-0.9.5" / "data" / "alpaca_en_demo.json"
 RSS_CEILING = 1.15  # peak RSS on 10 N conversations / on N
 MAX_STEPS = 5
+
+
+@pytest.fixture(scope="module")
+def lf_demo(request: pytest.FixtureRequest) -> Path:
+    return Path(request.config.getoption("--lf-data")) / "alpaca_en_demo.json"
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +42,10 @@ def samples(request: pytest.FixtureRequest) -> int:
     return int(request.config.getoption("--bench-stream-samples"))
 
 
-def write_alpaca(out_dir: Path, rows: int) -> Path:
+def write_alpaca(out_dir: Path, rows: int, lf_demo: Path) -> Path:
     """LLaMA-Factory's ``alpaca_en_demo`` repeated to ``rows`` rows, as the dataset ``alpaca_demo``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    demo = json.loads(LF_DEMO.read_text(encoding="utf-8"))
+    demo = json.loads(lf_demo.read_text(encoding="utf-8"))
     with open(out_dir / "alpaca_demo.json", "w", encoding="utf-8") as handle:
         json.dump([demo[i % len(demo)] for i in range(rows)], handle, ensure_ascii=False)
     info = {"alpaca_demo": {"file_name": "alpaca_demo.json"}}
@@ -87,16 +91,18 @@ def streamed_train(dataset_dir: Path, dataset: str, work: Path) -> tuple[float, 
 
 
 @pytest.mark.parametrize("corpus", ["synthetic", "lf_alpaca_demo"])
-def test_peak_rss_does_not_grow_with_the_dataset(corpus: str, samples: int, tmp_path: Path) -> None:
-    if corpus == "lf_alpaca_demo" and not LF_DEMO.is_file():
-        pytest.skip(f"{LF_DEMO} not found")
+def test_peak_rss_does_not_grow_with_the_dataset(
+    corpus: str, samples: int, lf_demo: Path, tmp_path: Path
+) -> None:
+    if corpus == "lf_alpaca_demo" and not lf_demo.is_file():
+        pytest.skip(f"{lf_demo} not found (--lf-data)")
     results = {}
     for rows in (samples, 10 * samples):
         folder = tmp_path / f"{rows}"
         if corpus == "synthetic":
             dataset_dir, dataset = write_dataset(folder / "data", rows), DATASET_NAME
         else:
-            dataset_dir, dataset = write_alpaca(folder / "data", rows), "alpaca_demo"
+            dataset_dir, dataset = write_alpaca(folder / "data", rows, lf_demo), "alpaca_demo"
         size = sum(path.stat().st_size for path in dataset_dir.iterdir())
         seconds, rss = streamed_train(dataset_dir, dataset, folder)
         results[rows] = rss

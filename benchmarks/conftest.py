@@ -45,6 +45,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="conversations in bench_streaming.py's smaller dataset (the larger has 10x; the issue: 100000)",
     )
     parser.addoption(
+        "--lf-data",
+        default=str(REPO.parent / "lf-sdist" / "llamafactory-0.9.5" / "data"),
+        help="LLaMA-Factory's data/ folder (its demo datasets, real text) for bench_streaming.py",
+    )
+    parser.addoption(
         "--bench-template",
         default="qwen",
         help="chat template for bench_preprocess.py (llama3 with Meta's Llama 3 tokenizer)",
