@@ -87,12 +87,23 @@ def logged_steps(output_dir: Path) -> list[dict[str, Any]]:
     return [entry for entry in history if "loss" in entry]
 
 
-@pytest.mark.parametrize("case", ["unpacked", "neat_packed", "val_size", "interleave_probs"])
-def test_losses_match_llamafactory(case: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("case", "overrides"),
+    [
+        ("unpacked", []),
+        ("unpacked", ["preprocessing_num_workers=2", "preprocessing_batch_size=16"]),
+        ("neat_packed", []),
+        ("val_size", []),
+        ("interleave_probs", []),
+    ],
+    ids=["unpacked", "unpacked-2-encoding-processes", "neat_packed", "val_size", "interleave_probs"],
+)
+def test_losses_match_llamafactory(case: str, overrides: list[str], tmp_path: Path) -> None:
     """Every step's loss, grad norm and learning rate equal ``llamafactory-cli train``'s with
-    ``streaming: true`` on the same YAML: the same samples, in the same order, packed alike."""
+    ``streaming: true`` on the same YAML: the same samples, in the same order, packed alike (also
+    with the batches encoded in two processes)."""
     reference = golden(f"streaming_{case}")
-    steps = logged_steps(run_yaml(reference["yaml"], tmp_path))
+    steps = logged_steps(run_yaml(reference["yaml"], tmp_path, *overrides))
     assert [s["step"] for s in steps] == [s["step"] for s in reference["steps"]]
     for mine, theirs in zip(steps, reference["steps"]):
         for key in ("loss", "grad_norm", "learning_rate"):

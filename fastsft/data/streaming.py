@@ -5,8 +5,8 @@ per DataLoader worker; one worker here), concatenates several datasets, shuffles
 (``IterableDataset.shuffle(buffer_size, seed)``), cuts ``val_size`` samples off its head
 (``take`` / ``skip``) and maps it in batches of ``preprocessing_batch_size`` (packing within each
 batch). ``SampleStream`` reproduces that order from ``datasets`` 4.0.0's algorithm, not from the
-installed ``datasets``: the datasets' order drawn by ``rng.shuffle`` on a copy of the generator,
-then the shuffle buffer (``BufferShuffledExamplesIterable``: indices drawn in blocks of 1000 by
+installed ``datasets``: the datasets' order drawn by ``rng.shuffle`` on a copy of the generator
+(or the datasets interleaved, ``_Interleaved``), then the shuffle buffer (``BufferShuffledExamplesIterable``: indices drawn in blocks of 1000 by
 ``rng.integers(0, buffer_size)``, the rest of the buffer shuffled at the end). Each further pass
 (epoch) uses ``datasets``' effective seed.
 
@@ -60,9 +60,8 @@ class StreamSpec:
     seed: int
     skip: int = 0
     take: int | None = None
-    interleave: str | None = (
-        None  # datasets' stopping strategy: first_exhausted | all_exhausted; None: concat
-    )
+    # Mixing several datasets: datasets' stopping strategy (first_exhausted | all_exhausted); None: concat.
+    interleave: str | None = None
     interleave_probs: list[float] | None = None
 
 
@@ -274,10 +273,10 @@ class RowStream:
     ``summary`` counts every sample read, dropped or skipped since this object was made.
     """
 
-    def __init__(self, run: Any, spec: StreamSpec, *, workers: int = 1) -> None:
+    def __init__(self, run: Any, spec: StreamSpec) -> None:
         self.run = run
         self.spec = spec
-        self.workers = workers
+        self.workers = run.args.preprocessing_num_workers or 1  # encoding processes, as in preprocess
         self.summary = Summary()
         self._encoder: Any = None
         self._snapshots: deque[tuple[int, int, dict[str, Any]]] = deque()  # (epoch, first row, stream state)
