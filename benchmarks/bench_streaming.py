@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -53,16 +54,25 @@ def write_alpaca(out_dir: Path, rows: int, lf_demo: Path) -> Path:
     return out_dir
 
 
-def streamed_train(dataset_dir: Path, dataset: str, work: Path) -> tuple[float, int]:
-    """``fastsft train`` streamed in a fresh process: (wall seconds, peak RSS bytes)."""
+def streamed_train(
+    dataset_dir: Path,
+    dataset: str,
+    work: Path,
+    *,
+    max_steps: int = MAX_STEPS,
+    streaming: bool = True,
+    cache: Path | None = None,
+    **extra: Any,
+) -> tuple[float, int]:
+    """``fastsft train`` (streamed unless ``streaming`` is False) in a fresh process: (wall seconds, peak RSS bytes)."""
     config = {
         "model_name_or_path": str(TINY_BASE),
         "dataset": dataset,
         "dataset_dir": str(dataset_dir),
         "template": "qwen",
         "cutoff_len": 256,
-        "streaming": True,
-        "max_steps": MAX_STEPS,
+        "streaming": streaming,
+        "max_steps": max_steps,
         "per_device_train_batch_size": 2,
         "learning_rate": 1.0e-4,
         "output_dir": str(work / "output"),
@@ -71,13 +81,20 @@ def streamed_train(dataset_dir: Path, dataset: str, work: Path) -> tuple[float, 
         "save_strategy": "no",
         "plot_loss": False,
         "cpu_threads": 1,
+        **extra,
     }
+    work.mkdir(parents=True, exist_ok=True)
     (work / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    env = {**os.environ, "FASTSFT_CACHE_DIR": str(work / "cache")}
+    return run_fastsft(["train", str(work / "config.yaml")], cache or work / "cache")
+
+
+def run_fastsft(argv: list[str], cache: Path) -> tuple[float, int]:
+    """``fastsft ARGV`` in a fresh process: (wall seconds, peak RSS bytes of that process alone)."""
+    env = {**os.environ, "FASTSFT_CACHE_DIR": str(cache)}
     with tempfile.TemporaryFile() as stderr:
         start = time.perf_counter()
         process = subprocess.Popen(
-            [sys.executable, "-m", "fastsft", "train", str(work / "config.yaml")],
+            [sys.executable, "-m", "fastsft", *argv],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
@@ -86,7 +103,7 @@ def streamed_train(dataset_dir: Path, dataset: str, work: Path) -> tuple[float, 
         seconds = time.perf_counter() - start
         if os.waitstatus_to_exitcode(status) != 0:
             stderr.seek(0)
-            pytest.fail(f"fastsft train failed: {stderr.read().decode(errors='replace')[-2000:]}")
+            pytest.fail(f"fastsft {argv[0]} failed: {stderr.read().decode(errors='replace')[-2000:]}")
     return seconds, usage.ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
 
 
@@ -113,3 +130,42 @@ def test_peak_rss_does_not_grow_with_the_dataset(
     ratio = results[10 * samples] / results[samples]
     print(f"{corpus}: peak RSS ratio (10x the data) {ratio:.3f}")
     assert ratio <= RSS_CEILING
+
+
+@pytest.mark.parametrize("corpus", ["synthetic", "lf_alpaca_demo"])
+def test_time_to_first_step(corpus: str, samples: int, lf_demo: Path, tmp_path: Path) -> None:
+    """Wall time of ``fastsft train`` to its first optimizer step (a one-step run, the tiny model's
+    save included) on ``10 * samples`` conversations: streamed, against ``fastsft preprocess``
+    followed by ``fastsft train`` on the saved rows. Both use the same warm tokenizer cache."""
+    if corpus == "lf_alpaca_demo" and not lf_demo.is_file():
+        pytest.skip(f"{lf_demo} not found (--lf-data)")
+    rows = 10 * samples
+    if corpus == "synthetic":
+        dataset_dir, dataset = write_dataset(tmp_path / "data", rows), DATASET_NAME
+    else:
+        dataset_dir, dataset = write_alpaca(tmp_path / "data", rows, lf_demo), "alpaca_demo"
+    cache = tmp_path / "cache"
+    streamed_train(dataset_dir, dataset, tmp_path / "warm-up", max_steps=1, cache=cache)  # warms the cache
+    streamed, _ = streamed_train(dataset_dir, dataset, tmp_path / "streamed", max_steps=1, cache=cache)
+    saved = tmp_path / "tokenized"
+    preprocess = [
+        "preprocess",
+        *("--dataset", dataset, "--dataset-dir", str(dataset_dir), "--template", "qwen"),
+        *("--tokenizer", str(TINY_BASE), "--cutoff-len", "256", "--quiet", "--output", str(saved)),
+    ]
+    preprocess_seconds, _ = run_fastsft(preprocess, cache)
+    train_seconds, _ = streamed_train(
+        dataset_dir,
+        dataset,
+        tmp_path / "map",
+        max_steps=1,
+        streaming=False,
+        cache=cache,
+        tokenized_path=str(saved),
+    )
+    print(
+        f"\n{corpus}: {rows:,} conversations, to the first optimizer step: streamed {streamed:.1f} s; "
+        f"preprocess {preprocess_seconds:.1f} s + train {train_seconds:.1f} s = "
+        f"{preprocess_seconds + train_seconds:.1f} s; ratio {(preprocess_seconds + train_seconds) / streamed:.1f}x"
+    )
+    assert streamed < preprocess_seconds + train_seconds
