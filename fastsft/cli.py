@@ -1,4 +1,4 @@
-"""``fastsft`` command line: ``preprocess``, ``inspect``, ``train`` and ``export``."""
+"""``fastsft`` command line: ``preprocess``, ``inspect``, ``check-template``, ``train`` and ``export``."""
 
 from __future__ import annotations
 
@@ -106,6 +106,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_template(args: argparse.Namespace) -> int:
+    from fastsft.template_check import check_template, read_chat_template
+
+    options, tokenizer_path = _data_options(args, INSPECT_KEYS)
+    source = read_chat_template(args.chat_template) if args.chat_template else None
+    report = check_template(
+        options,
+        load_tokenizer(tokenizer_path),
+        chat_template=source,
+        chat_template_name=args.chat_template,
+        examples=args.examples,
+        timeout=args.timeout,
+        arguments_as_json=args.tool_arguments == "json",
+    )
+    print("\n".join(report.lines()))
+    return 1 if report.differing else 0
+
+
 def cmd_templates(args: argparse.Namespace) -> int:
     from fastsft.data.chat.registry import list_templates
 
@@ -159,6 +177,29 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--index", type=int, default=0, help="first sample or row to show")
     ins.add_argument("--no-color", dest="no_color", action="store_true")
     ins.set_defaults(func=cmd_inspect)
+
+    check = sub.add_parser(
+        "check-template",
+        help="compare each sample's LLaMA-Factory rendering with the model's jinja chat template",
+        description="Render every sample with the LLaMA-Factory template and with a jinja chat template "
+        "(sandboxed), compare the token ids, count the differences by kind and show the first of each. "
+        "Exit status 0: all identical; 1: some differ; 2: an error.",
+    )
+    _add_data_arguments(check, INSPECT_KEYS)
+    check.add_argument(
+        "--chat-template",
+        metavar="FILE",
+        help="a .jinja file (or JSON with chat_template) to compare against (default: the tokenizer's own)",
+    )
+    check.add_argument("--examples", type=int, default=2, help="samples shown for each kind of difference")
+    check.add_argument("--timeout", type=float, default=10.0, help="seconds one jinja render may take")
+    check.add_argument(
+        "--tool-arguments",
+        choices=("dict", "json"),
+        default="dict",
+        help="a tool call's arguments as a dict (transformers' form) or JSON text (e.g. DeepSeek-V3's template)",
+    )
+    check.set_defaults(func=cmd_check_template)
 
     tpl = sub.add_parser("templates", help="list the chat templates and tool formats")
     tpl.set_defaults(func=cmd_templates)

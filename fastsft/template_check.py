@@ -1,0 +1,538 @@
+"""``fastsft check-template``: where LLaMA-Factory's template and the model's own jinja chat template disagree.
+
+Every sample is rendered twice: with the LLaMA-Factory template (the token ids fastsft trains on,
+LLaMA-Factory-exact, untruncated) and with a jinja chat template (the tokenizer's own, as
+transformers, vLLM and TGI serve it, or one from a file), whose text is tokenized by the same
+tokenizer with ``add_special_tokens=False`` as ``apply_chat_template`` does. The first differing
+token of each sample is classified (``classify``) and counted by kind.
+
+The jinja template is untrusted code, so it runs in jinja2's ``ImmutableSandboxedEnvironment``
+with transformers' filters and globals, and under guards transformers lacks: printing or iterating
+an undefined value raises (a misspelt field would otherwise render as nothing), each render has a
+time limit, and ``*`` / ``**`` refuse results beyond ``MAX_SIZE``. Any failure is one line naming
+the template and the sample.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from fastsft.data.accounting import SampleRef
+from fastsft.data.data_args import DataArgs
+from fastsft.data.pipeline import prepare_run
+from fastsft.data.rows.encoder import in_dataset_terms
+from fastsft.data.sources.converter import Conversation, Dropped
+from fastsft.errors import ConfigError, DataError, FastSFTError
+
+__all__ = ["KINDS", "CheckReport", "JinjaChatTemplate", "check_template", "chat_messages", "classify"]
+
+SYSTEM_DEFAULT = "system default"
+TOOL_CALL = "tool-call format"
+THINKING = "thinking blocks"
+WHITESPACE = "whitespace or newline"
+STOP_TOKEN = "eos/stop token"
+OTHER = "other"
+KINDS = (SYSTEM_DEFAULT, TOOL_CALL, THINKING, WHITESPACE, STOP_TOKEN, OTHER)
+
+THINKING_MARKERS = ("<think>", "</think>")
+CONTEXT_TOKENS = 8  # decoded tokens shown on each side of a difference
+WINDOW_TOKENS = 16  # tokens after a difference searched for thinking markers
+MAX_SIZE = 1_000_000  # the longest string or list a template's `*` may build, the largest `**` result
+SPECIAL_TOKEN_KEYS = (
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+)
+
+
+class TemplateError(FastSFTError):
+    """A jinja chat template that does not compile, raises, runs too long, reads an undefined
+    field or reaches what the sandbox forbids; names the template and the sample."""
+
+
+class RenderTimeout(Exception):
+    """A render ran past its time limit."""
+
+
+class _PrintStrictUndefined(jinja2.Undefined):
+    """Undefined values may be tested (``if x``, ``x is defined``, ``x == y``) as templates do for
+    optional fields, but printing, iterating or measuring one raises: a misspelt field fails
+    instead of rendering as nothing."""
+
+    __slots__ = ()
+    __str__ = jinja2.Undefined._fail_with_undefined_error
+    __iter__ = jinja2.Undefined._fail_with_undefined_error
+    __len__ = jinja2.Undefined._fail_with_undefined_error
+
+
+class _GenerationTag(jinja2.ext.Extension):
+    """``{% generation %}...{% endgeneration %}`` (training templates' assistant markers) renders its body."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+    def _body(self, caller: Any) -> str:
+        return caller()
+
+
+class _Namespace(jinja2.utils.Namespace):
+    """jinja's ``namespace`` refusing underscore names, as transformers' is."""
+
+    def __init__(*args: Any, **kwargs: Any) -> None:
+        self, args = args[0], args[1:]
+        attrs = dict(*args, **kwargs)
+        for name in attrs:
+            _check_name(name)
+        jinja2.utils.Namespace.__init__(self, attrs)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        _check_name(name)
+        jinja2.utils.Namespace.__setitem__(self, name, value)
+
+
+def _check_name(name: Any) -> None:
+    if isinstance(name, str) and name.startswith("_"):
+        raise jinja2.exceptions.SecurityError(f"a namespace cannot hold the underscore name {name!r}")
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: Any = None,
+    separators: Any = None,
+    sort_keys: bool = False,
+) -> str:
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
+
+
+class _GuardedEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox with a deadline checked on every call and size limits on ``*`` and ``**``."""
+
+    intercepted_binops = frozenset({"*", "**"})
+    deadline = float("inf")
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 (jinja's signature)
+        if time.monotonic() > __self.deadline:
+            raise RenderTimeout()
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if (
+                    isinstance(seq, (str, list, tuple))
+                    and isinstance(times, int)
+                    and len(seq) * times > MAX_SIZE
+                ):
+                    raise jinja2.exceptions.SecurityError(f"`*` would build a value over {MAX_SIZE} items")
+        if operator == "**" and isinstance(left, (int, float)) and isinstance(right, (int, float)):
+            if abs(right) > 64 and abs(left) > 1:
+                raise jinja2.exceptions.SecurityError(f"`**` with exponent {right} is refused")
+        return super().call_binop(context, operator, left, right)
+
+
+class JinjaChatTemplate:
+    """A jinja chat template compiled in the guarded sandbox; ``render`` raises ``TemplateError``."""
+
+    def __init__(self, source: str, name: str, *, timeout: float = 10.0) -> None:
+        self.name = name
+        self.timeout = timeout
+        self.env = _GuardedEnvironment(
+            trim_blocks=True,
+            lstrip_blocks=True,
+            undefined=_PrintStrictUndefined,
+            extensions=[_GenerationTag, jinja2.ext.loopcontrols],
+        )
+        self.env.filters["tojson"] = _tojson
+        self.env.globals.update(
+            raise_exception=_raise_exception,
+            strftime_now=lambda fmt: datetime.now().strftime(fmt),
+            dict=dict,
+            namespace=_Namespace,
+        )
+        try:
+            self.template = self.env.from_string(source)
+        except jinja2.TemplateSyntaxError as err:
+            raise TemplateError(f"chat template {name}, line {err.lineno}: {err.message}") from None
+
+    def render(self, where: str, **variables: Any) -> str:
+        """The template rendered with ``variables`` (messages, tools, ...); ``where`` names the sample in errors."""
+        try:
+            with self._time_limit():
+                return self.template.render(**variables)
+        except RenderTimeout:
+            reason = f"ran past its {self.timeout:g} s time limit (a loop that does not end?)"
+        except RecursionError:
+            reason = "recursed too deeply"
+        except jinja2.exceptions.SecurityError as err:
+            reason = f"refused by the sandbox: {err}"
+        except jinja2.exceptions.UndefinedError as err:
+            reason = f"reads an undefined field: {err}"
+        except jinja2.exceptions.TemplateError as err:
+            reason = f"raised: {err}"
+        except Exception as err:  # noqa: BLE001 (any failure inside untrusted template code is one line)
+            reason = f"failed: {type(err).__name__}: {err}"
+        raise TemplateError(f"chat template {self.name}{_template_line()}: {where}: {reason}")
+
+    @contextmanager
+    def _time_limit(self) -> Iterator[None]:
+        """``timeout`` seconds: a timer signal on the main thread (it also stops loops that call
+        nothing), and the deadline the environment checks on every call."""
+        self.env.deadline = time.monotonic() + self.timeout
+        use_signal = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+        if not use_signal:
+            try:
+                yield
+            finally:
+                self.env.deadline = float("inf")
+            return
+
+        def expire(signum: int, frame: Any) -> None:
+            raise RenderTimeout()
+
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, self.timeout)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+            self.env.deadline = float("inf")
+
+
+def _template_line() -> str:
+    """`, line N` of the template frame that failed, when the traceback being handled has one."""
+    import sys
+
+    tb = sys.exc_info()[2]
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return f", line {line}" if line is not None else ""
+
+
+def chat_messages(
+    conv: Conversation, *, arguments_as_json: bool = False
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """A converted LLaMA-Factory conversation as ``apply_chat_template`` takes it: (messages, tools).
+
+    An explicit system prompt becomes a system message (none: the jinja template's own default
+    applies, as LLaMA-Factory's does on its side); ``function`` responses become assistant
+    ``tool_calls``, ``observation`` prompts ``tool`` messages; tools given as bare function schemas
+    are wrapped as ``{"type": "function", "function": ...}``, transformers' form. A call's
+    arguments are a dict, as transformers documents them, or with ``arguments_as_json`` JSON text
+    (what templates that concatenate them, such as DeepSeek-V3's, need).
+    """
+    messages: list[dict[str, Any]] = []
+    if conv.system:
+        messages.append({"role": "system", "content": conv.system})
+    for index, message in enumerate(conv.messages):
+        role, content = message["role"], message["content"]
+        if role == "function":
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": _tool_calls(conv, index, arguments_as_json),
+                }
+            )
+        elif role == "observation":
+            messages.append({"role": "tool", "content": content})
+        else:
+            messages.append({"role": role, "content": content})
+    tools = None
+    if conv.tools:
+        try:
+            parsed = json.loads(conv.tools)
+        except json.JSONDecodeError as err:
+            raise DataError(f"tools are not JSON: {err}", field="tools") from None
+        tools = [
+            tool if isinstance(tool, dict) and "function" in tool else {"type": "function", "function": tool}
+            for tool in (parsed if isinstance(parsed, list) else [parsed])
+        ]
+    return messages, tools
+
+
+def _tool_calls(conv: Conversation, index: int, arguments_as_json: bool) -> list[dict[str, Any]]:
+    try:
+        calls = json.loads(conv.messages[index]["content"])
+    except json.JSONDecodeError as err:
+        raise DataError(f"function call is not JSON: {err}", field=conv.fields[index]) from None
+    calls = calls if isinstance(calls, list) else [calls]
+    if not all(isinstance(call, dict) and "name" in call for call in calls):
+        raise DataError('a function call needs a "name"', field=conv.fields[index])
+    result = []
+    for call in calls:
+        arguments = call.get("arguments", {})
+        if arguments_as_json and not isinstance(arguments, str):
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        result.append({"type": "function", "function": {"name": call["name"], "arguments": arguments}})
+    return result
+
+
+def first_difference(a: Sequence[Any], b: Sequence[Any]) -> int | None:
+    """The first position where ``a`` and ``b`` differ (the shorter length if one is a prefix); None if equal."""
+    for position, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return position
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def message_at(prefix_text: str, conv: Conversation) -> int | None:
+    """The index in ``conv.messages`` of the message a difference falls in, from the text both
+    renderings share before it: the first message whose content is not complete there (None:
+    past the last one). Each template renders a function call's JSON its own way, so a call is
+    located by the message after it."""
+    cursor, pending_call = 0, None
+    for index, message in enumerate(conv.messages):
+        if message["role"] == "function":
+            pending_call = index if pending_call is None else pending_call
+            continue
+        content = message["content"]
+        found = prefix_text.find(content, cursor) if content else -1
+        if found < 0:
+            return pending_call if pending_call is not None else index
+        cursor, pending_call = found + len(content), None
+    return pending_call
+
+
+def classify(
+    lf_ids: Sequence[int],
+    jinja_ids: Sequence[int],
+    position: int,
+    conv: Conversation,
+    decode: Any,
+    stop_ids: set[int],
+) -> str:
+    """The kind of the difference at ``position``, by the first rule that holds:
+
+    1. eos/stop token: the first differing token of either rendering is a stop token (eos or a
+       template stop word), or one rendering ends there and the other goes on with stop tokens only;
+    2. thinking blocks: ``<think>`` or ``</think>`` within the 16 tokens from the difference on either side;
+    3. whitespace or newline: the decoded texts from the difference on first differ at a
+       whitespace character (or one ends where the other goes on with whitespace only);
+    4. tool-call format: the difference is in a function call or observation (or the message
+       right after one), or before the end of the first user message when the sample has tools;
+    5. system default: the difference is before the end of the first user message and the sample
+       has no system prompt of its own;
+    6. other.
+
+    The first three look at the tokens themselves, the last two at where the difference is
+    (``message_at``).
+    """
+    lf_rest, jinja_rest = lf_ids[position:], jinja_ids[position:]
+    if lf_rest and jinja_rest:
+        if lf_rest[0] in stop_ids or jinja_rest[0] in stop_ids:
+            return STOP_TOKEN
+    elif all(token in stop_ids for token in lf_rest or jinja_rest):
+        return STOP_TOKEN
+    window = decode(lf_rest[:WINDOW_TOKENS]) + "\x00" + decode(jinja_rest[:WINDOW_TOKENS])
+    if any(marker in window for marker in THINKING_MARKERS):
+        return THINKING
+    lf_text, jinja_text = decode(lf_rest), decode(jinja_rest)
+    char = first_difference(lf_text, jinja_text)
+    if char is not None:
+        if char == len(lf_text) or char == len(jinja_text):  # one text ends: the other's rest
+            whitespace = (lf_text[char:] or jinja_text[char:]).isspace()
+        else:
+            whitespace = lf_text[char].isspace() or jinja_text[char].isspace()
+        if whitespace:
+            return WHITESPACE
+    at = message_at(decode(lf_ids[:position]), conv)
+    roles = {conv.messages[i]["role"] for i in (at - 1, at) if at is not None and 0 <= i < len(conv.messages)}
+    first_user_open = at == 0
+    if roles & {"function", "observation"} or (first_user_open and conv.tools):
+        return TOOL_CALL
+    if first_user_open and not conv.system:
+        return SYSTEM_DEFAULT
+    return OTHER
+
+
+@dataclass
+class Example:
+    """A sample shown for its kind: where it differs and the decoded context on both sides."""
+
+    ref: SampleRef
+    position: int
+    message: int | None
+    lines: list[str]
+
+
+@dataclass
+class CheckReport:
+    """What ``check_template`` found: counts by kind, the first examples of each, what was skipped."""
+
+    lf_template: str
+    jinja_name: str
+    samples: int = 0
+    identical: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    examples: dict[str, list[Example]] = field(default_factory=lambda: {kind: [] for kind in KINDS})
+    skipped: int = 0
+    first_skipped: str = ""
+
+    def skip(self, ref: SampleRef, reason: str) -> None:
+        """Count a sample that has no rendering to compare."""
+        self.skipped += 1
+        self.first_skipped = self.first_skipped or f"{ref}: {reason}"
+
+    @property
+    def differing(self) -> int:
+        return sum(self.counts.values())
+
+    def lines(self) -> list[str]:
+        out = [
+            f"LF template '{self.lf_template}' vs jinja chat template {self.jinja_name}: {self.samples} samples, "
+            f"{self.identical} identical, {self.differing} differ"
+        ]
+        if self.skipped:
+            out.append(
+                f"  skipped {self.skipped} samples that cannot be rendered (first: {self.first_skipped})"
+            )
+        out += [f"  {kind}: {count}" for kind, count in self.counts.items() if count]
+        for kind in KINDS:
+            for example in self.examples[kind]:
+                where = (
+                    "before the first message's end"
+                    if example.message == 0
+                    else (
+                        f"in message #{example.message}"
+                        if example.message is not None
+                        else "after the last message"
+                    )
+                )
+                out += [
+                    "",
+                    f"== {kind}: {example.ref}: first difference at token {example.position}, {where}",
+                ]
+                out += example.lines
+        return out
+
+
+def _context(decode: Any, ids: Sequence[int], position: int) -> str:
+    before = decode(ids[max(0, position - CONTEXT_TOKENS) : position])
+    token = decode(ids[position : position + 1]) if position < len(ids) else ""
+    after = decode(ids[position + 1 : position + 1 + CONTEXT_TOKENS])
+    shown = f">>{token!r}<<" if position < len(ids) else ">>(end)<<"
+    return f"{before!r} {shown} {after!r}"
+
+
+def check_template(
+    args: DataArgs,
+    tokenizer: Any,
+    *,
+    chat_template: str | None = None,
+    chat_template_name: str | None = None,
+    examples: int = 2,
+    timeout: float = 10.0,
+    arguments_as_json: bool = False,
+) -> CheckReport:
+    """Compare every sample's LF rendering with its jinja rendering (``chat_template`` text, else
+    the tokenizer's own as loaded). ``tokenizer`` is fixed in place for the LF template, after the
+    jinja template and its special tokens are read from it."""
+    source, name = chat_template, chat_template_name or "(given)"
+    if source is None:
+        source = tokenizer.chat_template
+        if isinstance(source, dict):
+            source = source.get("default")
+        name = f"of tokenizer {getattr(tokenizer, 'name_or_path', '')}".rstrip()
+        if not source:
+            raise ConfigError("the tokenizer has no chat template; give one with --chat-template FILE")
+    jinja = JinjaChatTemplate(source, name, timeout=timeout)
+    # A special token the tokenizer lacks is "", what transformers' lenient rendering prints for it.
+    specials = {key: getattr(tokenizer, key, None) or "" for key in SPECIAL_TOKEN_KEYS}
+    served_eos = tokenizer.eos_token_id
+
+    # The LF side untruncated: the whole conversation is compared.
+    run = prepare_run(replace(args, cutoff_len=2**31 - 1), tokenizer, fingerprint=False)
+    encoder = run.encoder(encode_path="python")
+    stop_ids = {tokenizer.eos_token_id, served_eos} | {
+        tokenizer.convert_tokens_to_ids(word) for word in run.template.stop_words
+    }
+    stop_ids.discard(None)
+
+    def decode(ids: Sequence[int]) -> str:
+        return tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    variables: dict[str, Any] = {"add_generation_prompt": False, "documents": None, **specials}
+    if args.enable_thinking is not None:
+        variables["enable_thinking"] = args.enable_thinking
+
+    report = CheckReport(lf_template=str(args.template), jinja_name=name)
+    for split in run.splits():
+        for ref, sample in run.samples(split):
+            if not isinstance(sample, Conversation):  # dropped by LLaMA-Factory's rules, or malformed
+                report.skip(ref, getattr(sample, "reason", str(sample)))
+                continue
+            conv = sample
+            try:
+                lf_ids = encoder.encode_one(conv)[0]
+                messages, tools = chat_messages(conv, arguments_as_json=arguments_as_json)
+            except DataError as err:
+                report.skip(ref, str(in_dataset_terms(err, conv)))
+                continue
+            text = jinja.render(str(ref), messages=messages, tools=tools, **variables)
+            jinja_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            report.samples += 1
+            position = first_difference(lf_ids, jinja_ids)
+            if position is None:
+                report.identical += 1
+                continue
+            kind = classify(lf_ids, jinja_ids, position, conv, decode, stop_ids)
+            report.counts[kind] += 1
+            if len(report.examples[kind]) < examples:
+                lines = [
+                    f"  LF   : {_context(decode, lf_ids, position)}",
+                    f"  jinja: {_context(decode, jinja_ids, position)}",
+                ]
+                at = message_at(decode(lf_ids[:position]), conv)
+                report.examples[kind].append(Example(ref, position, at, lines))
+    return report
+
+
+def read_chat_template(path: str) -> str:
+    """A ``--chat-template`` file's text: a ``.jinja`` file, or a JSON file with a ``chat_template`` key."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--chat-template {path}: no such file")
+    text = file.read_text(encoding="utf-8")
+    if file.suffix == ".json":
+        try:
+            value = json.loads(text).get("chat_template")
+        except (json.JSONDecodeError, AttributeError) as err:
+            raise ConfigError(
+                f"--chat-template {path}: not a JSON object with a chat_template: {err}"
+            ) from None
+        if not isinstance(value, str):
+            raise ConfigError(f"--chat-template {path}: no chat_template text in it")
+        return value
+    return text
