@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jinja2
 import jinja2.ext
@@ -34,10 +34,10 @@ from fastsft.data.accounting import SampleRef
 from fastsft.data.data_args import DataArgs
 from fastsft.data.pipeline import prepare_run
 from fastsft.data.rows.encoder import in_dataset_terms
-from fastsft.data.sources.converter import Conversation, Dropped
+from fastsft.data.sources.converter import Conversation
 from fastsft.errors import ConfigError, DataError, FastSFTError
 
-__all__ = ["KINDS", "CheckReport", "JinjaChatTemplate", "check_template", "chat_messages", "classify"]
+__all__ = ["KINDS", "CheckReport", "JinjaChatTemplate", "chat_messages", "check_template", "classify"]
 
 SYSTEM_DEFAULT = "system default"
 TOOL_CALL = "tool-call format"
@@ -85,7 +85,7 @@ class _PrintStrictUndefined(jinja2.Undefined):
 class _GenerationTag(jinja2.ext.Extension):
     """``{% generation %}...{% endgeneration %}`` (training templates' assistant markers) renders its body."""
 
-    tags = {"generation"}
+    tags: ClassVar[set[str]] = {"generation"}
 
     def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
         lineno = next(parser.stream).lineno
@@ -138,7 +138,7 @@ class _GuardedEnvironment(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**"})
     deadline = float("inf")
 
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 (jinja's signature)
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         if time.monotonic() > __self.deadline:
             raise RenderTimeout()
         return super().call(__context, __obj, *args, **kwargs)
@@ -152,9 +152,9 @@ class _GuardedEnvironment(ImmutableSandboxedEnvironment):
                     and len(seq) * times > MAX_SIZE
                 ):
                     raise jinja2.exceptions.SecurityError(f"`*` would build a value over {MAX_SIZE} items")
-        if operator == "**" and isinstance(left, (int, float)) and isinstance(right, (int, float)):
-            if abs(right) > 64 and abs(left) > 1:
-                raise jinja2.exceptions.SecurityError(f"`**` with exponent {right} is refused")
+        numbers = isinstance(left, (int, float)) and isinstance(right, (int, float))
+        if operator == "**" and numbers and abs(right) > 64 and abs(left) > 1:
+            raise jinja2.exceptions.SecurityError(f"`**` with exponent {right} is refused")
         return super().call_binop(context, operator, left, right)
 
 
@@ -197,7 +197,7 @@ class JinjaChatTemplate:
             reason = f"reads an undefined field: {err}"
         except jinja2.exceptions.TemplateError as err:
             reason = f"raised: {err}"
-        except Exception as err:  # noqa: BLE001 (any failure inside untrusted template code is one line)
+        except Exception as err:  # any failure inside the template's code is one line
             reason = f"failed: {type(err).__name__}: {err}"
         raise TemplateError(f"chat template {self.name}{_template_line()}: {where}: {reason}")
 
