@@ -19,7 +19,8 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -50,6 +51,7 @@ KINDS = (SYSTEM_DEFAULT, TOOL_CALL, THINKING, WHITESPACE, STOP_TOKEN, OTHER)
 THINKING_MARKERS = ("<think>", "</think>")
 CONTEXT_TOKENS = 8  # decoded tokens shown on each side of a difference
 WINDOW_TOKENS = 16  # tokens after a difference searched for thinking markers
+WHITESPACE_CHARS = 32  # non-whitespace characters after a difference that must agree for a whitespace one
 MAX_SIZE = 1_000_000  # the longest string or list a template's `*` may build, the largest `**` result
 SPECIAL_TOKEN_KEYS = (
     "bos_token",
@@ -330,20 +332,25 @@ def classify(
     jinja_ids: Sequence[int],
     position: int,
     conv: Conversation,
-    decode: Any,
+    decode: Callable[[Sequence[int]], str],
     stop_ids: set[int],
+    with_default_system: Callable[[], Sequence[int]] | None = None,
 ) -> str:
     """The kind of the difference at ``position``, by the first rule that holds:
 
     1. eos/stop token: the first differing token of either rendering is a stop token (eos or a
-       template stop word), or one rendering ends there and the other goes on with stop tokens only;
+       template stop word) and the two renderings hold different stop tokens (a stop token only
+       displaced by other text does not count), or one rendering ends there and the other goes on
+       with stop tokens only;
     2. thinking blocks: ``<think>`` or ``</think>`` within the 16 tokens from the difference on either side;
-    3. whitespace or newline: the decoded texts from the difference on first differ at a
-       whitespace character (or one ends where the other goes on with whitespace only);
+    3. whitespace or newline: the decoded texts from the difference on, without their whitespace,
+       agree on their first 32 characters (or entirely, where shorter);
     4. tool-call format: the difference is in a function call or observation (or the message
        right after one), or before the end of the first user message when the sample has tools;
-    5. system default: the difference is before the end of the first user message and the sample
-       has no system prompt of its own;
+    5. system default: the sample has no system prompt of its own, the difference is before the
+       end of the first user message, and (where LF's template has a default system prompt)
+       ``with_default_system()``, the jinja rendering given LF's default as the sample's system
+       prompt, differs later than ``position`` or not at all;
     6. other.
 
     The first three look at the tokens themselves, the last two at where the difference is
@@ -351,30 +358,34 @@ def classify(
     """
     lf_rest, jinja_rest = lf_ids[position:], jinja_ids[position:]
     if lf_rest and jinja_rest:
-        if lf_rest[0] in stop_ids or jinja_rest[0] in stop_ids:
+        if (lf_rest[0] in stop_ids or jinja_rest[0] in stop_ids) and _stops(lf_ids, stop_ids) != _stops(
+            jinja_ids, stop_ids
+        ):
             return STOP_TOKEN
     elif all(token in stop_ids for token in lf_rest or jinja_rest):
         return STOP_TOKEN
     window = decode(lf_rest[:WINDOW_TOKENS]) + "\x00" + decode(jinja_rest[:WINDOW_TOKENS])
     if any(marker in window for marker in THINKING_MARKERS):
         return THINKING
-    lf_text, jinja_text = decode(lf_rest), decode(jinja_rest)
-    char = first_difference(lf_text, jinja_text)
-    if char is not None:
-        if char == len(lf_text) or char == len(jinja_text):  # one text ends: the other's rest
-            whitespace = (lf_text[char:] or jinja_text[char:]).isspace()
-        else:
-            whitespace = lf_text[char].isspace() or jinja_text[char].isspace()
-        if whitespace:
-            return WHITESPACE
+    lf_text, jinja_text = ("".join(decode(rest).split()) for rest in (lf_rest, jinja_rest))
+    if lf_text[:WHITESPACE_CHARS] == jinja_text[:WHITESPACE_CHARS]:
+        return WHITESPACE
     at = message_at(decode(lf_ids[:position]), conv)
     roles = {conv.messages[i]["role"] for i in (at - 1, at) if at is not None and 0 <= i < len(conv.messages)}
     first_user_open = at == 0
     if roles & {"function", "observation"} or (first_user_open and conv.tools):
         return TOOL_CALL
     if first_user_open and not conv.system:
-        return SYSTEM_DEFAULT
+        if with_default_system is None:
+            return SYSTEM_DEFAULT
+        moved = first_difference(lf_ids, with_default_system())
+        if moved is None or moved > position:
+            return SYSTEM_DEFAULT
     return OTHER
+
+
+def _stops(ids: Sequence[int], stop_ids: set[int]) -> Counter[int]:
+    return Counter(token for token in ids if token in stop_ids)
 
 
 @dataclass
@@ -487,6 +498,12 @@ def check_template(
     if args.enable_thinking is not None:
         variables["enable_thinking"] = args.enable_thinking
 
+    def render_ids(
+        where: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> list[int]:
+        text = jinja.render(where, messages=messages, tools=tools, **variables)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
     report = CheckReport(lf_template=str(args.template), jinja_name=name)
     for split in run.splits():
         for ref, sample in run.samples(split):
@@ -500,14 +517,22 @@ def check_template(
             except DataError as err:
                 report.skip(ref, str(in_dataset_terms(err, conv)))
                 continue
-            text = jinja.render(str(ref), messages=messages, tools=tools, **variables)
-            jinja_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            jinja_ids = render_ids(str(ref), messages, tools)
             report.samples += 1
             position = first_difference(lf_ids, jinja_ids)
             if position is None:
                 report.identical += 1
                 continue
-            kind = classify(lf_ids, jinja_ids, position, conv, decode, stop_ids)
+            with_default_system = None
+            if run.template.default_system:
+
+                def with_default_system(conv: Conversation = conv, where: str = str(ref)) -> list[int]:
+                    messages, tools = chat_messages(
+                        replace(conv, system=run.template.default_system), arguments_as_json=arguments_as_json
+                    )
+                    return render_ids(where, messages, tools)
+
+            kind = classify(lf_ids, jinja_ids, position, conv, decode, stop_ids, with_default_system)
             report.counts[kind] += 1
             if len(report.examples[kind]) < examples:
                 lines = [
