@@ -427,7 +427,7 @@ class CheckReport:
         ]
         if self.skipped:
             out.append(
-                f"  skipped {self.skipped} samples that cannot be rendered (first: {self.first_skipped})"
+                f"  skipped {self.skipped} samples LLaMA-Factory drops or cannot encode (first: {self.first_skipped})"
             )
         out += [f"  {kind}: {count}" for kind, count in self.counts.items() if count]
         for kind in KINDS:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -125,7 +126,7 @@ def row(result: subprocess.CompletedProcess[str]) -> str:
     lines = result.stdout.splitlines()
     head = lines[0].rsplit(": ", 1)[1]  # "N samples, M identical, K differ"
     samples, identical = (int(part.split()[0]) for part in head.split(", ")[:2])
-    kinds = [line.strip() for line in lines[1:] if line.startswith("  ") and not line.startswith("  skipped")]
+    kinds = [line.strip() for line in lines[1:] if re.fullmatch(r"  [a-z/ -]+: \d+", line)]
     return f"{samples} | {identical} | {'; '.join(kinds) or 'none'}"
 
 

@@ -347,3 +347,25 @@ def test_classify_rule_order() -> None:
     assert kind_of("[U:hi][A:yo]$<think>", "[U:hi][A:yo]\n<think>", chat) == STOP_TOKEN
     assert kind_of("[U:hi][A:yo]", "[U:hi][A:\n<think></think>yo]", chat) == THINKING
     assert kind_of("[S:x][U:hi][A:yo]", "[S:x]\n[U:hi][A:yo]", chat) == WHITESPACE  # not system default
+
+
+def test_the_tokenizers_own_chat_template_is_the_default(
+    test_data_dir: Path, fixture_tokenizer_path: Path, tmp_path: Path, capsys
+) -> None:
+    """Without --chat-template the tokenizer's template is read as loaded, before LF's fixes."""
+    import json
+    import shutil
+
+    tokenizer = tmp_path / "tokenizer"
+    shutil.copytree(fixture_tokenizer_path, tokenizer)
+    config = json.loads((tokenizer / "tokenizer_config.json").read_text(encoding="utf-8"))
+    args = ["check-template", "--dataset", "sharegpt_chat", "--dataset-dir", str(test_data_dir)]
+    args += ["--tokenizer", str(tokenizer), "--template", "qwen"]
+
+    assert main(args) == 2
+    assert "the tokenizer has no chat template; give one with --chat-template FILE" in capsys.readouterr().err
+
+    config["chat_template"] = base()
+    (tokenizer / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    assert main(args) == 0
+    assert "11 samples, 11 identical, 0 differ" in capsys.readouterr().out
