@@ -113,6 +113,16 @@ class _Namespace(jinja2.utils.Namespace):
         jinja2.utils.Namespace.__setitem__(self, name, value)
 
 
+class _TemplateDict:
+    """``dict`` for templates without the type itself, as transformers gives it."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+        return dict(*args, **kwargs)
+
+    def fromkeys(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+        return dict.fromkeys(*args, **kwargs)
+
+
 def _check_name(name: Any) -> None:
     if isinstance(name, str) and name.startswith("_"):
         raise jinja2.exceptions.SecurityError(f"a namespace cannot hold the underscore name {name!r}")
@@ -176,7 +186,7 @@ class JinjaChatTemplate:
         self.env.globals.update(
             raise_exception=_raise_exception,
             strftime_now=lambda fmt: datetime.now().strftime(fmt),
-            dict=dict,
+            dict=_TemplateDict(),
             namespace=_Namespace,
         )
         try:
@@ -189,19 +199,11 @@ class JinjaChatTemplate:
         try:
             with self._time_limit():
                 return self.template.render(**variables)
-        except RenderTimeout:
-            reason = f"ran past its {self.timeout:g} s time limit (a loop that does not end?)"
-        except RecursionError:
-            reason = "recursed too deeply"
-        except jinja2.exceptions.SecurityError as err:
-            reason = f"refused by the sandbox: {err}"
-        except jinja2.exceptions.UndefinedError as err:
-            reason = f"reads an undefined field: {err}"
-        except jinja2.exceptions.TemplateError as err:
-            reason = f"raised: {err}"
         except Exception as err:  # any failure inside the template's code is one line
-            reason = f"failed: {type(err).__name__}: {err}"
-        raise TemplateError(f"chat template {self.name}{_template_line()}: {where}: {reason}")
+            line = _template_line(err)
+            raise TemplateError(
+                f"chat template {self.name}{line}: {where}: {_failure(err, self.timeout)}"
+            ) from None
 
     @contextmanager
     def _time_limit(self) -> Iterator[None]:
@@ -229,12 +231,24 @@ class JinjaChatTemplate:
             self.env.deadline = float("inf")
 
 
-def _template_line() -> str:
-    """`, line N` of the template frame that failed, when the traceback being handled has one."""
-    import sys
+def _failure(err: Exception, timeout: float) -> str:
+    """Why a render failed, in words."""
+    if isinstance(err, RenderTimeout):
+        return f"ran past its {timeout:g} s time limit (a loop that does not end?)"
+    if isinstance(err, RecursionError):
+        return "recursed too deeply"
+    if isinstance(err, jinja2.exceptions.SecurityError):
+        return f"refused by the sandbox: {err}"
+    if isinstance(err, jinja2.exceptions.UndefinedError):
+        return f"reads an undefined field: {err}"
+    if isinstance(err, jinja2.exceptions.TemplateError):
+        return f"raised: {err}"
+    return f"failed: {type(err).__name__}: {err}"
 
-    tb = sys.exc_info()[2]
-    line = None
+
+def _template_line(err: Exception) -> str:
+    """`, line N` of the innermost template frame in ``err``'s traceback, where it has one."""
+    tb, line = err.__traceback__, None
     while tb is not None:
         if tb.tb_frame.f_code.co_filename == "<template>":
             line = tb.tb_lineno

@@ -231,6 +231,12 @@ def test_the_deadline_holds_off_the_main_thread() -> None:
     assert errors and "time limit" in str(errors[0])
 
 
+def test_a_runtime_failure_names_the_template_line() -> None:
+    jinja = JinjaChatTemplate("first\n{{ raise_exception('bad role') }}", "t.jinja")
+    with pytest.raises(TemplateError, match=r"^chat template t.jinja, line 2: sample #4: raised: bad role$"):
+        jinja.render("sample #4", messages=[])
+
+
 def test_a_template_with_a_syntax_error_names_its_line() -> None:
     with pytest.raises(TemplateError, match=r"chat template t.jinja, line 2: "):
         JinjaChatTemplate("ok\n{% if %}", "t.jinja")
