@@ -1,6 +1,7 @@
 """The table of docs/chat_templates.md: ``fastsft check-template`` for LLaMA-Factory's ``qwen``,
 ``qwen3``, ``llama3``, ``deepseek3`` and ``gemma3`` templates against TRL's copies of the models'
-original jinja templates, on LLaMA-Factory's demo data, one dataset at a time.
+original jinja templates, on LLaMA-Factory's demo data and the multi-turn chats of tests/data/sharegpt_chat.json, one dataset
+at a time.
 
 Vocabularies: the real Qwen2 tokenizer for the Qwen families, the Llama 3 tokenizer
 (scripts/make_llama3_tokenizer.py) for llama3; no DeepSeek-V3 or Gemma 3 tokenizer is on this
@@ -21,7 +22,8 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DATASETS = ("identity", "alpaca_en_demo", "glaive_toolcall_en_demo")
+LF_DATASETS = ("identity", "alpaca_en_demo", "glaive_toolcall_en_demo")
+OWN_DATASETS = ("sharegpt_chat",)  # tests/data: multi-turn chats, some with a system prompt
 DERIVED_SPECIALS = {
     "deepseek3": {
         "bos_token": "<｜begin▁of▁sentence｜>",
@@ -91,7 +93,9 @@ def main() -> int:
         )
         print("| --- | --- | --- | --- | --- | --- | --- |")
         for lf_template, jinja, vocabulary, flags in CHECKS:
-            for dataset in DATASETS:
+            datasets = [(name, args.lf_data) for name in LF_DATASETS]
+            datasets += [(name, str(REPO / "tests" / "data")) for name in OWN_DATASETS]
+            for dataset, dataset_dir in datasets:
                 command = [
                     sys.executable,
                     "-m",
@@ -100,7 +104,7 @@ def main() -> int:
                     "--dataset",
                     dataset,
                     "--dataset-dir",
-                    args.lf_data,
+                    dataset_dir,
                     "--tokenizer",
                     str(vocab[vocabulary]),
                     "--template",
