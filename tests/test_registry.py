@@ -81,6 +81,11 @@ def test_dataset_info_defaults_without_columns(tmp_path: Path) -> None:
         ({"cloud_file_name": "s3://b/k"}, "fastsft reads local files only"),
         ({"formatting": "sharegpt"}, "has no 'file_name'"),
         ({"file_name": "x.json", "ranking": True}, "ranking"),
+        (
+            {"file_name": "c4_demo.jsonl", "columns": {"prompt": "text"}},
+            r"dataset 'ds' is a pretraining dataset \(its columns name no response; LLaMA-Factory trains it "
+            r"with `stage: pt`",
+        ),
         ({"file_name": "x.json", "num_samples": 10}, "num_samples"),
         ({"file_name": "x.json", "split": "test"}, "only the 'train' split"),
         ({"file_name": "x.json", "formatting": "chatml"}, "unknown formatting 'chatml'"),

@@ -236,6 +236,13 @@ def test_llamafactory_full_sft_yaml_loads_with_notices() -> None:
             "`compute_accuracy: true` is not supported: fastsft train evaluates the loss",
         ),
         ({"eval_num_beams": 4}, "LLaMA-Factory option `eval_num_beams` is not supported"),
+        (
+            {"enable_liger_kernel": True},
+            "`enable_liger_kernel: true` is not supported: fastsft train does not load Liger kernels",
+        ),
+        ({"use_unsloth": True}, "`use_unsloth: true` is not supported: fastsft train does not use Unsloth"),
+        ({"shift_attn": True}, "`shift_attn: true` is not supported: LongLoRA's shifted sparse attention"),
+        ({"resize_vocab": True}, "`resize_vocab: true` is not supported: fastsft train keeps the tokenizer's"),
         ({"eval_strategy": "steps"}, "evaluation (do_eval / eval_strategy) needs val_size or eval_dataset"),
         ({"do_eval": True}, "evaluation (do_eval / eval_strategy) needs val_size or eval_dataset"),
         ({"val_size": 0.1, "eval_dataset": "x"}, "set either `val_size` or `eval_dataset`, not both"),

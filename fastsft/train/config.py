@@ -241,10 +241,14 @@ REQUIRED_VALUES: dict[str, tuple[Any, str]] = {
     "compute_accuracy": (False, "fastsft train evaluates the loss only"),
     "ignore_pad_token_for_loss": (True, "padding never counts in the loss"),
     "pure_bf16": (False, "weights stay fp32 with bf16 autocast (or DeepSpeed bf16)"),
-    "use_unsloth": (False, "not supported"),
-    "enable_liger_kernel": (False, "not supported"),
-    "resize_vocab": (False, "not supported"),
-    "shift_attn": (False, "not supported"),
+    "use_unsloth": (False, "fastsft train does not use Unsloth; drop the key"),
+    "enable_liger_kernel": (
+        False,
+        "fastsft train does not load Liger kernels (its chunked loss, on by default, already avoids "
+        "the full logits); drop the key",
+    ),
+    "resize_vocab": (False, "fastsft train keeps the tokenizer's vocabulary; drop the key"),
+    "shift_attn": (False, "LongLoRA's shifted sparse attention is not implemented; drop the key"),
     "train_from_scratch": (False, "use model_config for a random-init model"),
     "freeze_vision_tower": (True, "fastsft train fine-tunes text-only models"),
     "freeze_multi_modal_projector": (True, "fastsft train fine-tunes text-only models"),

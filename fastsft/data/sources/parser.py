@@ -187,6 +187,13 @@ def _check_supported(attr: DatasetAttr) -> None:
             f"{where} is a ranking (preference) dataset, not applicable to supervised fine-tuning"
         )
 
+    if attr.formatting == "alpaca" and not attr.response:
+        raise ConfigError(
+            f"{where} is a pretraining dataset (its columns name no response; LLaMA-Factory trains it "
+            "with `stage: pt` and drops every sample of it under `stage: sft`): supervised fine-tuning "
+            "needs a 'response' column"
+        )
+
     if attr.split != "train":
         raise ConfigError(f"{where}: local files have only the 'train' split, got split '{attr.split}'")
 
