@@ -346,7 +346,18 @@ def test_max_samples_takes_the_first_rows_of_each_dataset(
     assert load_train(part).to_dict() == load_train(full).select(range(3)).to_dict()
 
 
-def test_two_workers_give_the_same_output_as_one(capsys, tmp_path, test_data_dir, fixture_tokenizer_path):
+@pytest.fixture
+def workers_pay_off(monkeypatch):
+    """Worker processes as asked, even for tiny inputs on 2 cores (so that the pool path runs)."""
+    from fastsft.data.rows import worker_count
+
+    monkeypatch.setattr(worker_count, "available_cores", lambda: 4)
+    monkeypatch.setattr(worker_count, "MIN_BYTES_PER_WORKER", 1)
+
+
+def test_two_workers_give_the_same_output_as_one(
+    capsys, tmp_path, test_data_dir, fixture_tokenizer_path, workers_pay_off
+):
     results = []
     for workers in (1, 2):
         output = tmp_path / f"workers{workers}"
@@ -355,12 +366,19 @@ def test_two_workers_give_the_same_output_as_one(capsys, tmp_path, test_data_dir
             capsys, fixture_tokenizer_path, SAMPLE_DATASETS, test_data_dir, output, *flags
         )
         assert code == 0, err
-        summary_lines = [line for line in out.splitlines() if not line.startswith(("time: ", "saved "))]
+        summary_lines = [
+            line for line in out.splitlines() if not line.startswith(("time: ", "saved ", "encoding in "))
+        ]
+        assert ("encoding in 2 processes (preprocessing_num_workers: 2 is a ceiling)" in out) == (
+            workers == 2
+        )
         results.append((load_train(output).to_dict(), summary_lines))
     assert results[0] == results[1]
 
 
-def test_workers_report_the_first_malformed_sample(capsys, tmp_path, data_dir, fixture_tokenizer_path):
+def test_workers_report_the_first_malformed_sample(
+    capsys, tmp_path, data_dir, fixture_tokenizer_path, workers_pay_off
+):
     """Workers encode while later batches are read: a later sample's error must not win over sample #1's."""
     first = "dataset late, sample #1, field 'tools': invalid JSON in tool description"
     for workers in (1, 2):

@@ -242,7 +242,10 @@ def test_llamafactory_full_sft_yaml_loads_with_notices() -> None:
         ),
         ({"use_unsloth": True}, "`use_unsloth: true` is not supported: fastsft train does not use Unsloth"),
         ({"shift_attn": True}, "`shift_attn: true` is not supported: LongLoRA's shifted sparse attention"),
-        ({"resize_vocab": True}, "`resize_vocab: true` is not supported: fastsft train keeps the tokenizer's"),
+        (
+            {"resize_vocab": True},
+            "`resize_vocab: true` is not supported: fastsft train keeps the tokenizer's",
+        ),
         ({"eval_strategy": "steps"}, "evaluation (do_eval / eval_strategy) needs val_size or eval_dataset"),
         ({"do_eval": True}, "evaluation (do_eval / eval_strategy) needs val_size or eval_dataset"),
         ({"val_size": 0.1, "eval_dataset": "x"}, "set either `val_size` or `eval_dataset`, not both"),

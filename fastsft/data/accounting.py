@@ -75,6 +75,7 @@ class Summary:
     seconds: float = field(default=0.0, metadata=RUN_FACT)
     encode_path: str = field(default="", metadata=RUN_FACT)
     tokenizer_backend: str = field(default="", metadata=RUN_FACT)
+    workers: str = field(default="", metadata=RUN_FACT)  # the worker-count line, when one was asked for
 
     def merge(self, part: Summary) -> None:
         """Add ``part``'s counters (a worker's, say); keep the earlier of each first example."""
@@ -106,6 +107,8 @@ class Summary:
         if self.packing_capacity and self.rows_out:
             fill = self.tokens / (self.rows_out * self.packing_capacity)
             out.append(f"packed rows: {self.rows_out} of {self.packing_capacity} tokens, {fill:.1%} filled")
+        if self.workers:
+            out.append(self.workers)
         out += [
             f"time: {self.seconds:.2f} s  {rate:,.0f} examples/s  {token_rate:,.0f} tokens/s"
             f"  (encode: {self.encode_path}, tokenizer: {self.tokenizer_backend})",

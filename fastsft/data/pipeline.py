@@ -34,6 +34,7 @@ from fastsft.data.data_args import DataArgs
 from fastsft.data.rows.builder import RowBuilder, empty_table
 from fastsft.data.rows.encoder import Encoder
 from fastsft.data.rows.tokenizing import tokenizer_backend
+from fastsft.data.rows.worker_count import workers_for_run
 from fastsft.data.rows.workers import encoded_batches
 from fastsft.data.sources.converter import Conversation, Dropped, convert
 from fastsft.data.sources.mixing import STOPPING_STRATEGIES
@@ -237,8 +238,9 @@ def build_dataset(
     ``cache_file`` the rows stream to that Arrow file and the dataset is memory-mapped from it, so
     memory does not grow with the dataset (BFD packing, which needs every length first, keeps 16
     bytes a sample and spills the tokens to a temporary folder beside ``cache_file``).
-    ``workers`` (default ``args.preprocessing_num_workers`` or 1) encodes batches in that many
-    processes, in order, with a bounded queue. ``split`` names the split of ``args`` to build
+    ``workers`` encodes batches in exactly that many processes, in order, with a bounded queue;
+    unset, ``args.preprocessing_num_workers`` is a ceiling (``fastsft.data.rows.worker_count``).
+    ``split`` names the split of ``args`` to build
     (``fastsft.data.sources.splitting.split_names``); ``source``, when given, is its planned samples.
     ``run``, when given, is ``prepare_run(args, tokenizer)`` already made (the tokenizer fixed).
     """
@@ -290,6 +292,9 @@ def _build_split(
     attrs = source.attrs
     encoder = run.encoder()
     summary = Summary(encode_path=encoder.encode_path, tokenizer_backend=encoder.tokenizer_backend.name)
+    if workers is None:  # preprocessing_num_workers is a ceiling; the line says what was chosen
+        choice = workers_for_run(args, attrs)
+        workers, summary.workers = choice.count, choice.line or ""
     rows = RowBuilder(
         encoder.kernels,
         summary,
@@ -312,9 +317,7 @@ def _build_split(
     bar = _progress_bar(progress)
     with _cyclic_gc_paused():
         try:
-            for encoded in encoded_batches(
-                encoder, batches, summary, workers or args.preprocessing_num_workers or 1
-            ):
+            for encoded in encoded_batches(encoder, batches, summary, workers):
                 for batch in rows.add(encoded):
                     sink(batch)
                 bar.update(summary.examples_in - bar.n)
