@@ -257,6 +257,9 @@ class VarlenCollator:
     and ``fastsft.train.attention`` read; with ``return_seq_idx``, ``seq_idx`` (int32 ``[1, T]``,
     the sequence of every token, for linear-attention layers). There is no ``attention_mask``.
     The options mean what they mean in transformers' ``DataCollatorWithFlattening``.
+    ``rows_attend_across``: every row is one attention span (its sequences attend to those before
+    them in the row, positions still restarting), as LLaMA-Factory trains ``packing`` without
+    ``neat_packing``; only a row's first label is then dropped.
 
     A packed row that lost its boundary columns (``remove_unused_columns``) while its
     neat-packing mask or ``packing_params`` remain is refused with a one-line ``DataError``.
@@ -273,6 +276,7 @@ class VarlenCollator:
         return_seq_idx: bool = False,
         separator_id: int = IGNORE_INDEX,
         position_ids_start: int = 0,
+        rows_attend_across: bool = False,
     ) -> None:
         for name, value in (("separator_id", separator_id), ("position_ids_start", position_ids_start)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
@@ -281,11 +285,18 @@ class VarlenCollator:
         self.return_seq_idx = return_seq_idx
         self.separator_id = int(separator_id)
         self.position_ids_start = int(position_ids_start)
+        self.rows_attend_across = rows_attend_across
         self.backend = resolve_encode_path(backend)
         self._varlen_flatten = select_kernels(self.backend).varlen_flatten
 
     def __call__(self, features: Sequence[Feature]) -> dict[str, torch.Tensor | int]:
-        flat = self._varlen_flatten(*_varlen_rows(features))
+        if self.rows_attend_across:
+            rows_ids, rows_labels, rows_positions = _varlen_rows(features)
+            flat = self._varlen_flatten(rows_ids, rows_labels, None)  # one sequence per row
+            if rows_positions is not None:
+                flat.position_ids[:] = np.concatenate(rows_positions)
+        else:
+            flat = self._varlen_flatten(*_varlen_rows(features))
         starts = flat.cu_seqlens[:-1]
         if self.separator_id != IGNORE_INDEX:
             flat.labels[starts] = self.separator_id

@@ -88,7 +88,8 @@ class DataArgs:
     # fastsft's own options
     packing_strategy: PackingStrategy | None = option(
         None,
-        "llamafactory: LLaMA-Factory's rows (preprocess default); bfd: whole-dataset best fit (train default)",
+        "llamafactory: LLaMA-Factory's rows (default); bfd: fastsft's whole-dataset best fit (fewer rows, "
+        "samples kept apart; losses then differ from LLaMA-Factory's)",
     )
     backend: EncodePath | None = option(
         None,
@@ -178,6 +179,21 @@ class DataArgs:
     def strategy(self) -> PackingStrategy:
         """The packing strategy in force (``llamafactory`` unless set)."""
         return self.packing_strategy or "llamafactory"
+
+    @property
+    def rows_attend_across(self) -> bool:
+        """Whether a packed row's samples attend to each other: LLaMA-Factory's ``packing`` without
+        ``neat_packing`` (fastsft's ``bfd`` rows keep samples apart)."""
+        return bool(self.packing) and not self.neat_packing and self.strategy == "llamafactory"
+
+    def packing_notice(self) -> str | None:
+        """The line ``fastsft train`` prints about LLaMA-Factory's plain packing and its alternative."""
+        if not self.rows_attend_across:
+            return None
+        return (
+            "packing without neat_packing: a row's samples attend to each other, as in LLaMA-Factory; "
+            "neat_packing: true keeps them apart (each sample's loss then equals its unpacked loss)"
+        )
 
     def require_dataset(self) -> str | list[str]:
         if not self.dataset:

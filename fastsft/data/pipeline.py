@@ -38,6 +38,7 @@ from fastsft.data.rows.worker_count import workers_for_run
 from fastsft.data.rows.workers import encoded_batches
 from fastsft.data.sources.converter import Conversation, Dropped, convert
 from fastsft.data.sources.mixing import STOPPING_STRATEGIES
+from fastsft.data.sources.parser import count_rows
 from fastsft.data.sources.reading import iter_batches, iter_converted
 from fastsft.data.sources.splitting import (
     TRAIN,
@@ -68,6 +69,7 @@ from fastsft.data.store.provenance import (
 from fastsft.data.streaming import RowStream, SampleStream, StreamSpec
 from fastsft.errors import ConfigError, DataError
 from fastsft.kernels import resolve_encode_path
+from fastsft.kernels.packing import LLAMAFACTORY, llamafactory_batch_sizes
 from fastsft.safe_output import (
     OutputError,
     os_error_line,
@@ -313,6 +315,7 @@ def _build_split(
         summary=summary,
         order=source.order,
         lengths=source.lengths,
+        batch_sizes=_llamafactory_batch_sizes(args, source),
     )
     bar = _progress_bar(progress)
     with _cyclic_gc_paused():
@@ -334,6 +337,20 @@ def _build_split(
             dataset=",".join(a.name for a in attrs),
         )
     return summary
+
+
+def _llamafactory_batch_sizes(args: DataArgs, source: SplitSource) -> list[int] | None:
+    """LLaMA-Factory's batches for its packing when its ``preprocessing_num_workers`` shards the split
+    (its rows depend on them); ``None`` where batches of ``preprocessing_batch_size`` are its batches."""
+    if not args.packing or args.strategy != LLAMAFACTORY.name or (args.preprocessing_num_workers or 1) <= 1:
+        return None
+    if source.order is not None:
+        samples = len(source.order)
+    else:
+        samples = sum(
+            count_rows(attr, args.dataset_dir, max_samples=args.max_samples) for attr in source.attrs
+        )
+    return llamafactory_batch_sizes(samples, args.preprocessing_num_workers, args.preprocessing_batch_size)
 
 
 @contextmanager

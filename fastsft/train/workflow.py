@@ -15,7 +15,6 @@ Outputs in ``output_dir``: ``checkpoint-*`` folders, ``trainer_log.jsonl`` (one 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainingArguments
 
+from fastsft.data.data_args import DataArgs
 from fastsft.data.pipeline import load_or_build, prepare_run, stream_splits
 from fastsft.data.sources.splitting import TRAIN, VALIDATION
 from fastsft.data.streaming import RowStream
@@ -234,6 +234,8 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()
             f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab_size}"
         )
     splits = load_datasets(config, tokenizer, training_args, vocab_size)
+    if training_args.process_index == 0 and config.data.packing_notice():
+        say(config.data.packing_notice())
     dataset = splits.pop(TRAIN)
     eval_dataset = eval_datasets(splits, training_args)
     packed = config.uses_varlen_batches or "position_ids" in dataset.column_names
@@ -248,7 +250,7 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()
     model = init_adapter(  # LoRA / freeze
         config, model, zero3=is_deepspeed_zero3_enabled(), is_main=training_args.process_index == 0
     )
-    collator = make_collator(packed, tokenizer)
+    collator = make_collator(packed, tokenizer, config.data)
     streamed = isinstance(dataset, StreamedTrainSet)
     if streamed:
         collator = PositionCollator(collator)
@@ -354,11 +356,8 @@ def load_datasets(
             )
         source = train if isinstance(train, RowStream) else token_format(train)
         return {TRAIN: StreamedTrainSet(source), **splits}
-    if data_args.packing and data_args.packing_strategy is None:
-        # BFD rows for VarlenCollator (it drops their masked padding); the samples of LLaMA-Factory's rows.
-        data_args = dataclasses.replace(data_args, packing_strategy="bfd")
     with training_args.main_process_first(desc="dataset"):
-        run = prepare_run(data_args, tokenizer)
+        run = prepare_run(config.data, tokenizer)
         return load_or_build(
             run,
             vocab_size=vocab_size,
@@ -388,11 +387,12 @@ def token_format(dataset: Any) -> Any:
     return dataset.with_format("numpy", columns=[c for c in TOKEN_COLUMNS if c in dataset.column_names])
 
 
-def make_collator(packed: bool, tokenizer: Any) -> Any:
+def make_collator(packed: bool, tokenizer: Any, data: DataArgs) -> Any:
+    """Packed or padding-free batches flattened (``VarlenCollator``), else padded as LLaMA-Factory trains."""
     from fastsft.collators import PaddingCollator, VarlenCollator
 
     if packed:
-        return VarlenCollator()
+        return VarlenCollator(rows_attend_across=data.rows_attend_across)
     return PaddingCollator(
         pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=8
     )  # as LLaMA-Factory trains

@@ -29,6 +29,7 @@ from fastsft.data.accounting import Summary
 from fastsft.data.rows.encoder import EncodedBatch
 from fastsft.data.rows.spill import HeldSamples, SpilledSamples
 from fastsft.kernels import STRATEGIES, Kernels, offsets_from_lengths
+from fastsft.kernels.packing import BFD
 
 __all__ = ["ROW_CHUNK_TOKENS", "RowBuilder", "empty_table"]
 
@@ -65,6 +66,10 @@ class RowBuilder:
         if self.strategy is not None:  # LLaMA-Factory pads its rows to one token more
             summary.packing_capacity = cutoff_len + 1
         self._held = HeldSamples(spill_dir)
+        # LLaMA-Factory's per-batch rows: the sample lengths, to say what whole-dataset BFD would give.
+        self._packed_lengths: list[np.ndarray] | None = (
+            [] if self.strategy is not None and self.strategy.per_batch else None
+        )
 
     def add(self, batch: EncodedBatch) -> Iterator[pa.RecordBatch]:
         self.summary.examples_encoded += len(batch)
@@ -76,6 +81,8 @@ class RowBuilder:
         if self.strategy is None:
             yield self._unpacked(batch)
         elif self.strategy.per_batch:
+            if self._packed_lengths is not None:
+                self._packed_lengths.append(batch.lengths.copy())
             yield from self._packed(batch)
         else:
             self._held.add(batch)
@@ -83,6 +90,10 @@ class RowBuilder:
     def finish(self) -> Iterator[pa.RecordBatch]:
         if len(self._held):
             yield from self._packed(self._held.gather())
+        if self._packed_lengths:
+            lengths = np.concatenate(self._packed_lengths)
+            _, row_bounds = self.kernels.pack(BFD, lengths, self.cutoff_len)
+            self.summary.best_fit_rows = len(row_bounds) - 1
 
     def close(self) -> None:
         """Drop the samples held for whole-dataset packing (and their spill folder)."""

@@ -111,17 +111,22 @@ def iter_batches(
     summary: Summary,
     order: np.ndarray | None = None,
     lengths: list[int] | None = None,
+    batch_sizes: list[int] | None = None,
 ) -> Iterator[Batch]:
     """Preprocessing batches of ``batch_size`` raw samples (rows in ``order``, see ``iter_samples``),
-    each counted in ``summary.examples_in``."""
+    each counted in ``summary.examples_in``; ``batch_sizes``, when given, are the sizes of the
+    first batches (LLaMA-Factory's, ``fastsft.kernels.packing.llamafactory_batch_sizes``)."""
+    sizes = iter(batch_sizes or ())
+    size = next(sizes, batch_size)
     batch = Batch([], [], [])
     for attr, ref, row in iter_samples(attrs, dataset_dir, max_samples, order, lengths):
         summary.examples_in += 1
         batch.rows.append(row)
         batch.attrs.append(attr)
         batch.refs.append(ref)
-        if len(batch.rows) == batch_size:
+        if len(batch.rows) == size:
             yield batch
             batch = Batch([], [], [])
+            size = next(sizes, batch_size)
     if batch.rows:
         yield batch

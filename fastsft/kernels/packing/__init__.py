@@ -21,6 +21,7 @@ from fastsft.kernels.packing.bfd import BFD, best_fit_decreasing
 from fastsft.kernels.packing.llamafactory import (
     LLAMAFACTORY,
     greedy_knapsack,
+    llamafactory_batch_sizes,
     llamafactory_order,
     pack_llamafactory,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "ReferencePacker",
     "best_fit_decreasing",
     "greedy_knapsack",
+    "llamafactory_batch_sizes",
     "llamafactory_order",
     "pack_llamafactory",
     "rows_from_order",

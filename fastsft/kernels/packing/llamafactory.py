@@ -13,7 +13,13 @@ from collections.abc import Sequence
 from fastsft.kernels.packing.rows import rows_from_order
 from fastsft.kernels.packing.strategy import PackingStrategy
 
-__all__ = ["LLAMAFACTORY", "greedy_knapsack", "llamafactory_order", "pack_llamafactory"]
+__all__ = [
+    "LLAMAFACTORY",
+    "greedy_knapsack",
+    "llamafactory_batch_sizes",
+    "llamafactory_order",
+    "pack_llamafactory",
+]
 
 
 def greedy_knapsack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -47,6 +53,23 @@ def llamafactory_order(lengths: Sequence[int], capacity: int) -> tuple[list[int]
         order += [length_to_indexes[length].pop() for length in knapsack]
         row_bounds.append(len(order))
     return order, row_bounds
+
+
+def llamafactory_batch_sizes(samples: int, num_proc: int | None, batch_size: int) -> list[int]:
+    """The sizes of LLaMA-Factory's preprocessing batches over a split of ``samples`` samples, in order.
+
+    LLaMA-Factory packs each batch on its own, and ``datasets``' ``map(num_proc=N)`` (N is its
+    ``preprocessing_num_workers``, at most ``samples``) first cuts the split into N contiguous
+    shards (``Dataset.shard(contiguous=True)``: the first ``samples % N`` one sample longer), each
+    then cut into batches of ``batch_size``. So its packed rows depend on that key.
+    """
+    shards = max(1, min(num_proc or 1, samples))
+    base, longer = divmod(samples, shards)
+    sizes: list[int] = []
+    for shard in range(shards):
+        size = base + (1 if shard < longer else 0)
+        sizes += [batch_size] * (size // batch_size) + ([size % batch_size] if size % batch_size else [])
+    return sizes
 
 
 def pack_llamafactory(
