@@ -53,17 +53,17 @@ def test_example_trains_with_llamafactorys_losses(
         overrides.append(f"tokenized_path={tmp_path / 'tokenized'}")
     config = load_config(EXAMPLE_DIR / f"{name}.yaml", overrides)
     train(config)
-    out = capsys.readouterr().out
-    assert ONE_PROCESS in out
-    if config.data.packing and not config.data.neat_packing:
-        assert config.data.packing_notice() in out
-
     expected = golden(name)["steps"]
     steps = logged_steps(tmp_path / "output")
     assert len(steps) == len(expected)
     for ours, theirs in zip(steps, expected, strict=True):
         for key in ("loss", "grad_norm", "learning_rate"):
             assert ours[key] == pytest.approx(theirs[key], abs=TOLERANCE), (name, theirs["step"], key)
+
+    out = capsys.readouterr().out
+    assert ONE_PROCESS in out
+    if config.data.packing and not config.data.neat_packing:
+        assert config.data.packing_notice() in out
 
 
 def test_preprocess_config_writes_llamafactorys_tokenized_path_in_one_process(
