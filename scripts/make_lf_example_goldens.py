@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_train_goldens import REPO_ROOT, _deterministic_env  # noqa: E402
+from make_train_goldens import REPO_ROOT, _deterministic_env
 
 EXAMPLE_DIR = REPO_ROOT / "tests" / "data" / "lf_examples"
 GOLDEN_DIR = REPO_ROOT / "tests" / "goldens" / "lf_examples"

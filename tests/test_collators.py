@@ -288,6 +288,22 @@ def test_varlen_collator_unpacks_llamafactory_rows(backend: str, neat_packing: b
     assert batch["max_length_q"] == max(len(ids) for ids, _, _ in sequences)
 
 
+@pytest.mark.parametrize("backend", ["python", pytest.param("compiled", marks=needs_kernels)])
+def test_rows_attend_across_makes_each_plain_packed_row_one_attention_span(backend: str) -> None:
+    """LLaMA-Factory's plain packing: one span per row (its padding included), the positions of the
+    sequences kept, and only the row's first label dropped (the next sample's first label stays a target)."""
+    ids = [[5, 6, 7], [8, 9]]
+    labels = [[IGNORE_INDEX, 6, 7], [8, 9]]
+    packed = pack_llamafactory(ids, labels, cutoff_len=6, pad_token_id=0, neat_packing=False)
+    rows = [{key: packed[key][r] for key in packed} for r in range(len(packed["input_ids"]))]
+    batch = VarlenCollator(backend=backend, rows_attend_across=True)(rows + rows)
+    assert batch["cu_seq_lens_q"].tolist() == [0, 7, 14]
+    assert batch["max_length_q"] == 7
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 0, 0] * 2]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1] * 2]
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7, 8, 9, IGNORE_INDEX, IGNORE_INDEX] * 2]
+
+
 def test_varlen_collator_drops_masked_tokens_and_defaults_labels() -> None:
     features = [
         {"input_ids": [0, 0, 5, 6], "attention_mask": [0, 0, 1, 1]},  # left padding

@@ -2,12 +2,13 @@
 
 import itertools
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastsft.kernels.packing import (
     best_fit_decreasing,
     greedy_knapsack,
+    llamafactory_batch_sizes,
     llamafactory_order,
     pack_llamafactory,
     rows_from_order,
@@ -63,3 +64,19 @@ def test_rows_from_order_restarts_positions_per_sequence():
     assert rows["position_ids"] == [[0, 0, 1]]
     assert rows["attention_mask"] == [[1, 2, 2]]
     assert rows["labels"] == [[3, X, 2]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 300), st.one_of(st.none(), st.integers(1, 40)), st.integers(1, 50))
+def test_llamafactory_batches_are_datasets_map_shards_cut_into_batches(samples, num_proc, batch_size):
+    """``datasets``' ``map(num_proc=N, batched=True)``: N contiguous shards (N at most the samples), each
+    cut into batches; the batches LLaMA-Factory packs one by one."""
+    import datasets
+
+    dataset = datasets.Dataset.from_dict({"i": list(range(samples))})
+    shards = max(1, min(num_proc or 1, samples))
+    expected = []
+    for index in range(shards):
+        shard = dataset.shard(num_shards=shards, index=index, contiguous=True) if shards > 1 else dataset
+        expected += [len(batch["i"]) for batch in shard.iter(batch_size)]
+    assert llamafactory_batch_sizes(samples, num_proc, batch_size) == expected

@@ -104,7 +104,8 @@ def first_batch_grads(overrides: list[str], tmp_path: Path) -> tuple[float, dict
 def test_packed_padding_free_and_padded_batches_give_the_same_loss_and_gradients(tmp_path: Path) -> None:
     padded = first_batch_grads(["packing=false", "attn=auto"], tmp_path / "padded")
     padding_free = first_batch_grads(["packing=false", "padding_free=true"], tmp_path / "free")
-    packed = first_batch_grads(["packing=true"], tmp_path / "packed")
+    # neat_packing keeps a row's samples apart (plain packing lets them attend across, as LLaMA-Factory does)
+    packed = first_batch_grads(["neat_packing=true"], tmp_path / "packed")
     assert padded[2] == padding_free[2] == packed[2] > 0  # the same labelled tokens
     for loss, grads, _ in (padding_free, packed):
         assert loss == pytest.approx(padded[0], rel=1e-5)
@@ -146,7 +147,7 @@ def hand_computed_loss(model: Any, dataset: Any) -> float:
 
 
 @pytest.mark.parametrize(
-    "batching", [["packing=true"], ["packing=false"], ["packing=false", "padding_free=true"]], ids=str
+    "batching", [["neat_packing=true"], ["packing=false"], ["packing=false", "padding_free=true"]], ids=str
 )
 def test_eval_loss_is_the_token_level_loss_of_the_validation_split(
     tmp_path: Path, batching: list[str]
