@@ -199,6 +199,19 @@ def test_missing_or_invalid_yaml(tmp_path: Path) -> None:
         load_config(bad)
 
 
+def test_llamafactory_full_sft_yaml_eval_comments_describe_keys_that_load() -> None:
+    """The example's commented eval keys, uncommented, load: its comments say what the code does."""
+    import yaml
+
+    text = LF_YAML.read_text(encoding="utf-8")
+    eval_section = text.split("### eval", 1)[1]
+    commented = [line[2:].split("(")[0] for line in eval_section.splitlines() if line.startswith("# ")]
+    values = {**yaml.safe_load(text), **yaml.safe_load("\n".join(commented))}
+    config = load_config(None, [f"{key}={value}" for key, value in values.items() if value is not None])
+    assert config.data.val_size == 0.1
+    assert "is an error" not in eval_section
+
+
 def test_llamafactory_full_sft_yaml_loads_with_notices() -> None:
     config = load_config(LF_YAML)
     assert config.model_name_or_path == "Qwen/Qwen2.5-0.5B-Instruct"
