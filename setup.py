@@ -37,6 +37,7 @@ core = Extension(
         "csrc/collate.pxi",
         "csrc/scan.pxi",
         "csrc/render.pxi",
+        "csrc/bpe.pxi",
     ],
     include_dirs=[np.get_include()],
     define_macros=[*macros, ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

@@ -208,10 +208,11 @@ def rendered_texts(tokenizer: Any, dataset_dir: Path, template: str) -> tuple[li
 
 def tokenizer_contenders(tokenizer: Any, dataset_dir: Path, template: str) -> dict[str, Callable[[], Timed]]:
     """Tokenization alone on the rendered text, per preprocessing batch: transformers' batched call
-    (what a user would write) and the two backends the compiled path calls. Their tokens are text
+    (what a user would write) and the three backends the compiled path calls. Their tokens are text
     tokens (no template specials, not truncated)."""
     batches, examples = rendered_texts(tokenizer, dataset_dir, template)
     hf_backend, fast_backend = load_backend(tokenizer, "hf"), load_backend(tokenizer, "fast")
+    bpe_backend = load_backend(tokenizer, "bpe")
     counters: dict[str, Callable[[list[str]], int]] = {
         "tokenize only: HF tokenizer(batch)": lambda texts: sum(
             map(len, tokenizer(texts, add_special_tokens=False)["input_ids"])
@@ -220,6 +221,7 @@ def tokenizer_contenders(tokenizer: Any, dataset_dir: Path, template: str) -> di
             hf_backend.encode_batch_flat(texts)[0]
         ),
         "tokenize only: fastokens backend": lambda texts: len(fast_backend.encode_batch_flat(texts)[0]),
+        "tokenize only: fastsft BPE backend": lambda texts: len(bpe_backend.encode_batch_flat(texts)[0]),
     }
 
     def contender(count: Callable[[list[str]], int]) -> Callable[[], Timed]:
@@ -598,10 +600,11 @@ STEADY_STATE_FLOOR = 0.5  # issue 26's stretch: the command's steady state / the
 
 def text_tokens_and_encode_seconds(tokenizer: Any, dataset_dir: Path, template: str) -> tuple[int, float]:
     """The text tokens of every segment the pipeline tokenizes, and the seconds the command's
-    tokenizer backend (``auto``'s choice: fastokens for Qwen2 and Llama 3) alone takes on them (in-process, built, one call per preprocessing batch as the command makes)."""
+    tokenizer backend (``auto``'s choice for a large input: fastsft's BPE for Qwen2 and Llama 3)
+    alone takes on them (in-process, built, one call per preprocessing batch as the command makes)."""
     batches = rendered_batches(tokenizer, dataset_dir, template)
     first = next(batches)  # made the encoder, which fixed the tokenizer for the template
-    backend = load_backend(tokenizer, "auto")  # built from the fixed tokenizer
+    backend = load_backend(tokenizer, "auto", expected_chars=10**12)  # built from the fixed tokenizer
     backend.encode_batch_flat(["warm-up"])
     tokens, seconds = 0, 0.0
     for batch in itertools.chain([first], batches):

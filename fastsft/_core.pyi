@@ -2,6 +2,7 @@
 
 import numpy as np
 from numpy.typing import ArrayLike
+from typing_extensions import disjoint_base
 
 BOUNDS_CHECKED: bool
 
@@ -57,3 +58,28 @@ def scan_json_array(
 
 def render_row(row: object, plan_tuple: tuple[object, ...], out: object) -> bool:
     """Whether ``row`` was rendered into ``out`` (a ``SegmentBatch``) under ``plan`` (a ``RenderPlan``)."""
+
+CACHE_MAX_WORDS: int
+
+@disjoint_base
+class ByteLevelBPE:
+    """Byte-level BPE over one tokenizer's tables (``csrc/bpe.pxi``; ``fastsft.tokenizer.bpe`` builds it)."""
+
+    def __init__(
+        self,
+        char_classes: ArrayLike,  # uint8[0x110000]
+        merges: ArrayLike,  # int32[M, 3]
+        byte_ids: ArrayLike,  # int32[256]
+        max_digits: int,
+        whole_words: tuple[bytes, ArrayLike, ArrayLike] | None = None,  # blob, int64[W+1], int32[W]
+        added: dict[str, int] | None = None,
+        cache_max_words: int = ...,
+    ) -> None: ...
+    @property
+    def cached_words(self) -> int: ...
+    def encode_texts(self, texts: list[str | list[str | int]]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int32[T], offsets int64[len(texts)+1])."""
+    def split_added(self, text: str) -> list[str | int]:
+        """The text between added tokens (``str``) and their ids (``int``), in order."""
+
+def nfc_unchanged(text: str, sensitive: ArrayLike) -> bool: ...

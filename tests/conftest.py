@@ -132,3 +132,15 @@ def small_filesystem() -> Callable[[Path, str | None], contextlib.AbstractContex
     """``small_filesystem(folder, options)``: a tmpfs of those mount options on ``folder`` for the
     block (a full or read-only disk), where this process may mount one; yields whether it did."""
     return _small_filesystem
+
+
+@pytest.fixture
+def fastokens_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Auto and the verified-backend paths without fastsft's byte-level BPE, so that a test of
+    fastokens' background build and ski rental gets fastokens (auto tries fastsft's BPE first)."""
+    from fastsft.tokenizer import backends
+
+    def refused(tokenizer: Any) -> Any:
+        raise backends.UnsupportedTokenizer("fastsft-bpe switched off for this test")
+
+    monkeypatch.setattr(backends, "_verified_bpe_backend", refused)

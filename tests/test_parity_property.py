@@ -26,7 +26,9 @@ from fastsft.data.chat.registry import TEMPLATE_NAMES
 from fastsft.data.data_args import DataArgs
 from fastsft.data.pipeline import build_dataset
 from fastsft.data.rows import builder as row_stage
+from fastsft.data.rows import tokenizing
 from fastsft.errors import FastSFTError
+from fastsft.tokenizer import backends as tokenization
 
 SPECIAL_STRINGS = [
     "<|im_start|>",
@@ -219,12 +221,20 @@ def first_difference(expected: dict[str, Any], actual: dict[str, Any]) -> str:
 
 # How the compiled side writes its rows: in memory or streamed to a cache file (BFD then spills its
 # samples beside it), in record batches of about this many tokens (1: one packed row each).
+# With the "auto" tokenizer backend, a compiled tokenizer (fastsft's BPE, or fastokens with that
+# switched off) from the start or from the second batch on (HF first).
 layouts = st.fixed_dictionaries(
     {
         "cache_file": st.booleans(),
         "row_chunk_tokens": st.sampled_from([row_stage.ROW_CHUNK_TOKENS, 1, 40]),
+        "compiled_tokenizer": st.sampled_from(["fastsft-bpe", "fastokens"]),
+        "fastokens_from": st.sampled_from(["start", "second batch"]),
     }
 )
+
+
+def _without_bpe(tokenizer: Any) -> Any:
+    raise tokenization.UnsupportedTokenizer("fastsft-bpe switched off: this example draws fastokens")
 
 
 @pytest.mark.parametrize("template", TEMPLATE_NAMES)
@@ -243,12 +253,30 @@ def test_compiled_path_equals_python_path(fixture_tokenizer_path, template, data
         cache_file = str(Path(folder) / "out" / "rows.arrow") if layout["cache_file"] else None
         if cache_file:
             Path(cache_file).parent.mkdir()
-        with mock.patch.object(row_stage, "ROW_CHUNK_TOKENS", layout["row_chunk_tokens"]):
+        from_start = layout["fastokens_from"] == "start"
+        with (
+            mock.patch.object(row_stage, "ROW_CHUNK_TOKENS", layout["row_chunk_tokens"]),
+            mock.patch.object(tokenization, "BREAK_EVEN_CHARS_PER_TOKEN", 0 if from_start else 1e-9),
+            mock.patch.object(tokenizing, "input_bytes", lambda *_: 0),
+            mock.patch.object(
+                tokenization,
+                "_verified_bpe_backend",
+                _without_bpe
+                if layout["compiled_tokenizer"] == "fastokens"
+                else tokenization._verified_bpe_backend,
+            ),
+        ):
             compiled, tokenizer_used = outcome(
                 data_args(template, drawn, folder, "compiled"), fixture_tokenizer_path, cache_file
             )
         if cache_file:  # only the output is left: no spill folder
             assert [p.name for p in Path(cache_file).parent.iterdir()] in ([], ["rows.arrow"])
     assert compiled == reference, first_difference(reference, compiled)
-    if tokenizer_used is not None:  # "auto" must really exercise fastokens
-        assert tokenizer_used == ("hf" if drawn["tokenizer_backend"] == "hf" else "fastokens")
+    if tokenizer_used is not None:  # "auto" must really exercise the drawn compiled tokenizer
+        compiled_tokenizer = layout["compiled_tokenizer"]
+        if drawn["tokenizer_backend"] == "hf":
+            assert tokenizer_used == "hf"
+        elif from_start:
+            assert tokenizer_used == compiled_tokenizer
+        else:  # "hf" when one batch held all the text
+            assert tokenizer_used in ("hf", f"hf, then {compiled_tokenizer}")

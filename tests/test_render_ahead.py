@@ -15,6 +15,10 @@ from fastsft.data.rows.encoder import RenderedBatch
 from fastsft.errors import DataError
 from fastsft.kernels.types import SegmentBatch
 
+# These tests are about fastokens (its background build, its place in auto); fastsft's own BPE,
+# which auto tries first, has its own in tests/test_bpe_backend.py.
+pytestmark = pytest.mark.usefixtures("fastokens_only")
+
 TEXT = "x" * 100  # the text each stub batch renders to
 
 

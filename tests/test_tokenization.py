@@ -25,11 +25,17 @@ from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_to
 from fastsft.errors import ConfigError, DataError
 from fastsft.tokenizer.backends import (
     ENV_VAR,
+    AutoBackend,
     FastokensBackend,
     HFBackend,
+    UnsupportedTokenizer,
     load_backend,
     probe_texts,
 )
+
+# These tests are about fastokens (its background build, its place in auto); fastsft's own BPE,
+# which auto tries first, has its own in tests/test_bpe_backend.py.
+pytestmark = pytest.mark.usefixtures("fastokens_only")
 
 # The split patterns of Qwen2's and Meta's Llama 3 tokenizer.json.
 QWEN2_PATTERN = (
@@ -87,8 +93,8 @@ def load_tokenizer(path: Path) -> Any:
 
 
 def auto(tokenizer: Any) -> Any:
-    """``load_backend(tokenizer, "auto")``."""
-    return load_backend(tokenizer, "auto")
+    """``load_backend(tokenizer, "auto")`` for input long enough to decide at once."""
+    return load_backend(tokenizer, "auto", expected_chars=10**12)
 
 
 def hf_ids(tokenizer: Any, batch: list[str]) -> list[list[int]]:
@@ -297,7 +303,7 @@ def test_kind_from_environment(
 ) -> None:
     tokenizer, _ = fixture_pair
     monkeypatch.setenv(ENV_VAR, "hf")
-    assert load_backend(tokenizer).name == "hf"
+    assert load_backend(tokenizer, expected_chars=10**12).name == "hf"
     assert auto(tokenizer).name == "fastokens"  # an explicit kind wins
     monkeypatch.setenv(ENV_VAR, "fast")
     assert load_backend(tokenizer).name == "fastokens"
@@ -315,25 +321,48 @@ def test_auto_logs_its_choice(
     assert "tokenizer backend: fastokens" in caplog.text
 
 
-def test_auto_uses_hf_when_fastokens_cannot_be_imported(
+def test_auto_switches_to_fastokens_once_the_text_pays_for_it(
     fixture_pair: tuple[Any, FastokensBackend], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tokenizer, _ = fixture_pair
+    batch = probe_texts(added_contents(tokenizer))
+    chars = sum(map(len, batch))
+    monkeypatch.setattr("fastsft.tokenizer.backends.BREAK_EVEN_CHARS_PER_TOKEN", 5.5 * chars / len(tokenizer))
+    assert load_backend(tokenizer, "auto", expected_chars=6 * chars).name == "fastokens"
+    backend = load_backend(tokenizer, "auto", expected_chars=2 * chars)
+    assert isinstance(backend, AutoBackend) and backend.name == "hf"
+    assert isinstance(backend.single_threaded(), HFBackend)  # workers do not switch
+    for _ in range(3):  # two calls a round: the sixth reaches the break-even point
+        assert_backend_matches(backend, tokenizer, batch)
+        assert backend.name == "hf"
+    assert_backend_matches(backend, tokenizer, batch)
+    assert backend.name == "hf, then fastokens"
+    assert isinstance(backend.single_threaded(), FastokensBackend)
+
+
+def test_auto_stays_on_hf_when_fastokens_is_not_exact(
+    fixture_pair: tuple[Any, FastokensBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokenizer, _ = fixture_pair
+    monkeypatch.setattr("fastsft.tokenizer.backends.BREAK_EVEN_CHARS_PER_TOKEN", 0.001)
     monkeypatch.setitem(sys.modules, "fastokens", None)
+    monkeypatch.setattr("fastsft.tokenizer.backends._VERIFIED", {})
     backend = load_backend(tokenizer, "auto")
-    assert backend.name == "hf" and isinstance(backend.single_threaded(), HFBackend)
-    assert_backend_matches(backend, tokenizer, ["hello world", ""])
+    for _ in range(2):
+        assert_backend_matches(backend, tokenizer, ["long enough to pass the break-even point"])
+    assert backend.name == "hf"
 
 
-def test_each_load_verifies_the_tokenizer_it_is_given(new_fixture_tokenizer: Any) -> None:
+def test_verified_backend_is_built_once_per_tokenizer_state(new_fixture_tokenizer: Any) -> None:
     tokenizer = new_fixture_tokenizer()
     first = load_backend(tokenizer, "fast")
+    assert load_backend(new_fixture_tokenizer(), "fast") is first  # same tokenizer.json: not probed again
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|brand_new|>"]})
     changed = load_backend(tokenizer, "fast")
+    assert changed is not first
     assert changed.encode_batch(["a<|brand_new|>b"]) == [
         tokenizer.encode("a<|brand_new|>b", add_special_tokens=False)
     ]
-    assert first.encode_batch(["a<|brand_new|>b"]) != changed.encode_batch(["a<|brand_new|>b"])
 
 
 def test_probe_mismatch_falls_back_to_hf(
@@ -348,6 +377,7 @@ def test_probe_mismatch_falls_back_to_hf(
         return [ids[:-1] if "😀" in text else ids for text, ids in zip(batch, original(self, batch))]
 
     monkeypatch.setattr(FastokensBackend, "encode_batch", off_by_one_on_emoji)
+    monkeypatch.setattr("fastsft.tokenizer.backends._VERIFIED", {})  # verify again with the broken encoder
     with caplog.at_level(logging.INFO, logger="fastsft.tokenizer.backends"):
         assert auto(tokenizer).name == "hf"
     assert "other ids than HF on the probe text" in caplog.text
@@ -515,6 +545,13 @@ def test_missing_fastokens(
         load_backend(tokenizer, "fast")
 
 
+def test_from_tokenizer_reports_the_reason() -> None:
+    with pytest.raises(UnsupportedTokenizer, match="not BPE"):
+        FastokensBackend.from_tokenizer(
+            wrap(Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")))
+        )
+
+
 # --------------------------------------------------------------------------------------------------
 # Real Qwen2 tokenizer
 
@@ -522,6 +559,8 @@ def test_missing_fastokens(
 @pytest.fixture(scope="module")
 def qwen2_pair(qwen2_tokenizer_path: Path) -> tuple[Any, FastokensBackend]:
     tokenizer = load_tokenizer(qwen2_tokenizer_path)
+    # "fast", not auto: this module-scoped fixture runs before fastokens_only, and auto would
+    # pick fastsft's BPE
     backend = load_backend(tokenizer, "fast")
     assert isinstance(backend, FastokensBackend), "fastokens must reproduce Qwen2"
     return tokenizer, backend
@@ -571,6 +610,8 @@ def test_qwen2_probe_and_long_realistic_text(qwen2_pair: tuple[Any, FastokensBac
 @pytest.fixture(scope="module")
 def llama3_pair(llama3_tokenizer_path: Path) -> tuple[Any, FastokensBackend]:
     tokenizer = load_tokenizer(llama3_tokenizer_path)
+    # "fast", not auto: this module-scoped fixture runs before fastokens_only, and auto would
+    # pick fastsft's BPE
     backend = load_backend(tokenizer, "fast")
     assert isinstance(backend, FastokensBackend), "fastokens must reproduce Llama 3"
     return tokenizer, backend

@@ -19,6 +19,7 @@ from fastsft.errors import ConfigError
 from fastsft.safe_output import MARKER
 from fastsft.tokenizer import backends
 from fastsft.tokenizer.backends import (
+    AutoBackend,
     FastokensBackend,
     HFBackend,
     UnsupportedTokenizer,
@@ -29,6 +30,10 @@ from fastsft.tokenizer.cache import read_checked
 from fastsft.tokenizer.loader import CACHE_ENV_VAR, load_tokenizer
 from fastsft.tokenizer.snapshot import FOLDER, TokenizerSnapshot
 
+# These tests are about fastokens (its background build, its place in auto); fastsft's own BPE,
+# which auto tries first, has its own in tests/test_bpe_backend.py.
+pytestmark = pytest.mark.usefixtures("fastokens_only")
+
 DATASETS = "sharegpt_chat,alpaca_mix,sharegpt_tools"
 
 
@@ -37,6 +42,12 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "cache"
     monkeypatch.setenv(CACHE_ENV_VAR, str(folder))
     return folder
+
+
+@pytest.fixture(autouse=True)
+def fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each load as in a new process: no backend verified earlier in this one."""
+    monkeypatch.setattr(backends, "_VERIFIED", {})
 
 
 def real(path: Path) -> Any:
@@ -54,6 +65,7 @@ def snapshot(path: Path) -> TokenizerSnapshot:
 def recorded(path: Path) -> TokenizerSnapshot:
     """A replaying snapshot of ``path`` whose state has a fastokens verdict recorded (a cold run first)."""
     load_backend(snapshot(path), "fast")
+    backends._VERIFIED.clear()
     replayed = snapshot(path)
     assert replayed.replaying
     return replayed
@@ -101,12 +113,14 @@ def test_a_warm_replay_builds_no_rust_tokenizer_and_writes_the_same_rows(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    monkeypatch.setattr(backends, "BREAK_EVEN_CHARS_PER_TOKEN", 0)  # auto: fastokens from the start
     expected = built_rows(tmp_path / "real", real(fixture_tokenizer_path), template=template)
     cold = built_rows(
         tmp_path / "cold", snapshot(fixture_tokenizer_path), template=template, tokenizer_backend=kind
     )
     assert cold == expected
     assert [value["exact"] for value in verdicts(cache).values()] == [True]
+    backends._VERIFIED.clear()
     no_rust_tokenizer(monkeypatch)
     warm = snapshot(fixture_tokenizer_path)
     with caplog.at_level(logging.INFO, logger="fastsft.tokenizer.backends"):
@@ -124,6 +138,7 @@ def test_a_verdict_holds_for_every_state_with_the_same_json(
     live = snapshot(fixture_tokenizer_path)
     live.pad_token = live.eos_token  # recorded: the change and the state it leads to
     load_backend(snapshot(fixture_tokenizer_path), "fast")  # the verdict, taken in the first state
+    backends._VERIFIED.clear()
     no_rust_tokenizer(monkeypatch)
     warm = snapshot(fixture_tokenizer_path)
     warm.pad_token = warm.eos_token
@@ -154,8 +169,9 @@ def test_slot_token_lookups_are_replayed_from_the_record(fixture_tokenizer_path:
 
 def test_a_warm_replay_loads_fastokens_in_the_background(fixture_tokenizer_path: Path, cache: Path) -> None:
     warm = recorded(fixture_tokenizer_path)
-    backend = load_backend(warm, "auto")
-    assert isinstance(backend, FastokensBackend)
+    backend = load_backend(warm, "auto", expected_chars=10**12)
+    assert isinstance(backend, AutoBackend) and backend._hf is None  # no HF backend made
+    assert backend.name == "fastokens"
     texts = probe_texts(["<|eot_id|>"])
     reference = real(fixture_tokenizer_path)
     assert backend.encode_batch(texts) == [reference.encode(text, add_special_tokens=False) for text in texts]
@@ -176,13 +192,14 @@ def test_a_recorded_fail_verdict_is_replayed(
 ) -> None:
     with pytest.MonkeyPatch.context() as patch:
         fail_probe(patch)
-        assert load_backend(snapshot(fixture_tokenizer_path), "auto").name == "hf"
+        assert load_backend(snapshot(fixture_tokenizer_path), "auto", expected_chars=10**12).name == "hf"
     [verdict] = verdicts(cache).values()
     assert verdict["exact"] is False and "other ids than HF on the probe text" in verdict["reason"]
+    backends._VERIFIED.clear()
     with pytest.MonkeyPatch.context() as patch:  # a probe now would pass: the verdict decides
         patch.setattr(backends, "_probe_fastokens_backend", lambda *args: pytest.fail("probed again"))
         with caplog.at_level(logging.INFO, logger="fastsft.tokenizer.backends"):
-            backend = load_backend(snapshot(fixture_tokenizer_path), "auto")
+            backend = load_backend(snapshot(fixture_tokenizer_path), "auto", expected_chars=10**12)
         assert "other ids than HF on the probe text" in caplog.text and "recorded" in caplog.text
         assert backend.name == "hf"
         reference = real(fixture_tokenizer_path)
@@ -268,7 +285,7 @@ def test_an_error_in_the_background_build_is_raised_as_the_synchronous_one(
         background.encode_batch(["a"])
     assert str(raised.value) == str(synchronous.value) and "fastokens cannot load it" in str(raised.value)
 
-    # A pass verdict whose build then fails: the ConfigError load_backend raises, naming the kind.
+    # A pass verdict whose build then fails: "fast" raises load_backend's ConfigError, "auto" uses HF.
     warm = recorded(fixture_tokenizer_path)
     monkeypatch.setattr(backends, "_fastokens_encoder", refusing("refused in the test"))
     with pytest.raises(ConfigError) as sync_error:
@@ -278,15 +295,33 @@ def test_an_error_in_the_background_build_is_raised_as_the_synchronous_one(
         fast.encode_batch(["hello"])
     assert str(background_error.value) == str(sync_error.value)
     assert "refused in the test" in str(sync_error.value)
-    auto = load_backend(warm, "auto")
-    with pytest.raises(ConfigError, match=r"'auto'.*refused in the test"):
-        auto.encode_batch(["hello"])
+    auto = load_backend(warm, "auto", expected_chars=10**12)
+    with caplog.at_level(logging.INFO, logger="fastsft.tokenizer.backends"):
+        ids = auto.encode_batch(["hello"])
+    assert ids == [real(fixture_tokenizer_path).encode("hello", add_special_tokens=False)]
+    assert auto.name == "hf" and "refused in the test" in caplog.text
+
+
+def test_auto_keeps_hf_until_a_background_build_is_ready(
+    fixture_tokenizer_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch, held_build: threading.Event
+) -> None:
+    warm = recorded(fixture_tokenizer_path)
+    monkeypatch.setattr(backends, "BREAK_EVEN_CHARS_PER_TOKEN", 1 / len(warm))  # one character
+    backend = load_backend(warm, "auto")
+    reference = real(fixture_tokenizer_path)
+    for _ in range(2):  # the first batch reaches the break-even point; the build is held
+        assert backend.encode_batch(["hello"]) == [reference.encode("hello", add_special_tokens=False)]
+        assert backend.name == "hf" and backend.ready
+    held_build.set()
+    backend._fast._build._thread.join()
+    assert backend.encode_batch(["hello"]) == [reference.encode("hello", add_special_tokens=False)]
+    assert backend.name == "hf, then fastokens"
 
 
 def test_auto_is_ready_once_its_background_build_is(
     fixture_tokenizer_path: Path, cache: Path, held_build: threading.Event
 ) -> None:
-    backend = load_backend(recorded(fixture_tokenizer_path), "auto")
+    backend = load_backend(recorded(fixture_tokenizer_path), "auto", expected_chars=10**12)
     assert backend.name == "fastokens" and not backend.ready
     held_build.set()
     assert backend.encode_batch(["hello"]) == [

@@ -21,9 +21,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 
@@ -33,7 +33,7 @@ from fastsft.data.chat.template import Template, fix_tokenizer
 from fastsft.data.data_args import DataArgs
 from fastsft.data.rows.builder import RowBuilder, empty_table
 from fastsft.data.rows.encoder import Encoder
-from fastsft.data.rows.tokenizing import tokenizer_backend
+from fastsft.data.rows.tokenizing import expected_chars, tokenizer_backend
 from fastsft.data.rows.worker_count import workers_for_run
 from fastsft.data.rows.workers import encoded_batches
 from fastsft.data.sources.converter import Conversation, Dropped, convert
@@ -76,9 +76,6 @@ from fastsft.safe_output import (
     staged_output,
 )
 
-if TYPE_CHECKING:
-    from fastsft.tokenizer.backends import TokenizerBackend
-
 __all__ = [
     "PreparedRun",
     "build_dataset",
@@ -107,12 +104,12 @@ def make_template(args: DataArgs, tokenizer: Any) -> Template:
     )
 
 
-def make_encoder(args: DataArgs, tokenizer: Any) -> Encoder:
+def make_encoder(args: DataArgs, tokenizer: Any, *, expected_chars: int = 0) -> Encoder:
     """The encoder for ``args``; fixes ``tokenizer`` in place exactly as LLaMA-Factory does (eos, pad, stop words).
 
     A shortcut for ``prepare_run(args, tokenizer, fingerprint=False).encoder(...)``.
     """
-    return prepare_run(args, tokenizer, fingerprint=False).encoder()
+    return prepare_run(args, tokenizer, fingerprint=False).encoder(expected_chars=expected_chars)
 
 
 @dataclass(frozen=True)
@@ -129,7 +126,6 @@ class PreparedRun:
     template: Template
     fingerprints: dict[int, str]
     datasets: RunDatasets | None = None  # resolved once for the run; None: when first needed
-    backends: dict[str, TokenizerBackend] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def fingerprint(self) -> str:
@@ -145,17 +141,17 @@ class PreparedRun:
         self.args.require_dataset()
         return plan_splits(self.args, self.datasets)
 
-    def encoder(self, *, encode_path: str | None = None) -> Encoder:
+    def encoder(self, *, expected_chars: int = 0, encode_path: str | None = None) -> Encoder:
         """An encoder over the fixed tokenizer, with ``fastsft.data.rows.tokenizing.tokenizer_backend``
-        (made once per encode path and run, so that every split encodes with the same build);
-        ``encode_path`` overrides ``args.backend``."""
+        for about ``expected_chars`` of text; ``encode_path`` overrides ``args.backend``."""
         path = resolve_encode_path(encode_path or self.args.backend)
-        if path not in self.backends:
-            self.backends[path] = tokenizer_backend(self.tokenizer, self.args, encode_path=path)
+        backend = tokenizer_backend(
+            self.tokenizer, self.args, expected_chars=expected_chars, encode_path=path
+        )
         return Encoder(
             self.template,
             self.tokenizer,
-            self.backends[path],
+            backend,
             encode_path=path,
             cutoff_len=self.args.effective_cutoff_len,
             train_on_prompt=self.args.train_on_prompt,
@@ -292,7 +288,7 @@ def _build_split(
     start = time.perf_counter()
     args = run.args
     attrs = source.attrs
-    encoder = run.encoder()
+    encoder = run.encoder(expected_chars=expected_chars(args, attrs))
     summary = Summary(encode_path=encoder.encode_path, tokenizer_backend=encoder.tokenizer_backend.name)
     if workers is None:  # preprocessing_num_workers is a ceiling; the line says what was chosen
         choice = workers_for_run(args, attrs)
@@ -329,6 +325,7 @@ def _build_split(
         finally:
             rows.close()
     bar.close()
+    summary.tokenizer_backend = encoder.tokenizer_backend.name  # "auto" may have switched
     summary.seconds = time.perf_counter() - start
     if summary.examples_encoded == 0:
         raise DataError(

@@ -1,5 +1,5 @@
-"""Tokenizers: loading a HF tokenizer (``loader``), its recorded stand-in (``snapshot``), the
-backends that encode with it (``backends``), and the cache they keep (``cache``).
+"""Tokenizers: loading a HF tokenizer (``loader``), its recorded stand-in (``snapshot``), and the
+backends that encode with it (``backends``), imported in that one direction.
 
 ``load_tokenizer`` serves every command; ``load_backend`` picks the encoder the compiled path uses.
 Names are imported on first use, so ``fastsft --help`` stays cheap.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastsft.lazy import lazy_getattr
 
-KINDS = ("auto", "hf", "fast")
+KINDS = ("auto", "hf", "bpe", "fast")
 """The tokenizer backends ``backends.load_backend`` builds (``--tokenizer-backend``); declared here,
 without the backends' imports, so the option's choices cost nothing to read."""
 
@@ -19,6 +19,8 @@ _HOMES = {
     "load_tokenizer": "loader",
     "TokenizerSnapshot": "snapshot",
     "encodes_through_rust": "snapshot",
+    "AutoBackend": "backends",
+    "ByteLevelBPEBackend": "bpe",
     "FastokensBackend": "backends",
     "HFBackend": "backends",
     "PerStringBackend": "backends",

@@ -24,8 +24,8 @@ before. So every answer is one the real tokenizer gave, in the same state, reach
 calls from the same files.
 
 Values a state decides are recorded with it (``recorded``: fingerprints, the backend verdicts of
-``fastsft.tokenizer.backends``; ``convert_tokens_to_ids`` answers), so that a warm run need not
-rebuild the Rust tokenizer for them. Otherwise replay computes ``encode(text,
+``fastsft.tokenizer.backends``; ``convert_tokens_to_ids`` answers; ``recorded_backend_file``: the
+byte-level BPE encoder's tables), so that a warm run need not rebuild the Rust tokenizer for them. Otherwise replay computes ``encode(text,
 add_special_tokens=False)``, ``convert_tokens_to_ids``, ``get_vocab`` and ``len`` from the Rust
 tokenizer as the transformers base class does, so
 snapshots are recorded only for classes that leave those to it (``_replayable``). Records are
@@ -33,7 +33,7 @@ keyed like ``fastsft.tokenizer.loader``'s class record (the content of every fil
 the transformers version) plus the tokenizers version and ``FORMAT``; they live in
 ``$FASTSFT_CACHE_DIR/tokenizer_snapshots`` and are written atomically. Every file of a record is
 checked against its digest when read (``record.json`` with its states, changes and derived values
-as a whole, each Rust JSON file on its own), and ``record.json`` must have the shape
+as a whole, each Rust JSON and table file on its own), and ``record.json`` must have the shape
 ``save`` writes: a record that fails either is ignored and written again. A cache folder that
 cannot be read or written is skipped with one warning (``fastsft.tokenizer.cache``).
 """
@@ -161,6 +161,22 @@ class _Record:
                 return None
             self._backend_texts[digest] = text
         return self._backend_texts[digest]
+
+    def backend_file(self, digest: str, name: str, compute: Callable[[], bytes]) -> bytes:
+        """The bytes kept as ``name`` beside the Rust JSON of ``digest``: read when the file is there
+        and matches its checksum, else ``compute()``, written, and returned."""
+        path = self.folder / f"{digest}.{name}"
+        try:
+            data = path.read_bytes()
+            if hashlib.sha256(data[32:]).digest() == data[:32]:
+                return data[32:]
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            skip_unusable(path, err)
+        payload = compute()
+        write_atomic(path, hashlib.sha256(payload).digest() + payload)
+        return payload
 
     def save(self) -> None:
         if self.initial is None:
@@ -388,6 +404,17 @@ class TokenizerSnapshot:
         if self._state is None:
             return compute()
         return self._recorded_under(f"backend {self._record.states[self._state]['backend']}", name, compute)
+
+    def backend_digest(self) -> str | None:
+        """The digest naming the current state's Rust JSON, or ``None`` when the state is not recorded."""
+        return None if self._state is None else self._record.states[self._state]["backend"]
+
+    def recorded_backend_file(self, name: str, compute: Callable[[], bytes]) -> bytes:
+        """``compute()``, bytes the Rust tokenizer's JSON alone decides (a compiled encoder's tables),
+        kept in a file ``name`` beside that JSON so that replay reads them back instead."""
+        if self._state is None:
+            return compute()
+        return self._record.backend_file(self._record.states[self._state]["backend"], name, compute)
 
     def _recorded_under(self, key: str | None, name: str, compute: Callable[[], Any]) -> Any:
         """``compute()``, recorded as ``name`` in the derived values under ``key`` (None: not recorded)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -27,9 +27,6 @@ from fastsft.errors import DataError
 from fastsft.kernels import offsets_from_lengths, select_kernels
 from fastsft.kernels.supervised import TurnTrace, encode_pairs, pairs
 from fastsft.kernels.types import RenderPlan, SegmentBatch
-
-if TYPE_CHECKING:
-    from fastsft.tokenizer.backends import TokenizerBackend
 
 __all__ = [
     "LABELS_LONGER_THAN_INPUTS",
@@ -120,7 +117,7 @@ class Encoder:
         self,
         template: Template,
         tokenizer: Any,
-        tokenizer_backend: TokenizerBackend,
+        tokenizer_backend: Any,
         *,
         encode_path: str,
         cutoff_len: int,
