@@ -603,21 +603,19 @@ def varlen_attention_forward(
     return output.reshape(batch, length, heads, -1), None
 
 
-def varlen_mask(
-    batch_size: int,
-    q_length: int,
-    kv_length: int,
-    q_offset: int | torch.Tensor = 0,
-    kv_offset: int | torch.Tensor = 0,
-    attention_mask: torch.Tensor | None = None,
-    use_vmap: bool = False,
-    **kwargs: Any,
-) -> torch.Tensor | None:
+def varlen_mask(batch_size: int, kv_length: int, **kwargs: Any) -> torch.Tensor | None:
     """The ``AttentionMaskInterface`` function: no mask where ``varlen_attention_forward`` finds the
-    sequences itself (no padding mask, no cache offset, no custom mask pattern), sdpa's mask otherwise."""
+    sequences itself (no padding mask, no cache offset, no custom mask pattern), sdpa's mask otherwise.
+
+    transformers >= 4.57 passes ``q_length`` / ``q_offset``, older releases ``cache_position``; the
+    keyword arguments go to ``sdpa_mask`` as they came."""
+    cache_position = kwargs.get("cache_position")
+    q_length = kwargs["q_length"] if "q_length" in kwargs else cache_position.shape[0]
+    q_offset = kwargs.get("q_offset", 0)
+    kv_offset = kwargs.get("kv_offset", 0)
     finds_sequences_itself = (
-        attention_mask is None
-        and not use_vmap
+        kwargs.get("attention_mask") is None
+        and not kwargs.get("use_vmap", False)
         and q_length == kv_length
         and isinstance(q_offset, int)
         and isinstance(kv_offset, int)
@@ -625,16 +623,7 @@ def varlen_mask(
     )
     if finds_sequences_itself:
         return None
-    return sdpa_mask(
-        batch_size=batch_size,
-        q_length=q_length,
-        kv_length=kv_length,
-        q_offset=q_offset,
-        kv_offset=kv_offset,
-        attention_mask=attention_mask,
-        use_vmap=use_vmap,
-        **kwargs,
-    )
+    return sdpa_mask(batch_size=batch_size, kv_length=kv_length, **kwargs)
 
 
 def register_varlen_attention() -> str:
