@@ -1,15 +1,68 @@
-"""The process ``fastsft train`` runs in: CPU threads, and gloo process groups where there is no CUDA."""
+"""The process ``fastsft train`` runs in: the optional packages the config needs, CPU threads, and gloo
+process groups where there is no CUDA."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 
 import torch
 
+from fastsft.errors import ConfigError
 from fastsft.train.config import TrainConfig
 
-__all__ = ["busy_cores", "configure_cpu_distributed", "configure_cpu_threads", "idle_cores", "threads_reason"]
+__all__ = [
+    "REPORTERS",
+    "busy_cores",
+    "check_optional_packages",
+    "configure_cpu_distributed",
+    "configure_cpu_threads",
+    "idle_cores",
+    "threads_reason",
+]
+
+
+# ``report_to`` loggers: the modules transformers' callback imports (any one suffices) and the pip package.
+REPORTERS = {
+    "tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "wandb": (("wandb",), "wandb"),
+    "swanlab": (("swanlab",), "swanlab"),
+    "mlflow": (("mlflow",), "mlflow"),
+    "comet_ml": (("comet_ml",), "comet_ml"),
+    "clearml": (("clearml",), "clearml"),
+    "neptune": (("neptune",), "neptune"),
+    "dvclive": (("dvclive",), "dvclive"),
+    "trackio": (("trackio",), "trackio"),
+    "codecarbon": (("codecarbon",), "codecarbon"),
+}
+FA2_FALLBACK = (
+    "`flash_attn: fa2` (attn: flash_attention_2) needs flash-attn on a CUDA GPU, which is not available here (pip install flash-attn); "
+    "falling back to the default attention as LLaMA-Factory does (fastsft_varlen for packed batches, else sdpa)"
+)
+
+
+def check_optional_packages(config: TrainConfig) -> list[str]:
+    """The optional packages ``config`` needs, checked before any work: a missing ``report_to`` logger
+    fails in one line naming the package and the pip command; ``flash_attn: fa2`` without a usable
+    flash-attn falls back as LLaMA-Factory's ``configure_attn_implementation`` does (to the default
+    attention: fastsft's varlen attention for packed batches, sdpa otherwise) and the returned
+    notice says so. ``deepspeed`` is checked when the config is read."""
+    notices = []
+    reporters = [config.report_to] if isinstance(config.report_to, str) else list(config.report_to)
+    for name in reporters:
+        modules, package = REPORTERS.get(name, ((), ""))
+        if modules and not any(importlib.util.find_spec(module) for module in modules):
+            raise ConfigError(
+                f"`report_to: {name}` needs {package}, which is not installed: pip install {package}"
+            )
+    if config.attn == "flash_attention_2":
+        from transformers.utils import is_flash_attn_2_available
+
+        if not is_flash_attn_2_available():
+            config.attn = "auto"
+            notices.append(FA2_FALLBACK)
+    return notices
 
 
 def configure_cpu_distributed(config: TrainConfig) -> bool:

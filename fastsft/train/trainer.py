@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from fastsft import IGNORE_INDEX
 from fastsft.errors import ConfigError, FastSFTError
@@ -26,11 +26,15 @@ from fastsft.train.streaming import STREAM_POSITION, StreamedTrainSet, save_posi
 
 __all__ = [
     "EVAL_WEIGHT",
+    "TRAINER_HOOKS",
+    "FiniteGradientsCallback",
     "NonFiniteError",
     "SFTTrainer",
     "WeightedCollator",
     "WeightedRows",
+    "check_trainer_hooks",
     "eval_batches",
+    "gradient_norm",
     "sample_lengths",
 ]
 
@@ -44,6 +48,44 @@ class NonFiniteError(FastSFTError):
     """Training produced a non-finite loss, gradient norm or weight; the run stops there."""
 
 
+# The ``Trainer`` methods fastsft overrides or calls that transformers does not document as public,
+# with what depends on each; ``check_trainer_hooks`` verifies them at start-up.
+TRAINER_HOOKS = {
+    "_save_checkpoint": "atomic checkpoints",
+    "_get_output_dir": "atomic checkpoints (the save goes to a partial folder)",
+    "evaluation_loop": "token-level evaluation",
+    "_wrap_model": "token-level evaluation",
+    "_prepare_inputs": "token-level evaluation",
+}
+
+
+def check_trainer_hooks(trainer_class: type = Trainer) -> None:
+    """Fail in one line, before any work, where the installed transformers lacks a ``Trainer``
+    method fastsft relies on, or its ``_save_checkpoint`` no longer asks ``_get_output_dir`` where
+    to save (the partial folder would then be bypassed)."""
+    import inspect
+
+    import transformers
+
+    missing = [name for name in TRAINER_HOOKS if not callable(getattr(trainer_class, name, None))]
+    if not missing:
+        try:
+            source = inspect.getsource(trainer_class._save_checkpoint)
+        except (OSError, TypeError):
+            source = "_get_output_dir"  # no source to read (a frozen install): the methods exist
+        if "_get_output_dir" not in source:
+            missing = ["_save_checkpoint calling _get_output_dir"]
+    if missing:
+        needs = ", ".join(f"`{name}` ({TRAINER_HOOKS.get(name, 'atomic checkpoints')})" for name in missing)
+        raise FastSFTError(
+            f"transformers {transformers.__version__}'s Trainer has no {needs}; fastsft is tested with "
+            f"transformers {TESTED_TRANSFORMERS}: pip install 'transformers{TESTED_TRANSFORMERS}'"
+        )
+
+
+TESTED_TRANSFORMERS = ">=4.56,<5.26"
+
+
 class SFTTrainer(Trainer):
     """``Trainer`` plus token-budget batches and tokens-per-second logging."""
 
@@ -54,7 +96,9 @@ class SFTTrainer(Trainer):
         resume_checkpoint: str | None = None,
         **kwargs: Any,
     ) -> None:
+        check_trainer_hooks()
         super().__init__(*args, **kwargs)
+        self.add_callback(FiniteGradientsCallback(self))
         self.max_tokens_per_batch = max_tokens_per_batch
         self.resume_checkpoint = resume_checkpoint
         self.initial_tokens_seen = 0
@@ -175,16 +219,6 @@ class SFTTrainer(Trainer):
             )
         return loss
 
-    def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
-        """The gradient norm; a non-finite one stops the run at this step (before the optimizer uses it).
-        fp16 is exempt: its loss scaler skips such steps by design."""
-        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-        if grad_norm is not None and not self.args.fp16 and not math.isfinite(float(grad_norm)):
-            raise NonFiniteError(
-                f"step {self.state.global_step + 1}: the gradient norm is {float(grad_norm)}; {NON_FINITE_CAUSE}"
-            )
-        return grad_norm
-
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         """``Trainer._save_checkpoint`` made atomic: every rank writes into
         ``.checkpoint-N.partial/checkpoint-N``, a barrier waits for all of them (ZeRO-3 shards
@@ -266,6 +300,42 @@ class SFTTrainer(Trainer):
             self._pending_tokens.zero_()
             self._window_start = now
         super().log(logs, start_time)
+
+
+class FiniteGradientsCallback(TrainerCallback):
+    """Stops the run at a step whose gradient norm is not finite, before the optimizer uses it
+    (``on_pre_optimizer_step``, after clipping: a non-finite norm leaves the clipped gradients
+    non-finite too). fp16 is exempt: its loss scaler skips such steps by design. Under DeepSpeed
+    the engine's global norm of the step is read (its gradients are not on the parameters)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if args.fp16:
+            return
+        norm = gradient_norm(self.trainer)
+        if norm is not None and not math.isfinite(norm):
+            raise NonFiniteError(
+                f"step {state.global_step + 1}: the gradient norm is {norm}; {NON_FINITE_CAUSE}"
+            )
+
+
+def gradient_norm(trainer: Trainer) -> float | None:
+    """The step's gradient norm as far as finiteness goes: DeepSpeed's global norm, else the 2-norm
+    of this process's gradients combined over the processes (so that all of them agree);
+    ``None`` where there is none to read."""
+    engine = trainer.model_wrapped
+    if hasattr(engine, "get_global_grad_norm"):
+        norm = engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
+    grads = [p.grad.detach() for p in trainer.model.parameters() if p.grad is not None]
+    if not grads:
+        return None
+    local = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads])
+    )
+    return math.sqrt(float(trainer.accelerator.reduce(local.square(), reduction="sum")))
 
 
 EVAL_WEIGHT = "fastsft_eval_weight"

@@ -32,7 +32,12 @@ from fastsft.errors import ConfigError
 from fastsft.train import checkpoints
 from fastsft.train.adapter import RANDOM_BASE_DIR, describe_trainable, init_adapter
 from fastsft.train.config import TrainConfig, build_training_args
-from fastsft.train.environment import configure_cpu_distributed, configure_cpu_threads, threads_reason
+from fastsft.train.environment import (
+    check_optional_packages,
+    configure_cpu_distributed,
+    configure_cpu_threads,
+    threads_reason,
+)
 from fastsft.train.logs import LOSS_PLOT, METRICS_FILE, TRAINER_LOG, JsonlLogCallback, plot_loss, say
 from fastsft.train.model import (
     attention_kernels,
@@ -57,7 +62,7 @@ from fastsft.train.output_dir import (
     run_settings,
 )
 from fastsft.train.streaming import PositionCollator, StreamedTrainSet, StreamReport
-from fastsft.train.trainer import SFTTrainer
+from fastsft.train.trainer import SFTTrainer, check_trainer_hooks
 
 __all__ = ["build_trainer", "load_datasets", "train"]
 
@@ -216,11 +221,13 @@ TOKEN_COLUMNS = ("input_ids", "attention_mask", "position_ids", "labels")
 
 def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> SFTTrainer:
     """Everything ``train`` sets up before ``trainer.train()``: arguments, data, model, collator."""
+    check_trainer_hooks()
+    package_notices = check_optional_packages(config)  # before any work
     uses_configured_state = configure_cpu_distributed(config)
     threads = configure_cpu_threads(config)
     training_args = build_training_args(config, uses_configured_state)  # before the model (ZeRO-3 init)
     if training_args.process_index == 0:
-        for notice in config.notices:
+        for notice in [*config.notices, *package_notices]:
             say(notice)
         if threads is not None:
             say(
