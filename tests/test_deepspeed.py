@@ -109,7 +109,11 @@ def test_zero3_two_processes_match_one_process_and_the_saved_model_reloads(
     assert zero3_losses == pytest.approx(reference_losses, rel=1e-5)
     # Eval at steps 2 and 4 and the final one: the same token-level loss as one process.
     zero3_eval, reference_eval = read_losses(zero3_dir, "eval_loss"), read_losses(reference_dir, "eval_loss")
-    assert len(zero3_eval) == 3
+    assert len(zero3_eval) == 2  # the final evaluation is in eval_results.json, as LLaMA-Factory's
+    zero3_eval.append(json.loads((zero3_dir / "eval_results.json").read_text(encoding="utf-8"))["eval_loss"])
+    reference_eval.append(
+        json.loads((reference_dir / "eval_results.json").read_text(encoding="utf-8"))["eval_loss"]
+    )
     assert zero3_eval == pytest.approx(reference_eval, rel=1e-5)
     # Each rank wrote its own ZeRO partition: the model really was sharded.
     shards = sorted(p.name for p in (zero3_dir / "checkpoint-4").glob("global_step*/*model_states.pt"))

@@ -33,7 +33,7 @@ def read_log(output_dir: Path) -> list[dict[str, Any]]:
 
 
 def step_losses(output_dir: Path, key: str = "loss") -> dict[int, float]:
-    return {entry["step"]: entry[key] for entry in read_log(output_dir) if key in entry}
+    return {entry["current_steps"]: entry[key] for entry in read_log(output_dir) if key in entry}
 
 
 EVAL = ["val_size=9", "eval_strategy=steps", "eval_steps=2", "per_device_eval_batch_size=2"]
@@ -48,7 +48,7 @@ def test_tiny_default_trains_and_saves_everything(tmp_path: Path, capsys: pytest
     assert capsys.readouterr().out.count("[fastsft] attention kernel: ") == 1
 
     log = [entry for entry in read_log(out) if "loss" in entry]
-    assert [entry["step"] for entry in log] == list(range(1, 17))
+    assert [entry["current_steps"] for entry in log] == list(range(1, 17))
     for entry in log:
         assert {"grad_norm", "learning_rate", "tokens_per_second", "num_input_tokens_seen"} <= entry.keys()
         assert entry["tokens_per_second"] > 0
@@ -64,9 +64,10 @@ def test_tiny_default_trains_and_saves_everything(tmp_path: Path, capsys: pytest
     assert (out / "training_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "checkpoint-8").is_dir() and (out / "checkpoint-16").is_dir()
     # The example holds out 5% and evaluates every eval_steps and at the end (as LLaMA-Factory's do_eval).
-    # transformers 5's Trainer also evaluates at a last step that is not a multiple of eval_steps (25).
+    # transformers 5's Trainer also evaluates at a last step that is not a multiple of eval_steps (25);
+    # the final evaluation (LLaMA-Factory's do_eval) goes to eval_results.json, not the log, as LF's.
     trainer_evals = [16] if int(transformers.__version__.split(".")[0]) >= 5 else []
-    assert [entry["step"] for entry in read_log(out) if "eval_loss" in entry] == [*trainer_evals, 16]
+    assert [entry["current_steps"] for entry in read_log(out) if "eval_loss" in entry] == trainer_evals
     assert metrics["eval_loss"] > 0
 
     # The final model and tokenizer reload and equal the last checkpoint.
@@ -207,10 +208,15 @@ def test_eval_on_each_dataset_logs_and_plots_every_eval_split(tmp_path: Path) ->
     metrics = train(load_config(TINY_YAML, overrides))
     for key in ("eval_alpaca_mix_loss", "eval_openai_chat_loss"):
         assert sorted(step_losses(out, key)) == [1, 2] and metrics[key] > 0
+        assert (out / f"training_{key}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "training_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_plot_draws_train_and_eval_curves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plots_are_named_and_drawn_as_llamafactory_draws_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One figure per metric (raw and smoothed), ``training_loss.png`` and ``training_eval_loss.png``;
+    a metric nothing logged gets LLaMA-Factory's warning instead of a silent gap."""
     import matplotlib.axes
 
     from fastsft.train.logs import plot_loss
@@ -223,8 +229,12 @@ def test_plot_draws_train_and_eval_curves(tmp_path: Path, monkeypatch: pytest.Mo
         lambda self, *a, **k: labels.append(k.get("label")) or original(self, *a, **k),
     )
     history = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}, {"step": 2, "eval_loss": 2.5}]
-    plot_loss(history, tmp_path / "plot.png")
-    assert labels == ["loss", "smoothed", "eval_loss"] and (tmp_path / "plot.png").is_file()
+    warnings = plot_loss(history, tmp_path, ["loss", "eval_loss", "eval_other_loss"])
+    assert labels == ["original", "smoothed"] * 2
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["training_eval_loss.png", "training_loss.png"]
+    assert warnings == [
+        "No metric eval_other_loss to plot: nothing was logged, so training_eval_other_loss.png is not written"
+    ]
 
 
 class StopAt(TrainerCallback):

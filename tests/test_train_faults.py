@@ -97,7 +97,7 @@ def snapshot(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
 
 def losses(output: Path) -> dict[int, float]:
     lines = (output / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()
-    return {entry["step"]: entry["loss"] for entry in map(json.loads, lines) if "loss" in entry}
+    return {entry["current_steps"]: entry["loss"] for entry in map(json.loads, lines) if "loss" in entry}
 
 
 def last_line(err: str) -> str:
@@ -477,11 +477,11 @@ def test_a_torn_last_log_line_is_dropped_and_a_torn_middle_line_named(tmp_path: 
     from fastsft.train.logs import JsonlLogCallback
 
     log = tmp_path / "trainer_log.jsonl"
-    log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo', encoding="utf-8")
+    log.write_text('{"current_steps": 1, "loss": 2.0}\n{"current_steps": 2, "loss": 1.5}\n{"current_steps": 3, "lo', encoding="utf-8")
     state = SimpleNamespace(is_world_process_zero=True, global_step=2)
     JsonlLogCallback(log).on_train_begin(None, state, None)  # type: ignore[arg-type]
-    assert log.read_text(encoding="utf-8") == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n'
-    log.write_text('{"step": 1, "lo\n{"step": 2, "loss": 1.5}\n', encoding="utf-8")
+    assert log.read_text(encoding="utf-8") == '{"current_steps": 1, "loss": 2.0}\n{"current_steps": 2, "loss": 1.5}\n'
+    log.write_text('{"current_steps": 1, "lo\n{"current_steps": 2, "loss": 1.5}\n', encoding="utf-8")
     with pytest.raises(ConfigError, match=r"trainer_log.jsonl line 1 is not JSON"):
         JsonlLogCallback(log).on_train_begin(None, state, None)  # type: ignore[arg-type]
 

@@ -114,10 +114,10 @@ def test_training_matches_llamafactory(case: str, tmp_path: Path) -> None:
     assert recorder.trainable == wanted
 
     steps = logged_steps(output_dir)
-    assert [entry["step"] for entry in steps] == [entry["step"] for entry in expected["steps"]]
+    assert [entry["current_steps"] for entry in steps] == [entry["step"] for entry in expected["steps"]]
     for ours, theirs in zip(steps, expected["steps"], strict=True):
         for key in ("loss", "grad_norm", "learning_rate"):
-            assert ours[key] == pytest.approx(theirs[key], abs=TOLERANCE), (ours["step"], key)
+            assert ours[key] == pytest.approx(theirs[key], abs=TOLERANCE), (ours["current_steps"], key)
 
     reference = np.load(GOLDEN_DIR / expected["logits_file"])
     logits = probe_logits(reload_trained(case, output_dir), reference["input_ids"])
@@ -260,16 +260,16 @@ def test_resume_continues_lora_and_freeze_runs_exactly(case: str, tmp_path: Path
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     train(load_config(config_path, [f"output_dir={reference}"]))
     train(load_config(config_path, [f"output_dir={interrupted}"]), callbacks=[StopAt(3)])
-    assert [entry["step"] for entry in logged_steps(interrupted)] == [1, 2, 3]
+    assert [entry["current_steps"] for entry in logged_steps(interrupted)] == [1, 2, 3]
     # What a checkpoint holds: the adapter alone for LoRA, the whole model for freeze.
     kept = "adapter_model.safetensors" if case.startswith("lora") else "model.safetensors"
     assert (interrupted / "checkpoint-3" / kept).is_file()
     train(load_config(config_path, [f"output_dir={interrupted}", "resume_from_checkpoint=true"]))
 
     resumed, expected = logged_steps(interrupted), logged_steps(reference)
-    assert [entry["step"] for entry in resumed] == list(range(1, 7))
+    assert [entry["current_steps"] for entry in resumed] == list(range(1, 7))
     for ours, theirs in zip(resumed, expected, strict=True):
-        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5), ours["step"]
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5), ours["current_steps"]
     probe = np.load(GOLDEN_DIR / "lora_all_logits.npz")["input_ids"]
     np.testing.assert_allclose(
         probe_logits(reload_trained(case, interrupted), probe),

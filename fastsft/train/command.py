@@ -13,6 +13,8 @@ import torch
 
 from fastsft.errors import FastSFTError, Terminated
 from fastsft.train.config import add_train_arguments, load_config
+from fastsft.train.launch import device_count, launch_torchrun, processes_per_node, torchrun_command
+from fastsft.train.logs import say
 from fastsft.train.workflow import train
 
 __all__ = ["interrupted_message", "run_train"]
@@ -24,7 +26,17 @@ def run_train(args: argparse.Namespace | Sequence[str]) -> int:
         parser = argparse.ArgumentParser(prog="fastsft train")
         add_train_arguments(parser)
         args = parser.parse_args(list(args))
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides)  # a bad config fails once, before any launch
+    devices = device_count()
+    command = torchrun_command([args.config, *args.overrides], os.environ, devices)
+    if command is not None:
+        say(
+            f"{devices} devices visible{' (FORCE_TORCHRUN)' if devices < 2 else ''}: training in "
+            f"{processes_per_node(os.environ, devices)} processes "
+            "per node under torchrun, as llamafactory-cli train does (NPROC_PER_NODE, NNODES, NODE_RANK, "
+            "MASTER_ADDR, MASTER_PORT choose)"
+        )
+        return launch_torchrun(command, os.environ)
     try:
         train(config)
     except FastSFTError:

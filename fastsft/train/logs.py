@@ -1,11 +1,12 @@
 """What ``fastsft train`` tells the user and writes beside the model: progress lines, ``trainer_log.jsonl``,
-``metrics.json`` and the loss plot."""
+``metrics.json``, the ``*_results.json`` files and the loss plots, named as LLaMA-Factory names them."""
 
 from __future__ import annotations
 
 import json
 import math
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,46 @@ from transformers import TrainerCallback, TrainingArguments
 
 from fastsft.errors import ConfigError
 
-__all__ = ["LOSS_PLOT", "METRICS_FILE", "TRAINER_LOG", "JsonlLogCallback", "plot_loss", "say", "smooth"]
+__all__ = [
+    "METRICS_FILE",
+    "TRAINER_LOG",
+    "JsonlLogCallback",
+    "llamafactory_entry",
+    "plot_keys",
+    "plot_loss",
+    "plot_name",
+    "save_results",
+    "say",
+    "smooth",
+]
 
 TRAINER_LOG = "trainer_log.jsonl"
 METRICS_FILE = "metrics.json"
-LOSS_PLOT = "training_loss.png"
-EVAL_COLORS = ["#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]  # train is blue
+
+
+def plot_keys(eval_names: list[str] | None, evaluates: bool) -> list[str]:
+    """The metrics LLaMA-Factory's ``run_sft`` plots: ``loss``, and ``eval_loss`` (or
+    ``eval_NAME_loss`` per named eval set) when the run evaluates. Its ``eval_accuracy`` keys are
+    left out: fastsft computes no accuracy, so they would only ever warn."""
+    if not evaluates:
+        return ["loss"]
+    return ["loss", *([f"eval_{name}_loss" for name in eval_names] if eval_names else ["eval_loss"])]
+
+
+def save_results(folder: Path, train_metrics: dict[str, Any], eval_metrics: dict[str, Any]) -> None:
+    """``train_results.json``, ``eval_results.json`` (when evaluated) and ``all_results.json`` (both),
+    as ``Trainer.save_metrics`` writes them in LLaMA-Factory's ``run_sft``."""
+    results = {"train": train_metrics, "eval": eval_metrics}
+    combined: dict[str, Any] = {}
+    for split, metrics in results.items():
+        if split == "train" or metrics:
+            _write_json(folder / f"{split}_results.json", metrics)
+            combined.update(metrics)
+    _write_json(folder / "all_results.json", combined)
+
+
+def _write_json(path: Path, values: dict[str, Any]) -> None:
+    path.write_text(json.dumps(values, indent=4, sort_keys=True), encoding="utf-8")  # as save_metrics
 
 
 def say(message: str) -> None:
@@ -27,17 +62,25 @@ def say(message: str) -> None:
 
 
 class JsonlLogCallback(TrainerCallback):
-    """Appends every log (loss, learning rate, grad norm, tokens/s, ...) to ``trainer_log.jsonl``.
+    """Appends every log to ``trainer_log.jsonl`` as LLaMA-Factory's ``LogCallback`` writes it
+    (``current_steps``, ``total_steps``, ``loss``, ``eval_loss``, ``lr``, ``epoch``, ``percentage``,
+    ``elapsed_time``, ``remaining_time``, and ``throughput`` / ``total_tokens`` once tokens were
+    counted: what LlamaBoard and users' scripts read), followed by the rest of ``Trainer``'s log
+    (``grad_norm``, ``learning_rate``, ``tokens_per_second``, ``num_input_tokens_seen``, ...).
 
-    A resumed run first drops the lines past the checkpoint's step, so the file reads like one run.
+    Only training's logs are written, as LLaMA-Factory does: the final evaluation is in
+    ``eval_results.json``. A resumed run first drops the lines past the checkpoint's step, so the
+    file reads like one run.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.start = time.perf_counter()
+        self.start = time.time()
+        self.training = False
 
     def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        self.start = time.perf_counter()
+        self.start = time.time()
+        self.training = True
         if not state.is_world_process_zero:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,54 +106,79 @@ class JsonlLogCallback(TrainerCallback):
                 raise ConfigError(
                     f"{self.path} line {number} is not JSON ({err}); move the file aside"
                 ) from None
-            if isinstance(entry, dict) and entry.get("step", 0) <= step:
+            if isinstance(entry, dict) and entry.get("current_steps", 0) <= step:
                 kept.append(line)
         return kept
+
+    def on_train_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self.training = False
 
     def on_log(
         self, args: TrainingArguments, state: Any, control: Any, logs: Any = None, **kwargs: Any
     ) -> None:
-        if not state.is_world_process_zero or not logs:
+        if not state.is_world_process_zero or not logs or not self.training:
             return
-        entry = {
-            "step": state.global_step,
-            "max_steps": state.max_steps,
-            "elapsed_seconds": round(time.perf_counter() - self.start, 3),
-            **logs,
-        }
+        entry = llamafactory_entry(state, logs, time.time() - self.start)
+        entry.update((key, value) for key, value in logs.items() if key not in entry)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
 
 
-def plot_loss(log_history: list[dict[str, Any]], path: Path) -> None:
-    """Training loss per step (raw and exponentially smoothed) and every eval loss (``eval_loss``,
-    ``eval_NAME_loss``) on one figure, as a PNG drawn with matplotlib's Agg."""
+def llamafactory_entry(state: Any, logs: dict[str, Any], elapsed: float) -> dict[str, Any]:
+    """One ``trainer_log.jsonl`` record with LLaMA-Factory's ``LogCallback.on_log`` fields, in its
+    order, computed as it computes them (absent values left out)."""
+    steps, total = state.global_step, state.max_steps
+    remaining = (total - steps) * (elapsed / steps if steps else 0)
+    entry = {
+        "current_steps": steps,
+        "total_steps": total,
+        "loss": logs.get("loss"),
+        "eval_loss": logs.get("eval_loss"),
+        "lr": logs.get("learning_rate"),
+        "epoch": logs.get("epoch"),
+        "percentage": round(steps / total * 100, 2) if total else 100,
+        "elapsed_time": str(timedelta(seconds=int(elapsed))),
+        "remaining_time": str(timedelta(seconds=int(remaining))),
+    }
+    if state.num_input_tokens_seen:
+        entry["throughput"] = round(state.num_input_tokens_seen / max(elapsed, 1e-9), 2)
+        entry["total_tokens"] = state.num_input_tokens_seen
+    return {key: value for key, value in entry.items() if value is not None}
+
+
+def plot_name(key: str) -> str:
+    """LLaMA-Factory's file name for the plot of ``key``: ``training_loss.png``, ``training_eval_loss.png``."""
+    return "training_{}.png".format(key.replace("/", "_"))
+
+
+def plot_loss(log_history: list[dict[str, Any]], output_dir: Path, keys: list[str]) -> list[str]:
+    """One PNG per key, as LLaMA-Factory's ``plot_loss``: the values per step, raw and exponentially
+    smoothed, drawn with matplotlib's Agg into ``training_KEY.png``. A key nothing logged gets
+    LLaMA-Factory's warning (returned, one line each) and no file."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
-    eval_keys = sorted(
-        {key for entry in log_history for key in entry if key.startswith("eval") and key.endswith("_loss")}
-    )
-    if not points and not eval_keys:
-        return
-    figure, axes = plt.subplots(figsize=(6.4, 4.0))
-    if points:
-        steps, losses = zip(*points)
-        axes.plot(steps, losses, color="#1f77b4", alpha=0.4, label="loss")
-        axes.plot(steps, smooth(list(losses)), color="#1f77b4", label="smoothed")
-    for key, color in zip(eval_keys, EVAL_COLORS * len(eval_keys)):
-        evals = sorted({entry["step"]: entry[key] for entry in log_history if key in entry}.items())
-        axes.plot(*zip(*evals), color=color, marker="o", markersize=4, label=key)
-    axes.set_xlabel("step")
-    axes.set_ylabel("loss")
-    axes.set_title("training and evaluation loss" if eval_keys else "training loss")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    warnings = []
+    for key in keys:
+        points = [(entry["step"], entry[key]) for entry in log_history if key in entry]
+        if not points:
+            warnings.append(
+                f"No metric {key} to plot: nothing was logged, so {plot_name(key)} is not written"
+            )
+            continue
+        steps, values = zip(*points)
+        figure, axes = plt.subplots()
+        axes.plot(steps, values, color="#1f77b4", alpha=0.4, label="original")
+        axes.plot(steps, smooth(list(values)), color="#1f77b4", label="smoothed")
+        axes.set_title(f"training {key} of {output_dir}")
+        axes.set_xlabel("step")
+        axes.set_ylabel(key)
+        axes.legend()
+        figure.savefig(output_dir / plot_name(key), format="png", dpi=100)
+        plt.close(figure)
+    return warnings
 
 
 def smooth(values: list[float]) -> list[float]:

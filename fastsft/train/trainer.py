@@ -105,6 +105,7 @@ class SFTTrainer(Trainer):
         self._pending_tokens = torch.zeros((), dtype=torch.int64, device=self.args.device)
         self._window_start: float | None = None
         self.stream_position: tuple[int, int] | None = None  # streaming: after the rows training used
+        self._window_tokens = 0  # counted since the last training log, for its tokens/s
 
     def get_train_dataloader(self) -> Any:
         if self.max_tokens_per_batch is None:
@@ -226,6 +227,7 @@ class SFTTrainer(Trainer):
         (``save_total_limit``) then sees complete checkpoints only, and only fastsft's.
         Weights that are no longer finite are never saved."""
         self._check_weights_finite(model)
+        self.count_pending_tokens()  # the checkpoint's state holds every step's tokens
         run_dir = Path(self._get_output_dir(trial=trial))
         step = self.state.global_step
         partial = checkpoints.partial_folder(run_dir, step)
@@ -290,16 +292,29 @@ class SFTTrainer(Trainer):
             )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add ``num_input_tokens_seen`` and ``tokens_per_second`` (non-padding, all ranks) to training logs."""
-        if "loss" in logs and self._window_start is not None:
-            tokens = int(self.accelerator.reduce(self._pending_tokens, reduction="sum").item())
-            now = time.perf_counter()
-            self.state.num_input_tokens_seen += tokens
+        """Add ``num_input_tokens_seen`` (non-padding, all ranks, every step so far) to every log once
+        training started, as ``Trainer``'s ``include_num_input_tokens_seen`` does (so evaluation and
+        the final metrics carry it too), and ``tokens_per_second`` since the previous training log
+        to training logs."""
+        if self._window_start is not None:
+            self.count_pending_tokens()
             logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
-            logs["tokens_per_second"] = round(tokens / max(now - self._window_start, 1e-9), 1)
-            self._pending_tokens.zero_()
+        if "loss" in logs and self._window_start is not None:
+            now = time.perf_counter()
+            logs["tokens_per_second"] = round(self._window_tokens / max(now - self._window_start, 1e-9), 1)
+            self._window_tokens = 0
             self._window_start = now
         super().log(logs, start_time)
+
+    def count_pending_tokens(self) -> int:
+        """Add the tokens of the steps since the last count (all processes) to
+        ``state.num_input_tokens_seen``; a collective, so every process calls it at the same point:
+        at each training log, checkpoint and the end of training. Returns the tokens added."""
+        tokens = int(self.accelerator.reduce(self._pending_tokens, reduction="sum").item())
+        self._pending_tokens.zero_()
+        self.state.num_input_tokens_seen += tokens
+        self._window_tokens += tokens
+        return tokens
 
 
 class FiniteGradientsCallback(TrainerCallback):

@@ -8,8 +8,11 @@ The pieces are fastsft's own: the data from ``fastsft.data.pipeline`` (``prepare
 Order matters under ZeRO-3: ``TrainingArguments`` (which activates ``HfDeepSpeedConfig``) is
 built before the model, so ``from_pretrained`` / ``from_config`` create it partitioned.
 
-Outputs in ``output_dir``: ``checkpoint-*`` folders, ``trainer_log.jsonl`` (one line per log),
-``metrics.json``, ``training_loss.png`` (train and eval losses) and the final model + tokenizer
+Outputs in ``output_dir``, named as LLaMA-Factory names them: ``checkpoint-*`` folders,
+``trainer_log.jsonl`` (one line per log, LLaMA-Factory's fields first), ``train_results.json``,
+``eval_results.json``, ``all_results.json``, ``trainer_state.json``, ``training_loss.png`` and
+``training_eval_loss.png``; fastsft's ``metrics.json`` (all of them, plus the final loss and
+step); and the final model + tokenizer
 (``save_pretrained``; for ``finetuning_type: lora`` the peft adapter only).
 """
 
@@ -38,7 +41,15 @@ from fastsft.train.environment import (
     configure_cpu_threads,
     threads_reason,
 )
-from fastsft.train.logs import LOSS_PLOT, METRICS_FILE, TRAINER_LOG, JsonlLogCallback, plot_loss, say
+from fastsft.train.logs import (
+    METRICS_FILE,
+    TRAINER_LOG,
+    JsonlLogCallback,
+    plot_keys,
+    plot_loss,
+    save_results,
+    say,
+)
 from fastsft.train.model import (
     attention_kernels,
     choose_attention,
@@ -132,22 +143,33 @@ def _publish(
     trainer.save_model(
         str(staging)
     )  # under ZeRO-3 gathers the 16-bit weights (stage3_gather_16bit_weights_on_model_save)
-    metrics = dict(train_metrics)
-    metrics["num_input_tokens_seen"] = trainer.state.num_input_tokens_seen
+    trainer.count_pending_tokens()  # the steps since the last log count too
+    train_results = dict(train_metrics)
+    train_results["num_input_tokens_seen"] = trainer.state.num_input_tokens_seen
     session_tokens = trainer.state.num_input_tokens_seen - trainer.initial_tokens_seen
-    metrics["train_tokens_per_second"] = session_tokens / max(metrics.get("train_runtime", 0.0), 1e-9)
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    if losses:
-        metrics["final_loss"] = losses[-1]
-    metrics["global_step"] = trainer.state.global_step
+    train_results["train_tokens_per_second"] = session_tokens / max(
+        train_results.get("train_runtime", 0.0), 1e-9
+    )
+    eval_results = {}
     if trainer.eval_dataset is not None and trainer.args.do_eval:  # as LLaMA-Factory's run_sft
-        metrics.update(trainer.evaluate(metric_key_prefix="eval"))
+        eval_results = trainer.evaluate(metric_key_prefix="eval")
+    metrics = {**train_results, **_run_summary(trainer.state.log_history, trainer.state.global_step)}
+    metrics.update(eval_results)
     metrics["attention_kernels"] = attention_kernels(model.config._attn_implementation)
     if trainer.is_world_process_zero():
         trainer.state.save_to_json(str(staging / checkpoints.TRAINER_STATE))
-        _finish(trainer.state.log_history, metrics, config, staging, record, trainer.state.max_steps)
+        save_results(staging, train_results, eval_results)
+        eval_names = list(trainer.eval_dataset) if isinstance(trainer.eval_dataset, dict) else None
+        keys = plot_keys(eval_names, evaluates=trainer.eval_dataset is not None)
+        _finish(trainer.state.log_history, metrics, config, staging, record, trainer.state.max_steps, keys)
     trainer.accelerator.wait_for_everyone()
     return metrics
+
+
+def _run_summary(log_history: list[dict[str, Any]], global_step: int) -> dict[str, Any]:
+    """fastsft's own lines of ``metrics.json``: the last logged training loss and the steps trained."""
+    losses = [entry["loss"] for entry in log_history if "loss" in entry]
+    return {**({"final_loss": losses[-1]} if losses else {}), "global_step": global_step}
 
 
 def _publish_from_checkpoint(
@@ -158,12 +180,9 @@ def _publish_from_checkpoint(
     with ``use_cache`` restored, and no step trained again."""
     output_dir = Path(str(config.output_dir))
     state = checkpoints.checkpoint_state(checkpoint)
-    losses = [entry["loss"] for entry in state.get("log_history", []) if "loss" in entry]
-    metrics: dict[str, Any] = {
-        "global_step": state["global_step"],
-        "num_input_tokens_seen": state.get("num_input_tokens_seen", 0),
-        **({"final_loss": losses[-1]} if losses else {}),
-    }
+    log_history = state.get("log_history", [])
+    train_results = {"num_input_tokens_seen": state.get("num_input_tokens_seen", 0)}
+    metrics: dict[str, Any] = {**train_results, **_run_summary(log_history, state["global_step"])}
     if trainer.is_world_process_zero():
         say(f"{checkpoint} is this run's last step; publishing the final model from it (nothing to train)")
         staging = output_dir / FINAL_PARTIAL
@@ -183,7 +202,9 @@ def _publish_from_checkpoint(
             model_config.use_cache = True
             model_config.save_pretrained(str(staging))
         shutil.copy2(checkpoint / checkpoints.TRAINER_STATE, staging / checkpoints.TRAINER_STATE)
-        _finish(state.get("log_history", []), metrics, config, staging, record, state["max_steps"])
+        save_results(staging, train_results, {})
+        evaluates = any(key.startswith("eval_") for entry in log_history for key in entry)
+        _finish(log_history, metrics, config, staging, record, state["max_steps"], plot_keys(None, evaluates))
     trainer.accelerator.wait_for_everyone()
     return metrics
 
@@ -204,13 +225,15 @@ def _finish(
     staging: Path,
     record: dict[str, Any],
     planned_steps: int,
+    plot_keys: list[str],
 ) -> None:
-    """Write the metrics and plot into ``staging`` and publish it; the marker records the steps
+    """Write the metrics and plots into ``staging`` and publish it; the marker records the steps
     trained and planned (a run a callback stopped early is not finished)."""
     output_dir = Path(str(config.output_dir))
     (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     if config.plot_loss:
-        plot_loss(log_history, staging / LOSS_PLOT)
+        for warning in plot_loss(log_history, staging, plot_keys):
+            say(warning)
     record = {**record, "global_step": metrics["global_step"], "planned_steps": planned_steps}
     publish_final(staging, output_dir, record)
     say(f"saved the model, {METRICS_FILE} and {TRAINER_LOG} to {output_dir}")

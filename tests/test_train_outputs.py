@@ -1,0 +1,97 @@
+"""``fastsft train``'s output files against the ones LLaMA-Factory 0.9.5 itself writes for the same YAML
+(``tests/goldens/train/lf_outputs.json``, from ``scripts/make_lf_outputs_golden.py``): the
+``trainer_log.jsonl`` fields, ``all_results.json`` / ``train_results.json`` / ``eval_results.json``, the
+plot names, the warning when nothing was logged, and the token count.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import transformers
+import yaml
+
+from fastsft.train.config import load_config
+from fastsft.train.workflow import train
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = json.loads(
+    (REPO_ROOT / "tests" / "goldens" / "train" / "lf_outputs.json").read_text(encoding="utf-8")
+)
+TOLERANCE = 1e-5
+# Keys fastsft refuses because it sets them itself (it always counts non-padding tokens, as here).
+FASTSFT_SETS = ("include_num_input_tokens_seen",)
+RESULT_VALUES = ("num_input_tokens_seen", "epoch", "train_loss", "eval_loss")
+
+pytestmark = pytest.mark.usefixtures("repo_cwd")
+
+
+def kind(entry: dict[str, Any]) -> str:
+    return "loss" if "loss" in entry else "eval" if "eval_loss" in entry else "summary"
+
+
+def llamafactory_log(case: dict[str, Any]) -> list[dict[str, Any]]:
+    """LLaMA-Factory's log lines; transformers before 5 does not evaluate at a last step off ``eval_steps``."""
+    eval_steps = case["yaml"].get("eval_steps")
+    lines = case["trainer_log"]
+    if int(transformers.__version__.split(".")[0]) < 5:
+        lines = [e for e in lines if kind(e) != "eval" or e["current_steps"] % eval_steps == 0]
+    return lines
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN["cases"]))
+def test_output_files_are_llamafactorys(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    case = GOLDEN["cases"][name]
+    values = {key: value for key, value in case["yaml"].items() if key not in FASTSFT_SETS}
+    config_path = tmp_path / f"{name}.yaml"
+    config_path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    out = tmp_path / "output"
+    metrics = train(load_config(config_path, [f"output_dir={out}", "cpu_threads=1"]))
+    printed = capsys.readouterr().out
+
+    # trainer_log.jsonl: LLaMA-Factory's lines, with its fields and values (fastsft's extra fields stay).
+    ours = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
+    theirs = llamafactory_log(case)
+    assert [(e["current_steps"], kind(e)) for e in ours] == [(e["current_steps"], kind(e)) for e in theirs]
+    for mine, lf in zip(ours, theirs, strict=True):
+        assert lf.keys() <= mine.keys(), (mine["current_steps"], lf.keys() - mine.keys())
+        assert list(mine)[: len(lf)] == [
+            key for key in LF_ORDER if key in lf
+        ]  # LF's fields first, in LF's order
+        for key in ("current_steps", "total_steps", "percentage", "total_tokens"):
+            assert mine[key] == lf[key], key
+        for key in ("loss", "eval_loss", "lr", "epoch"):
+            if key in lf:
+                assert mine[key] == pytest.approx(lf[key], abs=TOLERANCE), (mine["current_steps"], key)
+
+    # The *_results.json files: LLaMA-Factory's, with its keys (fastsft adds train_tokens_per_second).
+    for file, lf in case["results"].items():
+        mine = json.loads((out / file).read_text(encoding="utf-8"))
+        assert lf.keys() <= mine.keys(), (file, lf.keys() - mine.keys())
+        for key in RESULT_VALUES:
+            if key in lf:
+                assert mine[key] == pytest.approx(lf[key], abs=TOLERANCE), (file, key)
+    assert not (out / "eval_results.json").exists() or "eval_results.json" in case["results"]
+
+    # Every step's tokens count, the steps after the last log included.
+    assert metrics["num_input_tokens_seen"] == case["num_input_tokens_seen"]
+    assert metrics["train_tokens_per_second"] > 0
+
+    # The plots LLaMA-Factory writes, and its warning where there was nothing to plot.
+    for key in ("loss", "eval_loss"):
+        plotted = f"training_{key}.png" in case["output_files"]
+        assert (out / f"training_{key}.png").is_file() == plotted, key
+        warned = f"No metric {key} to plot." in case["plot_warnings"]
+        evaluates = "eval_strategy" in case["yaml"]
+        assert (f"No metric {key} to plot" in printed) == (warned and (key == "loss" or evaluates)), key
+
+
+LF_ORDER = (
+    "current_steps", "total_steps", "loss", "eval_loss", "predict_loss", "reward", "accuracy", "lr", "epoch",
+    "percentage", "elapsed_time", "remaining_time", "throughput", "total_tokens",
+)  # fmt: skip
