@@ -552,3 +552,22 @@ def test_fa2_without_flash_attn_falls_back_as_llamafactory_does_and_says_so(
     ]
     assert trainer.model.config._attn_implementation == "fastsft_varlen"  # the tiny example packs
     assert "attention fastsft_varlen" in out
+
+
+@pytest.mark.parametrize("collective", ["reduce_scatter_tensor", "all_gather_into_tensor"])
+def test_only_torchs_deprecation_of_deepspeeds_collectives_is_silenced(collective: str) -> None:
+    import warnings
+
+    from fastsft.train.environment import quiet_deepspeed_deprecations
+
+    message = getattr(getattr(torch.distributed, collective), "__deprecated__", None)
+    if message is None:
+        pytest.skip(f"this torch does not deprecate {collective}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_deepspeed_deprecations()
+        warnings.warn(message, FutureWarning, stacklevel=1)
+        warnings.warn("`torch.distributed.something_else` is deprecated.", FutureWarning, stacklevel=1)
+    assert [str(warning.message) for warning in caught] == [
+        "`torch.distributed.something_else` is deprecated."
+    ]

@@ -477,10 +477,16 @@ def test_a_torn_last_log_line_is_dropped_and_a_torn_middle_line_named(tmp_path: 
     from fastsft.train.logs import JsonlLogCallback
 
     log = tmp_path / "trainer_log.jsonl"
-    log.write_text('{"current_steps": 1, "loss": 2.0}\n{"current_steps": 2, "loss": 1.5}\n{"current_steps": 3, "lo', encoding="utf-8")
+    log.write_text(
+        '{"current_steps": 1, "loss": 2.0}\n{"current_steps": 2, "loss": 1.5}\n{"current_steps": 3, "lo',
+        encoding="utf-8",
+    )
     state = SimpleNamespace(is_world_process_zero=True, global_step=2)
     JsonlLogCallback(log).on_train_begin(None, state, None)  # type: ignore[arg-type]
-    assert log.read_text(encoding="utf-8") == '{"current_steps": 1, "loss": 2.0}\n{"current_steps": 2, "loss": 1.5}\n'
+    assert (
+        log.read_text(encoding="utf-8")
+        == '{"current_steps": 1, "loss": 2.0}\n{"current_steps": 2, "loss": 1.5}\n'
+    )
     log.write_text('{"current_steps": 1, "lo\n{"current_steps": 2, "loss": 1.5}\n', encoding="utf-8")
     with pytest.raises(ConfigError, match=r"trainer_log.jsonl line 1 is not JSON"):
         JsonlLogCallback(log).on_train_begin(None, state, None)  # type: ignore[arg-type]

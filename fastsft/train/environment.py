@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
+import warnings
 
 import torch
 
@@ -19,6 +20,7 @@ __all__ = [
     "configure_cpu_distributed",
     "configure_cpu_threads",
     "idle_cores",
+    "quiet_deepspeed_deprecations",
     "threads_reason",
 ]
 
@@ -63,6 +65,19 @@ def check_optional_packages(config: TrainConfig) -> list[str]:
             config.attn = "auto"
             notices.append(FA2_FALLBACK)
     return notices
+
+
+# torch 2.13 deprecates the collectives DeepSpeed's ZeRO calls on every step; the warning, shown again
+# each time the warning filters change, would repeat dozens of times per step and is not the user's to fix.
+DEEPSPEED_COLLECTIVE_DEPRECATIONS = (
+    r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` is deprecated\. "
+    r"Please use `torch\.distributed\.(reduce_scatter_single|all_gather_single)` instead\."
+)
+
+
+def quiet_deepspeed_deprecations() -> None:
+    """Silence exactly torch's deprecation of the two collectives DeepSpeed calls (nothing else)."""
+    warnings.filterwarnings("ignore", message=DEEPSPEED_COLLECTIVE_DEPRECATIONS, category=FutureWarning)
 
 
 def configure_cpu_distributed(config: TrainConfig) -> bool:

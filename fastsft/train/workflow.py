@@ -39,6 +39,7 @@ from fastsft.train.environment import (
     check_optional_packages,
     configure_cpu_distributed,
     configure_cpu_threads,
+    quiet_deepspeed_deprecations,
     threads_reason,
 )
 from fastsft.train.logs import (
@@ -246,6 +247,8 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()
     """Everything ``train`` sets up before ``trainer.train()``: arguments, data, model, collator."""
     check_trainer_hooks()
     package_notices = check_optional_packages(config)  # before any work
+    if config.deepspeed:
+        quiet_deepspeed_deprecations()
     uses_configured_state = configure_cpu_distributed(config)
     threads = configure_cpu_threads(config)
     training_args = build_training_args(config, uses_configured_state)  # before the model (ZeRO-3 init)
