@@ -253,4 +253,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
+    """SIGTERM raises ``Terminated``; child processes (DataLoader workers) ending with us are then
+    expected, so torch's SIGCHLD check, which would raise over the clean message, is set aside."""
+    if hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     raise Terminated()

@@ -70,3 +70,43 @@ def test_interrupted_message_without_a_checkpoint(tmp_path: Path) -> None:
     (checkpoint / "trainer_state.json").write_text('{"global_step": 4}', encoding="utf-8")
     mark_checkpoint(checkpoint, 4, model_only=True)
     assert str(checkpoint) in interrupted_message(tmp_path)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_with_dataloader_workers_gives_the_clean_line_only(
+    tmp_path: Path,
+) -> None:
+    """A scheduler's SIGTERM reaches the DataLoader workers too; torch's SIGCHLD handler must not
+    add "DataLoader worker ... is killed by signal" after the clean message."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "fastsft", "train", "examples/tiny_sft.yaml", f"output_dir={out}"]
+    command += ["max_steps=100000", "save_steps=2", "save_total_limit=1", "plot_loss=false"]
+    command += ["dataloader_num_workers=2", "eval_strategy=no", "val_size=0"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob("checkpoint-*/trainer_state.json")):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.2)
+        time.sleep(1.0)  # training, workers running
+        os.killpg(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr and "killed by signal" not in stderr, stderr[-3000:]
+    assert [line for line in stderr.splitlines() if line.startswith("fastsft train:")][0].startswith(
+        "fastsft train: SIGTERM; last checkpoint: "
+    ), stderr[-3000:]
