@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 import json
 import random
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -201,14 +203,29 @@ def test_generation_with_a_cache_still_works() -> None:
     assert model.generate(prompt, **kwargs).tolist() == eager.generate(prompt, **kwargs).tolist()
 
 
+def query_positions(q_length: int, q_offset: int = 0) -> dict[str, Any]:
+    """The query positions in the mask-interface call convention of the installed transformers
+    (4.57 and later pass ``q_length`` / ``q_offset``, 4.56 ``cache_position``)."""
+    from transformers.masking_utils import sdpa_mask
+
+    if "q_length" in inspect.signature(sdpa_mask).parameters:
+        return {"q_length": q_length, "q_offset": q_offset}
+    return {"cache_position": torch.arange(q_offset, q_offset + q_length)}
+
+
 def test_mask_function_builds_masks_only_for_padding_and_caches() -> None:
-    plain = {"batch_size": 1, "q_length": 6, "kv_length": 6}
+    plain = {"batch_size": 1, **query_positions(6), "kv_length": 6}
     assert varlen_mask(**plain) is None
     padding = torch.tensor([[True, True, True, False, False, False]])
     mask = varlen_mask(**plain, attention_mask=padding, allow_is_causal_skip=True)
     assert mask.shape == (1, 1, 6, 6) and not mask[0, 0, :, 3:].any()
-    decode = varlen_mask(batch_size=1, q_length=2, kv_length=6, q_offset=4, allow_is_causal_skip=False)
+    decode = varlen_mask(batch_size=1, **query_positions(2, 4), kv_length=6, allow_is_causal_skip=False)
     assert decode.shape == (1, 1, 2, 6) and decode[0, 0, 0].tolist() == [True] * 5 + [False]
+
+
+def test_the_mask_function_takes_transformers_4_56s_call_too() -> None:
+    """transformers 4.56 passes ``cache_position`` where later releases pass ``q_length``."""
+    assert varlen_mask(batch_size=1, cache_position=torch.arange(6), kv_length=6) is None
 
 
 def test_enable_varlen_attention_on_config_and_model() -> None:

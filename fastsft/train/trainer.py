@@ -77,13 +77,26 @@ def check_trainer_hooks(trainer_class: type = Trainer) -> None:
             missing = ["_save_checkpoint calling _get_output_dir"]
     if missing:
         needs = ", ".join(f"`{name}` ({TRAINER_HOOKS.get(name, 'atomic checkpoints')})" for name in missing)
+        supported = declared_requirement("transformers")
         raise FastSFTError(
-            f"transformers {transformers.__version__}'s Trainer has no {needs}; fastsft is tested with "
-            f"transformers {TESTED_TRANSFORMERS}: pip install 'transformers{TESTED_TRANSFORMERS}'"
+            f"transformers {transformers.__version__}'s Trainer has no {needs}; fastsft supports "
+            f"{supported}: pip install '{supported}'"
         )
 
 
-TESTED_TRANSFORMERS = ">=4.56,<5.26"
+def declared_requirement(package: str) -> str:
+    """fastsft's declared requirement on ``package`` (``transformers>=...,<...``), from its metadata."""
+    import importlib.metadata
+    import re
+
+    try:
+        requirements = importlib.metadata.requires("fastsft") or []
+    except importlib.metadata.PackageNotFoundError:
+        return package
+    for requirement in requirements:
+        if re.match(rf"{re.escape(package)}\b(?!-)", requirement):
+            return requirement.split(";")[0].replace(" ", "")
+    return package
 
 
 class SFTTrainer(Trainer):
