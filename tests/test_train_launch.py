@@ -25,6 +25,7 @@ ARGV = ["cfg.yaml", "max_steps=5"]
         ({}, 1),  # one GPU: this process trains
         ({"LOCAL_RANK": "0"}, 8),  # already one of torchrun's processes
         ({"TORCHELASTIC_RUN_ID": "x"}, 8),
+        ({"WORLD_SIZE": "16", "RANK": "3"}, 8),  # another launcher (deepspeed, mpirun, ...)
         ({"FORCE_TORCHRUN": "0"}, 1),
     ],
 )
@@ -88,7 +89,7 @@ def test_fastsft_train_relaunches_with_its_own_arguments_and_returns_torchruns_s
         def wait(self) -> int:
             return 3
 
-    for name in ("LOCAL_RANK", "TORCHELASTIC_RUN_ID", "FORCE_TORCHRUN", "NPROC_PER_NODE", "MASTER_PORT"):
+    for name in ("LOCAL_RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID", "FORCE_TORCHRUN", "NPROC_PER_NODE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(train_command, "device_count", lambda: 2)
     monkeypatch.setattr("fastsft.train.launch.subprocess.Popen", FakeTorchrun)

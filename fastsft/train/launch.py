@@ -3,7 +3,7 @@
 and the same rules).
 
 It launches when ``FORCE_TORCHRUN`` is set, or when more than one device is visible, and it is not
-already one of torchrun's processes. ``NNODES`` (1), ``NODE_RANK`` (0), ``NPROC_PER_NODE`` (the
+already one of a launcher's processes (``LOCAL_RANK``, ``WORLD_SIZE`` or ``TORCHELASTIC_RUN_ID`` set). ``NNODES`` (1), ``NODE_RANK`` (0), ``NPROC_PER_NODE`` (the
 device count, at least 1), ``MASTER_ADDR`` (127.0.0.1) and ``MASTER_PORT`` (a free port) shape the command;
 ``RDZV_ID`` makes it an elastic launch (``MIN_NNODES`` / ``MAX_NNODES``, ``MAX_RESTARTS``);
 ``OPTIM_TORCH`` (on unless ``0``) sets LLaMA-Factory's two allocator variables for the processes.
@@ -55,8 +55,8 @@ def processes_per_node(env: Mapping[str, str], devices: int) -> str:
 def torchrun_command(argv: Sequence[str], env: Mapping[str, str], devices: int) -> list[str] | None:
     """The torchrun command that runs ``fastsft train ARGV`` on every device, or ``None`` where this
     process trains itself (one device, or already started by torchrun or another launcher)."""
-    if "LOCAL_RANK" in env or "TORCHELASTIC_RUN_ID" in env:
-        return None
+    if any(name in env for name in ("LOCAL_RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID")):
+        return None  # started by torchrun, the deepspeed launcher or another one
     if not (_enabled(env, "FORCE_TORCHRUN") or devices > 1):
         return None
     nnodes = env.get("NNODES", "1")
