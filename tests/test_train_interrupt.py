@@ -107,6 +107,6 @@ def test_sigterm_to_the_process_group_with_dataloader_workers_gives_the_clean_li
             process.communicate()
     assert process.returncode == 143, stderr[-3000:]
     assert "Traceback" not in stderr and "killed by signal" not in stderr, stderr[-3000:]
-    assert [line for line in stderr.splitlines() if line.startswith("fastsft train:")][0].startswith(
-        "fastsft train: SIGTERM; last checkpoint: "
-    ), stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("fastsft train:")]
+    assert len(lines) == 1, stderr[-3000:]
+    assert lines[0].startswith("fastsft train: SIGTERM; last checkpoint: "), stderr[-3000:]
