@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from fastsft.collators import TokenBudgetBatchSampler, VarlenCollator, merge_padding_runs, split_largest
 from fastsft.data.rows.builder import MEDIA_COLUMNS
-from fastsft.errors import DataError
+from fastsft.errors import ConfigError, DataError
 
 __all__ = ["EpochBatches", "TrlInputs", "sequence_lengths", "trl_dataset", "trl_inputs", "use_token_budget"]
 
@@ -154,6 +154,11 @@ class EpochBatches(Sampler[list[int]]):
         self.sampler.set_epoch(epoch)
 
 
+# ``Trainer`` methods without a public equivalent that ``use_token_budget``'s data loader calls;
+# checked when it is installed, not at the first batch.
+TRAINER_METHODS_USED = ("_remove_unused_columns", "_get_collator_with_removed_columns")
+
+
 def use_token_budget(trainer: Any, sampler: TokenBudgetBatchSampler) -> Any:
     """Make ``trainer`` (HF ``Trainer`` or a subclass such as TRL's ``SFTTrainer``) batch by ``sampler``.
 
@@ -167,6 +172,14 @@ def use_token_budget(trainer: Any, sampler: TokenBudgetBatchSampler) -> Any:
     in ``EpochBatches``, which gives every planned epoch (``num_train_epochs``, or as many as
     ``max_steps`` needs) the same count. Returns ``trainer``.
     """
+    missing = [name for name in TRAINER_METHODS_USED if not callable(getattr(trainer, name, None))]
+    if missing:
+        import transformers
+
+        raise ConfigError(
+            f"use_token_budget keeps the trainer's column removal through {', '.join(missing)}, which "
+            f"{type(trainer).__name__} lacks (transformers {transformers.__version__})"
+        )
     if len(sampler.lengths) != len(trainer.train_dataset):
         raise DataError(
             f"the sampler has {len(sampler.lengths)} lengths but the training set has "

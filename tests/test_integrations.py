@@ -6,6 +6,7 @@ The trainers themselves run in ``tests/test_recipes.py``; these are the fast che
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from fastsft import IGNORE_INDEX
 from fastsft.collators import TokenBudgetBatchSampler, VarlenCollator
-from fastsft.errors import DataError
+from fastsft.errors import ConfigError, DataError
 from fastsft.integrations import sequence_lengths, trl_dataset, use_token_budget
 
 PAD = 7
@@ -82,9 +83,26 @@ def test_trl_dataset_drops_empty_media_and_refuses_media() -> None:
         trl_dataset(Dataset.from_dict({"text": ["hi"]}))
 
 
-def test_use_token_budget_refuses_a_sampler_of_another_dataset() -> None:
-    class FakeTrainer:
-        train_dataset = Dataset.from_dict({"input_ids": [[1], [2], [3]]})
+class FakeTrainer:
+    train_dataset = Dataset.from_dict({"input_ids": [[1], [2], [3]]})
 
+    def _remove_unused_columns(self, dataset: Any, description: str | None = None) -> Any:
+        return dataset
+
+    def _get_collator_with_removed_columns(self, collator: Any, description: str | None = None) -> Any:
+        return collator
+
+
+def test_use_token_budget_refuses_a_trainer_without_the_methods_it_calls() -> None:
+    class RenamedTrainer(FakeTrainer):
+        _get_collator_with_removed_columns = None
+
+    with pytest.raises(
+        ConfigError, match="through _get_collator_with_removed_columns, which RenamedTrainer lacks"
+    ):
+        use_token_budget(RenamedTrainer(), TokenBudgetBatchSampler([1, 1, 1], max_tokens=4))
+
+
+def test_use_token_budget_refuses_a_sampler_of_another_dataset() -> None:
     with pytest.raises(DataError, match="3 rows"):
         use_token_budget(FakeTrainer(), TokenBudgetBatchSampler([1, 1], max_tokens=4))
