@@ -4,6 +4,13 @@ Run with the reference environment from the repository root::
 
     /work/venv-lf/bin/python scripts/make_lf_outputs_golden.py
 
+and on the oldest transformers fastsft supports (``.ci/oldest.txt`` installed over the reference
+venv; transformers 4.56 logs the loss rounded and evaluates at the last step only on ``eval_steps``)::
+
+    pip install --no-deps --target /tmp/oldest -r .ci/oldest.txt
+    PYTHONPATH=/tmp/oldest /work/venv-lf/bin/python scripts/make_lf_outputs_golden.py \
+        --output tests/goldens/train_transformers4/lf_outputs.json
+
 Each case runs ``llamafactory.train.tuner.run_exp(args=dict)`` in a fresh process (what
 ``llamafactory-cli train case.yaml`` runs on a machine without GPUs), one CPU thread, fixed seeds,
 on the committed tiny base model of ``scripts/make_train_goldens.py``. The golden records what a
@@ -126,6 +133,7 @@ def main() -> None:
     if sys.argv[1:2] == ["--worker"]:
         run_worker(Path(sys.argv[2]))
         return
+    output = Path(sys.argv[2]) if sys.argv[1:2] == ["--output"] else GOLDEN
     if Path.cwd().resolve() != REPO_ROOT:
         sys.exit(f"run from the repository root {REPO_ROOT}")
     import llamafactory
@@ -145,7 +153,8 @@ def main() -> None:
         print(f"case {name} ...", flush=True)
         with tempfile.TemporaryDirectory(prefix=f"lf_outputs_{name}_") as work_dir:
             golden["cases"][name] = run_case(name, Path(work_dir))
-    GOLDEN.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,14 @@ Run with the reference environment from the repository root::
 
     /work/venv-lf/bin/python scripts/make_train_goldens.py [--only GLOB] [--rebuild-base]
 
+The same cases on the oldest transformers fastsft supports (transformers' numerics differ between
+4.56 and 5 by ~1e-4 in these losses, for LLaMA-Factory and fastsft alike), into
+``tests/goldens/train_transformers4/``, with ``.ci/oldest.txt`` installed over the reference venv::
+
+    pip install --no-deps --target /tmp/oldest -r .ci/oldest.txt
+    PYTHONPATH=/tmp/oldest /work/venv-lf/bin/python scripts/make_train_goldens.py \
+        --output-dir tests/goldens/train_transformers4
+
 What it does:
 
 1. Builds the tiny base model once: a random-init ``Qwen2ForCausalLM`` from
@@ -282,7 +290,7 @@ def _load_trained(case_args: dict[str, Any], output_dir: Path) -> Any:
     return AutoModelForCausalLM.from_pretrained(output_dir, dtype=torch.float32)
 
 
-def run_case(name: str, work_dir: Path) -> None:
+def run_case(name: str, work_dir: Path, output: Path) -> None:
     """Run one case in a fresh process and write its golden JSON and logits."""
     import numpy as np
 
@@ -351,13 +359,13 @@ def run_case(name: str, work_dir: Path) -> None:
         # save/reload round trip changes the model; fastsft is compared with the reloaded logits.
         "in_memory_vs_reloaded_max_abs_diff": float(np.abs(in_memory - reloaded).max()),
     }
-    (GOLDEN_DIR / f"{name}.json").write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
+    (output / f"{name}.json").write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
     np.savez_compressed(
-        GOLDEN_DIR / f"{name}_logits.npz", logits=reloaded.astype(np.float32), input_ids=np.array(probe)
+        output / f"{name}_logits.npz", logits=reloaded.astype(np.float32), input_ids=np.array(probe)
     )
 
 
-def write_manifest(cases: list[str], command: str) -> None:
+def write_manifest(cases: list[str], command: str, output: Path) -> None:
     """Record versions, the command and the sha256 of every golden and base file."""
     import datasets
     import llamafactory
@@ -366,8 +374,8 @@ def write_manifest(cases: list[str], command: str) -> None:
     import transformers
 
     files = sorted(
-        path.relative_to(GOLDEN_DIR).as_posix()
-        for path in GOLDEN_DIR.rglob("*")
+        path.relative_to(output).as_posix()
+        for path in output.rglob("*")
         if path.is_file() and path.name != "MANIFEST.json"
     )
     manifest = {
@@ -384,15 +392,16 @@ def write_manifest(cases: list[str], command: str) -> None:
         "base_seed": BASE_SEED,
         "train_seed": TRAIN_SEED,
         "cases": cases,
-        "sha256": {name: _sha256(GOLDEN_DIR / name) for name in files},
+        "sha256": {name: _sha256(output / name) for name in files},
     }
-    (GOLDEN_DIR / "MANIFEST.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    (output / "MANIFEST.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="*", help="glob over case names")
     parser.add_argument("--rebuild-base", action="store_true", help="rewrite tests/goldens/train/tiny_base")
+    parser.add_argument("--output-dir", type=Path, default=GOLDEN_DIR, help="where the cases go")
     parser.add_argument("--worker", nargs=2, metavar=("ARGS_JSON", "REPORT_JSON"), help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.worker:
@@ -402,6 +411,7 @@ def main() -> None:
         sys.exit(f"run from the repository root {REPO_ROOT}")
     os.environ.update({"OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"})
     GOLDEN_DIR.mkdir(parents=True, exist_ok=True)
+    options.output_dir.mkdir(parents=True, exist_ok=True)
     build_tiny_base(options.rebuild_base)
     selected = [name for name in CASES if fnmatch.fnmatch(name, options.only)]
     if not selected:
@@ -409,8 +419,8 @@ def main() -> None:
     for name in selected:
         print(f"case {name} ...", flush=True)
         with tempfile.TemporaryDirectory(prefix=f"lf_train_{name}_") as work_dir:
-            run_case(name, Path(work_dir))
-    write_manifest(sorted(CASES), " ".join([Path(sys.executable).as_posix(), *sys.argv]))
+            run_case(name, Path(work_dir), options.output_dir)
+    write_manifest(sorted(CASES), " ".join([Path(sys.executable).as_posix(), *sys.argv]), options.output_dir)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import transformers
 import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -40,12 +41,19 @@ ADAPTER_DIR = GOLDEN_DIR / "fastsft_adapters"
 COMMITTED_ADAPTERS = ("lora_all", "lora_dora")
 CASES = ("full", "lora_all", "lora_qv_alpha32", "lora_rslora", "lora_dora", "freeze_last1")
 TOLERANCE = 1e-5
+# LLaMA-Factory's runs on the installed transformers' major version: 4.56 and 5 differ by ~1e-4 in
+# these losses (LLaMA-Factory and fastsft alike), and 4.56 logs the loss rounded to 4 decimals.
+CASE_DIR = (
+    GOLDEN_DIR
+    if int(transformers.__version__.split(".")[0]) >= 5
+    else GOLDEN_DIR.with_name("train_transformers4")
+)
 
 pytestmark = pytest.mark.usefixtures("repo_cwd")
 
 
 def golden(case: str) -> dict[str, Any]:
-    return json.loads((GOLDEN_DIR / f"{case}.json").read_text(encoding="utf-8"))
+    return json.loads((CASE_DIR / f"{case}.json").read_text(encoding="utf-8"))
 
 
 class SetupRecorder(TrainerCallback):
@@ -119,7 +127,7 @@ def test_training_matches_llamafactory(case: str, tmp_path: Path) -> None:
         for key in ("loss", "grad_norm", "learning_rate"):
             assert ours[key] == pytest.approx(theirs[key], abs=TOLERANCE), (ours["current_steps"], key)
 
-    reference = np.load(GOLDEN_DIR / expected["logits_file"])
+    reference = np.load(CASE_DIR / expected["logits_file"])
     logits = probe_logits(reload_trained(case, output_dir), reference["input_ids"])
     np.testing.assert_allclose(logits, reference["logits"], atol=TOLERANCE, rtol=0)
 

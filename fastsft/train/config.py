@@ -585,8 +585,15 @@ def build_training_args(config: TrainConfig, uses_configured_state: bool = False
     kwargs: dict[str, Any] = {name: getattr(config, name) for name in training_arg_names()}
     kwargs["seed"] = config.data.seed
     field_names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    if "activation_checkpointing" in field_names:  # transformers 5 renamed it
+    if config.gradient_checkpointing and not any(
+        "checkpointing_kwargs" in key for key in config.extra_training_args
+    ):
+        # transformers 5's default everywhere: 4.56's reentrant checkpoints need inputs that require grad
+        kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    if "activation_checkpointing" in field_names:  # transformers 5 renamed them
         kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
+        if "gradient_checkpointing_kwargs" in kwargs:
+            kwargs["activation_checkpointing_kwargs"] = kwargs.pop("gradient_checkpointing_kwargs")
     if config.warmup_ratio:  # transformers 5 reads a warmup_steps float < 1 as the ratio
         kwargs["warmup_ratio" if "warmup_ratio" in field_names else "warmup_steps"] = config.warmup_ratio
     kwargs["remove_unused_columns"] = False  # the collators pick their columns
