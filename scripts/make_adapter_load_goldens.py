@@ -5,6 +5,13 @@ Two steps, from the repository root, each in its own environment::
     .venv/bin/python scripts/make_adapter_load_goldens.py train     # fastsft's venv
     /work/venv-lf/bin/python scripts/make_adapter_load_goldens.py lf  # LLaMA-Factory 0.9.5's venv
 
+and LLaMA-Factory's logits for the same adapters on the oldest transformers fastsft supports
+(``.ci/oldest.txt`` installed over its venv)::
+
+    pip install --no-deps --target /tmp/oldest -r .ci/oldest.txt
+    PYTHONPATH=/tmp/oldest /work/venv-lf/bin/python scripts/make_adapter_load_goldens.py lf \
+        tests/goldens/train_transformers4/fastsft_adapters
+
 1. ``train``: ``fastsft train`` on the YAML of the LF training goldens ``lora_all`` and
    ``lora_dora`` (one CPU thread), and the saved adapters (``adapter_config.json``,
    ``adapter_model.safetensors``) copied to ``fastsft_adapters/<case>/``.
@@ -55,7 +62,7 @@ def train_adapters() -> None:
         print(f"{case}: adapter saved to {target.relative_to(REPO_ROOT)}")
 
 
-def llamafactory_logits() -> None:
+def llamafactory_logits(output: Path = ADAPTER_DIR) -> None:
     """Load each committed adapter with LLaMA-Factory's loader and save its logits on the probe."""
     import numpy as np
     import torch
@@ -78,7 +85,8 @@ def llamafactory_logits() -> None:
         model = load_model(tokenizer, model_args, finetuning_args, is_trainable=False)
         with torch.no_grad():
             logits = model(input_ids=torch.tensor(probe)[None], use_cache=False).logits.float().numpy()
-        np.savez(ADAPTER_DIR / f"{case}_lf_logits.npz", logits=logits, input_ids=probe)
+        output.mkdir(parents=True, exist_ok=True)
+        np.savez(output / f"{case}_lf_logits.npz", logits=logits, input_ids=probe)
         print(f"{case}: LLaMA-Factory loaded it as {type(model).__name__}; logits saved")
     import llamafactory
     import peft
@@ -90,13 +98,13 @@ def llamafactory_logits() -> None:
         "transformers": transformers.__version__,
         "torch": torch.__version__,
     }
-    (ADAPTER_DIR / "lf_versions.json").write_text(json.dumps(versions, indent=1) + "\n", encoding="utf-8")
+    (output / "lf_versions.json").write_text(json.dumps(versions, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["train"]:
         train_adapters()
-    elif sys.argv[1:] == ["lf"]:
-        llamafactory_logits()
+    elif sys.argv[1:2] == ["lf"] and len(sys.argv) <= 3:
+        llamafactory_logits(*(Path(arg) for arg in sys.argv[2:]))
     else:
-        sys.exit("usage: make_adapter_load_goldens.py train | lf")
+        sys.exit("usage: make_adapter_load_goldens.py train | lf [OUTPUT_DIR]")

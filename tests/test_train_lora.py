@@ -48,6 +48,8 @@ CASE_DIR = (
     if int(transformers.__version__.split(".")[0]) >= 5
     else GOLDEN_DIR.with_name("train_transformers4")
 )
+# LLaMA-Factory's logits for the committed adapters, on the same transformers major.
+LF_ADAPTER_LOGITS = ADAPTER_DIR if CASE_DIR == GOLDEN_DIR else CASE_DIR / "fastsft_adapters"
 
 pytestmark = pytest.mark.usefixtures("repo_cwd")
 
@@ -159,7 +161,7 @@ def test_a_fastsft_adapter_loads_in_peft_as_in_llamafactory(case: str) -> None:
     gave for the same fastsft-trained adapter (merged into the base by ``load_model``)."""
     from peft import PeftModel
 
-    llamafactory = np.load(ADAPTER_DIR / f"{case}_lf_logits.npz")
+    llamafactory = np.load(LF_ADAPTER_LOGITS / f"{case}_lf_logits.npz")
     base = AutoModelForCausalLM.from_pretrained(BASE_DIR, dtype=torch.float32)
     base_logits = probe_logits(base, llamafactory["input_ids"])
     model = PeftModel.from_pretrained(base, ADAPTER_DIR / case)
@@ -363,7 +365,7 @@ def test_export_merges_the_adapter_into_a_full_model_atomically(
     config_path = export_yaml(tmp_path, merged)
     assert main(["export", str(config_path)]) == 0
     # The merged model alone gives the logits LLaMA-Factory's loader gives base + adapter.
-    llamafactory = np.load(ADAPTER_DIR / "lora_all_lf_logits.npz")
+    llamafactory = np.load(LF_ADAPTER_LOGITS / "lora_all_lf_logits.npz")
     model = AutoModelForCausalLM.from_pretrained(merged)
     assert model.dtype == torch.float32  # auto: the base's dtype (fp32 stays fp32 on a CPU)
     np.testing.assert_allclose(

@@ -120,6 +120,15 @@ class SFTTrainer(Trainer):
         self.stream_position: tuple[int, int] | None = None  # streaming: after the rows training used
         self._window_tokens = 0  # counted since the last training log, for its tokens/s
 
+    def create_optimizer(self) -> Any:
+        """``Trainer.create_optimizer`` without empty parameter groups (LoRA has no parameter exempt
+        from weight decay): DeepSpeed drops them, and transformers 4.56's scheduler, built on the
+        groups, would then hold more learning rates than the optimizer has groups (torch 2.13's
+        scheduler step refuses that)."""
+        optimizer = super().create_optimizer()
+        optimizer.param_groups = [group for group in optimizer.param_groups if group["params"]]
+        return optimizer
+
     def get_train_dataloader(self) -> Any:
         if self.max_tokens_per_batch is None:
             return super().get_train_dataloader()
