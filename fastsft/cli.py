@@ -255,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
 def _raise_terminated(signum: int, frame: Any) -> None:
     """SIGTERM raises ``Terminated``; child processes (DataLoader workers) ending with us are then
     expected, so torch's SIGCHLD check, which would raise over the clean message, is set aside."""
-    if hasattr(signal, "SIGCHLD"):
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    if hasattr(signal, "SIGCHLD"):  # a no-op handler: SIG_DFL would make a SIGCHLD already pending raise
+        signal.signal(signal.SIGCHLD, _ignore_signal)
     raise Terminated()
+
+
+def _ignore_signal(signum: int, frame: Any) -> None:
+    """A handler doing nothing (unlike ``SIG_IGN`` / ``SIG_DFL``, safe for a signal already pending)."""

@@ -143,7 +143,8 @@ def test_training_matches_llamafactory(case: str, tmp_path: Path) -> None:
         with safe_open(output_dir / "adapter_model.safetensors", "pt") as handle:
             assert sorted(handle.keys()) == sorted(expected["adapter_tensor_names"])
         assert not (output_dir / "model.safetensors").exists()  # the adapter only, as LLaMA-Factory saves
-        if case in COMMITTED_ADAPTERS:  # the adapter LLaMA-Factory was shown to load is today's
+        # The adapter LLaMA-Factory was shown to load is today's (trained on transformers 5's numerics).
+        if case in COMMITTED_ADAPTERS and CASE_DIR == GOLDEN_DIR:
             trained, committed = (
                 load_file(folder / "adapter_model.safetensors") for folder in (output_dir, ADAPTER_DIR / case)
             )
@@ -381,7 +382,7 @@ def test_export_merges_the_adapter_into_a_full_model_atomically(
     assert "already exists" in capsys.readouterr().err
     assert (merged / "model.safetensors").stat().st_mtime_ns == before
     assert main(["export", str(config_path), "infer_dtype=bfloat16", "--overwrite"]) == 0
-    assert AutoModelForCausalLM.from_pretrained(merged).dtype == torch.bfloat16
+    assert AutoModelForCausalLM.from_pretrained(merged, dtype="auto").dtype == torch.bfloat16
     someone = tmp_path / "someone"
     someone.mkdir()
     (someone / "notes.txt").write_text("keep", encoding="utf-8")

@@ -48,7 +48,7 @@ def run_train(args: argparse.Namespace | Sequence[str]) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the message short
             signal.signal(sig, signal.SIG_IGN)
         if hasattr(signal, "SIGCHLD"):  # DataLoader workers stopped too: torch's check would raise
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # not SIG_DFL: one may be pending
         terminated = isinstance(interrupt, Terminated)
         if int(os.environ.get("RANK", "0")) == 0:
             message = interrupted_message(Path(config.output_dir), "SIGTERM" if terminated else "interrupted")
