@@ -45,15 +45,28 @@ def sequence_lengths(
     A sequence starts at every position id 0; a run of one-token sequences (LLaMA-Factory's
     plain-packing padding) counts as one sequence, as ``VarlenCollator`` collates it.
     """
+    labels = np.zeros(len(input_ids), dtype=np.int64)
+    return _packed_row_in_trl_columns(input_ids, labels, position_ids, attention_mask)[2]
+
+
+def _packed_row_in_trl_columns(
+    input_ids: np.ndarray, labels: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """One packed row as ``VarlenCollator`` reads it: ids, labels and sequence lengths, padding dropped.
+
+    A merged run of one-token sequences keeps no label (``merge_padding_runs``), so the TRL row trains
+    exactly the labels the saved row trains.
+    """
     keep = np.ones(len(input_ids), dtype=bool) if attention_mask is None else np.asarray(attention_mask) != 0
     positions = np.asarray(position_ids, dtype=np.int64)[keep]
+    labels = np.asarray(labels)[keep]
     if positions.size == 0:
-        return []
-    positions, _ = merge_padding_runs(positions, np.zeros_like(positions))
+        return np.asarray(input_ids)[keep], labels, []
+    positions, labels = merge_padding_runs(positions, labels)
     starts = positions == 0
     starts[0] = True
     bounds = np.append(np.flatnonzero(starts), positions.size)
-    return np.diff(bounds).tolist()
+    return np.asarray(input_ids)[keep], labels, np.diff(bounds).tolist()
 
 
 def trl_dataset(dataset: Any) -> Any:
@@ -81,10 +94,9 @@ def trl_dataset(dataset: Any) -> Any:
         for ids, labels, positions, mask in zip(
             batch["input_ids"], batch["labels"], batch["position_ids"], masks
         ):
-            keep = np.ones(len(ids), dtype=bool) if mask is None else np.asarray(mask) != 0
-            out["input_ids"].append(np.asarray(ids)[keep])
-            out["labels"].append(np.asarray(labels)[keep])
-            out["seq_lengths"].append(sequence_lengths(np.asarray(ids), np.asarray(positions), mask))
+            row = _packed_row_in_trl_columns(np.asarray(ids), np.asarray(labels), np.asarray(positions), mask)
+            for name, value in zip(TRL_COLUMNS, row):
+                out[name].append(value)
         return out
 
     return dataset.map(to_trl, batched=True, remove_columns=dataset.column_names, desc="fastsft: TRL columns")

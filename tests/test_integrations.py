@@ -63,6 +63,15 @@ def test_trl_columns_collate_like_the_saved_rows(rows: list, rng: random.Random)
         assert torch.equal(batch[key], value) if torch.is_tensor(value) else batch[key] == value, key
 
 
+def test_labelled_one_token_sequences_train_nothing_in_trl_columns_either() -> None:
+    """Two one-token sequences are merged as padding is; their labels must go with them (hypothesis found it)."""
+    row = {"input_ids": [10, 11], "labels": [5, 6], "position_ids": [0, 0], "attention_mask": [1, 1]}
+    (converted,) = list(trl_dataset(Dataset.from_list([row])))
+    assert converted == {"input_ids": [10, 11], "labels": [IGNORE_INDEX, IGNORE_INDEX], "seq_lengths": [2]}
+    collator = VarlenCollator(backend="python")
+    assert collator([converted])["labels"].tolist() == collator([row])["labels"].tolist()
+
+
 def test_plain_padding_is_one_sequence() -> None:
     row = make_row([3, 2], 4, "plain", random.Random(0))
     assert sequence_lengths(np.asarray(row["input_ids"]), np.asarray(row["position_ids"]), None) == [3, 2, 4]
