@@ -5,6 +5,7 @@ change the result (``HARMLESS_CHANGES``: worker counts, logging, reporting, eval
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -14,7 +15,7 @@ import pytest
 
 from fastsft.errors import ConfigError
 from fastsft.train.config import load_config
-from fastsft.train.output_dir import HARMLESS_CHANGES
+from fastsft.train.output_dir import HARMLESS_CHANGES, run_settings
 from fastsft.train.workflow import train
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +58,8 @@ def lora_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (["learning_rate=1.0"], "learning_rate: 0.003 -> 1.0"),  # would be ignored: the optimizer state wins
         (["cutoff_len=64"], "data.cutoff_len: 512 -> 64"),  # would apply to the remaining steps only
         (["weight_decay=0.1"], "training_args.weight_decay: None -> 0.1"),
+        # LLaMA-Factory packs each of its preprocessing_num_workers shards apart: other rows
+        (["preprocessing_num_workers=2"], "data.packing_shards: 1 -> 2"),
     ],
 )
 def test_a_resume_with_changed_settings_is_refused_naming_them(
@@ -86,7 +89,7 @@ def test_resuming_lora_with_another_rank_or_target_is_one_line(
 
 
 HARMLESS = [
-    "preprocessing_num_workers=2", "dataloader_num_workers=1", "logging_steps=2", "report_to=none",
+    "dataloader_num_workers=1", "logging_steps=2", "report_to=none",
     "save_total_limit=5", "eval_steps=7", "save_steps=3",
 ]  # fmt: skip
 
@@ -95,8 +98,10 @@ def test_a_resume_accepts_changes_that_cannot_change_the_result(tmp_path: Path, 
     output = unfinished(tmp_path, full_run)
     metrics = train(load_config(TINY, [*BASE, f"output_dir={output}", *HARMLESS]))
     assert metrics["global_step"] == 4
-    reference = (full_run / "model.safetensors").read_bytes()
-    assert (output / "model.safetensors").read_bytes() == reference  # resumed exactly
+    reference = hashlib.sha256((full_run / "model.safetensors").read_bytes()).hexdigest()
+    assert (
+        hashlib.sha256((output / "model.safetensors").read_bytes()).hexdigest() == reference
+    )  # resumed exactly
 
 
 def test_a_finished_run_rerun_with_harmless_changes_is_not_refused(
@@ -132,3 +137,13 @@ def test_the_harmless_keys_are_settings_a_user_can_give() -> None:
 
     fields |= {f"training_args.{f.name}" for f in dataclasses.fields(TrainingArguments)}
     assert fields >= HARMLESS_CHANGES, HARMLESS_CHANGES - fields
+
+
+def test_the_worker_count_is_harmless_where_it_cannot_change_the_rows() -> None:
+    """Unpacked, or packed by fastsft's bfd, the rows are the same for any preprocessing_num_workers."""
+    for packing in (["packing=false"], ["packing_strategy=bfd"]):
+        settings = [
+            run_settings(load_config(TINY, [*BASE, *packing, f"preprocessing_num_workers={n}"]))
+            for n in (1, 16)
+        ]
+        assert settings[0] == settings[1], packing

@@ -181,6 +181,15 @@ class DataArgs:
         return self.packing_strategy or "llamafactory"
 
     @property
+    def packing_shards(self) -> int:
+        """How many contiguous shards LLaMA-Factory packs apart: its ``preprocessing_num_workers``
+        when it packs (``datasets``' ``map(num_proc=N)``), so its packed rows depend on that key; 1
+        otherwise, where the worker count changes nothing in the rows."""
+        if not self.packing or self.strategy != "llamafactory":
+            return 1
+        return max(1, self.preprocessing_num_workers or 1)
+
+    @property
     def rows_attend_across(self) -> bool:
         """Whether a packed row's samples attend to each other: LLaMA-Factory's ``packing`` without
         ``neat_packing`` (fastsft's ``bfd`` rows keep samples apart)."""

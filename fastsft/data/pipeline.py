@@ -69,7 +69,7 @@ from fastsft.data.store.provenance import (
 from fastsft.data.streaming import RowStream, SampleStream, StreamSpec
 from fastsft.errors import ConfigError, DataError
 from fastsft.kernels import resolve_encode_path
-from fastsft.kernels.packing import LLAMAFACTORY, llamafactory_batch_sizes
+from fastsft.kernels.packing import llamafactory_batch_sizes
 from fastsft.safe_output import (
     OutputError,
     os_error_line,
@@ -339,7 +339,7 @@ def _build_split(
 def _llamafactory_batch_sizes(args: DataArgs, source: SplitSource) -> list[int] | None:
     """LLaMA-Factory's batches for its packing when its ``preprocessing_num_workers`` shards the split
     (its rows depend on them); ``None`` where batches of ``preprocessing_batch_size`` are its batches."""
-    if not args.packing or args.strategy != LLAMAFACTORY.name or (args.preprocessing_num_workers or 1) <= 1:
+    if args.packing_shards <= 1:
         return None
     if source.order is not None:
         samples = len(source.order)
@@ -347,7 +347,7 @@ def _llamafactory_batch_sizes(args: DataArgs, source: SplitSource) -> list[int] 
         samples = sum(
             count_rows(attr, args.dataset_dir, max_samples=args.max_samples) for attr in source.attrs
         )
-    return llamafactory_batch_sizes(samples, args.preprocessing_num_workers, args.preprocessing_batch_size)
+    return llamafactory_batch_sizes(samples, args.packing_shards, args.preprocessing_batch_size)
 
 
 @contextmanager

@@ -174,6 +174,7 @@ def run_settings(config: TrainConfig) -> dict[str, Any]:
     """The keys that make a run what it is (model, data, method, optimisation), as JSON values."""
     values = {spec.name: getattr(config, spec.name) for spec in dataclasses.fields(config)}
     values.update({f"data.{key}": value for key, value in dataclasses.asdict(config.data).items()})
+    values["data.packing_shards"] = config.data.packing_shards  # the worker count's part in the rows
     values.update({f"training_args.{key}": value for key, value in config.extra_training_args.items()})
     del values["data"], values["extra_training_args"]
     settings = {key: value for key, value in values.items() if key not in HARMLESS_CHANGES}
