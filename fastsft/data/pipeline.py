@@ -141,6 +141,19 @@ class PreparedRun:
         self.args.require_dataset()
         return plan_splits(self.args, self.datasets)
 
+    def row_builder(self, encoder: Encoder, summary: Summary, *, spill_dir: Path | None = None) -> RowBuilder:
+        """A builder of this run's rows: its packing options, cutoff and pad token."""
+        return RowBuilder(
+            encoder.kernels,
+            summary,
+            packing=bool(self.args.packing),
+            strategy=self.args.strategy,
+            neat_packing=self.args.neat_packing,
+            cutoff_len=self.args.effective_cutoff_len,
+            pad_token_id=self.tokenizer.pad_token_id,
+            spill_dir=spill_dir,
+        )
+
     def encoder(self, *, expected_chars: int = 0, encode_path: str | None = None) -> Encoder:
         """An encoder over the fixed tokenizer, with ``fastsft.data.rows.tokenizing.tokenizer_backend``
         for about ``expected_chars`` of text; ``encode_path`` overrides ``args.backend``."""
@@ -293,16 +306,7 @@ def _build_split(
     if workers is None:  # preprocessing_num_workers is a ceiling; the line says what was chosen
         choice = workers_for_run(args, attrs)
         workers, summary.workers = choice.count, choice.line or ""
-    rows = RowBuilder(
-        encoder.kernels,
-        summary,
-        packing=bool(args.packing),
-        strategy=args.strategy,
-        neat_packing=args.neat_packing,
-        cutoff_len=args.effective_cutoff_len,
-        pad_token_id=run.tokenizer.pad_token_id,
-        spill_dir=spill_dir,
-    )
+    rows = run.row_builder(encoder, summary, spill_dir=spill_dir)
     batches = iter_batches(
         attrs,
         args.dataset_dir,

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from fastsft.data.accounting import SampleRef, Summary
-from fastsft.data.rows.builder import RowBuilder, empty_table
+from fastsft.data.rows.builder import empty_table
 from fastsft.data.rows.workers import encoded_batches
 from fastsft.data.sources.parser import DatasetAttr, iter_rows
 from fastsft.data.sources.reading import Batch
@@ -320,15 +320,7 @@ class RowStream:
         encoder = self._encoder
         summary = self.summary
         summary.encode_path, summary.tokenizer_backend = encoder.encode_path, encoder.tokenizer_backend.name
-        builder = RowBuilder(
-            encoder.kernels,
-            summary,
-            packing=bool(args.packing),
-            strategy=args.strategy,
-            neat_packing=args.neat_packing,
-            cutoff_len=args.effective_cutoff_len,
-            pad_token_id=self.run.tokenizer.pad_token_id,
-        )
+        builder = self.run.row_builder(encoder, summary)
         pending: deque[dict[str, Any]] = deque()
 
         def batches() -> Iterator[Batch]:
