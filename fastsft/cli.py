@@ -60,7 +60,6 @@ def _data_options(args: argparse.Namespace, keys: tuple[str, ...]) -> tuple[Data
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from fastsft.data.rows.tokenizing import expected_chars, tokenizer_backend
     from fastsft.data.sources.splitting import check_output, resolve_run_datasets
 
     data_args, tokenizer_path = _data_options(args, PREPROCESS_KEYS)
@@ -70,14 +69,16 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     datasets = resolve_run_datasets(data_args)  # once: build_to_disk reuses them
     # Before the tokenizer loads; build_to_disk checks again, and again under the output's lock.
     check_output(data_args, output, overwrite=args.overwrite, tokenizer_dir=tokenizer_path, datasets=datasets)
-    tokenizer = load_tokenizer(tokenizer_path, snapshot=True)  # no transformers import once recorded
-    # Start building the tokenizer backend now (on a thread, from a warm snapshot), so that the
-    # imports and the first batches below overlap it; the encoder gets the same build.
-    tokenizer_backend(tokenizer, data_args, expected_chars=expected_chars(data_args, datasets.all))
     from fastsft.data.pipeline import build_to_disk
 
+    # The tokenizer's folder: its spec comes from fastsft's cache once seen (no transformers import).
     summaries = build_to_disk(
-        data_args, tokenizer, output, overwrite=args.overwrite, progress=not args.quiet, datasets=datasets
+        data_args,
+        tokenizer_path,
+        output,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        datasets=datasets,
     )
     for name, summary in summaries.items():
         for line in summary.lines():

@@ -7,7 +7,7 @@ Each stage is its own module and gets only what it needs::
                                        backend, kernels; workers)     whole-dataset strategies)
 
 Every command enters here: ``prepare_run`` (the tokenizer's fingerprint, the template, the
-tokenizer's fixes, once and in that order) and ``load_or_build`` (a saved ``tokenized_path``
+tokenizer's fixes, once and in that order, giving the ``TokenizerSpec`` the stages read) and ``load_or_build`` (a saved ``tokenized_path``
 checked against its provenance, or the rows built now). This module streams the record batches
 into a table, a cache file, or the ``save_to_disk`` layout published atomically (``build_to_disk``).
 """
@@ -21,9 +21,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -33,7 +33,7 @@ from fastsft.data.chat.template import Template, fix_tokenizer
 from fastsft.data.data_args import DataArgs
 from fastsft.data.rows.builder import RowBuilder, empty_table
 from fastsft.data.rows.encoder import Encoder
-from fastsft.data.rows.tokenizing import expected_chars, tokenizer_backend
+from fastsft.data.rows.tokenizing import expected_chars
 from fastsft.data.rows.worker_count import workers_for_run
 from fastsft.data.rows.workers import encoded_batches
 from fastsft.data.sources.converter import Conversation, Dropped, convert
@@ -75,6 +75,12 @@ from fastsft.safe_output import (
     os_error_line,
     staged_output,
 )
+from fastsft.tokenizer.encoders import TextEncoder, choose_encoder
+from fastsft.tokenizer.loader import folder_key, load_tokenizer
+from fastsft.tokenizer.spec import TokenizerSpec, load_saved_spec, save_spec, spec_key
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = [
     "PreparedRun",
@@ -90,7 +96,7 @@ __all__ = [
 ]
 
 
-def make_template(args: DataArgs, tokenizer: Any) -> Template:
+def make_template(args: DataArgs, tokenizer: PreTrainedTokenizerBase | None) -> Template:
     """The chat template ``args`` name, with its options; unset, as LLaMA-Factory does: parsed from
     the tokenizer's jinja chat template, else ``empty`` (with a warning)."""
     return get_template(
@@ -104,7 +110,9 @@ def make_template(args: DataArgs, tokenizer: Any) -> Template:
     )
 
 
-def make_encoder(args: DataArgs, tokenizer: Any, *, expected_chars: int = 0) -> Encoder:
+def make_encoder(
+    args: DataArgs, tokenizer: PreTrainedTokenizerBase | str, *, expected_chars: int = 0
+) -> Encoder:
     """The encoder for ``args``; fixes ``tokenizer`` in place exactly as LLaMA-Factory does (eos, pad, stop words).
 
     A shortcut for ``prepare_run(args, tokenizer, fingerprint=False).encoder(...)``.
@@ -116,16 +124,23 @@ def make_encoder(args: DataArgs, tokenizer: Any, *, expected_chars: int = 0) -> 
 class PreparedRun:
     """A run's data set-up, made once by ``prepare_run`` and passed to every stage that needs it.
 
-    ``tokenizer`` is already fixed as LLaMA-Factory fixes it for ``template`` (eos, pad, stop
-    words, chat template); ``fingerprints`` are the tokenizer's as loaded, before those fixes, by
-    fingerprint format: what a saved dataset's provenance records and is checked against.
+    ``spec`` is the tokenizer fixed as LLaMA-Factory fixes it for ``template`` (eos, pad, stop
+    words, chat template); its ``fingerprints`` are the tokenizer's as loaded, before those fixes,
+    by fingerprint format: what a saved dataset's provenance records and is checked against.
+    ``tokenizer`` is the real tokenizer, fixed, when the run loaded one (``None`` when the spec was
+    read from fastsft's cache). The text encoder of each encode path is chosen once for the run.
     """
 
     args: DataArgs
-    tokenizer: Any
+    spec: TokenizerSpec
     template: Template
-    fingerprints: dict[int, str]
+    tokenizer: PreTrainedTokenizerBase | None = None
     datasets: RunDatasets | None = None  # resolved once for the run; None: when first needed
+    text_encoders: dict[str, TextEncoder] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def fingerprints(self) -> dict[int, str]:
+        return dict(self.spec.fingerprints)
 
     @property
     def fingerprint(self) -> str:
@@ -150,21 +165,31 @@ class PreparedRun:
             strategy=self.args.strategy,
             neat_packing=self.args.neat_packing,
             cutoff_len=self.args.effective_cutoff_len,
-            pad_token_id=self.tokenizer.pad_token_id,
+            pad_token_id=self.spec.pad_token_id,
             spill_dir=spill_dir,
         )
 
+    def text_encoder(self, encode_path: str, *, expected_chars: int = 0) -> TextEncoder:
+        """The run's text encoder for ``encode_path``: chosen (``fastsft.tokenizer.encoders.choose_encoder``)
+        by the first call, for about ``expected_chars`` of text, and kept for the run."""
+        if encode_path not in self.text_encoders:
+            self.text_encoders[encode_path] = choose_encoder(
+                self.spec,
+                self.args.tokenizer_backend,
+                expected_chars=expected_chars,
+                per_string=encode_path == "python",
+                tokenizer=self.tokenizer,
+            )
+        return self.text_encoders[encode_path]
+
     def encoder(self, *, expected_chars: int = 0, encode_path: str | None = None) -> Encoder:
-        """An encoder over the fixed tokenizer, with ``fastsft.data.rows.tokenizing.tokenizer_backend``
-        for about ``expected_chars`` of text; ``encode_path`` overrides ``args.backend``."""
+        """An encoder over the fixed tokenizer, with the run's ``text_encoder`` (chosen for about
+        ``expected_chars`` of text when this is the first); ``encode_path`` overrides ``args.backend``."""
         path = resolve_encode_path(encode_path or self.args.backend)
-        backend = tokenizer_backend(
-            self.tokenizer, self.args, expected_chars=expected_chars, encode_path=path
-        )
         return Encoder(
             self.template,
-            self.tokenizer,
-            backend,
+            self.spec,
+            self.text_encoder(path, expected_chars=expected_chars),
             encode_path=path,
             cutoff_len=self.args.effective_cutoff_len,
             train_on_prompt=self.args.train_on_prompt,
@@ -213,28 +238,64 @@ class PreparedRun:
 
 
 def prepare_run(
-    args: DataArgs, tokenizer: Any, *, fingerprint: bool = True, datasets: RunDatasets | None = None
+    args: DataArgs,
+    tokenizer: PreTrainedTokenizerBase | str,
+    *,
+    fingerprint: bool = True,
+    datasets: RunDatasets | None = None,
 ) -> PreparedRun:
     """The one data set-up of every command: the tokenizer's fingerprint, then the template, then
     the tokenizer fixed for it, in that order (the fingerprint describes the tokenizer as loaded).
     ``fingerprint=False`` skips it, for builds that record no provenance; ``datasets`` are the
     run's datasets if the caller resolved them already.
 
+    ``tokenizer`` is a HF tokenizer (fixed in place), or the folder of one: then its spec is read
+    from fastsft's cache when this folder's content was fixed for this template and these options
+    before (without importing transformers), else made from the tokenizer loaded there and kept.
     When ``args.tokenized_path`` holds a saved dataset recorded with an older fingerprint format,
     the fingerprint is taken in that format too, so the two compare.
     """
     versions = {FINGERPRINT_FORMAT} if fingerprint else set()
     if fingerprint and args.tokenized_path and Path(args.tokenized_path).exists():
         versions.add(fingerprint_version(read_provenance(args.tokenized_path)))
+    if not isinstance(tokenizer, str):
+        return _fixed_run(args, tokenizer, versions, datasets)
+    key = _spec_key(args, tokenizer)
+    spec = load_saved_spec(key) if key is not None else None
+    if spec is not None and versions <= spec.fingerprints.keys():
+        spec = dataclasses.replace(spec, name_or_path=tokenizer)
+        return PreparedRun(args, spec, make_template(args, None), None, datasets)
+    run = _fixed_run(args, load_tokenizer(tokenizer), versions | {FINGERPRINT_FORMAT}, datasets)
+    if key is not None:
+        save_spec(key, run.spec)
+    return run
+
+
+def _fixed_run(
+    args: DataArgs, tokenizer: PreTrainedTokenizerBase, versions: set[int], datasets: RunDatasets | None
+) -> PreparedRun:
     fingerprints = {version: tokenizer_fingerprint(tokenizer, version) for version in versions}
     template = make_template(args, tokenizer)
     fix_tokenizer(template, tokenizer)
-    return PreparedRun(args, tokenizer, template, fingerprints, datasets)
+    spec = TokenizerSpec.from_tokenizer(
+        tokenizer, slot_tokens=template.slot_tokens(), fingerprints=fingerprints
+    )
+    return PreparedRun(args, spec, template, tokenizer, datasets)
+
+
+def _spec_key(args: DataArgs, folder: str) -> str | None:
+    """What a tokenizer folder's spec is kept under: the folder's content and the options that
+    decide the template and the fixes (``None``: not kept, for an unset template, parsed from the
+    tokenizer itself)."""
+    if args.template is None or not Path(folder).is_dir():
+        return None
+    template_options = [args.template, args.tool_format, args.default_system, args.enable_thinking]
+    return spec_key(folder_key(Path(folder)), template_options, args.preserve_thinking, args.train_on_prompt)
 
 
 def build_dataset(
     args: DataArgs,
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase | str,
     *,
     split: str = TRAIN,
     source: SplitSource | None = None,
@@ -302,7 +363,7 @@ def _build_split(
     args = run.args
     attrs = source.attrs
     encoder = run.encoder(expected_chars=expected_chars(args, attrs))
-    summary = Summary(encode_path=encoder.encode_path, tokenizer_backend=encoder.tokenizer_backend.name)
+    summary = Summary(encode_path=encoder.encode_path, tokenizer_backend=encoder.text_encoder.name)
     if workers is None:  # preprocessing_num_workers is a ceiling; the line says what was chosen
         choice = workers_for_run(args, attrs)
         workers, summary.workers = choice.count, choice.line or ""
@@ -329,7 +390,6 @@ def _build_split(
         finally:
             rows.close()
     bar.close()
-    summary.tokenizer_backend = encoder.tokenizer_backend.name  # "auto" may have switched
     summary.seconds = time.perf_counter() - start
     if summary.examples_encoded == 0:
         raise DataError(
@@ -374,7 +434,7 @@ def _cyclic_gc_paused() -> Iterator[None]:
 
 def build_to_disk(
     args: DataArgs,
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase | str,
     output: str | os.PathLike[str],
     *,
     overwrite: bool = False,
@@ -401,7 +461,7 @@ def build_to_disk(
         raise ConfigError("turn off `streaming` to save a dataset to disk (as in LLaMA-Factory)")
     output = Path(output)
     datasets = datasets or (run.datasets if run is not None else None) or resolve_run_datasets(args)
-    tokenizer_dir = str(getattr(tokenizer, "name_or_path", ""))
+    tokenizer_dir = tokenizer if isinstance(tokenizer, str) else str(getattr(tokenizer, "name_or_path", ""))
     check_output(args, output, overwrite=overwrite, tokenizer_dir=tokenizer_dir, datasets=datasets)
     if run is None:
         # The fingerprint of a new output is in the current format, whatever an output it replaces used.
@@ -419,7 +479,7 @@ def build_to_disk(
                 )
                 write_split_metadata(split_dir)
             write_dataset_dict(staged.dataset, list(summaries))
-            staged.commit(describe(args, fingerprint=run.fingerprint, tokenizer=tokenizer))
+            staged.commit(describe(args, fingerprint=run.fingerprint, tokenizer=run.spec))
     except OSError as err:
         action = f"write {output}" if _is_output_side(err.filename, output) else "read an input"
         raise OutputError(os_error_line(err, action)) from None
@@ -449,7 +509,7 @@ def load_or_build(
     if path and Path(path).exists():
         return _load_tokenized(path, say, record_checks=(run, vocab_size))
     if path and should_save:
-        summaries = build_to_disk(args, run.tokenizer, path, notice=notice, run=run)
+        summaries = build_to_disk(args, run.spec.name_or_path, path, notice=notice, run=run)
         for name, summary in summaries.items():
             _report(name, summary, say)
         _require_labels(summaries[TRAIN])
@@ -457,7 +517,7 @@ def load_or_build(
         return _load_tokenized(path, say)
     splits = {}
     for name, source in run.splits().items():
-        splits[name], summary = build_dataset(args, run.tokenizer, source=source, run=run)
+        splits[name], summary = build_dataset(args, run.spec.name_or_path, source=source, run=run)
         _report(name, summary, say)
         if name == TRAIN:
             _require_labels(summary)

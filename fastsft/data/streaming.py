@@ -319,7 +319,7 @@ class RowStream:
             self._encoder = self.run.encoder()
         encoder = self._encoder
         summary = self.summary
-        summary.encode_path, summary.tokenizer_backend = encoder.encode_path, encoder.tokenizer_backend.name
+        summary.encode_path, summary.tokenizer_backend = encoder.encode_path, encoder.text_encoder.name
         builder = self.run.row_builder(encoder, summary)
         pending: deque[dict[str, Any]] = deque()
 

@@ -1,7 +1,6 @@
-"""Tokenizers: loading a HF tokenizer (``loader``), its recorded stand-in (``snapshot``), and the
-backends that encode with it (``backends``), imported in that one direction.
+"""Tokenizers: loading a HF tokenizer (``loader``), the plain-data ``TokenizerSpec`` the data path
+needs of it (``spec``), and the exact text encoders a run chooses from (``encoders``, ``bpe``).
 
-``load_tokenizer`` serves every command; ``load_backend`` picks the encoder the compiled path uses.
 Names are imported on first use, so ``fastsft --help`` stays cheap.
 """
 
@@ -10,22 +9,16 @@ from __future__ import annotations
 from fastsft.lazy import lazy_getattr
 
 KINDS = ("auto", "hf", "bpe", "fast")
-"""The tokenizer backends ``backends.load_backend`` builds (``--tokenizer-backend``); declared here,
-without the backends' imports, so the option's choices cost nothing to read."""
+"""The text encoders ``encoders.choose_encoder`` picks from (``--tokenizer-backend``); declared here,
+without the encoders' imports, so the option's choices cost nothing to read."""
 
 _HOMES = {
     "CACHE_ENV_VAR": "loader",
     "cache_dir": "loader",
     "load_tokenizer": "loader",
-    "TokenizerSnapshot": "snapshot",
-    "encodes_through_rust": "snapshot",
-    "AutoBackend": "backends",
-    "ByteLevelBPEBackend": "bpe",
-    "FastokensBackend": "backends",
-    "HFBackend": "backends",
-    "PerStringBackend": "backends",
-    "TokenizerBackend": "backends",
-    "load_backend": "backends",
+    "TokenizerSpec": "spec",
+    "TextEncoder": "encoders",
+    "choose_encoder": "encoders",
 }
 __all__ = sorted([*_HOMES, "KINDS"])
 

@@ -19,23 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from fastsft.errors import ConfigError
-from fastsft.tokenizer import snapshot as tokenizer_snapshot
 from fastsft.tokenizer.cache import CACHE_ENV_VAR, cache_dir, folder_digest, read_checked, write_checked
 
-__all__ = ["CACHE_ENV_VAR", "cache_dir", "load_tokenizer"]
+__all__ = ["CACHE_ENV_VAR", "cache_dir", "folder_key", "load_tokenizer"]
 
 _RECORD = "tokenizer_classes.json"
 _MAX_ENTRIES = 64
 
 
-def load_tokenizer(
-    path: str, *, snapshot: bool = False, trust_remote_code: bool = False, hub: bool = False
-) -> Any:
+def load_tokenizer(path: str, *, trust_remote_code: bool = False, hub: bool = False) -> Any:
     """The tokenizer ``AutoTokenizer.from_pretrained(path)`` loads, for every command.
 
-    A local folder is loaded with ``local_files_only`` (never a download); with ``snapshot``, as a
-    ``fastsft.tokenizer.snapshot.TokenizerSnapshot`` where one can be recorded, replayed without
-    importing transformers when this folder was loaded before. ``hub`` lets a path that is not a
+    A local folder is loaded with ``local_files_only`` (never a download). ``hub`` lets a path that is not a
     folder through to ``AutoTokenizer`` as a Hub id (``fastsft train``'s ``model_name_or_path``);
     ``trust_remote_code`` is passed on (such classes are never remembered). A folder that is not a
     tokenizer is a one-line ``ConfigError``.
@@ -43,14 +38,7 @@ def load_tokenizer(
     folder = Path(path)
     if not folder.is_dir() and not hub:
         raise ConfigError(f"tokenizer folder not found: {path}")
-    key = _folder_key(folder) if folder.is_dir() and not trust_remote_code else None
-    if snapshot and key is not None:
-        from importlib.metadata import version
-
-        snapshot_key = json.dumps([key, version("tokenizers"), tokenizer_snapshot.FORMAT])
-        return tokenizer_snapshot.load_snapshot(
-            str(path), snapshot_key, load_tokenizer, cache_dir() / tokenizer_snapshot.FOLDER
-        )
+    key = folder_key(folder) if folder.is_dir() and not trust_remote_code else None
     try:
         remembered = _read_record().get(key) if key is not None else None
         cls = _import_class(remembered) if remembered else None
@@ -72,7 +60,7 @@ def load_tokenizer(
     return tokenizer
 
 
-def _folder_key(folder: Path) -> str:
+def folder_key(folder: Path) -> str:
     """The folder, the transformers version and the digest of every file's content."""
     from importlib.metadata import version
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,19 +250,16 @@ class Template:
 
     def encode_messages(
         self,
-        tokenizer: Any,
+        encode: Callable[[str], list[int]],
         messages: Sequence[Mapping[str, Any]],
         system: str | None = None,
         tools: str | None = None,
         *,
+        specials: SpecialTokens,
         discarding_history_cot: bool = False,
-        specials: SpecialTokens | None = None,
     ) -> list[list[int]]:
-        """Token ids per message, encoding one segment at a time (the readable reference path).
-
-        Pass ``specials`` when encoding many conversations with one tokenizer, to read them once.
-        """
-        specials = specials or SpecialTokens.from_tokenizer(tokenizer, self.slot_tokens())
+        """Token ids per message, encoding one segment at a time with ``encode`` (the readable
+        reference path: ``tokenizer.encode(text, add_special_tokens=False)``)."""
         rendered = self.render(
             messages, system, tools, specials, discarding_history_cot=discarding_history_cot
         )
@@ -270,11 +267,7 @@ class Template:
             [
                 token_id
                 for segment in segments
-                for token_id in (
-                    tokenizer.encode(segment, add_special_tokens=False)
-                    if isinstance(segment, str)
-                    else [segment]
-                )
+                for token_id in (encode(segment) if isinstance(segment, str) else [segment])
             ]
             for segments in rendered
         ]

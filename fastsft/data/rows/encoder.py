@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,10 @@ from fastsft.errors import DataError
 from fastsft.kernels import offsets_from_lengths, select_kernels
 from fastsft.kernels.supervised import TurnTrace, encode_pairs, pairs
 from fastsft.kernels.types import RenderPlan, SegmentBatch
+
+if TYPE_CHECKING:
+    from fastsft.tokenizer.encoders import TextEncoder
+    from fastsft.tokenizer.spec import TokenizerSpec
 
 __all__ = [
     "LABELS_LONGER_THAN_INPUTS",
@@ -108,16 +112,16 @@ class RenderedBatch:
 class Encoder:
     """Turns raw rows (or conversations) into ``input_ids``/``labels`` with one template, tokenizer and option set.
 
-    ``tokenizer`` is the HF tokenizer (already fixed by ``fix_tokenizer``) that provides the
-    special tokens; ``tokenizer_backend`` encodes the text (``fastsft.tokenizer.backends``);
-    ``encode_path`` picks the kernels (``fastsft.kernels.select_kernels``).
+    ``spec`` is the tokenizer (fixed for ``template``) that provides the special tokens;
+    ``text_encoder`` encodes the text (``fastsft.tokenizer.encoders``); ``encode_path`` picks the
+    kernels (``fastsft.kernels.select_kernels``).
     """
 
     def __init__(
         self,
         template: Template,
-        tokenizer: Any,
-        tokenizer_backend: Any,
+        spec: TokenizerSpec,
+        text_encoder: TextEncoder,
         *,
         encode_path: str,
         cutoff_len: int,
@@ -126,17 +130,18 @@ class Encoder:
         policy: SamplePolicy,
     ) -> None:
         self.template = template
-        self.tokenizer = tokenizer
-        self.tokenizer_backend = tokenizer_backend
+        self.spec = spec
+        self.text_encoder = text_encoder
         self.encode_path = encode_path
         self.kernels = select_kernels(encode_path)
         self.cutoff_len = cutoff_len
         self.train_on_prompt = train_on_prompt
         self.mask_history = mask_history
         self.policy = policy
-        self.specials = SpecialTokens.from_tokenizer(tokenizer, template.slot_tokens())
+        token_ids = {token: spec.token_ids.get(token) for token in template.slot_tokens()}
+        self.specials = SpecialTokens(spec.bos_token_id, spec.eos_token_id, token_ids)
         self.discarding_history_cot = mask_history and not template.preserve_thinking
-        self.eos_token_id = -1 if tokenizer.eos_token_id is None else tokenizer.eos_token_id
+        self.eos_token_id = -1 if spec.eos_token_id is None else spec.eos_token_id
         self._plans: dict[int, tuple[DatasetAttr, RenderPlan | None]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -152,9 +157,7 @@ class Encoder:
     def single_threaded(self) -> Encoder:
         """This encoder with a single-threaded tokenizer, for a worker process."""
         clone = Encoder.__new__(Encoder)
-        clone.__setstate__(
-            {**self.__getstate__(), "tokenizer_backend": self.tokenizer_backend.single_threaded()}
-        )
+        clone.__setstate__({**self.__getstate__(), "text_encoder": self.text_encoder.single_threaded()})
         return clone
 
     def render(self, conv: Conversation) -> list[list[int | str]]:
@@ -172,7 +175,7 @@ class Encoder:
         """One conversation on the readable reference, with its per-turn ``trace`` (for ``inspect``):
         (input_ids, labels, untruncated length)."""
         messages = self.template.encode_messages(
-            self.tokenizer,
+            lambda text: self.text_encoder.encode_batch([text])[0],
             conv.messages,
             conv.system,
             conv.tools,
@@ -185,7 +188,7 @@ class Encoder:
             train_on_prompt=self.train_on_prompt,
             mask_history=self.mask_history,
             efficient_eos=self.template.efficient_eos,
-            eos_token_id=self.tokenizer.eos_token_id,
+            eos_token_id=self.spec.eos_token_id,
             trace=trace,
         )
         full = sum(len(m) for m in messages) + (1 if self.template.efficient_eos else 0)
@@ -214,7 +217,7 @@ class Encoder:
         when a text is not valid Unicode (a lone surrogate, which JSON's ``\\ud800`` escape gives
         and no tokenizer encodes): ``encode_rendered`` then finds its sample."""
         try:
-            return self.tokenizer_backend.encode_batch_flat(segments.texts)
+            return self.text_encoder.encode_batch_flat(segments.texts)
         except Exception:
             if not any(invalid_unicode(text) for text in segments.texts):
                 raise

@@ -131,7 +131,7 @@ def _rendered_in_order(
             can_render_ahead
             and error is None
             and ahead_chars < RENDER_AHEAD_CHARS
-            and not encoder.tokenizer_backend.ready
+            and not encoder.text_encoder.ready
         ):
             try:
                 batch = next(batches, None)

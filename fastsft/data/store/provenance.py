@@ -22,7 +22,7 @@ import orjson
 from fastsft.data.data_args import DataArgs
 from fastsft.errors import ConfigError
 from fastsft.safe_output import MARKER
-from fastsft.tokenizer.snapshot import TokenizerSnapshot
+from fastsft.tokenizer.spec import TokenizerSpec
 
 __all__ = [
     "FORMAT",
@@ -57,14 +57,7 @@ def tokenizer_fingerprint(tokenizer: Any, version: int = FORMAT) -> str:
 
     Version 2: sha256 of the tokens in id order as JSON (``None`` for an unused id); version 1, for
     records of format 1: sha256 of the ``[token, id]`` pairs in id order, as ``json.dumps`` writes them.
-    A ``TokenizerSnapshot`` records it with its state (0.1 s less start-up when replayed).
     """
-    if isinstance(tokenizer, TokenizerSnapshot):
-        return tokenizer.recorded(f"fingerprint {version}", lambda: _fingerprint(tokenizer, version))
-    return _fingerprint(tokenizer, version)
-
-
-def _fingerprint(tokenizer: Any, version: int) -> str:
     if version < 2:
         pairs = sorted(tokenizer.get_vocab().items(), key=itemgetter(1))
         return hashlib.sha256(json.dumps(pairs, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
@@ -91,7 +84,7 @@ def fingerprint_version(record: dict[str, Any] | None) -> int:
     return FORMAT if record is None else min(int(record.get("format", 1)), FORMAT)
 
 
-def describe(args: DataArgs, *, fingerprint: str, tokenizer: Any) -> dict[str, Any]:
+def describe(args: DataArgs, *, fingerprint: str, tokenizer: TokenizerSpec) -> dict[str, Any]:
     """The provenance record of a dataset built from ``args`` (``fingerprint`` taken before fixing)."""
     from fastsft import __version__
 
@@ -101,7 +94,7 @@ def describe(args: DataArgs, *, fingerprint: str, tokenizer: Any) -> dict[str, A
         "fastsft_version": __version__,
         "tokenizer": {
             "fingerprint": fingerprint,
-            "name_or_path": str(getattr(tokenizer, "name_or_path", "")),
+            "name_or_path": tokenizer.name_or_path,
             "vocabulary": len(tokenizer),
         },
         "data_options": options,

@@ -1,0 +1,444 @@
+"""Text encoders: exact implementations of ``tokenizer.encode(text, add_special_tokens=False)``, and
+the one a run uses, chosen before its first batch and kept (``choose_encoder``).
+
+* ``hf``: the tokenizer's own Rust tokenizer, rebuilt from the spec's ``tokenizer.json`` (no
+  transformers import), one batched call; per string on the python path, as LLaMA-Factory calls
+  it; ``tokenizer.encode`` itself for a tokenizer that does not encode through Rust.
+* ``bpe``: fastsft's compiled byte-level BPE (``fastsft.tokenizer.bpe``), for Qwen2- and Llama
+  3-style tokenizers; its tables load from a file in milliseconds.
+* ``fast``: fastokens over the same ``tokenizer.json``; 3-5x the BPE's speed once built, but its
+  build takes a core for 1-2 s, so it starts on a thread when chosen and overlaps the run's
+  reading and rendering (fastokens releases the GIL while building).
+
+``bpe`` and ``fast`` are used only after giving the Rust tokenizer's ids on every probe text
+(``probe_texts``); the verdict, pass or fail with the reason, is kept beside the spec's
+``tokenizer.json``, per encoder version, ``split_special_tokens`` and probe texts.
+
+``auto`` chooses by what ``docs/benchmarks.md`` ("Encoder choice") measured on the whole command:
+fastokens for inputs of at least ``FASTOKENS_CHARS_PER_TOKEN`` characters per vocabulary entry,
+else the BPE, else (a tokenizer the BPE does not reproduce) fastokens from
+``BREAK_EVEN_CHARS_PER_TOKEN``, else HF.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+import threading
+import unicodedata
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import orjson
+
+from fastsft.errors import ConfigError
+from fastsft.tokenizer import KINDS
+from fastsft.tokenizer.bpe import (
+    BPE_FORMAT,
+    ByteLevelBPEBackend,
+    ByteLevelTables,
+    NotByteLevelBPE,
+    raise_if_invalid_unicode,
+    tokenizer_tables,
+)
+from fastsft.tokenizer.cache import read_checked, skip_unusable, write_atomic, write_checked
+from fastsft.tokenizer.spec import TokenizerSpec, json_derived
+from fastsft.tokenizer.unicode_classes import TOKENIZERS_VERSION
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = [
+    "ENV_VAR",
+    "FastokensEncoder",
+    "PythonEncoder",
+    "RustEncoder",
+    "TextEncoder",
+    "choose_encoder",
+    "encoder_for",
+    "probe_texts",
+]
+
+logger = logging.getLogger(__name__)
+
+ENV_VAR = "FASTSFT_TOKENIZER"
+
+# From this many characters of input per vocabulary entry, fastokens with its build is faster than
+# the BPE (docs/benchmarks.md, "Encoder choice").
+FASTOKENS_CHARS_PER_TOKEN = 1000
+
+# Where the BPE cannot be used, fastokens pays for its build from this many characters per
+# vocabulary entry (HF encodes 4-5 M characters a second on the 2-core VM, fastokens about ten times that).
+BREAK_EVEN_CHARS_PER_TOKEN = 50
+
+
+class TextEncoder(Protocol):
+    """Encodes text segments exactly like ``tokenizer.encode(text, add_special_tokens=False)``."""
+
+    name: str
+
+    @property
+    def ready(self) -> bool:
+        """Whether encoding starts without waiting for a build under way (fastokens')."""
+        ...
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text."""
+        ...
+
+    def encode_batch_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """All ids as ``int32[T]`` and ``int64[len(texts) + 1]`` offsets (text ``i`` is ``ids[o[i]:o[i+1]]``)."""
+        ...
+
+    def single_threaded(self) -> TextEncoder:
+        """The same encoder encoding in the calling thread only (for worker processes)."""
+        ...
+
+
+class RustEncoder:
+    """The tokenizer's Rust tokenizer from its ``tokenizer.json``: one batched call (multi-threaded
+    in Rust), or one call per string (``per_string``, the python path). Built on first use."""
+
+    def __init__(self, tokenizer_json: str, split_special_tokens: bool, *, per_string: bool = False) -> None:
+        self._json, self._split, self._per_string = tokenizer_json, split_special_tokens, per_string
+        self.name = "hf (per string)" if per_string else "hf"
+        self.ready = True
+        self._rust: Any = None
+
+    def _tokenizer(self) -> Any:
+        if self._rust is None:
+            from tokenizers import Tokenizer
+
+            rust = Tokenizer.from_str(self._json)
+            rust.no_truncation()  # what ``tokenizer.encode`` sets before encoding
+            rust.no_padding()
+            rust.encode_special_tokens = self._split
+            self._rust = rust
+        return self._rust
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        rust = self._tokenizer()
+        try:
+            if self._per_string:
+                return [rust.encode(text, add_special_tokens=False).ids for text in texts]
+            return [e.ids for e in rust.encode_batch_fast(list(texts), add_special_tokens=False)]
+        except TypeError:
+            raise_if_invalid_unicode(texts)
+            raise
+
+    def encode_batch_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        return _flatten(self.encode_batch(texts))
+
+    def single_threaded(self) -> RustEncoder:
+        """Itself: HF's own threading follows ``TOKENIZERS_PARALLELISM``, which is left as it is."""
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rust_encoder, (self._json, self._split, self._per_string))
+
+
+def _rust_encoder(tokenizer_json: str, split: bool, per_string: bool) -> RustEncoder:
+    return RustEncoder(tokenizer_json, split, per_string=per_string)
+
+
+class PythonEncoder:
+    """``tokenizer.encode(text, add_special_tokens=False)`` once per text, for a tokenizer that does
+    not encode through its Rust tokenizer (a slow tokenizer, a class overriding encoding)."""
+
+    name = "hf (python tokenizer)"
+    ready = True
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self._tokenizer = tokenizer
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self._tokenizer.encode(text, add_special_tokens=False) for text in texts]
+
+    def encode_batch_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        return _flatten(self.encode_batch(texts))
+
+    def single_threaded(self) -> PythonEncoder:
+        return self
+
+
+class FastokensEncoder:
+    """fastokens over a ``tokenizer.json`` text, built on a background thread from construction (or
+    in the calling thread, ``background=False``); the first encode waits for the build. Pickles as
+    the JSON text, so a worker process builds its own, single-threaded, before fastokens starts threads."""
+
+    name = "fastokens"
+
+    def __init__(
+        self,
+        tokenizer_json: str,
+        split_special_tokens: bool,
+        *,
+        single_thread: bool = False,
+        background: bool = True,
+    ) -> None:
+        self._json, self._split, self._single_thread = tokenizer_json, split_special_tokens, single_thread
+        self._encoder: Any = None
+        self._error: Exception | None = None
+        # Not a daemon: the interpreter waits for it rather than ending it inside Rust (which aborts).
+        self._thread = threading.Thread(target=self._build, name="fastokens-build") if background else None
+        if self._thread is not None:
+            self._thread.start()
+        else:
+            self._build()
+
+    def _build(self) -> None:
+        try:
+            import fastokens
+        except ImportError:
+            self._error = ConfigError("fastokens is not installed (pip install fastokens)")
+            return
+        if self._single_thread:
+            os.environ["FASTOKENS_BPE_THREADS"] = "1"  # read when it first encodes in a process
+        try:
+            encoder = fastokens.Tokenizer.from_json_str(self._json)
+        except ValueError as error:
+            self._error = ConfigError(f"fastokens cannot load this tokenizer: {error}")
+            return
+        encoder.no_truncation()
+        encoder.no_padding()
+        self._encoder = encoder
+
+    @property
+    def ready(self) -> bool:
+        return self._thread is None or not self._thread.is_alive()
+
+    def _built(self) -> Any:
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._encoder
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        ids, offsets = self.encode_batch_flat(texts)
+        flat, bounds = ids.tolist(), offsets.tolist()
+        return [flat[bounds[i] : bounds[i + 1]] for i in range(len(bounds) - 1)]
+
+    def encode_batch_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        texts = list(texts)
+        try:
+            ids, offsets = self._built().encode_batch_flat(texts, False, self._split)
+        except UnicodeEncodeError:
+            raise_if_invalid_unicode(texts)
+            raise
+        # uint32 ids below 2**31 and uint64 offsets below 2**63 read the same as int32 / int64.
+        return np.frombuffer(ids, dtype=np.int32), np.frombuffer(offsets, dtype=np.int64)
+
+    def single_threaded(self) -> FastokensEncoder:
+        return FastokensEncoder(self._json, self._split, single_thread=True, background=False)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_fastokens_in_worker, (self._json, self._split, self._single_thread))
+
+
+def _fastokens_in_worker(tokenizer_json: str, split: bool, single_thread: bool) -> FastokensEncoder:
+    return FastokensEncoder(tokenizer_json, split, single_thread=single_thread, background=False)
+
+
+def _flatten(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Lists of ids as one ``int32`` array plus ``int64`` offsets."""
+    offsets = np.zeros(len(lists) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, lists), dtype=np.int64, count=len(lists)), out=offsets[1:])
+    ids = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32, count=int(offsets[-1]))
+    return ids, offsets
+
+
+# --------------------------------------------------------------------------------------------------
+# Probing
+
+_PROBE_TEXTS = (
+    "Hello, world! I'm here; you're there. We'LL see, they'VE gone, IT'S fine, don't 'd 's 're",
+    "数据处理和模型训练。你好，世界！こんにちは、世界。안녕하세요 세계 中文English混合",
+    "emoji 😀👍🏽 family 👨\u200d👩\u200d👧\u200d👦 flag 🇫🇷 keycap 1\ufe0f\u20e3 ❤\ufe0f\u200d🔥",
+    "café cafe\u0301 Å A\u030a \u1100\u1161\u11a8 \u212b \u2126 \u037e \u212a ﬁ ｆｕｌｌ e\u0301\u0327",
+    "UPPER lower MiXeD ǅ ß ẞ İ ı Σσς ΌΣΟΣ ＡＢＣ ① ㎏ ½ Ⅻ ＿",
+    "  leading spaces\n\n\n  \t\ttabs\r\nwindows\r\n\r\n   trailing   ",
+    "\r\r\n\n\r \r\n\t\r\n  \n \n\n\t\t\t    \u00a0\u00a0 x \u3000\u3000y",
+    "1234567890 3.14159 1,000,000 ٣٤٥ ১২৩ Ⅻ ²³ 2024-01-01T00:00:00Z 00000000000000000",
+    "def f(x):\n    return {'a': [1, 2, 3]}  # comment\n\tif x != y && z >= 0: pass\n",
+    "'ſ 'K 'ı 'İ ŉ 'S'T'RE",
+    "\u00a0\u2003\u3000\u200b\ufeff\u0085\u2028 mixed  whitespace \u000b\u000c \u0000 \x7f \u200d\u200c\u2060",
+    "Привет мир مرحبا नमस्ते ภาษาไทย Ελληνικά עברית ትግርኛ 🧑🏿\u200d🦰 👩🏻\u200d❤\ufe0f\u200d💋\u200d👨🏾",
+    "",
+)
+
+
+def probe_texts(added_tokens: Sequence[str]) -> list[str]:
+    """Texts that exercise every part of a tokenizer: scripts, emoji, NFC/NFD forms, case and
+    compatibility characters, whitespace and CRLF runs, digits, code, contractions, and each added
+    token alone, inside text, doubled, next to letters, whitespace and combining marks."""
+    texts = list(_PROBE_TEXTS)
+    texts += [unicodedata.normalize("NFD", text) for text in _PROBE_TEXTS]
+    for token in added_tokens:
+        texts += [
+            token,
+            f"a{token}b",
+            f" {token} {token}{token}\n",
+            f"\t  {token}  \r\n{token}\n\nx",
+            f"e\u0301{token}\u0301x",
+            f"数据{token}😀 {unicodedata.normalize('NFD', token)} {token.upper()}",
+        ]
+    texts.append("".join(added_tokens) + " ".join(_PROBE_TEXTS))
+    return texts
+
+
+def _probe(candidate: TextEncoder, spec: TokenizerSpec, tokenizer_json: str) -> None:
+    """Raise ``ConfigError`` unless ``candidate`` gives the Rust tokenizer's ids on every probe text."""
+    added = [token["content"] for token in orjson.loads(tokenizer_json).get("added_tokens", [])]
+    texts = probe_texts(added)
+    expected = RustEncoder(tokenizer_json, spec.split_special_tokens, per_string=True).encode_batch(texts)
+    for text, ids, want in zip(texts, candidate.encode_batch(texts), expected):
+        if ids != want:
+            raise ConfigError(f"{candidate.name} gives other ids than HF on the probe text {text[:60]!r}")
+
+
+def _verdict(spec: TokenizerSpec, name: str, verify: Callable[[], TextEncoder]) -> TextEncoder | None:
+    """The encoder ``verify()`` makes and probes, or ``None`` with the recorded pass (the caller then
+    builds it without probing); ``ConfigError`` with the reason of a failure, new or recorded."""
+    digest = spec.backend_digest or ""
+    path = json_derived(digest, "verdicts.json")
+    key = f"{name} split_special_tokens={spec.split_special_tokens} probes {_probes_digest()}"
+    verdicts = read_checked(path)
+    verdicts = verdicts if isinstance(verdicts, dict) else {}
+    recorded = verdicts.get(key)
+    if isinstance(recorded, str):
+        raise ConfigError(f"{recorded} (recorded with the tokenizer)")
+    if recorded is True:
+        return None
+    try:
+        encoder = verify()
+    except ConfigError as error:
+        verdicts[key] = str(error)
+        write_checked(path, verdicts)
+        raise
+    verdicts[key] = True
+    write_checked(path, verdicts)
+    return encoder
+
+
+def _probes_digest() -> str:
+    return hashlib.sha256("\0".join(probe_texts(["<t>"])).encode("utf-8")).hexdigest()[:16]
+
+
+def _fastokens(spec: TokenizerSpec, tokenizer_json: str) -> FastokensEncoder:
+    """fastokens, probed once per tokenizer (then built on a thread); ``ConfigError`` if not exact."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        name = f"fastokens {version('fastokens')}"
+    except PackageNotFoundError:
+        raise ConfigError("fastokens is not installed (pip install fastokens)") from None
+
+    def verify() -> FastokensEncoder:
+        encoder = FastokensEncoder(tokenizer_json, spec.split_special_tokens, background=False)
+        _probe(encoder, spec, tokenizer_json)
+        return encoder
+
+    verified = _verdict(spec, name, verify)
+    return FastokensEncoder(tokenizer_json, spec.split_special_tokens) if verified is None else verified
+
+
+def _bpe(spec: TokenizerSpec, tokenizer_json: str) -> ByteLevelBPEBackend:
+    """fastsft's BPE, probed once per tokenizer, its tables kept beside the spec's JSON."""
+    path = json_derived(spec.backend_digest or "", f"bpe-{BPE_FORMAT}-{int(spec.split_special_tokens)}.npz")
+    try:
+        data = path.read_bytes()
+        tables = (
+            ByteLevelTables.from_bytes(data[32:]) if hashlib.sha256(data[32:]).digest() == data[:32] else None
+        )
+    except FileNotFoundError:
+        tables = None
+    except (OSError, ValueError) as err:
+        if isinstance(err, OSError):
+            skip_unusable(path, err)
+        tables = None
+
+    def verify() -> ByteLevelBPEBackend:
+        try:
+            made = tokenizer_tables(tokenizer_json, spec.split_special_tokens)
+        except NotByteLevelBPE as error:
+            raise ConfigError(f"fastsft-bpe does not reproduce it: {error}") from None
+        encoder = ByteLevelBPEBackend(made)
+        _probe(encoder, spec, tokenizer_json)
+        payload = made.to_bytes()
+        write_atomic(path, hashlib.sha256(payload).digest() + payload)
+        return encoder
+
+    verified = _verdict(spec, f"fastsft-bpe {BPE_FORMAT} classes {TOKENIZERS_VERSION}", verify)
+    if verified is not None:
+        return verified
+    return ByteLevelBPEBackend(tables) if tables is not None else verify()
+
+
+def choose_encoder(
+    spec: TokenizerSpec,
+    kind: str | None = None,
+    *,
+    expected_chars: int = 0,
+    per_string: bool = False,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> TextEncoder:
+    """The encoder of a run, chosen once: ``kind`` ``"hf"``, ``"bpe"``, ``"fast"`` (each of the last
+    two, or a ``ConfigError`` saying why not) or ``"auto"`` (module docstring), for about
+    ``expected_chars`` characters of text (0: unknown). ``per_string``: HF once per string, as
+    LLaMA-Factory calls it (the python path). ``tokenizer``: the real tokenizer, needed only when
+    ``spec`` has no ``tokenizer.json`` (it does not encode through Rust).
+
+    ``kind`` defaults to the ``FASTSFT_TOKENIZER`` environment variable, then ``"auto"``.
+    """
+    kind = kind or os.environ.get(ENV_VAR) or "auto"
+    if kind not in KINDS:
+        raise ConfigError(
+            f"tokenizer backend {kind!r} is not one of {', '.join(KINDS)} (option or {ENV_VAR})"
+        )
+    text = spec.backend_json
+    if text is None:
+        if kind in ("bpe", "fast"):
+            raise ConfigError(
+                f"tokenizer backend {kind!r} needs a Rust-backed (fast) tokenizer; this one encodes in Python"
+            )
+        if tokenizer is None:
+            raise ValueError("a spec without tokenizer.json encodes with its real tokenizer: pass it")
+        return PythonEncoder(tokenizer)
+    if per_string or kind == "hf":
+        return RustEncoder(text, spec.split_special_tokens, per_string=per_string)
+    if kind == "bpe":
+        return _requested("'bpe' (fastsft's byte-level BPE)", lambda: _bpe(spec, text))
+    if kind == "fast":
+        return _requested("'fast' (fastokens)", lambda: _fastokens(spec, text))
+    size = expected_chars / max(len(spec), 1)
+    order: list[tuple[str, Callable[[], TextEncoder]]] = [("fastsft-bpe", lambda: _bpe(spec, text))]
+    if size >= FASTOKENS_CHARS_PER_TOKEN:
+        order.insert(0, ("fastokens", lambda: _fastokens(spec, text)))
+    elif size >= BREAK_EVEN_CHARS_PER_TOKEN:
+        order.append(("fastokens", lambda: _fastokens(spec, text)))
+    for name, make in order:
+        try:
+            encoder = make()
+        except ConfigError as error:
+            logger.info("tokenizer backend: %s cannot be used: %s", name, error)
+            continue
+        logger.info("tokenizer backend: %s (auto, %.0f characters per vocabulary entry)", name, size)
+        return encoder
+    return RustEncoder(text, spec.split_special_tokens)
+
+
+def _requested(what: str, make: Callable[[], TextEncoder]) -> TextEncoder:
+    try:
+        return make()
+    except ConfigError as error:
+        raise ConfigError(f"tokenizer backend {what} cannot reproduce this tokenizer: {error}") from None
+
+
+def encoder_for(tokenizer: PreTrainedTokenizerBase, kind: str | None = None, *, expected_chars: int = 0) -> TextEncoder:
+    """``choose_encoder``'s encoder for a HF tokenizer as it is (no template's fixes)."""
+    spec = TokenizerSpec.from_tokenizer(tokenizer, slot_tokens=(), fingerprints={})
+    return choose_encoder(spec, kind, expected_chars=expected_chars, tokenizer=tokenizer)
