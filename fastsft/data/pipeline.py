@@ -76,7 +76,7 @@ from fastsft.safe_output import (
     staged_output,
 )
 from fastsft.tokenizer.encoders import TextEncoder, choose_encoder
-from fastsft.tokenizer.loader import folder_key, load_tokenizer
+from fastsft.tokenizer.loader import load_tokenizer
 from fastsft.tokenizer.spec import TokenizerSpec, load_saved_spec, save_spec, spec_key
 
 if TYPE_CHECKING:
@@ -289,8 +289,8 @@ def _spec_key(args: DataArgs, folder: str) -> str | None:
     tokenizer itself)."""
     if args.template is None or not Path(folder).is_dir():
         return None
-    template_options = [args.template, args.tool_format, args.default_system, args.enable_thinking]
-    return spec_key(folder_key(Path(folder)), template_options, args.preserve_thinking, args.train_on_prompt)
+    options = (args.template, args.tool_format, args.default_system, args.enable_thinking)
+    return spec_key(Path(folder), *options, args.preserve_thinking, args.train_on_prompt)
 
 
 def build_dataset(

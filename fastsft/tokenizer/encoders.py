@@ -438,7 +438,9 @@ def _requested(what: str, make: Callable[[], TextEncoder]) -> TextEncoder:
         raise ConfigError(f"tokenizer backend {what} cannot reproduce this tokenizer: {error}") from None
 
 
-def encoder_for(tokenizer: PreTrainedTokenizerBase, kind: str | None = None, *, expected_chars: int = 0) -> TextEncoder:
+def encoder_for(
+    tokenizer: PreTrainedTokenizerBase, kind: str | None = None, *, expected_chars: int = 0
+) -> TextEncoder:
     """``choose_encoder``'s encoder for a HF tokenizer as it is (no template's fixes)."""
     spec = TokenizerSpec.from_tokenizer(tokenizer, slot_tokens=(), fingerprints={})
     return choose_encoder(spec, kind, expected_chars=expected_chars, tokenizer=tokenizer)

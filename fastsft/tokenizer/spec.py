@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastsft.tokenizer.cache import cache_dir, read_checked, write_atomic, write_checked
+from fastsft.tokenizer.cache import cache_dir, folder_digest, read_checked, write_atomic, write_checked
 
 __all__ = ["TokenizerSpec", "encodes_through_rust", "load_saved_spec", "save_spec", "tokenizer_json"]
 
@@ -104,13 +104,15 @@ def encodes_through_rust(tokenizer: Any) -> bool:
     return all(getattr(cls, n, None) is getattr(PreTrainedTokenizerFast, n, None) for n in _ENCODE_METHODS)
 
 
-def spec_key(*parts: Any) -> str:
-    """The key a spec is saved under: ``parts`` (folder key, template options) and the versions
-    of what made it."""
+def spec_key(folder: Path, *options: Any) -> str:
+    """The key a spec is saved under: the tokenizer folder (its path and the content of every file,
+    ``cache.folder_digest``), the ``options`` that decide the template and its fixes, and the
+    versions of what made it."""
     from importlib.metadata import version
 
     versions = [version("transformers"), version("tokenizers"), FORMAT]
-    return hashlib.sha256(json.dumps([*parts, versions], sort_keys=True).encode()).hexdigest()[:32]
+    key = [str(folder.resolve()), folder_digest(folder), options, versions]
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def load_saved_spec(key: str) -> TokenizerSpec | None:
