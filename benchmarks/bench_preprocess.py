@@ -32,7 +32,7 @@ start-up (the command on ``STARTUP_SAMPLES`` conversations), and the whole comma
 LLaMA-Factory's whole run.
 
 What the user runs (issue 26): ``test_command_against_llamafactory`` times the whole
-``fastsft preprocess`` command in a fresh process with a warm tokenizer snapshot (recorded by one
+``fastsft preprocess`` command in a fresh process with a warm tokenizer spec (saved by one
 run of the same command, as a user's second run finds it), against
 LLaMA-Factory's ``SupervisedDatasetProcessor`` stage and its whole ``lf_peer.py`` process, the two
 alternating, and fails under ``COMMAND_LF_STAGE_FLOOR`` / ``COMMAND_LF_WHOLE_FLOOR`` (checked at
@@ -70,7 +70,7 @@ from fastsft.data.pipeline import build_dataset, make_encoder
 from fastsft.data.sources.parser import resolve_datasets
 from fastsft.data.sources.reading import iter_batches
 from fastsft.kernels.types import SegmentBatch
-from fastsft.tokenizer.backends import load_backend
+from fastsft.tokenizer.encoders import encoder_for
 
 HERE = Path(__file__).resolve().parent
 CUTOFF_LEN = 2048
@@ -211,8 +211,8 @@ def tokenizer_contenders(tokenizer: Any, dataset_dir: Path, template: str) -> di
     (what a user would write) and the three backends the compiled path calls. Their tokens are text
     tokens (no template specials, not truncated)."""
     batches, examples = rendered_texts(tokenizer, dataset_dir, template)
-    hf_backend, fast_backend = load_backend(tokenizer, "hf"), load_backend(tokenizer, "fast")
-    bpe_backend = load_backend(tokenizer, "bpe")
+    hf_backend, fast_backend = encoder_for(tokenizer, "hf"), encoder_for(tokenizer, "fast")
+    bpe_backend = encoder_for(tokenizer, "bpe")
     counters: dict[str, Callable[[list[str]], int]] = {
         "tokenize only: HF tokenizer(batch)": lambda texts: sum(
             map(len, tokenizer(texts, add_special_tokens=False)["input_ids"])
@@ -386,8 +386,8 @@ def test_whole_command(
 ) -> None:
     """Start-up (``fastsft preprocess`` on ``STARTUP_SAMPLES`` conversations), ``fastsft --help``, and
     the whole command on the dataset against LLaMA-Factory's whole run; reported, best of
-    ``ROUNDS``, after a first run in a fresh cache, which records the tokenizer's class and its
-    snapshot (``fastsft.tokenizer.loader``, ``fastsft.tokenizer.snapshot``) and is reported too."""
+    ``ROUNDS``, after a first run in a fresh cache, which saves the tokenizer's spec
+    (``fastsft.tokenizer.spec``) and is reported too."""
 
     small_dir = write_dataset(tmp_path / "small", STARTUP_SAMPLES)
 
@@ -490,10 +490,10 @@ def preprocess_argv(dataset_dir: Path, tokenizer_path: Path, template: str, outp
     ]
 
 
-def warm_snapshot(tmp_path: Path, tokenizer_path: Path, template: str, dataset_dir: Path) -> Path:
+def warm_spec(tmp_path: Path, tokenizer_path: Path, template: str, dataset_dir: Path) -> Path:
     """A tokenizer cache as a user's second run finds it: one run of the same command on
-    ``dataset_dir`` recorded the snapshot of ``tokenizer_path`` and its fastokens verdict (a run
-    too small to pay for fastokens records no verdict)."""
+    ``dataset_dir`` saved the spec of ``tokenizer_path`` and its encoders' verdicts (a run
+    that does not choose fastokens records no verdict for it)."""
     cache = tmp_path / "cache"
     run_measured(preprocess_argv(dataset_dir, tokenizer_path, template, tmp_path / "warm-up-out"), cache)
     return cache
@@ -507,11 +507,11 @@ def test_command_against_llamafactory(
     bench_samples: int,
     lf_python: Path | None,
 ) -> None:
-    """The whole ``fastsft preprocess`` command (fresh process, warm snapshot) against LLaMA-Factory's
+    """The whole ``fastsft preprocess`` command (fresh process, warm spec) against LLaMA-Factory's
     processor stage and its whole process, alternating for ``COMMAND_ROUNDS`` rounds, best of each."""
     if lf_python is None:
         pytest.skip("no --lf-python interpreter: nothing to compare the command with")
-    cache = warm_snapshot(tmp_path, tokenizer_path, template, dataset_dir)
+    cache = warm_spec(tmp_path, tokenizer_path, template, dataset_dir)
     argv = preprocess_argv(dataset_dir, tokenizer_path, template, tmp_path / "out")
     commands, lf_runs = [], []
     for _ in range(COMMAND_ROUNDS):
@@ -528,7 +528,7 @@ def test_command_against_llamafactory(
         f"{template} (best of {COMMAND_ROUNDS} alternating rounds; load average {os.getloadavg()[0]:.2f})"
     )
     print(
-        f"  fastsft preprocess (fresh process, warm snapshot)  {fastsft_s:8.2f} s  "
+        f"  fastsft preprocess (fresh process, warm spec)  {fastsft_s:8.2f} s  "
         f"peak RSS {max(c.peak_rss for c in commands) / 2**20:,.0f} MiB"
     )
     print(
@@ -561,7 +561,7 @@ def test_json_array_against_json_lines(
         "JSON array": write_dataset(tmp_path / "array", samples),
         "JSON Lines": write_dataset(tmp_path / "lines", samples, jsonl=True),
     }
-    cache = warm_snapshot(tmp_path, tokenizer_path, template, layouts["JSON Lines"])
+    cache = warm_spec(tmp_path, tokenizer_path, template, layouts["JSON Lines"])
     runs: dict[str, list[Command]] = {layout: [] for layout in layouts}
     for _ in range(ROUNDS):
         for layout, folder in layouts.items():
@@ -600,11 +600,11 @@ STEADY_STATE_FLOOR = 0.5  # issue 26's stretch: the command's steady state / the
 
 def text_tokens_and_encode_seconds(tokenizer: Any, dataset_dir: Path, template: str) -> tuple[int, float]:
     """The text tokens of every segment the pipeline tokenizes, and the seconds the command's
-    tokenizer backend (``auto``'s choice for a large input: fastsft's BPE for Qwen2 and Llama 3)
+    text encoder (``auto``'s choice for a large input: fastokens)
     alone takes on them (in-process, built, one call per preprocessing batch as the command makes)."""
     batches = rendered_batches(tokenizer, dataset_dir, template)
     first = next(batches)  # made the encoder, which fixed the tokenizer for the template
-    backend = load_backend(tokenizer, "auto", expected_chars=10**12)  # built from the fixed tokenizer
+    backend = encoder_for(tokenizer, "auto", expected_chars=10**12)  # built from the fixed tokenizer
     backend.encode_batch_flat(["warm-up"])
     tokens, seconds = 0, 0.0
     for batch in itertools.chain([first], batches):
@@ -626,7 +626,7 @@ def test_steady_state_against_the_tokenizer(
     large = int(request.config.getoption("--bench-large-samples"))
     sizes = {"small": FLOOR_SAMPLES, "large": large}
     folders = {name: write_dataset(tmp_path / name, samples) for name, samples in sizes.items()}
-    cache = warm_snapshot(tmp_path, tokenizer_path, template, folders["small"])
+    cache = warm_spec(tmp_path, tokenizer_path, template, folders["small"])
     runs: dict[str, list[float]] = {name: [] for name in sizes}
     for _ in range(ROUNDS):
         for name, folder in folders.items():

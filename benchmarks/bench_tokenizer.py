@@ -5,8 +5,8 @@
 Run for the ``--tokenizer`` (Qwen2 by default) and Meta's Llama 3 tokenizer
 (``scripts/make_llama3_tokenizer.py``), each skipped when absent. Contenders, all giving identical
 ids: HF ``tokenizer.encode`` one string at a time (what LLaMA-Factory does), HF batched
-(``HFBackend``: one ``encode_batch_fast`` per batch, Rust threads; and transformers'
-``tokenizer(batch)`` for comparison), and fastsft's fast backend (``FastokensBackend``). Texts are
+(``RustEncoder``: one ``encode_batch_fast`` per batch, Rust threads; and transformers'
+``tokenizer(batch)`` for comparison), and fastokens (``FastokensEncoder``). Texts are
 encoded in batches of ``BATCH`` segments, as the pipeline does, each timed pass by a freshly built
 encoder (the first pass of a fresh tokenizer, as in a preprocessing run). Prints tokens/s and ratios; fails
 when the fast backend is under ``FAST_FLOOR`` x HF batched.
@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from data import ChatWriter
 
-from fastsft.tokenizer.backends import FastokensBackend, HFBackend, load_backend
+from fastsft.tokenizer.encoders import FastokensEncoder, RustEncoder, encoder_for
 
 REPO = Path(__file__).resolve().parents[1]
 LLAMA3_TOKENIZER = REPO / ".cache" / "tokenizers" / "llama3"
@@ -96,9 +96,10 @@ def test_tokenizer_throughput(benchmark, bench_tokenizer_path: Path) -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(bench_tokenizer_path), local_files_only=True)
-    fast_backend = load_backend(tokenizer, "fast")
-    assert isinstance(fast_backend, FastokensBackend)
-    hf_backend = HFBackend(tokenizer)
+    fast_backend = encoder_for(tokenizer, "fast")
+    assert isinstance(fast_backend, FastokensEncoder)
+    tokenizer_json = tokenizer.backend_tokenizer.to_str()
+    hf_backend = RustEncoder(tokenizer_json, split_special_tokens=False)
     texts = chat_corpus()
 
     start = time.perf_counter()  # the freshly loaded tokenizer: a cold first pass, as in LLaMA-Factory
@@ -111,19 +112,23 @@ def test_tokenizer_throughput(benchmark, bench_tokenizer_path: Path) -> None:
     def fresh_hf() -> Any:
         return copy.deepcopy(tokenizer)  # a new Rust tokenizer, empty BPE cache
 
-    hf_batched = _timed_cold(lambda: HFBackend(fresh_hf()).encode_batch_flat, texts, 2)
+    hf_batched = _timed_cold(lambda: RustEncoder(tokenizer_json, False).encode_batch_flat, texts, 2)
     hf_call = _timed_cold(lambda: partial(fresh_hf(), add_special_tokens=False), texts, 1)
 
     def fresh_fast() -> tuple[tuple[Callable[[], None]], dict[str, Any]]:
-        return (_in_batches(FastokensBackend.from_tokenizer(tokenizer).encode_batch_flat, texts),), {}
+        return (
+            _in_batches(FastokensEncoder(tokenizer_json, False, background=False).encode_batch_flat, texts),
+        ), {}
 
     benchmark.pedantic(lambda run: run(), setup=fresh_fast, rounds=3, iterations=1)
     fast_flat = benchmark.stats.stats.min
-    fast_lists = _timed_cold(lambda: FastokensBackend.from_tokenizer(tokenizer).encode_batch, texts, 1)
+    fast_lists = _timed_cold(
+        lambda: FastokensEncoder(tokenizer_json, False, background=False).encode_batch, texts, 1
+    )
 
     rates = {
         "HF encode, one string at a time": per_string,
-        "HF batched (HFBackend, encode_batch_fast)": hf_batched,
+        "HF batched (RustEncoder, encode_batch_fast)": hf_batched,
         "HF batched (transformers tokenizer(batch))": hf_call,
         "fastokens encode_batch_flat": fast_flat,
         "fastokens encode_batch, lists": fast_lists,

@@ -70,7 +70,7 @@ def test_sixteen_workers_never_slower_than_one(
             argv = [*common, "--workers", str(workers), "--overwrite", "--output", str(output)]
             times[workers].append(preprocess_seconds(argv))
 
-    preprocess_seconds([*common, "--output", str(tmp_path / "warm")])  # records the tokenizer snapshot
+    preprocess_seconds([*common, "--output", str(tmp_path / "warm")])  # saves the tokenizer spec
     benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1)
     one, sixteen = statistics.median(times[1]), statistics.median(times[16])
     print(

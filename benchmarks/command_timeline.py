@@ -5,7 +5,7 @@
 
 Runs the command in this interpreter with timers wrapped around fastokens' build, the encoder's
 render and encode halves and ``build_to_disk``, and prints each stamp (seconds since this script
-started, and the thread) to stderr. Run it twice: the first run records the tokenizer snapshot.
+started, and the thread) to stderr. Run it twice: the first run saves the tokenizer spec.
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ def main() -> int:
     import fastsft.cli as cli
     import fastsft.data.pipeline as pipeline
     import fastsft.data.rows.encoder as encoder
-    import fastsft.tokenizer.backends as backends
+    import fastsft.tokenizer.encoders as encoders
 
     stamp("imports done (the command imports less before the build starts)")
-    around(backends, "_fastokens_encoder", "fastokens build starts", "fastokens build done")
+    around(encoders.FastokensEncoder, "_build", "fastokens build starts", "fastokens build done")
     around(encoder.Encoder, "render_batch", "render batch {}", "rendered batch {}")
     around(encoder.Encoder, "encode_rendered", "encode batch {}", "encoded batch {}", times=2)
     around(pipeline, "build_to_disk", "build_to_disk starts", "build_to_disk done")

@@ -6,7 +6,7 @@ given: the measurement behind the encoder the command uses (docs/benchmarks.md, 
 
 ``DIR`` holds ``dataset_info.json`` naming ``DATASET`` (``benchmarks/data.py`` writes
 ``synthetic_chat``, ``benchmarks/real_text.py`` writes ``real_text``). For each corpus and
-tokenizer, one untimed run per backend records the tokenizer snapshot (a user's second run finds
+tokenizer, one untimed run per backend saves the tokenizer spec and the verdicts (a user's second run finds
 it), then ``--rounds`` rounds run every backend in turn, each a fresh process; the table gives
 each backend's median wall time and CPU time (user + system: what the run costs on a machine
 whose other cores are busy) and the wall-time ratio to the first backend's.

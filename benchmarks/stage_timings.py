@@ -25,18 +25,18 @@ import fastsft.data.pipeline as pipeline
 import fastsft.data.rows.builder as rows
 import fastsft.data.rows.encoder as encoding
 import fastsft.kernels.compiled as kernels
-import fastsft.tokenizer.backends as tokenization
+import fastsft.tokenizer.encoders as tokenization
 from fastsft.data.data_args import DataArgs
 from fastsft.tokenizer.loader import load_tokenizer
 
 SECONDS: collections.Counter[str] = collections.Counter()
 
 STAGES: list[tuple[Any, str, str]] = [
-    (pipeline.PreparedRun, "encoder", "PreparedRun.encoder (backend check)"),
+    (pipeline.PreparedRun, "encoder", "PreparedRun.encoder (encoder choice)"),
     (encoding.Encoder, "render_batch", "render_batch (row -> segments)"),
     (encoding.Encoder, "_render_readably", "  convert + render (rows without the compiled step)"),
     (encoding.Encoder, "_encode_segments", "encode segments (all below)"),
-    (tokenization.FastokensBackend, "encode_batch_flat", "  fastokens"),
+    (tokenization.FastokensEncoder, "encode_batch_flat", "  fastokens"),
     (kernels, "gather_segments", "  gather_segments"),
     (kernels, "assemble_supervised", "  assemble_supervised"),
     (rows.RowBuilder, "_unpacked", "Arrow columns"),

@@ -1,11 +1,11 @@
 """fastsft's own byte-level BPE encoder: HF's ids for Qwen2- and Llama 3-style tokenizers, ready in
 milliseconds.
 
-fastokens encodes about twice as fast once built, but builds its encoder from ``tokenizer.json``
+fastokens encodes 3-5x as fast once built, but builds its encoder from ``tokenizer.json``
 in 1.2-2 s (it decomposes every vocabulary entry and builds an automaton), and that build was more
 than half of ``fastsft preprocess`` on 20,000 conversations. ``ByteLevelBPEBackend`` needs only
 the merge table in a hash table (built in milliseconds from ``ByteLevelTables``, which take
-0.3-0.6 s to read from the JSON and a few milliseconds from a tokenizer snapshot's file), and runs
+0.3-0.6 s to read from the JSON and a few milliseconds from the file kept beside a saved spec), and runs
 HF's own algorithm::
 
     text ─▶ split at added tokens ─▶ NFC (if the normaliser is NFC) ─▶ split regex ─▶ BPE per piece
@@ -22,7 +22,7 @@ first thing that differs: normaliser none or NFC; pre-tokenizer ``Split`` on Qwe
 regex (isolated) then ``ByteLevel`` without prefix space or regex; a BPE model without dropout,
 byte fallback, subword prefix or suffix, with all 256 byte characters in the vocabulary; added
 tokens without ``lstrip``, ``rstrip``, ``single_word`` or ``normalized``. Like fastokens, it is
-used only after giving ``tokenizer.encode``'s ids on the probe texts (``fastsft.tokenizer.backends``).
+used only after giving ``tokenizer.encode``'s ids on the probe texts (``fastsft.tokenizer.encoders``).
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ __all__ = [
     "tokenizer_tables",
 ]
 
-# Version of what this encoder computes: part of the verdict recorded with a tokenizer snapshot, so
-# a change here is probed again. Bump it with any change to the encoding.
+# Version of what this encoder computes: part of its verdict's key (``fastsft.tokenizer.encoders``),
+# so a change here is probed again. Bump it with any change to the encoding.
 BPE_FORMAT = 1
 
 # The split regexes the compiled scanner implements, and their longest digit run.
@@ -138,7 +138,7 @@ class ByteLevelTables:
     nfc: bool
 
     def to_bytes(self) -> bytes:
-        """The tables as one ``.npz`` (for ``TokenizerSnapshot.recorded_backend_file``)."""
+        """The tables as one ``.npz`` (kept beside a saved spec's JSON)."""
         meta = {"format": BPE_FORMAT, "max_digits": self.max_digits, "added": self.added, "nfc": self.nfc}
         arrays = {
             "merges": self.merges,

@@ -1,4 +1,4 @@
-"""fastsft's cache of what it may recompute (the tokenizer class per folder, tokenizer snapshots):
+"""fastsft's cache of what it may recompute (tokenizer specs, encoder verdicts and tables):
 where it lives, what keys it, and how its files are read and written.
 
 A cached value is only as good as its key, so a tokenizer folder is keyed by the content of its

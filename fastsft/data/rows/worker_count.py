@@ -1,6 +1,6 @@
 """How many encoding processes a run uses: ``preprocessing_num_workers`` (``--workers``) is a ceiling.
 
-One process already tokenizes each batch on threads over every core (``fastsft.tokenizer.backends``)
+One process already tokenizes each batch on threads over every core (``fastsft.tokenizer.encoders``)
 while the next batch is rendered, so a worker process adds only what the one process leaves
 idle, and each costs a start-up (a spawned interpreter that imports the pipeline and loads the
 tokenizer again). More than one process pays off only with cores to spare and enough input per
