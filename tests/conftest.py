@@ -45,6 +45,15 @@ def fastsft_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture
+def fastsft_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty fastsft cache for this test alone (``$FASTSFT_CACHE_DIR``, also for the commands it
+    starts): a test of what the cache keeps starts cold and sees only its own files."""
+    folder = tmp_path / "fastsft-cache"
+    monkeypatch.setenv("FASTSFT_CACHE_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
