@@ -1,6 +1,6 @@
 """The tokenizer cache cannot go stale: a folder whose files changed while keeping their names, sizes
-and times is loaded again, a damaged or odd-shaped record is recorded again, and a cache the user
-cannot use is skipped with one line."""
+and times is fixed again from the real tokenizer, a saved part with a flipped bit or of another
+shape is made again, and a cache the user cannot use is skipped with one line."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import load_tokenizer as real
 
-from fastsft.data.chat.registry import SLOT_TOKENS, get_template
-from fastsft.data.chat.template import fix_tokenizer
-from fastsft.data.store.provenance import tokenizer_fingerprint
+from fastsft.data.data_args import DataArgs
+from fastsft.data.pipeline import PreparedRun, prepare_run
 from fastsft.safe_output import MARKER
 from fastsft.tokenizer.cache import read_checked, write_checked
+from fastsft.tokenizer.encoders import choose_encoder
 from fastsft.tokenizer.loader import CACHE_ENV_VAR, load_tokenizer
-from fastsft.tokenizer.snapshot import FOLDER
 
 TEXTS = [
     "Hello, world! The quick brown fox jumps over the lazy dog.",
@@ -30,31 +30,27 @@ TEXTS = [
     "<new_token> a<new_token>b",
 ]
 TEMPLATE = "alpaca"  # leaves eos and pad as the folder sets them
+SPECS = "tokenizer_specs"
 
 
-@pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv(CACHE_ENV_VAR, str(folder))
-    return folder
+def run_of(tokenizer: Any, template: str = TEMPLATE) -> PreparedRun:
+    return prepare_run(DataArgs(template=template), tokenizer)
 
 
-def real(path: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-
-
-def observed(tokenizer: Any) -> dict[str, Any]:
-    """What rows and their provenance take from a tokenizer fixed for ``TEMPLATE``."""
-    fix_tokenizer(get_template(TEMPLATE, tokenizer=tokenizer), tokenizer)
+def observed(run: PreparedRun, kind: str = "hf") -> dict[str, Any]:
+    """What rows and their provenance take from a run: its spec (specials, length, slot-token ids,
+    fingerprint, tokenizer.json digest) and the ids of ``TEXTS`` from the ``kind`` encoder it makes."""
     return {
-        "specials": [getattr(tokenizer, f"{n}_token{s}") for n in ("bos", "eos", "pad") for s in ("", "_id")],
-        "length": len(tokenizer),
-        "lookups": [tokenizer.convert_tokens_to_ids(token) for token in [*SLOT_TOKENS, "<new_token>"]],
-        "ids": [tokenizer.encode(text, add_special_tokens=False) for text in TEXTS],
-        "fingerprint": tokenizer_fingerprint(tokenizer),
+        "spec": run.spec,
+        "ids": choose_encoder(run.spec, kind, tokenizer=run.tokenizer).encode_batch(TEXTS),
     }
+
+
+def expected(folder: Path, template: str = TEMPLATE) -> dict[str, Any]:
+    """``observed`` of the real tokenizer in ``folder`` fixed for ``template``, encoding itself."""
+    run = run_of(real(folder), template)
+    assert run.tokenizer is not None
+    return {"spec": run.spec, "ids": [run.tokenizer.encode(text, add_special_tokens=False) for text in TEXTS]}
 
 
 def same_size(original: bytes, data: Any) -> bytes:
@@ -156,32 +152,33 @@ def tokenizer_folder(source: Path, tmp_path: Path, way: Callable[..., None]) -> 
 
 @pytest.mark.parametrize("way", WAYS, ids=lambda way: way.__name__)
 @pytest.mark.parametrize("edit", EDITS, ids=lambda edit: edit.__name__)
-def test_a_file_changed_with_its_size_and_mtime_kept_is_not_replayed(
+def test_a_file_changed_with_its_size_and_mtime_kept_is_fixed_again(
     fixture_tokenizer_path: Path,
     tmp_path: Path,
-    cache: Path,
+    fastsft_cache: Path,
     edit: Callable[..., Any],
     way: Callable[..., None],
 ) -> None:
     folder = tokenizer_folder(fixture_tokenizer_path, tmp_path, way)
-    before = observed(load_tokenizer(str(folder), snapshot=True))  # recorded
-    assert load_tokenizer(str(folder), snapshot=True).replaying
+    before = observed(run_of(str(folder)))  # kept
+    assert run_of(str(folder)).tokenizer is None  # read back
     name, content = edit(folder)
     sizes = {path.name: (path.stat().st_size, path.stat().st_mtime_ns) for path in folder.iterdir()}
     way(folder, name, content)
     assert {path.name: (path.stat().st_size, path.stat().st_mtime_ns) for path in folder.iterdir()} == sizes
-    expected = observed(real(folder))
-    assert expected != before, "the edit changes nothing the rows depend on"
-    assert observed(load_tokenizer(str(folder), snapshot=True)) == expected
+    want = expected(folder)
+    assert want != before, "the edit changes nothing the rows depend on"
+    after = run_of(str(folder))
+    assert after.tokenizer is not None, "the spec of the folder before the edit was read back"
+    assert observed(after) == want
 
 
-@pytest.mark.parametrize("kind", ["hf", "fast"])
+@pytest.mark.parametrize("kind", ["hf", "bpe", "fast"])
 def test_preprocess_after_a_same_size_edit_writes_the_new_ids(
-    fixture_tokenizer_path: Path, test_data_dir: Path, tmp_path: Path, cache: Path, kind: str
+    fixture_tokenizer_path: Path, test_data_dir: Path, tmp_path: Path, fastsft_cache: Path, kind: str
 ) -> None:
     from datasets import load_from_disk
 
-    from fastsft.data.data_args import DataArgs
     from fastsft.data.pipeline import build_to_disk
 
     folder = tokenizer_folder(fixture_tokenizer_path, tmp_path, in_place_mtime_kept)
@@ -190,16 +187,16 @@ def test_preprocess_after_a_same_size_edit_writes_the_new_ids(
     )
 
     def built(name: str, tokenizer: Any) -> tuple[Any, Any]:
-        build_to_disk(args, tokenizer, tmp_path / name)
+        build_to_disk(args, tokenizer, tmp_path / name)  # what fastsft preprocess runs
         rows = load_from_disk(str(tmp_path / name))["train"].to_dict()
         return rows, json.loads((tmp_path / name / MARKER).read_text())["tokenizer"]
 
-    old = built("warm", load_tokenizer(str(folder), snapshot=True))
-    built("warmer", load_tokenizer(str(folder), snapshot=True))  # replayed, verdicts recorded
+    old = built("warm", str(folder))  # the spec kept
+    assert built("warmer", str(folder)) == old  # read back, the encoder's verdict too
     in_place_mtime_kept(folder, *swapped_vocab_ids(folder))
-    expected = built("cold", real(folder))
-    assert expected != old
-    assert built("after", load_tokenizer(str(folder), snapshot=True)) == expected
+    want = built("cold", real(folder))
+    assert want != old
+    assert built("after", str(folder)) == want
 
 
 @pytest.mark.parametrize("way", WAYS, ids=lambda way: way.__name__)
@@ -221,11 +218,6 @@ def test_the_folder_digest_sees_a_same_size_same_mtime_change(
     assert folder_digest(folder) != before
 
 
-def record_file(cache: Path) -> Path:
-    (folder,) = sorted((cache / FOLDER).iterdir())
-    return folder / "record.json"
-
-
 def leaves(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """The path of every int, bool and non-empty string in ``value``."""
     if isinstance(value, dict):
@@ -244,64 +236,118 @@ def flipped(value: Any) -> Any:
     return value[:-1] + chr(ord(value[-1]) ^ 1)
 
 
-def test_a_flipped_bit_in_any_recorded_part_is_recorded_again(
-    fixture_tokenizer_path: Path, cache: Path
+def flipped_bits(data: bytes) -> list[bytes]:
+    """``data`` with one bit flipped at its start, middle and end."""
+    return [data[:i] + bytes([data[i] ^ 1]) + data[i + 1 :] for i in (0, len(data) // 2, len(data) - 1)]
+
+
+def saved_file(cache: Path, part: str) -> Path:
+    """The one saved file of ``part``: the spec, its tokenizer.json, the encoders' verdicts or the BPE's tables."""
+    pattern = {"spec": f"{SPECS}/*.json", "json": "tokenizer_json/*[0-9a-f].json"}.get(
+        part, f"tokenizer_json/*.{part}"
+    )
+    (path,) = cache.glob(pattern)
+    return path
+
+
+# chatglm3 has {"token": ...} slots, so the spec holds slot-token ids.
+FLIP_TEMPLATE = "chatglm3"
+KINDS = ("hf", "bpe", "fast")
+
+
+@pytest.mark.parametrize("part", ["spec", "json", "verdicts.json", "bpe-1-0.npz"])
+def test_a_flipped_bit_in_any_saved_part_is_made_again(
+    fixture_tokenizer_path: Path, fastsft_cache: Path, part: str
 ) -> None:
-    expected = observed(real(fixture_tokenizer_path))
-    observed(load_tokenizer(str(fixture_tokenizer_path), snapshot=True))  # records
-    assert observed(load_tokenizer(str(fixture_tokenizer_path), snapshot=True)) == expected  # records lookups
-    path = record_file(cache)
+    want = expected(fixture_tokenizer_path, FLIP_TEMPLATE)
+
+    def check() -> PreparedRun:
+        run = run_of(str(fixture_tokenizer_path), FLIP_TEMPLATE)
+        for kind in KINDS:
+            assert observed(run, kind) == want, kind
+        return run
+
+    check()  # saves every part
+    path = saved_file(fastsft_cache, part)
     original = path.read_bytes()
-    head, newline, body = original.partition(b"\n")
-    if not body:  # a record without a digest line
-        head, newline, body = b"", b"", original
-    record = json.loads(body)
-    # One leaf of each part: the key, the initial state, each state field, each change, each derived value.
-    chosen: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-    for leaf in leaves(record):
-        chosen.setdefault(leaf[:1] if leaf[0] in ("key", "initial") else leaf[:3], leaf)
-    parts = {part[0] for part in chosen}
-    assert {"key", "initial", "states", "derived"} <= parts, parts
-    for leaf in chosen.values():
-        damaged = json.loads(body)
-        holder = damaged
-        for step in leaf[:-1]:
-            holder = holder[step]
-        holder[leaf[-1]] = flipped(holder[leaf[-1]])
-        path.write_bytes(head + newline + json.dumps(damaged).encode("utf-8"))
-        snapshot = load_tokenizer(str(fixture_tokenizer_path), snapshot=True)
-        assert not snapshot.replaying, f"replayed a record with {leaf} flipped"
-        assert observed(snapshot) == expected, leaf
-        path.write_bytes(original)
+    damaged = flipped_bits(original)
+    if part == "spec":  # also each field's value flipped under the record's first line (its digest)
+        head, _, body = original.partition(b"\n")
+        record = json.loads(body)
+        fields = {leaf[0]: leaf for leaf in leaves(record)}
+        assert {"length", "eos_token_id", "token_ids", "fingerprints", "backend_digest"} <= fields.keys()
+        for leaf in fields.values():
+            copy = json.loads(body)
+            holder = copy
+            for step in leaf[:-1]:
+                holder = holder[step]
+            holder[leaf[-1]] = flipped(holder[leaf[-1]])
+            damaged.append(head + b"\n" + json.dumps(copy).encode("utf-8"))
+    for data in damaged:
+        path.write_bytes(data)
+        run = check()
+        assert (run.tokenizer is not None) == (part in ("spec", "json"))
+        assert path.read_bytes() == original, "not made again"
 
 
-@pytest.mark.parametrize(
-    "shape",
-    [[], {"key": 1}, {"changes": []}, {"states": {"x": []}}, {"derived": {"x": 1}}, {"changes": {"x": [0]}}],
-    ids=["list", "key", "changes list", "state list", "derived value", "short change"],
-)
-def test_a_record_of_another_shape_is_recorded_again(
-    fixture_tokenizer_path: Path, cache: Path, shape: Any
+def spec_field(name: str, value: Any) -> Callable[[Any], Any]:
+    return lambda record: {**record, name: value}
+
+
+def verdicts_of(value: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Every recorded verdict replaced by ``value(verdict)``."""
+    return lambda record: {key: value(verdict) for key, verdict in record.items()}
+
+
+SHAPES = {
+    "spec list": ("spec", lambda record: []),
+    "spec string": ("spec", lambda record: "spec"),
+    "missing field": ("spec", lambda record: {k: v for k, v in record.items() if k != "eos_token_id"}),
+    "extra field": ("spec", spec_field("vocab", {})),
+    "length string": ("spec", lambda record: {**record, "length": str(record["length"])}),
+    "bool id": ("spec", spec_field("eos_token_id", True)),
+    "token ids list": ("spec", spec_field("token_ids", [])),
+    "token id float": (
+        "spec",
+        lambda record: {**record, "token_ids": dict.fromkeys(record["token_ids"], 1.5)},
+    ),
+    "fingerprint key": ("spec", lambda record: {**record, "fingerprints": {"x": "0"}}),
+    "no fingerprint": ("spec", spec_field("fingerprints", {})),
+    "fingerprints list": ("spec", spec_field("fingerprints", [])),
+    "no digest": ("spec", spec_field("backend_digest", None)),
+    "verdicts list": ("verdicts.json", lambda record: []),
+    "verdict number": ("verdicts.json", verdicts_of(lambda verdict: 1)),
+    "verdict list": ("verdicts.json", verdicts_of(lambda verdict: [verdict])),
+}
+
+
+@pytest.mark.parametrize(("part", "shape"), SHAPES.values(), ids=SHAPES.keys())
+def test_a_saved_part_of_another_shape_is_made_again(
+    fixture_tokenizer_path: Path, fastsft_cache: Path, part: str, shape: Callable[[Any], Any]
 ) -> None:
-    expected = observed(real(fixture_tokenizer_path))
-    observed(load_tokenizer(str(fixture_tokenizer_path), snapshot=True))
-    path = record_file(cache)
-    record = read_checked(path)
-    damaged = shape if isinstance(shape, list) else {**record, **shape}
-    write_checked(path, damaged)  # the digest matches: only the shape is wrong
-    for _ in range(2):  # the first run records again, the second replays the new record
-        snapshot = load_tokenizer(str(fixture_tokenizer_path), snapshot=True)
-        assert observed(snapshot) == expected
-    assert snapshot.replaying
+    want = expected(fixture_tokenizer_path, FLIP_TEMPLATE)
+    run_of(str(fixture_tokenizer_path), FLIP_TEMPLATE)
+    for kind in KINDS:  # the verdicts
+        choose_encoder(run_of(str(fixture_tokenizer_path), FLIP_TEMPLATE).spec, kind)
+    path = saved_file(fastsft_cache, part)
+    original = path.read_bytes()
+    write_checked(path, shape(read_checked(path)))  # the digest matches: only the shape is wrong
+    for first in (True, False):  # the first run makes it again, the second reads it back
+        run = run_of(str(fixture_tokenizer_path), FLIP_TEMPLATE)
+        assert [observed(run, kind) for kind in KINDS] == [want] * len(KINDS)
+        assert (run.tokenizer is not None) == (first and part == "spec")
+    assert path.read_bytes() == original
 
 
-def test_a_class_record_of_another_shape_is_ignored(fixture_tokenizer_path: Path, cache: Path) -> None:
+def test_a_class_record_of_another_shape_is_ignored(
+    fixture_tokenizer_path: Path, fastsft_cache: Path
+) -> None:
     load_tokenizer(str(fixture_tokenizer_path))
-    record = read_checked(cache / "tokenizer_classes.json")
+    record = read_checked(fastsft_cache / "tokenizer_classes.json")
     for value in (5, "os.path.join", "transformers.no.Such"):
-        write_checked(cache / "tokenizer_classes.json", dict.fromkeys(record, value))
+        write_checked(fastsft_cache / "tokenizer_classes.json", dict.fromkeys(record, value))
         assert load_tokenizer(str(fixture_tokenizer_path)).encode("hi", add_special_tokens=False)
-    assert read_checked(cache / "tokenizer_classes.json") == record  # written again
+    assert read_checked(fastsft_cache / "tokenizer_classes.json") == record  # written again
 
 
 def test_a_cache_folder_that_cannot_be_searched_is_skipped_with_one_line(
@@ -318,7 +364,7 @@ def test_a_cache_folder_that_cannot_be_searched_is_skipped_with_one_line(
         str(test_data_dir), "--template", "qwen", "--tokenizer", str(fixture_tokenizer_path), "--output",
     ]  # fmt: skip
     subprocess.run([*command, str(tmp_path / "first")], env=env, check=True, capture_output=True)
-    assert (cache / FOLDER).is_dir()
+    assert (cache / SPECS).is_dir()
     prefix: list[str] = []
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")

@@ -160,6 +160,8 @@ def json_derived(digest: str, name: str) -> Path:
 
 def _well_formed(spec: TokenizerSpec) -> bool:
     """Whether a read-back spec has the types ``from_tokenizer`` gives (a damaged one is made again)."""
+    if not isinstance(spec.token_ids, dict) or not all(isinstance(token, str) for token in spec.token_ids):
+        return False
     ids = (spec.bos_token_id, spec.eos_token_id, spec.pad_token_id, *spec.token_ids.values())
     texts = (spec.bos_token, spec.eos_token, spec.pad_token, spec.chat_template)
     return (
