@@ -173,6 +173,26 @@ def test_a_file_changed_with_its_size_and_mtime_kept_is_fixed_again(
     assert observed(after) == want
 
 
+def test_a_changed_template_definition_fixes_the_tokenizer_again(
+    fixture_tokenizer_path: Path, fastsft_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As after an upgrade of fastsft that gives a template another stop word: a spec kept for the
+    old definition has the old tokenizer (length, added token, chat template)."""
+    import copy
+
+    from fastsft.data.chat import registry
+
+    path = str(fixture_tokenizer_path)
+    before = observed(run_of(path, "qwen"))
+    assert run_of(path, "qwen").tokenizer is None  # read back
+    changed = copy.deepcopy(registry.TEMPLATES["qwen"])
+    changed.stop_words = [*changed.stop_words, "<new_token>"]
+    monkeypatch.setitem(registry.TEMPLATES, "qwen", changed)
+    want = expected(fixture_tokenizer_path, "qwen")
+    assert want != before
+    assert observed(run_of(path, "qwen")) == want
+
+
 @pytest.mark.parametrize("kind", ["hf", "bpe", "fast"])
 def test_preprocess_after_a_same_size_edit_writes_the_new_ids(
     fixture_tokenizer_path: Path, test_data_dir: Path, tmp_path: Path, fastsft_cache: Path, kind: str

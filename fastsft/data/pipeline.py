@@ -284,13 +284,15 @@ def _fixed_run(
 
 
 def _spec_key(args: DataArgs, folder: str) -> str | None:
-    """What a tokenizer folder's spec is kept under: the folder's content and the options that
-    decide the template and the fixes (``None``: not kept, for an unset template, parsed from the
-    tokenizer itself)."""
+    """What a tokenizer folder's spec is kept under: the folder's content, the options that decide
+    the template and the template's whole definition, which decides the fixes (a fastsft that
+    defines it otherwise fixes the tokenizer again). ``None``: not kept, for an unset template,
+    parsed from the tokenizer itself."""
     if args.template is None or not Path(folder).is_dir():
         return None
     options = (args.template, args.tool_format, args.default_system, args.enable_thinking)
-    return spec_key(Path(folder), *options, args.preserve_thinking, args.train_on_prompt)
+    definition = repr(make_template(args, None))
+    return spec_key(Path(folder), *options, args.preserve_thinking, args.train_on_prompt, definition)
 
 
 def build_dataset(
