@@ -1,91 +1,87 @@
-"""The tokenizer backend of a warm run: a replayed snapshot with a recorded fastokens verdict builds
-fastokens from the recorded JSON on a background thread, without the HF Rust tokenizer or the probe."""
+"""The text encoder of a warm run: the verdict recorded beside the spec's tokenizer.json decides
+without a probe. A pass builds fastokens straight from the saved JSON on a background thread,
+without the HF Rust tokenizer; a fail is replayed with its reason."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import pickle
 import threading
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tokenizers
+from conftest import load_tokenizer as real
 
 from fastsft.data.data_args import DataArgs
+from fastsft.data.pipeline import prepare_run
 from fastsft.errors import ConfigError
 from fastsft.safe_output import MARKER
-from fastsft.tokenizer import backends
-from fastsft.tokenizer.backends import (
-    AutoBackend,
-    FastokensBackend,
-    HFBackend,
-    UnsupportedTokenizer,
-    load_backend,
-    probe_texts,
-)
+from fastsft.tokenizer import encoders
 from fastsft.tokenizer.cache import read_checked
-from fastsft.tokenizer.loader import CACHE_ENV_VAR, load_tokenizer
-from fastsft.tokenizer.snapshot import FOLDER, TokenizerSnapshot
-
-# These tests are about fastokens (its background build, its place in auto); fastsft's own BPE,
-# which auto tries first, has its own in tests/test_bpe_backend.py.
-pytestmark = pytest.mark.usefixtures("fastokens_only")
+from fastsft.tokenizer.encoders import FastokensEncoder, RustEncoder, choose_encoder, probe_texts
+from fastsft.tokenizer.spec import TokenizerSpec
 
 DATASETS = "sharegpt_chat,alpaca_mix,sharegpt_tools"
+LARGE = 10**12  # characters: auto tries fastokens first
 
 
-@pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv(CACHE_ENV_VAR, str(folder))
-    return folder
+def warm_spec(path: Path, template: str = "llama3") -> TokenizerSpec:
+    """The spec of ``path`` fixed for ``template`` as a warm run reads it (saved first if need be)."""
+    prepare_run(DataArgs(template=template), str(path))
+    run = prepare_run(DataArgs(template=template), str(path))
+    assert run.tokenizer is None
+    return run.spec
 
 
-@pytest.fixture(autouse=True)
-def fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each load as in a new process: no backend verified earlier in this one."""
-    monkeypatch.setattr(backends, "_VERIFIED", {})
+def recorded(path: Path) -> TokenizerSpec:
+    """A warm spec of ``path`` with a fastokens pass verdict recorded (by a cold run's probe)."""
+    spec = warm_spec(path)
+    choose_encoder(spec, "fast").encode_batch(["x"])
+    assert list(fastokens_verdicts().values()) == [True]
+    return warm_spec(path)
 
 
-def real(path: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-
-
-def snapshot(path: Path) -> TokenizerSnapshot:
-    loaded = load_tokenizer(str(path), snapshot=True)
-    assert isinstance(loaded, TokenizerSnapshot)
-    return loaded
-
-
-def recorded(path: Path) -> TokenizerSnapshot:
-    """A replaying snapshot of ``path`` whose state has a fastokens verdict recorded (a cold run first)."""
-    load_backend(snapshot(path), "fast")
-    backends._VERIFIED.clear()
-    replayed = snapshot(path)
-    assert replayed.replaying
-    return replayed
-
-
-def verdicts(cache: Path) -> dict[str, Any]:
-    """Every recorded fastokens verdict, by name."""
+def verdicts() -> dict[str, Any]:
+    """Every verdict recorded in this test's cache, by encoder and conditions."""
     found: dict[str, Any] = {}
-    for record in (cache / FOLDER).glob("*/record.json"):
-        for values in read_checked(record)["derived"].values():
-            found.update({name: value for name, value in values.items() if name.startswith("fastokens")})
+    for path in encoders.json_derived("*", "verdicts.json").parent.glob("*.verdicts.json"):
+        found.update(read_checked(path))
     return found
+
+
+def fastokens_verdicts() -> dict[str, Any]:
+    return {name: value for name, value in verdicts().items() if name.startswith("fastokens")}
+
+
+def reference(path: Path, texts: list[str]) -> list[list[int]]:
+    tokenizer = real(path)
+    return [tokenizer.encode(text, add_special_tokens=False) for text in texts]
+
+
+def counted_probes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the encoders probed from now on."""
+    probed: list[str] = []
+    probe = encoders._probe
+
+    def counting(candidate: Any, *args: Any) -> None:
+        probed.append(candidate.name)
+        probe(candidate, *args)
+
+    monkeypatch.setattr(encoders, "_probe", counting)
+    return probed
 
 
 def no_rust_tokenizer(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any) -> Any:
-        raise AssertionError("the HF Rust tokenizer was built")
+        raise AssertionError("the HF Rust tokenizer was built or a probe ran")
 
     monkeypatch.setattr(tokenizers.Tokenizer, "from_str", refuse)
-    monkeypatch.setattr(backends, "_probe_fastokens_backend", refuse)
+    monkeypatch.setattr(encoders, "_probe", refuse)
 
 
 def built_rows(output: Path, tokenizer: Any, **options: Any) -> tuple[Any, Any]:
@@ -102,257 +98,210 @@ def built_rows(output: Path, tokenizer: Any, **options: Any) -> tuple[Any, Any]:
     return load_from_disk(str(output))["train"].to_dict(), marker
 
 
-# chatglm3 has {"token": ...} slots: their ids are looked up (SpecialTokens.from_tokenizer).
+# chatglm3 has {"token": ...} slots: their ids come from the spec.
 @pytest.mark.parametrize(("kind", "template"), [("auto", "llama3"), ("fast", "llama3"), ("auto", "chatglm3")])
-def test_a_warm_replay_builds_no_rust_tokenizer_and_writes_the_same_rows(
+def test_a_warm_run_with_a_pass_verdict_builds_no_rust_tokenizer_and_writes_the_same_rows(
     kind: str,
     template: str,
     fixture_tokenizer_path: Path,
     tmp_path: Path,
-    cache: Path,
+    fastsft_cache: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(backends, "BREAK_EVEN_CHARS_PER_TOKEN", 0)  # auto: fastokens from the start
-    expected = built_rows(tmp_path / "real", real(fixture_tokenizer_path), template=template)
+    from fastsft.data import pipeline
+
+    monkeypatch.setattr(encoders, "FASTOKENS_CHARS_PER_TOKEN", 0)  # auto: fastokens for any input
+    expected = built_rows(
+        tmp_path / "real", real(fixture_tokenizer_path), template=template, tokenizer_backend="hf"
+    )
     cold = built_rows(
-        tmp_path / "cold", snapshot(fixture_tokenizer_path), template=template, tokenizer_backend=kind
+        tmp_path / "cold", str(fixture_tokenizer_path), template=template, tokenizer_backend=kind
     )
     assert cold == expected
-    assert [value["exact"] for value in verdicts(cache).values()] == [True]
-    backends._VERIFIED.clear()
+    assert list(verdicts().values()) == [True]  # fastokens' pass; the BPE was not needed
     no_rust_tokenizer(monkeypatch)
-    warm = snapshot(fixture_tokenizer_path)
-    with caplog.at_level(logging.INFO, logger="fastsft.tokenizer.backends"):
-        assert built_rows(tmp_path / "warm", warm, template=template, tokenizer_backend=kind) == expected
-    assert warm.replaying
-    assert "tokenizer backend: fastokens" in caplog.text
-
-
-def test_a_verdict_holds_for_every_state_with_the_same_json(
-    fixture_tokenizer_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A verdict taken as loaded is found after a change that leaves the Rust JSON alone (``pad_token``,
-    as LLaMA-Factory's fixes set it): ``fastsft preprocess`` starts the build before the template's
-    fixes, and the encoder asks again after them."""
-    live = snapshot(fixture_tokenizer_path)
-    live.pad_token = live.eos_token  # recorded: the change and the state it leads to
-    load_backend(snapshot(fixture_tokenizer_path), "fast")  # the verdict, taken in the first state
-    backends._VERIFIED.clear()
-    no_rust_tokenizer(monkeypatch)
-    warm = snapshot(fixture_tokenizer_path)
-    warm.pad_token = warm.eos_token
-    assert warm.replaying
-    expected = real(fixture_tokenizer_path).encode("Hello world", add_special_tokens=False)
-    assert load_backend(warm, "fast").encode_batch(["Hello world"]) == [expected]
-    assert len(verdicts(cache)) == 1
-
-
-def test_slot_token_lookups_are_replayed_from_the_record(fixture_tokenizer_path: Path, cache: Path) -> None:
-    tokens = ["<|eot_id|>", "<|start_header_id|>", "no such token"]
-    reference = real(fixture_tokenizer_path)
-    expected = [reference.convert_tokens_to_ids(token) for token in tokens]
-    cold = snapshot(fixture_tokenizer_path)
-    assert [cold.convert_tokens_to_ids(token) for token in tokens] == expected
-    assert cold.convert_tokens_to_ids(tokens) == expected
-    warm = snapshot(fixture_tokenizer_path)
-    warm_lookups = [warm.convert_tokens_to_ids(token) for token in tokens], warm.convert_tokens_to_ids(tokens)
-    assert warm._rust is None  # answered from the record
-    assert warm_lookups == (expected, expected)
-    assert warm.convert_tokens_to_ids(["<|begin_of_text|>"]) == [
-        reference.convert_tokens_to_ids("<|begin_of_text|>")
-    ]  # not recorded: from the Rust tokenizer, then recorded
-    assert snapshot(fixture_tokenizer_path).convert_tokens_to_ids("<|begin_of_text|>") == (
-        reference.convert_tokens_to_ids("<|begin_of_text|>")
+    monkeypatch.setattr(
+        pipeline, "load_tokenizer", lambda *args: pytest.fail("the real tokenizer was loaded")
     )
+    with caplog.at_level(logging.INFO, logger="fastsft.tokenizer.encoders"):
+        warm = built_rows(
+            tmp_path / "warm", str(fixture_tokenizer_path), template=template, tokenizer_backend=kind
+        )
+    assert warm == expected
+    assert kind == "fast" or "tokenizer backend: fastokens" in caplog.text
 
 
-def test_a_warm_replay_loads_fastokens_in_the_background(fixture_tokenizer_path: Path, cache: Path) -> None:
-    warm = recorded(fixture_tokenizer_path)
-    backend = load_backend(warm, "auto", expected_chars=10**12)
-    assert isinstance(backend, AutoBackend) and backend._hf is None  # no HF backend made
-    assert backend.name == "fastokens"
-    texts = probe_texts(["<|eot_id|>"])
-    reference = real(fixture_tokenizer_path)
-    assert backend.encode_batch(texts) == [reference.encode(text, add_special_tokens=False) for text in texts]
-    assert backend.ready and warm.replaying and warm._rust is None
-
-
-def fail_probe(monkeypatch: pytest.MonkeyPatch) -> None:
-    original = FastokensBackend.encode_batch
-
-    def off_by_one_on_emoji(self: FastokensBackend, batch: list[str]) -> list[list[int]]:
-        return [ids[:-1] if "😀" in text else ids for text, ids in zip(batch, original(self, batch))]
-
-    monkeypatch.setattr(FastokensBackend, "encode_batch", off_by_one_on_emoji)
-
-
-def test_a_recorded_fail_verdict_is_replayed(
-    fixture_tokenizer_path: Path, cache: Path, caplog: pytest.LogCaptureFixture
+def test_a_verdict_holds_for_every_spec_with_the_same_json(
+    fixture_tokenizer_path: Path, fastsft_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with pytest.MonkeyPatch.context() as patch:
-        fail_probe(patch)
-        assert load_backend(snapshot(fixture_tokenizer_path), "auto", expected_chars=10**12).name == "hf"
-    [verdict] = verdicts(cache).values()
-    assert verdict["exact"] is False and "other ids than HF on the probe text" in verdict["reason"]
-    backends._VERIFIED.clear()
-    with pytest.MonkeyPatch.context() as patch:  # a probe now would pass: the verdict decides
-        patch.setattr(backends, "_probe_fastokens_backend", lambda *args: pytest.fail("probed again"))
-        with caplog.at_level(logging.INFO, logger="fastsft.tokenizer.backends"):
-            backend = load_backend(snapshot(fixture_tokenizer_path), "auto", expected_chars=10**12)
-        assert "other ids than HF on the probe text" in caplog.text and "recorded" in caplog.text
-        assert backend.name == "hf"
-        reference = real(fixture_tokenizer_path)
-        assert backend.encode_batch(["hello 😀"]) == [reference.encode("hello 😀", add_special_tokens=False)]
-        with pytest.raises(ConfigError, match=r"'fast'.*other ids than HF on the probe text"):
-            load_backend(snapshot(fixture_tokenizer_path), "fast")
-
-
-def test_a_verdict_of_another_fastokens_version_is_not_reused(
-    fixture_tokenizer_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import importlib.metadata
-
-    recorded(fixture_tokenizer_path)
-    [first] = verdicts(cache)
-    real_version = importlib.metadata.version
-
-    def version(name: str) -> str:
-        return "999.0" if name == "fastokens" else real_version(name)
-
-    monkeypatch.setattr(importlib.metadata, "version", version)
-    probes: list[Any] = []
-    probe = backends._probe_fastokens_backend
-    monkeypatch.setattr(backends, "_probe_fastokens_backend", lambda *args: probes.append(1) or probe(*args))
-    assert load_backend(snapshot(fixture_tokenizer_path), "fast").name == "fastokens"
-    assert probes == [1]
-    assert sorted(verdicts(cache)) == sorted([first, first.replace(first.split()[2], "999.0")])
+    """Templates whose fixes leave the tokenizer.json alone (llama3 and alpaca on the fixture
+    tokenizer, which has llama3's tokens) share its verdicts."""
+    first = recorded(fixture_tokenizer_path)
+    other = warm_spec(fixture_tokenizer_path, "alpaca")
+    assert other.backend_digest == first.backend_digest and other != first
+    no_rust_tokenizer(monkeypatch)
+    expected = reference(fixture_tokenizer_path, ["Hello world"])
+    assert choose_encoder(other, "fast").encode_batch(["Hello world"]) == expected
+    assert len(verdicts()) == 1
 
 
 @pytest.fixture
-def held_build(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
-    """Background builds wait for the returned event (builds in the calling thread do not)."""
+def held_build(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """fastokens builds on background threads wait for the returned event (builds in the calling
+    thread do not)."""
+    import fastokens
+
     release = threading.Event()
-    build = backends._fastokens_encoder
+    built = fastokens.Tokenizer
 
-    def held(*args: Any) -> Any:
-        if threading.current_thread() is not threading.main_thread():
-            assert release.wait(30)
-        return build(*args)
+    class Held:
+        @staticmethod
+        def from_json_str(text: str) -> Any:
+            if threading.current_thread() is not threading.main_thread():
+                assert release.wait(30)
+            return built.from_json_str(text)
 
-    monkeypatch.setattr(backends, "_fastokens_encoder", held)
-    return release
-
-
-def test_ready_turns_true_once_built_and_a_backend_pickles_mid_build(
-    fixture_tokenizer_path: Path, held_build: threading.Event
-) -> None:
-    reference = real(fixture_tokenizer_path)
-    texts = probe_texts(["<|eot_id|>"])
-    expected = [reference.encode(text, add_special_tokens=False) for text in texts]
-    backend = FastokensBackend(reference.backend_tokenizer.to_str(), False)
-    assert backend.ready  # nothing under way: the first encode builds it
-    assert backend.start_build() is backend
-    assert not backend.ready
-    copy = pickle.loads(pickle.dumps(backend))  # mid-build
-    assert copy.encode_batch(texts) == expected
-    held_build.set()
-    assert backend.encode_batch(texts) == expected
-    assert backend.ready
-    assert HFBackend(reference).ready
+    monkeypatch.setattr(fastokens, "Tokenizer", Held)
+    yield release
+    release.set()  # never leave a build waiting
 
 
-def refusing(message: str) -> Callable[..., Any]:
-    def refuse(*args: Any) -> Any:
-        raise UnsupportedTokenizer(message)
-
-    return refuse
-
-
-def test_an_error_in_the_background_build_is_raised_as_the_synchronous_one(
+@pytest.mark.parametrize("kind", ["auto", "fast"])
+def test_a_pass_verdict_builds_fastokens_on_a_background_thread_without_a_probe(
+    kind: str,
     fixture_tokenizer_path: Path,
-    cache: Path,
+    fastsft_cache: Path,
     monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    held_build: threading.Event,
 ) -> None:
+    spec = recorded(fixture_tokenizer_path)
+    no_rust_tokenizer(monkeypatch)
+    encoder = choose_encoder(spec, kind, expected_chars=LARGE)
+    assert isinstance(encoder, FastokensEncoder) and encoder.name == "fastokens"
+    assert not encoder.ready  # built on its thread, held
+    texts = probe_texts(["<|eot_id|>"])
+    expected = reference(fixture_tokenizer_path, texts)
+    copy = pickle.loads(pickle.dumps(encoder))  # mid-build: the copy builds its own
+    assert copy.encode_batch(texts) == expected and copy.ready
+    held_build.set()
+    assert encoder.encode_batch(texts) == expected
+    assert encoder.ready
+    assert RustEncoder(spec.backend_json or "", False).ready  # nothing to wait for
+
+
+def refusing(message: str) -> type:
+    class Refusing:
+        @staticmethod
+        def from_json_str(text: str) -> Any:
+            raise ValueError(message)
+
+    return Refusing
+
+
+def test_an_error_in_the_background_build_is_raised_at_first_encode_as_the_synchronous_one(
+    fixture_tokenizer_path: Path, fastsft_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fastokens
     from tokenizers import models
 
     wordpiece = tokenizers.Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]")).to_str()
-    with pytest.raises(UnsupportedTokenizer) as synchronous:
-        FastokensBackend(wordpiece, False).encode_batch(["a"])
-    background = FastokensBackend(wordpiece, False).start_build()
-    with pytest.raises(UnsupportedTokenizer) as raised:
-        background.encode_batch(["a"])
-    assert str(raised.value) == str(synchronous.value) and "fastokens cannot load it" in str(raised.value)
-
-    # A pass verdict whose build then fails: "fast" raises load_backend's ConfigError, "auto" uses HF.
-    warm = recorded(fixture_tokenizer_path)
-    monkeypatch.setattr(backends, "_fastokens_encoder", refusing("refused in the test"))
+    synchronous = FastokensEncoder(wordpiece, False, background=False)
     with pytest.raises(ConfigError) as sync_error:
-        load_backend(real(fixture_tokenizer_path), "fast")
-    fast = load_backend(warm, "fast")
+        synchronous.encode_batch(["a"])
+    background = FastokensEncoder(wordpiece, False)  # no error until it is used
+    with pytest.raises(ConfigError) as raised:
+        background.encode_batch(["a"])
+    assert str(raised.value) == str(sync_error.value)
+    assert "fastokens cannot load this tokenizer" in str(raised.value)
+
+    # A pass verdict whose build then fails: the run's encoder raises at its first encode.
+    spec = recorded(fixture_tokenizer_path)
+    monkeypatch.setattr(fastokens, "Tokenizer", refusing("refused in the test"))
+    with pytest.raises(ConfigError) as sync_error:
+        FastokensEncoder(spec.backend_json or "", False, background=False).encode_batch(["hello"])
+    fast = choose_encoder(spec, "fast")
     with pytest.raises(ConfigError) as background_error:
         fast.encode_batch(["hello"])
     assert str(background_error.value) == str(sync_error.value)
     assert "refused in the test" in str(sync_error.value)
-    auto = load_backend(warm, "auto", expected_chars=10**12)
-    with caplog.at_level(logging.INFO, logger="fastsft.tokenizer.backends"):
-        ids = auto.encode_batch(["hello"])
-    assert ids == [real(fixture_tokenizer_path).encode("hello", add_special_tokens=False)]
-    assert auto.name == "hf" and "refused in the test" in caplog.text
 
 
-def test_auto_keeps_hf_until_a_background_build_is_ready(
-    fixture_tokenizer_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch, held_build: threading.Event
+def test_a_recorded_fail_verdict_is_replayed(
+    fixture_tokenizer_path: Path,
+    fastsft_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    warm = recorded(fixture_tokenizer_path)
-    monkeypatch.setattr(backends, "BREAK_EVEN_CHARS_PER_TOKEN", 1 / len(warm))  # one character
-    backend = load_backend(warm, "auto")
-    reference = real(fixture_tokenizer_path)
-    for _ in range(2):  # the first batch reaches the break-even point; the build is held
-        assert backend.encode_batch(["hello"]) == [reference.encode("hello", add_special_tokens=False)]
-        assert backend.name == "hf" and backend.ready
-    held_build.set()
-    backend._fast._build._thread.join()
-    assert backend.encode_batch(["hello"]) == [reference.encode("hello", add_special_tokens=False)]
-    assert backend.name == "hf, then fastokens"
+    spec = warm_spec(fixture_tokenizer_path)
+    original = FastokensEncoder.encode_batch
+
+    def off_by_one_on_emoji(self: FastokensEncoder, batch: list[str]) -> list[list[int]]:
+        return [ids[:-1] if "😀" in text else ids for text, ids in zip(batch, original(self, batch))]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FastokensEncoder, "encode_batch", off_by_one_on_emoji)
+        with pytest.raises(ConfigError, match=r"'fast'.*other ids than HF on the probe text"):
+            choose_encoder(spec, "fast")
+    [verdict] = fastokens_verdicts().values()
+    assert "other ids than HF on the probe text" in verdict
+    # A probe now would pass: the recorded verdict decides.
+    probed = counted_probes(monkeypatch)
+    with pytest.raises(ConfigError, match=r"'fast'.*other ids than HF.*recorded with the tokenizer"):
+        choose_encoder(warm_spec(fixture_tokenizer_path), "fast")
+    with caplog.at_level(logging.INFO, logger="fastsft.tokenizer.encoders"):
+        auto = choose_encoder(warm_spec(fixture_tokenizer_path), "auto", expected_chars=LARGE)
+    assert "fastokens cannot be used" in caplog.text and "recorded with the tokenizer" in caplog.text
+    assert auto.name != "fastokens" and "fastokens" not in probed
+    assert auto.encode_batch(["hello 😀"]) == reference(fixture_tokenizer_path, ["hello 😀"])
 
 
-def test_auto_is_ready_once_its_background_build_is(
-    fixture_tokenizer_path: Path, cache: Path, held_build: threading.Event
+@pytest.mark.parametrize(
+    ("package", "kind"), [("fastokens", "fast"), ("tokenizers", "fast"), ("tokenizers", "bpe")]
+)
+def test_a_verdict_of_another_version_is_not_reused(
+    package: str,
+    kind: str,
+    fixture_tokenizer_path: Path,
+    fastsft_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    backend = load_backend(recorded(fixture_tokenizer_path), "auto", expected_chars=10**12)
-    assert backend.name == "fastokens" and not backend.ready
-    held_build.set()
-    assert backend.encode_batch(["hello"]) == [
-        real(fixture_tokenizer_path).encode("hello", add_special_tokens=False)
-    ]
-    assert backend.ready
+    """A verdict holds for the encoder's version and for the tokenizers version whose ids it compared
+    with (HF's reference): after an upgrade of either, the encoder is probed again."""
+    spec = warm_spec(fixture_tokenizer_path)
+    choose_encoder(spec, kind)  # probed, recorded
+    [first] = verdicts()
+    real_version = importlib.metadata.version
+
+    def version(name: str) -> str:
+        return "999.0" if name == package else real_version(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    probed = counted_probes(monkeypatch)
+    encoder = choose_encoder(spec, kind)
+    assert len(probed) == 1
+    assert encoder.encode_batch(["Hello world"]) == reference(fixture_tokenizer_path, ["Hello world"])
+    assert len(verdicts()) == 2 and first in verdicts()
 
 
-def test_a_pass_verdict_without_its_json_file_probes_as_before(
-    fixture_tokenizer_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("lost", ["verdicts", "tokenizer.json"])
+def test_a_pass_verdict_without_its_file_probes_again(
+    lost: str, fixture_tokenizer_path: Path, fastsft_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    warm = recorded(fixture_tokenizer_path)
-    for backend_json in (cache / FOLDER).glob("*/[0-9a-f]*.json"):
-        backend_json.unlink()
-    probes: list[Any] = []
-    probe = backends._probe_fastokens_backend
-    monkeypatch.setattr(backends, "_probe_fastokens_backend", lambda *args: probes.append(1) or probe(*args))
-    backend = load_backend(warm, "fast")
-    assert probes == [1] and not warm.replaying  # the real tokenizer, probed
-    reference = real(fixture_tokenizer_path)
+    """Without the verdicts file the encoder is probed again. Without the saved tokenizer.json the
+    spec is made again from the real tokenizer, and the JSON with it: the verdict, about exactly that
+    text (its digest names the file), then holds."""
+    spec = recorded(fixture_tokenizer_path)
+    digest = spec.backend_digest or ""
+    saved = encoders.json_derived(digest, "verdicts.json")
+    if lost == "tokenizer.json":
+        saved = saved.with_name(f"{digest}.json")
+    saved.unlink()
+    probed = counted_probes(monkeypatch)
+    run = prepare_run(DataArgs(template="llama3"), str(fixture_tokenizer_path))
+    assert (run.tokenizer is not None) == (lost == "tokenizer.json")
+    encoder = choose_encoder(run.spec, "fast")
+    assert probed == (["fastokens"] if lost == "verdicts" else [])
+    assert saved.is_file()
     texts = probe_texts(["<|eot_id|>"])
-    assert backend.encode_batch(texts) == [reference.encode(text, add_special_tokens=False) for text in texts]
-
-
-def test_a_large_lookup_is_answered_but_not_recorded(fixture_tokenizer_path: Path, cache: Path) -> None:
-    from fastsft.tokenizer import snapshot as snapshot_module
-
-    reference = real(fixture_tokenizer_path)
-    tokens = [reference.convert_ids_to_tokens(index) for index in range(len(reference))]
-    assert len(tokens) > snapshot_module._MAX_TOKEN_IDS
-    cold = snapshot(fixture_tokenizer_path)
-    assert cold.convert_tokens_to_ids(tokens) == reference.convert_tokens_to_ids(tokens)
-    [record] = (cache / FOLDER).glob("*/record.json")
-    assert "convert_tokens_to_ids" not in json.dumps(read_checked(record)["derived"])
+    assert encoder.encode_batch(texts) == reference(fixture_tokenizer_path, texts)

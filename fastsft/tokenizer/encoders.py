@@ -12,7 +12,8 @@ the one a run uses, chosen before its first batch and kept (``choose_encoder``).
 
 ``bpe`` and ``fast`` are used only after giving the Rust tokenizer's ids on every probe text
 (``probe_texts``); the verdict, pass or fail with the reason, is kept beside the spec's
-``tokenizer.json``, per encoder version, ``split_special_tokens`` and probe texts.
+``tokenizer.json``, per encoder version, tokenizers version (whose ids it was compared with),
+``split_special_tokens`` and probe texts.
 
 ``auto`` chooses by what ``docs/benchmarks.md`` ("Encoder choice") measured on the whole command:
 fastokens for inputs of at least ``FASTOKENS_CHARS_PER_TOKEN`` characters per vocabulary entry,
@@ -303,9 +304,15 @@ def _probe(candidate: TextEncoder, spec: TokenizerSpec, tokenizer_json: str) -> 
 def _verdict(spec: TokenizerSpec, name: str, verify: Callable[[], TextEncoder]) -> TextEncoder | None:
     """The encoder ``verify()`` makes and probes, or ``None`` with the recorded pass (the caller then
     builds it without probing); ``ConfigError`` with the reason of a failure, new or recorded."""
+    from importlib.metadata import version
+
     digest = spec.backend_digest or ""
     path = json_derived(digest, "verdicts.json")
-    key = f"{name} split_special_tokens={spec.split_special_tokens} probes {_probes_digest()}"
+    # The probe compares with the installed tokenizers' ids: a verdict holds for that version.
+    key = (
+        f"{name} split_special_tokens={spec.split_special_tokens} "
+        f"tokenizers {version('tokenizers')} probes {_probes_digest()}"
+    )
     verdicts = read_checked(path)
     verdicts = verdicts if isinstance(verdicts, dict) else {}
     recorded = verdicts.get(key)
