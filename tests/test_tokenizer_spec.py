@@ -5,6 +5,7 @@ damaged files are made again."""
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,20 @@ def test_a_saved_spec_is_the_real_tokenizers_and_encodes_as_it_does(
         texts, ids = reference_ids(expected)
         for kind in kinds:
             assert choose_encoder(warm.spec, kind).encode_batch(texts) == ids, (template, kind)
+
+
+def test_a_spec_and_its_encoders_pickle_for_worker_processes(
+    fixture_tokenizer_path: Path, fastsft_cache: Path
+) -> None:
+    texts, ids = reference_ids(run_of(real(fixture_tokenizer_path), "llama3"))
+    run_of(str(fixture_tokenizer_path), "llama3")
+    spec = run_of(str(fixture_tokenizer_path), "llama3").spec
+    copy = pickle.loads(pickle.dumps(spec))
+    assert copy == spec and copy.backend_json is None  # a worker gets its encoder, not the JSON
+    for kind in ("hf", "bpe", "fast"):
+        encoder = pickle.loads(pickle.dumps(choose_encoder(spec, kind)))
+        assert encoder.encode_batch(texts) == ids, kind
+        assert encoder.single_threaded().encode_batch(texts) == ids, kind
 
 
 def preprocess(output: Path, tokenizer: Path, data: Path, backend: str) -> tuple[list[str], dict[str, bytes]]:
