@@ -21,7 +21,7 @@ from fastsft.data.pipeline import PreparedRun, prepare_run
 from fastsft.safe_output import MARKER
 from fastsft.tokenizer.cache import read_checked, write_checked
 from fastsft.tokenizer.encoders import choose_encoder
-from fastsft.tokenizer.loader import CACHE_ENV_VAR, load_tokenizer
+from fastsft.tokenizer.loader import CACHE_ENV_VAR
 
 TEXTS = [
     "Hello, world! The quick brown fox jumps over the lazy dog.",
@@ -357,17 +357,6 @@ def test_a_saved_part_of_another_shape_is_made_again(
         assert [observed(run, kind) for kind in KINDS] == [want] * len(KINDS)
         assert (run.tokenizer is not None) == (first and part == "spec")
     assert path.read_bytes() == original
-
-
-def test_a_class_record_of_another_shape_is_ignored(
-    fixture_tokenizer_path: Path, fastsft_cache: Path
-) -> None:
-    load_tokenizer(str(fixture_tokenizer_path))
-    record = read_checked(fastsft_cache / "tokenizer_classes.json")
-    for value in (5, "os.path.join", "transformers.no.Such"):
-        write_checked(fastsft_cache / "tokenizer_classes.json", dict.fromkeys(record, value))
-        assert load_tokenizer(str(fixture_tokenizer_path)).encode("hi", add_special_tokens=False)
-    assert read_checked(fastsft_cache / "tokenizer_classes.json") == record  # written again
 
 
 def test_a_cache_folder_that_cannot_be_searched_is_skipped_with_one_line(
