@@ -346,9 +346,9 @@ def test_a_saved_part_of_another_shape_is_made_again(
     fixture_tokenizer_path: Path, fastsft_cache: Path, part: str, shape: Callable[[Any], Any]
 ) -> None:
     want = expected(fixture_tokenizer_path, FLIP_TEMPLATE)
-    run_of(str(fixture_tokenizer_path), FLIP_TEMPLATE)
-    for kind in KINDS:  # the verdicts
-        choose_encoder(run_of(str(fixture_tokenizer_path), FLIP_TEMPLATE).spec, kind)
+    spec = run_of(str(fixture_tokenizer_path), FLIP_TEMPLATE).spec  # saved
+    for kind in KINDS:  # their verdicts recorded
+        choose_encoder(spec, kind)
     path = saved_file(fastsft_cache, part)
     original = path.read_bytes()
     write_checked(path, shape(read_checked(path)))  # the digest matches: only the shape is wrong
