@@ -22,7 +22,7 @@ from fastsft.data.pipeline import prepare_run
 from fastsft.errors import ConfigError
 from fastsft.safe_output import MARKER
 from fastsft.tokenizer import encoders
-from fastsft.tokenizer.cache import read_checked
+from fastsft.tokenizer.cache import cache_dir, read_checked
 from fastsft.tokenizer.encoders import FastokensEncoder, RustEncoder, choose_encoder, probe_texts
 from fastsft.tokenizer.spec import TokenizerSpec
 
@@ -49,7 +49,7 @@ def recorded(path: Path) -> TokenizerSpec:
 def verdicts() -> dict[str, Any]:
     """Every verdict recorded in this test's cache, by encoder and conditions."""
     found: dict[str, Any] = {}
-    for path in encoders.json_derived("*", "verdicts.json").parent.glob("*.verdicts.json"):
+    for path in (cache_dir() / "tokenizer_json").glob("*.verdicts.json"):
         found.update(read_checked(path))
     return found
 
