@@ -145,11 +145,21 @@ def small_filesystem() -> Callable[[Path, str | None], contextlib.AbstractContex
 
 @pytest.fixture
 def fastokens_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Auto and the verified-backend paths without fastsft's byte-level BPE, so that a test of
-    fastokens' background build and ski rental gets fastokens (auto tries fastsft's BPE first)."""
-    from fastsft.tokenizer import backends
+    """``choose_encoder`` without fastsft's byte-level BPE (as for a tokenizer it does not
+    reproduce), so that auto chooses between fastokens and HF by the input's size alone."""
+    from fastsft.errors import ConfigError
+    from fastsft.tokenizer import encoders
 
-    def refused(tokenizer: Any) -> Any:
-        raise backends.UnsupportedTokenizer("fastsft-bpe switched off for this test")
+    def refused(*args: Any) -> Any:
+        raise ConfigError("fastsft-bpe switched off for this test")
 
-    monkeypatch.setattr(backends, "_verified_bpe_backend", refused)
+    monkeypatch.setattr(encoders, "_bpe", refused)
+
+
+@pytest.fixture
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """fastsft's cache in this test's own folder: nothing recorded before it (encoder verdicts,
+    tables), and what a test that breaks an encoder records reaches no other test."""
+    folder = tmp_path / "fastsft-cache"
+    monkeypatch.setenv("FASTSFT_CACHE_DIR", str(folder))
+    return folder

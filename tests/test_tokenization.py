@@ -1,4 +1,6 @@
-"""Tokenizer backends: fastokens must give exactly ``tokenizer.encode(text, add_special_tokens=False)``.
+"""Text encoders (``fastsft.tokenizer.encoders``): fastokens and HF's Rust tokenizer rebuilt from
+the JSON must give exactly ``tokenizer.encode(text, add_special_tokens=False)``; ``choose_encoder``
+picks one per run, by input size, falling back when an encoder is not exact.
 
 Property tests run on the fixture tokenizer and, when present, the real Qwen2 and Llama 3
 tokenizers, before and after LLaMA-Factory-style fixes (EOS replacement, stop words and plain
@@ -23,19 +25,19 @@ from hypothesis import strategies as st
 from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers
 
 from fastsft.errors import ConfigError, DataError
-from fastsft.tokenizer.backends import (
+from fastsft.tokenizer import encoders
+from fastsft.tokenizer.encoders import (
+    BREAK_EVEN_CHARS_PER_TOKEN,
     ENV_VAR,
-    AutoBackend,
-    FastokensBackend,
-    HFBackend,
-    UnsupportedTokenizer,
-    load_backend,
+    FASTOKENS_CHARS_PER_TOKEN,
+    FastokensEncoder,
+    PythonEncoder,
+    RustEncoder,
+    choose_encoder,
+    encoder_for,
     probe_texts,
 )
-
-# These tests are about fastokens (its background build, its place in auto); fastsft's own BPE,
-# which auto tries first, has its own in tests/test_bpe_backend.py.
-pytestmark = pytest.mark.usefixtures("fastokens_only")
+from fastsft.tokenizer.spec import TokenizerSpec
 
 # The split patterns of Qwen2's and Meta's Llama 3 tokenizer.json.
 QWEN2_PATTERN = (
@@ -92,9 +94,13 @@ def load_tokenizer(path: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 
-def auto(tokenizer: Any) -> Any:
-    """``load_backend(tokenizer, "auto")`` for input long enough to decide at once."""
-    return load_backend(tokenizer, "auto", expected_chars=10**12)
+def auto(tokenizer: Any, expected_chars: int = 10**12) -> Any:
+    """Auto's encoder for ``tokenizer``; by default for an input large enough for fastokens."""
+    return encoder_for(tokenizer, "auto", expected_chars=expected_chars)
+
+
+def rust_json(tokenizer: Any) -> str:
+    return tokenizer.backend_tokenizer.to_str()
 
 
 def hf_ids(tokenizer: Any, batch: list[str]) -> list[list[int]]:
@@ -133,17 +139,17 @@ PROPERTY_SETTINGS = settings(
 
 
 @pytest.fixture(scope="module")
-def fixture_pair(fixture_tokenizer_path: Path) -> tuple[Any, FastokensBackend]:
+def fixture_pair(fixture_tokenizer_path: Path) -> tuple[Any, FastokensEncoder]:
     tokenizer = load_tokenizer(fixture_tokenizer_path)
-    backend = load_backend(tokenizer, "fast")
-    assert isinstance(backend, FastokensBackend)
+    backend = encoder_for(tokenizer, "fast")
+    assert isinstance(backend, FastokensEncoder)
     return tokenizer, backend
 
 
 @given(data=st.data())
 @PROPERTY_SETTINGS
 def test_fastokens_matches_hf_on_fixture(
-    fixture_pair: tuple[Any, FastokensBackend], data: st.DataObject
+    fixture_pair: tuple[Any, FastokensEncoder], data: st.DataObject
 ) -> None:
     tokenizer, backend = fixture_pair
     batch = data.draw(st.lists(texts(added_contents(tokenizer)), max_size=6))
@@ -151,16 +157,16 @@ def test_fastokens_matches_hf_on_fixture(
 
 
 @pytest.fixture(scope="module")
-def fixed_fixture_pair(fixture_tokenizer_path: Path) -> tuple[Any, FastokensBackend]:
+def fixed_fixture_pair(fixture_tokenizer_path: Path) -> tuple[Any, FastokensEncoder]:
     tokenizer = load_tokenizer(fixture_tokenizer_path)
     apply_llamafactory_fixes(tokenizer, ["<|eot_id|>", "<|custom_stop|>"], ["<plain>", "café"])
-    return tokenizer, load_backend(tokenizer, "fast")
+    return tokenizer, encoder_for(tokenizer, "fast")
 
 
 @given(data=st.data())
 @PROPERTY_SETTINGS
 def test_fastokens_matches_hf_after_fixes_on_fixture(
-    fixed_fixture_pair: tuple[Any, FastokensBackend], data: st.DataObject
+    fixed_fixture_pair: tuple[Any, FastokensEncoder], data: st.DataObject
 ) -> None:
     tokenizer, backend = fixed_fixture_pair
     batch = data.draw(st.lists(texts(added_contents(tokenizer)), max_size=6))
@@ -168,9 +174,9 @@ def test_fastokens_matches_hf_after_fixes_on_fixture(
 
 
 def test_fixes_change_the_added_tokens_the_backend_sees(fixture_tokenizer: Any) -> None:
-    before = load_backend(fixture_tokenizer, "fast")
+    before = encoder_for(fixture_tokenizer, "fast")
     apply_llamafactory_fixes(fixture_tokenizer, ["<|im_end|>", "<|custom_stop|>"], ["<plain>"])
-    after = load_backend(fixture_tokenizer, "fast")
+    after = encoder_for(fixture_tokenizer, "fast")
     text = "a<|custom_stop|>b<plain>"
     assert before.encode_batch([text]) != after.encode_batch([text])
     assert after.encode_batch([text]) == hf_ids(fixture_tokenizer, [text])
@@ -181,7 +187,7 @@ def test_fixes_change_the_added_tokens_the_backend_sees(fixture_tokenizer: Any) 
 def test_split_special_tokens(fixture_tokenizer: Any) -> None:
     fixture_tokenizer.add_tokens(["<plain>"])
     fixture_tokenizer.split_special_tokens = True
-    backend = load_backend(fixture_tokenizer, "fast")
+    backend = encoder_for(fixture_tokenizer, "fast")
     batch = ["<|im_end|>x<plain>", "<|im_start|>user\nhi<|im_end|>\n<think>\n\n</think>\n\n"]
     assert_backend_matches(backend, fixture_tokenizer, batch)
     assert fixture_tokenizer.convert_tokens_to_ids("<|im_end|>") not in backend.encode_batch(batch)[0]
@@ -192,18 +198,18 @@ OVERLAPPING_SPECIAL = ["<|x|>", "<|x|>y", "b!"]
 
 
 @pytest.fixture(scope="module")
-def overlapping_pair(fixture_tokenizer_path: Path) -> tuple[Any, FastokensBackend]:
+def overlapping_pair(fixture_tokenizer_path: Path) -> tuple[Any, FastokensEncoder]:
     """Added tokens a leftmost-longest scan could split differently: "ab"/"bc" overlap, "\n\n" is a prefix
     of "\n\n\n", the special "b!" is cut before the plain (normalised) "ab" is looked for, and the
     normalised "e\u0301" ("é") is matched only after NFC."""
     tokenizer = load_tokenizer(fixture_tokenizer_path)
     tokenizer.add_tokens(OVERLAPPING_PLAIN)
     tokenizer.add_special_tokens({"additional_special_tokens": OVERLAPPING_SPECIAL})
-    return tokenizer, load_backend(tokenizer, "fast")
+    return tokenizer, encoder_for(tokenizer, "fast")
 
 
 def test_overlapping_added_tokens(
-    overlapping_pair: tuple[Any, FastokensBackend],
+    overlapping_pair: tuple[Any, FastokensEncoder],
 ) -> None:
     tokenizer, backend = overlapping_pair
     batch = ["abc", "xbcab", "ab!", "\n\n\n\n", "<|x|>y<|x|>", "e\u0301e\u0301ab", "é", "c\n\n\nab"]
@@ -213,22 +219,24 @@ def test_overlapping_added_tokens(
 @given(batch=st.lists(texts([*OVERLAPPING_PLAIN, *OVERLAPPING_SPECIAL, "é"]), max_size=6))
 @settings(max_examples=50, deadline=None)
 def test_overlapping_added_tokens_property(
-    overlapping_pair: tuple[Any, FastokensBackend], batch: list[str]
+    overlapping_pair: tuple[Any, FastokensEncoder], batch: list[str]
 ) -> None:
     tokenizer, backend = overlapping_pair
     assert_backend_matches(backend, tokenizer, batch)
 
 
-def test_single_threaded_backend(fixture_pair: tuple[Any, FastokensBackend]) -> None:
+def test_single_threaded_backend(fixture_pair: tuple[Any, FastokensEncoder]) -> None:
     tokenizer, backend = fixture_pair
     single = backend.single_threaded()
-    assert isinstance(single, FastokensBackend) and single.name == backend.name
+    assert isinstance(single, FastokensEncoder) and single.name == backend.name
     rng = np.random.default_rng(0)
     batch = ["".join(rng.choice(FRAGMENTS, size=int(n))) for n in rng.integers(0, 60, size=200)]
     assert_backend_matches(single, tokenizer, batch)
     assert_backend_matches(pickle.loads(pickle.dumps(single)), tokenizer, batch)
-    hf = HFBackend(tokenizer)
+    hf = RustEncoder(rust_json(tokenizer), False)
     assert hf.single_threaded() is hf
+    python = PythonEncoder(tokenizer)
+    assert python.single_threaded() is python
 
 
 SINGLE_THREAD_CHILD = """
@@ -241,7 +249,7 @@ print(len(os.listdir("/proc/self/task")) - before)
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc (Linux)")
-def test_single_threaded_starts_no_threads(fixture_pair: tuple[Any, FastokensBackend]) -> None:
+def test_single_threaded_starts_no_threads(fixture_pair: tuple[Any, FastokensEncoder]) -> None:
     """In a fresh process, as in a spawned worker, the single-threaded backend encodes in the caller only
     (the default one starts encoder threads where there is more than one CPU)."""
     _, backend = fixture_pair
@@ -256,133 +264,191 @@ def test_single_threaded_starts_no_threads(fixture_pair: tuple[Any, FastokensBac
     assert child.stdout.decode().strip() == "0"
 
 
-def test_separator_character_inside_text(fixture_pair: tuple[Any, FastokensBackend]) -> None:
+def test_separator_character_inside_text(fixture_pair: tuple[Any, FastokensEncoder]) -> None:
     tokenizer, backend = fixture_pair
     assert_backend_matches(backend, tokenizer, ["a\U0010ffffb", "", "\U0010ffff", "x"])
 
 
-def test_empty_batch(fixture_pair: tuple[Any, FastokensBackend]) -> None:
+def test_empty_batch(fixture_pair: tuple[Any, FastokensEncoder]) -> None:
     _, backend = fixture_pair
     ids, offsets = backend.encode_batch_flat([])
     assert ids.tolist() == [] and offsets.tolist() == [0]
     assert backend.encode_batch([]) == []
 
 
-def test_hf_backend_matches_encode(fixture_pair: tuple[Any, FastokensBackend]) -> None:
+def test_hf_backend_matches_encode(fixture_pair: tuple[Any, FastokensEncoder]) -> None:
+    """HF's Rust tokenizer rebuilt from the spec's JSON (no transformers), batched and per string."""
     tokenizer, _ = fixture_pair
-    backend = load_backend(tokenizer, "hf")
-    assert isinstance(backend, HFBackend) and backend.name == "hf"
-    assert_backend_matches(backend, tokenizer, probe_texts(added_contents(tokenizer)))
-    assert_backend_matches(backend, tokenizer, [])
+    spec = TokenizerSpec.from_tokenizer(tokenizer, slot_tokens=(), fingerprints={})
+    batched = choose_encoder(spec, "hf")
+    per_string = choose_encoder(spec, "auto", per_string=True)  # the python path, whatever the kind
+    assert isinstance(batched, RustEncoder) and batched.name == "hf"
+    assert isinstance(per_string, RustEncoder) and per_string.name == "hf (per string)"
+    for backend in (batched, per_string):
+        assert_backend_matches(backend, tokenizer, probe_texts(added_contents(tokenizer)))
+        assert_backend_matches(backend, tokenizer, [])
 
 
-def test_backends_pickle(fixture_pair: tuple[Any, FastokensBackend]) -> None:
+def test_backends_pickle(fixture_pair: tuple[Any, FastokensEncoder]) -> None:
     tokenizer, backend = fixture_pair
     batch = probe_texts(added_contents(tokenizer))
-    for original in (backend, HFBackend(tokenizer)):
+    hf = RustEncoder(rust_json(tokenizer), False)
+    for original in (backend, hf, RustEncoder(rust_json(tokenizer), False, per_string=True)):
         copy = pickle.loads(pickle.dumps(original))
-        assert copy.name == original.name
-        assert copy.encode_batch(batch) == original.encode_batch(batch)
+        assert type(copy) is type(original) and copy.name == original.name
+        assert copy.encode_batch(batch) == original.encode_batch(batch) == hf_ids(tokenizer, batch)
 
 
-def test_lone_surrogate_is_a_data_error(fixture_pair: tuple[Any, FastokensBackend]) -> None:
+def test_lone_surrogate_is_a_data_error(fixture_pair: tuple[Any, FastokensEncoder]) -> None:
     tokenizer, backend = fixture_pair
-    for candidate in (backend, HFBackend(tokenizer)):
+    text = rust_json(tokenizer)
+    for candidate in (backend, RustEncoder(text, False), RustEncoder(text, False, per_string=True)):
         with pytest.raises(DataError, match="not valid Unicode"):
             candidate.encode_batch(["fine", "bad \ud800 text"])
+        with pytest.raises(DataError, match="not valid Unicode"):
+            candidate.encode_batch_flat(["fine", "bad \ud800 text"])
     with pytest.raises(DataError, match="not valid Unicode"):
         backend.encode_batch(["cafe\u0301 \udfff"])  # the exact split path
 
 
+def test_fastokens_builds_on_a_thread(
+    fixture_pair: tuple[Any, FastokensEncoder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new fastokens encoder is building, not ready, until its build ends; the first encode waits."""
+    import threading
+
+    import fastokens
+
+    tokenizer, _ = fixture_pair
+    release = threading.Event()
+    build = fastokens.Tokenizer.from_json_str
+
+    def held(text: str) -> Any:
+        release.wait(timeout=60)
+        return build(text)
+
+    monkeypatch.setattr(fastokens.Tokenizer, "from_json_str", held)
+    encoder = FastokensEncoder(rust_json(tokenizer), False)
+    assert not encoder.ready
+    release.set()
+    assert_backend_matches(encoder, tokenizer, ["built on a thread, 数据 <|im_end|>"])
+    assert encoder.ready
+
+
+def test_fastokens_build_error_is_raised_at_first_encode() -> None:
+    rust = Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
+    encoder = FastokensEncoder(rust.to_str(), False)  # the build fails on its thread
+    with pytest.raises(ConfigError, match=r"fastokens cannot load this tokenizer: .*WordLevel"):
+        encoder.encode_batch(["a"])
+
+
 # --------------------------------------------------------------------------------------------------
-# Choosing a backend
+# Choosing an encoder: once, before the first batch, by characters of input per vocabulary entry
 
 
 def test_kind_from_environment(
-    fixture_pair: tuple[Any, FastokensBackend], monkeypatch: pytest.MonkeyPatch
+    fixture_pair: tuple[Any, FastokensEncoder], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tokenizer, _ = fixture_pair
     monkeypatch.setenv(ENV_VAR, "hf")
-    assert load_backend(tokenizer, expected_chars=10**12).name == "hf"
+    assert isinstance(encoder_for(tokenizer, expected_chars=10**12), RustEncoder)
     assert auto(tokenizer).name == "fastokens"  # an explicit kind wins
     monkeypatch.setenv(ENV_VAR, "fast")
-    assert load_backend(tokenizer).name == "fastokens"
+    assert encoder_for(tokenizer).name == "fastokens"
+    monkeypatch.setenv(ENV_VAR, "bpe")
+    assert encoder_for(tokenizer, expected_chars=10**12).name == "fastsft-bpe"
     monkeypatch.setenv(ENV_VAR, "turbo")
-    with pytest.raises(ConfigError, match="'turbo'"):
-        load_backend(tokenizer)
+    with pytest.raises(
+        ConfigError, match=f"'turbo' is not one of auto, hf, bpe, fast \\(option or {ENV_VAR}\\)"
+    ):
+        encoder_for(tokenizer)
+    monkeypatch.delenv(ENV_VAR)
+    assert encoder_for(tokenizer, expected_chars=10**12).name == "fastokens"  # unset: auto
+
+
+def test_auto_chooses_by_characters_per_vocabulary_entry(
+    fixture_pair: tuple[Any, FastokensEncoder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fastokens from FASTOKENS_CHARS_PER_TOKEN, else fastsft's BPE; where the BPE is not exact,
+    fastokens from BREAK_EVEN_CHARS_PER_TOKEN, else HF. Each gives HF's ids."""
+    tokenizer, _ = fixture_pair
+    entries = len(tokenizer)
+    batch = probe_texts(added_contents(tokenizer))
+    chosen = {
+        chars: auto(tokenizer, chars)
+        for chars in (0, BREAK_EVEN_CHARS_PER_TOKEN * entries, FASTOKENS_CHARS_PER_TOKEN * entries - 1)
+    }
+    chosen[FASTOKENS_CHARS_PER_TOKEN * entries] = auto(tokenizer, FASTOKENS_CHARS_PER_TOKEN * entries)
+    assert [encoder.name for encoder in chosen.values()] == ["fastsft-bpe"] * 3 + ["fastokens"]
+    with monkeypatch.context() as patch:
+        patch.setattr(encoders, "_bpe", refused_bpe)
+        for chars in (BREAK_EVEN_CHARS_PER_TOKEN * entries - 1, BREAK_EVEN_CHARS_PER_TOKEN * entries):
+            chosen[-chars] = auto(tokenizer, chars)
+    assert [encoder.name for encoder in chosen.values()][4:] == ["hf", "fastokens"]
+    assert isinstance(chosen[-(BREAK_EVEN_CHARS_PER_TOKEN * entries - 1)], RustEncoder)
+    for encoder in chosen.values():
+        assert_backend_matches(encoder, tokenizer, batch)
+
+
+def refused_bpe(*args: Any) -> Any:
+    raise ConfigError("fastsft-bpe switched off for this test")
 
 
 def test_auto_logs_its_choice(
-    fixture_pair: tuple[Any, FastokensBackend], caplog: pytest.LogCaptureFixture
+    fixture_pair: tuple[Any, FastokensEncoder], caplog: pytest.LogCaptureFixture
 ) -> None:
     tokenizer, _ = fixture_pair
-    with caplog.at_level(logging.INFO, logger="fastsft.tokenizer.backends"):
-        assert auto(tokenizer).name == "fastokens"
-    assert "tokenizer backend: fastokens" in caplog.text
+    entries = len(tokenizer)
+    with caplog.at_level(logging.INFO, logger="fastsft.tokenizer.encoders"):
+        assert auto(tokenizer, 2000 * entries).name == "fastokens"
+        assert auto(tokenizer, 20 * entries).name == "fastsft-bpe"
+    assert "tokenizer backend: fastokens (auto, 2000 characters per vocabulary entry)" in caplog.text
+    assert "tokenizer backend: fastsft-bpe (auto, 20 characters per vocabulary entry)" in caplog.text
 
 
-def test_auto_switches_to_fastokens_once_the_text_pays_for_it(
-    fixture_pair: tuple[Any, FastokensBackend], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    tokenizer, _ = fixture_pair
-    batch = probe_texts(added_contents(tokenizer))
-    chars = sum(map(len, batch))
-    monkeypatch.setattr("fastsft.tokenizer.backends.BREAK_EVEN_CHARS_PER_TOKEN", 5.5 * chars / len(tokenizer))
-    assert load_backend(tokenizer, "auto", expected_chars=6 * chars).name == "fastokens"
-    backend = load_backend(tokenizer, "auto", expected_chars=2 * chars)
-    assert isinstance(backend, AutoBackend) and backend.name == "hf"
-    assert isinstance(backend.single_threaded(), HFBackend)  # workers do not switch
-    for _ in range(3):  # two calls a round: the sixth reaches the break-even point
-        assert_backend_matches(backend, tokenizer, batch)
-        assert backend.name == "hf"
-    assert_backend_matches(backend, tokenizer, batch)
-    assert backend.name == "hf, then fastokens"
-    assert isinstance(backend.single_threaded(), FastokensBackend)
-
-
-def test_auto_stays_on_hf_when_fastokens_is_not_exact(
-    fixture_pair: tuple[Any, FastokensBackend], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    tokenizer, _ = fixture_pair
-    monkeypatch.setattr("fastsft.tokenizer.backends.BREAK_EVEN_CHARS_PER_TOKEN", 0.001)
-    monkeypatch.setitem(sys.modules, "fastokens", None)
-    monkeypatch.setattr("fastsft.tokenizer.backends._VERIFIED", {})
-    backend = load_backend(tokenizer, "auto")
-    for _ in range(2):
-        assert_backend_matches(backend, tokenizer, ["long enough to pass the break-even point"])
-    assert backend.name == "hf"
-
-
-def test_verified_backend_is_built_once_per_tokenizer_state(new_fixture_tokenizer: Any) -> None:
-    tokenizer = new_fixture_tokenizer()
-    first = load_backend(tokenizer, "fast")
-    assert load_backend(new_fixture_tokenizer(), "fast") is first  # same tokenizer.json: not probed again
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|brand_new|>"]})
-    changed = load_backend(tokenizer, "fast")
-    assert changed is not first
-    assert changed.encode_batch(["a<|brand_new|>b"]) == [
-        tokenizer.encode("a<|brand_new|>b", add_special_tokens=False)
-    ]
-
-
-def test_probe_mismatch_falls_back_to_hf(
-    fixture_pair: tuple[Any, FastokensBackend],
+def test_probe_mismatch_falls_back(
+    fixture_pair: tuple[Any, FastokensEncoder],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    private_cache: Path,
 ) -> None:
+    """An encoder that differs from HF on one probe text is not used (a fresh cache: probed now)."""
     tokenizer, _ = fixture_pair
-    original = FastokensBackend.encode_batch
+    original = FastokensEncoder.encode_batch
 
-    def off_by_one_on_emoji(self: FastokensBackend, batch: list[str]) -> list[list[int]]:
+    def off_by_one_on_emoji(self: FastokensEncoder, batch: list[str]) -> list[list[int]]:
         return [ids[:-1] if "😀" in text else ids for text, ids in zip(batch, original(self, batch))]
 
-    monkeypatch.setattr(FastokensBackend, "encode_batch", off_by_one_on_emoji)
-    monkeypatch.setattr("fastsft.tokenizer.backends._VERIFIED", {})  # verify again with the broken encoder
-    with caplog.at_level(logging.INFO, logger="fastsft.tokenizer.backends"):
-        assert auto(tokenizer).name == "hf"
-    assert "other ids than HF on the probe text" in caplog.text
-    with pytest.raises(ConfigError, match="other ids than HF on the probe text"):
-        load_backend(tokenizer, "fast")
+    monkeypatch.setattr(FastokensEncoder, "encode_batch", off_by_one_on_emoji)
+    with caplog.at_level(logging.INFO, logger="fastsft.tokenizer.encoders"):
+        assert auto(tokenizer).name == "fastsft-bpe"
+        monkeypatch.setattr(encoders, "_bpe", refused_bpe)
+        assert isinstance(auto(tokenizer), RustEncoder)
+    assert "fastokens cannot be used: fastokens gives other ids than HF on the probe text" in caplog.text
+    with pytest.raises(
+        ConfigError,
+        match=r"tokenizer backend 'fast' \(fastokens\) cannot reproduce this tokenizer: "
+        "fastokens gives other ids than HF on the probe text",
+    ):
+        encoder_for(tokenizer, "fast")
+
+
+def test_the_choice_is_kept_for_the_run(fixture_tokenizer: Any, test_data_dir: Path) -> None:
+    """``PreparedRun.text_encoder`` chooses once: later calls, and the splits built after, get the
+    same encoder whatever their size (nothing switches mid-run)."""
+    from fastsft.data.data_args import DataArgs
+    from fastsft.data.pipeline import build_dataset, prepare_run
+
+    args = DataArgs(dataset="sharegpt_chat", dataset_dir=str(test_data_dir), template="qwen")
+    run = prepare_run(args, fixture_tokenizer, fingerprint=False)
+    first = run.text_encoder("compiled", expected_chars=10**12)
+    assert first.name == "fastokens"
+    assert run.text_encoder("compiled", expected_chars=0) is first
+    assert run.encoder(expected_chars=0).text_encoder is first
+    assert run.encoder(encode_path="python").text_encoder.name == "hf (per string)"
+    _, summary = build_dataset(args, fixture_tokenizer, run=run)  # a few kB: alone, it would get the BPE
+    assert summary.tokenizer_backend == "fastokens"
+    assert run.text_encoder("compiled") is first
 
 
 def wrap(rust_tokenizer: Any) -> Any:
@@ -391,25 +457,42 @@ def wrap(rust_tokenizer: Any) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=rust_tokenizer)
 
 
+def assert_falls_back_to_hf(tokenizer: Any, fast_reason: str, bpe_reason: str) -> None:
+    """Auto gives HF's Rust tokenizer for any input size; ``fast`` and ``bpe`` say why not."""
+    for chars in (0, 10**12):
+        backend = auto(tokenizer, chars)
+        assert isinstance(backend, RustEncoder) and backend.name == "hf"
+        assert_backend_matches(backend, tokenizer, ["hello worlds!", "unknown ab", ""])
+    with pytest.raises(
+        ConfigError,
+        match=r"tokenizer backend 'fast' \(fastokens\) cannot reproduce this tokenizer: " + fast_reason,
+    ):
+        encoder_for(tokenizer, "fast")
+    with pytest.raises(
+        ConfigError,
+        match=r"tokenizer backend 'bpe' \(fastsft's byte-level BPE\) cannot reproduce this tokenizer: "
+        + bpe_reason,
+    ):
+        encoder_for(tokenizer, "bpe")
+
+
 def test_wordpiece_falls_back_to_hf() -> None:
     vocab = {"[UNK]": 0, "hello": 1, "world": 2, "##s": 3, "!": 4}
     rust = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     rust.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = wrap(rust)
-    backend = auto(tokenizer)
-    assert backend.name == "hf"
-    assert_backend_matches(backend, tokenizer, ["hello worlds!", "unknown", ""])
-    with pytest.raises(ConfigError, match=r"'fast'.*model is WordPiece, not BPE"):
-        load_backend(tokenizer, "fast")
+    assert_falls_back_to_hf(
+        wrap(rust),
+        "fastokens cannot load this tokenizer: .*unsupported",
+        "fastsft-bpe does not reproduce it: ",
+    )
 
 
 def test_unigram_falls_back_to_hf() -> None:
     rust = Tokenizer(models.Unigram([("<unk>", 0.0), ("a", -1.0), ("b", -2.0), ("ab", -1.5)], unk_id=0))
     rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer = wrap(rust)
-    assert auto(tokenizer).name == "hf"
-    with pytest.raises(ConfigError, match="not BPE"):
-        load_backend(tokenizer, "fast")
+    assert_falls_back_to_hf(
+        wrap(rust), "fastokens cannot load this tokenizer: .*Unigram", "fastsft-bpe does not reproduce it: "
+    )
 
 
 def byte_level_bpe(extra: dict[str, int], merges: list[tuple[str, str]], *, ignore_merges: bool) -> Any:
@@ -448,16 +531,16 @@ PRE_TOKENIZERS = {
 @pytest.fixture(scope="module", params=sorted(PRE_TOKENIZERS))
 def pre_tokenizer_pair(
     request: pytest.FixtureRequest, fixture_tokenizer_path: Path
-) -> tuple[Any, FastokensBackend]:
+) -> tuple[Any, FastokensEncoder]:
     """The fixture tokenizer (rich enough merges to show where pieces end) with another pre-tokenizer."""
     tokenizer = load_tokenizer(fixture_tokenizer_path)
     tokenizer.backend_tokenizer.pre_tokenizer = PRE_TOKENIZERS[request.param]()
-    return tokenizer, load_backend(tokenizer, "fast")
+    return tokenizer, encoder_for(tokenizer, "fast")
 
 
 @given(data=st.data())
 @settings(max_examples=30, deadline=None)
-def test_other_pre_tokenizers(pre_tokenizer_pair: tuple[Any, FastokensBackend], data: st.DataObject) -> None:
+def test_other_pre_tokenizers(pre_tokenizer_pair: tuple[Any, FastokensEncoder], data: st.DataObject) -> None:
     tokenizer, backend = pre_tokenizer_pair
     assert_backend_matches(backend, tokenizer, ["hello, world!! it's 12 ab  \n x--y", " the the  the"])
     batch = data.draw(st.lists(texts(added_contents(tokenizer)), max_size=6))
@@ -479,14 +562,14 @@ def test_entries_the_merges_never_build() -> None:
     merges = [("b", "c"), ("a", "b"), ("ab", "c")]
     batch = ["abc", "xabc abc", "ab", "abcd"]
     plain = byte_level_bpe(extra, merges, ignore_merges=False)
-    backend = load_backend(plain, "fast")
+    backend = encoder_for(plain, "fast")
     assert_backend_matches(backend, plain, batch)
     assert 258 not in [token for ids in backend.encode_batch(batch) for token in ids]
 
     # With ignore_merges HF emits "abc" for the word "abc" but never inside longer words.
     shortcut = byte_level_bpe(extra, merges, ignore_merges=True)
     assert shortcut.encode("abc", add_special_tokens=False) == [258]
-    backend = load_backend(shortcut, "fast")
+    backend = encoder_for(shortcut, "fast")
     assert_backend_matches(backend, shortcut, batch)
     assert backend.encode_batch(["abc"]) == [[258]]
 
@@ -508,16 +591,22 @@ def test_added_token_flags(fixture_tokenizer: Any) -> None:
 
 def test_bpe_pre_tokenizer_fastokens_lacks_falls_back_to_hf(fixture_tokenizer: Any) -> None:
     fixture_tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    assert auto(fixture_tokenizer).name == "hf"
-    with pytest.raises(ConfigError, match=r"fastokens cannot load it.*Whitespace"):
-        load_backend(fixture_tokenizer, "fast")
+    assert_falls_back_to_hf(
+        fixture_tokenizer,
+        "fastokens cannot load this tokenizer: .*Whitespace",
+        "fastsft-bpe does not reproduce it: pre-tokenizer is not Split then ByteLevel",
+    )
 
 
 def test_bpe_dropout_falls_back_to_hf(fixture_tokenizer: Any) -> None:
+    """With dropout HF's ids are random: fastokens (which ignores it) fails the probe, the BPE refuses it."""
     fixture_tokenizer.backend_tokenizer.model.dropout = 0.1
-    assert auto(fixture_tokenizer).name == "hf"
-    with pytest.raises(ConfigError, match="dropout"):
-        load_backend(fixture_tokenizer, "fast")
+    for chars in (0, 10**12):
+        assert isinstance(auto(fixture_tokenizer, chars), RustEncoder)
+    with pytest.raises(ConfigError, match=r"'fast' .* other ids than HF on the probe text"):
+        encoder_for(fixture_tokenizer, "fast")
+    with pytest.raises(ConfigError, match=r"'bpe' .* BPE dropout is set"):
+        encoder_for(fixture_tokenizer, "bpe")
 
 
 def test_python_side_encoding_falls_back_to_hf(fixture_tokenizer_path: Path) -> None:
@@ -528,28 +617,41 @@ def test_python_side_encoding_falls_back_to_hf(fixture_tokenizer_path: Path) -> 
             return super().encode(text.upper(), *args, **kwargs)
 
     tokenizer = Shouting.from_pretrained(str(fixture_tokenizer_path), local_files_only=True)
-    backend = auto(tokenizer)
-    assert backend.name == "hf"
-    assert_backend_matches(backend, tokenizer, ["quiet words", "<|im_end|>x"])
-    with pytest.raises(ConfigError, match="Shouting changes encoding in Python"):
-        load_backend(tokenizer, "fast")
+    spec = TokenizerSpec.from_tokenizer(tokenizer, slot_tokens=(), fingerprints={})
+    assert spec.backend_json is None and spec.backend_digest is None
+    for chars in (0, 10**12):
+        backend = auto(tokenizer, chars)
+        assert isinstance(backend, PythonEncoder) and backend.name == "hf (python tokenizer)"
+        assert_backend_matches(backend, tokenizer, ["quiet words", "<|im_end|>x"])
+    assert backend.encode_batch(["quiet"]) != RustEncoder(rust_json(tokenizer), False).encode_batch(["quiet"])
+    for kind in ("fast", "bpe"):
+        with pytest.raises(ConfigError, match=f"'{kind}' needs a Rust-backed .*this one encodes in Python"):
+            encoder_for(tokenizer, kind)
+    with pytest.raises(ValueError, match="pass it"):
+        choose_encoder(spec, "auto")  # the spec alone cannot encode
 
 
 def test_missing_fastokens(
-    fixture_pair: tuple[Any, FastokensBackend], monkeypatch: pytest.MonkeyPatch
+    fixture_pair: tuple[Any, FastokensEncoder], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Without fastokens, auto takes the BPE where fastokens would pay, and HF where the BPE is not exact."""
+    import importlib.metadata
+
     tokenizer, _ = fixture_pair
+    installed = importlib.metadata.version
+
+    def version(name: str) -> str:
+        if name == "fastokens":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
     monkeypatch.setitem(sys.modules, "fastokens", None)
-    assert auto(tokenizer).name == "hf"
-    with pytest.raises(ConfigError, match="fastokens is not installed"):
-        load_backend(tokenizer, "fast")
-
-
-def test_from_tokenizer_reports_the_reason() -> None:
-    with pytest.raises(UnsupportedTokenizer, match="not BPE"):
-        FastokensBackend.from_tokenizer(
-            wrap(Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")))
-        )
+    assert auto(tokenizer).name == "fastsft-bpe"
+    with pytest.raises(ConfigError, match=r"'fast' .* fastokens is not installed"):
+        encoder_for(tokenizer, "fast")
+    monkeypatch.setattr(encoders, "_bpe", refused_bpe)
+    assert isinstance(auto(tokenizer), RustEncoder)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -557,25 +659,23 @@ def test_from_tokenizer_reports_the_reason() -> None:
 
 
 @pytest.fixture(scope="module")
-def qwen2_pair(qwen2_tokenizer_path: Path) -> tuple[Any, FastokensBackend]:
+def qwen2_pair(qwen2_tokenizer_path: Path) -> tuple[Any, FastokensEncoder]:
     tokenizer = load_tokenizer(qwen2_tokenizer_path)
-    # "fast", not auto: this module-scoped fixture runs before fastokens_only, and auto would
-    # pick fastsft's BPE
-    backend = load_backend(tokenizer, "fast")
-    assert isinstance(backend, FastokensBackend), "fastokens must reproduce Qwen2"
+    backend = encoder_for(tokenizer, "fast")
+    assert isinstance(backend, FastokensEncoder), "fastokens must reproduce Qwen2"
     return tokenizer, backend
 
 
 @given(data=st.data())
 @settings(max_examples=60, deadline=None)
-def test_fastokens_matches_hf_on_qwen2(qwen2_pair: tuple[Any, FastokensBackend], data: st.DataObject) -> None:
+def test_fastokens_matches_hf_on_qwen2(qwen2_pair: tuple[Any, FastokensEncoder], data: st.DataObject) -> None:
     tokenizer, backend = qwen2_pair
     batch = data.draw(st.lists(texts(added_contents(tokenizer)), max_size=6))
     assert_backend_matches(backend, tokenizer, batch)
 
 
 @pytest.fixture(scope="module")
-def fixed_qwen2_pair(qwen2_tokenizer_path: Path) -> tuple[Any, FastokensBackend]:
+def fixed_qwen2_pair(qwen2_tokenizer_path: Path) -> tuple[Any, FastokensEncoder]:
     tokenizer = load_tokenizer(qwen2_tokenizer_path)
     assert tokenizer.convert_tokens_to_ids("<|eot_id|>") is None
     apply_llamafactory_fixes(tokenizer, ["<|im_end|>", "<|eot_id|>"], ["<think>", "Ωmega"])
@@ -589,14 +689,14 @@ def fixed_qwen2_pair(qwen2_tokenizer_path: Path) -> tuple[Any, FastokensBackend]
 @given(data=st.data())
 @settings(max_examples=40, deadline=None)
 def test_fastokens_matches_hf_after_fixes_on_qwen2(
-    fixed_qwen2_pair: tuple[Any, FastokensBackend], data: st.DataObject
+    fixed_qwen2_pair: tuple[Any, FastokensEncoder], data: st.DataObject
 ) -> None:
     tokenizer, backend = fixed_qwen2_pair
     batch = data.draw(st.lists(texts(added_contents(tokenizer)), max_size=6))
     assert_backend_matches(backend, tokenizer, batch)
 
 
-def test_qwen2_probe_and_long_realistic_text(qwen2_pair: tuple[Any, FastokensBackend]) -> None:
+def test_qwen2_probe_and_long_realistic_text(qwen2_pair: tuple[Any, FastokensEncoder]) -> None:
     tokenizer, backend = qwen2_pair
     assert_backend_matches(backend, tokenizer, probe_texts(added_contents(tokenizer)))
     long_text = "".join(FRAGMENTS) * 40
@@ -608,19 +708,17 @@ def test_qwen2_probe_and_long_realistic_text(qwen2_pair: tuple[Any, FastokensBac
 
 
 @pytest.fixture(scope="module")
-def llama3_pair(llama3_tokenizer_path: Path) -> tuple[Any, FastokensBackend]:
+def llama3_pair(llama3_tokenizer_path: Path) -> tuple[Any, FastokensEncoder]:
     tokenizer = load_tokenizer(llama3_tokenizer_path)
-    # "fast", not auto: this module-scoped fixture runs before fastokens_only, and auto would
-    # pick fastsft's BPE
-    backend = load_backend(tokenizer, "fast")
-    assert isinstance(backend, FastokensBackend), "fastokens must reproduce Llama 3"
+    backend = encoder_for(tokenizer, "fast")
+    assert isinstance(backend, FastokensEncoder), "fastokens must reproduce Llama 3"
     return tokenizer, backend
 
 
 @given(data=st.data())
 @settings(max_examples=60, deadline=None)
 def test_fastokens_matches_hf_on_llama3(
-    llama3_pair: tuple[Any, FastokensBackend], data: st.DataObject
+    llama3_pair: tuple[Any, FastokensEncoder], data: st.DataObject
 ) -> None:
     tokenizer, backend = llama3_pair
     batch = data.draw(st.lists(texts(added_contents(tokenizer)), max_size=6))
@@ -628,7 +726,7 @@ def test_fastokens_matches_hf_on_llama3(
 
 
 @pytest.fixture(scope="module")
-def fixed_llama3_pair(llama3_tokenizer_path: Path) -> tuple[Any, FastokensBackend]:
+def fixed_llama3_pair(llama3_tokenizer_path: Path) -> tuple[Any, FastokensEncoder]:
     tokenizer = load_tokenizer(llama3_tokenizer_path)
     apply_llamafactory_fixes(tokenizer, ["<|eot_id|>", "<|eom_id|>", "<|im_end|>"], ["<think>", "Ωmega"])
     backend = auto(tokenizer)
@@ -639,14 +737,14 @@ def fixed_llama3_pair(llama3_tokenizer_path: Path) -> tuple[Any, FastokensBacken
 @given(data=st.data())
 @settings(max_examples=30, deadline=None)
 def test_fastokens_matches_hf_after_fixes_on_llama3(
-    fixed_llama3_pair: tuple[Any, FastokensBackend], data: st.DataObject
+    fixed_llama3_pair: tuple[Any, FastokensEncoder], data: st.DataObject
 ) -> None:
     tokenizer, backend = fixed_llama3_pair
     batch = data.draw(st.lists(texts(added_contents(tokenizer)), max_size=6))
     assert_backend_matches(backend, tokenizer, batch)
 
 
-def test_llama3_tokenizer_is_metas(llama3_pair: tuple[Any, FastokensBackend]) -> None:
+def test_llama3_tokenizer_is_metas(llama3_pair: tuple[Any, FastokensEncoder]) -> None:
     """The built folder has Meta's 128,000 + 256 tokens, BOS/EOS, and digits in groups of three."""
     tokenizer, backend = llama3_pair
     assert len(tokenizer) == 128_256
