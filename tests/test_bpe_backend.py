@@ -21,10 +21,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastsft._core import ByteLevelBPE
-from fastsft.errors import DataError
-from fastsft.tokenizer import bpe, unicode_classes
-from fastsft.tokenizer.backends import load_backend
+from fastsft.errors import ConfigError, DataError
+from fastsft.tokenizer import bpe, encoders, unicode_classes
 from fastsft.tokenizer.bpe import ByteLevelBPEBackend, ByteLevelTables, NotByteLevelBPE, tokenizer_tables
+from fastsft.tokenizer.encoders import (
+    BREAK_EVEN_CHARS_PER_TOKEN,
+    FASTOKENS_CHARS_PER_TOKEN,
+    choose_encoder,
+    encoder_for,
+)
+from fastsft.tokenizer.spec import TokenizerSpec
 
 KINDS = ("fixture", "qwen2", "llama3")
 
@@ -296,149 +302,84 @@ def test_compiled_encoder_checks_its_tables() -> None:
         ByteLevelBPE(classes, bad, tables.byte_ids, 1)
 
 
-def test_load_backend_bpe_kind(fixture_tokenizer: Any) -> None:
-    backend = load_backend(fixture_tokenizer, "bpe")
-    assert backend.name == "fastsft-bpe"
+def test_bpe_kind(fixture_tokenizer: Any) -> None:
+    backend = encoder_for(fixture_tokenizer, "bpe")
+    assert isinstance(backend, ByteLevelBPEBackend) and backend.name == "fastsft-bpe"
     assert backend.encode_batch(["hello world"]) == [
         fixture_tokenizer.encode("hello world", add_special_tokens=False)
     ]
 
 
 # --------------------------------------------------------------------------------------------------
-# With a tokenizer snapshot: the verdict and the tables are recorded, and a warm run reads them
+# The verdict and the tables are kept beside the spec's tokenizer.json, and a later choice reads them
 
 
-@pytest.fixture
-def snapshot_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from fastsft.tokenizer import backends
-    from fastsft.tokenizer.loader import CACHE_ENV_VAR
-
-    folder = tmp_path / "cache"
-    monkeypatch.setenv(CACHE_ENV_VAR, str(folder))
-    monkeypatch.setattr(backends, "_VERIFIED", {})  # each load as in a new process
-    return folder
+def _spec(path: Path) -> TokenizerSpec:
+    return TokenizerSpec.from_tokenizer(load_tokenizer(path), slot_tokens=(), fingerprints={})
 
 
-def _snapshot(path: Path) -> Any:
-    from fastsft.tokenizer.loader import load_tokenizer as load
-    from fastsft.tokenizer.snapshot import TokenizerSnapshot
-
-    loaded = load(str(path), snapshot=True)
-    assert isinstance(loaded, TokenizerSnapshot)
-    return loaded
-
-
-def test_a_warm_replay_reads_the_recorded_tables_and_verdict(
-    fixture_tokenizer_path: Path, snapshot_cache: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_later_choice_reads_the_recorded_tables_and_verdict(
+    fixture_tokenizer_path: Path, private_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import tokenizers
 
-    from fastsft.tokenizer import backends
-
     texts = ["Hello, world! it's 数据 <|im_start|>x", "e\u0301 café"]
     expected = _hf_ids(load_tokenizer(fixture_tokenizer_path), texts)
-    assert load_backend(_snapshot(fixture_tokenizer_path), "bpe").encode_batch(texts) == expected
-    tables = list(snapshot_cache.rglob("*.bpe-tables-*"))
+    assert choose_encoder(_spec(fixture_tokenizer_path), "bpe").encode_batch(texts) == expected
+    tables = list(private_cache.rglob("*.bpe-*.npz"))
     assert len(tables) == 1
-    backends._VERIFIED.clear()
+
+    spec = _spec(fixture_tokenizer_path)
 
     def refuse(*args: Any) -> Any:
-        raise AssertionError("the warm run built the HF Rust tokenizer, read the JSON or probed")
+        raise AssertionError("the later choice built the HF Rust tokenizer, made the tables again or probed")
 
     monkeypatch.setattr(tokenizers.Tokenizer, "from_str", refuse)
-    monkeypatch.setattr(backends, "_probe_bpe_backend", refuse)
-    monkeypatch.setattr(bpe, "tokenizer_tables", refuse)
-    warm = _snapshot(fixture_tokenizer_path)
-    backend = load_backend(warm, "auto", expected_chars=10**12)
-    assert warm.replaying and backend.name == "fastsft-bpe"
+    monkeypatch.setattr(encoders, "_probe", refuse)
+    monkeypatch.setattr(encoders, "tokenizer_tables", refuse)
+    backend = choose_encoder(spec, "auto")
+    assert backend.name == "fastsft-bpe"
     assert backend.encode_batch(texts) == expected
 
 
-def test_damaged_recorded_tables_are_made_again(fixture_tokenizer_path: Path, snapshot_cache: Path) -> None:
-    from fastsft.tokenizer import backends
-
-    load_backend(_snapshot(fixture_tokenizer_path), "bpe")
-    (tables,) = snapshot_cache.rglob("*.bpe-tables-*")
+def test_damaged_recorded_tables_are_made_again(fixture_tokenizer_path: Path, private_cache: Path) -> None:
+    choose_encoder(_spec(fixture_tokenizer_path), "bpe")
+    (tables,) = private_cache.rglob("*.bpe-*.npz")
     tables.write_bytes(tables.read_bytes()[:-100])  # its checksum no longer matches
-    backends._VERIFIED.clear()
     texts = ["damaged tables: rebuilt 12345"]
     expected = _hf_ids(load_tokenizer(fixture_tokenizer_path), texts)
-    assert load_backend(_snapshot(fixture_tokenizer_path), "bpe").encode_batch(texts) == expected
+    assert choose_encoder(_spec(fixture_tokenizer_path), "bpe").encode_batch(texts) == expected
     assert ByteLevelTables.from_bytes(tables.read_bytes()[32:])  # written again, whole
 
 
 def test_a_recorded_refusal_is_replayed(
-    fixture_tokenizer_path: Path, snapshot_cache: Path, monkeypatch: pytest.MonkeyPatch
+    fixture_tokenizer_path: Path, private_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fastsft.errors import ConfigError
-    from fastsft.tokenizer import backends
-
     def refused(*args: Any, **kwargs: Any) -> Any:
         raise NotByteLevelBPE("normalizer 'NFKC'")
 
     with monkeypatch.context() as patch:
-        patch.setattr(backends, "tokenizer_tables", refused)
-        with pytest.raises(ConfigError, match="normalizer 'NFKC'"):
-            load_backend(_snapshot(fixture_tokenizer_path), "bpe")
-    backends._VERIFIED.clear()
-    with pytest.raises(ConfigError, match=r"normalizer 'NFKC' \(recorded with the tokenizer snapshot\)"):
-        load_backend(_snapshot(fixture_tokenizer_path), "bpe")
+        patch.setattr(encoders, "tokenizer_tables", refused)
+        with pytest.raises(ConfigError, match="fastsft-bpe does not reproduce it: normalizer 'NFKC'"):
+            choose_encoder(_spec(fixture_tokenizer_path), "bpe")
+    with pytest.raises(ConfigError, match=r"normalizer 'NFKC' \(recorded with the tokenizer\)"):
+        choose_encoder(_spec(fixture_tokenizer_path), "bpe")
 
 
 # --------------------------------------------------------------------------------------------------
-# Auto: fastsft's BPE first, then fastokens, then HF
+# Auto: fastsft's BPE below fastokens' threshold; fastokens or HF where the BPE is not exact
 
 
-def test_auto_picks_the_bpe_and_falls_back_to_fastokens(fixture_tokenizer: Any) -> None:
-    from fastsft.tokenizer import backends
-
-    backends._VERIFIED.clear()
-    assert load_backend(fixture_tokenizer, "auto", expected_chars=10**12).name == "fastsft-bpe"
+def test_auto_picks_the_bpe_and_falls_back(fixture_tokenizer: Any) -> None:
+    entries = len(fixture_tokenizer)
+    below_fastokens = FASTOKENS_CHARS_PER_TOKEN * entries - 1
+    assert encoder_for(fixture_tokenizer, "auto", expected_chars=below_fastokens).name == "fastsft-bpe"
     # GPT-2's ByteLevel regex: fastokens implements it, fastsft's BPE does not
     from tokenizers import pre_tokenizers
 
     fixture_tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend = load_backend(fixture_tokenizer, "auto", expected_chars=10**12)
-    assert backend.name == "fastokens"
     texts = ["GPT-2's pre-tokenizer, 123 数据"]
-    assert backend.encode_batch(texts) == _hf_ids(fixture_tokenizer, texts)
-
-
-def test_fastokens_takes_over_a_large_input(fixture_tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past ``TAKEOVER_CHARS_PER_TOKEN``, fastokens is built on a thread while fastsft's BPE encodes,
-    and takes the batches after it is ready; the ids stay HF's throughout."""
-    import threading
-
-    from fastsft.tokenizer import backends
-
-    backends._VERIFIED.clear()
-    monkeypatch.setattr(backends, "TAKEOVER_CHARS_PER_TOKEN", 0)
-    release = threading.Event()
-    verified = backends._verified_fastokens_backend
-
-    def held(tokenizer: Any) -> Any:
-        release.wait()
-        return verified(tokenizer)
-
-    monkeypatch.setattr(backends, "_verified_fastokens_backend", held)
-    backend = load_backend(fixture_tokenizer, "auto", expected_chars=10**12)
-    texts = ["a large input, 数据 it's <|im_start|>", "second text 12345"]
-    expected = _hf_ids(fixture_tokenizer, texts)
-    assert backend.encode_batch(texts) == expected
-    assert backend.name == "fastsft-bpe"
-    release.set()
-    backend._takeover._thread.join()
-    assert backend.encode_batch(texts) == expected
-    assert backend.name == "fastsft-bpe, then fastokens"
-
-
-def test_no_takeover_below_the_threshold(fixture_tokenizer: Any) -> None:
-    from fastsft.tokenizer import backends
-
-    backend = load_backend(
-        fixture_tokenizer,
-        "auto",
-        expected_chars=backends.TAKEOVER_CHARS_PER_TOKEN * len(fixture_tokenizer) - 1,
-    )
-    backend.encode_batch(["small input"])
-    assert backend._takeover is None and backend.name == "fastsft-bpe"
+    for chars, name in ((BREAK_EVEN_CHARS_PER_TOKEN * entries, "fastokens"), (0, "hf")):
+        backend = encoder_for(fixture_tokenizer, "auto", expected_chars=chars)
+        assert backend.name == name
+        assert backend.encode_batch(texts) == _hf_ids(fixture_tokenizer, texts)
