@@ -4,13 +4,15 @@ Hypothesis draws whole datasets (random text with CJK, emoji, newlines and speci
 1-4 turns; system prompts; tools; function calls and observations; rows LLaMA-Factory drops and
 malformed rows) and option sets (any of the templates, train_on_prompt / mask_history, tiny to
 large cutoff_len, both packing strategies, neat packing, small preprocessing batches, the HF or
-the automatically chosen tokenizer backend, fastokens from the start or after a first HF batch). Each case is built with
+the automatically chosen text encoder: fastsft's BPE, fastokens, or HF's batched Rust tokenizer
+where neither is used). Each case is built with
 ``backend="python"`` and ``backend="compiled"``; every column of every row, the features, the
 summary counts and any error must be identical.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import tempfile
@@ -27,8 +29,8 @@ from fastsft.data.data_args import DataArgs
 from fastsft.data.pipeline import build_dataset
 from fastsft.data.rows import builder as row_stage
 from fastsft.data.rows import tokenizing
-from fastsft.errors import FastSFTError
-from fastsft.tokenizer import backends as tokenization
+from fastsft.errors import ConfigError, FastSFTError
+from fastsft.tokenizer import encoders
 
 SPECIAL_STRINGS = [
     "<|im_start|>",
@@ -221,20 +223,31 @@ def first_difference(expected: dict[str, Any], actual: dict[str, Any]) -> str:
 
 # How the compiled side writes its rows: in memory or streamed to a cache file (BFD then spills its
 # samples beside it), in record batches of about this many tokens (1: one packed row each).
-# With the "auto" tokenizer backend, a compiled tokenizer (fastsft's BPE, or fastokens with that
-# switched off) from the start or from the second batch on (HF first).
+# With the "auto" tokenizer backend, the encoder auto is made to choose: fastsft's BPE (its choice
+# for this little text), fastokens (as for a large input, or past its break-even point where the
+# BPE is not exact), or HF's batched Rust tokenizer (neither).
 layouts = st.fixed_dictionaries(
     {
         "cache_file": st.booleans(),
         "row_chunk_tokens": st.sampled_from([row_stage.ROW_CHUNK_TOKENS, 1, 40]),
-        "compiled_tokenizer": st.sampled_from(["fastsft-bpe", "fastokens"]),
-        "fastokens_from": st.sampled_from(["start", "second batch"]),
+        "compiled_tokenizer": st.sampled_from(
+            ["fastsft-bpe", "fastokens", "fastokens without the BPE", "hf without the BPE"]
+        ),
     }
 )
 
+# Module attributes patched to make auto choose each of them (input_bytes is patched to 0, so the
+# input counts 0 characters per vocabulary entry).
+AUTO_CHOICES: dict[str, dict[str, Any]] = {
+    "fastsft-bpe": {},
+    "fastokens": {"FASTOKENS_CHARS_PER_TOKEN": 0},
+    "fastokens without the BPE": {"BREAK_EVEN_CHARS_PER_TOKEN": 0, "_bpe": lambda *_: _without_bpe()},
+    "hf without the BPE": {"_bpe": lambda *_: _without_bpe()},
+}
 
-def _without_bpe(tokenizer: Any) -> Any:
-    raise tokenization.UnsupportedTokenizer("fastsft-bpe switched off: this example draws fastokens")
+
+def _without_bpe() -> Any:
+    raise ConfigError("fastsft-bpe switched off: this example draws another encoder")
 
 
 @pytest.mark.parametrize("template", TEMPLATE_NAMES)
@@ -253,18 +266,11 @@ def test_compiled_path_equals_python_path(fixture_tokenizer_path, template, data
         cache_file = str(Path(folder) / "out" / "rows.arrow") if layout["cache_file"] else None
         if cache_file:
             Path(cache_file).parent.mkdir()
-        from_start = layout["fastokens_from"] == "start"
+        choice = AUTO_CHOICES[layout["compiled_tokenizer"]]
         with (
             mock.patch.object(row_stage, "ROW_CHUNK_TOKENS", layout["row_chunk_tokens"]),
-            mock.patch.object(tokenization, "BREAK_EVEN_CHARS_PER_TOKEN", 0 if from_start else 1e-9),
             mock.patch.object(tokenizing, "input_bytes", lambda *_: 0),
-            mock.patch.object(
-                tokenization,
-                "_verified_bpe_backend",
-                _without_bpe
-                if layout["compiled_tokenizer"] == "fastokens"
-                else tokenization._verified_bpe_backend,
-            ),
+            mock.patch.multiple(encoders, **choice) if choice else contextlib.nullcontext(),
         ):
             compiled, tokenizer_used = outcome(
                 data_args(template, drawn, folder, "compiled"), fixture_tokenizer_path, cache_file
@@ -272,11 +278,6 @@ def test_compiled_path_equals_python_path(fixture_tokenizer_path, template, data
         if cache_file:  # only the output is left: no spill folder
             assert [p.name for p in Path(cache_file).parent.iterdir()] in ([], ["rows.arrow"])
     assert compiled == reference, first_difference(reference, compiled)
-    if tokenizer_used is not None:  # "auto" must really exercise the drawn compiled tokenizer
-        compiled_tokenizer = layout["compiled_tokenizer"]
-        if drawn["tokenizer_backend"] == "hf":
-            assert tokenizer_used == "hf"
-        elif from_start:
-            assert tokenizer_used == compiled_tokenizer
-        else:  # "hf" when one batch held all the text
-            assert tokenizer_used in ("hf", f"hf, then {compiled_tokenizer}")
+    if tokenizer_used is not None:  # "auto" must really exercise the drawn encoder
+        drawn_encoder = layout["compiled_tokenizer"].removesuffix(" without the BPE")
+        assert tokenizer_used == ("hf" if drawn["tokenizer_backend"] == "hf" else drawn_encoder)
