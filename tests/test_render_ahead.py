@@ -1,5 +1,5 @@
-"""Rendering ahead while the tokenizer backend builds: batches, and errors, come out in the order
-they would without it, and the text held ahead stays within its budget."""
+"""Rendering ahead while the text encoder builds (fastokens, on its thread): batches, and errors,
+come out in the order they would without it, and the text held ahead stays within its budget."""
 
 from __future__ import annotations
 
@@ -15,10 +15,6 @@ from fastsft.data.rows.encoder import RenderedBatch
 from fastsft.errors import DataError
 from fastsft.kernels.types import SegmentBatch
 
-# These tests are about fastokens (its background build, its place in auto); fastsft's own BPE,
-# which auto tries first, has its own in tests/test_bpe_backend.py.
-pytestmark = pytest.mark.usefixtures("fastokens_only")
-
 TEXT = "x" * 100  # the text each stub batch renders to
 
 
@@ -30,7 +26,7 @@ class StubEncoder:
         self.encodes = 0
         self.ready_after = ready_after
         self.template = SimpleNamespace(efficient_eos=efficient_eos)
-        self.tokenizer_backend = self  # ``ready`` below
+        self.text_encoder = self  # ``ready`` below
 
     @property
     def ready(self) -> bool:

@@ -33,13 +33,11 @@ _TEMPLATES: dict[str, tuple[Template, SpecialTokens]] = {}
 
 
 def template_for(name: str) -> tuple[Template, SpecialTokens]:
-    """``name``'s template and specials over the fixture tokenizer fixed for it (made once per name)."""
+    """``name``'s template and the specials its encoder renders with, over the fixture tokenizer
+    fixed for it (made once per name)."""
     if name not in _TEMPLATES:
         run = prepare_run(DataArgs(template=name), load_tokenizer(FIXTURE_TOKENIZER_DIR), fingerprint=False)
-        _TEMPLATES[name] = (
-            run.template,
-            SpecialTokens.from_tokenizer(run.tokenizer, run.template.slot_tokens()),
-        )
+        _TEMPLATES[name] = (run.template, run.encoder(encode_path="python").specials)
     return _TEMPLATES[name]
 
 

@@ -467,8 +467,14 @@ def test_token_slots_resolve_through_special_tokens(fixture_tokenizer: Any) -> N
 def test_encode_messages_concatenates_segment_ids(fixture_tokenizer: Any) -> None:
     template = get_template("qwen3")
     fix_tokenizer(template, fixture_tokenizer)
-    encoded = template.encode_messages(fixture_tokenizer, COT_TURNS, "sys", None)
-    specials = SpecialTokens.from_tokenizer(fixture_tokenizer)
+    specials = SpecialTokens.from_tokenizer(fixture_tokenizer, template.slot_tokens())
+    encoded = template.encode_messages(
+        lambda text: fixture_tokenizer.encode(text, add_special_tokens=False),
+        COT_TURNS,
+        "sys",
+        None,
+        specials=specials,
+    )
     rendered = template.render(COT_TURNS, "sys", None, specials)
     expected = [
         [i for seg in segs for i in fixture_tokenizer.encode(seg, add_special_tokens=False)]
