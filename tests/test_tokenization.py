@@ -654,6 +654,20 @@ def test_missing_fastokens(
     assert isinstance(auto(tokenizer), RustEncoder)
 
 
+def test_a_failed_fastokens_import_is_not_kept_as_a_verdict(
+    fixture_pair: tuple[Any, FastokensEncoder], monkeypatch: pytest.MonkeyPatch, private_cache: Path
+) -> None:
+    """fastokens installed but not importable is this environment's fault: refused now, and used
+    once it imports again (not recorded as the tokenizer's verdict)."""
+    tokenizer, _ = fixture_pair
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "fastokens", None)
+        with pytest.raises(ConfigError, match=r"'fast' .* fastokens cannot be imported"):
+            encoder_for(tokenizer, "fast")
+        assert auto(tokenizer).name == "fastsft-bpe"
+    assert_backend_matches(encoder_for(tokenizer, "fast"), tokenizer, ["imports again"])
+
+
 # --------------------------------------------------------------------------------------------------
 # Real Qwen2 tokenizer
 

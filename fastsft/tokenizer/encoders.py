@@ -343,6 +343,10 @@ def _fastokens(spec: TokenizerSpec, tokenizer_json: str) -> FastokensEncoder:
         name = f"fastokens {version('fastokens')}"
     except PackageNotFoundError:
         raise ConfigError("fastokens is not installed (pip install fastokens)") from None
+    try:
+        import fastokens  # noqa: F401
+    except ImportError as error:  # this environment's fault, not the tokenizer's: no verdict kept
+        raise ConfigError(f"fastokens cannot be imported: {error}") from None
 
     def verify() -> FastokensEncoder:
         encoder = FastokensEncoder(tokenizer_json, spec.split_special_tokens, background=False)
