@@ -154,12 +154,3 @@ def fastokens_only(monkeypatch: pytest.MonkeyPatch) -> None:
         raise ConfigError("fastsft-bpe switched off for this test")
 
     monkeypatch.setattr(encoders, "_bpe", refused)
-
-
-@pytest.fixture
-def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """fastsft's cache in this test's own folder: nothing recorded before it (encoder verdicts,
-    tables), and what a test that breaks an encoder records reaches no other test."""
-    folder = tmp_path / "fastsft-cache"
-    monkeypatch.setenv("FASTSFT_CACHE_DIR", str(folder))
-    return folder

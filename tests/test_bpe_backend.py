@@ -319,14 +319,14 @@ def _spec(path: Path) -> TokenizerSpec:
 
 
 def test_a_later_choice_reads_the_recorded_tables_and_verdict(
-    fixture_tokenizer_path: Path, private_cache: Path, monkeypatch: pytest.MonkeyPatch
+    fixture_tokenizer_path: Path, fastsft_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import tokenizers
 
     texts = ["Hello, world! it's 数据 <|im_start|>x", "e\u0301 café"]
     expected = _hf_ids(load_tokenizer(fixture_tokenizer_path), texts)
     assert choose_encoder(_spec(fixture_tokenizer_path), "bpe").encode_batch(texts) == expected
-    tables = list(private_cache.rglob("*.bpe-*.npz"))
+    tables = list(fastsft_cache.rglob("*.bpe-*.npz"))
     assert len(tables) == 1
 
     spec = _spec(fixture_tokenizer_path)
@@ -342,9 +342,9 @@ def test_a_later_choice_reads_the_recorded_tables_and_verdict(
     assert backend.encode_batch(texts) == expected
 
 
-def test_damaged_recorded_tables_are_made_again(fixture_tokenizer_path: Path, private_cache: Path) -> None:
+def test_damaged_recorded_tables_are_made_again(fixture_tokenizer_path: Path, fastsft_cache: Path) -> None:
     choose_encoder(_spec(fixture_tokenizer_path), "bpe")
-    (tables,) = private_cache.rglob("*.bpe-*.npz")
+    (tables,) = fastsft_cache.rglob("*.bpe-*.npz")
     tables.write_bytes(tables.read_bytes()[:-100])  # its checksum no longer matches
     texts = ["damaged tables: rebuilt 12345"]
     expected = _hf_ids(load_tokenizer(fixture_tokenizer_path), texts)
@@ -353,7 +353,7 @@ def test_damaged_recorded_tables_are_made_again(fixture_tokenizer_path: Path, pr
 
 
 def test_a_recorded_refusal_is_replayed(
-    fixture_tokenizer_path: Path, private_cache: Path, monkeypatch: pytest.MonkeyPatch
+    fixture_tokenizer_path: Path, fastsft_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def refused(*args: Any, **kwargs: Any) -> Any:
         raise NotByteLevelBPE("normalizer 'NFKC'")

@@ -410,7 +410,7 @@ def test_probe_mismatch_falls_back(
     fixture_pair: tuple[Any, FastokensEncoder],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
-    private_cache: Path,
+    fastsft_cache: Path,
 ) -> None:
     """An encoder that differs from HF on one probe text is not used (a fresh cache: probed now)."""
     tokenizer, _ = fixture_pair
@@ -655,7 +655,7 @@ def test_missing_fastokens(
 
 
 def test_a_failed_fastokens_import_is_not_kept_as_a_verdict(
-    fixture_pair: tuple[Any, FastokensEncoder], monkeypatch: pytest.MonkeyPatch, private_cache: Path
+    fixture_pair: tuple[Any, FastokensEncoder], monkeypatch: pytest.MonkeyPatch, fastsft_cache: Path
 ) -> None:
     """fastokens installed but not importable is this environment's fault: refused now, and used
     once it imports again (not recorded as the tokenizer's verdict)."""
