@@ -141,16 +141,3 @@ def small_filesystem() -> Callable[[Path, str | None], contextlib.AbstractContex
     """``small_filesystem(folder, options)``: a tmpfs of those mount options on ``folder`` for the
     block (a full or read-only disk), where this process may mount one; yields whether it did."""
     return _small_filesystem
-
-
-@pytest.fixture
-def fastokens_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``choose_encoder`` without fastsft's byte-level BPE (as for a tokenizer it does not
-    reproduce), so that auto chooses between fastokens and HF by the input's size alone."""
-    from fastsft.errors import ConfigError
-    from fastsft.tokenizer import encoders
-
-    def refused(*args: Any) -> Any:
-        raise ConfigError("fastsft-bpe switched off for this test")
-
-    monkeypatch.setattr(encoders, "_bpe", refused)
