@@ -349,6 +349,8 @@ def _fastokens(spec: TokenizerSpec, tokenizer_json: str) -> FastokensEncoder:
         raise ConfigError(f"fastokens cannot be imported: {error}") from None
 
     def verify() -> FastokensEncoder:
+        if (orjson.loads(tokenizer_json).get("model") or {}).get("dropout") not in (None, 0.0):
+            raise ConfigError("BPE dropout is set (HF's ids are random; a probe may pass by chance)")
         encoder = FastokensEncoder(tokenizer_json, spec.split_special_tokens, background=False)
         _probe(encoder, spec, tokenizer_json)
         return encoder
