@@ -147,10 +147,10 @@ def save_spec(key: str, spec: TokenizerSpec) -> None:
 def tokenizer_json(digest: str) -> str | None:
     """The saved ``tokenizer.json`` text with this digest; ``None`` when missing or not matching it."""
     try:
-        text = (cache_dir() / _JSON / f"{digest}.json").read_text(encoding="utf-8")
+        data = (cache_dir() / _JSON / f"{digest}.json").read_bytes()
+        return data.decode("utf-8") if hashlib.sha256(data).hexdigest() == digest else None
     except (OSError, ValueError):
         return None
-    return text if _text_digest(text) == digest else None
 
 
 def json_derived(digest: str, name: str) -> Path:
