@@ -169,3 +169,68 @@ def test_time_to_first_step(corpus: str, samples: int, lf_demo: Path, tmp_path: 
         f"{preprocess_seconds + train_seconds:.1f} s; ratio {(preprocess_seconds + train_seconds) / streamed:.1f}x"
     )
     assert streamed < preprocess_seconds + train_seconds
+
+
+PRODUCER_FLOOR = 0.8  # the streamed producer's tokens/s / the fastsft preprocess command's
+
+# One pass of the streamed training rows, as ``fastsft train`` with ``streaming: true`` makes them,
+# in a fresh process: prints the tokens of the rows.
+PRODUCER = """
+import sys
+from fastsft.data.data_args import DataArgs
+from fastsft.data.pipeline import prepare_run
+from fastsft.data.streaming import RowStream
+
+dataset, dataset_dir, tokenizer = sys.argv[1:4]
+args = DataArgs(dataset=dataset, dataset_dir=dataset_dir, template="qwen", cutoff_len=256, streaming=True)
+run = prepare_run(args, tokenizer, fingerprint=False)
+print(sum(len(row["input_ids"]) for _, row in RowStream(run, run.stream_spec()).rows(0)))
+"""
+
+
+@pytest.mark.parametrize("corpus", ["synthetic", "lf_alpaca_demo"])
+def test_producer_against_preprocess(corpus: str, samples: int, lf_demo: Path, tmp_path: Path) -> None:
+    """The streamed producer's tokens/s (one pass of the training rows, whole process, shuffle buffer
+    included) against the ``fastsft preprocess`` command's on the same ``samples`` conversations,
+    alternating for 3 rounds, best of each; both fresh processes with the same warm tokenizer cache."""
+    if corpus == "lf_alpaca_demo" and not lf_demo.is_file():
+        pytest.skip(f"{lf_demo} not found (--lf-data)")
+    if corpus == "synthetic":
+        dataset_dir, dataset = write_dataset(tmp_path / "data", samples), DATASET_NAME
+    else:
+        dataset_dir, dataset = write_alpaca(tmp_path / "data", samples, lf_demo), "alpaca_demo"
+    cache, saved = tmp_path / "cache", tmp_path / "tokenized"
+    preprocess = [
+        "preprocess",
+        *("--dataset", dataset, "--dataset-dir", str(dataset_dir), "--template", "qwen"),
+        *(
+            "--tokenizer",
+            str(TINY_BASE),
+            "--cutoff-len",
+            "256",
+            "--quiet",
+            "--overwrite",
+            "--output",
+            str(saved),
+        ),
+    ]
+    env = {**os.environ, "FASTSFT_CACHE_DIR": str(cache)}
+    producer = [sys.executable, "-c", PRODUCER, dataset, str(dataset_dir), str(TINY_BASE)]
+    run_fastsft(preprocess, cache)  # warms the cache
+    produced, preprocessed = [], []
+    for _ in range(3):
+        start = time.perf_counter()
+        tokens = int(subprocess.run(producer, env=env, check=True, capture_output=True, text=True).stdout)
+        produced.append(time.perf_counter() - start)
+        preprocessed.append(run_fastsft(preprocess, cache)[0])
+    import datasets
+
+    saved_tokens = sum(map(len, datasets.load_from_disk(str(saved))["train"]["input_ids"]))
+    assert tokens == saved_tokens  # the same rows, in another order
+    stream_rate, command_rate = tokens / min(produced), saved_tokens / min(preprocessed)
+    print(
+        f"\n{corpus}: {samples:,} conversations, {tokens:,} tokens: streamed producer "
+        f"{min(produced):.2f} s ({stream_rate / 1e6:.2f} M tokens/s), fastsft preprocess "
+        f"{min(preprocessed):.2f} s ({command_rate / 1e6:.2f} M tokens/s): {stream_rate / command_rate:.2f}x"
+    )
+    assert stream_rate >= PRODUCER_FLOOR * command_rate
