@@ -251,6 +251,162 @@ def test_saved_tokenized_path_is_streamed_in_order_and_resumes(tmp_path: Path) -
     with pytest.raises(KeyboardInterrupt):
         run_yaml(values, tmp_path / "cut", callbacks=[StopBefore(5)])
     state = json.loads((tmp_path / "cut" / "output" / "checkpoint-3" / STREAM_STATE).read_text())
-    assert state == {"epoch": 0, "row": 12}
+    assert state == {"epoch": 0, "row": 12, "world_size": 1}
     resumed = logged_steps(run_yaml(values, tmp_path / "cut"))
     assert [s["loss"] for s in resumed] == pytest.approx([s["loss"] for s in whole], abs=1e-6)
+
+
+def numbered_stream_yaml(tmp_path: Path, samples: int = 48, **changes: Any) -> dict[str, Any]:
+    """The unpacked golden's YAML over ``samples`` conversations ``q i`` / ``a i``: 6-sample
+    preprocessing batches, so two processes take 4 batches (24 rows, 12 steps of 2) per pass each."""
+    data = tmp_path / "numbered.json"
+    data.write_text(json.dumps([conversation(str(i)) for i in range(samples)]))
+    values = dict(golden("streaming_unpacked")["yaml"])
+    values.update(
+        dataset=str(data),
+        buffer_size=8,
+        preprocessing_batch_size=6,
+        gradient_accumulation_steps=1,
+        max_steps=14,
+        save_steps=5,
+        warmup_steps=1,
+        overwrite_output_dir=False,  # a second run resumes
+    )
+    values.update(changes)
+    return values
+
+
+def stream_of(values: dict[str, Any], tmp_path: Path) -> Any:
+    """The run's ``RowStream`` for ``values``, as ``fastsft train`` makes it."""
+    from fastsft.data.pipeline import prepare_run
+    from fastsft.data.streaming import RowStream
+    from fastsft.train.model import load_tokenizer
+
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    config = load_config(config_path, [f"output_dir={tmp_path / 'output'}"])
+    run = prepare_run(config.data, load_tokenizer(config))
+    return RowStream(run, run.stream_spec())
+
+
+def as_lists(row: dict[str, Any]) -> dict[str, list[int]]:
+    return {name: values.tolist() for name, values in row.items()}
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["unpacked", "neat_packed"])
+def test_processes_share_the_stream_by_preprocessing_batch(
+    packed: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Process ``r`` of 2 makes the rows of preprocessing batches ``r``, ``r + 2``, ...: exactly the
+    rows the one-process stream makes of them (packing included: it packs within a batch),
+    encoding only those batches' samples; a process resumed mid-share continues its share."""
+    import fastsft.data.streaming as data_streaming
+
+    encoded: list[list[int]] = []
+    original = data_streaming.encoded_batches
+
+    def recording(encoder: Any, batches: Any, summary: Any, workers: int) -> Any:
+        encoded.append([])
+        recorded = (encoded[-1].extend(ref.index for ref in b.refs) or b for b in batches)
+        return original(encoder, recorded, summary, workers)
+
+    monkeypatch.setattr(data_streaming, "encoded_batches", recording)
+    values = numbered_stream_yaml(tmp_path, samples=40, packing=packed, neat_packing=packed)
+    whole_stream = stream_of(values, tmp_path)
+    whole = [as_lists(row) for _, row in whole_stream.rows(0)]
+    batch_of = [whole_stream.position(0, n)["batch_number"] for n in range(len(whole))]
+    assert max(batch_of) == 6  # 40 samples: 7 batches, the last one short
+    shares = []
+    for rank in (0, 1):
+        stream = stream_of(values, tmp_path)
+        share = [as_lists(row) for _, row in stream.rows(0, rank=rank, world_size=2)]
+        assert share == [row for row, batch in zip(whole, batch_of) if batch % 2 == rank]
+        assert stream.summary.examples_in == sum(6 if b < 6 else 4 for b in range(rank, 7, 2))
+        shares.append(share)
+        if rank == 1:  # resumed mid-share, from a checkpoint's position
+            middle = len(share) // 2 + 1
+            position = json.loads(json.dumps(stream.position(0, middle)))
+            resumed = stream_of(values, tmp_path)
+            rest = [as_lists(row) for _, row in resumed.rows(0, position, rank=1, world_size=2)]
+            assert rest == share[middle:]
+    whole_encoded, *rank_encoded, _ = encoded
+    assert sorted(rank_encoded[0] + rank_encoded[1]) == sorted(whole_encoded) == list(range(40))
+    assert not set(rank_encoded[0]) & set(rank_encoded[1])
+    assert len(shares[0]) + len(shares[1]) == len(whole) and shares[0] and shares[1]
+
+
+def torchrun_streamed(config_path: Path, record_dir: Path, *overrides: str, stop_before: int = 0) -> Any:
+    """``tests/streaming_ranks_driver.py`` in 2 gloo processes; each process's record, by rank."""
+    import os
+    import subprocess
+    import sys
+
+    from fastsft.train.launch import free_port
+
+    record_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"),
+        *("--master_port", str(free_port()), str(REPO_ROOT / "tests" / "streaming_ranks_driver.py")),
+        *(str(config_path), str(record_dir), str(stop_before), "cpu_threads=1", "plot_loss=false"),
+        *overrides,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=420)
+    said = done.stdout[-3000:] + done.stderr[-3000:]
+    if stop_before:  # both processes interrupted as that step began
+        assert done.returncode != 0 and done.stderr.count("KeyboardInterrupt") >= 2, said
+    else:
+        assert done.returncode == 0, said
+    records = [json.loads((record_dir / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    return records, done.stdout
+
+
+def trained_ids(steps: list[dict[str, Any]], tokenizer: Any) -> list[int]:
+    """The sample numbers of the rows trained in ``steps`` (each row one ``q i`` / ``a i`` conversation)."""
+    ids = []
+    for step in steps:
+        for row in step["rows"]:
+            [number] = set(re.findall(r"[qa] (\d+)", tokenizer.decode(row)))
+            ids.append(int(number))
+    return ids
+
+
+def test_two_processes_train_each_sample_once_per_pass_and_resume_exactly(tmp_path: Path) -> None:
+    """``torchrun`` with 2 processes (gloo): each process encodes only its own preprocessing
+    batches, every sample is trained exactly once per pass across the two, each process runs
+    into the next pass on its own, and a run interrupted after a checkpoint and resumed trains
+    the same losses and rows as the one that ran through, encoding from the checkpoint's batch on.
+    A resume with one process is refused, naming both counts."""
+    from transformers import AutoTokenizer
+
+    values = numbered_stream_yaml(tmp_path)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    whole_dir, cut_dir = tmp_path / "whole", tmp_path / "cut"
+    whole, out = torchrun_streamed(config_path, tmp_path / "whole_record", f"output_dir={whole_dir}")
+    assert "streamed, process 1 of 2: examples in: " in out
+    tokenizer = AutoTokenizer.from_pretrained(GOLDEN_DIR / "tiny_base")
+    first_pass = []
+    for record in whole:
+        assert len(record["trained"]) == 14
+        assert [step["position"] for step in record["trained"][11:13]] == [[0, 24], [1, 2]]
+        ids = trained_ids(record["trained"][:12], tokenizer)
+        assert sorted(ids) == sorted(record["encoded"][0]) and len(ids) == 24  # its own share, once
+        first_pass.append(ids)
+    assert sorted(first_pass[0] + first_pass[1]) == list(range(48))  # every sample exactly once
+
+    torchrun_streamed(config_path, tmp_path / "cut_record", f"output_dir={cut_dir}", stop_before=7)
+    assert (cut_dir / "checkpoint-5" / "fastsft_stream_state_rank1.json").is_file()
+    resumed, _ = torchrun_streamed(config_path, tmp_path / "resumed_record", f"output_dir={cut_dir}")
+    mine, theirs = logged_steps(cut_dir), logged_steps(whole_dir)
+    assert [s["step"] for s in mine] == list(range(1, 15))
+    for ours, expected in zip(mine, theirs, strict=True):
+        assert ours["loss"] == pytest.approx(expected["loss"], abs=1e-6), ours["step"]
+        assert ours["grad_norm"] == pytest.approx(expected["grad_norm"], abs=1e-6), ours["step"]
+    for after, before in zip(resumed, whole):
+        assert after["trained"] == before["trained"][5:]
+        # Step 5 ended at row 10 of the share, in its second batch: encoding resumed there.
+        assert after["encoded"][0] == before["encoded"][0][6:]
+
+    with pytest.raises(ConfigError, match="trained by 2 processes and this run has 1 process"):
+        run_yaml(values, tmp_path / "one", f"resume_from_checkpoint={cut_dir / 'checkpoint-5'}")

@@ -15,6 +15,13 @@ The rows come from the pipeline's own stages (``fastsft.data.pipeline.PreparedRu
 time, so nothing is read before it is needed. ``RowStream.position`` is the state to resume at
 any row: the sample stream's state at the start of that row's preprocessing batch (rows read from
 the files, the shuffle buffer's samples, the generator's state) and how many of its rows to pass.
+
+Several training processes split a pass by preprocessing batch: process ``rank`` of
+``world_size`` encodes and packs batches ``rank``, ``rank + world_size``, ... and only reads past
+the others' samples (every process streams the same samples in the same order, so each knows
+where every batch starts without asking the others). LLaMA-Factory packs within each batch, so a
+process's rows are exactly the rows the single-process stream makes of its batches, and the union
+over the processes is the single-process run's rows.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from fastsft.errors import ConfigError
 
 __all__ = ["STATE_FORMAT", "RowStream", "SampleStream", "StreamSpec", "epoch_generator"]
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 _DRAW_BLOCK = 1000  # datasets draws the buffer's indices in blocks of this many
 
 
@@ -280,7 +287,8 @@ class RowStream:
         self.workers = run.args.preprocessing_num_workers or 1  # encoding processes, as in preprocess
         self.summary = Summary()
         self._encoder: Any = None
-        self._snapshots: deque[tuple[int, int, dict[str, Any]]] = deque()  # (epoch, first row, stream state)
+        # (epoch, first row, preprocessing batch number, stream state) of the batches made so far
+        self._snapshots: deque[tuple[int, int, int, dict[str, Any]]] = deque()
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -305,9 +313,11 @@ class RowStream:
         }
 
     def rows(
-        self, epoch: int, start: dict[str, Any] | None = None
+        self, epoch: int, start: dict[str, Any] | None = None, *, rank: int = 0, world_size: int = 1
     ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-        """Pass ``epoch``'s rows as ``(row number, {column: values})``, from ``start`` (a ``position``) if given."""
+        """Pass ``epoch``'s rows as ``(row number, {column: values})``, from ``start`` (a ``position``)
+        if given; with ``world_size`` > 1, only process ``rank``'s share: the rows of every
+        ``world_size``-th preprocessing batch from batch ``rank`` on, numbered within that share."""
         args = self.run.args
         if start is not None:
             self._check(start)
@@ -315,6 +325,7 @@ class RowStream:
         stream_state = start["batch"] if start is not None else None
         first_row = start["batch_first_row"] if start is not None else 0
         skip_rows = start["row"] - first_row if start is not None else 0
+        batch_number = start["batch_number"] if stream_state is not None else 0
         samples = SampleStream(self.spec, epoch, stream_state)
         if self._encoder is None:  # one per run, chosen for (at least) one pass over the files
             self._encoder = self.run.encoder(expected_chars=expected_chars(args, list(self.spec.attrs)))
@@ -322,11 +333,13 @@ class RowStream:
         summary = self.summary
         summary.encode_path, summary.tokenizer_backend = encoder.encode_path, encoder.text_encoder.name
         builder = self.run.row_builder(encoder, summary)
-        pending: deque[dict[str, Any]] = deque()
+        pending: deque[tuple[int, dict[str, Any]]] = deque()
 
         def batches() -> Iterator[Batch]:
+            nonlocal batch_number
             while True:
-                state = samples.state()
+                mine = batch_number % world_size == rank
+                state = samples.state() if mine else None
                 batch = Batch([], [], [])
                 for attr, ref, row in itertools.islice(samples, args.preprocessing_batch_size):
                     batch.rows.append(row)
@@ -334,9 +347,11 @@ class RowStream:
                     batch.refs.append(ref)
                 if not batch.rows:
                     return
-                summary.examples_in += len(batch.rows)
-                pending.append(state)
-                yield batch
+                batch_number += 1
+                if mine:  # another process's batch is read past, never encoded here
+                    summary.examples_in += len(batch.rows)
+                    pending.append((batch_number - 1, state))
+                    yield batch
 
         row_number = first_row
         encoded_batches_ = encoded_batches(encoder, batches(), summary, self.workers)
@@ -346,7 +361,7 @@ class RowStream:
                 encoded = next(encoded_batches_, None)
                 if encoded is None:
                     return
-                self._snapshots.append((epoch, row_number, pending.popleft()))
+                self._snapshots.append((epoch, row_number, *pending.popleft()))
                 records = list(builder.add(encoded))
                 summary.seconds += time.perf_counter() - started
                 for record in records:
@@ -367,10 +382,10 @@ class RowStream:
     def position(self, epoch: int, next_row: int) -> dict[str, Any]:
         """The state to resume at row ``next_row`` of pass ``epoch`` (JSON-ready)."""
         self.consumed(epoch, next_row)
-        batch_first_row, state = 0, None  # no state: the pass from its start
-        for snap_epoch, first_row, snapshot in self._snapshots:
+        batch_first_row, batch_number, state = 0, 0, None  # no state: the pass from its start
+        for snap_epoch, first_row, number, snapshot in self._snapshots:
             if snap_epoch == epoch and first_row <= next_row:
-                batch_first_row, state = first_row, snapshot
+                batch_first_row, batch_number, state = first_row, number, snapshot
                 break
         return {
             "format": STATE_FORMAT,
@@ -378,6 +393,7 @@ class RowStream:
             "epoch": epoch,
             "row": next_row if state is not None else 0,
             "batch_first_row": batch_first_row,
+            "batch_number": batch_number,
             "batch": state,
         }
 

@@ -601,11 +601,13 @@ def build_training_args(config: TrainConfig, uses_configured_state: bool = False
         kwargs["ddp_find_unused_parameters"] = False
     kwargs.update(config.extra_training_args)
     accelerator_config = {"use_configured_state": True} if uses_configured_state else {}
-    if config.data.streaming:  # one producer in this process; a checkpoint records the stream position
+    if config.data.streaming:  # each process makes its own share; a checkpoint records its position
         kwargs["dataloader_num_workers"] = 0
         kwargs["ignore_data_skip"] = True
-        # accelerate would slice every tensor of a dispatched batch along its first axis (cu_seq_lens too).
+        # No batch dispatched from process 0 (accelerate's default for an iterable dataset, which
+        # would also slice every tensor along its first axis, cu_seq_lens too), none split.
         accelerator_config["dispatch_batches"] = False
+        accelerator_config["split_batches"] = False
     if accelerator_config:
         kwargs["accelerator_config"] = accelerator_config
     try:

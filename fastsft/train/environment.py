@@ -103,7 +103,9 @@ def configure_cpu_distributed(config: TrainConfig) -> bool:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     from accelerate import PartialState
 
-    PartialState(backend="gloo")
+    # cpu=True: without it, accelerate finds no accelerator's backend and sees one process (no DDP,
+    # no barrier); DeepSpeed's engine reduces the gradients itself.
+    PartialState(cpu=not config.deepspeed, backend="gloo")
     return True
 
 

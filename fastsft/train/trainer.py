@@ -130,6 +130,8 @@ class SFTTrainer(Trainer):
         return optimizer
 
     def get_train_dataloader(self) -> Any:
+        if isinstance(self.train_dataset, StreamedTrainSet):
+            return self._streamed_dataloader()
         if self.max_tokens_per_batch is None:
             return super().get_train_dataloader()
         from torch.utils.data import DataLoader
@@ -157,6 +159,37 @@ class SFTTrainer(Trainer):
         if shard is not None and getattr(shard, "batch_sampler", None) is sampler:
             shard.num_processes = 1
             shard.process_index = 0
+        return prepared
+
+    def _streamed_dataloader(self) -> Any:
+        """This process's batches of its own share of the stream (``StreamedTrainSet``), put on its
+        device by accelerate as one process: ``Accelerator.prepare`` would, for an iterable
+        dataset, dispatch every batch from process 0 (its default) or make each process read the
+        whole stream and keep a slice (``IterableDatasetShard``)."""
+        from accelerate.data_loader import prepare_data_loader
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(
+            self.train_dataset,
+            batch_size=self._train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        prepared = prepare_data_loader(
+            loader,
+            self.accelerator.device,
+            num_processes=1,
+            process_index=0,
+            split_batches=False,
+            put_on_device=True,
+            dispatch_batches=False,
+        )
+        if prepared.dataset is not self.train_dataset:
+            raise FastSFTError(
+                f"accelerate wrapped the streamed training set in {type(prepared.dataset).__name__}: each "
+                "process would no longer train its own share of the stream"
+            )
         return prepared
 
     def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
@@ -282,7 +315,7 @@ class SFTTrainer(Trainer):
         finally:
             del self._get_output_dir
             self.args.save_total_limit = limit
-        if isinstance(self.train_dataset, StreamedTrainSet) and self.args.should_save:
+        if isinstance(self.train_dataset, StreamedTrainSet):  # every process: its own position
             save_position(partial / name, self.train_dataset, self.stream_position)
         self.accelerator.wait_for_everyone()  # every rank's files are complete
         if self.args.should_save:

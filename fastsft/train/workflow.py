@@ -290,7 +290,7 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()
         if resume is not None:
             dataset.resume(resume)
         if isinstance(dataset.source, RowStream):
-            callbacks = [StreamReport(dataset.source, say), *callbacks]
+            callbacks = [StreamReport(dataset.source, say, dataset.rank, dataset.world_size), *callbacks]
     else:  # token columns as numpy arrays: the compiled collators then copy buffers, not Python lists
         dataset = token_format(dataset)
     if isinstance(eval_dataset, dict):
@@ -375,11 +375,6 @@ def load_datasets(
     load what it saved. With ``streaming``, ``train`` is a ``StreamedTrainSet`` (``stream_splits``)."""
     data_args = config.data
     if data_args.streaming:
-        if training_args.world_size > 1:
-            raise ConfigError(
-                "`streaming: true` runs in one process for now: each rank's share of the stream, and its "
-                "position in checkpoints, are not implemented"
-            )
         with training_args.main_process_first(desc="dataset"):
             train, splits = stream_splits(
                 prepare_run(data_args, tokenizer),
@@ -388,7 +383,8 @@ def load_datasets(
                 notice=say,
             )
         source = train if isinstance(train, RowStream) else token_format(train)
-        return {TRAIN: StreamedTrainSet(source), **splits}
+        share = StreamedTrainSet(source, training_args.process_index, training_args.world_size)
+        return {TRAIN: share, **splits}
     with training_args.main_process_first(desc="dataset"):
         run = prepare_run(config.data, tokenizer)
         return load_or_build(
