@@ -6,7 +6,7 @@ KEY=VALUE...`` (``STOP_BEFORE`` > 0: interrupted as that step begins, as Ctrl-C 
 
 The record: ``encoded``, per pass this process streamed, the dataset index of every sample that
 reached its encoder; ``trained``, per step, the stream position after the step's rows and each
-row's tokens without padding.
+row's tokens without padding; ``weights``, the sum of the trained weights (a run that ended).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from fastsft.train.workflow import train
 
 encoded: list[list[int]] = []
 trained: list[dict[str, Any]] = []
+weights: list[float] = []
 
 
 def recording_encoded_batches(encoder: Any, batches: Any, summary: Any, workers: int) -> Any:
@@ -47,6 +48,13 @@ def recording_training_step(self: Any, model: Any, inputs: dict[str, Any], *args
     return original_training_step(self, model, inputs, *args)
 
 
+class WeightsSum(TrainerCallback):
+    """The sum of the trained weights, when training ends: equal on every process under DDP."""
+
+    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        weights.append(float(sum(p.detach().double().sum() for p in model.parameters())))
+
+
 class StopBefore(TrainerCallback):
     def __init__(self, step: int) -> None:
         self.step = step
@@ -63,9 +71,9 @@ SFTTrainer.training_step = recording_training_step
 
 if __name__ == "__main__":
     config_path, record_dir, stop_before, *overrides = sys.argv[1:]
-    callbacks = [StopBefore(int(stop_before))] if int(stop_before) else []
+    callbacks = [StopBefore(int(stop_before))] if int(stop_before) else [WeightsSum()]
     try:
         train(load_config(config_path, overrides), callbacks=callbacks)
     finally:
-        record = {"encoded": encoded, "trained": trained}
+        record = {"encoded": encoded, "trained": trained, "weights": weights}
         (Path(record_dir) / f"rank{os.environ['RANK']}.json").write_text(json.dumps(record), encoding="utf-8")

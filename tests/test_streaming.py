@@ -394,6 +394,7 @@ def test_two_processes_train_each_sample_once_per_pass_and_resume_exactly(tmp_pa
         assert sorted(ids) == sorted(record["encoded"][0]) and len(ids) == 24  # its own share, once
         first_pass.append(ids)
     assert sorted(first_pass[0] + first_pass[1]) == list(range(48))  # every sample exactly once
+    assert whole[0]["weights"] == whole[1]["weights"]  # one model: DDP averaged the two shares' gradients
 
     torchrun_streamed(config_path, tmp_path / "cut_record", f"output_dir={cut_dir}", stop_before=7)
     assert (cut_dir / "checkpoint-5" / "fastsft_stream_state_rank1.json").is_file()
