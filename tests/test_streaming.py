@@ -411,3 +411,23 @@ def test_two_processes_train_each_sample_once_per_pass_and_resume_exactly(tmp_pa
 
     with pytest.raises(ConfigError, match="trained by 2 processes and this run has 1 process"):
         run_yaml(values, tmp_path / "one", f"resume_from_checkpoint={cut_dir / 'checkpoint-5'}")
+
+
+def test_a_process_without_rows_or_another_process_count_is_refused(tmp_path: Path) -> None:
+    """A process whose share of a pass is empty stops the run in one line (instead of waiting for
+    rows forever); a one-process checkpoint resumed by two processes is refused, naming both counts."""
+    from fastsft.train.streaming import StreamedTrainSet
+
+    one_batch = stream_of(numbered_stream_yaml(tmp_path, samples=4), tmp_path)
+    with pytest.raises(
+        ConfigError, match=r"process 1 of 2 has no rows to train in pass 0: .* lower preprocessing_batch_size"
+    ):
+        next(iter(StreamedTrainSet(one_batch, rank=1, world_size=2)))
+    saved_row = {"input_ids": [1, 2]}
+    with pytest.raises(ConfigError, match="the saved split has 1 rows, fewer than the processes"):
+        next(iter(StreamedTrainSet([saved_row], rank=1, world_size=2)))
+    (tmp_path / STREAM_STATE).write_text(json.dumps({"epoch": 0, "row": 4, "world_size": 1}))
+    with pytest.raises(
+        ConfigError, match=r"trained by 1 process and this run has 2 processes; .* resume with 1 process$"
+    ):
+        StreamedTrainSet([saved_row], rank=0, world_size=2).resume(str(tmp_path))
