@@ -51,7 +51,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -63,6 +62,7 @@ import pyarrow as pa
 import pytest
 from data import DATASET_NAME, write_dataset
 from lf_peer import token_digest
+from measured import run_measured_command
 
 from fastsft.data.accounting import Summary
 from fastsft.data.data_args import DataArgs
@@ -463,22 +463,12 @@ class Command:
 
 
 def run_measured(argv: list[str], cache_dir: Path) -> Command:
-    """``fastsft ARGV`` in a fresh interpreter: its wall time and its own peak RSS (``wait4``'s rusage
-    is the child's alone)."""
+    """``fastsft ARGV`` in a fresh interpreter: its wall time and its own peak RSS (``measured``)."""
     env = {**os.environ, "FASTSFT_CACHE_DIR": str(cache_dir)}
-    with tempfile.TemporaryFile() as stderr:
-        start = time.perf_counter()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fastsft", *argv], env=env, stdout=subprocess.DEVNULL, stderr=stderr
-        )
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - start
-        process.returncode = os.waitstatus_to_exitcode(status)
-        if process.returncode != 0:
-            stderr.seek(0)
-            message = stderr.read().decode(errors="replace").strip()[-2000:]
-            pytest.fail(f"fastsft {argv[0]} failed ({process.returncode}): {message}")
-    return Command(seconds, usage.ru_maxrss * 1024)  # ru_maxrss is in KiB on Linux
+    result = run_measured_command([sys.executable, "-m", "fastsft", *argv], env)
+    if result.returncode != 0:
+        pytest.fail(f"fastsft {argv[0]} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
+    return Command(result.seconds, result.peak_rss)
 
 
 def preprocess_argv(dataset_dir: Path, tokenizer_path: Path, template: str, output: Path) -> list[str]:

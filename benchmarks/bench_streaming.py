@@ -2,7 +2,7 @@
 
 ``fastsft train`` with ``streaming: true`` (default ``buffer_size`` 16384) on ``N`` and ``10 * N``
 conversations in one JSON array file, with the same ``max_steps``, each in a fresh process; the
-measure is the command's own peak RSS (``wait4``'s rusage, the child alone). Two corpora: the
+measure is the command's own peak RSS (``measured``). Two corpora: the
 synthetic chat of ``benchmarks/data.py`` and LLaMA-Factory's own ``alpaca_en_demo.json`` (real text)
 repeated to the size. Asserts the larger dataset's peak RSS is within ``RSS_CEILING`` of the
 smaller one's: memory is bounded by the buffer and the batch, not by the dataset.
@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 from data import DATASET_NAME, write_dataset
+from measured import run_measured_command
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_BASE = REPO / "tests" / "goldens" / "train" / "tiny_base"
@@ -91,20 +91,10 @@ def streamed_train(
 def run_fastsft(argv: list[str], cache: Path) -> tuple[float, int]:
     """``fastsft ARGV`` in a fresh process: (wall seconds, peak RSS bytes of that process alone)."""
     env = {**os.environ, "FASTSFT_CACHE_DIR": str(cache)}
-    with tempfile.TemporaryFile() as stderr:
-        start = time.perf_counter()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fastsft", *argv],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - start
-        if os.waitstatus_to_exitcode(status) != 0:
-            stderr.seek(0)
-            pytest.fail(f"fastsft {argv[0]} failed: {stderr.read().decode(errors='replace')[-2000:]}")
-    return seconds, usage.ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
+    result = run_measured_command([sys.executable, "-m", "fastsft", *argv], env)
+    if result.returncode != 0:
+        pytest.fail(f"fastsft {argv[0]} failed: {result.stderr[-2000:]}")
+    return result.seconds, result.peak_rss
 
 
 @pytest.mark.parametrize("corpus", ["synthetic", "lf_alpaca_demo"])

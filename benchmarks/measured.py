@@ -1,0 +1,42 @@
+"""A command in a fresh process: its wall time and its own peak RSS.
+
+``wait4``'s ``ru_maxrss`` for a child started straight from the benchmark process is not the
+child's own: Linux starts the child on the parent's address space (``vfork``) and keeps that
+space's high-water mark across ``exec``, so the child reports at least the parent's peak (a
+benchmark that built a 1M-conversation dataset in memory made every later command report 4.4
+GiB). So the command runs as the child of a small launcher process, which times it and reports
+its rusage.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+
+_LAUNCHER = """
+import json, os, subprocess, sys, time
+start = time.perf_counter()
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(child.pid, 0)
+seconds = time.perf_counter() - start
+print(json.dumps([seconds, usage.ru_maxrss * 1024, os.waitstatus_to_exitcode(status)]))
+"""
+
+
+@dataclass(frozen=True)
+class Measured:
+    seconds: float
+    peak_rss: int  # bytes, the command's own
+    returncode: int
+    stderr: str
+
+
+def run_measured_command(argv: list[str], env: dict[str, str]) -> Measured:
+    """``argv`` (stdout discarded) from a fresh launcher: wall seconds, own peak RSS, status, stderr."""
+    done = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, *argv], env=env, capture_output=True, text=True, check=True
+    )
+    seconds, peak_rss, returncode = json.loads(done.stdout)
+    return Measured(seconds, peak_rss, returncode, done.stderr)
