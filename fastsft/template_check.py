@@ -6,37 +6,26 @@ transformers, vLLM and TGI serve it, or one from a file), whose text is tokenize
 tokenizer with ``add_special_tokens=False`` as ``apply_chat_template`` does. The first differing
 token of each sample is classified (``classify``) and counted by kind.
 
-The jinja template is untrusted code, so it runs in jinja2's ``ImmutableSandboxedEnvironment``
-with transformers' filters and globals, and under guards transformers lacks: printing or iterating
-an undefined value raises (a misspelt field would otherwise render as nothing), each render has a
-time limit, and ``*`` / ``**`` refuse results beyond ``MAX_SIZE``. Any failure is one line naming
-the template and the sample.
+The jinja template is untrusted code: it runs in the guarded sandbox of
+``fastsft.data.chat.jinja`` (any failure is one line naming the template and the sample).
 """
 
 from __future__ import annotations
 
 import json
-import signal
-import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar
-
-import jinja2
-import jinja2.ext
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from typing import Any
 
 from fastsft.data.accounting import SampleRef
 from fastsft.data.data_args import DataArgs
 from fastsft.data.pipeline import prepare_run
+from fastsft.data.rows.chat_mode import SPECIAL_TOKEN_KEYS, JinjaChatTemplate, chat_messages
 from fastsft.data.rows.encoder import in_dataset_terms
 from fastsft.data.sources.converter import Conversation
-from fastsft.errors import ConfigError, DataError, FastSFTError
+from fastsft.errors import ConfigError, DataError
 
 __all__ = ["KINDS", "CheckReport", "JinjaChatTemplate", "chat_messages", "check_template", "classify"]
 
@@ -52,267 +41,6 @@ THINKING_MARKERS = ("<think>", "</think>")
 CONTEXT_TOKENS = 8  # decoded tokens shown on each side of a difference
 WINDOW_TOKENS = 16  # tokens after a difference searched for thinking markers
 WHITESPACE_CHARS = 32  # non-whitespace characters after a difference that must agree for a whitespace one
-MAX_SIZE = 1_000_000  # the longest string or list a template's `*` may build, the largest `**` result
-SPECIAL_TOKEN_KEYS = (
-    "bos_token",
-    "eos_token",
-    "unk_token",
-    "sep_token",
-    "pad_token",
-    "cls_token",
-    "mask_token",
-)
-
-
-class TemplateError(FastSFTError):
-    """A jinja chat template that does not compile, raises, runs too long, reads an undefined
-    field or reaches what the sandbox forbids; names the template and the sample."""
-
-
-class RenderTimeout(Exception):
-    """A render ran past its time limit."""
-
-
-class _PrintStrictUndefined(jinja2.Undefined):
-    """Undefined values may be tested (``if x``, ``x is defined``, ``x == y``) as templates do for
-    optional fields, but printing, iterating or measuring one raises: a misspelt field fails
-    instead of rendering as nothing."""
-
-    __slots__ = ()
-    __str__ = jinja2.Undefined._fail_with_undefined_error
-    __iter__ = jinja2.Undefined._fail_with_undefined_error
-    __len__ = jinja2.Undefined._fail_with_undefined_error
-
-
-class _GenerationTag(jinja2.ext.Extension):
-    """``{% generation %}...{% endgeneration %}`` (training templates' assistant markers) renders its body."""
-
-    tags: ClassVar[set[str]] = {"generation"}
-
-    def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
-        lineno = next(parser.stream).lineno
-        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-        return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
-
-    def _body(self, caller: Any) -> str:
-        return caller()
-
-
-class _Namespace(jinja2.utils.Namespace):
-    """jinja's ``namespace`` refusing underscore names, as transformers' is."""
-
-    def __init__(*args: Any, **kwargs: Any) -> None:
-        self, args = args[0], args[1:]
-        attrs = dict(*args, **kwargs)
-        for name in attrs:
-            _check_name(name)
-        jinja2.utils.Namespace.__init__(self, attrs)
-
-    def __setitem__(self, name: str, value: Any) -> None:
-        _check_name(name)
-        jinja2.utils.Namespace.__setitem__(self, name, value)
-
-
-class _TemplateDict:
-    """``dict`` for templates without the type itself, as transformers gives it."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
-        return dict(*args, **kwargs)
-
-    def fromkeys(self, *args: Any, **kwargs: Any) -> dict[Any, Any]:
-        return dict.fromkeys(*args, **kwargs)
-
-
-def _check_name(name: Any) -> None:
-    if isinstance(name, str) and name.startswith("_"):
-        raise jinja2.exceptions.SecurityError(f"a namespace cannot hold the underscore name {name!r}")
-
-
-def _raise_exception(message: str) -> None:
-    raise jinja2.exceptions.TemplateError(message)
-
-
-def _tojson(
-    value: Any,
-    ensure_ascii: bool = False,
-    indent: Any = None,
-    separators: Any = None,
-    sort_keys: bool = False,
-) -> str:
-    return json.dumps(
-        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
-    )
-
-
-class _GuardedEnvironment(ImmutableSandboxedEnvironment):
-    """The sandbox with a deadline checked on every call and size limits on ``*`` and ``**``."""
-
-    intercepted_binops = frozenset({"*", "**"})
-    deadline = float("inf")
-
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        if time.monotonic() > __self.deadline:
-            raise RenderTimeout()
-        return super().call(__context, __obj, *args, **kwargs)
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "*":
-            for seq, times in ((left, right), (right, left)):
-                if (
-                    isinstance(seq, (str, list, tuple))
-                    and isinstance(times, int)
-                    and len(seq) * times > MAX_SIZE
-                ):
-                    raise jinja2.exceptions.SecurityError(f"`*` would build a value over {MAX_SIZE} items")
-        numbers = isinstance(left, (int, float)) and isinstance(right, (int, float))
-        if operator == "**" and numbers and abs(right) > 64 and abs(left) > 1:
-            raise jinja2.exceptions.SecurityError(f"`**` with exponent {right} is refused")
-        return super().call_binop(context, operator, left, right)
-
-
-class JinjaChatTemplate:
-    """A jinja chat template compiled in the guarded sandbox; ``render`` raises ``TemplateError``."""
-
-    def __init__(self, source: str, name: str, *, timeout: float = 10.0) -> None:
-        self.name = name
-        self.timeout = timeout
-        self.env = _GuardedEnvironment(
-            trim_blocks=True,
-            lstrip_blocks=True,
-            undefined=_PrintStrictUndefined,
-            extensions=[_GenerationTag, jinja2.ext.loopcontrols],
-        )
-        self.env.filters["tojson"] = _tojson
-        self.env.globals.update(
-            raise_exception=_raise_exception,
-            strftime_now=lambda fmt: datetime.now().strftime(fmt),
-            dict=_TemplateDict(),
-            namespace=_Namespace,
-        )
-        try:
-            self.template = self.env.from_string(source)
-        except jinja2.TemplateSyntaxError as err:
-            raise TemplateError(f"chat template {name}, line {err.lineno}: {err.message}") from None
-
-    def render(self, where: str, **variables: Any) -> str:
-        """The template rendered with ``variables`` (messages, tools, ...); ``where`` names the sample in errors."""
-        try:
-            with self._time_limit():
-                return self.template.render(**variables)
-        except Exception as err:  # any failure inside the template's code is one line
-            line = _template_line(err)
-            raise TemplateError(
-                f"chat template {self.name}{line}: {where}: {_failure(err, self.timeout)}"
-            ) from None
-
-    @contextmanager
-    def _time_limit(self) -> Iterator[None]:
-        """``timeout`` seconds: a timer signal on the main thread (it also stops loops that call
-        nothing), and the deadline the environment checks on every call."""
-        self.env.deadline = time.monotonic() + self.timeout
-        use_signal = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
-        if not use_signal:
-            try:
-                yield
-            finally:
-                self.env.deadline = float("inf")
-            return
-
-        def expire(signum: int, frame: Any) -> None:
-            raise RenderTimeout()
-
-        previous = signal.signal(signal.SIGALRM, expire)
-        signal.setitimer(signal.ITIMER_REAL, self.timeout)
-        try:
-            yield
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
-            self.env.deadline = float("inf")
-
-
-def _failure(err: Exception, timeout: float) -> str:
-    """Why a render failed, in words."""
-    if isinstance(err, RenderTimeout):
-        return f"ran past its {timeout:g} s time limit (a loop that does not end?)"
-    if isinstance(err, RecursionError):
-        return "recursed too deeply"
-    if isinstance(err, jinja2.exceptions.SecurityError):
-        return f"refused by the sandbox: {err}"
-    if isinstance(err, jinja2.exceptions.UndefinedError):
-        return f"reads an undefined field: {err}"
-    if isinstance(err, jinja2.exceptions.TemplateError):
-        return f"raised: {err}"
-    return f"failed: {type(err).__name__}: {err}"
-
-
-def _template_line(err: Exception) -> str:
-    """`, line N` of the innermost template frame in ``err``'s traceback, where it has one."""
-    tb, line = err.__traceback__, None
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == "<template>":
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    return f", line {line}" if line is not None else ""
-
-
-def chat_messages(
-    conv: Conversation, *, arguments_as_json: bool = False
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    """A converted LLaMA-Factory conversation as ``apply_chat_template`` takes it: (messages, tools).
-
-    An explicit system prompt becomes a system message (none: the jinja template's own default
-    applies, as LLaMA-Factory's does on its side); ``function`` responses become assistant
-    ``tool_calls``, ``observation`` prompts ``tool`` messages; tools given as bare function schemas
-    are wrapped as ``{"type": "function", "function": ...}``, transformers' form. A call's
-    arguments are a dict, as transformers documents them, or with ``arguments_as_json`` JSON text
-    (what templates that concatenate them, such as DeepSeek-V3's, need).
-    """
-    messages: list[dict[str, Any]] = []
-    if conv.system:
-        messages.append({"role": "system", "content": conv.system})
-    for index, message in enumerate(conv.messages):
-        role, content = message["role"], message["content"]
-        if role == "function":
-            messages.append(
-                {
-                    "role": "assistant",
-                    "content": "",
-                    "tool_calls": _tool_calls(conv, index, arguments_as_json),
-                }
-            )
-        elif role == "observation":
-            messages.append({"role": "tool", "content": content})
-        else:
-            messages.append({"role": role, "content": content})
-    tools = None
-    if conv.tools:
-        try:
-            parsed = json.loads(conv.tools)
-        except json.JSONDecodeError as err:
-            raise DataError(f"tools are not JSON: {err}", field="tools") from None
-        tools = [
-            tool if isinstance(tool, dict) and "function" in tool else {"type": "function", "function": tool}
-            for tool in (parsed if isinstance(parsed, list) else [parsed])
-        ]
-    return messages, tools
-
-
-def _tool_calls(conv: Conversation, index: int, arguments_as_json: bool) -> list[dict[str, Any]]:
-    try:
-        calls = json.loads(conv.messages[index]["content"])
-    except json.JSONDecodeError as err:
-        raise DataError(f"function call is not JSON: {err}", field=conv.fields[index]) from None
-    calls = calls if isinstance(calls, list) else [calls]
-    if not all(isinstance(call, dict) and "name" in call for call in calls):
-        raise DataError('a function call needs a "name"', field=conv.fields[index])
-    result = []
-    for call in calls:
-        arguments = call.get("arguments", {})
-        if arguments_as_json and not isinstance(arguments, str):
-            arguments = json.dumps(arguments, ensure_ascii=False)
-        result.append({"type": "function", "function": {"name": call["name"], "arguments": arguments}})
-    return result
 
 
 def first_difference(a: Sequence[Any], b: Sequence[Any]) -> int | None:

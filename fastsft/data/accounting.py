@@ -67,6 +67,8 @@ class Summary:
     malformed_skipped: int = 0
     first_malformed: str | None = None
     too_long_dropped: int = 0
+    no_trainable: int = 0  # the chat-template mode: samples with no trained token, skipped
+    first_no_trainable: str | None = None
     truncated: int = 0
     tokens: int = 0
     label_tokens: int = 0
@@ -94,6 +96,11 @@ class Summary:
         ]
         if self.malformed_skipped and self.first_malformed:
             out.append(f"malformed, skipped: {self.malformed_skipped} (first: {self.first_malformed})")
+        if self.no_trainable:
+            out.append(
+                f"no trained token (no assistant output, or all of it cut by cutoff_len), skipped: "
+                f"{self.no_trainable} (first: {self.first_no_trainable})"
+            )
         if self.too_long_dropped:
             out.append(f"longer than a packed row, dropped: {self.too_long_dropped}")
         out += [
@@ -117,6 +124,11 @@ class Summary:
             f"  (encode: {self.encode_path}, tokenizer: {self.tokenizer_backend})",
         ]
         return out
+
+    def skip_no_trainable(self, ref: SampleRef) -> None:
+        """Count a sample left with no trained token, which is not trained."""
+        self.no_trainable += 1
+        self.first_no_trainable = _earlier(self.first_no_trainable, FirstSeen(str(ref), ref.position))
 
     def best_fit_line(self) -> str:
         """What fastsft's whole-dataset best-fit packing would change, for LLaMA-Factory's packed rows."""

@@ -44,7 +44,8 @@ class DataArgs:
     dataset_dir: str = option("data", "folder holding dataset_info.json and the data files")
     template: str | None = option(
         None,
-        "chat template, e.g. qwen (see `fastsft templates`; unset: parsed from the tokenizer, as LLaMA-Factory does)",
+        "chat template, e.g. qwen (see `fastsft templates`; unset: parsed from the tokenizer, as LLaMA-Factory does); "
+        "chat_template: the tokenizer's own jinja template, TRL-exact (docs/chat_templates.md)",
     )
     cutoff_len: int = option(2048, "maximum tokens per sample (packed rows are cutoff_len long)")
     train_on_prompt: bool = option(False, "also train on prompt tokens")

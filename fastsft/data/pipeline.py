@@ -32,6 +32,7 @@ from fastsft.data.chat.registry import get_template
 from fastsft.data.chat.template import Template, fix_tokenizer
 from fastsft.data.data_args import DataArgs
 from fastsft.data.rows.builder import RowBuilder, empty_table
+from fastsft.data.rows.chat_mode import CHAT_TEMPLATE_MODE, ChatTemplateMode
 from fastsft.data.rows.encoder import Encoder
 from fastsft.data.rows.tokenizing import expected_chars
 from fastsft.data.rows.worker_count import workers_for_run
@@ -98,7 +99,17 @@ __all__ = [
 
 def make_template(args: DataArgs, tokenizer: PreTrainedTokenizerBase | None) -> Template:
     """The chat template ``args`` name, with its options; unset, as LLaMA-Factory does: parsed from
-    the tokenizer's jinja chat template, else ``empty`` (with a warning)."""
+    the tokenizer's jinja chat template, else ``empty`` (with a warning). The chat-template mode
+    renders with the tokenizer's own template; its LLaMA-Factory template is ``empty`` without
+    LLaMA-Factory's jinja replacement, for the tokenizer fixes alone (a pad token where none is set)."""
+    if args.template == CHAT_TEMPLATE_MODE:
+        if args.tool_format is not None:
+            raise ConfigError(
+                f"tool_format has no meaning with template {CHAT_TEMPLATE_MODE}: the chat template formats tool calls"
+            )
+        template = get_template("empty", train_on_prompt=args.train_on_prompt)
+        template.replace_jinja_template = False
+        return template
     return get_template(
         args.template,
         tool_format=args.tool_format,
@@ -137,6 +148,7 @@ class PreparedRun:
     tokenizer: PreTrainedTokenizerBase | None = None
     datasets: RunDatasets | None = None  # resolved once for the run; None: when first needed
     text_encoders: dict[str, TextEncoder] = field(default_factory=dict, repr=False, compare=False)
+    chat_modes: list[ChatTemplateMode] = field(default_factory=list, repr=False, compare=False)  # 0 or 1
 
     @property
     def fingerprints(self) -> dict[int, str]:
@@ -175,7 +187,8 @@ class PreparedRun:
         if encode_path not in self.text_encoders:
             self.text_encoders[encode_path] = choose_encoder(
                 self.spec,
-                self.args.tokenizer_backend,
+                # the chat-template mode tokenizes with HF's Rust tokenizer, for its offsets
+                "hf" if self.args.template == CHAT_TEMPLATE_MODE else self.args.tokenizer_backend,
                 expected_chars=expected_chars,
                 per_string=encode_path == "python",
                 tokenizer=self.tokenizer,
@@ -195,7 +208,24 @@ class PreparedRun:
             train_on_prompt=self.args.train_on_prompt,
             mask_history=self.args.mask_history,
             policy=SamplePolicy(strict=self.args.strict, skip_malformed=self.args.skip_malformed),
+            chat_mode=self.chat_mode,
         )
+
+    @property
+    def chat_mode(self) -> ChatTemplateMode | None:
+        """``template: chat_template``: the tokenizer's own chat template set up for training (made
+        once for the run); else ``None``."""
+        if self.args.template != CHAT_TEMPLATE_MODE:
+            return None
+        if not self.chat_modes:
+            self.chat_modes.append(
+                ChatTemplateMode(
+                    self.spec,
+                    enable_thinking=self.args.enable_thinking,
+                    default_system=self.args.default_system,
+                )
+            )
+        return self.chat_modes[0]
 
     def samples(self, split: str = TRAIN) -> Iterator[tuple[SampleRef, Conversation | Dropped | DataError]]:
         """Every sample of ``split`` in training order, converted: a ``Conversation``, or why it is not one."""
@@ -276,6 +306,10 @@ def _fixed_run(
 ) -> PreparedRun:
     fingerprints = {version: tokenizer_fingerprint(tokenizer, version) for version in versions}
     template = make_template(args, tokenizer)
+    if args.template == CHAT_TEMPLATE_MODE and not isinstance(tokenizer.chat_template, str):
+        raise ConfigError(
+            f"template {CHAT_TEMPLATE_MODE}: the tokenizer {getattr(tokenizer, 'name_or_path', '')} has no chat template"
+        )
     fix_tokenizer(template, tokenizer)
     spec = TokenizerSpec.from_tokenizer(
         tokenizer, slot_tokens=template.slot_tokens(), fingerprints=fingerprints

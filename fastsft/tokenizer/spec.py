@@ -31,7 +31,7 @@ from fastsft.tokenizer.cache import cache_dir, folder_digest, read_checked, writ
 __all__ = ["TokenizerSpec", "encodes_through_rust", "load_saved_spec", "save_spec", "tokenizer_json"]
 
 # Version of the saved spec's layout and meaning; part of every key.
-FORMAT = 3
+FORMAT = 4
 
 _SPECS = "tokenizer_specs"
 _JSON = "tokenizer_json"
@@ -57,6 +57,7 @@ class TokenizerSpec:
     chat_template: str | None
     split_special_tokens: bool
     token_ids: Mapping[str, int | None]  # the template's slot tokens
+    special_tokens: Mapping[str, str]  # the named special tokens that are set (a chat template reads them)
     fingerprints: Mapping[int, str]  # of the vocabulary before the fixes, by format
     backend_digest: str | None  # SHA-256 of backend_json; None: encodes in Python
     backend_json: str | None = field(default=None, repr=False, compare=False)
@@ -82,6 +83,7 @@ class TokenizerSpec:
             chat_template=tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None,
             split_special_tokens=bool(getattr(tokenizer, "split_special_tokens", False)),
             token_ids={token: tokenizer.convert_tokens_to_ids(token) for token in slot_tokens},
+            special_tokens={k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)},
             fingerprints=dict(fingerprints),
             backend_digest=None if backend is None else _text_digest(backend),
             backend_json=backend,
@@ -161,6 +163,10 @@ def json_derived(digest: str, name: str) -> Path:
 def _well_formed(spec: TokenizerSpec) -> bool:
     """Whether a read-back spec has the types ``from_tokenizer`` gives (a damaged one is made again)."""
     if not isinstance(spec.token_ids, dict) or not all(isinstance(token, str) for token in spec.token_ids):
+        return False
+    if not isinstance(spec.special_tokens, dict) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in spec.special_tokens.items()
+    ):
         return False
     ids = (spec.bos_token_id, spec.eos_token_id, spec.pad_token_id, *spec.token_ids.values())
     texts = (spec.bos_token, spec.eos_token, spec.pad_token, spec.chat_template)

@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fastsft import IGNORE_INDEX
 from fastsft.data.accounting import SamplePolicy, SampleRef, Summary
 from fastsft.data.chat.template import SpecialTokens, Template
+from fastsft.data.rows.chat_mode import ChatTemplateMode, TemplateError
 from fastsft.data.rows.rendering import render_plan
 from fastsft.data.sources.converter import Conversation, Dropped, convert
 from fastsft.data.sources.parser import DatasetAttr
@@ -107,6 +109,7 @@ class RenderedBatch:
 
     segments: SegmentBatch
     kept: Batch
+    spans: list[list[tuple[int, int]]] | None = None  # the chat-template mode: each text's assistant spans
 
 
 class Encoder:
@@ -128,8 +131,10 @@ class Encoder:
         train_on_prompt: bool,
         mask_history: bool,
         policy: SamplePolicy,
+        chat_mode: ChatTemplateMode | None = None,
     ) -> None:
         self.template = template
+        self.chat_mode = chat_mode
         self.spec = spec
         self.text_encoder = text_encoder
         self.encode_path = encode_path
@@ -174,6 +179,17 @@ class Encoder:
     ) -> tuple[list[int], list[int], int]:
         """One conversation on the readable reference, with its per-turn ``trace`` (for ``inspect``):
         (input_ids, labels, untruncated length)."""
+        if self.chat_mode is not None:
+            try:
+                return self.chat_mode.encode_one(
+                    conv,
+                    cutoff_len=self.cutoff_len,
+                    train_on_prompt=self.train_on_prompt,
+                    mask_history=self.mask_history,
+                    trace=trace,
+                )
+            except TemplateError as err:
+                raise DataError(str(err)) from None
         messages = self.template.encode_messages(
             lambda text: self.text_encoder.encode_batch([text])[0],
             conv.messages,
@@ -200,6 +216,8 @@ class Encoder:
 
     def render_batch(self, batch: Batch, summary: Summary) -> RenderedBatch:
         """The first half of ``encode``: every row's segments (dropped and malformed rows to the policy)."""
+        if self.chat_mode is not None:
+            return self._render_chat_batch(batch, summary)
         segments = SegmentBatch()
         kept: list[int] = []
         render_row = self.kernels.render_row
@@ -211,11 +229,44 @@ class Encoder:
                 kept.append(position)
         return RenderedBatch(segments, Batch(*([column[p] for p in kept] for column in batch)))
 
+    def _render_chat_batch(self, batch: Batch, summary: Summary) -> RenderedBatch:
+        """``render_batch`` in the chat-template mode: each row converted and rendered whole by the
+        chat template, one text a sample (the kernels' ``render_row`` is for LLaMA-Factory's templates)."""
+        mode = self.chat_mode
+        assert mode is not None
+        segments = SegmentBatch()
+        spans: list[list[tuple[int, int]]] = []
+        kept: list[int] = []
+        for position, (row, attr, ref) in enumerate(zip(*batch)):
+            try:
+                conv = convert(row, attr)
+            except DataError as err:
+                self.policy.malformed(err, ref, summary)
+                continue
+            if isinstance(conv, Dropped):
+                self.policy.dropped(conv.reason, ref, summary)
+                continue
+            try:
+                text, sample_spans = mode.render(conv)
+            except TemplateError as err:
+                self.policy.malformed(DataError(str(err)), ref, summary)
+                continue
+            except DataError as err:
+                self.policy.malformed(in_dataset_terms(err, conv), ref, summary)
+                continue
+            segments.add([[text]])
+            spans.append(sample_spans)
+            kept.append(position)
+        return RenderedBatch(segments, Batch(*([column[p] for p in kept] for column in batch)), spans)
+
     def tokenize(self, segments: SegmentBatch) -> tuple[np.ndarray, np.ndarray] | None:
         """Every text segment's ids in one tokenizer call: ``int32[T]`` and ``int64[texts + 1]``
         offsets (thread-safe: ``workers`` runs it on a thread while this one assembles); ``None``
         when a text is not valid Unicode (a lone surrogate, which JSON's ``\\ud800`` escape gives
-        and no tokenizer encodes): ``encode_rendered`` then finds its sample."""
+        and no tokenizer encodes): ``encode_rendered`` then finds its sample. The chat-template
+        mode tokenizes in ``encode_rendered``, with the offsets its assistant mask needs."""
+        if self.chat_mode is not None:
+            return None
         try:
             return self.text_encoder.encode_batch_flat(segments.texts)
         except Exception:
@@ -228,6 +279,8 @@ class Encoder:
     ) -> EncodedBatch:
         """The second half of ``encode``: tokenize (unless ``tokens`` is ``tokenize``'s result for
         these segments), then assemble ids and labels."""
+        if rendered.spans is not None:
+            return self._encode_chat(rendered, summary)
         if tokens is None:
             tokens = self.tokenize(rendered.segments)
             if tokens is None:
@@ -240,6 +293,35 @@ class Encoder:
             self.policy.malformed(DataError(LABELS_LONGER_THAN_INPUTS), rendered.kept.refs[index], summary)
         good = Batch(*([value for i, value in enumerate(column) if i not in bad] for column in rendered.kept))
         return self._encode_segments(self.render_batch(good, summary).segments)[0]
+
+    def _encode_chat(self, rendered: RenderedBatch, summary: Summary) -> EncodedBatch:
+        """The chat-template mode's second half: each text tokenized whole, its assistant tokens
+        found, and the samples assembled; a sample left with no trained token is counted and skipped."""
+        mode, texts = self.chat_mode, rendered.segments.texts
+        assert mode is not None and rendered.spans is not None
+        bad = {i: invalid_unicode(text) for i, text in enumerate(texts) if invalid_unicode(text) is not None}
+        for index, reason in bad.items():
+            self.policy.malformed(
+                DataError(f"a text is not valid Unicode: {reason}"), rendered.kept.refs[index], summary
+            )
+        good = [i for i in range(len(texts)) if i not in bad]
+        samples = mode.tokenize_with_spans([texts[i] for i in good], [rendered.spans[i] for i in good])
+        input_ids, labels, offsets, full_lengths = mode.assemble(
+            samples,
+            self.kernels,
+            cutoff_len=self.cutoff_len,
+            train_on_prompt=self.train_on_prompt,
+            mask_history=self.mask_history,
+        )
+        encoded = EncodedBatch(input_ids, labels, offsets, full_lengths)
+        trained = np.add.reduceat(labels != IGNORE_INDEX, offsets[:-1]) if len(labels) else np.zeros(0, int)
+        trained[np.diff(offsets) == 0] = 0  # reduceat reads the next sample's first token for an empty one
+        empty = np.flatnonzero(trained == 0)
+        for index in empty.tolist():
+            summary.skip_no_trainable(rendered.kept.refs[good[index]])
+        if len(empty):
+            encoded = encoded.select(np.flatnonzero(trained > 0))
+        return encoded
 
     def _encode_valid_unicode(self, rendered: RenderedBatch, summary: Summary) -> EncodedBatch:
         """The batch without its samples holding a text that is not valid Unicode, each of them

@@ -1,0 +1,377 @@
+"""The chat-template mode (``template: chat_template``): the tokenizer's own jinja template, TRL-exact.
+
+The goldens in ``tests/goldens/trl`` were made by TRL 1.16's ``SFTTrainer`` itself
+(``scripts/make_trl_goldens.py``): for each the same conversations go through fastsft's converter
+and this mode, and ``input_ids`` and ``labels`` must equal TRL's sample for sample, on both
+encode paths. Vocabularies stand in for families as each golden records (TRL's original template
+set on the fixture, Qwen2 or Llama 3 tokenizer); cases of an absent vocabulary are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import FIXTURE_TOKENIZER_DIR, LLAMA3_TOKENIZER_DIR, load_tokenizer, qwen2_tokenizer_dir
+
+from fastsft import IGNORE_INDEX
+from fastsft.data.data_args import DataArgs
+from fastsft.data.pipeline import build_dataset, prepare_run
+from fastsft.data.rows.chat_mode import (
+    MARKERS,
+    PREFIX_DIFFS,
+    TRL_TEMPLATES,
+    ChatTemplateMode,
+    TemplateError,
+    turn_bounds,
+)
+from fastsft.data.sources.converter import Conversation
+from fastsft.errors import ConfigError, DataError
+from fastsft.kernels.supervised import encode_pairs
+
+REPO = Path(__file__).resolve().parent.parent
+GOLDENS = sorted((REPO / "tests" / "goldens" / "trl").glob("*.json"))
+VOCABULARIES = {
+    "fixture": lambda: FIXTURE_TOKENIZER_DIR,
+    "qwen2": qwen2_tokenizer_dir,
+    "llama3": lambda: LLAMA3_TOKENIZER_DIR,
+}
+# LLaMA-Factory's ShareGPT format with OpenAI role tags (the goldens' rows)
+DATASET_INFO = {
+    "formatting": "sharegpt",
+    "columns": {"messages": "messages", "tools": "tools"},
+    "tags": {
+        "role_tag": "role",
+        "content_tag": "content",
+        "user_tag": "user",
+        "assistant_tag": "assistant",
+        "observation_tag": "tool",
+        "function_tag": "function_call",
+        "system_tag": "system",
+    },
+}
+QWEN2_5 = json.loads((REPO / "tests" / "goldens" / "trl" / "qwen2_5__fixture.json").read_text())[
+    "chat_template"
+]
+MARKED = (
+    "{% for m in messages %}<{{ m.role }}>{% if m.role == 'assistant' and m.content != 'skip' %}"
+    "{% generation %}{{ m.content }}</s>{% endgeneration %}{% else %}{{ m.content }}{% endif %}\n{% endfor %}"
+)
+PLAIN = "{% for m in messages %}<{{ m.role }}>{{ m.content }}</s>\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+
+
+def write_dataset(folder: Path, rows: list[dict[str, Any]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "chats.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    info = {"chats": {"file_name": "chats.json", **DATASET_INFO}}
+    (folder / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
+    return folder
+
+
+def tokenizer_with(template: str, folder: Path = FIXTURE_TOKENIZER_DIR) -> Any:
+    tokenizer = load_tokenizer(folder)
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+def chat_args(data: Path, **options: Any) -> DataArgs:
+    return DataArgs(dataset="chats", dataset_dir=str(data), template="chat_template", **options)
+
+
+def rows_of(dataset: Any) -> list[tuple[list[int], list[int]]]:
+    return [(row["input_ids"], row["labels"]) for row in dataset]
+
+
+CHATS = [
+    {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"}]},
+    {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "one"},
+            {"role": "assistant", "content": "first answer"},
+            {"role": "user", "content": "two"},
+            {"role": "assistant", "content": "second answer, longer than the first"},
+        ]
+    },
+]
+
+
+# --- TRL-exact goldens -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("golden_path", GOLDENS, ids=[path.stem for path in GOLDENS])
+@pytest.mark.parametrize("backend", ["compiled", "python"])
+def test_trl_goldens(golden_path: Path, backend: str, tmp_path: Path) -> None:
+    golden = json.loads(golden_path.read_text(encoding="utf-8"))
+    folder = VOCABULARIES[golden["vocabulary"]]()
+    if not folder.is_dir():
+        pytest.skip(f"vocabulary {golden['vocabulary']} not at {folder}")
+    data = write_dataset(tmp_path / "data", golden["rows"])
+    args = chat_args(data, cutoff_len=100_000, backend=backend, enable_thinking=golden["enable_thinking"])
+    dataset, summary = build_dataset(args, tokenizer_with(golden["chat_template"], folder))
+    assert summary.examples_encoded == len(golden["trl"]) and summary.no_trainable == 0
+    for index, (row, trl) in enumerate(zip(dataset, golden["trl"], strict=True)):
+        assert row["input_ids"] == trl["input_ids"], f"sample {index}: input_ids"
+        assert row["labels"] == trl["labels"], f"sample {index}: labels"
+
+
+def test_goldens_cover_the_families() -> None:
+    families = {json.loads(path.read_text())["family"] for path in GOLDENS}
+    assert {"qwen2_5", "qwen3", "llama3", "deepseekv3"} <= families
+
+
+def test_vendored_training_templates_are_trls() -> None:
+    trl = pytest.importorskip("trl")
+    source = Path(trl.__file__).parent / "chat_templates"
+    index = json.loads((TRL_TEMPLATES / "index.json").read_text())
+    for digest, name in index["originals"].items():
+        original = (source / f"{name}.jinja").read_text(encoding="utf-8")
+        assert hashlib.sha256(original.encode()).hexdigest() == digest, name
+        assert (TRL_TEMPLATES / f"{name}_training.jinja").read_text(encoding="utf-8") == (
+            source / f"{name}_training.jinja"
+        ).read_text(encoding="utf-8"), name
+
+
+# --- how the assistant tokens are found --------------------------------------------------------
+
+
+def mode_for(template: str, tmp_path: Path, **options: Any) -> ChatTemplateMode:
+    data = write_dataset(tmp_path / "data", CHATS)
+    run = prepare_run(chat_args(data), tokenizer_with(template), fingerprint=False)
+    return ChatTemplateMode(run.spec, **options)
+
+
+def test_the_three_ways_of_finding_assistant_tokens(tmp_path: Path) -> None:
+    assert mode_for(MARKED, tmp_path).how == MARKERS
+    assert mode_for(QWEN2_5, tmp_path).how == "TRL's training version of qwen2_5"
+    assert mode_for(PLAIN, tmp_path).how == PREFIX_DIFFS
+
+
+def test_prefix_diffs_label_each_assistant_message(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "data", CHATS)
+    tokenizer = tokenizer_with(PLAIN)
+    dataset, _ = build_dataset(chat_args(data), tokenizer)
+    trained = [tokenizer.decode([t for t in labels if t != IGNORE_INDEX]) for _, labels in rows_of(dataset)]
+    assert trained == ["Hello there</s>\n", "first answer</s>\nsecond answer, longer than the first</s>\n"]
+
+
+def test_a_template_that_rewrites_history_without_markers_is_refused(tmp_path: Path) -> None:
+    rewriting = (
+        "{% for m in messages %}{% if loop.last %}<{{ m.role }}>{{ m.content }}{% endif %}{% endfor %}"
+    )
+    with pytest.raises(ConfigError) as err:
+        mode_for(rewriting, tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and "template chat_template" in message and "not a prefix" in message
+
+
+def test_a_tokenizer_without_chat_template_is_refused(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "data", CHATS)
+    with pytest.raises(ConfigError, match="has no chat template"):
+        build_dataset(chat_args(data), load_tokenizer(FIXTURE_TOKENIZER_DIR))
+
+
+def test_a_sample_without_trained_tokens_is_counted_and_skipped(tmp_path: Path) -> None:
+    rows = [
+        *CHATS,
+        {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "skip"}]},
+    ]
+    data = write_dataset(tmp_path / "data", rows)
+    dataset, summary = build_dataset(chat_args(data), tokenizer_with(MARKED))
+    assert len(dataset) == 2 and summary.no_trainable == 1
+    assert any("no trained token" in line and "chats" in line for line in summary.lines())
+
+
+# --- LLaMA-Factory's options keep their meaning --------------------------------------------------
+
+
+def reference(mode: ChatTemplateMode, conv: Conversation, **options: Any) -> tuple[list[int], list[int]]:
+    """The sample by LLaMA-Factory's readable ``encode_pairs`` on the mode's (prompt, response)
+    pairs, with the untrained tokens (non-assistant, unless train_on_prompt) masked after."""
+    text, spans = mode.render(conv)
+    ids, mask = mode.tokenize_with_spans([text], [spans])[0]
+    bounds = turn_bounds(mask)
+    pairs = [
+        (list(range(bounds[i], bounds[i + 1])), list(range(bounds[i + 1], bounds[i + 2])))
+        for i in range(0, len(bounds) - 1, 2)
+    ]
+    kept, labels = encode_pairs(pairs, **options)
+    out = [
+        int(ids[p]) if p != IGNORE_INDEX and (options.get("train_on_prompt") or mask[p]) else IGNORE_INDEX
+        for p in labels
+    ]
+    return [int(ids[p]) for p in kept], out
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"cutoff_len": 12},
+        {"cutoff_len": 1000, "train_on_prompt": True},
+        {"cutoff_len": 1000, "mask_history": True},
+        {"cutoff_len": 20, "mask_history": True},
+    ],
+    ids=["cutoff", "train_on_prompt", "mask_history", "mask_history_cutoff"],
+)
+@pytest.mark.parametrize("backend", ["compiled", "python"])
+def test_lf_options_keep_their_meaning(options: dict[str, Any], backend: str, tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "data", CHATS)
+    tokenizer = tokenizer_with(QWEN2_5)
+    args = chat_args(data, backend=backend, **options)
+    dataset, _ = build_dataset(args, tokenizer)
+    run = prepare_run(args, tokenizer_with(QWEN2_5), fingerprint=False)
+    expected = [reference(run.chat_mode, conv, **options) for _, conv in run.samples()]
+    assert rows_of(dataset) == expected
+    if options.get("train_on_prompt"):
+        assert all(ids == labels for ids, labels in rows_of(dataset))
+    if options.get("mask_history") and options["cutoff_len"] == 1000:
+        trained = tokenizer.decode([t for t in rows_of(dataset)[1][1] if t != IGNORE_INDEX])
+        assert trained == "second answer, longer than the first<|im_end|>"
+    assert all(len(ids) <= options["cutoff_len"] for ids, _ in rows_of(dataset))
+
+
+def test_packing_and_inspect_work_unchanged(tmp_path: Path) -> None:
+    from fastsft.inspection import inspect_dataset
+
+    data = write_dataset(tmp_path / "data", CHATS * 3)
+    unpacked, _ = build_dataset(chat_args(data), tokenizer_with(QWEN2_5))
+    packed, _ = build_dataset(chat_args(data, packing=True, cutoff_len=256), tokenizer_with(QWEN2_5))
+    assert sum(len(ids) for ids in packed["input_ids"]) == sum(len(ids) for ids in unpacked["input_ids"])
+    assert sorted(t for row in packed["labels"] for t in row) == sorted(
+        t for row in unpacked["labels"] for t in row
+    )
+    text = inspect_dataset(chat_args(data), tokenizer_with(QWEN2_5), count=1)
+    assert "template chat_template" in text and "trained" in text
+
+
+# --- bad input: one line naming the sample -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("template", "reason"),
+    [
+        ("{{ raise_exception('no system messages here') }}", "raised: no system messages here"),
+        ("{% for m in messages %}{{ m.nickname }}{% endfor %}", "reads an undefined field"),
+    ],
+    ids=["raises", "undefined"],
+)
+def test_a_failing_template_is_one_line_naming_the_sample(template: str, reason: str, tmp_path: Path) -> None:
+    marked = template + "{% generation %}x{% endgeneration %}"
+    data = write_dataset(tmp_path / "data", CHATS)
+    with pytest.raises(DataError) as err:
+        build_dataset(chat_args(data), tokenizer_with(marked))
+    message = str(err.value)
+    assert "\n" not in message and reason in message and "chats" in message and "0" in message
+
+
+def test_a_looping_template_stops_at_its_time_limit(tmp_path: Path) -> None:
+    looping = (
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+        "{% generation %}x{% endgeneration %}"
+    )
+    mode = mode_for(looping, tmp_path, timeout=0.5)
+    conv = Conversation(
+        [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], None, None, ["a", "b"]
+    )
+    with pytest.raises(TemplateError, match=r"ran past its 0\.5 s time limit") as err:
+        mode.render(conv, "dataset chats, sample 3")
+    assert "sample 3" in str(err.value)
+
+
+def test_the_sandbox_refuses_reaching_python_internals(tmp_path: Path) -> None:
+    escaping = "{{ messages.__class__.__mro__ }}{% generation %}x{% endgeneration %}"
+    data = write_dataset(tmp_path / "data", CHATS)
+    with pytest.raises(DataError, match="chat template"):
+        build_dataset(chat_args(data), tokenizer_with(escaping))
+
+
+# --- fastsft train, and LLaMA-Factory loading the saved dataset --------------------------------
+
+
+LF_PYTHON = Path("/work/venv-lf/bin/python")
+LF_DRIVER = """
+import json, sys
+from datasets import load_from_disk
+import llamafactory.train.sft.workflow as workflow
+from llamafactory.train import tuner
+model_dir, tokenized, data_dir, out = sys.argv[1:5]
+seen = []
+original = workflow.load_model
+def load_and_record(*args, **kwargs):
+    model = original(*args, **kwargs)
+    model.register_forward_pre_hook(
+        lambda m, a, k: seen.append((k["input_ids"].tolist(), k["labels"].tolist())), with_kwargs=True
+    )
+    return model
+workflow.load_model = load_and_record
+tuner.run_exp(dict(
+    model_name_or_path=model_dir, stage="sft", do_train=True, finetuning_type="full", dataset="chats",
+    dataset_dir=data_dir, tokenized_path=tokenized, template="empty", cutoff_len=4096,
+    output_dir=out, per_device_train_batch_size=1, max_steps=2, save_strategy="no", report_to="none",
+    use_cpu=True, bf16=False, seed=0,
+))
+print("SEEN " + json.dumps(seen))
+"""
+
+
+def test_fastsft_train_trains_a_chat_template_dataset_and_llamafactory_loads_it(tmp_path: Path) -> None:
+    from datasets import load_from_disk
+
+    from fastsft.train.config import load_config
+    from fastsft.train.workflow import train
+
+    tokenizer_dir = tmp_path / "tokenizer"
+    shutil.copytree(FIXTURE_TOKENIZER_DIR, tokenizer_dir)
+    config_file = tokenizer_dir / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config["chat_template"] = QWEN2_5
+    config_file.write_text(json.dumps(config))
+    data = write_dataset(tmp_path / "data", CHATS * 4)
+    tokenized, output = tmp_path / "tokenized", tmp_path / "out"
+    overrides = [
+        f"tokenizer_name_or_path={tokenizer_dir}",
+        f"dataset_dir={data}",
+        "dataset=chats",
+        "template=chat_template",
+        f"tokenized_path={tokenized}",
+        f"output_dir={output}",
+        "packing=false",
+        "val_size=0",
+        "eval_strategy=no",
+        "max_steps=2",
+        "logging_steps=1",
+        "plot_loss=false",
+    ]
+    train(load_config(REPO / "examples" / "tiny_sft.yaml", overrides))
+    log = [json.loads(line) for line in (output / "trainer_log.jsonl").read_text().splitlines()]
+    assert any("loss" in entry and np.isfinite(entry["loss"]) for entry in log)
+    saved = load_from_disk(str(tokenized))["train"]
+    expected, _ = build_dataset(chat_args(data, cutoff_len=512), tokenizer_with(QWEN2_5))
+    assert sorted(map(tuple, saved["input_ids"])) == sorted(map(tuple, expected["input_ids"]))
+
+    if not LF_PYTHON.is_file():
+        pytest.skip(f"LLaMA-Factory's interpreter not at {LF_PYTHON}")
+    result = subprocess.run(
+        [str(LF_PYTHON), "-c", LF_DRIVER, str(output), str(tokenized), str(data), str(tmp_path / "lf_out")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "CUDA_VISIBLE_DEVICES": "",
+            "OMP_NUM_THREADS": "1",
+            "HOME": str(tmp_path),
+        },
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.split("SEEN ", 1)[1])
+    rows = {(tuple(ids), tuple(labels)) for ids, labels in zip(saved["input_ids"], saved["labels"])}
+    assert len(seen) == 2
+    for ids, labels in seen:
+        assert (tuple(ids[0]), tuple(labels[0])) in rows
