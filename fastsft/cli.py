@@ -130,10 +130,13 @@ def cmd_check_template(args: argparse.Namespace) -> int:
 
 
 def cmd_templates(args: argparse.Namespace) -> int:
-    from fastsft.data.chat.registry import list_templates
+    from fastsft.data.chat.registry import CHAT_TEMPLATE_MODE, list_templates
 
     for kind, names in list_templates().items():
         print(f"{kind.replace('_', ' ')} ({len(names)}): {', '.join(names)}")
+    print(
+        f"{CHAT_TEMPLATE_MODE}: the tokenizer's own jinja chat template, TRL-exact (docs/chat_templates.md)"
+    )
     return 0
 
 

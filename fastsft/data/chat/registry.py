@@ -32,6 +32,9 @@ from fastsft.data.chat.template import (
 from fastsft.data.chat.tool_utils import TOOL_FORMAT_NAMES, get_tool_utils
 from fastsft.errors import ConfigError
 
+# The `template` value that trains with the tokenizer's own jinja chat template (fastsft.data.rows.chat_mode).
+CHAT_TEMPLATE_MODE = "chat_template"
+
 __all__ = [
     "SLOT_TOKENS",
     "TEMPLATES",
@@ -132,7 +135,10 @@ def get_template(
     else:
         templates = TEMPLATES
         if name not in templates:
-            raise ConfigError(f"unknown template '{name}' (valid: {', '.join(sorted(templates))})")
+            raise ConfigError(
+                f"unknown template '{name}' (valid: {', '.join(sorted(templates))}; "
+                f"or {CHAT_TEMPLATE_MODE}: the tokenizer's own)"
+            )
 
         template = copy.deepcopy(templates[name])
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from fastsft import IGNORE_INDEX
 from fastsft.data.chat.jinja import JinjaChatTemplate, TemplateError
+from fastsft.data.chat.registry import CHAT_TEMPLATE_MODE
 from fastsft.data.sources.converter import Conversation
 from fastsft.errors import ConfigError, DataError
 from fastsft.kernels import offsets_from_lengths
@@ -52,7 +53,6 @@ __all__ = [
     "chat_messages",
 ]
 
-CHAT_TEMPLATE_MODE = "chat_template"
 SPECIAL_TOKEN_KEYS = (
     "bos_token",
     "eos_token",
