@@ -22,7 +22,12 @@ from typing import Any
 from fastsft.data.accounting import SampleRef
 from fastsft.data.data_args import DataArgs
 from fastsft.data.pipeline import prepare_run
-from fastsft.data.rows.chat_mode import SPECIAL_TOKEN_KEYS, JinjaChatTemplate, chat_messages
+from fastsft.data.rows.chat_mode import (
+    CHAT_TEMPLATE_MODE,
+    SPECIAL_TOKEN_KEYS,
+    JinjaChatTemplate,
+    chat_messages,
+)
 from fastsft.data.rows.encoder import in_dataset_terms
 from fastsft.data.sources.converter import Conversation
 from fastsft.errors import ConfigError, DataError
@@ -212,6 +217,11 @@ def check_template(
     """Compare every sample's LF rendering with its jinja rendering (``chat_template`` text, else
     the tokenizer's own as loaded). ``tokenizer`` is fixed in place for the LF template, after the
     jinja template and its special tokens are read from it."""
+    if args.template == CHAT_TEMPLATE_MODE:
+        raise ConfigError(
+            f"check-template compares a LLaMA-Factory template with the jinja one; --template {CHAT_TEMPLATE_MODE} "
+            "is the jinja one itself (name the LLaMA-Factory template you would train with instead)"
+        )
     source, name = chat_template, chat_template_name or "(given)"
     if source is None:
         source = tokenizer.chat_template

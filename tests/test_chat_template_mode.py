@@ -188,6 +188,20 @@ def test_a_sample_without_trained_tokens_is_counted_and_skipped(tmp_path: Path) 
     assert any("no trained token" in line and "chats" in line for line in summary.lines())
 
 
+def test_openai_rows_keep_their_system_prompt_as_written(tmp_path: Path) -> None:
+    """LLaMA-Factory's OpenAI converter appends "detailed thinking off" to a system prompt; the
+    served template gets the prompt as the row has it."""
+    data = write_dataset(tmp_path / "data", CHATS)
+    info = json.loads((data / "dataset_info.json").read_text())
+    info["chats"]["formatting"] = "openai"
+    (data / "dataset_info.json").write_text(json.dumps(info))
+    tokenizer = tokenizer_with(QWEN2_5)
+    dataset, _ = build_dataset(chat_args(data), tokenizer)
+    texts = [tokenizer.decode(ids) for ids in dataset["input_ids"]]
+    assert "<|im_start|>system\nBe brief.<|im_end|>" in texts[1]
+    assert not any("thinking" in text for text in texts)
+
+
 # --- LLaMA-Factory's options keep their meaning --------------------------------------------------
 
 

@@ -231,7 +231,12 @@ class PreparedRun:
         """Every sample of ``split`` in training order, converted: a ``Conversation``, or why it is not one."""
         source = self.splits()[split]
         return iter_converted(
-            source.attrs, self.args.dataset_dir, self.args.max_samples, source.order, source.lengths
+            source.attrs,
+            self.args.dataset_dir,
+            self.args.max_samples,
+            source.order,
+            source.lengths,
+            system_as_written=self.args.template == CHAT_TEMPLATE_MODE,
         )
 
     def stream_spec(self, *, take: int | None = None) -> StreamSpec:
@@ -262,7 +267,7 @@ class PreparedRun:
         """``streaming: true``: the training samples in the streamed order (first pass), converted."""
         for attr, ref, row in SampleStream(self.stream_spec(), 0):
             try:
-                yield ref, convert(row, attr)
+                yield ref, convert(row, attr, system_as_written=self.args.template == CHAT_TEMPLATE_MODE)
             except DataError as err:
                 yield ref, err
 

@@ -239,7 +239,7 @@ class Encoder:
         kept: list[int] = []
         for position, (row, attr, ref) in enumerate(zip(*batch)):
             try:
-                conv = convert(row, attr)
+                conv = convert(row, attr, system_as_written=True)
             except DataError as err:
                 self.policy.malformed(err, ref, summary)
                 continue

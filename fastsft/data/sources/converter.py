@@ -56,8 +56,12 @@ class _Message(NamedTuple):
     field: str
 
 
-def convert(row: Mapping[str, Any], attr: DatasetAttr) -> Conversation | Dropped:
-    """Convert one raw row under ``attr``'s formatting, columns and tags."""
+def convert(
+    row: Mapping[str, Any], attr: DatasetAttr, *, system_as_written: bool = False
+) -> Conversation | Dropped:
+    """Convert one raw row under ``attr``'s formatting, columns and tags. ``system_as_written``
+    (the chat-template mode) keeps an OpenAI row's system prompt as the row has it, where
+    LLaMA-Factory appends its "detailed thinking off" line or a newline before tools."""
     if attr.ranking:
         raise ConfigError(
             f"dataset '{attr.label}' is a ranking dataset, not applicable to supervised fine-tuning"
@@ -68,7 +72,7 @@ def convert(row: Mapping[str, Any], attr: DatasetAttr) -> Conversation | Dropped
     elif attr.formatting == "sharegpt":
         converted = _convert_sharegpt(row, attr)
     elif attr.formatting == "openai":
-        converted = _convert_openai(row, attr)
+        converted = _convert_openai(row, attr, system_as_written)
     else:
         raise ConfigError(f"dataset '{attr.label}': unknown formatting '{attr.formatting}'")
 
@@ -275,7 +279,9 @@ def _convert_sharegpt(row: Mapping[str, Any], attr: DatasetAttr) -> _Converted |
     return aligned, system, _column(row, attr.tools)
 
 
-def _convert_openai(row: Mapping[str, Any], attr: DatasetAttr) -> _Converted | Dropped:
+def _convert_openai(
+    row: Mapping[str, Any], attr: DatasetAttr, system_as_written: bool
+) -> _Converted | Dropped:
     roles = tag_mapping(attr)
     messages = _message_list(row, attr)
     leading = _leading_system(messages, attr)
@@ -323,7 +329,10 @@ def _convert_openai(row: Mapping[str, Any], attr: DatasetAttr) -> _Converted | D
     if isinstance(tools, (dict, list)):
         tools = json.dumps(tools, ensure_ascii=False)
 
+    written = system
     system = _openai_system(system, tools, attr)
+    if system_as_written:
+        system = written
 
     accept_tags = ((USER, OBSERVATION), (ASSISTANT, FUNCTION))
     expected_tags = ((attr.user_tag, attr.observation_tag), (attr.assistant_tag, attr.function_tag))

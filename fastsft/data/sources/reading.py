@@ -92,12 +92,14 @@ def iter_converted(
     max_samples: int | None,
     order: np.ndarray | None = None,
     lengths: list[int] | None = None,
+    *,
+    system_as_written: bool = False,
 ) -> Iterator[tuple[SampleRef, Conversation | Dropped | DataError]]:
     """Every sample (see ``iter_samples``) converted: a ``Conversation``, a ``Dropped`` (a row
-    LLaMA-Factory drops), or the ``DataError`` of a malformed row."""
+    LLaMA-Factory drops), or the ``DataError`` of a malformed row (``system_as_written``: see ``convert``)."""
     for attr, ref, row in iter_samples(attrs, dataset_dir, max_samples, order, lengths):
         try:
-            yield ref, convert(row, attr)
+            yield ref, convert(row, attr, system_as_written=system_as_written)
         except DataError as err:
             yield ref, err
 
