@@ -25,6 +25,7 @@ is counted (``Summary.no_trainable``) and skipped.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -211,8 +212,8 @@ class ChatTemplateMode:
 
     def render(self, conv: Conversation, where: str = "") -> tuple[str, list[tuple[int, int]]]:
         """The conversation's text and the character spans of its assistant output."""
-        if self.default_system is not None and conv.system is None:
-            conv = Conversation(conv.messages, self.default_system, conv.tools, conv.fields)
+        if self.default_system and not conv.system:
+            conv = dataclasses.replace(conv, system=self.default_system)
         messages, tools = chat_messages(conv)
         if self.how == PREFIX_DIFFS:
             return self._prefix_spans(messages, tools, where)
