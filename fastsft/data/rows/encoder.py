@@ -301,9 +301,10 @@ class Encoder:
         assert mode is not None and rendered.spans is not None
         bad = {i: invalid_unicode(text) for i, text in enumerate(texts) if invalid_unicode(text) is not None}
         for index, reason in bad.items():
-            self.policy.malformed(
-                DataError(f"a text is not valid Unicode: {reason}"), rendered.kept.refs[index], summary
-            )
+            conv = convert(rendered.kept.rows[index], rendered.kept.attrs[index], system_as_written=True)
+            found = invalid_text(conv) if isinstance(conv, Conversation) else None
+            error = found or DataError(f"a text is not valid Unicode: {reason}")
+            self.policy.malformed(error, rendered.kept.refs[index], summary)
         good = [i for i in range(len(texts)) if i not in bad]
         samples = mode.tokenize_with_spans([texts[i] for i in good], [rendered.spans[i] for i in good])
         input_ids, labels, offsets, full_lengths = mode.assemble(
@@ -314,8 +315,8 @@ class Encoder:
             mask_history=self.mask_history,
         )
         encoded = EncodedBatch(input_ids, labels, offsets, full_lengths)
-        trained = np.add.reduceat(labels != IGNORE_INDEX, offsets[:-1]) if len(labels) else np.zeros(0, int)
-        trained[np.diff(offsets) == 0] = 0  # reduceat reads the next sample's first token for an empty one
+        counted = np.concatenate(([0], np.cumsum(labels != IGNORE_INDEX)))
+        trained = counted[offsets[1:]] - counted[offsets[:-1]]
         empty = np.flatnonzero(trained == 0)
         for index in empty.tolist():
             summary.skip_no_trainable(rendered.kept.refs[good[index]])
