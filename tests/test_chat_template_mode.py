@@ -68,7 +68,9 @@ PLAIN = "{% for m in messages %}<{{ m.role }}>{{ m.content }}</s>\n{% endfor %}{
 
 def write_dataset(folder: Path, rows: list[dict[str, Any]]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "chats.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    (folder / "chats.json").write_text(
+        json.dumps(rows), encoding="utf-8"
+    )  # ASCII: a lone surrogate as an escape
     info = {"chats": {"file_name": "chats.json", **DATASET_INFO}}
     (folder / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
     return folder
@@ -282,6 +284,20 @@ def test_a_failing_template_is_one_line_naming_the_sample(template: str, reason:
         build_dataset(chat_args(data), tokenizer_with(marked))
     message = str(err.value)
     assert "\n" not in message and reason in message and "chats" in message and "0" in message
+
+
+def test_text_that_is_not_unicode_names_its_field(tmp_path: Path) -> None:
+    rows = [
+        *CHATS,
+        {"messages": [{"role": "user", "content": "a\ud800"}, {"role": "assistant", "content": "b"}]},
+    ]
+    data = write_dataset(tmp_path / "data", rows)
+    with pytest.raises(
+        DataError, match=r"dataset chats, sample #2, field 'messages\[0\]\.content': not valid Unicode"
+    ):
+        build_dataset(chat_args(data), tokenizer_with(QWEN2_5))
+    dataset, summary = build_dataset(chat_args(data, skip_malformed=True), tokenizer_with(QWEN2_5))
+    assert len(dataset) == 2 and summary.malformed_skipped == 1
 
 
 def test_a_looping_template_stops_at_its_time_limit(tmp_path: Path) -> None:
