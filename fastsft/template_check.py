@@ -26,13 +26,22 @@ from fastsft.data.rows.chat_mode import (
     CHAT_TEMPLATE_MODE,
     SPECIAL_TOKEN_KEYS,
     JinjaChatTemplate,
+    TemplateError,
     chat_messages,
 )
 from fastsft.data.rows.encoder import in_dataset_terms
 from fastsft.data.sources.converter import Conversation
 from fastsft.errors import ConfigError, DataError
 
-__all__ = ["KINDS", "CheckReport", "JinjaChatTemplate", "chat_messages", "check_template", "classify"]
+__all__ = [
+    "KINDS",
+    "CheckReport",
+    "JinjaChatTemplate",
+    "TemplateError",
+    "chat_messages",
+    "check_template",
+    "classify",
+]
 
 SYSTEM_DEFAULT = "system default"
 TOOL_CALL = "tool-call format"
