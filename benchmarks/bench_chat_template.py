@@ -48,7 +48,7 @@ DATASET = "chat_messages"
 TRL_FAMILY = "qwen2_5"  # TRL's original Qwen2.5 template; both sides swap in its training version
 CUTOFF_LEN = 1_000_000  # above any conversation: TRL's max_length=None truncates nothing either
 ROUNDS = 3
-FLOOR = 1.25  # TRL / fastsft, whole processes: below the worst measured ratio (docs/benchmarks.md)
+FLOOR = 1.25  # TRL / fastsft, whole processes: below the worst measured ratio, 1.62x (docs/benchmarks.md)
 REAL_TEXT_CHARS_PER_SAMPLE = 10_000  # real_text.py's most characters per conversation, rounded up
 ROLES = {"human": "user", "gpt": "assistant"}
 DATASET_INFO = {
