@@ -411,3 +411,20 @@ def test_fastsft_train_trains_a_chat_template_dataset_and_llamafactory_loads_it(
             and set(labels[0][len(row_ids) :]) <= {IGNORE_INDEX}
             for row_ids, row_labels in rows
         )
+
+
+def test_the_text_is_tokenized_as_the_tokenizer_calls_its_rust_tokenizer(tmp_path: Path) -> None:
+    """A truncation setting kept in ``tokenizer.json`` is not applied (``tokenizer(text)`` turns it
+    off), as transformers' ``apply_chat_template(..., return_assistant_tokens_mask=True)`` shows."""
+    tokenizer = tokenizer_with(MARKED)
+    tokenizer.backend_tokenizer.enable_truncation(max_length=4)
+    dataset, _ = build_dataset(
+        chat_args(write_dataset(tmp_path / "data", CHATS), cutoff_len=100_000), tokenizer
+    )
+    for row, chat in zip(dataset, CHATS, strict=True):
+        expected = tokenizer.apply_chat_template(
+            chat["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        assert row["input_ids"] == expected["input_ids"]
+        masked = [i if m else -100 for i, m in zip(expected["input_ids"], expected["assistant_masks"])]
+        assert row["labels"] == masked

@@ -133,6 +133,10 @@ class RustEncoder:
     def encode_batch_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         return _flatten(self.encode_batch(texts))
 
+    def encodings(self, texts: Sequence[str]) -> list[Any]:
+        """HF's ``Encoding`` of each text, character offsets included (slower than the ids alone)."""
+        return self._tokenizer().encode_batch(list(texts), add_special_tokens=False)
+
     def single_threaded(self) -> RustEncoder:
         """Itself: HF's own threading follows ``TOKENIZERS_PARALLELISM``, which is left as it is."""
         return self

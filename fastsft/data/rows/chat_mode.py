@@ -40,6 +40,7 @@ from fastsft.data.sources.converter import Conversation
 from fastsft.errors import ConfigError, DataError
 from fastsft.kernels import offsets_from_lengths
 from fastsft.kernels.supervised import TurnTrace, encode_pairs
+from fastsft.tokenizer.encoders import RustEncoder
 
 if TYPE_CHECKING:
     from fastsft.kernels.interface import Kernels
@@ -190,8 +191,9 @@ class ChatTemplateMode:
             self.how = PREFIX_DIFFS
         self.jinja = jinja
         self._jinja_args = (jinja.source, jinja.name, timeout)
-        self._backend_json = spec.backend_json
-        self._tokenizer: Any = None
+        # Set up as ``tokenizer(text, add_special_tokens=False)`` sets its Rust tokenizer: no
+        # truncation or padding from tokenizer.json, ``split_special_tokens`` as the tokenizer's.
+        self._rust = RustEncoder(spec.backend_json, spec.split_special_tokens)
         if self.how == PREFIX_DIFFS:
             try:
                 self._prefix_spans(_PROBE, None, "a probe conversation")
@@ -203,7 +205,7 @@ class ChatTemplateMode:
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable for worker processes: the template is compiled and the Rust tokenizer made again there."""
-        return {**self.__dict__, "_tokenizer": None, "jinja": None}
+        return {**self.__dict__, "jinja": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -248,11 +250,7 @@ class ChatTemplateMode:
         ``apply_chat_template(..., return_assistant_tokens_mask=True)`` computes them: the text
         tokenized whole with ``add_special_tokens=False``, a token the assistant's when its
         character offsets overlap a span."""
-        if self._tokenizer is None:
-            from tokenizers import Tokenizer
-
-            self._tokenizer = Tokenizer.from_str(self._backend_json)
-        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
+        encodings = self._rust.encodings(texts)
         return [assistant_mask(encoding, sample_spans) for encoding, sample_spans in zip(encodings, spans)]
 
     def assemble(
