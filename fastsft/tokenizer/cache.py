@@ -19,7 +19,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CACHE_ENV_VAR", "cache_dir", "folder_digest", "read_checked", "write_atomic", "write_checked"]
+__all__ = [
+    "CACHE_ENV_VAR",
+    "cache_dir",
+    "folder_digest",
+    "read_checked",
+    "read_checked_bytes",
+    "write_atomic",
+    "write_checked",
+    "write_checked_bytes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +104,24 @@ def write_checked(path: Path, value: Any) -> None:
     """``value`` as JSON at ``path``, after a first line with the digest of that JSON."""
     body = json.dumps(value).encode("utf-8")
     write_atomic(path, _digest(body).encode("ascii") + b"\n" + body)
+
+
+def read_checked_bytes(path: Path) -> bytes | None:
+    """The bytes ``write_checked_bytes`` wrote at ``path``; ``None`` when the file is missing,
+    damaged or unreadable (an unreadable cache is reported once)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        skip_unusable(path, err)
+        return None
+    return data[32:] if hashlib.sha256(data[32:]).digest() == data[:32] else None
+
+
+def write_checked_bytes(path: Path, payload: bytes) -> None:
+    """``payload`` at ``path``, after the 32 bytes of its SHA-256."""
+    write_atomic(path, hashlib.sha256(payload).digest() + payload)
 
 
 def write_atomic(path: Path, content: bytes) -> None:

@@ -45,7 +45,7 @@ from fastsft.tokenizer.bpe import (
     raise_if_invalid_unicode,
     tokenizer_tables,
 )
-from fastsft.tokenizer.cache import read_checked, skip_unusable, write_atomic, write_checked
+from fastsft.tokenizer.cache import read_checked, read_checked_bytes, write_checked, write_checked_bytes
 from fastsft.tokenizer.spec import TokenizerSpec, json_derived
 from fastsft.tokenizer.unicode_classes import TOKENIZERS_VERSION
 
@@ -366,16 +366,10 @@ def _fastokens(spec: TokenizerSpec, tokenizer_json: str) -> FastokensEncoder:
 def _bpe(spec: TokenizerSpec, tokenizer_json: str) -> ByteLevelBPEBackend:
     """fastsft's BPE, probed once per tokenizer, its tables kept beside the spec's JSON."""
     path = json_derived(spec.backend_digest or "", f"bpe-{BPE_FORMAT}-{int(spec.split_special_tokens)}.npz")
+    data = read_checked_bytes(path)
     try:
-        data = path.read_bytes()
-        tables = (
-            ByteLevelTables.from_bytes(data[32:]) if hashlib.sha256(data[32:]).digest() == data[:32] else None
-        )
-    except FileNotFoundError:
-        tables = None
-    except (OSError, ValueError) as err:
-        if isinstance(err, OSError):
-            skip_unusable(path, err)
+        tables = ByteLevelTables.from_bytes(data) if data is not None else None
+    except ValueError:
         tables = None
 
     def verify() -> ByteLevelBPEBackend:
@@ -385,8 +379,7 @@ def _bpe(spec: TokenizerSpec, tokenizer_json: str) -> ByteLevelBPEBackend:
             raise ConfigError(f"fastsft-bpe does not reproduce it: {error}") from None
         encoder = ByteLevelBPEBackend(made)
         _probe(encoder, spec, tokenizer_json)
-        payload = made.to_bytes()
-        write_atomic(path, hashlib.sha256(payload).digest() + payload)
+        write_checked_bytes(path, made.to_bytes())
         return encoder
 
     verified = _verdict(spec, f"fastsft-bpe {BPE_FORMAT} classes {TOKENIZERS_VERSION}", verify)
