@@ -295,11 +295,12 @@ def prepare_run(
         versions.add(fingerprint_version(read_provenance(args.tokenized_path)))
     if not isinstance(tokenizer, str):
         return _fixed_run(args, tokenizer, versions, datasets)
-    key = _spec_key(args, tokenizer)
+    template = make_template(args, None) if args.template is not None else None
+    key = _spec_key(args, template, tokenizer) if template is not None else None
     spec = load_saved_spec(key) if key is not None else None
-    if spec is not None and versions <= spec.fingerprints.keys():
+    if spec is not None and template is not None and versions <= spec.fingerprints.keys():
         spec = dataclasses.replace(spec, name_or_path=tokenizer)
-        return PreparedRun(args, spec, make_template(args, None), None, datasets)
+        return PreparedRun(args, spec, template, None, datasets)
     run = _fixed_run(args, load_tokenizer(tokenizer), versions | {FINGERPRINT_FORMAT}, datasets)
     if key is not None:
         save_spec(key, run.spec)
@@ -322,16 +323,15 @@ def _fixed_run(
     return PreparedRun(args, spec, template, tokenizer, datasets)
 
 
-def _spec_key(args: DataArgs, folder: str) -> str | None:
+def _spec_key(args: DataArgs, template: Template, folder: str) -> str | None:
     """What a tokenizer folder's spec is kept under: the folder's content, the options that decide
     the template and the template's whole definition, which decides the fixes (a fastsft that
-    defines it otherwise fixes the tokenizer again). ``None``: not kept, for an unset template,
-    parsed from the tokenizer itself."""
-    if args.template is None or not Path(folder).is_dir():
+    defines it otherwise fixes the tokenizer again). ``None``: not kept, for a path that is not a
+    folder (an unset template, parsed from the tokenizer itself, is never kept either)."""
+    if not Path(folder).is_dir():
         return None
     options = (args.template, args.tool_format, args.default_system, args.enable_thinking)
-    definition = repr(make_template(args, None))
-    return spec_key(Path(folder), *options, args.preserve_thinking, args.train_on_prompt, definition)
+    return spec_key(Path(folder), *options, args.preserve_thinking, args.train_on_prompt, repr(template))
 
 
 def build_dataset(
