@@ -14,11 +14,14 @@ Run it with a fresh ``HF_DATASETS_CACHE`` so that ``datasets`` does not reuse an
 from __future__ import annotations
 
 import argparse
-import tempfile
+import sys
+from pathlib import Path
 
 import datasets
-from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-from trl import SFTConfig, SFTTrainer
+from transformers import AutoTokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from make_trl_goldens import trl_prepared_dataset  # the goldens' own TRL set-up
 
 
 def main() -> None:
@@ -29,29 +32,9 @@ def main() -> None:
     args = parser.parse_args()
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
     dataset = datasets.load_dataset("json", data_files=args.data, split="train")
-    model = Qwen2ForCausalLM(
-        Qwen2Config(
-            vocab_size=len(tokenizer),
-            hidden_size=8,
-            intermediate_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=1,
-            num_key_value_heads=1,
-        )
-    )
-    with tempfile.TemporaryDirectory() as out:
-        config = SFTConfig(
-            output_dir=out,
-            assistant_only_loss=True,
-            max_length=None,
-            packing=False,
-            report_to=[],
-            bf16=False,
-            use_cpu=True,
-        )
-        trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    prepared = trl_prepared_dataset(tokenizer, dataset)
     if args.save:
-        trainer.train_dataset.select_columns(["input_ids", "labels"]).save_to_disk(args.save)
+        prepared.select_columns(["input_ids", "labels"]).save_to_disk(args.save)
 
 
 if __name__ == "__main__":

@@ -157,9 +157,10 @@ def trl_rows(conversations: list[list[dict]], enable_thinking: bool | None) -> l
     return rows
 
 
-def trl_prepared(tokenizer: object, rows: list[dict]) -> list[dict]:
-    """TRL's prepared training set for ``rows``: its ``input_ids`` and ``labels`` (the ids where its
-    assistant mask is set, else -100)."""
+def trl_prepared_dataset(tokenizer: object, dataset: datasets.Dataset) -> datasets.Dataset:
+    """TRL's prepared training set for ``dataset``, as ``SFTTrainer(assistant_only_loss=True)``
+    makes it (no truncation, no packing) on a one-layer Qwen2 model: ``input_ids`` and ``labels``
+    (the ids where its assistant mask is set, else -100). ``benchmarks/trl_peer.py`` times it."""
     model = Qwen2ForCausalLM(
         Qwen2Config(
             vocab_size=len(tokenizer),
@@ -181,13 +182,13 @@ def trl_prepared(tokenizer: object, rows: list[dict]) -> list[dict]:
             use_cpu=True,
             dataset_num_proc=None,
         )
-        trainer = SFTTrainer(
-            model=model,
-            args=config,
-            train_dataset=datasets.Dataset.from_list(rows),
-            processing_class=tokenizer,
-        )
-        prepared = trainer.train_dataset
+        trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+        return trainer.train_dataset
+
+
+def trl_prepared(tokenizer: object, rows: list[dict]) -> list[dict]:
+    """``trl_prepared_dataset`` of ``rows``, as lists."""
+    prepared = trl_prepared_dataset(tokenizer, datasets.Dataset.from_list(rows))
     return [{"input_ids": row["input_ids"], "labels": row["labels"]} for row in prepared]
 
 
