@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from test_streaming import StopBefore
 from transformers import TrainerCallback
 
 import fastsft.data.streaming as data_streaming
@@ -53,15 +54,6 @@ class WeightsSum(TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         weights.append(float(sum(p.detach().double().sum() for p in model.parameters())))
-
-
-class StopBefore(TrainerCallback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.global_step + 1 == self.step:
-            raise KeyboardInterrupt
 
 
 original_encoded_batches = data_streaming.encoded_batches

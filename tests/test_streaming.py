@@ -138,16 +138,21 @@ def small_stream_yaml(tmp_path: Path, rows: int = 22) -> dict[str, Any]:
     data = tmp_path / "data.json"
     text = json.loads((REPO_ROOT / "examples/tiny/data/tiny_sharegpt.json").read_text())
     data.write_text(json.dumps(text[:rows]))
+    return resumable_stream_yaml(data, max_steps=9, save_steps=3)
+
+
+def resumable_stream_yaml(data: Path, **changes: Any) -> dict[str, Any]:
+    """The unpacked golden's YAML over ``data`` in 6-sample preprocessing batches through an
+    8-sample buffer, saving checkpoints that a second run resumes from; then ``changes``."""
     values = dict(golden("streaming_unpacked")["yaml"])
     values.update(
         dataset=str(data),
         buffer_size=8,
         preprocessing_batch_size=6,
-        max_steps=9,
-        save_steps=3,
         warmup_steps=1,
-        overwrite_output_dir=False,  # the second run resumes
+        overwrite_output_dir=False,  # a second run resumes
     )
+    values.update(changes)
     return values
 
 
@@ -261,19 +266,7 @@ def numbered_stream_yaml(tmp_path: Path, samples: int = 48, **changes: Any) -> d
     preprocessing batches, so two processes take 4 batches (24 rows, 12 steps of 2) per pass each."""
     data = tmp_path / "numbered.json"
     data.write_text(json.dumps([conversation(str(i)) for i in range(samples)]))
-    values = dict(golden("streaming_unpacked")["yaml"])
-    values.update(
-        dataset=str(data),
-        buffer_size=8,
-        preprocessing_batch_size=6,
-        gradient_accumulation_steps=1,
-        max_steps=14,
-        save_steps=5,
-        warmup_steps=1,
-        overwrite_output_dir=False,  # a second run resumes
-    )
-    values.update(changes)
-    return values
+    return resumable_stream_yaml(data, gradient_accumulation_steps=1, max_steps=14, save_steps=5, **changes)
 
 
 def stream_of(values: dict[str, Any], tmp_path: Path) -> Any:
