@@ -211,7 +211,7 @@ def reference(mode: ChatTemplateMode, conv: Conversation, **options: Any) -> tup
     """The sample by LLaMA-Factory's readable ``encode_pairs`` on the mode's (prompt, response)
     pairs, with the untrained tokens (non-assistant, unless train_on_prompt) masked after."""
     text, spans = mode.render(conv)
-    ids, mask = mode.tokenize_with_spans([text], [spans])[0]
+    ids, mask, _ = mode.tokenize_with_spans([text], [spans])
     bounds = turn_bounds(mask)
     pairs = [
         (list(range(bounds[i], bounds[i + 1])), list(range(bounds[i + 1], bounds[i + 2])))
@@ -428,3 +428,115 @@ def test_the_text_is_tokenized_as_the_tokenizer_calls_its_rust_tokenizer(tmp_pat
         assert row["input_ids"] == expected["input_ids"]
         masked = [i if m else -100 for i, m in zip(expected["input_ids"], expected["assistant_masks"])]
         assert row["labels"] == masked
+
+
+# --- token offsets from byte lengths against HF's offsets --------------------------------------
+
+# Pieces of text that stress offsets: multi-byte characters split across tokens, NFD forms and
+# compatibility ideographs (which NFC changes; it shortens the first by 3 bytes and lengthens the
+# second by 3), whitespace runs, and the tokenizers' added tokens.
+NFC_NEUTRAL = "e\u0301e\u0301e\u0301\u0958"  # as many bytes before and after NFC, but moved
+TEXT_PIECES = [
+    NFC_NEUTRAL,
+    "Hello",
+    " world",
+    "\n\n",
+    "  ",
+    "\t",
+    "数据处理",
+    "😀👍🏽",
+    "👨\u200d👩\u200d👧",
+    "e\u0301",
+    "\u212b",
+    "\uf900",
+    "café",
+    "'s",
+    "123456",
+    "ǅß",
+    "\u00a0",
+    "\r\n",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|eot_id|>",
+    "</s>",
+]
+
+
+@pytest.mark.parametrize("vocabulary", sorted(VOCABULARIES))
+def test_byte_length_offsets_give_hfs_assistant_mask(vocabulary: str, tmp_path: Path) -> None:
+    """Property: the assistant mask from the run encoder's ids and the tokens' byte lengths equals
+    the one from HF's character offsets, for random texts and spans (ordered, nested, empty)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    folder = VOCABULARIES[vocabulary]()
+    if not (folder / "tokenizer_config.json").is_file():
+        pytest.skip(f"the {vocabulary} tokenizer is not here")
+    data = write_dataset(tmp_path / "data", CHATS)
+    run = prepare_run(chat_args(data), tokenizer_with(MARKED, folder), fingerprint=False)
+    mode = ChatTemplateMode(run.spec)
+    assert mode._byte_lengths is not None, "a byte-level BPE tokenizer takes the byte-length offsets"
+    encoder = run.text_encoder("compiled")
+
+    def span_list(text: str, cuts: list[int], nested: bool) -> list[tuple[int, int]]:
+        points = sorted({cut % (len(text) + 1) for cut in cuts})
+        spans = list(zip(points[0::2], points[1::2]))
+        return spans[::-1] if nested and len(spans) > 1 else spans
+
+    samples = st.lists(
+        st.tuples(
+            st.lists(st.sampled_from(TEXT_PIECES) | st.text(max_size=6), max_size=12).map("".join),
+            st.lists(st.integers(0, 10_000), max_size=6),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(samples)
+    def check(batch: list[tuple[str, list[int], bool]]) -> None:
+        texts = [text for text, _, _ in batch if not any(0xD800 <= ord(c) < 0xE000 for c in text)]
+        spans = [span_list(text, cuts, nested) for text, cuts, nested in batch if text in texts]
+        fast = mode.tokenize_with_spans(texts, spans, encoder)
+        reference = mode.tokenize_with_spans(texts, spans)
+        for got, expected in zip(fast, reference, strict=True):
+            np.testing.assert_array_equal(got, expected)
+
+    check()
+
+
+def test_ascii_and_nfc_texts_take_the_byte_length_offsets(tmp_path: Path) -> None:
+    """The batch pass answers for texts the sums fit; only a text NFC changes takes HF's offsets."""
+    from fastsft.data.rows.chat_mode import byte_offset_masks
+
+    data = write_dataset(tmp_path / "data", CHATS)
+    run = prepare_run(chat_args(data), tokenizer_with(MARKED), fingerprint=False)
+    mode = ChatTemplateMode(run.spec)
+    texts = [
+        "<user>Hi</s>\n<assistant>Hello 数据 😀</s>\n",
+        "cafe\u0301 <assistant>x</s>",
+        f"{NFC_NEUTRAL} <assistant>x</s>",
+    ]
+    spans = [[(25, 41)], [(18, 19)], [(19, 20)]]
+    ids, bounds = run.text_encoder("compiled").encode_batch_flat(texts)
+    assert mode._byte_lengths is not None
+    _, fallback = byte_offset_masks(texts, spans, ids, bounds, mode._byte_lengths, mode._nfc)
+    assert mode._nfc
+    assert fallback == [1, 2]
+
+
+def test_tokenizers_whose_offsets_are_not_byte_sums_take_hfs_offsets() -> None:
+    """Offsets trimmed by the post-processor, added tokens that strip whitespace, a prefix space,
+    a normalizer other than NFC, and a model that is not byte-level BPE all keep HF's offsets."""
+    from fastsft.data.rows.chat_mode import token_byte_lengths
+
+    config = json.loads(load_tokenizer(FIXTURE_TOKENIZER_DIR).backend_tokenizer.to_str())
+    assert token_byte_lengths(json.dumps(config))[0] is not None
+    trimmed = {**config, "post_processor": {"type": "ByteLevel", "trim_offsets": True}}
+    stripping = {**config, "added_tokens": [{**config["added_tokens"][0], "lstrip": True}]}
+    prefixed = {**config, "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": True}}
+    lowercased = {**config, "normalizer": {"type": "Lowercase"}}
+    wordpiece = {**config, "model": {**config["model"], "type": "WordPiece"}}
+    for changed in (trimmed, stripping, prefixed, lowercased, wordpiece):
+        assert token_byte_lengths(json.dumps(changed)) == (None, False)

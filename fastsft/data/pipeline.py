@@ -187,8 +187,7 @@ class PreparedRun:
         if encode_path not in self.text_encoders:
             self.text_encoders[encode_path] = choose_encoder(
                 self.spec,
-                # the chat-template mode tokenizes with HF's Rust tokenizer, for its offsets
-                "hf" if self.args.template == CHAT_TEMPLATE_MODE else self.args.tokenizer_backend,
+                self.args.tokenizer_backend,
                 expected_chars=expected_chars,
                 per_string=encode_path == "python",
                 tokenizer=self.tokenizer,

@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
+import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 
 from fastsft import IGNORE_INDEX
 from fastsft.data.chat.jinja import JinjaChatTemplate, TemplateError
@@ -40,7 +43,7 @@ from fastsft.data.sources.converter import Conversation
 from fastsft.errors import ConfigError, DataError
 from fastsft.kernels import offsets_from_lengths
 from fastsft.kernels.supervised import TurnTrace, encode_pairs
-from fastsft.tokenizer.encoders import RustEncoder
+from fastsft.tokenizer.encoders import RustEncoder, TextEncoder
 
 if TYPE_CHECKING:
     from fastsft.kernels.interface import Kernels
@@ -194,6 +197,7 @@ class ChatTemplateMode:
         # Set up as ``tokenizer(text, add_special_tokens=False)`` sets its Rust tokenizer: no
         # truncation or padding from tokenizer.json, ``split_special_tokens`` as the tokenizer's.
         self._rust = RustEncoder(spec.backend_json, spec.split_special_tokens)
+        self._byte_lengths, self._nfc = token_byte_lengths(spec.backend_json)
         if self.how == PREFIX_DIFFS:
             try:
                 self._prefix_spans(_PROBE, None, "a probe conversation")
@@ -244,35 +248,53 @@ class ChatTemplateMode:
         return full, spans
 
     def tokenize_with_spans(
-        self, texts: list[str], spans: list[list[tuple[int, int]]]
-    ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Each text's ids (int32) and whether each token is the assistant's (bool), as transformers'
-        ``apply_chat_template(..., return_assistant_tokens_mask=True)`` computes them: the text
-        tokenized whole with ``add_special_tokens=False``, a token the assistant's when its
-        character offsets overlap a span."""
-        encodings = self._rust.encodings(texts)
-        return [assistant_mask(encoding, sample_spans) for encoding, sample_spans in zip(encodings, spans)]
+        self, texts: list[str], spans: list[list[tuple[int, int]]], text_encoder: TextEncoder | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The texts' ids (``int32[T]``), whether each token is the assistant's (``bool[T]``) and the
+        texts' offsets into both (``int64[len(texts) + 1]``), as transformers'
+        ``apply_chat_template(..., return_assistant_tokens_mask=True)`` computes them: each text
+        tokenized whole with ``add_special_tokens=False``, a token the assistant's when its character
+        offsets overlap a span (``assistant_mask``).
+
+        With ``text_encoder`` (the run's exact encoder) and a tokenizer whose offsets are its tokens'
+        byte lengths summed (``token_byte_lengths``), the ids come from that encoder and the offsets
+        from those sums, in bytes, against the spans in bytes: the same overlaps, without HF's offset
+        tracking. A text where the sums do not reach its length in bytes (normalization changed
+        it) and a text whose spans nest take HF's offsets."""
+        fallback = list(range(len(texts)))
+        ids = np.zeros(0, dtype=np.int32)
+        mask = np.zeros(0, dtype=bool)
+        bounds = np.zeros(len(texts) + 1, dtype=np.int64)
+        if text_encoder is not None and self._byte_lengths is not None and texts:
+            ids, bounds = text_encoder.encode_batch_flat(texts)
+            mask, fallback = byte_offset_masks(texts, spans, ids, bounds, self._byte_lengths, self._nfc)
+        if fallback:
+            encodings = self._rust.encodings([texts[i] for i in fallback])
+            redone = {i: assistant_mask(encoding, spans[i]) for encoding, i in zip(encodings, fallback)}
+            pieces = [
+                redone.get(i) or (ids[bounds[i] : bounds[i + 1]], mask[bounds[i] : bounds[i + 1]])
+                for i in range(len(texts))
+            ]
+            bounds = offsets_from_lengths(np.array([len(piece[0]) for piece in pieces], dtype=np.int64))
+            ids = np.concatenate([piece[0] for piece in pieces] or [ids]).astype(np.int32, copy=False)
+            mask = np.concatenate([piece[1] for piece in pieces] or [mask]).astype(bool, copy=False)
+        return ids, mask, bounds
 
     def assemble(
         self,
-        samples: list[tuple[np.ndarray, np.ndarray]],
+        ids: np.ndarray,
+        trained: np.ndarray,
+        bounds: np.ndarray,
         kernels: Kernels,
         *,
         cutoff_len: int,
         train_on_prompt: bool,
         mask_history: bool,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``input_ids``, ``labels``, ``offsets`` and untruncated lengths of the samples, by the
-        kernels' ``assemble_supervised`` on token positions (see the module's docstring)."""
-        ids = np.concatenate([s[0] for s in samples]) if samples else np.zeros(0, np.int32)
-        trained = np.concatenate([s[1] for s in samples]) if samples else np.zeros(0, bool)
-        lengths = np.array([len(s[0]) for s in samples], dtype=np.int64)
-        bounds = [turn_bounds(mask) for _, mask in samples]
-        starts = offsets_from_lengths(lengths)[:-1]
-        message_bounds = np.concatenate(
-            [b[:-1] + start for b, start in zip(bounds, starts)] + [np.array([len(ids)], np.int64)]
-        )
-        sample_bounds = offsets_from_lengths(np.array([len(b) - 1 for b in bounds], dtype=np.int64))
+        """``input_ids``, ``labels``, ``offsets`` and untruncated lengths of the samples
+        (``tokenize_with_spans``' result), by the kernels' ``assemble_supervised`` on token
+        positions (see the module's docstring)."""
+        message_bounds, sample_bounds = turn_bounds_flat(trained, bounds)
         positions = np.arange(len(ids), dtype=np.int32)
         out = kernels.assemble_supervised(
             positions, message_bounds, sample_bounds, cutoff_len, train_on_prompt, mask_history, False, -1
@@ -281,7 +303,7 @@ class ChatTemplateMode:
             ids[out.input_ids],
             labels_for(out.labels, ids, trained, train_on_prompt),
             np.asarray(out.offsets, dtype=np.int64),
-            lengths,
+            np.diff(bounds),
         )
 
     def encode_one(
@@ -296,7 +318,7 @@ class ChatTemplateMode:
         """One conversation on the readable reference, with its per-turn ``trace`` (for ``inspect``):
         (input_ids, labels, untruncated length)."""
         text, spans = self.render(conv)
-        ids, mask = self.tokenize_with_spans([text], [spans])[0]
+        ids, mask, _ = self.tokenize_with_spans([text], [spans])
         bounds = turn_bounds(mask)
         positions = list(range(len(ids)))
         turns = [
@@ -340,6 +362,106 @@ def assistant_mask(encoding: Any, spans: list[tuple[int, int]]) -> tuple[np.ndar
             break
         mask[token] = end > spans[span][0]
     return ids, mask
+
+
+# The 256 characters byte-level BPE writes bytes as lie at or below U+0143 (GPT-2's byte map).
+_BYTE_LEVEL_LAST_CHAR = "\u0143"
+_TEXT_PRESERVING_PRE_TOKENIZERS = {"ByteLevel", "Split", "Digits", "Punctuation"}
+
+
+def token_byte_lengths(tokenizer_json: str) -> tuple[np.ndarray | None, bool]:
+    """(each token's length in bytes of text, whether texts are NFC-normalized first) for a tokenizer
+    whose character offsets are its tokens' byte lengths summed, then read in characters: a
+    byte-level BPE without byte fallback, a normalizer that is NFC or none, pre-tokenizers that
+    keep the text (no prefix space), no post-processor trimming offsets, no added token that strips
+    or needs word bounds. ``(None, False)`` for any other tokenizer. A vocabulary entry outside
+    the byte alphabet gets a length no text has, so a text it appears in takes HF's offsets."""
+    config = orjson.loads(tokenizer_json)
+    model = config.get("model") or {}
+    normalizer = config.get("normalizer")
+    pre = config.get("pre_tokenizer") or {}
+    pre_parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    post = config.get("post_processor") or {}
+    post_parts = post.get("processors", []) if post.get("type") == "Sequence" else [post]
+    added = config.get("added_tokens") or []
+    if (
+        model.get("type") != "BPE"
+        or model.get("byte_fallback")
+        or (normalizer is not None and normalizer.get("type") != "NFC")
+        or not any(part.get("type") == "ByteLevel" for part in pre_parts)
+        or any(part.get("type") not in _TEXT_PRESERVING_PRE_TOKENIZERS for part in pre_parts)
+        or any(part.get("add_prefix_space") for part in pre_parts)
+        or any(part.get("trim_offsets") for part in post_parts)
+        or any(token.get(key) for token in added for key in ("lstrip", "rstrip", "single_word"))
+    ):
+        return None, False
+    vocab: dict[str, int] = model.get("vocab") or {}
+    size = 1 + max([*vocab.values(), *(token["id"] for token in added)], default=-1)
+    unreachable = 1 << 32  # summed over at most 2**31 ids, it stays within int64
+    lengths = np.full(size, unreachable, dtype=np.int64)
+    for token, index in vocab.items():
+        if token and max(token) <= _BYTE_LEVEL_LAST_CHAR:
+            lengths[index] = len(token)
+    for token in added:
+        lengths[token["id"]] = len(token["content"].encode("utf-8"))
+    return lengths, normalizer is not None
+
+
+def byte_offset_masks(
+    texts: list[str],
+    spans: list[list[tuple[int, int]]],
+    ids: np.ndarray,
+    bounds: np.ndarray,
+    byte_lengths: np.ndarray,
+    nfc: bool,
+) -> tuple[np.ndarray, list[int]]:
+    """The assistant mask of encoded ``texts`` (``ids`` cut by ``bounds``) from the tokens' byte
+    lengths summed, against the spans in bytes, in one pass over the whole batch; and the texts it
+    cannot answer for: those the sums do not fit (or, with ``nfc``, not in NFC) and those whose
+    spans are out of order. A token overlaps a span in bytes exactly when its character offsets
+    (the characters holding its first and last byte) overlap the span's characters."""
+    token_lengths = byte_lengths[ids]
+    summed = np.concatenate(([0], np.cumsum(token_lengths)))
+    text_bytes = np.fromiter((len(text.encode("utf-8")) for text in texts), dtype=np.int64, count=len(texts))
+    fallback = set(np.flatnonzero(summed[bounds[1:]] - summed[bounds[:-1]] != text_bytes).tolist())
+    if nfc:
+        fallback.update(i for i, text in enumerate(texts) if not unicodedata.is_normalized("NFC", text))
+    # each text's tokens laid from the text's own first byte in the batch, whatever the texts before
+    text_starts = np.cumsum(text_bytes) - text_bytes
+    token_ends = summed[1:] + np.repeat(text_starts - summed[bounds[:-1]], np.diff(bounds))
+    starts: list[int] = []
+    ends: list[int] = []
+    text_starts = text_starts.tolist()
+    for index, (text, sample_spans) in enumerate(zip(texts, spans)):
+        if index in fallback or not sample_spans:
+            continue
+        if any(b[1] < a[1] for a, b in itertools.pairwise(sample_spans)):
+            fallback.add(index)
+            continue
+        base = text_starts[index]
+        ascii_text = text.isascii()
+        for start, end in sample_spans:
+            starts.append(base + (start if ascii_text else len(text[:start].encode("utf-8"))))
+            ends.append(base + (end if ascii_text else len(text[:end].encode("utf-8"))))
+    mask = np.zeros(len(ids), dtype=bool)
+    if starts:
+        span_starts, span_ends = np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64)
+        token_starts = token_ends - token_lengths
+        index = np.searchsorted(span_ends, token_starts, side="right")
+        inside = np.flatnonzero(index < len(span_ends))
+        mask[inside] = token_ends[inside] > span_starts[index[inside]]
+    return mask, sorted(fallback)
+
+
+def turn_bounds_flat(mask: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``turn_bounds`` of every sample of a flat batch (sample ``i`` is ``mask[bounds[i]:bounds[i+1]]``),
+    as ``assemble_supervised`` takes them: all message bounds, then each sample's offsets into them."""
+    per_sample = [turn_bounds(mask[bounds[i] : bounds[i + 1]]) for i in range(len(bounds) - 1)]
+    message_bounds = np.concatenate(
+        [b[:-1] + start for b, start in zip(per_sample, bounds[:-1].tolist())] + [bounds[-1:]]
+    )
+    sample_bounds = offsets_from_lengths(np.array([len(b) - 1 for b in per_sample], dtype=np.int64))
+    return message_bounds, sample_bounds
 
 
 def turn_bounds(mask: np.ndarray) -> np.ndarray:

@@ -306,9 +306,13 @@ class Encoder:
             error = found or DataError(f"a text is not valid Unicode: {reason}")
             self.policy.malformed(error, rendered.kept.refs[index], summary)
         good = [i for i in range(len(texts)) if i not in bad]
-        samples = mode.tokenize_with_spans([texts[i] for i in good], [rendered.spans[i] for i in good])
+        ids, trained, bounds = mode.tokenize_with_spans(
+            [texts[i] for i in good], [rendered.spans[i] for i in good], self.text_encoder
+        )
         input_ids, labels, offsets, full_lengths = mode.assemble(
-            samples,
+            ids,
+            trained,
+            bounds,
             self.kernels,
             cutoff_len=self.cutoff_len,
             train_on_prompt=self.train_on_prompt,
