@@ -3,8 +3,8 @@ where it lives, what keys it, and how its files are read and written.
 
 A cached value is only as good as its key, so a tokenizer folder is keyed by the content of its
 files (``folder_digest``), never by names, sizes and times that ``cp -p``, ``rsync -a`` or a moved
-symlink keep. Cached JSON is written with the digest of its text on the first line and read back
-only when it matches (``read_checked``); files are replaced atomically. A cache that cannot be
+symlink keep. A cached file starts with the SHA-256 of the rest and is read back only when it
+matches (``read_checked_bytes``, and ``read_checked`` for JSON); files are replaced atomically. A cache that cannot be
 read or written (another user's folder, a full disk) is skipped with one warning per folder,
 never fatal: every cached value can be computed again.
 """
@@ -77,33 +77,19 @@ def folder_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def _digest(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
-
-
 def read_checked(path: Path) -> Any:
     """The JSON value ``write_checked`` wrote at ``path``; ``None`` when the file is missing, damaged
     or unreadable (an unreadable cache is reported once)."""
+    body = read_checked_bytes(path)
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        skip_unusable(path, err)
-        return None
-    head, _, body = data.partition(b"\n")
-    if head.decode("ascii", "replace") != _digest(body):
-        return None
-    try:
-        return json.loads(body)
+        return None if body is None else json.loads(body)
     except ValueError:
         return None
 
 
 def write_checked(path: Path, value: Any) -> None:
-    """``value`` as JSON at ``path``, after a first line with the digest of that JSON."""
-    body = json.dumps(value).encode("utf-8")
-    write_atomic(path, _digest(body).encode("ascii") + b"\n" + body)
+    """``value`` as JSON at ``path``, checked as ``write_checked_bytes`` checks bytes."""
+    write_checked_bytes(path, json.dumps(value).encode("utf-8"))
 
 
 def read_checked_bytes(path: Path) -> bytes | None:

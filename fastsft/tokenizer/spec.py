@@ -8,7 +8,7 @@ from the real tokenizer and saved under a key that names everything it depends o
 content, the template and its options, the library versions); a later run reads it back and
 encodes from the saved ``tokenizer.json`` without importing transformers::
 
-    cache_dir()/tokenizer_specs/KEY.json      the spec (digest-checked, see ``cache.write_checked``)
+    cache_dir()/tokenizer_specs/KEY.json      the spec (digest-checked, ``cache.write_checked``)
     cache_dir()/tokenizer_json/DIGEST.json    its fixed tokenizer's ``backend_tokenizer.to_str()``
 
 ``backend_digest`` is ``None`` for a tokenizer whose ``encode`` is not its Rust tokenizer's (a
