@@ -2,9 +2,10 @@
 
 Each conversation (any source format, through the converter) is rendered with the tokenizer's
 own jinja chat template, as ``apply_chat_template`` renders it, in the guarded sandbox of
-``fastsft.data.chat.jinja``; the whole text is tokenized in one call with
-``add_special_tokens=False`` and the assistant tokens are found from character spans, so
-``input_ids`` and the assistant mask equal TRL's ``SFTTrainer(assistant_only_loss=True)``.
+``fastsft.data.chat.jinja``; the whole text is tokenized with ``add_special_tokens=False`` by
+the run's encoder and the assistant tokens are found from character spans
+(``tokenize_with_spans``), so ``input_ids`` and the assistant mask equal TRL's
+``SFTTrainer(assistant_only_loss=True)``.
 The assistant spans come from, in this order:
 
 1. the template's own ``{% generation %}`` markers;
