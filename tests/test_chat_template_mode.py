@@ -540,3 +540,27 @@ def test_tokenizers_whose_offsets_are_not_byte_sums_take_hfs_offsets() -> None:
     wordpiece = {**config, "model": {**config["model"], "type": "WordPiece"}}
     for changed in (trimmed, stripping, prefixed, lowercased, wordpiece):
         assert token_byte_lengths(json.dumps(changed)) == (None, False)
+
+
+def test_a_batchs_turn_bounds_are_each_samples() -> None:
+    """Property: ``turn_bounds_flat`` over a batch equals ``turn_bounds`` sample by sample."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from fastsft.data.rows.chat_mode import turn_bounds_flat
+    from fastsft.kernels import offsets_from_lengths
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.lists(st.booleans(), max_size=8), max_size=6))
+    def check(samples: list[list[bool]]) -> None:
+        bounds = offsets_from_lengths(np.array([len(s) for s in samples], dtype=np.int64))
+        mask = np.array([flag for sample in samples for flag in sample], dtype=bool)
+        each = [turn_bounds(np.array(sample, dtype=bool)) for sample in samples]
+        message_bounds, sample_bounds = turn_bounds_flat(mask, bounds)
+        for index, expected in enumerate(each):
+            owned = message_bounds[sample_bounds[index] : sample_bounds[index + 1] + 1]
+            assert owned[:-1].tolist() == (expected[:-1] + bounds[index]).tolist()
+        assert message_bounds[-1] == bounds[-1]
+        assert len(sample_bounds) == len(samples) + 1
+
+    check()

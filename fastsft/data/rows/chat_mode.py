@@ -417,51 +417,78 @@ def byte_offset_masks(
     nfc: bool,
 ) -> tuple[np.ndarray, list[int]]:
     """The assistant mask of encoded ``texts`` (``ids`` cut by ``bounds``) from the tokens' byte
-    lengths summed, against the spans in bytes, in one pass over the whole batch; and the texts it
+    lengths summed, against the spans in bytes, for the whole batch at once; and the texts it
     cannot answer for: those the sums do not fit (or, with ``nfc``, not in NFC) and those whose
-    spans are out of order. A token overlaps a span in bytes exactly when its character offsets
-    (the characters holding its first and last byte) overlap the span's characters."""
+    spans are not disjoint and in order (where transformers' pass differs from plain overlap).
+
+    A token overlaps a span in bytes exactly when its character offsets (the characters holding
+    its first and last byte) overlap the span's characters. Each text's tokens are laid from the
+    text's first byte in the batch, so the token ends rise through the batch (a text that falls
+    back has its tokens laid, empty, at its start) and each span's tokens are found by bisection."""
     token_lengths = byte_lengths[ids]
     summed = np.concatenate(([0], np.cumsum(token_lengths)))
-    text_bytes = np.fromiter((len(text.encode("utf-8")) for text in texts), dtype=np.int64, count=len(texts))
-    fallback = set(np.flatnonzero(summed[bounds[1:]] - summed[bounds[:-1]] != text_bytes).tolist())
+    ascii_text = np.fromiter(map(str.isascii, texts), dtype=bool, count=len(texts))
+    text_bytes = np.fromiter(
+        (len(text) if plain else len(text.encode("utf-8")) for text, plain in zip(texts, ascii_text)),
+        dtype=np.int64,
+        count=len(texts),
+    )
+    unfit = summed[bounds[1:]] - summed[bounds[:-1]] != text_bytes
     if nfc:
-        fallback.update(i for i, text in enumerate(texts) if not unicodedata.is_normalized("NFC", text))
-    # each text's tokens laid from the text's own first byte in the batch, whatever the texts before
+        unfit |= np.fromiter(
+            (not unicodedata.is_normalized("NFC", t) for t in texts), dtype=bool, count=len(texts)
+        )
+    span_counts = np.fromiter(map(len, spans), dtype=np.int64, count=len(texts))
+    flat = np.array(list(itertools.chain.from_iterable(spans)), dtype=np.int64).reshape(-1, 2)
+    owner = np.repeat(np.arange(len(texts)), span_counts)
+    for row in np.flatnonzero(~ascii_text[owner]).tolist():  # character offsets to byte offsets
+        text = texts[owner[row]]
+        flat[row] = [len(text[: flat[row, 0]].encode("utf-8")), len(text[: flat[row, 1]].encode("utf-8"))]
+    same_text = owner[1:] == owner[:-1]
+    fallback = unfit.copy()
+    fallback[owner[1:][same_text & (flat[1:, 0] < flat[:-1, 1])]] = True  # overlapping or out of order
+    fallback[owner[flat[:, 1] < flat[:, 0]]] = True
     text_starts = np.cumsum(text_bytes) - text_bytes
+    fallen = np.repeat(fallback, np.diff(bounds))
     token_ends = summed[1:] + np.repeat(text_starts - summed[bounds[:-1]], np.diff(bounds))
-    starts: list[int] = []
-    ends: list[int] = []
-    text_starts = text_starts.tolist()
-    for index, (text, sample_spans) in enumerate(zip(texts, spans)):
-        if index in fallback or not sample_spans:
-            continue
-        if any(b[1] < a[1] for a, b in itertools.pairwise(sample_spans)):
-            fallback.add(index)
-            continue
-        base = text_starts[index]
-        ascii_text = text.isascii()
-        for start, end in sample_spans:
-            starts.append(base + (start if ascii_text else len(text[:start].encode("utf-8"))))
-            ends.append(base + (end if ascii_text else len(text[:end].encode("utf-8"))))
-    mask = np.zeros(len(ids), dtype=bool)
-    if starts:
-        span_starts, span_ends = np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64)
-        token_starts = token_ends - token_lengths
-        index = np.searchsorted(span_ends, token_starts, side="right")
-        inside = np.flatnonzero(index < len(span_ends))
-        mask[inside] = token_ends[inside] > span_starts[index[inside]]
-    return mask, sorted(fallback)
+    token_ends[fallen] = np.repeat(text_starts, np.diff(bounds))[fallen]
+    token_starts = token_ends - np.where(fallen, 0, token_lengths)
+    kept = ~fallback[owner]
+    span_starts = flat[kept, 0] + text_starts[owner[kept]]
+    span_ends = flat[kept, 1] + text_starts[owner[kept]]
+    first = np.searchsorted(token_ends, span_starts, side="right")  # first token ending after the start
+    last = np.searchsorted(token_starts, span_ends, side="left")  # first token starting at or after the end
+    marks = np.zeros(len(ids) + 1, dtype=np.int32)
+    np.add.at(marks, first, 1)
+    np.add.at(marks, last, -1)
+    mask = np.cumsum(marks[:-1]) > 0
+    return mask, np.flatnonzero(fallback).tolist()
 
 
 def turn_bounds_flat(mask: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``turn_bounds`` of every sample of a flat batch (sample ``i`` is ``mask[bounds[i]:bounds[i+1]]``),
-    as ``assemble_supervised`` takes them: all message bounds, then each sample's offsets into them."""
-    per_sample = [turn_bounds(mask[bounds[i] : bounds[i + 1]]) for i in range(len(bounds) - 1)]
-    message_bounds = np.concatenate(
-        [b[:-1] + start for b, start in zip(per_sample, bounds[:-1].tolist())] + [bounds[-1:]]
-    )
-    sample_bounds = offsets_from_lengths(np.array([len(b) - 1 for b in per_sample], dtype=np.int64))
+    """``turn_bounds`` of every sample of a flat batch (sample ``i`` is ``mask[bounds[i]:bounds[i+1]]``)
+    as ``assemble_supervised`` takes them: every sample's bounds but its last, then the batch's
+    end; and each sample's offsets into them."""
+    count = len(bounds) - 1
+    lengths = np.diff(bounds)
+    sample_of = np.repeat(np.arange(count), lengths)
+    before = np.concatenate(([False], mask[:-1]))
+    after = np.concatenate((mask[1:], [False]))
+    before[bounds[:-1][lengths > 0]] = False  # runs end at their sample's bounds
+    after[bounds[1:][lengths > 0] - 1] = False
+    run_starts = np.flatnonzero(mask & ~before)
+    run_ends = np.flatnonzero(mask & ~after) + 1
+    run_owners = sample_of[run_starts]
+    runs = np.bincount(run_owners, minlength=count)
+    no_run = np.flatnonzero(runs == 0)
+    inner_ends = np.ones(len(run_ends), dtype=bool)  # the last run's end is its sample's end
+    inner_ends[np.cumsum(runs)[runs > 0] - 1] = False
+    # each sample's start, its runs' starts and inner ends, and for a sample without runs its end
+    positions = np.concatenate((bounds[:-1], run_starts, run_ends[inner_ends], bounds[1:][no_run]))
+    owners = np.concatenate((np.arange(count), run_owners, run_owners[inner_ends], no_run))
+    order = np.lexsort((positions, owners))
+    message_bounds = np.concatenate((positions[order], bounds[-1:])).astype(np.int64)
+    sample_bounds = offsets_from_lengths(np.where(runs > 0, 2 * runs, 2).astype(np.int64))
     return message_bounds, sample_bounds
 
 
