@@ -266,6 +266,26 @@ def test_packing_and_inspect_work_unchanged(tmp_path: Path) -> None:
     assert "template chat_template" in text and "trained" in text
 
 
+def test_worker_processes_give_the_rows_of_one_process(tmp_path: Path) -> None:
+    """The mode and its encoder pickle into worker processes (``workers=2``, small batches) and
+    give the same rows, on a text with characters NFC changes as well as plain ones."""
+    chats = [
+        *CHATS,
+        {
+            "messages": [
+                {"role": "user", "content": "cafe\u0301?"},
+                {"role": "assistant", "content": "数据 e\u0301"},
+            ]
+        },
+    ]
+    data = write_dataset(tmp_path / "data", chats * 4)
+    args = chat_args(data, preprocessing_batch_size=3)
+    alone, _ = build_dataset(args, tokenizer_with(QWEN2_5), workers=1)
+    spread, _ = build_dataset(args, tokenizer_with(QWEN2_5), workers=2)
+    assert rows_of(spread) == rows_of(alone)
+    assert len(alone) == len(chats) * 4
+
+
 # --- bad input: one line naming the sample -----------------------------------------------------
 
 
