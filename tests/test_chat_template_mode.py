@@ -584,3 +584,24 @@ def test_a_batchs_turn_bounds_are_each_samples() -> None:
         assert len(sample_bounds) == len(samples) + 1
 
     check()
+
+
+def test_the_byte_lengths_are_kept_beside_the_tokenizer_json(tmp_path: Path, fastsft_cache: Path) -> None:
+    """Made once per ``tokenizer.json`` and read back; a damaged file is made again, not trusted."""
+    from fastsft.data.rows.chat_mode import token_byte_lengths
+
+    data = write_dataset(tmp_path / "data", CHATS)
+    run = prepare_run(chat_args(data), tokenizer_with(MARKED), fingerprint=False)
+    assert run.spec.backend_json is not None
+    expected, nfc = token_byte_lengths(run.spec.backend_json)
+    assert expected is not None
+    first = ChatTemplateMode(run.spec)
+    (kept,) = fastsft_cache.glob("tokenizer_json/*.byte-lengths-*.npz")
+    original = kept.read_bytes()
+    assert (
+        ChatTemplateMode(run.spec)._byte_lengths.tolist() == expected.tolist() == first._byte_lengths.tolist()
+    )
+    kept.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    again = ChatTemplateMode(run.spec)
+    assert again._byte_lengths.tolist() == expected.tolist() and again._nfc == nfc
+    assert kept.read_bytes() == original

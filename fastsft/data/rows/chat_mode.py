@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import itertools
 import json
 import unicodedata
@@ -44,7 +45,9 @@ from fastsft.data.sources.converter import Conversation
 from fastsft.errors import ConfigError, DataError
 from fastsft.kernels import offsets_from_lengths
 from fastsft.kernels.supervised import TurnTrace, encode_pairs
+from fastsft.tokenizer.cache import read_checked_bytes, write_checked_bytes
 from fastsft.tokenizer.encoders import RustEncoder, TextEncoder
+from fastsft.tokenizer.spec import json_derived
 
 if TYPE_CHECKING:
     from fastsft.kernels.interface import Kernels
@@ -198,7 +201,7 @@ class ChatTemplateMode:
         # Set up as ``tokenizer(text, add_special_tokens=False)`` sets its Rust tokenizer: no
         # truncation or padding from tokenizer.json, ``split_special_tokens`` as the tokenizer's.
         self._rust = RustEncoder(spec.backend_json, spec.split_special_tokens)
-        self._byte_lengths, self._nfc = token_byte_lengths(spec.backend_json)
+        self._byte_lengths, self._nfc = saved_token_byte_lengths(spec)
         if self.how == PREFIX_DIFFS:
             try:
                 self._prefix_spans(_PROBE, None, "a probe conversation")
@@ -367,6 +370,7 @@ def assistant_mask(encoding: Any, spans: list[tuple[int, int]]) -> tuple[np.ndar
 
 # The 256 characters byte-level BPE writes bytes as lie at or below U+0143 (GPT-2's byte map).
 _BYTE_LEVEL_LAST_CHAR = "\u0143"
+_BYTE_LENGTHS_FORMAT = 1  # of what token_byte_lengths computes: bump with any change to it
 _TEXT_PRESERVING_PRE_TOKENIZERS = {"ByteLevel", "Split", "Digits", "Punctuation"}
 
 
@@ -406,6 +410,23 @@ def token_byte_lengths(tokenizer_json: str) -> tuple[np.ndarray | None, bool]:
     for token in added:
         lengths[token["id"]] = len(token["content"].encode("utf-8"))
     return lengths, normalizer is not None
+
+
+def saved_token_byte_lengths(spec: TokenizerSpec) -> tuple[np.ndarray | None, bool]:
+    """``token_byte_lengths`` of the spec's ``tokenizer.json``, kept beside it (reading and
+    walking the JSON is most of a small run's set-up)."""
+    assert spec.backend_json is not None and spec.backend_digest is not None
+    path = json_derived(spec.backend_digest, f"byte-lengths-{_BYTE_LENGTHS_FORMAT}.npz")
+    data = read_checked_bytes(path)
+    if data is not None:
+        with np.load(io.BytesIO(data), allow_pickle=False) as saved:
+            lengths, nfc = saved["lengths"], bool(saved["nfc"])
+        return (lengths if len(lengths) else None), nfc
+    lengths, nfc = token_byte_lengths(spec.backend_json)
+    buffer = io.BytesIO()
+    np.savez(buffer, lengths=np.zeros(0, np.int64) if lengths is None else lengths, nfc=nfc)
+    write_checked_bytes(path, buffer.getvalue())
+    return lengths, nfc
 
 
 def byte_offset_masks(
