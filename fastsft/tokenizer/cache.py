@@ -4,9 +4,9 @@ where it lives, what keys it, and how its files are read and written.
 A cached value is only as good as its key, so a tokenizer folder is keyed by the content of its
 files (``folder_digest``), never by names, sizes and times that ``cp -p``, ``rsync -a`` or a moved
 symlink keep. A cached file starts with the SHA-256 of the rest and is read back only when it
-matches (``read_checked_bytes``, and ``read_checked`` for JSON); files are replaced atomically. A cache that cannot be
-read or written (another user's folder, a full disk) is skipped with one warning per folder,
-never fatal: every cached value can be computed again.
+matches (``read_checked_bytes``; ``read_checked`` for JSON); files are replaced atomically. A
+cache that cannot be read or written (another user's folder, a full disk) is skipped with one
+warning per folder, never fatal: every cached value can be computed again.
 """
 
 from __future__ import annotations

@@ -263,8 +263,8 @@ class ChatTemplateMode:
         With ``text_encoder`` (the run's exact encoder) and a tokenizer whose offsets are its tokens'
         byte lengths summed (``token_byte_lengths``), the ids come from that encoder and the offsets
         from those sums, in bytes, against the spans in bytes: the same overlaps, without HF's offset
-        tracking. A text where the sums do not reach its length in bytes (normalization changed
-        it) and a text whose spans nest take HF's offsets."""
+        tracking. A text the sums do not fit (normalization changed it) and a text whose spans
+        are not disjoint and in order take HF's offsets."""
         fallback = list(range(len(texts)))
         ids = np.zeros(0, dtype=np.int32)
         mask = np.zeros(0, dtype=bool)
