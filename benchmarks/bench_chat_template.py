@@ -22,7 +22,7 @@ system message) and ``benchmarks/real_text.py``'s real text (LLaMA-Factory's dem
 The untimed first runs of both save their outputs, and every row's ``input_ids`` and ``labels``
 must be equal. Then the two alternate for ``ROUNDS`` rounds (the pytest-benchmark entry is one
 round) and each keeps its best wall time. Fails when TRL / fastsft is under ``FLOOR``: a regression
-guard set below the measured ratios (docs/benchmarks.md: 11.2x-18.3x).
+guard set below the measured ratios (docs/benchmarks.md: 11.2x-21.6x).
 """
 
 from __future__ import annotations
