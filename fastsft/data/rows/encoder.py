@@ -299,7 +299,7 @@ class Encoder:
         found, and the samples assembled; a sample left with no trained token is counted and skipped."""
         mode, texts = self.chat_mode, rendered.segments.texts
         assert mode is not None and rendered.spans is not None
-        bad = {i: invalid_unicode(text) for i, text in enumerate(texts) if invalid_unicode(text) is not None}
+        bad = {i: reason for i, text in enumerate(texts) if (reason := invalid_unicode(text)) is not None}
         for index, reason in bad.items():
             conv = convert(rendered.kept.rows[index], rendered.kept.attrs[index], system_as_written=True)
             found = invalid_text(conv) if isinstance(conv, Conversation) else None
@@ -320,12 +320,12 @@ class Encoder:
         )
         encoded = EncodedBatch(input_ids, labels, offsets, full_lengths)
         counted = np.concatenate(([0], np.cumsum(labels != IGNORE_INDEX)))
-        trained = counted[offsets[1:]] - counted[offsets[:-1]]
-        empty = np.flatnonzero(trained == 0)
+        labelled = counted[offsets[1:]] - counted[offsets[:-1]]  # trained tokens per sample
+        empty = np.flatnonzero(labelled == 0)
         for index in empty.tolist():
             summary.skip_no_trainable(rendered.kept.refs[good[index]])
         if len(empty):
-            encoded = encoded.select(np.flatnonzero(trained > 0))
+            encoded = encoded.select(np.flatnonzero(labelled > 0))
         return encoded
 
     def _encode_valid_unicode(self, rendered: RenderedBatch, summary: Summary) -> EncodedBatch:
