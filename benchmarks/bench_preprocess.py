@@ -62,7 +62,7 @@ import pyarrow as pa
 import pytest
 from data import DATASET_NAME, write_dataset
 from lf_peer import token_digest
-from measured import run_measured_command
+from measured import Measured, run_fastsft
 
 from fastsft.data.accounting import Summary
 from fastsft.data.data_args import DataArgs
@@ -454,23 +454,6 @@ def test_packing_throughput(
     benchmark.extra_info.update({f"{name} examples/s": t.examples / t.seconds for name, t in timings.items()})
 
 
-@dataclass(frozen=True)
-class Command:
-    """One whole command in a fresh process: wall seconds and the process's peak RSS (bytes)."""
-
-    seconds: float
-    peak_rss: int
-
-
-def run_measured(argv: list[str], cache_dir: Path) -> Command:
-    """``fastsft ARGV`` in a fresh interpreter: its wall time and its own peak RSS (``measured``)."""
-    env = {**os.environ, "FASTSFT_CACHE_DIR": str(cache_dir)}
-    result = run_measured_command([sys.executable, "-m", "fastsft", *argv], env)
-    if result.returncode != 0:
-        pytest.fail(f"fastsft {argv[0]} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
-    return Command(result.seconds, result.peak_rss)
-
-
 def preprocess_argv(dataset_dir: Path, tokenizer_path: Path, template: str, output: Path) -> list[str]:
     return [
         "preprocess",
@@ -485,7 +468,7 @@ def warm_spec(tmp_path: Path, tokenizer_path: Path, template: str, dataset_dir: 
     ``dataset_dir`` saved the spec of ``tokenizer_path`` and its encoders' verdicts (a run
     that does not choose fastokens records no verdict for it)."""
     cache = tmp_path / "cache"
-    run_measured(preprocess_argv(dataset_dir, tokenizer_path, template, tmp_path / "warm-up-out"), cache)
+    run_fastsft(preprocess_argv(dataset_dir, tokenizer_path, template, tmp_path / "warm-up-out"), cache)
     return cache
 
 
@@ -505,7 +488,7 @@ def test_command_against_llamafactory(
     argv = preprocess_argv(dataset_dir, tokenizer_path, template, tmp_path / "out")
     commands, lf_runs = [], []
     for _ in range(COMMAND_ROUNDS):
-        commands.append(run_measured(argv, cache))
+        commands.append(run_fastsft(argv, cache))
         lf_runs.append(
             run_lf_peer(lf_python, tokenizer_path, dataset_dir, template, packing=False, max_samples=None)
         )
@@ -552,11 +535,11 @@ def test_json_array_against_json_lines(
         "JSON Lines": write_dataset(tmp_path / "lines", samples, jsonl=True),
     }
     cache = warm_spec(tmp_path, tokenizer_path, template, layouts["JSON Lines"])
-    runs: dict[str, list[Command]] = {layout: [] for layout in layouts}
+    runs: dict[str, list[Measured]] = {layout: [] for layout in layouts}
     for _ in range(ROUNDS):
         for layout, folder in layouts.items():
             argv = preprocess_argv(folder, tokenizer_path, template, tmp_path / "out")
-            runs[layout].append(run_measured(argv, cache))
+            runs[layout].append(run_fastsft(argv, cache))
     best = {layout: min(c.seconds for c in commands) for layout, commands in runs.items()}
     peak = {layout: max(c.peak_rss for c in commands) for layout, commands in runs.items()}
     print(
@@ -621,7 +604,7 @@ def test_steady_state_against_the_tokenizer(
     for _ in range(ROUNDS):
         for name, folder in folders.items():
             argv = preprocess_argv(folder, tokenizer_path, template, tmp_path / "out")
-            runs[name].append(run_measured(argv, cache).seconds)
+            runs[name].append(run_fastsft(argv, cache).seconds)
     seconds = {name: min(times) for name, times in runs.items()}
     counted = {
         name: text_tokens_and_encode_seconds(tokenizer, folder, template) for name, folder in folders.items()

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 from data import DATASET_NAME, write_dataset
-from measured import run_measured_command
+from measured import run_fastsft
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_BASE = REPO / "tests" / "goldens" / "train" / "tiny_base"
@@ -85,15 +85,7 @@ def streamed_train(
     }
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    return run_fastsft(["train", str(work / "config.yaml")], cache or work / "cache")
-
-
-def run_fastsft(argv: list[str], cache: Path) -> tuple[float, int]:
-    """``fastsft ARGV`` in a fresh process: (wall seconds, peak RSS bytes of that process alone)."""
-    env = {**os.environ, "FASTSFT_CACHE_DIR": str(cache)}
-    result = run_measured_command([sys.executable, "-m", "fastsft", *argv], env)
-    if result.returncode != 0:
-        pytest.fail(f"fastsft {argv[0]} failed: {result.stderr[-2000:]}")
+    result = run_fastsft(["train", str(work / "config.yaml")], cache or work / "cache")
     return result.seconds, result.peak_rss
 
 
@@ -143,7 +135,7 @@ def test_time_to_first_step(corpus: str, samples: int, lf_demo: Path, tmp_path: 
         *("--dataset", dataset, "--dataset-dir", str(dataset_dir), "--template", "qwen"),
         *("--tokenizer", str(TINY_BASE), "--cutoff-len", "256", "--quiet", "--output", str(saved)),
     ]
-    preprocess_seconds, _ = run_fastsft(preprocess, cache)
+    preprocess_seconds = run_fastsft(preprocess, cache).seconds
     train_seconds, _ = streamed_train(
         dataset_dir,
         dataset,
@@ -212,7 +204,7 @@ def test_producer_against_preprocess(corpus: str, samples: int, lf_demo: Path, t
         start = time.perf_counter()
         tokens = int(subprocess.run(producer, env=env, check=True, capture_output=True, text=True).stdout)
         produced.append(time.perf_counter() - start)
-        preprocessed.append(run_fastsft(preprocess, cache)[0])
+        preprocessed.append(run_fastsft(preprocess, cache).seconds)
     import datasets
 
     saved_tokens = sum(map(len, datasets.load_from_disk(str(saved))["train"]["input_ids"]))

@@ -11,9 +11,13 @@ its rusage.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
 
 _LAUNCHER = """
 import json, os, subprocess, sys, time
@@ -40,3 +44,12 @@ def run_measured_command(argv: list[str], env: dict[str, str]) -> Measured:
     )
     seconds, peak_rss, returncode = json.loads(done.stdout)
     return Measured(seconds, peak_rss, returncode, done.stderr)
+
+
+def run_fastsft(argv: list[str], cache_dir: Path) -> Measured:
+    """``fastsft ARGV`` in a fresh process with its cache in ``cache_dir``; fails the test when it fails."""
+    env = {**os.environ, "FASTSFT_CACHE_DIR": str(cache_dir)}
+    result = run_measured_command([sys.executable, "-m", "fastsft", *argv], env)
+    if result.returncode != 0:
+        pytest.fail(f"fastsft {argv[0]} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
+    return result
