@@ -12,9 +12,11 @@
 # * A piece's bytes map one to one to ByteLevel's characters, so BPE runs on byte ids: merge the
 #   adjacent pair of lowest rank (leftmost on a tie) until no pair is a merge, as HF's ``Word``
 #   does. With ``ignore_merges`` (Llama 3) a piece that is a whole vocabulary entry is that entry.
-# * Each instance caches the ids of every piece it has encoded (cleared past ``CACHE_MAX_WORDS``).
-#   Instances share nothing mutable: one per thread encodes in parallel (``encode_texts`` runs
-#   without the GIL once it has the texts' UTF-8 buffers).
+# * ``encode_texts`` spreads a batch of at least ``_BYTES_PER_THREAD`` bytes per thread over up to
+#   ``threads`` native threads, contiguous runs of texts of about equal size, without the GIL once
+#   it has the texts' UTF-8 buffers. Each thread index has its own ``_State``: a cache of the ids of
+#   every piece it has encoded (cleared past ``CACHE_MAX_WORDS``), kept from batch to batch, and the
+#   BPE scratch. Calls on one instance take turns (a lock).
 
 cimport cython
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
@@ -22,8 +24,15 @@ from libc.string cimport memcmp, memcpy
 from libcpp.algorithm cimport make_heap, pop_heap, push_heap
 from libcpp.vector cimport vector
 
+import threading
+
 cdef extern from *:
     void __builtin_prefetch(const void*) nogil
+
+cdef extern from "<thread>" namespace "std" nogil:
+    cdef cppclass thread:
+        thread(void (*)(_Job*) noexcept nogil, _Job*) except +
+        void join() except +
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
@@ -56,6 +65,8 @@ cdef enum:
     _GROUP = 32  # pieces looked up in the cache together (``_encode_text``)
 # Pieces longer than this many bytes merge with a heap (``_bpe_long``) rather than by rescanning.
 cdef Py_ssize_t _LONG_PIECE = 48
+# A batch is spread over threads only when it has at least this many bytes per thread.
+cdef Py_ssize_t _BYTES_PER_THREAD = 1 << 20
 
 
 cdef inline uint64_t _mix(uint64_t key) noexcept nogil:
@@ -110,6 +121,30 @@ cdef struct _WordTable:
     uint64_t mask
     int64_t count
     vector[uint8_t] arena
+
+
+cdef struct _State:
+    # What one encoding thread changes: its piece cache and the BPE scratch (current ids, ranks of
+    # adjacent pairs, and for long pieces, links and the heap).
+    _WordTable cache
+    vector[int32_t] symbols
+    vector[uint64_t] ranks
+    vector[int32_t] links
+    vector[uint64_t] heap
+
+
+cdef struct _Job:
+    # One thread's share of ``encode_texts``: texts ``first_text .. last_text`` (their parts end at
+    # ``text_ends``), encoded onto ``out``; ``ends[i]``: the end of text ``first_text + i`` in ``out``.
+    void* encoder                       # the ByteLevelBPE (borrowed; the caller holds it)
+    _State* state
+    const uint8_t* const* starts        # per part: its UTF-8, or NULL for an added token's id
+    const Py_ssize_t* lengths           # >= 0: a string part's length; < 0: -1 - added id
+    const int* whole                    # a whole text, to split at added tokens
+    const Py_ssize_t* text_ends
+    Py_ssize_t first_text, last_text
+    vector[int32_t] out
+    vector[int64_t] ends
 
 
 cdef void _table_reset(_WordTable* table, uint64_t capacity) noexcept nogil:
@@ -193,7 +228,8 @@ cdef class ByteLevelBPE:
     ``byte_ids``: ``int32[256]``, the id of each byte's ByteLevel character. ``whole_words``:
     ``(bytes blob, int64[W + 1] offsets, int32[W] ids)`` of the vocabulary, for ``ignore_merges``,
     or ``None``. ``added``: ``{content: id}`` of the added tokens split out of ``str`` texts.
-    ``cache_max_words``: the piece cache is cleared when it holds this many.
+    ``cache_max_words``: a thread's piece cache is cleared when it holds this many. ``threads``: the
+    most threads a batch is spread over.
     """
 
     cdef object _char_classes_array
@@ -206,12 +242,10 @@ cdef class ByteLevelBPE:
     cdef int _max_digits
     cdef bint _ignore_merges
     cdef _WordTable _whole_words
-    cdef _WordTable _cache
     cdef int64_t _cache_max_words
-    cdef vector[int32_t] _symbols           # BPE scratch: current ids, ranks of adjacent pairs,
-    cdef vector[uint64_t] _ranks            # and for long pieces, links and the heap
-    cdef vector[int32_t] _links
-    cdef vector[uint64_t] _heap
+    cdef vector[_State] _states             # one per thread index
+    cdef int _threads
+    cdef object _lock
     # Added tokens as a byte trie: node k's children are _trie_bytes / _trie_children[_trie_first[k]
     # .. _trie_first[k + 1]]; _trie_token[k] is the id of the token ending there, or -1. Node 0 is
     # the root; _added_first[b]: some token starts with byte b.
@@ -230,6 +264,7 @@ cdef class ByteLevelBPE:
         whole_words=None,
         added=None,
         int64_t cache_max_words=_CACHE_MAX_WORDS,
+        int threads=1,
     ):
         if char_classes.shape[0] != 0x110000:
             raise ValueError(f"char_classes must have 0x110000 entries, got {char_classes.shape[0]}")
@@ -241,6 +276,10 @@ cdef class ByteLevelBPE:
             raise ValueError(f"max_digits must be at least 1, got {max_digits}")
         if cache_max_words < 1:
             raise ValueError(f"cache_max_words must be at least 1, got {cache_max_words}")
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        self._threads = threads
+        self._lock = threading.Lock()
         self._cache_max_words = cache_max_words
         self._char_classes_array = char_classes.base if char_classes.base is not None else char_classes
         self._char_classes = &char_classes[0]
@@ -279,7 +318,6 @@ cdef class ByteLevelBPE:
         if whole_words is not None:
             blob, offsets, ids = whole_words
             self._load_whole_words(blob, offsets, ids)
-        _table_reset(&self._cache, 1 << 16)
         self._load_added(added or {})
 
     cdef _load_added(self, dict added):
@@ -341,17 +379,17 @@ cdef class ByteLevelBPE:
         length[0] = 0
         return n
 
-    cdef void _encode_with_added(self, const uint8_t* s, Py_ssize_t n, vector[int32_t]& out) noexcept nogil:
+    cdef void _encode_with_added(self, _State* st, const uint8_t* s, Py_ssize_t n, vector[int32_t]& out) noexcept nogil:
         """Split ``s[:n]`` at added tokens (``_next_added``) and encode the text between."""
         cdef Py_ssize_t start = 0, at, length
         cdef int32_t token_id
         if self._trie_children.empty():
-            self._encode_text(s, n, out)
+            self._encode_text(st, s, n, out)
             return
         while start < n:
             at = self._next_added(s, start, n, &token_id, &length)
             if at > start:
-                self._encode_text(s + start, at - start, out)
+                self._encode_text(st, s + start, at - start, out)
             if length:
                 out.push_back(token_id)
             start = at + length
@@ -392,8 +430,12 @@ cdef class ByteLevelBPE:
 
     @property
     def cached_words(self) -> int:
-        """How many distinct pieces the cache holds."""
-        return self._cache.count
+        """How many distinct pieces the caches hold, over all threads."""
+        cdef int64_t count = 0
+        cdef size_t i
+        for i in range(self._states.size()):
+            count += self._states[i].cache.count
+        return count
 
     cdef inline uint64_t _rank(self, int32_t left, int32_t right) noexcept nogil:
         """The rank of the pair's merge, or ``NO_MERGE``."""
@@ -413,17 +455,17 @@ cdef class ByteLevelBPE:
         cdef uint32_t rank = self._byte_pair_ranks[(<uint32_t>left << 8) | right]
         return NO_MERGE if rank == <uint32_t>NO_MERGE else rank
 
-    cdef void _bpe(self, const uint8_t* p, Py_ssize_t n, vector[int32_t]& out) noexcept nogil:
+    cdef void _bpe(self, _State* st, const uint8_t* p, Py_ssize_t n, vector[int32_t]& out) noexcept nogil:
         """Merge the piece's byte ids, lowest rank first (leftmost on a tie), onto ``out``."""
         if n > _LONG_PIECE:
-            self._bpe_long(p, n, out)
+            self._bpe_long(st, p, n, out)
             return
         cdef Py_ssize_t i, best, size = n
         cdef uint64_t best_rank
-        self._symbols.resize(n)
-        self._ranks.resize(n)
-        cdef int32_t* symbols = self._symbols.data()
-        cdef uint64_t* ranks = self._ranks.data()
+        st.symbols.resize(n)
+        st.ranks.resize(n)
+        cdef int32_t* symbols = st.symbols.data()
+        cdef uint64_t* ranks = st.ranks.data()
         for i in range(n):
             symbols[i] = self._byte_ids[p[i]]
         for i in range(n - 1):
@@ -449,18 +491,18 @@ cdef class ByteLevelBPE:
         for i in range(size):
             out.push_back(symbols[i])
 
-    cdef void _bpe_long(self, const uint8_t* p, Py_ssize_t n, vector[int32_t]& out) noexcept nogil:
+    cdef void _bpe_long(self, _State* st, const uint8_t* p, Py_ssize_t n, vector[int32_t]& out) noexcept nogil:
         """``_bpe`` in O(n log n) for long pieces (whole CJK sentences are one piece): a heap of
         candidate merges ``rank << 32 | position`` over a linked list of symbols, as HF's ``Word``
         merges; a popped candidate whose pair has changed since is skipped."""
         cdef Py_ssize_t i
         cdef int32_t position, right
         cdef uint64_t rank, top
-        self._symbols.resize(n)
-        self._links.resize(2 * n)
-        self._heap.clear()
-        cdef int32_t* symbols = self._symbols.data()
-        cdef int32_t* links = self._links.data()  # links[2i]: previous, links[2i + 1]: next (-1: none)
+        st.symbols.resize(n)
+        st.links.resize(2 * n)
+        st.heap.clear()
+        cdef int32_t* symbols = st.symbols.data()
+        cdef int32_t* links = st.links.data()  # links[2i]: previous, links[2i + 1]: next (-1: none)
         for i in range(n):
             symbols[i] = self._byte_ids[p[i]]
             links[2 * i] = <int32_t>i - 1
@@ -468,12 +510,12 @@ cdef class ByteLevelBPE:
         for i in range(n - 1):
             rank = self._byte_pair_rank(p[i], p[i + 1])
             if rank != NO_MERGE:
-                self._heap.push_back(~((rank << 32) | <uint64_t>i))
-        make_heap(self._heap.begin(), self._heap.end())
-        while not self._heap.empty():
-            top = ~self._heap.front()
-            pop_heap(self._heap.begin(), self._heap.end())
-            self._heap.pop_back()
+                st.heap.push_back(~((rank << 32) | <uint64_t>i))
+        make_heap(st.heap.begin(), st.heap.end())
+        while not st.heap.empty():
+            top = ~st.heap.front()
+            pop_heap(st.heap.begin(), st.heap.end())
+            st.heap.pop_back()
             rank = top >> 32
             position = <int32_t><uint32_t>top
             right = links[2 * position + 1]
@@ -488,28 +530,28 @@ cdef class ByteLevelBPE:
             if links[2 * position] >= 0:
                 rank = self._rank(symbols[links[2 * position]], symbols[position])
                 if rank != NO_MERGE:
-                    self._heap.push_back(~((rank << 32) | <uint64_t>links[2 * position]))
-                    push_heap(self._heap.begin(), self._heap.end())
+                    st.heap.push_back(~((rank << 32) | <uint64_t>links[2 * position]))
+                    push_heap(st.heap.begin(), st.heap.end())
             if links[2 * position + 1] >= 0:
                 rank = self._rank(symbols[position], symbols[links[2 * position + 1]])
                 if rank != NO_MERGE:
-                    self._heap.push_back(~((rank << 32) | <uint64_t>position))
-                    push_heap(self._heap.begin(), self._heap.end())
+                    st.heap.push_back(~((rank << 32) | <uint64_t>position))
+                    push_heap(st.heap.begin(), st.heap.end())
         position = 0
         while position >= 0:
             out.push_back(symbols[position])
             position = links[2 * position + 1]
 
-    cdef void _encode_piece(self, const uint8_t* p, Py_ssize_t n, uint64_t h, vector[int32_t]& out) noexcept nogil:
+    cdef void _encode_piece(self, _State* st, const uint8_t* p, Py_ssize_t n, uint64_t h, vector[int32_t]& out) noexcept nogil:
         """Encode one piece, of hash ``h``, from the cache or by BPE (then cached)."""
         if n == 1:
             out.push_back(self._byte_ids[p[0]])
             return
-        cdef int64_t slot = _table_find(&self._cache, p, n, h)
+        cdef int64_t slot = _table_find(&st.cache, p, n, h)
         cdef const int32_t* cached
         cdef int32_t count
         if slot >= 0:
-            cached = _entry_ids(&self._cache, self._cache.slots[slot].entry, &count)
+            cached = _entry_ids(&st.cache, st.cache.slots[slot].entry, &count)
             out.insert(out.end(), cached, cached + count)
             return
         cdef size_t start = out.size()
@@ -519,11 +561,11 @@ cdef class ByteLevelBPE:
         if whole >= 0:
             out.push_back(_entry_ids(&self._whole_words, self._whole_words.slots[whole].entry, &count)[0])
         else:
-            self._bpe(p, n, out)
-        if self._cache.count >= self._cache_max_words:
-            _table_reset(&self._cache, 1 << 16)
-            slot = _table_find(&self._cache, p, n, h)
-        _table_insert(&self._cache, slot, p, n, h, &out[start], out.size() - start)
+            self._bpe(st, p, n, out)
+        if st.cache.count >= self._cache_max_words:
+            _table_reset(&st.cache, 1 << 16)
+            slot = _table_find(&st.cache, p, n, h)
+        _table_insert(&st.cache, slot, p, n, h, &out[start], out.size() - start)
 
     cdef Py_ssize_t _piece_end(self, const uint8_t* s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
         """The end of the regex's match at byte ``i`` of valid UTF-8 ``s[:n]``."""
@@ -605,7 +647,7 @@ cdef class ByteLevelBPE:
                         j = last_start
         return j
 
-    cdef void _encode_text(self, const uint8_t* s, Py_ssize_t n, vector[int32_t]& out) noexcept nogil:
+    cdef void _encode_text(self, _State* st, const uint8_t* s, Py_ssize_t n, vector[int32_t]& out) noexcept nogil:
         """Split valid UTF-8 ``s[:n]`` with the regex and encode each piece onto ``out``.
 
         Pieces go in groups of ``_GROUP``: their cache slots, then their cache entries, are
@@ -623,14 +665,28 @@ cdef class ByteLevelBPE:
                 i = self._piece_end(s, i, n)
                 ends[count] = i
                 hashes[count] = _hash_bytes(s + starts[count], i - starts[count])
-                __builtin_prefetch(&self._cache.slots[hashes[count] & self._cache.mask])
+                __builtin_prefetch(&st.cache.slots[hashes[count] & st.cache.mask])
                 count += 1
             for g in range(count):
-                slot = &self._cache.slots[hashes[g] & self._cache.mask]
+                slot = &st.cache.slots[hashes[g] & st.cache.mask]
                 if slot.hash == hashes[g]:
-                    __builtin_prefetch(&self._cache.arena[slot.entry])
+                    __builtin_prefetch(&st.cache.arena[slot.entry])
             for g in range(count):
-                self._encode_piece(s + starts[g], ends[g] - starts[g], hashes[g], out)
+                self._encode_piece(st, s + starts[g], ends[g] - starts[g], hashes[g], out)
+
+    cdef void _encode_job(self, _Job* job) noexcept nogil:
+        """Encode one job's texts onto its ``out``, with its thread's state."""
+        cdef Py_ssize_t t, u = job.text_ends[job.first_text - 1] if job.first_text else 0
+        for t in range(job.first_text, job.last_text):
+            while u < job.text_ends[t]:
+                if job.lengths[u] >= 0 and job.whole[u]:
+                    self._encode_with_added(job.state, job.starts[u], job.lengths[u], job.out)
+                elif job.lengths[u] >= 0:
+                    self._encode_text(job.state, job.starts[u], job.lengths[u], job.out)
+                else:
+                    job.out.push_back(<int32_t>(-1 - job.lengths[u]))
+                u += 1
+            job.ends.push_back(job.out.size())
 
     def encode_texts(self, list texts not None):
         """Ids of each text as ``(int32[T], int64[len(texts) + 1] offsets)``.
@@ -641,10 +697,11 @@ cdef class ByteLevelBPE:
         ``UnicodeEncodeError``).
         """
         cdef vector[const uint8_t*] starts
-        cdef vector[Py_ssize_t] lengths       # >= 0: a string part's length; < 0: -1 - added id
-        cdef vector[bint] whole               # a whole text, to split at added tokens
+        cdef vector[Py_ssize_t] lengths
+        cdef vector[int] whole
         cdef vector[Py_ssize_t] text_ends     # per text, its end in starts / lengths
-        cdef Py_ssize_t n
+        cdef vector[Py_ssize_t] text_bytes    # per text, its bytes so far (the cumulative sum)
+        cdef Py_ssize_t n, total = 0
         cdef const char* data
         for text in texts:
             if isinstance(text, str):
@@ -652,6 +709,7 @@ cdef class ByteLevelBPE:
                 starts.push_back(<const uint8_t*>data)
                 lengths.push_back(n)
                 whole.push_back(True)
+                total += n
             else:
                 for part in text:
                     if isinstance(part, str):
@@ -659,6 +717,7 @@ cdef class ByteLevelBPE:
                         starts.push_back(<const uint8_t*>data)
                         lengths.push_back(n)
                         whole.push_back(False)
+                        total += n
                     else:
                         if part < 0:
                             raise ValueError(f"added token id {part} is negative")
@@ -666,30 +725,72 @@ cdef class ByteLevelBPE:
                         lengths.push_back(-1 - <Py_ssize_t>part)
                         whole.push_back(False)
             text_ends.push_back(starts.size())
-        cdef vector[int32_t] out
-        cdef vector[int64_t] offsets
-        cdef Py_ssize_t t, u = 0
-        offsets.reserve(text_ends.size() + 1)
-        offsets.push_back(0)
-        with nogil:
-            for t in range(<Py_ssize_t>text_ends.size()):
-                while u < text_ends[t]:
-                    if lengths[u] >= 0 and whole[u]:
-                        self._encode_with_added(starts[u], lengths[u], out)
-                    elif lengths[u] >= 0:
-                        self._encode_text(starts[u], lengths[u], out)
-                    else:
-                        out.push_back(<int32_t>(-1 - lengths[u]))
-                    u += 1
-                offsets.push_back(out.size())
-        ids = np.empty(out.size(), dtype=np.int32)
-        bounds = np.empty(offsets.size(), dtype=np.int64)
+            text_bytes.push_back(total)
+        cdef Py_ssize_t count = text_ends.size()
+        cdef Py_ssize_t k, jobs = max(1, min(<Py_ssize_t>self._threads, total // _BYTES_PER_THREAD, count))
+        cdef vector[_Job] work
+        cdef vector[thread*] threads
+        cdef _State empty
+        with self._lock:
+            while self._states.size() < <size_t>jobs:
+                self._states.push_back(empty)
+                _table_reset(&self._states.back().cache, 1 << 16)
+            work.resize(jobs)
+            for k in range(jobs):  # texts split where the running byte count crosses k / jobs of the total
+                work[k].encoder = <void*>self
+                work[k].state = &self._states[k]
+                work[k].starts = starts.data()
+                work[k].lengths = lengths.data()
+                work[k].whole = whole.data()
+                work[k].text_ends = text_ends.data()
+                work[k].first_text = work[k - 1].last_text if k else 0
+                work[k].last_text = count if k == jobs - 1 else min(count, max(
+                    work[k].first_text + 1, _first_at_least(text_bytes, total * (k + 1) // jobs) + 1
+                ))
+            try:
+                with nogil:
+                    for k in range(1, jobs):
+                        threads.push_back(new thread(_run_job, &work[k]))
+                    self._encode_job(&work[0])
+            finally:  # every started thread is joined, also when starting one failed
+                with nogil:
+                    for k in range(<Py_ssize_t>threads.size()):
+                        threads[k].join()
+                        del threads[k]
+        ids = np.empty(sum(work[k].out.size() for k in range(jobs)), dtype=np.int32)
+        offsets = np.empty(count + 1, dtype=np.int64)
         cdef int32_t[::1] ids_view = ids
-        cdef int64_t[::1] bounds_view = bounds
-        if out.size():
-            memcpy(&ids_view[0], out.data(), out.size() * sizeof(int32_t))
-        memcpy(&bounds_view[0], offsets.data(), offsets.size() * sizeof(int64_t))
-        return ids, bounds
+        cdef int64_t[::1] offsets_view = offsets
+        cdef Py_ssize_t at = 0, t = 1, i
+        offsets_view[0] = 0
+        for k in range(jobs):
+            if work[k].out.size():
+                memcpy(&ids_view[at], work[k].out.data(), work[k].out.size() * sizeof(int32_t))
+            for i in range(<Py_ssize_t>work[k].ends.size()):
+                offsets_view[t] = at + work[k].ends[i]
+                t += 1
+            at += work[k].out.size()
+        return ids, offsets
+
+
+cdef Py_ssize_t _first_at_least(vector[Py_ssize_t]& values, Py_ssize_t target) noexcept nogil:
+    """The first index of rising ``values`` whose value is at least ``target`` (its size if none)."""
+    cdef Py_ssize_t low = 0, high = values.size(), middle
+    while low < high:
+        middle = (low + high) // 2
+        if values[middle] < target:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+cdef void _run_job(_Job* job) noexcept nogil:
+    """A thread's body: its share of ``encode_texts`` (the GIL is taken only to reach the encoder)."""
+    with gil:
+        encoder = <ByteLevelBPE>job.encoder
+        with nogil:
+            encoder._encode_job(job)
 
 
 def nfc_unchanged(str text not None, const uint8_t[::1] sensitive not None) -> bool:

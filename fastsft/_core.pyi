@@ -74,6 +74,7 @@ class ByteLevelBPE:
         whole_words: tuple[bytes, ArrayLike, ArrayLike] | None = None,  # blob, int64[W+1], int32[W]
         added: dict[str, int] | None = None,
         cache_max_words: int = ...,
+        threads: int = 1,  # the most native threads a batch of at least 1 MiB per thread is spread over
     ) -> None: ...
     @property
     def cached_words(self) -> int: ...

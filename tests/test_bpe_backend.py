@@ -152,14 +152,21 @@ def test_long_pieces_take_the_heap_path(hf_tokenizer: Any) -> None:
     _assert_same(hf_tokenizer, _backend(hf_tokenizer), texts)
 
 
-def test_threads_give_the_same_ids(hf_tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("layout", ["even", "large first", "large last"])
+def test_threads_give_the_same_ids(hf_tokenizer: Any, layout: str) -> None:
+    """A batch of over 3 MiB is spread over 3 native threads (1 MiB each at least); the ids and
+    offsets equal one thread's, however the bytes fall between the texts (later threads may get none)."""
     texts = [f"Sample {i}: 数据 {i * 7919} it's\n\n" + "word " * (i % 50) for i in range(400)]
+    large = "".join(texts) * 60
+    texts = {"even": texts * 60, "large first": [large, *texts], "large last": [*texts, large]}[layout]
+    assert sum(len(text.encode()) for text in texts) > 3 << 20
     single = _backend(hf_tokenizer).encode_batch_flat(texts)
-    monkeypatch.setattr(bpe, "_CHARS_PER_THREAD", 100)
-    threaded = _backend(hf_tokenizer, threads=3).encode_batch_flat(texts)
-    np.testing.assert_array_equal(single[0], threaded[0])
-    np.testing.assert_array_equal(single[1], threaded[1])
-    _assert_same(hf_tokenizer, _backend(hf_tokenizer, threads=3), texts[:50])
+    threaded = _backend(hf_tokenizer, threads=3)
+    for _ in range(2):  # the second batch reuses each thread's cache
+        ids, offsets = threaded.encode_batch_flat(texts)
+        np.testing.assert_array_equal(single[0], ids)
+        np.testing.assert_array_equal(single[1], offsets)
+    _assert_same(hf_tokenizer, threaded, texts[:50])
 
 
 def test_a_full_cache_is_cleared_and_stays_exact(hf_tokenizer: Any) -> None:

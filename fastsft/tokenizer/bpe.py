@@ -13,9 +13,8 @@ HF's own algorithm::
             emitted as they are)      Unicode version)                  Oniguruma classes)   rank merge first)
 
 ``fastsft._core.ByteLevelBPE`` (``csrc/bpe.pxi``) splits at added tokens and runs the last two
-steps; this module reads the tables from the tokenizer JSON, normalises the texts NFC may change
-(split at added tokens first, by the compiled split), and spreads a batch over threads (one
-compiled encoder, with its own piece cache, per thread; they run without the GIL).
+steps, spreading a large batch over native threads; this module reads the tables from the tokenizer
+JSON and normalises the texts NFC may change (split at added tokens first, by the compiled split).
 
 It accepts exactly this structure, and ``tokenizer_tables`` raises ``NotByteLevelBPE`` naming the
 first thing that differs: normaliser none or NFC; pre-tokenizer ``Split`` on Qwen2's or Llama 3's
@@ -29,10 +28,8 @@ from __future__ import annotations
 
 import io
 import os
-import threading
 import zipfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -66,9 +63,6 @@ SPLIT_PATTERNS = {
     # Llama 3, 3.1, 3.2, 3.3
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": 3,
 }
-
-# A batch is spread over threads only when it has at least this much text per thread.
-_CHARS_PER_THREAD = 1 << 20
 
 
 class NotByteLevelBPE(Exception):
@@ -258,19 +252,12 @@ def _whole_words(vocab: dict[str, int], characters: tuple[str, ...]) -> tuple[by
     return b"".join(words), offsets, np.array(ids, dtype=np.int32)
 
 
-def _default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 class ByteLevelBPEBackend:
     """Encodes like ``tokenizer.encode(text, add_special_tokens=False)`` for the tokenizers
     ``tokenizer_tables`` accepts (raises ``NotByteLevelBPE`` otherwise); thread-safe.
 
-    Build it from ``tokenizer_tables`` (``from_json``). ``threads``: the most threads a batch is
-    spread over (default: the CPUs this process may use). Pickles as its tables.
+    Build it from ``tokenizer_tables`` (``from_json``). ``threads``: the most threads the compiled
+    encoder spreads a batch over (default: the CPUs this process may use). Pickles as its tables.
     """
 
     name = "fastsft-bpe"
@@ -279,19 +266,22 @@ class ByteLevelBPEBackend:
     def __init__(self, tables: ByteLevelTables, threads: int | None = None) -> None:
         from fastsft._core import ByteLevelBPE, nfc_unchanged
 
-        self._threads = threads or _default_threads()
+        if threads is None:  # the CPUs this process may use
+            threads = (
+                len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            )
+        self._threads = threads
         self._tables = tables
-        self._make = lambda: ByteLevelBPE(
+        self._core = ByteLevelBPE(
             char_classes(),
             tables.merges,
             tables.byte_ids,
             tables.max_digits,
             tables.whole_words,
             tables.added,
+            threads=self._threads,
         )
         self._nfc_unchanged = nfc_unchanged
-        self._idle: list[Any] = [self._make()]  # compiled encoders not in use (each keeps its cache)
-        self._lock = threading.Lock()
         self._nfc: Any = None
 
     def _normalized(self, text: str) -> str:
@@ -309,68 +299,18 @@ class ByteLevelBPEBackend:
         the text between them normalised."""
         if not self._tables.nfc or text.isascii() or self._nfc_unchanged(text, nfc_sensitive()):
             return text
-        with self._core() as core:
-            parts = core.split_added(text)
-        return [part if isinstance(part, int) else self._normalized(part) for part in parts]
+        return [
+            part if isinstance(part, int) else self._normalized(part) for part in self._core.split_added(text)
+        ]
 
     def encode_batch_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """All ids as ``int32[T]`` plus ``int64[len(texts) + 1]`` offsets; ``DataError`` for a text
         that is not valid Unicode."""
         try:
-            return self._encode_batch_flat(texts)
+            return self._core.encode_texts([self._unit(text) for text in texts])
         except UnicodeEncodeError:
             raise_if_invalid_unicode(texts)
             raise
-
-    def _encode_batch_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        units = [self._unit(text) for text in texts]
-        chars = sum(map(len, texts))
-        threads = max(1, min(self._threads, chars // _CHARS_PER_THREAD, len(units)))
-        if threads == 1:
-            return self._encode(units)
-        bounds = _balanced_bounds([len(text) for text in texts], threads)
-        results: list[Any] = [None] * threads
-
-        def run(index: int) -> None:
-            try:
-                results[index] = self._encode(units[bounds[index] : bounds[index + 1]])
-            except BaseException as error:  # raised in the caller's thread below
-                results[index] = error
-
-        workers = [threading.Thread(target=run, args=(index,)) for index in range(1, threads)]
-        for worker in workers:
-            worker.start()
-        run(0)
-        for worker in workers:
-            worker.join()
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        ids = np.concatenate([result[0] for result in results])
-        offsets = np.zeros(len(units) + 1, dtype=np.int64)
-        at, base = 0, 0
-        for chunk_ids, chunk_offsets in results:
-            offsets[at + 1 : at + len(chunk_offsets)] = chunk_offsets[1:] + base
-            at += len(chunk_offsets) - 1
-            base += len(chunk_ids)
-        return ids, offsets
-
-    def _encode(self, units: list[str | list[str | int]]) -> tuple[np.ndarray, np.ndarray]:
-        with self._core() as core:
-            return core.encode_texts(units)
-
-    @contextmanager
-    def _core(self) -> Iterator[Any]:
-        """A compiled encoder no other thread is using (made when every one is in use)."""
-        with self._lock:
-            core = self._idle.pop() if self._idle else None
-        if core is None:
-            core = self._make()
-        try:
-            yield core
-        finally:
-            with self._lock:
-                self._idle.append(core)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text."""
@@ -404,11 +344,3 @@ def raise_if_invalid_unicode(texts: Sequence[str]) -> None:
             raise DataError(
                 f"text is not valid Unicode: {error.reason} {text[error.start]!r} at character {error.start}"
             ) from None
-
-
-def _balanced_bounds(lengths: list[int], parts: int) -> list[int]:
-    """``parts + 1`` cut points splitting the texts into contiguous runs of about equal length."""
-    cumulative = np.cumsum(lengths)
-    targets = cumulative[-1] * np.arange(1, parts) / parts
-    cuts = np.searchsorted(cumulative, targets, side="left") + 1
-    return [0, *np.clip(cuts, 1, len(lengths) - 1).tolist(), len(lengths)]
