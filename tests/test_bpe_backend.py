@@ -23,10 +23,11 @@ from hypothesis import strategies as st
 from fastsft._core import ByteLevelBPE
 from fastsft.errors import ConfigError, DataError
 from fastsft.tokenizer import bpe, encoders, unicode_classes
-from fastsft.tokenizer.bpe import ByteLevelBPEBackend, ByteLevelTables, NotByteLevelBPE, tokenizer_tables
+from fastsft.tokenizer.bpe import ByteLevelTables, NotByteLevelBPE, tokenizer_tables
 from fastsft.tokenizer.encoders import (
     BREAK_EVEN_CHARS_PER_TOKEN,
     FASTOKENS_CHARS_PER_TOKEN,
+    BPEEncoder,
     choose_encoder,
     encoder_for,
 )
@@ -49,18 +50,18 @@ def _json(tokenizer: Any) -> str:
 _TABLES: dict[int, tuple[Any, ByteLevelTables]] = {}  # by id(tokenizer); the tokenizer kept alive
 
 
-def _backend(tokenizer: Any, threads: int = 1) -> ByteLevelBPEBackend:
+def _backend(tokenizer: Any, threads: int = 1) -> BPEEncoder:
     """A fresh backend (empty caches) over the tokenizer's tables, read from its JSON once."""
     if id(tokenizer) not in _TABLES:
         split = bool(getattr(tokenizer, "split_special_tokens", False))
         _TABLES[id(tokenizer)] = (tokenizer, tokenizer_tables(_json(tokenizer), split))
-    return ByteLevelBPEBackend(_TABLES[id(tokenizer)][1], threads=threads)
+    return BPEEncoder(_TABLES[id(tokenizer)][1], threads=threads)
 
 
-_SHARED: dict[int, ByteLevelBPEBackend] = {}
+_SHARED: dict[int, BPEEncoder] = {}
 
 
-def _shared_backend(tokenizer: Any) -> ByteLevelBPEBackend:
+def _shared_backend(tokenizer: Any) -> BPEEncoder:
     """One backend per tokenizer across a test's examples: its cache fills as in a long run."""
     if id(tokenizer) not in _SHARED:
         _SHARED[id(tokenizer)] = _backend(tokenizer)
@@ -71,7 +72,7 @@ def _hf_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return [tokenizer.encode(text, add_special_tokens=False) for text in texts]
 
 
-def _assert_same(tokenizer: Any, backend: ByteLevelBPEBackend, texts: list[str]) -> None:
+def _assert_same(tokenizer: Any, backend: BPEEncoder, texts: list[str]) -> None:
     ours = backend.encode_batch(texts)
     for text, expected, got in zip(texts, _hf_ids(tokenizer, texts), ours):
         assert got == expected, f"text {text[:80]!r}: HF {expected[:20]} ours {got[:20]}"
@@ -197,7 +198,7 @@ def test_split_special_tokens_keeps_special_tokens_as_text(hf_tokenizer: Any) ->
         ]
     finally:
         hf_tokenizer.backend_tokenizer.encode_special_tokens = False
-    backend = ByteLevelBPEBackend(tokenizer_tables(_json(hf_tokenizer), True))
+    backend = BPEEncoder(tokenizer_tables(_json(hf_tokenizer), True))
     assert backend.encode_batch(texts) == expected
 
 
@@ -209,7 +210,7 @@ def test_pickles_and_single_threaded(hf_tokenizer: Any) -> None:
 
 
 def test_invalid_unicode_is_a_located_data_error() -> None:
-    backend = ByteLevelBPEBackend(tokenizer_tables(_json(load_tokenizer(_fixture_path())), False))
+    backend = BPEEncoder(tokenizer_tables(_json(load_tokenizer(_fixture_path())), False))
     with pytest.raises(DataError, match=r"not valid Unicode: surrogates not allowed .* at character 5"):
         backend.encode_batch(["ok", "lone \ud800 surrogate"])
 
@@ -291,7 +292,7 @@ def test_tables_round_trip_and_damaged_tables_are_refused(hf_tokenizer: Any) -> 
     tables = _backend(hf_tokenizer).tables
     again = ByteLevelTables.from_bytes(tables.to_bytes())
     texts = ["round trip: it's 数据 12345 <|im_start|>"]
-    assert ByteLevelBPEBackend(again).encode_batch(texts) == ByteLevelBPEBackend(tables).encode_batch(texts)
+    assert BPEEncoder(again).encode_batch(texts) == BPEEncoder(tables).encode_batch(texts)
     with pytest.raises(ValueError, match="not byte-level BPE tables"):
         ByteLevelTables.from_bytes(tables.to_bytes()[:1000])
 
@@ -311,7 +312,7 @@ def test_compiled_encoder_checks_its_tables() -> None:
 
 def test_bpe_kind(fixture_tokenizer: Any) -> None:
     backend = encoder_for(fixture_tokenizer, "bpe")
-    assert isinstance(backend, ByteLevelBPEBackend) and backend.name == "fastsft-bpe"
+    assert isinstance(backend, BPEEncoder) and backend.name == "fastsft-bpe"
     assert backend.encode_batch(["hello world"]) == [
         fixture_tokenizer.encode("hello world", add_special_tokens=False)
     ]

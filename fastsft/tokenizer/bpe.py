@@ -1,33 +1,18 @@
-"""fastsft's own byte-level BPE encoder: HF's ids for Qwen2- and Llama 3-style tokenizers, ready in
-milliseconds.
+"""The tables of fastsft's byte-level BPE (``csrc/bpe.pxi``, ``encoders.BPEEncoder``), read from a HF
+``tokenizer.json``: the merges, the byte ids, the vocabulary for ``ignore_merges``, the added tokens,
+and the character classes of the split regex.
 
-fastokens encodes 3-5x as fast once built, but builds its encoder from ``tokenizer.json``
-in 1.2-2 s (it decomposes every vocabulary entry and builds an automaton), and that build was more
-than half of ``fastsft preprocess`` on 20,000 conversations. ``ByteLevelBPEBackend`` needs only
-the merge table in a hash table (built in milliseconds from ``ByteLevelTables``, which take
-0.3-0.6 s to read from the JSON and a few milliseconds from the file kept beside a saved spec), and runs
-HF's own algorithm::
-
-    text ─▶ split at added tokens ─▶ NFC (if the normaliser is NFC) ─▶ split regex ─▶ BPE per piece
-           (leftmost-longest; ids    (HF's own normaliser, so its      (compiled scanner,  (byte ids, lowest-
-            emitted as they are)      Unicode version)                  Oniguruma classes)   rank merge first)
-
-``fastsft._core.ByteLevelBPE`` (``csrc/bpe.pxi``) splits at added tokens and runs the last two
-steps, spreading a large batch over native threads; this module reads the tables from the tokenizer
-JSON and normalises the texts NFC may change (split at added tokens first, by the compiled split).
-
-It accepts exactly this structure, and ``tokenizer_tables`` raises ``NotByteLevelBPE`` naming the
-first thing that differs: normaliser none or NFC; pre-tokenizer ``Split`` on Qwen2's or Llama 3's
-regex (isolated) then ``ByteLevel`` without prefix space or regex; a BPE model without dropout,
-byte fallback, subword prefix or suffix, with all 256 byte characters in the vocabulary; added
-tokens without ``lstrip``, ``rstrip``, ``single_word`` or ``normalized``. Like fastokens, it is
-used only after giving ``tokenizer.encode``'s ids on the probe texts (``fastsft.tokenizer.encoders``).
+``tokenizer_tables`` accepts exactly this structure and raises ``NotByteLevelBPE`` naming the first
+thing that differs: normaliser none or NFC; pre-tokenizer ``Split`` on Qwen2's or Llama 3's regex
+(isolated) then ``ByteLevel`` without prefix space or regex; a BPE model without dropout, byte
+fallback, subword prefix or suffix, with all 256 byte characters in the vocabulary; added tokens
+without ``lstrip``, ``rstrip``, ``single_word`` or ``normalized``. Reading them from the JSON takes
+0.3-0.6 s, so they are kept beside a saved spec (``ByteLevelTables.to_bytes``).
 """
 
 from __future__ import annotations
 
 import io
-import os
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,18 +22,15 @@ from typing import Any
 import numpy as np
 import orjson
 
-from fastsft.errors import DataError
 from fastsft.tokenizer import unicode_classes
 
 __all__ = [
     "BPE_FORMAT",
     "SPLIT_PATTERNS",
-    "ByteLevelBPEBackend",
     "ByteLevelTables",
     "NotByteLevelBPE",
     "char_classes",
     "nfc_sensitive",
-    "raise_if_invalid_unicode",
     "tokenizer_tables",
 ]
 
@@ -250,97 +232,3 @@ def _whole_words(vocab: dict[str, int], characters: tuple[str, ...]) -> tuple[by
     offsets = np.zeros(len(words) + 1, dtype=np.int64)
     np.cumsum([len(word) for word in words], out=offsets[1:])
     return b"".join(words), offsets, np.array(ids, dtype=np.int32)
-
-
-class ByteLevelBPEBackend:
-    """Encodes like ``tokenizer.encode(text, add_special_tokens=False)`` for the tokenizers
-    ``tokenizer_tables`` accepts (raises ``NotByteLevelBPE`` otherwise); thread-safe.
-
-    Build it from ``tokenizer_tables`` (``from_json``). ``threads``: the most threads the compiled
-    encoder spreads a batch over (default: the CPUs this process may use). Pickles as its tables.
-    """
-
-    name = "fastsft-bpe"
-    ready = True  # built when constructed
-
-    def __init__(self, tables: ByteLevelTables, threads: int | None = None) -> None:
-        from fastsft._core import ByteLevelBPE, nfc_unchanged
-
-        if threads is None:  # the CPUs this process may use
-            threads = (
-                len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            )
-        self._threads = threads
-        self._tables = tables
-        self._core = ByteLevelBPE(
-            char_classes(),
-            tables.merges,
-            tables.byte_ids,
-            tables.max_digits,
-            tables.whole_words,
-            tables.added,
-            threads=self._threads,
-        )
-        self._nfc_unchanged = nfc_unchanged
-        self._nfc: Any = None
-
-    def _normalized(self, text: str) -> str:
-        """``text`` through HF's own NFC normaliser (Python's ``unicodedata`` may be another Unicode
-        version, and orders some newer combining marks differently)."""
-        if self._nfc is None:
-            from tokenizers.normalizers import NFC
-
-            self._nfc = NFC()
-        return self._nfc.normalize_str(text)
-
-    def _unit(self, text: str) -> str | list[str | int]:
-        """The text as the compiled encoder takes it: as it is (it splits at added tokens itself)
-        unless NFC may change it; then split at added tokens (by the compiled encoder's own split),
-        the text between them normalised."""
-        if not self._tables.nfc or text.isascii() or self._nfc_unchanged(text, nfc_sensitive()):
-            return text
-        return [
-            part if isinstance(part, int) else self._normalized(part) for part in self._core.split_added(text)
-        ]
-
-    def encode_batch_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """All ids as ``int32[T]`` plus ``int64[len(texts) + 1]`` offsets; ``DataError`` for a text
-        that is not valid Unicode."""
-        try:
-            return self._core.encode_texts([self._unit(text) for text in texts])
-        except UnicodeEncodeError:
-            raise_if_invalid_unicode(texts)
-            raise
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text."""
-        ids, offsets = self.encode_batch_flat(texts)
-        flat, bounds = ids.tolist(), offsets.tolist()
-        return [flat[bounds[i] : bounds[i + 1]] for i in range(len(bounds) - 1)]
-
-    @classmethod
-    def from_json(cls, tokenizer_json: str, split_special_tokens: bool) -> ByteLevelBPEBackend:
-        """The backend for a ``tokenizer.json`` text (``NotByteLevelBPE`` when it cannot be)."""
-        return cls(tokenizer_tables(tokenizer_json, split_special_tokens))
-
-    @property
-    def tables(self) -> ByteLevelTables:
-        return self._tables
-
-    def single_threaded(self) -> ByteLevelBPEBackend:
-        """The same encoder, encoding in the calling thread only (for worker processes)."""
-        return ByteLevelBPEBackend(self._tables, threads=1)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (ByteLevelBPEBackend, (self._tables, self._threads))
-
-
-def raise_if_invalid_unicode(texts: Sequence[str]) -> None:
-    """Raise a ``DataError`` for the first text that is not valid Unicode (a lone surrogate)."""
-    for text in texts:
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as error:
-            raise DataError(
-                f"text is not valid Unicode: {error.reason} {text[error.start]!r} at character {error.start}"
-            ) from None

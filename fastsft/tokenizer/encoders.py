@@ -2,23 +2,17 @@
 the one a run uses, chosen before its first batch and kept (``choose_encoder``).
 
 * ``hf``: the tokenizer's own Rust tokenizer, rebuilt from the spec's ``tokenizer.json`` (no
-  transformers import), one batched call; per string on the python path, as LLaMA-Factory calls
-  it; ``tokenizer.encode`` itself for a tokenizer that does not encode through Rust.
-* ``bpe``: fastsft's compiled byte-level BPE (``fastsft.tokenizer.bpe``), for Qwen2- and Llama
-  3-style tokenizers; its tables load from a file in milliseconds.
-* ``fast``: fastokens over the same ``tokenizer.json``; 3-5x the BPE's speed once built, but its
-  build takes a core for 1-2 s, so it starts on a thread when chosen and overlaps the run's
-  reading and rendering (fastokens releases the GIL while building).
+  transformers import); per string on the python path, as LLaMA-Factory calls it; the real
+  tokenizer for one that does not encode through Rust.
+* ``bpe``: fastsft's compiled byte-level BPE, for Qwen2- and Llama 3-style tokenizers; ready in
+  milliseconds (its tables are kept on disk).
+* ``fast``: fastokens; faster than the BPE once built, but its build takes a core for 1-2 s, so it
+  starts on a thread when chosen and overlaps the run's reading and rendering.
 
 ``bpe`` and ``fast`` are used only after giving the Rust tokenizer's ids on every probe text
 (``probe_texts``); the verdict, pass or fail with the reason, is kept beside the spec's
-``tokenizer.json``, per encoder version, tokenizers version (whose ids it was compared with),
-``split_special_tokens`` and probe texts.
-
-``auto`` chooses by what ``docs/benchmarks.md`` ("Encoder choice") measured on the whole command:
-fastokens for inputs of at least ``FASTOKENS_CHARS_PER_TOKEN`` characters per vocabulary entry,
-else the BPE, else (a tokenizer the BPE does not reproduce) fastokens from
-``BREAK_EVEN_CHARS_PER_TOKEN``, else HF.
+``tokenizer.json``, per encoder version, tokenizers version, ``split_special_tokens`` and probe texts.
+``auto`` chooses by input size, as ``docs/benchmarks.md`` ("Encoder choice") measured (``choose_encoder``).
 """
 
 from __future__ import annotations
@@ -30,19 +24,19 @@ import os
 import threading
 import unicodedata
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
-from fastsft.errors import ConfigError
+from fastsft.errors import ConfigError, DataError
 from fastsft.tokenizer import KINDS
 from fastsft.tokenizer.bpe import (
     BPE_FORMAT,
-    ByteLevelBPEBackend,
     ByteLevelTables,
     NotByteLevelBPE,
-    raise_if_invalid_unicode,
+    char_classes,
+    nfc_sensitive,
     tokenizer_tables,
 )
 from fastsft.tokenizer.cache import read_checked, read_checked_bytes, write_checked, write_checked_bytes
@@ -54,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENV_VAR",
+    "BPEEncoder",
     "FastokensEncoder",
     "PythonEncoder",
     "RustEncoder",
@@ -76,37 +71,52 @@ FASTOKENS_CHARS_PER_TOKEN = 1000
 BREAK_EVEN_CHARS_PER_TOKEN = 50
 
 
-class TextEncoder(Protocol):
-    """Encodes text segments exactly like ``tokenizer.encode(text, add_special_tokens=False)``."""
+class TextEncoder:
+    """Encodes text segments exactly like ``tokenizer.encode(text, add_special_tokens=False)``.
+
+    An encoder implements ``_encode_flat``; a text that is not valid Unicode (a lone surrogate,
+    which no tokenizer encodes) is a ``DataError`` naming it, whatever the encoder raised."""
 
     name: str
-
-    @property
-    def ready(self) -> bool:
-        """Whether encoding starts without waiting for a build under way (fastokens')."""
-        ...
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text."""
-        ...
+    ready = True  # whether encoding starts without waiting for a build under way (fastokens')
 
     def encode_batch_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """All ids as ``int32[T]`` and ``int64[len(texts) + 1]`` offsets (text ``i`` is ``ids[o[i]:o[i+1]]``)."""
-        ...
+        texts = list(texts)
+        try:
+            return self._encode_flat(texts)
+        except (UnicodeEncodeError, TypeError):  # HF's Rust tokenizer raises TypeError
+            for text in texts:
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as error:
+                    raise DataError(
+                        f"text is not valid Unicode: {error.reason} {text[error.start]!r} at character {error.start}"
+                    ) from None
+            raise
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text."""
+        ids, offsets = self.encode_batch_flat(texts)
+        flat, bounds = ids.tolist(), offsets.tolist()
+        return [flat[start:end] for start, end in itertools.pairwise(bounds)]
 
     def single_threaded(self) -> TextEncoder:
-        """The same encoder encoding in the calling thread only (for worker processes)."""
-        ...
+        """The same encoder, encoding in the calling thread only (for worker processes)."""
+        return self
+
+    def _encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
 
 
-class RustEncoder:
+class RustEncoder(TextEncoder):
     """The tokenizer's Rust tokenizer from its ``tokenizer.json``: one batched call (multi-threaded
-    in Rust), or one call per string (``per_string``, the python path). Built on first use."""
+    in Rust, as ``TOKENIZERS_PARALLELISM`` says), or one call per string (``per_string``, the python
+    path). Built on first use."""
 
     def __init__(self, tokenizer_json: str, split_special_tokens: bool, *, per_string: bool = False) -> None:
         self._json, self._split, self._per_string = tokenizer_json, split_special_tokens, per_string
         self.name = "hf (per string)" if per_string else "hf"
-        self.ready = True
         self._rust: Any = None
 
     def _tokenizer(self) -> Any:
@@ -120,26 +130,15 @@ class RustEncoder:
             self._rust = rust
         return self._rust
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    def _encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         rust = self._tokenizer()
-        try:
-            if self._per_string:
-                return [rust.encode(text, add_special_tokens=False).ids for text in texts]
-            return [e.ids for e in rust.encode_batch_fast(list(texts), add_special_tokens=False)]
-        except TypeError:
-            raise_if_invalid_unicode(texts)
-            raise
-
-    def encode_batch_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        return _flatten(self.encode_batch(texts))
+        if self._per_string:
+            return _flatten([rust.encode(text, add_special_tokens=False).ids for text in texts])
+        return _flatten([e.ids for e in rust.encode_batch_fast(texts, add_special_tokens=False)])
 
     def encodings(self, texts: Sequence[str]) -> list[Any]:
         """HF's ``Encoding`` of each text, character offsets included (slower than the ids alone)."""
         return self._tokenizer().encode_batch(list(texts), add_special_tokens=False)
-
-    def single_threaded(self) -> RustEncoder:
-        """Itself: HF's own threading follows ``TOKENIZERS_PARALLELISM``, which is left as it is."""
-        return self
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rust_encoder, (self._json, self._split, self._per_string))
@@ -149,27 +148,20 @@ def _rust_encoder(tokenizer_json: str, split: bool, per_string: bool) -> RustEnc
     return RustEncoder(tokenizer_json, split, per_string=per_string)
 
 
-class PythonEncoder:
+class PythonEncoder(TextEncoder):
     """``tokenizer.encode(text, add_special_tokens=False)`` once per text, for a tokenizer that does
     not encode through its Rust tokenizer (a slow tokenizer, a class overriding encoding)."""
 
     name = "hf (python tokenizer)"
-    ready = True
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self._tokenizer = tokenizer
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [self._tokenizer.encode(text, add_special_tokens=False) for text in texts]
-
-    def encode_batch_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        return _flatten(self.encode_batch(texts))
-
-    def single_threaded(self) -> PythonEncoder:
-        return self
+    def _encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        return _flatten([self._tokenizer.encode(text, add_special_tokens=False) for text in texts])
 
 
-class FastokensEncoder:
+class FastokensEncoder(TextEncoder):
     """fastokens over a ``tokenizer.json`` text, built on a background thread from construction (or
     in the calling thread, ``background=False``); the first encode waits for the build. Pickles as
     the JSON text, so a worker process builds its own, single-threaded, before fastokens starts threads."""
@@ -212,28 +204,15 @@ class FastokensEncoder:
         self._encoder = encoder
 
     @property
-    def ready(self) -> bool:
+    def ready(self) -> bool:  # type: ignore[override]
         return self._thread is None or not self._thread.is_alive()
 
-    def _built(self) -> Any:
+    def _encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         if self._thread is not None:
             self._thread.join()
         if self._error is not None:
             raise self._error
-        return self._encoder
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        ids, offsets = self.encode_batch_flat(texts)
-        flat, bounds = ids.tolist(), offsets.tolist()
-        return [flat[bounds[i] : bounds[i + 1]] for i in range(len(bounds) - 1)]
-
-    def encode_batch_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        texts = list(texts)
-        try:
-            ids, offsets = self._built().encode_batch_flat(texts, False, self._split)
-        except UnicodeEncodeError:
-            raise_if_invalid_unicode(texts)
-            raise
+        ids, offsets = self._encoder.encode_batch_flat(texts, False, self._split)
         # uint32 ids below 2**31 and uint64 offsets below 2**63 read the same as int32 / int64.
         return np.frombuffer(ids, dtype=np.int32), np.frombuffer(offsets, dtype=np.int64)
 
@@ -246,6 +225,63 @@ class FastokensEncoder:
 
 def _fastokens_in_worker(tokenizer_json: str, split: bool, single_thread: bool) -> FastokensEncoder:
     return FastokensEncoder(tokenizer_json, split, single_thread=single_thread, background=False)
+
+
+class BPEEncoder(TextEncoder):
+    """fastsft's byte-level BPE over ``bpe.tokenizer_tables``' tables; thread-safe. HF's own
+    algorithm, in ``fastsft._core.ByteLevelBPE`` (``csrc/bpe.pxi``) but for NFC::
+
+        text ─▶ split at added tokens ─▶ NFC, if the normaliser is ─▶ split regex ─▶ BPE per piece
+                (leftmost-longest)       (HF's own, in Python, only    (compiled     (lowest-rank
+                                          for text NFC may change)      scanner)      merge first)
+
+    ``threads``: the most native threads the compiled encoder spreads a batch over (default: the
+    CPUs this process may use). Pickles as its tables."""
+
+    name = "fastsft-bpe"
+
+    def __init__(self, tables: ByteLevelTables, threads: int | None = None) -> None:
+        from fastsft._core import ByteLevelBPE, nfc_unchanged
+
+        if threads is None:  # the CPUs this process may use
+            threads = (
+                len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            )
+        self.tables, self._threads, self._nfc_unchanged = tables, threads, nfc_unchanged
+        self._core = ByteLevelBPE(
+            char_classes(),
+            tables.merges,
+            tables.byte_ids,
+            tables.max_digits,
+            tables.whole_words,
+            tables.added,
+            threads=threads,
+        )
+        self._nfc: Any = None
+
+    def _unit(self, text: str) -> str | list[str | int]:
+        """The text as the compiled encoder takes it: as it is (it splits at added tokens itself)
+        unless NFC may change it; then split at added tokens, the text between them normalised by
+        HF's own NFC (Python's ``unicodedata`` may be another Unicode version)."""
+        if not self.tables.nfc or text.isascii() or self._nfc_unchanged(text, nfc_sensitive()):
+            return text
+        if self._nfc is None:
+            from tokenizers.normalizers import NFC
+
+            self._nfc = NFC()
+        return [
+            part if isinstance(part, int) else self._nfc.normalize_str(part)
+            for part in self._core.split_added(text)
+        ]
+
+    def _encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        return self._core.encode_texts([self._unit(text) for text in texts])
+
+    def single_threaded(self) -> BPEEncoder:
+        return BPEEncoder(self.tables, threads=1)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (BPEEncoder, (self.tables, self._threads))
 
 
 def _flatten(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -363,7 +399,7 @@ def _fastokens(spec: TokenizerSpec, tokenizer_json: str) -> FastokensEncoder:
     return FastokensEncoder(tokenizer_json, spec.split_special_tokens) if verified is None else verified
 
 
-def _bpe(spec: TokenizerSpec, tokenizer_json: str) -> ByteLevelBPEBackend:
+def _bpe(spec: TokenizerSpec, tokenizer_json: str) -> BPEEncoder:
     """fastsft's BPE, probed once per tokenizer, its tables kept beside the spec's JSON."""
     path = json_derived(spec.backend_digest or "", f"bpe-{BPE_FORMAT}-{int(spec.split_special_tokens)}.npz")
     data = read_checked_bytes(path)
@@ -372,12 +408,12 @@ def _bpe(spec: TokenizerSpec, tokenizer_json: str) -> ByteLevelBPEBackend:
     except ValueError:
         tables = None
 
-    def verify() -> ByteLevelBPEBackend:
+    def verify() -> BPEEncoder:
         try:
             made = tokenizer_tables(tokenizer_json, spec.split_special_tokens)
         except NotByteLevelBPE as error:
             raise ConfigError(f"fastsft-bpe does not reproduce it: {error}") from None
-        encoder = ByteLevelBPEBackend(made)
+        encoder = BPEEncoder(made)
         _probe(encoder, spec, tokenizer_json)
         write_checked_bytes(path, made.to_bytes())
         return encoder
@@ -385,7 +421,7 @@ def _bpe(spec: TokenizerSpec, tokenizer_json: str) -> ByteLevelBPEBackend:
     verified = _verdict(spec, f"fastsft-bpe {BPE_FORMAT} classes {TOKENIZERS_VERSION}", verify)
     if verified is not None:
         return verified
-    return ByteLevelBPEBackend(tables) if tables is not None else verify()
+    return BPEEncoder(tables) if tables is not None else verify()
 
 
 def choose_encoder(
