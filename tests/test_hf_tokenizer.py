@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from fastsft.errors import ConfigError
-from fastsft.tokenizer.loader import CACHE_ENV_VAR, cache_dir, load_tokenizer
+from fastsft.tokenizer.cache import CACHE_ENV_VAR, cache_dir
+from fastsft.tokenizer.loader import load_tokenizer
 
 TEXTS = ["Hello, world!", "数据 <|im_start|>user\n hi<|im_end|>\n", "  \r\n\tx 😀👍🏽", ""]
 

@@ -239,6 +239,24 @@ def test_single_threaded_backend(fixture_pair: tuple[Any, FastokensEncoder]) -> 
     assert python.single_threaded() is python
 
 
+def test_a_worker_encoder_is_not_built_in_the_parent(
+    fixture_pair: tuple[Any, FastokensEncoder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``single_threaded()`` is pickled to worker processes: the parent neither builds it (1-2 s for a
+    real vocabulary) nor sets its one-thread setting in its own environment."""
+    import fastokens
+
+    tokenizer, backend = fixture_pair
+    builds: list[str] = []
+    real = fastokens.Tokenizer.from_json_str
+    monkeypatch.setattr(fastokens.Tokenizer, "from_json_str", lambda text: builds.append(text) or real(text))
+    monkeypatch.delenv("FASTOKENS_BPE_THREADS", raising=False)
+    worker = pickle.dumps(backend.single_threaded())
+    assert builds == [] and "FASTOKENS_BPE_THREADS" not in os.environ
+    assert_backend_matches(pickle.loads(worker), tokenizer, ["hello world", "数据"])  # built on first use
+    assert len(builds) == 1
+
+
 SINGLE_THREAD_CHILD = """
 import os, pickle, sys
 backend = pickle.loads(sys.stdin.buffer.read()).single_threaded()

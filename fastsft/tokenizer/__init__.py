@@ -13,8 +13,8 @@ KINDS = ("auto", "hf", "bpe", "fast")
 without the encoders' imports, so the option's choices cost nothing to read."""
 
 _HOMES = {
-    "CACHE_ENV_VAR": "loader",
-    "cache_dir": "loader",
+    "CACHE_ENV_VAR": "cache",
+    "cache_dir": "cache",
     "load_tokenizer": "loader",
     "TokenizerSpec": "spec",
     "TextEncoder": "encoders",

@@ -13,6 +13,7 @@ without ``lstrip``, ``rstrip``, ``single_word`` or ``normalized``. Reading them 
 from __future__ import annotations
 
 import io
+import itertools
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,19 +88,11 @@ def _code_point_table(*marks: tuple[int, Sequence[tuple[int, int]]]) -> np.ndarr
 
 @cache
 def _byte_characters() -> tuple[str, ...]:
-    """ByteLevel's character for each byte (GPT-2's ``bytes_to_unicode``)."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    characters = {byte: chr(byte) for byte in printable}
-    shifted = 0
-    for byte in range(256):
-        if byte not in characters:
-            characters[byte] = chr(256 + shifted)
-            shifted += 1
-    return tuple(characters[byte] for byte in range(256))
+    """ByteLevel's character for each byte (GPT-2's ``bytes_to_unicode``): the printable bytes as
+    themselves, the others as U+0100, U+0101, ... in byte order."""
+    printable = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
+    shifted = itertools.count(0x100)
+    return tuple(chr(byte) if byte in printable else chr(next(shifted)) for byte in range(256))
 
 
 @dataclass(frozen=True)

@@ -162,9 +162,9 @@ class PythonEncoder(TextEncoder):
 
 
 class FastokensEncoder(TextEncoder):
-    """fastokens over a ``tokenizer.json`` text, built on a background thread from construction (or
-    in the calling thread, ``background=False``); the first encode waits for the build. Pickles as
-    the JSON text, so a worker process builds its own, single-threaded, before fastokens starts threads."""
+    """fastokens over a ``tokenizer.json`` text, built on a background thread from construction
+    (``background``), else on first use. ``single_thread``: it encodes in the calling thread only (a
+    worker process's encoder). Pickles as the JSON text: a worker process builds its own on first use."""
 
     name = "fastokens"
 
@@ -183,8 +183,6 @@ class FastokensEncoder(TextEncoder):
         self._thread = threading.Thread(target=self._build, name="fastokens-build") if background else None
         if self._thread is not None:
             self._thread.start()
-        else:
-            self._build()
 
     def _build(self) -> None:
         try:
@@ -210,6 +208,8 @@ class FastokensEncoder(TextEncoder):
     def _encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         if self._thread is not None:
             self._thread.join()
+        elif self._encoder is None and self._error is None:
+            self._build()
         if self._error is not None:
             raise self._error
         ids, offsets = self._encoder.encode_batch_flat(texts, False, self._split)
@@ -456,10 +456,15 @@ def choose_encoder(
         return PythonEncoder(tokenizer)
     if per_string or kind == "hf":
         return RustEncoder(text, spec.split_special_tokens, per_string=per_string)
-    if kind == "bpe":
-        return _requested("'bpe' (fastsft's byte-level BPE)", lambda: _bpe(spec, text))
-    if kind == "fast":
-        return _requested("'fast' (fastokens)", lambda: _fastokens(spec, text))
+    if kind in ("bpe", "fast"):
+        what, make = {
+            "bpe": ("'bpe' (fastsft's byte-level BPE)", _bpe),
+            "fast": ("'fast' (fastokens)", _fastokens),
+        }[kind]
+        try:
+            return make(spec, text)
+        except ConfigError as error:
+            raise ConfigError(f"tokenizer backend {what} cannot reproduce this tokenizer: {error}") from None
     size = expected_chars / max(len(spec), 1)
     order: list[tuple[str, Callable[[], TextEncoder]]] = [("fastsft-bpe", lambda: _bpe(spec, text))]
     if size >= FASTOKENS_CHARS_PER_TOKEN:
@@ -475,13 +480,6 @@ def choose_encoder(
         logger.info("tokenizer backend: %s (auto, %.0f characters per vocabulary entry)", name, size)
         return encoder
     return RustEncoder(text, spec.split_special_tokens)
-
-
-def _requested(what: str, make: Callable[[], TextEncoder]) -> TextEncoder:
-    try:
-        return make()
-    except ConfigError as error:
-        raise ConfigError(f"tokenizer backend {what} cannot reproduce this tokenizer: {error}") from None
 
 
 def encoder_for(

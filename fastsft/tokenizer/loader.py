@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from fastsft.errors import ConfigError
-from fastsft.tokenizer.cache import CACHE_ENV_VAR, cache_dir
 
-__all__ = ["CACHE_ENV_VAR", "cache_dir", "load_tokenizer"]
+__all__ = ["load_tokenizer"]
 
 
 def load_tokenizer(path: str, *, trust_remote_code: bool = False, hub: bool = False) -> Any:
