@@ -170,6 +170,22 @@ def test_threads_give_the_same_ids(hf_tokenizer: Any, layout: str) -> None:
     _assert_same(hf_tokenizer, threaded, texts[:50])
 
 
+def test_concurrent_callers_take_turns(hf_tokenizer: Any) -> None:
+    """Python threads sharing one encoder get their own batches' ids (calls take turns on its
+    per-thread caches and scratch)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    shared = _backend(hf_tokenizer, threads=2)
+    rng = np.random.default_rng(0)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyzéü数据"))
+    words = ["".join(rng.choice(letters, size=rng.integers(3, 12))) for _ in range(40_000)]
+    # Words new to each batch: every call inserts into the caches, and may grow them.
+    batches = [[" ".join(words[i : i + 50]) for i in range(b * 5000, (b + 1) * 5000, 50)] for b in range(8)]
+    expected = [_backend(hf_tokenizer).encode_batch(batch) for batch in batches]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(shared.encode_batch, batches)) == expected
+
+
 def test_a_full_cache_is_cleared_and_stays_exact(hf_tokenizer: Any) -> None:
     tables = _backend(hf_tokenizer).tables
     core = ByteLevelBPE(
