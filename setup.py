@@ -41,7 +41,8 @@ core = Extension(
     ],
     include_dirs=[np.get_include()],
     define_macros=[*macros, ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    extra_compile_args=compile_args,
+    extra_compile_args=[*compile_args, "-pthread"],  # the BPE's std::thread (csrc/bpe.pxi)
+    extra_link_args=["-pthread"],
     language="c++",
 )
 
