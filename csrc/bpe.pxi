@@ -736,7 +736,7 @@ cdef class ByteLevelBPE:
                 self._states.push_back(empty)
                 _table_reset(&self._states.back().cache, 1 << 16)
             work.resize(jobs)
-            for k in range(jobs):  # texts split where the running byte count crosses k / jobs of the total
+            for k in range(jobs):  # job k ends at the text where the running byte count reaches (k + 1) / jobs of the total
                 work[k].encoder = <void*>self
                 work[k].state = &self._states[k]
                 work[k].starts = starts.data()

@@ -86,7 +86,7 @@ class TextEncoder:
         try:
             return self._encode_flat(texts)
         except (UnicodeEncodeError, TypeError):  # HF's Rust tokenizer raises TypeError
-            for text in texts:
+            for text in (text for text in texts if isinstance(text, str)):
                 try:
                     text.encode("utf-8")
                 except UnicodeEncodeError as error:
