@@ -19,9 +19,8 @@ from conftest import load_tokenizer as real
 from fastsft.data.data_args import DataArgs
 from fastsft.data.pipeline import PreparedRun, prepare_run
 from fastsft.safe_output import MARKER
-from fastsft.tokenizer.cache import read_checked, write_checked
+from fastsft.tokenizer.cache import CACHE_ENV_VAR, read_checked, write_checked
 from fastsft.tokenizer.encoders import choose_encoder
-from fastsft.tokenizer.loader import CACHE_ENV_VAR
 
 TEXTS = [
     "Hello, world! The quick brown fox jumps over the lazy dog.",
