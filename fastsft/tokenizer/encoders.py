@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
+from fastsft.cores import available_cores
 from fastsft.errors import ConfigError, DataError
 from fastsft.tokenizer import KINDS
 from fastsft.tokenizer.bpe import (
@@ -243,10 +244,8 @@ class BPEEncoder(TextEncoder):
     def __init__(self, tables: ByteLevelTables, threads: int | None = None) -> None:
         from fastsft._core import ByteLevelBPE, nfc_unchanged
 
-        if threads is None:  # the CPUs this process may use
-            threads = (
-                len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            )
+        if threads is None:
+            threads = available_cores()
         self.tables, self._threads, self._nfc_unchanged = tables, threads, nfc_unchanged
         self._core = ByteLevelBPE(
             char_classes(),

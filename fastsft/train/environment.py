@@ -10,6 +10,7 @@ import warnings
 
 import torch
 
+from fastsft.cores import core_ids
 from fastsft.errors import ConfigError
 from fastsft.train.config import TrainConfig
 
@@ -129,11 +130,7 @@ def configure_cpu_threads(config: TrainConfig) -> int | None:
 
 def idle_cores() -> int:
     """Cores of this process's affinity not busy with other work now, per local training process."""
-    cores = (
-        sorted(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else list(range(os.cpu_count() or 1))
-    )
+    cores = core_ids()
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     return max(1, (len(cores) - busy_cores(cores)) // local_processes)
 

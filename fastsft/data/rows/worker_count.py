@@ -9,9 +9,9 @@ process; the measurements behind the two thresholds are in docs/benchmarks.md.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
+from fastsft.cores import available_cores
 from fastsft.data.data_args import DataArgs
 from fastsft.data.sources.parser import DatasetAttr, input_bytes
 
@@ -19,7 +19,6 @@ __all__ = [
     "MIN_BYTES_PER_WORKER",
     "MIN_CORES_FOR_WORKERS",
     "WorkerChoice",
-    "available_cores",
     "choose_workers",
     "workers_for_run",
 ]
@@ -39,14 +38,6 @@ class WorkerChoice:
 
     count: int
     line: str | None
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity, else the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def choose_workers(requested: int | None, input_bytes: int, cores: int) -> WorkerChoice:
