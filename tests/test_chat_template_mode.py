@@ -562,6 +562,23 @@ def test_tokenizers_whose_offsets_are_not_byte_sums_take_hfs_offsets() -> None:
         assert token_byte_lengths(json.dumps(changed)) == (None, False)
 
 
+def test_a_vocabulary_entry_outside_the_byte_alphabet_has_no_byte_length() -> None:
+    """Only entries made of ByteLevel's 256 byte characters have a byte length; any other (here a
+    raw space and a raw control character, both below U+0143) gets one no text has."""
+    from fastsft.data.rows.chat_mode import token_byte_lengths
+
+    config = json.loads(load_tokenizer(FIXTURE_TOKENIZER_DIR).backend_tokenizer.to_str())
+    vocab = config["model"]["vocab"]
+    first = max(vocab.values()) + 1
+    config["model"]["vocab"] = {**vocab, "a b": first, "\x01": first + 1, "ĠxŃ": first + 2}
+    for token in config["added_tokens"]:
+        token["id"] += 3
+    lengths, _ = token_byte_lengths(json.dumps(config))
+    assert lengths is not None
+    assert lengths[first + 2] == 3  # Ġ, x and Ń are bytes
+    assert lengths[first] > 1 << 31 and lengths[first + 1] > 1 << 31
+
+
 def test_a_batchs_turn_bounds_are_each_samples() -> None:
     """Property: ``turn_bounds_flat`` over a batch equals ``turn_bounds`` sample by sample."""
     from hypothesis import given, settings

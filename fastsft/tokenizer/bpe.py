@@ -30,6 +30,7 @@ __all__ = [
     "SPLIT_PATTERNS",
     "ByteLevelTables",
     "NotByteLevelBPE",
+    "byte_characters",
     "char_classes",
     "nfc_sensitive",
     "tokenizer_tables",
@@ -87,7 +88,7 @@ def _code_point_table(*marks: tuple[int, Sequence[tuple[int, int]]]) -> np.ndarr
 
 
 @cache
-def _byte_characters() -> tuple[str, ...]:
+def byte_characters() -> tuple[str, ...]:
     """ByteLevel's character for each byte (GPT-2's ``bytes_to_unicode``): the printable bytes as
     themselves, the others as U+0100, U+0101, ... in byte order."""
     printable = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
@@ -177,7 +178,7 @@ def tokenizer_tables(tokenizer_json: str, split_special_tokens: bool) -> ByteLev
     _require(not model.get("continuing_subword_prefix"), "BPE continuing_subword_prefix is set")
     _require(not model.get("end_of_word_suffix"), "BPE end_of_word_suffix is set")
     vocab: dict[str, int] = model["vocab"]
-    characters = _byte_characters()
+    characters = byte_characters()
     missing = [character for character in characters if character not in vocab]
     _require(not missing, f"{len(missing)} byte characters are not in the vocabulary")
     byte_ids = np.array([vocab[character] for character in characters], dtype=np.int32)

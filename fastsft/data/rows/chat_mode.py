@@ -45,6 +45,7 @@ from fastsft.data.sources.converter import Conversation
 from fastsft.errors import ConfigError, DataError
 from fastsft.kernels import offsets_from_lengths
 from fastsft.kernels.supervised import TurnTrace, encode_pairs
+from fastsft.tokenizer.bpe import byte_characters
 from fastsft.tokenizer.cache import read_checked_bytes, write_checked_bytes
 from fastsft.tokenizer.encoders import RustEncoder, TextEncoder
 from fastsft.tokenizer.spec import json_derived
@@ -368,9 +369,7 @@ def assistant_mask(encoding: Any, spans: list[tuple[int, int]]) -> tuple[np.ndar
     return ids, mask
 
 
-# The 256 characters byte-level BPE writes bytes as lie at or below U+0143 (GPT-2's byte map).
-_BYTE_LEVEL_LAST_CHAR = "\u0143"
-_BYTE_LENGTHS_FORMAT = 1  # of what token_byte_lengths computes: bump with any change to it
+_BYTE_LENGTHS_FORMAT = 2  # of what token_byte_lengths computes: bump with any change to it
 _TEXT_PRESERVING_PRE_TOKENIZERS = {"ByteLevel", "Split", "Digits", "Punctuation"}
 
 
@@ -404,8 +403,9 @@ def token_byte_lengths(tokenizer_json: str) -> tuple[np.ndarray | None, bool]:
     size = 1 + max([*vocab.values(), *(token["id"] for token in added)], default=-1)
     unreachable = 1 << 32  # summed over at most 2**31 ids, it stays within int64
     lengths = np.full(size, unreachable, dtype=np.int64)
+    alphabet = frozenset(byte_characters())  # one character per byte
     for token, index in vocab.items():
-        if token and max(token) <= _BYTE_LEVEL_LAST_CHAR:
+        if token and alphabet.issuperset(token):
             lengths[index] = len(token)
     for token in added:
         lengths[token["id"]] = len(token["content"].encode("utf-8"))
