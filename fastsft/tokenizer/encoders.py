@@ -1,13 +1,7 @@
 """Text encoders: exact implementations of ``tokenizer.encode(text, add_special_tokens=False)``, and
-the one a run uses, chosen before its first batch and kept (``choose_encoder``).
-
-* ``hf``: the tokenizer's own Rust tokenizer, rebuilt from the spec's ``tokenizer.json`` (no
-  transformers import); per string on the python path, as LLaMA-Factory calls it; the real
-  tokenizer for one that does not encode through Rust.
-* ``bpe``: fastsft's compiled byte-level BPE, for Qwen2- and Llama 3-style tokenizers; ready in
-  milliseconds (its tables are kept on disk).
-* ``fast``: fastokens; faster than the BPE once built, but its build takes a core for 1-2 s, so it
-  starts on a thread when chosen and overlaps the run's reading and rendering.
+the one a run uses, chosen before its first batch and kept (``choose_encoder``): the tokenizer's
+own (``hf``: ``RustEncoder``, ``PythonEncoder``), fastsft's byte-level BPE (``bpe``: ``BPEEncoder``)
+or fastokens (``fast``: ``FastokensEncoder``).
 
 ``bpe`` and ``fast`` are used only after giving the Rust tokenizer's ids on every probe text
 (``probe_texts``); the verdict, pass or fail with the reason, is kept beside the spec's
@@ -24,7 +18,8 @@ import os
 import threading
 import unicodedata
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import orjson
@@ -142,11 +137,7 @@ class RustEncoder(TextEncoder):
         return self._tokenizer().encode_batch(list(texts), add_special_tokens=False)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rust_encoder, (self._json, self._split, self._per_string))
-
-
-def _rust_encoder(tokenizer_json: str, split: bool, per_string: bool) -> RustEncoder:
-    return RustEncoder(tokenizer_json, split, per_string=per_string)
+        return (partial(RustEncoder, per_string=self._per_string), (self._json, self._split))
 
 
 class PythonEncoder(TextEncoder):
@@ -163,9 +154,10 @@ class PythonEncoder(TextEncoder):
 
 
 class FastokensEncoder(TextEncoder):
-    """fastokens over a ``tokenizer.json`` text, built on a background thread from construction
-    (``background``), else on first use. ``single_thread``: it encodes in the calling thread only (a
-    worker process's encoder). Pickles as the JSON text: a worker process builds its own on first use."""
+    """fastokens over a ``tokenizer.json`` text. Faster than the BPE once built, but its build takes
+    a core for 1-2 s: it starts on a thread at construction (``background``), overlapping the run's
+    reading and rendering, else on first use. ``single_thread``: it encodes in the calling thread
+    only (a worker process's encoder). Pickles as the JSON text: a worker builds its own on first use."""
 
     name = "fastokens"
 
@@ -221,16 +213,14 @@ class FastokensEncoder(TextEncoder):
         return FastokensEncoder(self._json, self._split, single_thread=True, background=False)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_fastokens_in_worker, (self._json, self._split, self._single_thread))
-
-
-def _fastokens_in_worker(tokenizer_json: str, split: bool, single_thread: bool) -> FastokensEncoder:
-    return FastokensEncoder(tokenizer_json, split, single_thread=single_thread, background=False)
+        worker = partial(FastokensEncoder, single_thread=self._single_thread, background=False)
+        return (worker, (self._json, self._split))
 
 
 class BPEEncoder(TextEncoder):
-    """fastsft's byte-level BPE over ``bpe.tokenizer_tables``' tables; thread-safe. HF's own
-    algorithm, in ``fastsft._core.ByteLevelBPE`` (``csrc/bpe.pxi``) but for NFC::
+    """fastsft's byte-level BPE over ``bpe.tokenizer_tables``' tables (kept on disk: ready in
+    milliseconds); thread-safe. HF's own algorithm, in ``fastsft._core.ByteLevelBPE``
+    (``csrc/bpe.pxi``) but for NFC::
 
         text ─▶ split at added tokens ─▶ NFC, if the normaliser is ─▶ split regex ─▶ BPE per piece
                 (leftmost-longest)       (HF's own, in Python, only    (compiled     (lowest-rank
@@ -340,13 +330,15 @@ def _probe(candidate: TextEncoder, spec: TokenizerSpec, tokenizer_json: str) -> 
             raise ConfigError(f"{candidate.name} gives other ids than HF on the probe text {text[:60]!r}")
 
 
-def _verdict(spec: TokenizerSpec, name: str, verify: Callable[[], TextEncoder]) -> TextEncoder | None:
-    """The encoder ``verify()`` makes and probes, or ``None`` with the recorded pass (the caller then
-    builds it without probing); ``ConfigError`` with the reason of a failure, new or recorded."""
+_E = TypeVar("_E", bound=TextEncoder)
+
+
+def _verdict(spec: TokenizerSpec, name: str, verify: Callable[[], _E], build: Callable[[], _E]) -> _E:
+    """``build()`` if ``name`` passed the probe before, else ``verify()`` (which makes the encoder
+    and probes it), its verdict recorded; ``ConfigError`` with the reason of a failure, new or recorded."""
     from importlib.metadata import version
 
-    digest = spec.backend_digest or ""
-    path = json_derived(digest, "verdicts.json")
+    path = json_derived(spec.backend_digest or "", "verdicts.json")
     # The probe compares with the installed tokenizers' ids: a verdict holds for that version.
     key = (
         f"{name} split_special_tokens={spec.split_special_tokens} "
@@ -358,15 +350,15 @@ def _verdict(spec: TokenizerSpec, name: str, verify: Callable[[], TextEncoder]) 
     if isinstance(recorded, str):
         raise ConfigError(f"{recorded} (recorded with the tokenizer)")
     if recorded is True:
-        return None
+        return build()
     try:
         encoder = verify()
+        verdicts[key] = True
     except ConfigError as error:
         verdicts[key] = str(error)
-        write_checked(path, verdicts)
         raise
-    verdicts[key] = True
-    write_checked(path, verdicts)
+    finally:
+        write_checked(path, verdicts)
     return encoder
 
 
@@ -394,18 +386,12 @@ def _fastokens(spec: TokenizerSpec, tokenizer_json: str) -> FastokensEncoder:
         _probe(encoder, spec, tokenizer_json)
         return encoder
 
-    verified = _verdict(spec, name, verify)
-    return FastokensEncoder(tokenizer_json, spec.split_special_tokens) if verified is None else verified
+    return _verdict(spec, name, verify, lambda: FastokensEncoder(tokenizer_json, spec.split_special_tokens))
 
 
 def _bpe(spec: TokenizerSpec, tokenizer_json: str) -> BPEEncoder:
     """fastsft's BPE, probed once per tokenizer, its tables kept beside the spec's JSON."""
     path = json_derived(spec.backend_digest or "", f"bpe-{BPE_FORMAT}-{int(spec.split_special_tokens)}.npz")
-    data = read_checked_bytes(path)
-    try:
-        tables = ByteLevelTables.from_bytes(data) if data is not None else None
-    except ValueError:
-        tables = None
 
     def verify() -> BPEEncoder:
         try:
@@ -417,10 +403,13 @@ def _bpe(spec: TokenizerSpec, tokenizer_json: str) -> BPEEncoder:
         write_checked_bytes(path, made.to_bytes())
         return encoder
 
-    verified = _verdict(spec, f"fastsft-bpe {BPE_FORMAT} classes {TOKENIZERS_VERSION}", verify)
-    if verified is not None:
-        return verified
-    return BPEEncoder(tables) if tables is not None else verify()
+    def build() -> BPEEncoder:
+        try:
+            return BPEEncoder(ByteLevelTables.from_bytes(read_checked_bytes(path) or b""))
+        except ValueError:  # tables missing or damaged: made and probed again
+            return verify()
+
+    return _verdict(spec, f"fastsft-bpe {BPE_FORMAT} classes {TOKENIZERS_VERSION}", verify, build)
 
 
 def choose_encoder(
@@ -444,9 +433,13 @@ def choose_encoder(
         raise ConfigError(
             f"tokenizer backend {kind!r} is not one of {', '.join(KINDS)} (option or {ENV_VAR})"
         )
+    probed = {  # the encoders probed before use: name, description, maker
+        "bpe": ("fastsft-bpe", "fastsft's byte-level BPE", _bpe),
+        "fast": ("fastokens", "fastokens", _fastokens),
+    }
     text = spec.backend_json
     if text is None:
-        if kind in ("bpe", "fast"):
+        if kind in probed:
             raise ConfigError(
                 f"tokenizer backend {kind!r} needs a Rust-backed (fast) tokenizer; this one encodes in Python"
             )
@@ -455,24 +448,23 @@ def choose_encoder(
         return PythonEncoder(tokenizer)
     if per_string or kind == "hf":
         return RustEncoder(text, spec.split_special_tokens, per_string=per_string)
-    if kind in ("bpe", "fast"):
-        what, make = {
-            "bpe": ("'bpe' (fastsft's byte-level BPE)", _bpe),
-            "fast": ("'fast' (fastokens)", _fastokens),
-        }[kind]
+    if kind in probed:
+        _, what, make = probed[kind]
         try:
             return make(spec, text)
         except ConfigError as error:
-            raise ConfigError(f"tokenizer backend {what} cannot reproduce this tokenizer: {error}") from None
+            raise ConfigError(
+                f"tokenizer backend {kind!r} ({what}) cannot reproduce this tokenizer: {error}"
+            ) from None
     size = expected_chars / max(len(spec), 1)
-    order: list[tuple[str, Callable[[], TextEncoder]]] = [("fastsft-bpe", lambda: _bpe(spec, text))]
+    order = ["bpe"]
     if size >= FASTOKENS_CHARS_PER_TOKEN:
-        order.insert(0, ("fastokens", lambda: _fastokens(spec, text)))
+        order.insert(0, "fast")
     elif size >= BREAK_EVEN_CHARS_PER_TOKEN:
-        order.append(("fastokens", lambda: _fastokens(spec, text)))
-    for name, make in order:
+        order.append("fast")
+    for name, _, make in (probed[each] for each in order):
         try:
-            encoder = make()
+            encoder = make(spec, text)
         except ConfigError as error:
             logger.info("tokenizer backend: %s cannot be used: %s", name, error)
             continue

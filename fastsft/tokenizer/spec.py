@@ -92,9 +92,6 @@ class TokenizerSpec:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "backend_json": None}  # workers get their encoder, not the JSON
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
 
 def encodes_through_rust(tokenizer: Any) -> bool:
     """Whether ``tokenizer.encode`` is exactly its Rust backend's (no Python-side override)."""
