@@ -29,14 +29,17 @@ def test_layers_and_no_cycles() -> None:
 @pytest.mark.slow
 def test_both_kernel_modules_satisfy_the_kernels_protocol() -> None:
     """mypy checks ``fastsft.kernels.reference`` and ``fastsft.kernels.compiled`` against ``Kernels``."""
+    result = _run("-m", "mypy", "--no-incremental", str(TYPING / "kernels_protocol.py"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_the_tokenizer_package_is_typed() -> None:
+    """mypy finds no error in ``fastsft.tokenizer``, and every function there is annotated."""
     result = _run(
-        "-m",
-        "mypy",
-        "--follow-imports=silent",
-        "--ignore-missing-imports",
-        "--no-incremental",
-        str(TYPING / "kernels_protocol.py"),
-    )
+        "-m", "mypy", "--no-incremental", "--disallow-untyped-defs", "--disallow-incomplete-defs",
+        "fastsft/tokenizer",
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -110,7 +110,7 @@ class ByteLevelTables:
     def to_bytes(self) -> bytes:
         """The tables as one ``.npz`` (kept beside a saved spec's JSON)."""
         meta = {"format": BPE_FORMAT, "max_digits": self.max_digits, "added": self.added, "nfc": self.nfc}
-        arrays = {
+        arrays: dict[str, Any] = {  # Any: savez's own keyword allow_pickle is a bool
             "merges": self.merges,
             "byte_ids": self.byte_ids,
             "meta": np.frombuffer(orjson.dumps(meta), np.uint8),
@@ -159,7 +159,7 @@ def tokenizer_tables(tokenizer_json: str, split_special_tokens: bool) -> ByteLev
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
     _require(len(steps) == 2, "pre-tokenizer is not Split then ByteLevel")
     split, byte_level = steps
-    pattern = (split.get("pattern") or {}).get("Regex")
+    pattern = (split.get("pattern") or {}).get("Regex", "")
     _require(
         split.get("type") == "Split" and split.get("behavior") == "Isolated" and not split.get("invert"),
         "pre-tokenizer does not start with an isolating Split",

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fastsft.errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["load_tokenizer"]
 
 
-def load_tokenizer(path: str, *, trust_remote_code: bool = False, hub: bool = False) -> Any:
+def load_tokenizer(
+    path: str, *, trust_remote_code: bool = False, hub: bool = False
+) -> PreTrainedTokenizerBase:
     """The tokenizer ``AutoTokenizer.from_pretrained(path)`` loads, for every command.
 
     A local folder is loaded with ``local_files_only`` (never a download). ``hub`` lets a path that

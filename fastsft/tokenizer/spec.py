@@ -24,9 +24,12 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fastsft.tokenizer.cache import cache_dir, folder_digest, read_checked, write_atomic, write_checked
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["TokenizerSpec", "encodes_through_rust", "load_saved_spec", "save_spec", "tokenizer_json"]
 
@@ -67,7 +70,11 @@ class TokenizerSpec:
 
     @classmethod
     def from_tokenizer(
-        cls, tokenizer: Any, *, slot_tokens: Iterable[str], fingerprints: Mapping[int, str]
+        cls,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        slot_tokens: Iterable[str],
+        fingerprints: Mapping[int, str],
     ) -> TokenizerSpec:
         """The spec of a HF tokenizer already fixed for its template."""
         backend = tokenizer.backend_tokenizer.to_str() if encodes_through_rust(tokenizer) else None
@@ -82,7 +89,9 @@ class TokenizerSpec:
             pad_token_id=tokenizer.pad_token_id,
             chat_template=tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None,
             split_special_tokens=bool(getattr(tokenizer, "split_special_tokens", False)),
-            token_ids={token: tokenizer.convert_tokens_to_ids(token) for token in slot_tokens},
+            token_ids={
+                token: cast("int | None", tokenizer.convert_tokens_to_ids(token)) for token in slot_tokens
+            },
             special_tokens={k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)},
             fingerprints=dict(fingerprints),
             backend_digest=None if backend is None else _text_digest(backend),
@@ -93,7 +102,7 @@ class TokenizerSpec:
         return {**self.__dict__, "backend_json": None}  # workers get their encoder, not the JSON
 
 
-def encodes_through_rust(tokenizer: Any) -> bool:
+def encodes_through_rust(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Whether ``tokenizer.encode`` is exactly its Rust backend's (no Python-side override)."""
     from transformers import PreTrainedTokenizerFast
 
