@@ -22,7 +22,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import orjson
 
 from fastsft.cores import available_cores
 from fastsft.errors import ConfigError, DataError
@@ -321,11 +320,14 @@ def probe_texts(added_tokens: Sequence[str]) -> list[str]:
 
 
 def _probe(candidate: TextEncoder, spec: TokenizerSpec, tokenizer_json: str) -> None:
-    """Raise ``ConfigError`` unless ``candidate`` gives the Rust tokenizer's ids on every probe text."""
-    added = [token["content"] for token in orjson.loads(tokenizer_json).get("added_tokens", [])]
-    texts = probe_texts(added)
-    expected = RustEncoder(tokenizer_json, spec.split_special_tokens, per_string=True).encode_batch(texts)
-    for text, ids, want in zip(texts, candidate.encode_batch(texts), expected):
+    """Raise ``ConfigError`` unless ``candidate`` gives the Rust tokenizer's ids on every probe text,
+    and for BPE dropout, whose ids are random (a probe may pass by chance)."""
+    reference = RustEncoder(tokenizer_json, spec.split_special_tokens, per_string=True)
+    rust = reference._tokenizer()
+    if getattr(rust.model, "dropout", None) not in (None, 0.0):
+        raise ConfigError("BPE dropout is set (HF's ids are random; a probe may pass by chance)")
+    texts = probe_texts([token.content for token in rust.get_added_tokens_decoder().values()])
+    for text, ids, want in zip(texts, candidate.encode_batch(texts), reference.encode_batch(texts)):
         if ids != want:
             raise ConfigError(f"{candidate.name} gives other ids than HF on the probe text {text[:60]!r}")
 
@@ -380,8 +382,6 @@ def _fastokens(spec: TokenizerSpec, tokenizer_json: str) -> FastokensEncoder:
         raise ConfigError(f"fastokens cannot be imported: {error}") from None
 
     def verify() -> FastokensEncoder:
-        if (orjson.loads(tokenizer_json).get("model") or {}).get("dropout") not in (None, 0.0):
-            raise ConfigError("BPE dropout is set (HF's ids are random; a probe may pass by chance)")
         encoder = FastokensEncoder(tokenizer_json, spec.split_special_tokens, background=False)
         _probe(encoder, spec, tokenizer_json)
         return encoder
