@@ -47,8 +47,13 @@ def run_measured_command(argv: list[str], env: dict[str, str]) -> Measured:
 
 
 def run_fastsft(argv: list[str], cache_dir: Path) -> Measured:
-    """``fastsft ARGV`` in a fresh process with its cache in ``cache_dir``; fails the test when it fails."""
+    """``fastsft ARGV`` in a fresh process with its cache in ``cache_dir``; fails the test when it fails.
+
+    Python writes fastsft's bytecode even where ``PYTHONDONTWRITEBYTECODE`` is set, so a run after
+    the first imports compiled modules as a user's install does (pip compiles the peer's at install;
+    an editable checkout without ``__pycache__`` would recompile fastsft's sources in every run)."""
     env = {**os.environ, "FASTSFT_CACHE_DIR": str(cache_dir)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     result = run_measured_command([sys.executable, "-m", "fastsft", *argv], env)
     if result.returncode != 0:
         pytest.fail(f"fastsft {argv[0]} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
