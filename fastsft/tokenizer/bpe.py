@@ -7,7 +7,8 @@ thing that differs: normaliser none or NFC; pre-tokenizer ``Split`` on Qwen2's o
 (isolated) then ``ByteLevel`` without prefix space or regex; a BPE model without dropout, byte
 fallback, subword prefix or suffix, with all 256 byte characters in the vocabulary; added tokens
 without ``lstrip``, ``rstrip``, ``single_word`` or ``normalized``. Reading them from the JSON takes
-0.3-0.6 s, so they are kept beside a saved spec (``ByteLevelTables.to_bytes``).
+longer than encoding a small dataset (``docs/benchmarks.md``), so they are kept beside a saved spec
+(``ByteLevelTables.to_bytes``).
 """
 
 from __future__ import annotations
