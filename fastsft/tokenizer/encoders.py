@@ -355,12 +355,12 @@ def _verdict(spec: TokenizerSpec, name: str, verify: Callable[[], _E], build: Ca
         return build()
     try:
         encoder = verify()
-        verdicts[key] = True
     except ConfigError as error:
         verdicts[key] = str(error)
-        raise
-    finally:
         write_checked(path, verdicts)
+        raise
+    verdicts[key] = True
+    write_checked(path, verdicts)
     return encoder
 
 
