@@ -28,7 +28,6 @@ from fastsft.tokenizer import unicode_classes
 
 __all__ = [
     "BPE_FORMAT",
-    "SPLIT_PATTERNS",
     "ByteLevelTables",
     "NotByteLevelBPE",
     "byte_characters",

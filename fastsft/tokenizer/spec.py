@@ -31,7 +31,7 @@ from fastsft.tokenizer.cache import cache_dir, folder_digest, read_checked, writ
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["TokenizerSpec", "encodes_through_rust", "load_saved_spec", "save_spec", "tokenizer_json"]
+__all__ = ["TokenizerSpec", "json_derived", "load_saved_spec", "save_spec", "spec_key"]
 
 # Version of the saved spec's layout and meaning; part of every key.
 FORMAT = 4
