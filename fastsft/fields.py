@@ -24,6 +24,7 @@ __all__ = [
     "coerce",
     "option",
     "read_yaml",
+    "show",
     "unknown_key_message",
 ]
 

@@ -41,6 +41,7 @@ __all__ = [
     "chat_messages",
     "check_template",
     "classify",
+    "read_chat_template",
 ]
 
 SYSTEM_DEFAULT = "system default"

@@ -59,3 +59,28 @@ def test_every_packing_strategy_has_its_compiled_kernel() -> None:
 
     for strategy in STRATEGIES.values():
         assert callable(getattr(_core, strategy.kernel)), strategy
+
+
+def test_modules_import_only_declared_names_from_each_other() -> None:
+    """Every ``from fastsft.X import name`` in the package names a submodule of X or one of X's
+    ``__all__``: a name that crosses a module boundary is declared there."""
+    import ast
+    import importlib
+    import importlib.util
+
+    undeclared = []
+    for path in sorted((REPO_ROOT / "fastsft").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module):
+                continue
+            if node.module != "fastsft" and not node.module.startswith("fastsft."):
+                continue
+            module = importlib.import_module(node.module)
+            declared = getattr(module, "__all__", None)
+            for alias in node.names:
+                if declared is None or alias.name in declared:
+                    continue
+                if hasattr(module, "__path__") and importlib.util.find_spec(f"{node.module}.{alias.name}"):
+                    continue  # a submodule
+                undeclared.append(f"{path.relative_to(REPO_ROOT)}: {node.module}.{alias.name}")
+    assert not undeclared, "\n".join(undeclared)

@@ -18,6 +18,7 @@ __all__ = [
     "SLOT_ROLES",
     "ArrayScan",
     "Packing",
+    "Part",
     "RenderPlan",
     "Rows",
     "SegmentBatch",

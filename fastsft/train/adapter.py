@@ -31,6 +31,7 @@ from fastsft.train.logs import say
 from fastsft.train.output_dir import record_published
 
 __all__ = [
+    "RANDOM_BASE_DIR",
     "check_model_path",
     "describe_trainable",
     "find_all_linear_modules",

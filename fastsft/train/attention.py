@@ -47,6 +47,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from fastsft.errors import ConfigError
 
 __all__ = [
+    "ATTN_IMPLEMENTATION",
     "KERNELS",
     "KernelChoice",
     "KernelLog",

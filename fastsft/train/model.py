@@ -18,6 +18,7 @@ __all__ = [
     "configure_loss",
     "count_parameters",
     "load_model",
+    "load_pretrained",
     "load_tokenizer",
     "model_vocab_size",
 ]

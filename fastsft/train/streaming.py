@@ -40,6 +40,7 @@ __all__ = [
     "PositionCollator",
     "StreamReport",
     "StreamedTrainSet",
+    "save_position",
     "state_file",
 ]
 

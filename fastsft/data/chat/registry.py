@@ -36,6 +36,7 @@ from fastsft.errors import ConfigError
 CHAT_TEMPLATE_MODE = "chat_template"
 
 __all__ = [
+    "CHAT_TEMPLATE_MODE",
     "SLOT_TOKENS",
     "TEMPLATES",
     "TEMPLATE_NAMES",

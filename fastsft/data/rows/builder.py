@@ -31,7 +31,7 @@ from fastsft.data.rows.spill import HeldSamples, SpilledSamples
 from fastsft.kernels import STRATEGIES, Kernels, offsets_from_lengths
 from fastsft.kernels.packing import BFD
 
-__all__ = ["ROW_CHUNK_TOKENS", "RowBuilder", "empty_table"]
+__all__ = ["MEDIA_COLUMNS", "ROW_CHUNK_TOKENS", "RowBuilder", "empty_table"]
 
 TOKEN_TYPE = pa.list_(pa.int64())
 # How `datasets` stores LLaMA-Factory's output (its OptimizedTypedSequence narrows these two

@@ -28,7 +28,7 @@ from fastsft.data.data_args import dataset_names
 from fastsft.errors import ConfigError, DataError
 from fastsft.kernels.types import SCAN_CLOSED, SCAN_MORE, SCAN_OPEN
 
-__all__ = ["DatasetAttr", "input_bytes", "input_paths", "iter_rows", "resolve_datasets"]
+__all__ = ["DatasetAttr", "count_rows", "input_bytes", "input_paths", "iter_rows", "resolve_datasets"]
 
 DATA_CONFIG = "dataset_info.json"
 
