@@ -15,7 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKENIZER = REPO_ROOT / "examples" / "tiny" / "tokenizer"
 EXPECTED = (
     "dataset bad.json, sample #1, field 'conversations[2].value': not valid Unicode: '\\ud800' "
-    "(surrogates not allowed)"
+    "at character 4 (surrogates not allowed)"
 )
 
 
@@ -106,5 +106,5 @@ def test_inspect_names_the_sample_and_shows_the_others(
     assert len(headings) == 3
     assert headings[1] == (
         "== dataset bad.json, sample #1: malformed: field 'conversations[2].value': not valid Unicode: "
-        "'\\ud800' (surrogates not allowed)"
+        "'\\ud800' at character 4 (surrogates not allowed)"
     )

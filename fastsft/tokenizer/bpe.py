@@ -204,13 +204,8 @@ def _merge_rows(merges: list[Any], vocab: dict[str, int]) -> list[tuple[int, int
     pairs = [merge.split(" ", 1) if isinstance(merge, str) else merge for merge in merges]
     try:
         return [(vocab[left], vocab[right], vocab[left + right]) for left, right in pairs]
-    except KeyError:
-        rank = next(
-            rank
-            for rank, (left, right) in enumerate(pairs)
-            if not {left, right, left + right} <= vocab.keys()
-        )
-        raise NotByteLevelBPE(f"merge {rank} {pairs[rank]!r} has a part outside the vocabulary") from None
+    except KeyError as error:
+        raise NotByteLevelBPE(f"a merge uses {error} outside the vocabulary") from None
 
 
 def _whole_words(vocab: dict[str, int], characters: tuple[str, ...]) -> tuple[bytes, np.ndarray, np.ndarray]:

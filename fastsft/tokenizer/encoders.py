@@ -50,6 +50,7 @@ __all__ = [
     "TextEncoder",
     "choose_encoder",
     "encoder_for",
+    "invalid_unicode",
     "probe_texts",
 ]
 
@@ -66,11 +67,23 @@ FASTOKENS_CHARS_PER_TOKEN = 1000
 BREAK_EVEN_CHARS_PER_TOKEN = 50
 
 
+def invalid_unicode(text: str) -> str | None:
+    """Why ``text`` cannot be encoded as UTF-8 (a lone surrogate, which JSON's ``\\ud800`` escape
+    gives and no tokenizer encodes: the character, its position and the cause), or ``None``."""
+    if text.isascii():  # O(1) in CPython
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return f"{text[error.start]!r} at character {error.start} ({error.reason})"
+    return None
+
+
 class TextEncoder:
     """Encodes text segments exactly like ``tokenizer.encode(text, add_special_tokens=False)``.
 
-    An encoder implements ``_encode_flat``; a text that is not valid Unicode (a lone surrogate,
-    which no tokenizer encodes) is a ``DataError`` naming it, whatever the encoder raised."""
+    An encoder implements ``_encode_flat``; a text that is not valid Unicode is a ``DataError``
+    naming why (``invalid_unicode``), whatever the encoder raised."""
 
     name: str
     ready = True  # whether encoding starts without waiting for a build under way (fastokens')
@@ -81,13 +94,9 @@ class TextEncoder:
         try:
             return self._encode_flat(texts)
         except (UnicodeEncodeError, TypeError):  # HF's Rust tokenizer raises TypeError
-            for text in (text for text in texts if isinstance(text, str)):
-                try:
-                    text.encode("utf-8")
-                except UnicodeEncodeError as error:
-                    raise DataError(
-                        f"text is not valid Unicode: {error.reason} {text[error.start]!r} at character {error.start}"
-                    ) from None
+            for reason in (invalid_unicode(text) for text in texts if isinstance(text, str)):
+                if reason is not None:
+                    raise DataError(f"text is not valid Unicode: {reason}") from None
             raise
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:

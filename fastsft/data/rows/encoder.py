@@ -29,6 +29,7 @@ from fastsft.errors import DataError
 from fastsft.kernels import offsets_from_lengths, select_kernels
 from fastsft.kernels.supervised import TurnTrace, encode_pairs, pairs
 from fastsft.kernels.types import RenderPlan, SegmentBatch
+from fastsft.tokenizer.encoders import invalid_unicode
 
 if TYPE_CHECKING:
     from fastsft.tokenizer.encoders import TextEncoder
@@ -41,19 +42,7 @@ __all__ = [
     "RenderedBatch",
     "in_dataset_terms",
     "invalid_text",
-    "invalid_unicode",
 ]
-
-
-def invalid_unicode(text: str) -> str | None:
-    """Why ``text`` cannot be encoded as UTF-8 (a lone surrogate, named), or ``None``."""
-    if text.isascii():  # O(1) in CPython
-        return None
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        return f"{text[error.start]!r} ({error.reason})"
-    return None
 
 
 # LLaMA-Factory labels an empty later-turn prompt with one eos under efficient_eos, which makes
