@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import sys
-import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +38,7 @@ import numpy as np
 import pytest
 from data import generate_conversations
 from measured import run_measured_command
-from real_text import conversations as real_text_conversations
-from real_text import text_stream
+from real_text import real_conversations
 
 HERE = Path(__file__).resolve().parent
 DATASET = "chat_messages"
@@ -48,7 +46,6 @@ TRL_FAMILY = "qwen2_5"  # TRL's original Qwen2.5 template; both sides swap in it
 CUTOFF_LEN = 1_000_000  # above any conversation: TRL's max_length=None truncates nothing either
 ROUNDS = 3
 FLOOR = 8.0  # TRL / fastsft, whole processes: below the worst measured ratio, 11.16x (docs/benchmarks.md)
-REAL_TEXT_CHARS_PER_SAMPLE = 10_000  # real_text.py's most characters per conversation, rounded up
 ROLES = {"human": "user", "gpt": "assistant"}
 DATASET_INFO = {
     DATASET: {
@@ -76,11 +73,7 @@ def openai_messages(row: dict[str, Any]) -> dict[str, Any]:
 def sharegpt_rows(corpus: str, samples: int, lf_data: Path) -> list[dict[str, Any]]:
     if corpus == "synthetic":
         return generate_conversations(samples)
-    site_packages = Path(sysconfig.get_paths()["purelib"])
-    stream = text_stream(
-        site_packages, lf_data if lf_data.is_dir() else None, samples * REAL_TEXT_CHARS_PER_SAMPLE
-    )
-    return real_text_conversations(stream, samples)
+    return real_conversations(samples, lf_data if lf_data.is_dir() else None)
 
 
 def write_messages(folder: Path, rows: list[dict[str, Any]]) -> Path:

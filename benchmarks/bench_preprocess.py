@@ -35,8 +35,10 @@ What the user runs (issue 26): ``test_command_against_llamafactory`` times the w
 ``fastsft preprocess`` command in a fresh process with a warm tokenizer spec (saved by one
 run of the same command, as a user's second run finds it), against
 LLaMA-Factory's ``SupervisedDatasetProcessor`` stage and its whole ``lf_peer.py`` process, the two
-alternating, and fails under ``COMMAND_LF_STAGE_FLOOR`` / ``COMMAND_LF_WHOLE_FLOOR`` (checked at
-``FLOOR_SAMPLES`` conversations or more, where the issue sets them).
+alternating, on ``data.py``'s conversations and on as many real-text ones (``real_text.py``:
+LLaMA-Factory's demo data from ``--lf-data``, then this environment's docs and code); it fails when
+the two give other rows, or under ``COMMAND_LF_STAGE_FLOOR`` / ``COMMAND_LF_WHOLE_FLOOR`` on either
+corpus (checked at ``FLOOR_SAMPLES`` conversations or more, where the issue sets them).
 ``test_json_array_against_json_lines`` runs the command on ``--bench-large-samples`` (100,000)
 conversations written as one JSON array and as JSON Lines, alternating, with each run's peak RSS,
 and fails when the array run costs more than ``ARRAY_WALL_CEILING`` x the JSON Lines run in wall
@@ -60,6 +62,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
+import real_text
 from data import DATASET_NAME, write_dataset
 from lf_peer import token_digest
 from measured import Measured, run_fastsft
@@ -242,6 +245,7 @@ def run_lf_peer(
     template: str,
     packing: bool,
     max_samples: int | None,
+    dataset: str = DATASET_NAME,
 ) -> dict[str, Any]:
     """LLaMA-Factory's ``get_dataset`` in its own interpreter; its JSON result line, plus
     ``wall_seconds``: the whole run (interpreter start-up, imports, tokenizer loading)."""
@@ -249,7 +253,7 @@ def run_lf_peer(
         str(lf_python),
         str(HERE / "lf_peer.py"),
         f"--dataset-dir={dataset_dir}",
-        f"--dataset={DATASET_NAME}",
+        f"--dataset={dataset}",
         f"--tokenizer={tokenizer_path}",
         f"--template={template}",
         f"--cutoff-len={CUTOFF_LEN}",
@@ -454,51 +458,87 @@ def test_packing_throughput(
     benchmark.extra_info.update({f"{name} examples/s": t.examples / t.seconds for name, t in timings.items()})
 
 
-def preprocess_argv(dataset_dir: Path, tokenizer_path: Path, template: str, output: Path) -> list[str]:
+def preprocess_argv(
+    dataset_dir: Path, tokenizer_path: Path, template: str, output: Path, dataset: str = DATASET_NAME
+) -> list[str]:
     return [
         "preprocess",
-        *("--dataset", DATASET_NAME, "--dataset-dir", str(dataset_dir)),
+        *("--dataset", dataset, "--dataset-dir", str(dataset_dir)),
         *("--tokenizer", str(tokenizer_path), "--template", template),
         *("--cutoff-len", str(CUTOFF_LEN), "--quiet", "--overwrite", "--output", str(output)),
     ]
 
 
-def warm_spec(tmp_path: Path, tokenizer_path: Path, template: str, dataset_dir: Path) -> Path:
+def warm_spec(
+    tmp_path: Path, tokenizer_path: Path, template: str, dataset_dir: Path, dataset: str = DATASET_NAME
+) -> Path:
     """A tokenizer cache as a user's second run finds it: one run of the same command on
     ``dataset_dir`` saved the spec of ``tokenizer_path`` and its encoders' verdicts (a run
     that does not choose fastokens records no verdict for it)."""
     cache = tmp_path / "cache"
-    run_fastsft(preprocess_argv(dataset_dir, tokenizer_path, template, tmp_path / "warm-up-out"), cache)
+    argv = preprocess_argv(dataset_dir, tokenizer_path, template, tmp_path / "warm-up-out", dataset)
+    run_fastsft(argv, cache)
     return cache
+
+
+@pytest.fixture(scope="module", params=["synthetic", "real_text"])
+def command_corpus(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    dataset_dir: Path,
+    bench_samples: int,
+) -> tuple[str, Path]:
+    """The dataset name and folder the whole command is measured on: ``benchmarks/data.py``'s
+    conversations (``dataset_dir``), or as many cut by ``benchmarks/real_text.py`` from
+    LLaMA-Factory's demo data (``--lf-data``) and this environment's docs and code."""
+    if request.param == "synthetic":
+        return DATASET_NAME, dataset_dir
+    lf_data = Path(request.config.getoption("--lf-data"))
+    rows = real_text.real_conversations(bench_samples, lf_data if lf_data.is_dir() else None)
+    folder = tmp_path_factory.mktemp("real_text")
+    real_text.write_dataset(folder, rows)
+    _, words, distinct = real_text.word_stats(rows)
+    print(f"\nreal text: {words:,} words, {distinct:,.0f} distinct words per million")
+    return real_text.DATASET_NAME, folder
 
 
 def test_command_against_llamafactory(
     tmp_path: Path,
     tokenizer_path: Path,
-    dataset_dir: Path,
+    command_corpus: tuple[str, Path],
     template: str,
     bench_samples: int,
     lf_python: Path | None,
 ) -> None:
     """The whole ``fastsft preprocess`` command (fresh process, warm spec) against LLaMA-Factory's
-    processor stage and its whole process, alternating for ``COMMAND_ROUNDS`` rounds, best of each."""
+    processor stage and its whole process, alternating for ``COMMAND_ROUNDS`` rounds, best of
+    each, on each corpus; the rows of both must be equal."""
     if lf_python is None:
         pytest.skip("no --lf-python interpreter: nothing to compare the command with")
-    cache = warm_spec(tmp_path, tokenizer_path, template, dataset_dir)
-    argv = preprocess_argv(dataset_dir, tokenizer_path, template, tmp_path / "out")
+    import datasets
+
+    dataset, folder = command_corpus
+    cache = warm_spec(tmp_path, tokenizer_path, template, folder, dataset)
+    argv = preprocess_argv(folder, tokenizer_path, template, tmp_path / "out", dataset)
     commands, lf_runs = [], []
     for _ in range(COMMAND_ROUNDS):
         commands.append(run_fastsft(argv, cache))
         lf_runs.append(
-            run_lf_peer(lf_python, tokenizer_path, dataset_dir, template, packing=False, max_samples=None)
+            run_lf_peer(
+                lf_python, tokenizer_path, folder, template, packing=False, max_samples=None, dataset=dataset
+            )
         )
+    saved = datasets.load_from_disk(str(tmp_path / "out"))["train"]
+    assert token_digest(saved.data.table) == lf_runs[0]["digest"], (
+        "LLaMA-Factory's rows differ from fastsft's"
+    )
     fastsft_s = min(command.seconds for command in commands)
     stage_s = min(run["processor_seconds"] for run in lf_runs)
     whole_s = min(run["wall_seconds"] for run in lf_runs)
     version = lf_runs[0]["llamafactory"]
     print(
-        f"\nthe whole command, {bench_samples} conversations, {tokenizer_path.name} tokenizer, template "
-        f"{template} (best of {COMMAND_ROUNDS} alternating rounds; load average {os.getloadavg()[0]:.2f})"
+        f"\nthe whole command, {bench_samples} conversations of {dataset}, {tokenizer_path.name} tokenizer, "
+        f"template {template} (best of {COMMAND_ROUNDS} alternating rounds; load average {os.getloadavg()[0]:.2f})"
     )
     print(
         f"  fastsft preprocess (fresh process, warm spec)  {fastsft_s:8.2f} s  "

@@ -47,7 +47,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--lf-data",
         default=str(REPO.parent / "lf-sdist" / "llamafactory-0.9.5" / "data"),
-        help="LLaMA-Factory's data/ folder (its demo datasets, real text) for bench_streaming.py",
+        help="LLaMA-Factory's data/ folder (its demo datasets, real text) for the real-text corpora",
     )
     parser.addoption(
         "--bench-template",

@@ -94,6 +94,14 @@ def conversations(stream: str, samples: int, seed: int = 0) -> list[dict[str, An
     return rows
 
 
+def real_conversations(
+    samples: int, lf_data: Path | None, seed: int = 0, site_packages: Path | None = None
+) -> list[dict[str, Any]]:
+    """``samples`` conversations cut from ``text_stream`` (``site_packages``: this interpreter's by default)."""
+    site_packages = site_packages or Path(sysconfig.get_paths()["purelib"])
+    return conversations(text_stream(site_packages, lf_data, samples * _MAX_CHARS_PER_SAMPLE), samples, seed)
+
+
 def word_stats(rows: list[dict[str, Any]]) -> tuple[int, int, float]:
     """Characters, words and distinct words per million words of the conversations."""
     words = re.compile(r"\w+")
@@ -131,8 +139,7 @@ def main() -> None:
     parser.add_argument("--site-packages", type=Path, default=Path(sysconfig.get_paths()["purelib"]))
     parser.add_argument("--lf-data", type=Path, default=None)
     args = parser.parse_args()
-    stream = text_stream(args.site_packages, args.lf_data, limit=args.samples * _MAX_CHARS_PER_SAMPLE)
-    rows = conversations(stream, args.samples, args.seed)
+    rows = real_conversations(args.samples, args.lf_data, args.seed, args.site_packages)
     path = write_dataset(args.out_dir, rows)
     chars, words, distinct = word_stats(rows)
     print(
