@@ -106,6 +106,24 @@ def test_a_warm_preprocess_imports_neither_transformers_nor_torch_and_writes_the
         assert warm == cold, backend
 
 
+@pytest.mark.parametrize("package", ["fastsft", "transformers", "tokenizers"])
+def test_a_spec_of_another_version_is_made_again(
+    package: str, fixture_tokenizer_path: Path, fastsft_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spec holds for the versions that fixed the tokenizer: after an upgrade of fastsft,
+    transformers or tokenizers, the tokenizer is loaded and fixed again."""
+    import importlib.metadata
+
+    first = run_of(str(fixture_tokenizer_path), "llama3")
+    assert run_of(str(fixture_tokenizer_path), "llama3").tokenizer is None  # read back
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(
+        importlib.metadata, "version", lambda name: "999.0" if name == package else real_version(name)
+    )
+    again = run_of(str(fixture_tokenizer_path), "llama3")
+    assert again.tokenizer is not None and again.spec == first.spec
+
+
 def test_an_unset_template_is_never_cached(fixture_tokenizer_path: Path, fastsft_cache: Path) -> None:
     """The template is then parsed from the tokenizer's own chat template: the real one is loaded."""
     expected = run_of(real(fixture_tokenizer_path), None).spec

@@ -257,7 +257,14 @@ def test_a_recorded_fail_verdict_is_replayed(
 
 
 @pytest.mark.parametrize(
-    ("package", "kind"), [("fastokens", "fast"), ("tokenizers", "fast"), ("tokenizers", "bpe")]
+    ("package", "kind"),
+    [
+        ("fastokens", "fast"),
+        ("tokenizers", "fast"),
+        ("tokenizers", "bpe"),
+        ("fastsft", "fast"),
+        ("fastsft", "bpe"),
+    ],
 )
 def test_a_verdict_of_another_version_is_not_reused(
     package: str,
@@ -266,8 +273,9 @@ def test_a_verdict_of_another_version_is_not_reused(
     fastsft_cache: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A verdict holds for the encoder's version and for the tokenizers version whose ids it compared
-    with (HF's reference): after an upgrade of either, the encoder is probed again."""
+    """A verdict holds for the encoder's version, fastsft's (which wraps it, or is it) and the
+    tokenizers version whose ids it compared with (HF's reference): after an upgrade of any, the
+    encoder is probed again."""
     spec = warm_spec(fixture_tokenizer_path)
     choose_encoder(spec, kind)  # probed, recorded
     [first] = verdicts()

@@ -5,7 +5,7 @@ or fastokens (``fast``: ``FastokensEncoder``).
 
 ``bpe`` and ``fast`` are used only after giving the Rust tokenizer's ids on every probe text
 (``probe_texts``); the verdict, pass or fail with the reason, is kept beside the spec's
-``tokenizer.json``, per encoder version, tokenizers version, ``split_special_tokens`` and probe texts.
+``tokenizer.json``, per encoder, fastsft and tokenizers version, ``split_special_tokens`` and probe texts.
 ``auto`` chooses by input size, as ``docs/benchmarks.md`` ("Encoder choice") measured (``choose_encoder``).
 """
 
@@ -350,9 +350,10 @@ def _verdict(spec: TokenizerSpec, name: str, verify: Callable[[], _E], build: Ca
     from importlib.metadata import version
 
     path = json_derived(spec.backend_digest or "", "verdicts.json")
-    # The probe compares with the installed tokenizers' ids: a verdict holds for that version.
+    # The probe compares with the installed tokenizers' ids, through fastsft's wrapper of the
+    # encoder: a verdict holds for those versions.
     key = (
-        f"{name} split_special_tokens={spec.split_special_tokens} "
+        f"{name} split_special_tokens={spec.split_special_tokens} fastsft {version('fastsft')} "
         f"tokenizers {version('tokenizers')} probes {_probes_digest()}"
     )
     verdicts = read_checked(path)

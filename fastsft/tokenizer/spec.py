@@ -115,10 +115,10 @@ def encodes_through_rust(tokenizer: PreTrainedTokenizerBase) -> bool:
 def spec_key(folder: Path, *options: Any) -> str:
     """The key a spec is saved under: the tokenizer folder (its path and the content of every file,
     ``cache.folder_digest``), the ``options`` that decide the template and its fixes, and the
-    versions of what made it."""
+    versions of what made it (fastsft's own: another release may fix a tokenizer otherwise)."""
     from importlib.metadata import version
 
-    versions = [version("transformers"), version("tokenizers"), FORMAT]
+    versions = [version("fastsft"), version("transformers"), version("tokenizers"), FORMAT]
     key = [str(folder.resolve()), folder_digest(folder), options, versions]
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
