@@ -36,6 +36,22 @@ def load_tokenizer(path: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 
+def pretend_upgraded(monkeypatch: pytest.MonkeyPatch, package: str) -> None:
+    """Make ``package`` read as version 999.0 (fastsft by ``__version__``, the others by their
+    installed metadata), as after an upgrade."""
+    import importlib.metadata
+
+    import fastsft
+
+    if package == "fastsft":
+        monkeypatch.setattr(fastsft, "__version__", "999.0")
+        return
+    installed = importlib.metadata.version
+    monkeypatch.setattr(
+        importlib.metadata, "version", lambda name: "999.0" if name == package else installed(name)
+    )
+
+
 @pytest.fixture(scope="session", autouse=True)
 def fastsft_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """fastsft's cache (``fastsft.tokenizer.loader``) in a temporary folder, for the tests and the

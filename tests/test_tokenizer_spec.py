@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import load_tokenizer as real
+from conftest import pretend_upgraded
 
 from fastsft.data.data_args import DataArgs
 from fastsft.data.pipeline import PreparedRun, prepare_run
@@ -112,14 +113,9 @@ def test_a_spec_of_another_version_is_made_again(
 ) -> None:
     """A spec holds for the versions that fixed the tokenizer: after an upgrade of fastsft,
     transformers or tokenizers, the tokenizer is loaded and fixed again."""
-    import importlib.metadata
-
     first = run_of(str(fixture_tokenizer_path), "llama3")
     assert run_of(str(fixture_tokenizer_path), "llama3").tokenizer is None  # read back
-    real_version = importlib.metadata.version
-    monkeypatch.setattr(
-        importlib.metadata, "version", lambda name: "999.0" if name == package else real_version(name)
-    )
+    pretend_upgraded(monkeypatch, package)
     again = run_of(str(fixture_tokenizer_path), "llama3")
     assert again.tokenizer is not None and again.spec == first.spec
 

@@ -4,7 +4,6 @@ without the HF Rust tokenizer; a fail is replayed with its reason."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
 import pickle
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 import tokenizers
 from conftest import load_tokenizer as real
+from conftest import pretend_upgraded
 
 from fastsft.data.data_args import DataArgs
 from fastsft.data.pipeline import prepare_run
@@ -279,12 +279,7 @@ def test_a_verdict_of_another_version_is_not_reused(
     spec = warm_spec(fixture_tokenizer_path)
     choose_encoder(spec, kind)  # probed, recorded
     [first] = verdicts()
-    real_version = importlib.metadata.version
-
-    def version(name: str) -> str:
-        return "999.0" if name == package else real_version(name)
-
-    monkeypatch.setattr(importlib.metadata, "version", version)
+    pretend_upgraded(monkeypatch, package)
     probed = counted_probes(monkeypatch)
     encoder = choose_encoder(spec, kind)
     assert len(probed) == 1

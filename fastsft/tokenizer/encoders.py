@@ -349,11 +349,13 @@ def _verdict(spec: TokenizerSpec, name: str, verify: Callable[[], _E], build: Ca
     and probes it), its verdict recorded; ``ConfigError`` with the reason of a failure, new or recorded."""
     from importlib.metadata import version
 
+    import fastsft
+
     path = json_derived(spec.backend_digest or "", "verdicts.json")
     # The probe compares with the installed tokenizers' ids, through fastsft's wrapper of the
     # encoder: a verdict holds for those versions.
     key = (
-        f"{name} split_special_tokens={spec.split_special_tokens} fastsft {version('fastsft')} "
+        f"{name} split_special_tokens={spec.split_special_tokens} fastsft {fastsft.__version__} "
         f"tokenizers {version('tokenizers')} probes {_probes_digest()}"
     )
     verdicts = read_checked(path)

@@ -118,7 +118,9 @@ def spec_key(folder: Path, *options: Any) -> str:
     versions of what made it (fastsft's own: another release may fix a tokenizer otherwise)."""
     from importlib.metadata import version
 
-    versions = [version("fastsft"), version("transformers"), version("tokenizers"), FORMAT]
+    import fastsft
+
+    versions = [fastsft.__version__, version("transformers"), version("tokenizers"), FORMAT]
     key = [str(folder.resolve()), folder_digest(folder), options, versions]
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
