@@ -446,8 +446,8 @@ def choose_encoder(
             f"tokenizer backend {kind!r} is not one of {', '.join(KINDS)} (option or {ENV_VAR})"
         )
     probed = {  # the encoders probed before use: name, description, maker
-        "bpe": ("fastsft-bpe", "fastsft's byte-level BPE", _bpe),
-        "fast": ("fastokens", "fastokens", _fastokens),
+        "bpe": (BPEEncoder.name, "fastsft's byte-level BPE", _bpe),
+        "fast": (FastokensEncoder.name, "fastokens", _fastokens),
     }
     text = spec.backend_json
     if text is None:
