@@ -7,6 +7,7 @@ the fixture tokenizer and the bundled ShareGPT sample, so nothing is downloaded.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -573,3 +574,70 @@ def test_only_torchs_deprecation_of_deepspeeds_collectives_is_silenced(collectiv
     assert [str(warning.message) for warning in caught] == [
         "`torch.distributed.something_else` is deprecated."
     ]
+
+
+def saved_tiny_model(folder: Path) -> Path:
+    """The tiny example's random-init model, saved: runs that must start from the same weights (ZeRO-3
+    and plain init draw different numbers) load it."""
+    from transformers import AutoConfig
+
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(REPO_ROOT / "examples" / "tiny" / "model" / "config.json")
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.deepspeed
+def test_a_run_leaves_the_process_as_it_found_it(tmp_path: Path) -> None:
+    """A later run in the same process trains as its own config says (a notebook, a sweep).
+
+    Without ``run_scope`` a bf16 run left ``ACCELERATE_MIXED_PRECISION=bf16`` on transformers 4.x (the
+    fp32 run after it trained under bf16 autocast), a ZeRO-3 run left its config (the run after it
+    built its model under ZeRO-3), and a plain run before made ZeRO-3 fail."""
+    pytest.importorskip("deepspeed")
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    initial = saved_tiny_model(tmp_path / "initial")
+    common = ["model_config=null", f"model_name_or_path={initial}", "max_steps=2", "logging_steps=1"]
+    common += ["max_samples=40", "val_size=0", "eval_strategy=no", "plot_loss=false", "cpu_threads=1"]
+    environment, threads = dict(os.environ), torch.get_num_threads()
+    runs = {
+        "fp32": [],
+        "bf16": ["bf16=true", "use_cpu=true"],
+        "zero3": ["deepspeed=examples/deepspeed/ds_z3_config.json"],
+        "zero3 again": ["deepspeed=examples/deepspeed/ds_z3_config.json"],
+        "fp32 again": [],
+    }
+    for name, overrides in runs.items():
+        train(load_config(TINY_YAML, [*common, *overrides, f"output_dir={tmp_path / name}"]))
+        assert dict(os.environ) == environment, name
+        assert torch.get_num_threads() == threads, name
+        assert not is_deepspeed_zero3_enabled(), name
+    for again, first in (("zero3 again", "zero3"), ("fp32 again", "fp32")):
+        assert list(step_losses(tmp_path / again).values()) == list(step_losses(tmp_path / first).values())
+
+
+@pytest.mark.deepspeed
+def test_a_random_init_model_under_zero3_trains_or_is_refused_in_one_line(tmp_path: Path) -> None:
+    """transformers 4.x's weight init indexes the partitioned embedding of a model built under ZeRO-3
+    (huggingface/transformers#43638): the run is refused in one line saying what to do instead."""
+    pytest.importorskip("deepspeed")
+    overrides = [
+        "max_steps=1",
+        "logging_steps=1",
+        "max_samples=20",
+        "val_size=0",
+        "eval_strategy=no",
+        "plot_loss=false",
+    ]
+    overrides += ["deepspeed=examples/deepspeed/ds_z3_config.json", f"output_dir={tmp_path / 'out'}"]
+    config = load_config(TINY_YAML, overrides)
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        train(config)
+        assert len(step_losses(tmp_path / "out")) == 1
+    else:
+        with pytest.raises(
+            ConfigError, match=r"cannot build a random-init model \(model_config\) under ZeRO-3"
+        ):
+            train(config)

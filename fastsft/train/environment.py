@@ -1,5 +1,5 @@
-"""The process ``fastsft train`` runs in: the optional packages the config needs, CPU threads, and gloo
-process groups where there is no CUDA."""
+"""The process ``fastsft train`` runs in: the optional packages the config needs, CPU threads, gloo
+process groups where there is no CUDA, and what one run leaves of them for the next."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import importlib.util
 import os
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
 from fastsft.cores import core_ids
-from fastsft.errors import ConfigError
+from fastsft.errors import ConfigError, FastSFTError
 from fastsft.train.config import TrainConfig
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "configure_cpu_threads",
     "idle_cores",
     "quiet_deepspeed_deprecations",
+    "run_scope",
     "threads_reason",
 ]
 
@@ -43,6 +46,52 @@ FA2_FALLBACK = (
     "`flash_attn: fa2` (attn: flash_attention_2) needs flash-attn on a CUDA GPU, which is not available here (pip install flash-attn); "
     "falling back to the default attention as LLaMA-Factory does (fastsft_varlen for packed batches, else sdpa)"
 )
+
+
+@contextmanager
+def run_scope() -> Iterator[None]:
+    """One run's changes to the process, undone when it ends, so that a later run in the same process
+    (a notebook, a sweep) trains as its own config says.
+
+    - The environment variables. transformers 4.x's ``TrainingArguments`` keeps
+      ``ACCELERATE_MIXED_PRECISION=bf16`` (a later fp32 run would train under bf16 autocast);
+      accelerate keeps ``ACCELERATE_USE_DEEPSPEED=true``; ``configure_cpu_distributed`` sets the rank
+      and address variables.
+    - DeepSpeed's config as transformers sees it (``is_deepspeed_zero3_enabled``: a later run would
+      build its model under ZeRO-3).
+    - torch's CPU threads.
+
+    A process group the run started stays (DeepSpeed keeps using it in a later run; a run without
+    DeepSpeed trains as one process on it), as does accelerate's state, which the next run's
+    ``TrainingArguments`` or ``configure_cpu_distributed`` clears.
+    """
+    environment, threads = os.environ.copy(), torch.get_num_threads()
+    try:
+        yield
+    finally:
+        from transformers.integrations import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+        for name in os.environ.keys() - environment.keys():
+            del os.environ[name]
+        os.environ.update(environment)
+        torch.set_num_threads(threads)
+
+
+def _reset_accelerate_state() -> None:
+    """Clear accelerate's process-wide state, as ``TrainingArguments`` does before making its own,
+    through accelerate's private ``_reset_state`` (a one-line error where it is missing)."""
+    import accelerate
+    from accelerate.state import AcceleratorState
+
+    from fastsft.train.trainer import declared_requirement
+
+    if not callable(getattr(AcceleratorState, "_reset_state", None)):
+        raise FastSFTError(
+            f"accelerate {accelerate.__version__} has no AcceleratorState._reset_state, which fastsft "
+            f"needs to set up CPU process groups; it supports {declared_requirement('accelerate')}"
+        )
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def check_optional_packages(config: TrainConfig) -> list[str]:
@@ -94,7 +143,10 @@ def configure_cpu_distributed(config: TrainConfig) -> bool:
     if config.deepspeed:
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")  # a single process started without a launcher
-        os.environ.setdefault("MASTER_PORT", "29500")
+        if "MASTER_PORT" not in os.environ:  # a fixed one would fail next to another such run
+            from fastsft.train.launch import free_port
+
+            os.environ["MASTER_PORT"] = str(free_port())
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("LOCAL_RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
@@ -104,6 +156,7 @@ def configure_cpu_distributed(config: TrainConfig) -> bool:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     from accelerate import PartialState
 
+    _reset_accelerate_state()  # an earlier run's in this process (a plain one is not set up for DeepSpeed)
     # cpu=True: without it, accelerate finds no accelerator's backend and sees one process (no DDP,
     # no barrier); DeepSpeed's engine reduces the gradients itself.
     PartialState(cpu=not config.deepspeed, backend="gloo")

@@ -19,7 +19,14 @@ from collections.abc import Mapping, Sequence
 
 from fastsft.errors import Terminated
 
-__all__ = ["device_count", "launch_torchrun", "processes_per_node", "torchrun_command", "torchrun_env"]
+__all__ = [
+    "device_count",
+    "free_port",
+    "launch_torchrun",
+    "processes_per_node",
+    "torchrun_command",
+    "torchrun_env",
+]
 
 
 def _enabled(env: Mapping[str, str], name: str, default: str = "0") -> bool:

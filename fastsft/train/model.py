@@ -94,7 +94,18 @@ def load_model(config: TrainConfig, attn_implementation: str) -> Any:
         model_config = AutoConfig.from_pretrained(
             config.model_config, trust_remote_code=config.trust_remote_code
         )
-        model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32, **common)
+        try:
+            model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32, **common)
+        except IndexError as error:  # transformers 4.x: huggingface/transformers#43638
+            if not is_deepspeed_zero3_enabled():
+                raise
+            import transformers
+
+            raise ConfigError(
+                f"transformers {transformers.__version__} cannot build a random-init model (model_config) "
+                f"under ZeRO-3: its weight init indexes a partitioned embedding ({error}). Save the initial "
+                "model with save_pretrained and train from it (model_name_or_path), or upgrade transformers"
+            ) from None
     else:
         model = load_pretrained(
             config.model_name_or_path, dtype=load_dtype(config, is_deepspeed_zero3_enabled()), **common

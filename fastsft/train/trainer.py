@@ -33,6 +33,7 @@ __all__ = [
     "WeightedCollator",
     "WeightedRows",
     "check_trainer_hooks",
+    "declared_requirement",
     "eval_batches",
     "gradient_norm",
     "sample_lengths",

@@ -40,6 +40,7 @@ from fastsft.train.environment import (
     configure_cpu_distributed,
     configure_cpu_threads,
     quiet_deepspeed_deprecations,
+    run_scope,
     threads_reason,
 )
 from fastsft.train.logs import (
@@ -84,12 +85,13 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
 
     ``output_dir`` is checked (never an input) and locked for the run; a run that already finished
     trains nothing; one whose final checkpoint is complete but whose final save was interrupted
-    publishes the final model from that checkpoint instead of training again.
+    publishes the final model from that checkpoint instead of training again. What the run changes
+    in the process is undone when it ends (``run_scope``), so a later run trains as its own config says.
     """
     output_dir = Path(str(config.output_dir))
     is_main = int(os.environ.get("RANK", "0")) == 0
     check_output_dir(config)
-    with locked_output_dir(output_dir, is_main=is_main):
+    with run_scope(), locked_output_dir(output_dir, is_main=is_main):
         finished = None if config.overwrite_output_dir else finished_run(output_dir, config)
         if finished is not None:
             if is_main:
