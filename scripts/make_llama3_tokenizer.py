@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import shutil
 import subprocess
 import sys
@@ -55,11 +56,19 @@ SPECIAL_TOKENS = NAMED_SPECIAL_TOKENS + [
     f"<|reserved_special_token_{2 + i}|>" for i in range(NUM_SPECIAL_TOKENS - len(NAMED_SPECIAL_TOKENS))
 ]
 BOS, EOS = "<|begin_of_text|>", "<|eot_id|>"
+TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 
 
 def is_built(folder: Path) -> bool:
-    """Whether ``folder`` holds a loadable Llama 3 tokenizer with all 128,256 tokens and the right BOS/EOS."""
+    """Whether ``folder`` holds a Llama 3 tokenizer that transformers 4.x and 5 load, with all 128,256
+    tokens and the right BOS/EOS."""
     if not (folder / "tokenizer.json").is_file():
+        return False
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if config.get("tokenizer_class") != TOKENIZER_CLASS:  # a folder only transformers 5 loads
         return False
     from transformers import AutoTokenizer
 
@@ -123,6 +132,12 @@ def convert(ranks: dict[bytes, int], out: Path) -> None:
     )
     tokenizer.model_max_length = 131_072
     tokenizer.save_pretrained(str(out))
+    # transformers 5 names its own class (TokenizersBackend), which transformers 4.x cannot load; Meta's
+    # folder on the Hub names PreTrainedTokenizerFast, which both load.
+    config_path = out / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = TOKENIZER_CLASS
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def build(out: Path) -> str:
