@@ -52,6 +52,18 @@ def pretend_upgraded(monkeypatch: pytest.MonkeyPatch, package: str) -> None:
     )
 
 
+def saved_tiny_model(folder: Path) -> Path:
+    """The tiny example's random-init model (``torch.manual_seed(0)``), saved to ``folder``: runs that
+    must start from the same weights (ZeRO-3 and plain init draw different numbers) load it."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(REPO_ROOT / "examples" / "tiny" / "model" / "config.json")
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session", autouse=True)
 def fastsft_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """fastsft's cache (``fastsft.tokenizer.loader``) in a temporary folder, for the tests and the

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import saved_tiny_model
 
 from fastsft.train.checkpoints import checkpoint_problem
 from fastsft.train.config import DEEPSPEED_DIR
@@ -58,16 +59,13 @@ def test_zero3_two_processes_match_one_process_and_the_saved_model_reloads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("deepspeed")
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from fastsft.train.config import load_config
     from fastsft.train.workflow import train
 
     monkeypatch.chdir(REPO_ROOT)
-    # One initial model for both runs (ZeRO-3 init and plain init need not draw the same numbers).
-    torch.manual_seed(0)
-    initial = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained("examples/tiny/model/config.json"))
-    initial.save_pretrained(tmp_path / "initial")
+    saved_tiny_model(tmp_path / "initial")  # one initial model for both runs
     # Tiny parameters stay unpartitioned under the "auto" persistence threshold; 0 shards them all.
     ds_config = json.loads((DEEPSPEED_DIR / "ds_z3_config.json").read_text(encoding="utf-8"))
     ds_config["zero_optimization"]["stage3_param_persistence_threshold"] = 0

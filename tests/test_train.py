@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 import transformers
+from conftest import saved_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from fastsft.errors import ConfigError, DataError
@@ -574,17 +575,6 @@ def test_only_torchs_deprecation_of_deepspeeds_collectives_is_silenced(collectiv
     assert [str(warning.message) for warning in caught] == [
         "`torch.distributed.something_else` is deprecated."
     ]
-
-
-def saved_tiny_model(folder: Path) -> Path:
-    """The tiny example's random-init model, saved: runs that must start from the same weights (ZeRO-3
-    and plain init draw different numbers) load it."""
-    from transformers import AutoConfig
-
-    torch.manual_seed(0)
-    config = AutoConfig.from_pretrained(REPO_ROOT / "examples" / "tiny" / "model" / "config.json")
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    return folder
 
 
 @pytest.mark.slow
